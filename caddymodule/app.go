@@ -1,0 +1,551 @@
+// Package caddymodule is the Caddy adapter of caddy-zapier: the `zapier` app,
+// the zapier_auth and zapier_jwks handlers, their Caddyfile syntax, the admin
+// API and the metrics. The work itself is done by the plain-Go packages jwks,
+// tokencache and zapierapi.
+package caddymodule
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/zapgate/caddy-zapier/jwks"
+	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// Defaults, filled in Provision so Caddyfile and JSON users get the same
+// behaviour and adapted JSON stays minimal.
+const (
+	defaultAudience     = "connect.zapier.com"
+	defaultUserClaim    = "sub"
+	defaultTenantClaim  = "org_id"
+	defaultJWTTTL       = 5 * time.Minute
+	maxJWTTTL           = 5 * time.Minute
+	defaultSigningAlg   = "ES256"
+	defaultKeyRotation  = 30 * 24 * time.Hour
+	defaultKeyOverlap   = 24 * time.Hour
+	defaultTokenURL     = "https://zapier.com/oauth/token"
+	defaultAPIURL       = "https://api.zapier.com"
+	defaultConnectURL   = "https://connect.zapier.com"
+	defaultClientAuth   = "post"
+	defaultTimeout      = 10 * time.Second
+	defaultMaxInflight  = 16
+	defaultUserHeader   = "X-Zapier-User"
+	defaultTenantHeader = "X-Zapier-Tenant"
+	defaultCacheSize    = 100000
+	defaultRefreshAhead = 60 * time.Second
+	defaultTokenTTL     = 10 * time.Minute
+	defaultNegativeTTL  = 10 * time.Second
+	// expiryMargin keeps a token that is about to expire from being injected
+	// into a request that would reach Zapier after it expired.
+	expiryMargin = 5 * time.Second
+	keysStorageKey = "zapier/keys.json"
+)
+
+var (
+	defaultScopes         = []string{"external", "connection:read", "connection:write", "zap", "zap:write", "action:run"}
+	defaultTrustedSources = []string{"127.0.0.0/8", "::1/128"}
+)
+
+// App is the `zapier` app: the partner's Zapier White Label credentials, the
+// signing keys, and the per-(tenant, user) access token cache that the
+// zapier_* handlers share.
+type App struct {
+	// The client id Zapier issued to the partner. Placeholders such as
+	// {env.ZAPIER_CLIENT_ID} are resolved at provision time. Required.
+	ClientID string `json:"client_id,omitempty"`
+	// The client secret. Use {env.*} or {file.*}; it is never logged. Required.
+	ClientSecret string `json:"client_secret,omitempty"`
+	// The `iss` registered with Zapier. Required.
+	Issuer string `json:"issuer,omitempty"`
+	// The `aud` of minted JWTs. Default: connect.zapier.com.
+	Audience string `json:"audience,omitempty"`
+	// The claim carrying the user id. Default: sub.
+	UserClaim string `json:"user_claim,omitempty"`
+	// The claim carrying the tenant id. Default: org_id.
+	TenantClaim string `json:"tenant_claim,omitempty"`
+	// Lifetime of minted JWTs. Default 5m, which is also the maximum.
+	JWTTTL caddy.Duration `json:"jwt_ttl,omitempty"`
+	// ES256 (default), ES384, ES512, RS256, RS384 or RS512.
+	SigningAlg string `json:"signing_alg,omitempty"`
+	// Scheduled key rotation period. Default 30d; 0 turns it off.
+	KeyRotation *caddy.Duration `json:"key_rotation,omitempty"`
+	// How long a next key is published before it signs, and a retired key
+	// after it stopped. Default 24h.
+	KeyOverlap caddy.Duration `json:"key_overlap,omitempty"`
+	// Scopes requested for user access tokens.
+	Scopes []string `json:"scopes,omitempty"`
+	// Zapier's token endpoint. Default https://zapier.com/oauth/token.
+	TokenURL string `json:"token_url,omitempty"`
+	// Zapier's API. Default https://api.zapier.com.
+	APIURL string `json:"api_url,omitempty"`
+	// Zapier's Connect UI. Default https://connect.zapier.com.
+	ConnectURL string `json:"connect_url,omitempty"`
+	// The redirect flow's callback URL registered with Zapier.
+	CallbackURL string `json:"callback_url,omitempty"`
+	// Origins a finished connect flow may return to.
+	ReturnOrigins []string `json:"return_origins,omitempty"`
+
+	Exchange *ExchangeConfig `json:"exchange,omitempty"`
+	Identity *IdentityConfig `json:"identity,omitempty"`
+	Cache    *CacheConfig    `json:"cache,omitempty"`
+
+	clientSecret string // resolved; never logged
+	trusted      []netip.Prefix
+	userHeader   string // canonical header names
+	tenantHeader string
+	poolKey      string
+
+	ctx     caddy.Context
+	logger  *zap.Logger
+	keys    *jwks.Manager
+	client  *zapierapi.Client
+	tokens  *pooledCache
+	metrics *metrics
+	inflight chan struct{}
+
+	keysLoad *keysLoad
+}
+
+// keysLoad guards the one-time load of the key set.
+type keysLoad struct {
+	mu     sync.Mutex
+	loaded atomic.Bool
+}
+
+// ExchangeConfig holds the token-exchange wire values, which Zapier's public
+// documentation does not pin, and the exchange limits.
+type ExchangeConfig struct {
+	GrantType        string         `json:"grant_type,omitempty"`
+	SubjectTokenType string         `json:"subject_token_type,omitempty"`
+	AccessTokenType  string         `json:"access_token_type,omitempty"`
+	ConnectTokenType string         `json:"connect_token_type,omitempty"`
+	// post (form fields, default) or basic (HTTP Basic).
+	ClientAuth string `json:"client_auth,omitempty"`
+	// Timeout of one attempt. Default 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// Concurrent exchanges. Default 16.
+	MaxInflight int `json:"max_inflight,omitempty"`
+}
+
+// IdentityConfig says where the end user's identity comes from and which
+// peers may assert it.
+type IdentityConfig struct {
+	UserHeader   string `json:"user_header,omitempty"`
+	TenantHeader string `json:"tenant_header,omitempty"`
+	// CIDRs (or single addresses) of peers whose identity headers are
+	// honoured. Default loopback only.
+	TrustedSources []string `json:"trusted_sources,omitempty"`
+}
+
+// CacheConfig sizes the access token cache.
+type CacheConfig struct {
+	Size         int            `json:"size,omitempty"`
+	RefreshAhead caddy.Duration `json:"refresh_ahead,omitempty"`
+	DefaultTTL   caddy.Duration `json:"default_ttl,omitempty"`
+	NegativeTTL  caddy.Duration `json:"negative_ttl,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "zapier",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision fills defaults, resolves secrets and builds the key manager,
+// Zapier client and token cache. It does no network I/O.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	a.keysLoad = new(keysLoad)
+	a.setDefaults()
+
+	repl := caddy.NewReplacer()
+	a.ClientID = repl.ReplaceKnown(a.ClientID, "")
+	a.clientSecret = repl.ReplaceKnown(a.ClientSecret, "")
+	a.Issuer = repl.ReplaceKnown(a.Issuer, "")
+	if err := a.validateConfig(); err != nil {
+		return err
+	}
+
+	var err error
+	a.keys, err = jwks.NewManager(ctx.Storage(), jwks.Config{
+		Alg:         a.SigningAlg,
+		Rotation:    time.Duration(*a.KeyRotation),
+		Overlap:     time.Duration(a.KeyOverlap),
+		Issuer:      a.Issuer,
+		Audience:    a.Audience,
+		UserClaim:   a.UserClaim,
+		TenantClaim: a.TenantClaim,
+		TTL:         time.Duration(a.JWTTTL),
+		StorageKey:  keysStorageKey,
+		OnError: func(err error) {
+			a.logger.Error("maintaining signing keys", zap.Error(err))
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("configuring signing keys: %w", err)
+	}
+
+	a.client, err = zapierapi.New(zapierapi.Config{
+		TokenURL:         a.TokenURL,
+		ClientID:         a.ClientID,
+		ClientSecret:     a.clientSecret,
+		GrantType:        a.Exchange.GrantType,
+		SubjectTokenType: a.Exchange.SubjectTokenType,
+		AccessTokenType:  a.Exchange.AccessTokenType,
+		ConnectTokenType: a.Exchange.ConnectTokenType,
+		Scopes:           a.Scopes,
+		ClientAuth:       a.Exchange.ClientAuth,
+		Timeout:          time.Duration(a.Exchange.Timeout),
+		DefaultTTL:       time.Duration(a.Cache.DefaultTTL),
+	})
+	if err != nil {
+		return fmt.Errorf("configuring the Zapier client: %w", err)
+	}
+	a.inflight = make(chan struct{}, a.Exchange.MaxInflight)
+
+	a.metrics, err = newMetrics(ctx.GetMetricsRegistry())
+	if err != nil {
+		return err
+	}
+
+	a.poolKey = a.cachePoolKey()
+	val, loaded, err := cachePool.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
+		return newPooledCache(a)
+	})
+	if err != nil {
+		return fmt.Errorf("creating the token cache: %w", err)
+	}
+	a.tokens = val.(*pooledCache)
+	if !loaded {
+		a.tokens.exchanger.Store(a)
+	}
+	return a.metrics.observeCache(ctx.GetMetricsRegistry(), a.tokens.cache, a.keys)
+}
+
+func (a *App) setDefaults() {
+	setDefault(&a.Audience, defaultAudience)
+	setDefault(&a.UserClaim, defaultUserClaim)
+	setDefault(&a.TenantClaim, defaultTenantClaim)
+	setDefault(&a.SigningAlg, defaultSigningAlg)
+	setDefault(&a.TokenURL, defaultTokenURL)
+	setDefault(&a.APIURL, defaultAPIURL)
+	setDefault(&a.ConnectURL, defaultConnectURL)
+	if a.JWTTTL == 0 {
+		a.JWTTTL = caddy.Duration(defaultJWTTTL)
+	}
+	if a.KeyRotation == nil {
+		d := caddy.Duration(defaultKeyRotation)
+		a.KeyRotation = &d
+	}
+	if a.KeyOverlap == 0 {
+		a.KeyOverlap = caddy.Duration(defaultKeyOverlap)
+	}
+	if len(a.Scopes) == 0 {
+		a.Scopes = defaultScopes
+	}
+	if a.Exchange == nil {
+		a.Exchange = new(ExchangeConfig)
+	}
+	setDefault(&a.Exchange.GrantType, "urn:ietf:params:oauth:grant-type:token-exchange")
+	setDefault(&a.Exchange.SubjectTokenType, "urn:ietf:params:oauth:token-type:external-jwt")
+	setDefault(&a.Exchange.AccessTokenType, "urn:ietf:params:oauth:token-type:access-token")
+	setDefault(&a.Exchange.ConnectTokenType, "urn:ietf:params:oauth:token-type:connect-token")
+	setDefault(&a.Exchange.ClientAuth, defaultClientAuth)
+	if a.Exchange.Timeout == 0 {
+		a.Exchange.Timeout = caddy.Duration(defaultTimeout)
+	}
+	if a.Exchange.MaxInflight == 0 {
+		a.Exchange.MaxInflight = defaultMaxInflight
+	}
+	if a.Identity == nil {
+		a.Identity = new(IdentityConfig)
+	}
+	setDefault(&a.Identity.UserHeader, defaultUserHeader)
+	setDefault(&a.Identity.TenantHeader, defaultTenantHeader)
+	if a.Identity.TrustedSources == nil {
+		a.Identity.TrustedSources = defaultTrustedSources
+	}
+	if a.Cache == nil {
+		a.Cache = new(CacheConfig)
+	}
+	if a.Cache.Size == 0 {
+		a.Cache.Size = defaultCacheSize
+	}
+	if a.Cache.RefreshAhead == 0 {
+		a.Cache.RefreshAhead = caddy.Duration(defaultRefreshAhead)
+	}
+	if a.Cache.DefaultTTL == 0 {
+		a.Cache.DefaultTTL = caddy.Duration(defaultTokenTTL)
+	}
+	if a.Cache.NegativeTTL == 0 {
+		a.Cache.NegativeTTL = caddy.Duration(defaultNegativeTTL)
+	}
+}
+
+func setDefault(field *string, value string) {
+	if *field == "" {
+		*field = value
+	}
+}
+
+// validateConfig checks the provisioned values. Every message names the
+// option, so `caddy validate` points at the line to fix.
+func (a *App) validateConfig() error {
+	var errs []error
+	if a.ClientID == "" {
+		errs = append(errs, errors.New("client_id is required (empty after resolving placeholders)"))
+	}
+	if a.clientSecret == "" {
+		errs = append(errs, errors.New("client_secret is required (empty after resolving placeholders)"))
+	}
+	if a.Issuer == "" {
+		errs = append(errs, errors.New("issuer is required"))
+	}
+	if a.JWTTTL < 0 || time.Duration(a.JWTTTL) > maxJWTTTL {
+		errs = append(errs, fmt.Errorf("jwt_ttl %s is out of range: Zapier accepts at most %s", time.Duration(a.JWTTTL), maxJWTTTL))
+	}
+	if !jwks.ValidAlg(a.SigningAlg) {
+		errs = append(errs, fmt.Errorf("signing_alg %q is not one of %s", a.SigningAlg, strings.Join(jwks.Algorithms, ", ")))
+	}
+	if *a.KeyRotation < 0 {
+		errs = append(errs, errors.New("key_rotation must not be negative"))
+	}
+	if a.KeyOverlap < 0 {
+		errs = append(errs, errors.New("key_overlap must not be negative"))
+	}
+	if *a.KeyRotation > 0 && *a.KeyRotation <= a.KeyOverlap {
+		errs = append(errs, fmt.Errorf("key_rotation (%s) must be longer than key_overlap (%s)", time.Duration(*a.KeyRotation), time.Duration(a.KeyOverlap)))
+	}
+	for name, u := range map[string]string{"token_url": a.TokenURL, "api_url": a.APIURL, "connect_url": a.ConnectURL, "callback_url": a.CallbackURL} {
+		if u == "" && name == "callback_url" {
+			continue
+		}
+		if err := checkAbsoluteURL(u); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	}
+	for _, o := range a.ReturnOrigins {
+		if err := checkOrigin(o); err != nil {
+			errs = append(errs, fmt.Errorf("return_origins: %w", err))
+		}
+	}
+	switch a.Exchange.ClientAuth {
+	case "post", "basic":
+	default:
+		errs = append(errs, fmt.Errorf("exchange.client_auth %q must be post or basic", a.Exchange.ClientAuth))
+	}
+	if a.Exchange.Timeout < 0 {
+		errs = append(errs, errors.New("exchange.timeout must not be negative"))
+	}
+	if a.Exchange.MaxInflight < 0 {
+		errs = append(errs, errors.New("exchange.max_inflight must not be negative"))
+	}
+	a.userHeader = http.CanonicalHeaderKey(a.Identity.UserHeader)
+	a.tenantHeader = http.CanonicalHeaderKey(a.Identity.TenantHeader)
+	if !validHeaderName(a.userHeader) || !validHeaderName(a.tenantHeader) || a.userHeader == a.tenantHeader {
+		errs = append(errs, fmt.Errorf("identity.user_header %q and identity.tenant_header %q must be two distinct header names", a.Identity.UserHeader, a.Identity.TenantHeader))
+	}
+	trusted, err := parseTrustedSources(a.Identity.TrustedSources)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("identity.trusted_sources: %w", err))
+	}
+	a.trusted = trusted
+	if a.Cache.Size < 0 {
+		errs = append(errs, errors.New("cache.size must not be negative"))
+	}
+	if a.Cache.RefreshAhead < 0 || a.Cache.DefaultTTL < 0 || a.Cache.NegativeTTL < 0 {
+		errs = append(errs, errors.New("cache durations must not be negative"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("zapier: %w", err)
+	}
+	return nil
+}
+
+func checkAbsoluteURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("malformed URL %q", raw)
+	}
+	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("%q is not an absolute http(s) URL", raw)
+	}
+	return nil
+}
+
+func checkOrigin(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return fmt.Errorf("%q is not an origin (scheme://host[:port])", raw)
+	}
+	return nil
+}
+
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c == '-' || c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
+			return false
+		}
+	}
+	return true
+}
+
+// parseTrustedSources accepts CIDRs and single addresses. An empty list is
+// refused: it would make every identity header untrusted by accident.
+func parseTrustedSources(sources []string) ([]netip.Prefix, error) {
+	if len(sources) == 0 {
+		return nil, errors.New("at least one CIDR is required")
+	}
+	prefixes := make([]netip.Prefix, 0, len(sources))
+	for _, s := range sources {
+		if strings.Contains(s, "/") {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("malformed CIDR %q", s)
+			}
+			prefixes = append(prefixes, p.Masked())
+			continue
+		}
+		addr, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("malformed address %q", s)
+		}
+		prefixes = append(prefixes, netip.PrefixFrom(addr, addr.BitLen()))
+	}
+	return prefixes, nil
+}
+
+func (a *App) identityRules() identityRules {
+	return identityRules{userHeader: a.userHeader, tenantHeader: a.tenantHeader, trusted: a.trusted}
+}
+
+// cachePoolKey identifies token caches that may be shared across reloads:
+// tokens stay valid only while the credentials, issuer, claims and scopes
+// they were obtained with are unchanged.
+func (a *App) cachePoolKey() string {
+	h := sha256.New()
+	for _, part := range []string{
+		a.TokenURL, a.ClientID, a.clientSecret, a.Issuer, a.Audience, a.UserClaim, a.TenantClaim,
+		strings.Join(a.Scopes, " "), a.Exchange.GrantType, a.Exchange.SubjectTokenType, a.Exchange.AccessTokenType,
+		fmt.Sprint(a.Cache.Size, a.Cache.RefreshAhead, a.Cache.NegativeTTL),
+	} {
+		h.Write([]byte(part))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Start loads the signing keys and starts their maintenance (scheduled
+// rotation, pruning, and picking up rotations made by other instances).
+func (a *App) Start() error {
+	// From now on the shared cache exchanges with this config's client.
+	a.tokens.exchanger.Store(a)
+	if err := a.ensureKeys(a.ctx); err != nil {
+		return err
+	}
+	go a.keys.Run(a.ctx, 0)
+	return nil
+}
+
+// Stop is a no-op: the maintenance loop ends with the config's context.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's reference to the shared token cache.
+func (a *App) Cleanup() error {
+	if a.poolKey == "" || a.tokens == nil {
+		return nil
+	}
+	_, err := cachePool.Delete(a.poolKey)
+	return err
+}
+
+// ensureKeys loads the key set once. Handlers call it too, because apps
+// start in no set order and a request may arrive before Start ran.
+func (a *App) ensureKeys(ctx context.Context) error {
+	l := a.keysLoad
+	if l.loaded.Load() {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.loaded.Load() {
+		return nil
+	}
+	if err := a.keys.Load(ctx); err != nil {
+		return fmt.Errorf("loading signing keys: %w", err)
+	}
+	l.loaded.Store(true)
+	return nil
+}
+
+// exchange mints a JWT for the identity and trades it for an access token.
+// It is the token cache's fetch function.
+func (a *App) exchange(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
+	select {
+	case a.inflight <- struct{}{}:
+		defer func() { <-a.inflight }()
+	case <-ctx.Done():
+		return tokencache.Token{}, &zapierapi.Error{Kind: zapierapi.KindTimeout, Err: ctx.Err()}
+	}
+	start := time.Now()
+	tok, err := a.exchangeJWT(ctx, key)
+	a.metrics.observeExchange("access_token", err, time.Since(start))
+	if err != nil {
+		a.logExchangeFailure(key, err)
+		return tokencache.Token{}, err
+	}
+	return tokencache.Token{Value: tok.AccessToken, Expiry: tok.Expiry}, nil
+}
+
+func (a *App) exchangeJWT(ctx context.Context, key tokencache.Key) (zapierapi.Token, error) {
+	if err := a.ensureKeys(ctx); err != nil {
+		return zapierapi.Token{}, err
+	}
+	jwt, err := a.keys.Mint(key.Tenant, key.User)
+	if err != nil {
+		return zapierapi.Token{}, fmt.Errorf("minting JWT: %w", err)
+	}
+	return a.client.ExchangeJWT(ctx, jwt)
+}
+
+func (a *App) logExchangeFailure(key tokencache.Key, err error) {
+	fields := []zap.Field{zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err)}
+	var zerr *zapierapi.Error
+	if errors.As(err, &zerr) {
+		fields = append(fields, zap.String("kind", zerr.Kind.String()), zap.Int("status", zerr.StatusCode), zap.Int("attempts", zerr.Attempts))
+	}
+	a.logger.Error("token exchange failed", fields...)
+}
+
+// Interface guards.
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

@@ -1,0 +1,260 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/zapgate/caddy-zapier/tokencache"
+)
+
+func init() {
+	caddy.RegisterModule(Auth{})
+}
+
+// maxReplayBody is the largest request body kept in memory so the request
+// can be sent again after Zapier answers 401 for a stale token.
+const maxReplayBody = 64 << 10
+
+// Auth is the zapier_auth middleware. It reads the end user's identity from
+// the trusted identity headers, gets the user's Zapier access token from the
+// cache (exchanging a freshly minted JWT on a miss), removes the identity
+// headers, any client Authorization and Cookie, and sets
+// `Authorization: Bearer <token>` for the next handler (usually
+// reverse_proxy to api.zapier.com).
+//
+// When Zapier answers 401 the token is evicted, and a request whose body is
+// replayable (none, or at most 64 KiB) is sent once more with a fresh token,
+// so clients do not see a 401 caused by a stale cached token.
+type Auth struct {
+	app    *App
+	rules  identityRules
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Auth) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.zapier_auth",
+		New: func() caddy.Module { return new(Auth) },
+	}
+}
+
+// Provision finds the zapier app.
+func (h *Auth) Provision(ctx caddy.Context) error {
+	app, err := zapierApp(ctx)
+	if err != nil {
+		return err
+	}
+	h.app = app
+	h.rules = app.identityRules()
+	h.logger = ctx.Logger()
+	return nil
+}
+
+// zapierApp loads the zapier app for a handler; a config without the global
+// option fails here with the app's own message about what is missing.
+func zapierApp(ctx caddy.Context) (*App, error) {
+	appIface, err := ctx.App("zapier")
+	if err != nil {
+		return nil, fmt.Errorf("getting the zapier app: %w", err)
+	}
+	return appIface.(*App), nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	zapier_auth
+func (h *Auth) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("zapier_auth takes no options (configure the zapier global option): unexpected %q", d.Val())
+	}
+	return nil
+}
+
+func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	tenant, user, ierr := h.rules.extract(r)
+	if ierr != nil {
+		h.refuse(w, r, ierr)
+		return nil
+	}
+	key := tokencache.Key{Tenant: tenant, User: user}
+	token, err := h.token(r.Context(), key)
+	if err != nil {
+		return h.failExchange(w, r, key, err)
+	}
+
+	body, err := bufferBody(r)
+	if err != nil {
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
+	}
+	defer body.release()
+	r.Header.Del("Cookie")
+	setBearer(r, token)
+
+	if !body.replayable {
+		rec := caddyhttp.NewResponseRecorder(w, nil, nil)
+		err := next.ServeHTTP(rec, r)
+		h.evictOnUnauthorized(rec.Status(), key, token)
+		return err
+	}
+
+	// Hold back a 401 so the request can be retried; anything else streams.
+	headersBefore := cloneHeader(w.Header())
+	var held bytes.Buffer
+	rec := caddyhttp.NewResponseRecorder(w, &held, func(status int, _ http.Header) bool {
+		return status == http.StatusUnauthorized
+	})
+	err = next.ServeHTTP(rec, r)
+	if err != nil || !rec.Buffered() {
+		return err
+	}
+
+	h.app.tokens.cache.EvictToken(key, token)
+	restoreHeader(w.Header(), headersBefore)
+	fresh, err := h.token(r.Context(), key)
+	if err != nil {
+		return h.failExchange(w, r, key, err)
+	}
+	body.rewind(r)
+	setBearer(r, fresh)
+	retry := caddyhttp.NewResponseRecorder(w, nil, nil)
+	err = next.ServeHTTP(retry, r)
+	h.evictOnUnauthorized(retry.Status(), key, fresh)
+	return err
+}
+
+func (h *Auth) token(ctx context.Context, key tokencache.Key) (string, error) {
+	tok, res, err := h.app.tokens.get(ctx, key)
+	h.app.metrics.observeLookup(res)
+	return tok.Value, err
+}
+
+func setBearer(r *http.Request, token string) {
+	r.Header["Authorization"] = []string{"Bearer " + token}
+}
+
+func (h *Auth) evictOnUnauthorized(status int, key tokencache.Key, token string) {
+	if status == http.StatusUnauthorized {
+		h.app.tokens.cache.EvictToken(key, token)
+	}
+}
+
+func (h *Auth) refuse(w http.ResponseWriter, r *http.Request, ierr *identityError) {
+	h.app.metrics.refusals.WithLabelValues(ierr.code).Inc()
+	level := zapcore.InfoLevel
+	if ierr == errIdentityUntrusted {
+		level = zapcore.WarnLevel
+	}
+	if ce := h.logger.Check(level, "request refused"); ce != nil {
+		ce.Write(zap.String("reason", ierr.code), zap.String("remote_addr", r.RemoteAddr))
+	}
+	writeError(w, &apiError{Status: ierr.status, Code: ierr.code, Message: ierr.message})
+}
+
+// failExchange answers a failed token lookup. A caller that went away gets
+// no body; its request is simply over.
+func (h *Auth) failExchange(w http.ResponseWriter, r *http.Request, key tokencache.Key, err error) error {
+	if errors.Is(r.Context().Err(), context.Canceled) {
+		return caddyhttp.Error(499, r.Context().Err())
+	}
+	writeError(w, exchangeAPIError(err))
+	return nil
+}
+
+// replayBody is a request body held in memory so it can be sent twice.
+type replayBody struct {
+	buf        *bytes.Buffer // nil when the request has no body
+	replayable bool
+}
+
+// noBody is the replay state of every request without a body.
+var noBody = &replayBody{replayable: true}
+
+var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// bufferBody reads up to maxReplayBody bytes of the request body. A body
+// that fits is replayable; a longer one is passed on unchanged (what was read
+// followed by the rest). A request without a body needs no buffer.
+func bufferBody(r *http.Request) (*replayBody, error) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return noBody, nil
+	}
+	if r.ContentLength > maxReplayBody {
+		return &replayBody{}, nil
+	}
+	buf := bodyBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	n, err := buf.ReadFrom(io.LimitReader(r.Body, maxReplayBody+1))
+	if err != nil {
+		bodyBuffers.Put(buf)
+		return nil, err
+	}
+	if n > maxReplayBody {
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(buf.Bytes()), r.Body), r.Body}
+		return &replayBody{buf: buf}, nil
+	}
+	_ = r.Body.Close()
+	b := &replayBody{buf: buf, replayable: true}
+	b.rewind(r)
+	return b, nil
+}
+
+func (b *replayBody) rewind(r *http.Request) {
+	if b.buf == nil {
+		r.Body = http.NoBody
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b.buf.Bytes()))
+	r.ContentLength = int64(b.buf.Len())
+}
+
+// release returns the buffer once the request is over.
+func (b *replayBody) release() {
+	if b.buf != nil && b.buf.Cap() <= 4*maxReplayBody {
+		bodyBuffers.Put(b.buf)
+	}
+}
+
+func cloneHeader(h http.Header) http.Header {
+	if len(h) == 0 {
+		return nil
+	}
+	return h.Clone()
+}
+
+// restoreHeader undoes what a held-back 401 response wrote into the shared
+// header map.
+func restoreHeader(h, before http.Header) {
+	for k := range h {
+		delete(h, k)
+	}
+	for k, v := range before {
+		h[k] = v
+	}
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Auth)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Auth)(nil)
+	_ caddyfile.Unmarshaler       = (*Auth)(nil)
+)

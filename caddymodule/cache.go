@@ -1,0 +1,84 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
+)
+
+// cachePool keeps token caches alive across config reloads: a reload with the
+// same credentials must not throw away every user's access token.
+var cachePool = caddy.NewUsagePool()
+
+// pooledCache is the token cache shared by every config generation with the
+// same credentials. Fetches go through the newest started App.
+type pooledCache struct {
+	cache     *tokencache.Cache
+	exchanger atomic.Pointer[App]
+	lookups   atomic.Uint64
+	hits      atomic.Uint64 // served from the cache without waiting
+}
+
+func (pc *pooledCache) get(ctx context.Context, key tokencache.Key) (tokencache.Token, tokencache.Result, error) {
+	tok, res, err := pc.cache.Get(ctx, key)
+	pc.lookups.Add(1)
+	if res == tokencache.Hit || res == tokencache.RefreshAhead {
+		pc.hits.Add(1)
+	}
+	return tok, res, err
+}
+
+// hitRatio is the share of lookups answered from the cache.
+func (pc *pooledCache) hitRatio() float64 {
+	n := pc.lookups.Load()
+	if n == 0 {
+		return 0
+	}
+	return float64(pc.hits.Load()) / float64(n)
+}
+
+func newPooledCache(a *App) (*pooledCache, error) {
+	pc := new(pooledCache)
+	// A fetch may retry: give it room for every attempt and the backoff
+	// between them, and nothing more.
+	fetchTimeout := 3*time.Duration(a.Exchange.Timeout) + 5*time.Second
+	c, err := tokencache.New(tokencache.Config{
+		Size:         a.Cache.Size,
+		RefreshAhead: time.Duration(a.Cache.RefreshAhead),
+		ExpiryMargin: expiryMargin,
+		NegativeTTL:  time.Duration(a.Cache.NegativeTTL),
+		FetchTimeout: fetchTimeout,
+		IsPermanent:  zapierapi.IsPermanent,
+		OnEvict: func(tokencache.Key) {
+			if app := pc.exchanger.Load(); app != nil {
+				app.metrics.cacheEvictions.Inc()
+			}
+		},
+	}, func(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
+		app := pc.exchanger.Load()
+		if app == nil {
+			return tokencache.Token{}, errors.New("no zapier app is running")
+		}
+		return app.exchange(ctx, key)
+	})
+	if err != nil {
+		return nil, err
+	}
+	pc.cache = c
+	return pc, nil
+}
+
+// Destruct stops background refreshes when the last config using the cache
+// is unloaded.
+func (pc *pooledCache) Destruct() error {
+	pc.cache.Close()
+	return nil
+}
+
+var _ caddy.Destructor = (*pooledCache)(nil)

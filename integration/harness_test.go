@@ -1,0 +1,300 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	// The plugin under test.
+	_ "github.com/zapgate/caddy-zapier"
+	"github.com/zapgate/caddy-zapier/integration/fakezapier"
+)
+
+const (
+	gatewayPort  = 9080
+	adminAddr    = "http://localhost:2999"
+	testClientID = "itest-client"
+	testSecret   = "itest-secret-do-not-leak"
+	testIssuer   = "https://accounts.itest.example"
+	gatewayURL   = "http://127.0.0.1:9080"
+)
+
+// gateway is a real Caddy (in process, through caddytest) configured by
+// Caddyfile in front of a fake Zapier started by the test.
+type gateway struct {
+	t          *testing.T
+	tester     *caddytest.Tester
+	fake       *fakezapier.Server
+	fakeURL    string
+	storageDir string
+}
+
+type gatewayOptions struct {
+	zapierExtra string // extra lines inside the zapier global option
+	siteExtra   string // extra lines inside the site block
+	storageDir  string // reuse keys from an earlier gateway
+	fake        fakezapier.Config
+}
+
+func startGateway(t *testing.T, opts gatewayOptions) *gateway {
+	t.Helper()
+	cfg := opts.fake
+	cfg.ClientID, cfg.ClientSecret, cfg.Issuer = testClientID, testSecret, testIssuer
+	cfg.JWKSURL = gatewayURL + "/.well-known/jwks.json"
+	cfg.Logf = t.Logf
+	fake := fakezapier.New(cfg)
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+
+	g := &gateway{t: t, fake: fake, fakeURL: srv.URL, storageDir: opts.storageDir}
+	if g.storageDir == "" {
+		g.storageDir = storageDir(t)
+	}
+	g.tester = caddytest.NewTester(t)
+	g.tester.InitServer(g.caddyfile(opts), "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	return g
+}
+
+func (g *gateway) caddyfile(opts gatewayOptions) string {
+	return fmt.Sprintf(`{
+	admin localhost:2999
+	http_port %d
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+	persist_config off
+	storage file_system %s
+	zapier {
+		client_id %s
+		client_secret %s
+		issuer %s
+		token_url %s/oauth/token
+		api_url %s
+		connect_url %s
+		%s
+	}
+}
+:%d {
+	zapier_jwks /.well-known/jwks.json
+	handle_path /zapier/api/* {
+		zapier_auth
+		reverse_proxy %s
+	}
+	%s
+}
+`, gatewayPort, g.storageDir, testClientID, testSecret, testIssuer, g.fakeURL, g.fakeURL, g.fakeURL,
+		opts.zapierExtra, gatewayPort, g.fakeURL, opts.siteExtra)
+}
+
+// echo is what the fake's /v2/echo route reports about the request it got.
+type echo struct {
+	Method  string              `json:"method"`
+	Path    string              `json:"path"`
+	Headers map[string][]string `json:"headers"`
+	Body    string              `json:"body"`
+	Tenant  string              `json:"tenant"`
+	User    string              `json:"user"`
+}
+
+func (e echo) header(name string) string {
+	if v := e.Headers[http.CanonicalHeaderKey(name)]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+type request struct {
+	method       string
+	path         string
+	tenant, user string
+	header       http.Header
+	body         string
+	client       *http.Client
+}
+
+var plainClient = &http.Client{Timeout: 30 * time.Second}
+
+// do sends a request to the gateway and returns the status and body.
+func (g *gateway) do(r request) (int, http.Header, []byte) {
+	g.t.Helper()
+	status, hdr, body, err := send(r)
+	if err != nil {
+		g.t.Fatalf("%s %s: %v", r.method, r.path, err)
+	}
+	return status, hdr, body
+}
+
+func send(r request) (int, http.Header, []byte, error) {
+	if r.method == "" {
+		r.method = http.MethodGet
+	}
+	var body io.Reader
+	if r.body != "" {
+		body = strings.NewReader(r.body)
+	}
+	req, err := http.NewRequest(r.method, gatewayURL+r.path, body)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	for k, vs := range r.header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	if r.tenant != "" {
+		req.Header.Set("X-Zapier-Tenant", r.tenant)
+	}
+	if r.user != "" {
+		req.Header.Set("X-Zapier-User", r.user)
+	}
+	client := r.client
+	if client == nil {
+		client = plainClient
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b, err
+}
+
+// echoAs calls the fake's echo route through the gateway as an identity.
+func (g *gateway) echoAs(tenant, user string) echo {
+	g.t.Helper()
+	status, _, body := g.do(request{path: "/zapier/api/v2/echo", tenant: tenant, user: user})
+	if status != http.StatusOK {
+		g.t.Fatalf("echo as %s/%s: status %d: %s", tenant, user, status, body)
+	}
+	return decodeEcho(g.t, body)
+}
+
+func decodeEcho(t *testing.T, body []byte) echo {
+	t.Helper()
+	var e echo
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("decoding echo %q: %v", body, err)
+	}
+	return e
+}
+
+// admin calls Caddy's admin endpoint.
+func admin(t *testing.T, method, path string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, adminAddr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := plainClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, body
+}
+
+type jwkSet struct {
+	Keys []map[string]any `json:"keys"`
+}
+
+func (s jwkSet) kids() []string {
+	var kids []string
+	for _, k := range s.Keys {
+		kids = append(kids, fmt.Sprint(k["kid"]))
+	}
+	return kids
+}
+
+func (g *gateway) jwks() (jwkSet, []byte) {
+	g.t.Helper()
+	status, _, body := g.do(request{path: "/.well-known/jwks.json"})
+	if status != http.StatusOK {
+		g.t.Fatalf("jwks: status %d: %s", status, body)
+	}
+	var s jwkSet
+	if err := json.Unmarshal(body, &s); err != nil {
+		g.t.Fatalf("decoding jwks: %v", err)
+	}
+	return s, body
+}
+
+// clientFrom returns an HTTP client whose connections come from localIP, to
+// test trusted_sources with a real peer address.
+func clientFrom(localIP string) *http.Client {
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(localIP)}, Timeout: 5 * time.Second}
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, addr)
+		}},
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lookupCount scrapes caddy_zapier_token_lookups_total{result=…} from the
+// admin endpoint's /metrics.
+func lookupCount(t *testing.T, result string) float64 {
+	t.Helper()
+	return scrapeMetric(t, "caddy_zapier_token_lookups_total", `result="`+result+`"`)
+}
+
+// scrapeMetric returns the value of the first sample of name whose labels
+// contain labelMatch, or 0 when there is none yet.
+func scrapeMetric(t *testing.T, name, labelMatch string) float64 {
+	t.Helper()
+	status, body := admin(t, http.MethodGet, "/metrics")
+	if status != http.StatusOK {
+		t.Fatalf("/metrics: status %d", status)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name) || !strings.Contains(line, labelMatch) {
+			continue
+		}
+		fields := strings.Fields(line)
+		var v float64
+		if _, err := fmt.Sscan(fields[len(fields)-1], &v); err != nil {
+			t.Fatalf("parsing %q: %v", line, err)
+		}
+		return v
+	}
+	return 0
+}
+
+// storageDir is a Caddy storage root for one test. Not t.TempDir: Caddy may
+// still write to it (locks, the local CA) while the next test's config loads.
+func storageDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "caddy-zapier-itest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		time.AfterFunc(5*time.Second, func() { _ = os.RemoveAll(dir) })
+	})
+	return dir
+}

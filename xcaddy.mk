@@ -1,0 +1,111 @@
+# caddy-zapier build, demo and test targets.
+#
+#   make -f xcaddy.mk demo    run the gateway (against a bundled fake Zapier unless ZAPIER_CLIENT_ID is set)
+#   make -f xcaddy.mk test    run every test, installing what they need
+#   make -f xcaddy.mk build   build Caddy with the plugin into .build/caddy
+#
+# build uses xcaddy when it is on PATH, otherwise the same steps with plain go
+# (temp module, replace, go get caddy@$(CADDY_VERSION), tidy, go build with
+# xcaddy's flags).
+
+SHELL         := /bin/bash
+.SHELLFLAGS   := -eu -o pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := build
+
+CADDY_VERSION ?= v2.11.9
+MODULE        := github.com/zapgate/caddy-zapier
+ROOT          := $(CURDIR)
+BUILD_DIR     := $(ROOT)/.build
+CADDY_BIN     := $(BUILD_DIR)/caddy
+FAKE_BIN      := $(BUILD_DIR)/fakezapier
+GO            ?= go
+GATEWAY_PORT  ?= 8080
+FAKE_ADDR     ?= 127.0.0.1:9900
+FUZZTIME      ?= 30s
+
+.PHONY: build fake smoke demo test vet clean
+
+build:
+	@mkdir -p "$(BUILD_DIR)"
+	if command -v xcaddy >/dev/null 2>&1; then
+		echo "building Caddy $(CADDY_VERSION) with xcaddy"
+		xcaddy build "$(CADDY_VERSION)" --output "$(CADDY_BIN)" --with "$(MODULE)=$(ROOT)"
+	else
+		echo "xcaddy not found: building Caddy $(CADDY_VERSION) with plain go (the same steps)"
+		work="$(BUILD_DIR)/xcaddy"
+		rm -rf "$$work" && mkdir -p "$$work" && cd "$$work"
+		printf '%s\n' \
+			'package main' '' 'import (' \
+			'	caddycmd "github.com/caddyserver/caddy/v2/cmd"' '' \
+			'	_ "time/tzdata"' \
+			'	_ "github.com/caddyserver/caddy/v2/modules/standard"' \
+			'	_ "$(MODULE)"' \
+			')' '' 'func main() {' '	caddycmd.Main()' '}' > main.go
+		$(GO) mod init caddy >/dev/null 2>&1
+		$(GO) mod edit -replace "$(MODULE)=$(ROOT)"
+		$(GO) get "github.com/caddyserver/caddy/v2@$(CADDY_VERSION)" >/dev/null 2>&1
+		$(GO) mod tidy -e >/dev/null 2>&1
+		CGO_ENABLED=0 $(GO) build -o "$(CADDY_BIN)" -ldflags "-w -s" -trimpath -tags nobadger,nomysql,nopgx .
+	fi
+	"$(CADDY_BIN)" version
+	"$(CADDY_BIN)" list-modules | grep -E '^(zapier|admin\.api\.zapier|http\.handlers\.zapier_)' | sed 's/^/  module: /'
+
+fake:
+	@mkdir -p "$(BUILD_DIR)"
+	$(GO) build -o "$(FAKE_BIN)" ./integration/cmd/fakezapier
+
+# smoke checks the built binary against Caddyfile.example.
+smoke: build
+	export ZAPIER_CLIENT_ID=smoke ZAPIER_CLIENT_SECRET=smoke
+	"$(CADDY_BIN)" adapt --config Caddyfile.example >/dev/null
+	"$(CADDY_BIN)" validate --config Caddyfile.example
+	"$(CADDY_BIN)" fmt Caddyfile.example >/dev/null
+
+# demo runs the gateway in the foreground. Without ZAPIER_CLIENT_ID it starts
+# the bundled fake Zapier and points Caddyfile.example at it.
+demo: build fake
+	@export XDG_DATA_HOME="$(BUILD_DIR)/demo/data" XDG_CONFIG_HOME="$(BUILD_DIR)/demo/config"
+	export ZAPIER_GATEWAY_PORT="$(GATEWAY_PORT)"
+	if [ -z "$${ZAPIER_CLIENT_ID:-}" ]; then
+		export ZAPIER_CLIENT_ID=demo-client ZAPIER_CLIENT_SECRET=demo-secret
+		export ZAPIER_ISSUER=https://accounts.example.com
+		export ZAPIER_TOKEN_URL="http://$(FAKE_ADDR)/oauth/token" ZAPIER_API_URL="http://$(FAKE_ADDR)" ZAPIER_CONNECT_URL="http://$(FAKE_ADDR)"
+		"$(FAKE_BIN)" -listen "$(FAKE_ADDR)" -client-id demo-client -client-secret demo-secret \
+			-issuer https://accounts.example.com -jwks-url "http://127.0.0.1:$(GATEWAY_PORT)/.well-known/jwks.json" &
+		fake_pid=$$!
+		trap 'kill $$fake_pid 2>/dev/null || true' EXIT
+		example="/zapier/api/v2/echo"
+		echo "demo: fake Zapier on http://$(FAKE_ADDR) (no ZAPIER_CLIENT_ID given)"
+	else
+		example="/zapier/api/v2/authentications?app=<app uuid>"
+		echo "demo: using the real Zapier with client id $$ZAPIER_CLIENT_ID"
+	fi
+	echo
+	echo "In another terminal, call Zapier as user_123 of org_456:"
+	echo "  curl -s -H 'X-Zapier-Tenant: org_456' -H 'X-Zapier-User: user_123' 'http://localhost:$(GATEWAY_PORT)$$example'"
+	echo "The JWKS Zapier verifies with:"
+	echo "  curl -s http://localhost:$(GATEWAY_PORT)/.well-known/jwks.json"
+	echo "Gateway status:"
+	echo "  curl -s http://localhost:2019/zapier/status"
+	echo
+	"$(CADDY_BIN)" run --config Caddyfile.example --adapter caddyfile
+
+vet:
+	test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+# test runs the whole suite. Integration tests (one package, real Caddy) run
+# verbose and the run fails if any of them skipped.
+test: build vet
+	@export XDG_DATA_HOME="$$(mktemp -d)" XDG_CONFIG_HOME="$$(mktemp -d)"
+	export CADDY_BIN="$(CADDY_BIN)"
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/integration$$')
+	log="$(BUILD_DIR)/integration.log"
+	$(GO) test -race -count=1 -v -timeout 15m ./integration/ 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
+	if ! grep -q '^ok' "$$log"; then echo "integration tests failed (full log: $$log)"; tail -80 "$$log"; exit 1; fi
+	if grep -q -- '--- SKIP' "$$log"; then echo "integration tests were skipped:"; grep -- '--- SKIP' "$$log"; exit 1; fi
+	echo "integration: $$(grep -c -- '--- PASS' "$$log") passed, none skipped"
+
+clean:
+	rm -rf "$(BUILD_DIR)"
