@@ -56,7 +56,7 @@ const (
 	defaultNegativeTTL  = 10 * time.Second
 	// expiryMargin keeps a token that is about to expire from being injected
 	// into a request that would reach Zapier after it expired.
-	expiryMargin = 5 * time.Second
+	expiryMargin   = 5 * time.Second
 	keysStorageKey = "zapier/keys.json"
 )
 
@@ -114,12 +114,12 @@ type App struct {
 	tenantHeader string
 	poolKey      string
 
-	ctx     caddy.Context
-	logger  *zap.Logger
-	keys    *jwks.Manager
-	client  *zapierapi.Client
-	tokens  *pooledCache
-	metrics *metrics
+	ctx      caddy.Context
+	logger   *zap.Logger
+	keys     *jwks.Manager
+	client   *zapierapi.Client
+	tokens   *pooledCache
+	metrics  *metrics
 	inflight chan struct{}
 
 	keysLoad *keysLoad
@@ -134,10 +134,10 @@ type keysLoad struct {
 // ExchangeConfig holds the token-exchange wire values, which Zapier's public
 // documentation does not pin, and the exchange limits.
 type ExchangeConfig struct {
-	GrantType        string         `json:"grant_type,omitempty"`
-	SubjectTokenType string         `json:"subject_token_type,omitempty"`
-	AccessTokenType  string         `json:"access_token_type,omitempty"`
-	ConnectTokenType string         `json:"connect_token_type,omitempty"`
+	GrantType        string `json:"grant_type,omitempty"`
+	SubjectTokenType string `json:"subject_token_type,omitempty"`
+	AccessTokenType  string `json:"access_token_type,omitempty"`
+	ConnectTokenType string `json:"connect_token_type,omitempty"`
 	// post (form fields, default) or basic (HTTP Basic).
 	ClientAuth string `json:"client_auth,omitempty"`
 	// Timeout of one attempt. Default 10s.
@@ -334,6 +334,10 @@ func (a *App) validateConfig() error {
 	}
 	if a.KeyOverlap < 0 {
 		errs = append(errs, errors.New("key_overlap must not be negative"))
+	}
+	if a.KeyOverlap < a.JWTTTL {
+		// A retired key must outlive every JWT it signed.
+		errs = append(errs, fmt.Errorf("key_overlap (%s) must be at least jwt_ttl (%s)", time.Duration(a.KeyOverlap), time.Duration(a.JWTTTL)))
 	}
 	if *a.KeyRotation > 0 && *a.KeyRotation <= a.KeyOverlap {
 		errs = append(errs, fmt.Errorf("key_rotation (%s) must be longer than key_overlap (%s)", time.Duration(*a.KeyRotation), time.Duration(a.KeyOverlap)))

@@ -65,7 +65,34 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	if t.Failed() {
 		t.FailNow()
 	}
+	waitForSingleListener(t, gatewayPort)
 	return g
+}
+
+// waitForSingleListener waits until the previous config's listener on port
+// is closed. Caddy binds each config's socket with SO_REUSEPORT, so for a
+// moment after a reload the kernel may hand a new connection to the old
+// socket, which then resets it; a test firing 200 requests at once would
+// see that as failures that have nothing to do with the gateway.
+func waitForSingleListener(t *testing.T, port int) {
+	t.Helper()
+	want := fmt.Sprintf(":%04X ", port)
+	eventually(t, 10*time.Second, "a single listener on the gateway port", func() bool {
+		n := 0
+		for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(data), "\n")[1:] {
+				fields := strings.Fields(line)
+				if len(fields) > 3 && strings.HasSuffix(fields[1]+" ", want) && fields[3] == "0A" {
+					n++
+				}
+			}
+		}
+		return n <= 1
+	})
 }
 
 func (g *gateway) caddyfile(opts gatewayOptions) string {
@@ -123,6 +150,7 @@ type request struct {
 	header       http.Header
 	body         string
 	client       *http.Client
+	base         int // port of another gateway than the in-process one
 }
 
 var plainClient = &http.Client{Timeout: 30 * time.Second}
@@ -145,7 +173,11 @@ func send(r request) (int, http.Header, []byte, error) {
 	if r.body != "" {
 		body = strings.NewReader(r.body)
 	}
-	req, err := http.NewRequest(r.method, gatewayURL+r.path, body)
+	base := gatewayURL
+	if r.base != 0 {
+		base = fmt.Sprintf("http://127.0.0.1:%d", r.base)
+	}
+	req, err := http.NewRequest(r.method, base+r.path, body)
 	if err != nil {
 		return 0, nil, nil, err
 	}
@@ -231,6 +263,15 @@ func (g *gateway) jwks() (jwkSet, []byte) {
 		g.t.Fatalf("decoding jwks: %v", err)
 	}
 	return s, body
+}
+
+func parseKids(t *testing.T, jwksBody []byte) []string {
+	t.Helper()
+	var s jwkSet
+	if err := json.Unmarshal(jwksBody, &s); err != nil {
+		t.Fatalf("decoding jwks: %v", err)
+	}
+	return s.kids()
 }
 
 // clientFrom returns an HTTP client whose connections come from localIP, to

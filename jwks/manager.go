@@ -12,6 +12,7 @@
 package jwks
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -19,11 +20,9 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 // KeyState is a key's place in its lifecycle, derived from the clock.
@@ -44,7 +43,7 @@ type Config struct {
 	Audience    string           // aud; default "connect.zapier.com" (a plain string claim, not an array)
 	UserClaim   string           // default "sub"
 	TenantClaim string           // default "org_id"
-	TTL         time.Duration    // exp - iat; default 5m; more than 5m or less than 1s is an error
+	TTL         time.Duration    // exp - iat, in whole seconds; default 5m; more than 5m or less than 1s is an error
 	StorageKey  string           // default "zapier/keys.json"; also the storage lock name
 	Now         func() time.Time // default time.Now (tests inject a fake clock)
 	OnError     func(error)      // optional: receives Run's Maintain errors
@@ -94,13 +93,13 @@ func NewManager(store Storage, cfg Config) (*Manager, error) {
 	if store == nil {
 		return nil, errors.New("jwks: nil storage")
 	}
-	cfg.Alg = cmpOr(cfg.Alg, "ES256")
-	cfg.Audience = cmpOr(cfg.Audience, "connect.zapier.com")
-	cfg.UserClaim = cmpOr(cfg.UserClaim, "sub")
-	cfg.TenantClaim = cmpOr(cfg.TenantClaim, "org_id")
-	cfg.StorageKey = cmpOr(cfg.StorageKey, "zapier/keys.json")
-	cfg.TTL = cmpOr(cfg.TTL, maxTTL)
-	cfg.Overlap = cmpOr(cfg.Overlap, 24*time.Hour)
+	cfg.Alg = cmp.Or(cfg.Alg, "ES256")
+	cfg.Audience = cmp.Or(cfg.Audience, "connect.zapier.com")
+	cfg.UserClaim = cmp.Or(cfg.UserClaim, "sub")
+	cfg.TenantClaim = cmp.Or(cfg.TenantClaim, "org_id")
+	cfg.StorageKey = cmp.Or(cfg.StorageKey, "zapier/keys.json")
+	cfg.TTL = cmp.Or(cfg.TTL, maxTTL)
+	cfg.Overlap = cmp.Or(cfg.Overlap, 24*time.Hour)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -134,14 +133,6 @@ func NewManager(store Storage, cfg Config) (*Manager, error) {
 	m.tenantField = append(append([]byte(","), jsonString(cfg.TenantClaim)...), ':')
 	m.set.Store(newKeySet(nil))
 	return m, nil
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 func reservedClaim(name string) bool {
@@ -247,7 +238,10 @@ func (m *Manager) Maintain(ctx context.Context) (changed bool, err error) {
 		keys = kept
 
 		if pendingKey(keys, now) != nil {
-			return keys, dirty, nil // at most one scheduled key; the next pass handles the rest
+			// At most one scheduled key. A published next key is never
+			// withdrawn, even with an outdated alg: it activates as planned
+			// and a later pass schedules the configured alg.
+			return keys, dirty, nil
 		}
 		active := signerAt(keys, now)
 		var at time.Time
@@ -285,14 +279,10 @@ func (m *Manager) Rotate(ctx context.Context, immediate bool) (KeyInfo, error) {
 			kid = next.kid
 			return keys, false, nil
 		case next != nil: // promote it
+			promoted := *next
+			promoted.activatesAt = now
 			keys = slices.Clone(keys)
-			for i, k := range keys {
-				if k == next {
-					c := *k
-					c.activatesAt = now
-					keys[i] = &c
-				}
-			}
+			keys[slices.Index(keys, next)] = &promoted
 			sortKeys(keys)
 			kid = next.kid
 			return keys, true, nil
@@ -518,59 +508,4 @@ func pendingKey(keys []*signingKey, now time.Time) *signingKey {
 		}
 	}
 	return nil
-}
-
-// Mint returns a compact JWT for (tenant, user), signed with the key active
-// now. It takes no lock: one atomic load of the immutable key set.
-func (m *Manager) Mint(tenant, user string) (string, error) {
-	if tenant == "" || user == "" {
-		return "", errors.New("jwks: mint needs a tenant and a user")
-	}
-	if !utf8.ValidString(tenant) || !utf8.ValidString(user) {
-		return "", errors.New("jwks: tenant or user is not valid UTF-8")
-	}
-	now := m.now()
-	k := signerAt(m.set.Load().keys, now)
-	if k == nil {
-		return "", errors.New("jwks: no signing key (Load has not succeeded)")
-	}
-	iat := now.Unix()
-
-	claims := make([]byte, 0, 128+len(m.claimsPrefix)+len(tenant)+len(user))
-	claims = append(claims, m.claimsPrefix...)
-	claims = appendJSONString(claims, user)
-	claims = append(claims, m.tenantField...)
-	claims = appendJSONString(claims, tenant)
-	claims = append(claims, `,"iat":`...)
-	claims = strconv.AppendInt(claims, iat, 10)
-	claims = append(claims, `,"nbf":`...)
-	claims = strconv.AppendInt(claims, iat, 10)
-	claims = append(claims, `,"exp":`...)
-	claims = strconv.AppendInt(claims, iat+int64(m.cfg.TTL/time.Second), 10)
-	claims = append(claims, '}')
-
-	// Room for the signature: 2*66 bytes for ES512, 512 bytes for RSA-4096.
-	tok := make([]byte, 0, len(k.header)+b64.EncodedLen(len(claims))+1+b64.EncodedLen(512))
-	tok = append(tok, k.header...)
-	tok = b64.AppendEncode(tok, claims)
-	sig, err := k.method.Sign(string(tok), k.priv)
-	if err != nil {
-		return "", fmt.Errorf("jwks: sign with %s: %w", k.kid, err)
-	}
-	tok = append(tok, '.')
-	tok = b64.AppendEncode(tok, sig)
-	return string(tok), nil
-}
-
-// appendJSONString appends s as a JSON string; the common case (printable
-// ASCII, nothing to escape) avoids encoding/json.
-func appendJSONString(dst []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			return append(dst, jsonString(s)...)
-		}
-	}
-	dst = append(dst, '"')
-	dst = append(dst, s...)
-	return append(dst, '"')
 }

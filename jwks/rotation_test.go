@@ -128,7 +128,8 @@ func TestNoGapAcrossRotations(t *testing.T) {
 	}
 	var live []minted
 	signers := map[string]bool{}
-	for now := clock.Now(); now.Before(clock.Now().Add(5 * rotation)); now = clock.Now() {
+	end := clock.Now().Add(5 * rotation)
+	for now := clock.Now(); now.Before(end); now = clock.Now() {
 		maintain(t, m)
 		for _, kid := range publishedKIDs(t, m) {
 			if _, ok := firstSeen[kid]; !ok {

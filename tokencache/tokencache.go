@@ -108,7 +108,11 @@ type Config struct {
 
 	IsPermanent func(error) bool // which fetch errors are negative-cached; nil = none
 	Now         func() time.Time // default time.Now
-	OnEvict     func(Key)        // called when the LRU drops an entry for capacity; optional
+
+	// OnEvict is called when the LRU drops an entry for capacity (not for
+	// expiry, Evict or Purge), from the fetch goroutine with no lock held.
+	// Optional.
+	OnEvict func(Key)
 }
 
 // Cache is a concurrency-safe token cache. Create it with New.
@@ -224,15 +228,13 @@ func (c *Cache) dropped(k Key, _ Token) {
 // the fetch carries on for the other waiters and the cache.
 func (c *Cache) Get(ctx context.Context, key Key) (Token, Result, error) {
 	now := c.now()
-	fresh := now.Add(c.window) // tokens expiring after this are plain hits
-	valid := now.Add(c.margin) // tokens expiring after this may still be served
 	c.mu.Lock()
 	if tok, ok := c.lru.Get(key); ok {
-		if fresh.Before(tok.Expiry) {
+		if now.Add(c.window).Before(tok.Expiry) { // expires after the refresh window
 			c.mu.Unlock()
 			return tok, Hit, nil
 		}
-		if valid.Before(tok.Expiry) {
+		if now.Add(c.margin).Before(tok.Expiry) { // still valid
 			c.refreshLocked(ctx, key, now)
 			c.mu.Unlock()
 			return tok, RefreshAhead, nil
@@ -367,10 +369,12 @@ func (c *Cache) finish(key Key, cl *call, tok Token, err error) {
 		}
 	}
 	c.mu.Unlock()
-	close(cl.done)
+	// Before releasing waiters, so an eviction is reported by the time the
+	// Get that caused it returns.
 	if didEvict && c.onEvict != nil {
 		c.onEvict(evicted)
 	}
+	close(cl.done)
 }
 
 // Evict drops key's token and any negative entry; it reports whether

@@ -340,10 +340,11 @@ func TestCoalescedError(t *testing.T) {
 }
 
 func TestCancelledCallerDoesNotCancelOthers(t *testing.T) {
-	release := make(chan struct{})
+	gate := make(chan struct{})
+	release := sync.OnceFunc(func() { close(gate) })
 	fetchErr := make(chan error, 1)
 	c, f := newCache(t, Config{}, func(ctx context.Context, _ Key) (Token, error) {
-		<-release
+		<-gate
 		fetchErr <- ctx.Err()
 		return Token{Value: "v", Expiry: time.Now().Add(time.Hour)}, nil
 	})
@@ -364,11 +365,17 @@ func TestCancelledCallerDoesNotCancelOthers(t *testing.T) {
 	}()
 	waitWaiters(t, c, alice, 2)
 
+	t.Cleanup(release)
 	cancelA()
-	if err := <-errA; !errors.Is(err, context.Canceled) { // returns while the fetch is still blocked
-		t.Fatalf("A err = %v, want context.Canceled", err)
+	select { // A returns while the fetch is still blocked
+	case err := <-errA:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("A err = %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("cancelled caller still waiting for the fetch")
 	}
-	close(release)
+	release()
 	if res := <-resB; res != Coalesced {
 		t.Fatalf("B result = %v, want coalesced", res)
 	}
@@ -406,7 +413,7 @@ func TestFetchTimeout(t *testing.T) {
 func TestRefreshAheadServesOldAndRefreshesOnce(t *testing.T) {
 	clk := newClock()
 	var gate chan struct{} // nil: first fetch does not block
-	started := make(chan struct{}, 10)
+	started := make(chan struct{}, 200)
 	n := 0
 	c, f := newCache(t, Config{Now: clk.Now, RefreshAhead: time.Minute}, func(context.Context, Key) (Token, error) {
 		n++
@@ -418,6 +425,8 @@ func TestRefreshAheadServesOldAndRefreshesOnce(t *testing.T) {
 	})
 	old := mustGet(t, c, alice, Miss)
 	gate = make(chan struct{})
+	release := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(release) // runs before Close, even if the test fails early
 
 	clk.Advance(9*time.Minute + 30*time.Second) // 30s left: inside the window
 	const hits = 100
@@ -436,7 +445,7 @@ func TestRefreshAheadServesOldAndRefreshesOnce(t *testing.T) {
 		t.Fatalf("fetches = %d, want 2 (one miss, one refresh)", got)
 	}
 	cl := inflight(c, alice)
-	close(gate)
+	release()
 	<-cl.done
 	tok := mustGet(t, c, alice, Hit)
 	if tok.Value != "tok-2" {

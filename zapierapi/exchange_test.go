@@ -434,7 +434,7 @@ func TestServerErrorRetryAfter(t *testing.T) {
 }
 
 func TestPerAttemptTimeout(t *testing.T) {
-	f := newFake(t, hang(t))
+	f := newFake(t, hang)
 	c := newTestClient(t, f.URL, func(c *Config) {
 		c.Timeout = 50 * time.Millisecond
 		c.MaxAttempts = 2
@@ -454,13 +454,12 @@ func TestPerAttemptTimeout(t *testing.T) {
 
 // A timeout on the last attempt makes the outcome a timeout even after 5xx.
 func TestTimeoutAfterServerError(t *testing.T) {
-	h := hang(t)
 	f := newFake(t, func(w http.ResponseWriter, r *http.Request, n int) {
 		if n == 1 {
 			w.WriteHeader(502)
 			return
 		}
-		h(w, r, n)
+		hang(w, r, n)
 	})
 	c := newTestClient(t, f.URL, func(c *Config) { c.Timeout = 50 * time.Millisecond; c.MaxAttempts = 2 })
 	_, err := c.ExchangeJWT(context.Background(), testJWT)
@@ -470,7 +469,7 @@ func TestTimeoutAfterServerError(t *testing.T) {
 }
 
 func TestCallerDeadline(t *testing.T) {
-	f := newFake(t, hang(t))
+	f := newFake(t, hang)
 	c := newTestClient(t, f.URL, func(c *Config) { c.Timeout = time.Hour })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -510,9 +509,8 @@ func TestBackoffStopsBeforeDeadline(t *testing.T) {
 
 func TestCancelled(t *testing.T) {
 	t.Run("during attempt", func(t *testing.T) {
-		h := hang(t)
 		ctx, cancel := context.WithCancel(context.Background())
-		f := newFake(t, func(w http.ResponseWriter, r *http.Request, n int) { cancel(); h(w, r, n) })
+		f := newFake(t, func(w http.ResponseWriter, r *http.Request, n int) { cancel(); hang(w, r, n) })
 		c := newTestClient(t, f.URL)
 		_, err := c.ExchangeJWT(ctx, testJWT)
 		e := wantError(t, err, KindFailed)
@@ -612,12 +610,14 @@ func TestRedirectNotFollowed(t *testing.T) {
 
 // Zapier echoing credentials back must not put them into our errors.
 func TestNoSecretsInErrors(t *testing.T) {
-	echo := "bad subject_token " + testJWT + " for client " + testID + ":" + testSecret +
-		" (" + url.QueryEscape(testSecret) + ") header eyJhbGciOiJIUzI1NiJ9 subject " + testAccess + "\x00\x1b[31m"
 	var errs []error
 	for _, status := range []int{400, 401, 429, 500} {
-		f := newFake(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
-			writeJSON(w, status, map[string]string{"error": "invalid_grant " + testSecret, "error_description": echo})
+		f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+			_ = r.ParseForm()
+			sub, sec := r.PostForm.Get("subject_token"), r.PostForm.Get("client_secret")
+			echo := "bad subject_token " + sub + " for client " + testID + ":" + sec + " (" + url.QueryEscape(sec) +
+				") header " + strings.Split(testJWT, ".")[0] + "\x00\x1b[31m"
+			writeJSON(w, status, map[string]string{"error": "invalid_grant " + sec, "error_description": echo})
 		})
 		c := newTestClient(t, f.URL, func(c *Config) { c.MaxAttempts = 1 })
 		_, err := c.ExchangeJWT(context.Background(), testJWT)

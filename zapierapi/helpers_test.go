@@ -3,6 +3,7 @@ package zapierapi
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -77,7 +78,10 @@ func newFake(t *testing.T, h func(w http.ResponseWriter, r *http.Request, n int)
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h(w, r, int(f.hits.Add(1)))
 	}))
-	t.Cleanup(f.Close)
+	t.Cleanup(func() {
+		f.CloseClientConnections() // ends hanging handlers
+		f.Close()
+	})
 	return f
 }
 
@@ -93,16 +97,11 @@ func (f *fakeServer) waitHits(t *testing.T, want int) {
 	}
 }
 
-// hang blocks a handler until the client goes away or the test ends.
-func hang(t *testing.T) func(http.ResponseWriter, *http.Request, int) {
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) }) // runs before the server's Close
-	return func(_ http.ResponseWriter, r *http.Request, _ int) {
-		select {
-		case <-r.Context().Done():
-		case <-release:
-		}
-	}
+// hang blocks a handler until the client goes away (or the server closes).
+func hang(_ http.ResponseWriter, r *http.Request, _ int) {
+	// Consuming the body lets the server notice a closed connection.
+	_, _ = io.Copy(io.Discard, r.Body)
+	<-r.Context().Done()
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -132,4 +131,3 @@ func newTestClient(t *testing.T, url string, mod ...func(*Config)) *Client {
 	c.backoffBase, c.backoffCap = time.Millisecond, 4*time.Millisecond
 	return c
 }
-

@@ -44,6 +44,8 @@ var jwsAlgs = map[string]algInfo{
 type verifiedJWT struct {
 	tenant, user string
 	alg, kid     string
+	header       map[string]any
+	claims       map[string]any
 }
 
 // verifyJWT checks a compact JWS partner JWT completely: structure, header,
@@ -130,6 +132,9 @@ func (s *Server) verifyJWT(token string) (*verifiedJWT, error) {
 		return nil, err
 	}
 	v.alg, v.kid = alg, kid
+	_ = json.Unmarshal(headerJSON, &v.header)
+	_ = json.Unmarshal(payloadJSON, &v.claims) // numbers as float64, for callers
+
 	return v, nil
 }
 
@@ -361,13 +366,14 @@ func (s *Server) checkClaims(payload []byte) (*verifiedJWT, error) {
 		return nil, fmt.Errorf("lifetime exp-iat %s exceeds the maximum %s", exp.Sub(iat), cfg.MaxJWTLifetime)
 	}
 
-	user, ok := claims[cfg.UserClaim].(string)
+	userClaim, tenantClaim := s.claimNames()
+	user, ok := claims[userClaim].(string)
 	if !ok || user == "" {
-		return nil, fmt.Errorf("user claim %q missing or not a non-empty string", cfg.UserClaim)
+		return nil, fmt.Errorf("user claim %q missing or not a non-empty string", userClaim)
 	}
-	tenant, ok := claims[cfg.TenantClaim].(string)
+	tenant, ok := claims[tenantClaim].(string)
 	if !ok || tenant == "" {
-		return nil, fmt.Errorf("tenant claim %q missing or not a non-empty string", cfg.TenantClaim)
+		return nil, fmt.Errorf("tenant claim %q missing or not a non-empty string", tenantClaim)
 	}
 	return &verifiedJWT{tenant: tenant, user: user}, nil
 }

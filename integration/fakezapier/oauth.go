@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
 	"net/url"
@@ -62,6 +63,14 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusMethodNotAllowed, "invalid_request", "the token endpoint accepts POST only")
 		return
 	}
+	// Read the whole body first: net/http notices a client that went away
+	// (cancelling r.Context(), which SetTokenDelay honours) only once the
+	// body has been consumed.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxTokenRequestBody))
+	if err != nil {
+		s.refuse(w, http.StatusBadRequest, "invalid_request", "request body unreadable or larger than 64 KiB")
+		return
+	}
 	if s.applyTokenFaults(w, r) {
 		return
 	}
@@ -71,12 +80,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 			"Content-Type must be application/x-www-form-urlencoded")
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxTokenRequestBody)
-	if err := r.ParseForm(); err != nil {
+	// Parameters in the query string are ignored.
+	form, err := url.ParseQuery(string(body))
+	if err != nil {
 		s.refuse(w, http.StatusBadRequest, "invalid_request", "malformed form body")
 		return
 	}
-	form := r.PostForm // parameters in the query string are ignored
 	for k, v := range form {
 		if len(v) > 1 {
 			s.refuse(w, http.StatusBadRequest, "invalid_request", fmt.Sprintf("parameter %q repeated", k))
@@ -204,7 +213,8 @@ func (s *Server) exchangeJWT(w http.ResponseWriter, form url.Values) {
 		s.refuse(w, http.StatusBadRequest, "invalid_scope", err.Error())
 		return
 	}
-	v, err := s.verifyJWT(form.Get("subject_token"))
+	raw := form.Get("subject_token")
+	v, err := s.verifyJWT(raw)
 	if err != nil {
 		reason := err.Error()
 		s.mu.Lock()
@@ -214,6 +224,10 @@ func (s *Server) exchangeJWT(w http.ResponseWriter, form url.Values) {
 		s.refuse(w, http.StatusBadRequest, "invalid_grant", "partner JWT rejected: "+reason)
 		return
 	}
+	s.logJWT(VerifiedJWT{
+		Raw: raw, Alg: v.alg, KID: v.kid, Header: v.header, Claims: v.claims,
+		Tenant: v.tenant, User: v.user, Time: s.now(),
+	})
 	ttl, omit := s.tokenSettings()
 	tok := s.issueAccess(v.tenant, v.user, scopes, ttl)
 	resp := tokenResponse{

@@ -665,3 +665,35 @@ func mustTokenRequest(t *testing.T, e *env, form url.Values) *http.Request {
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	return req
 }
+
+func TestJWTLogAndClaimNames(t *testing.T) {
+	e := newEnv(t)
+	k := e.key("ES384")
+	e.fz.SetClaimNames("uid", "tenant_id")
+	c := e.claims("", "")
+	delete(c, "sub")
+	delete(c, "org_id")
+	c["uid"], c["tenant_id"] = "user-9", "tenant-9"
+	raw := sign(t, k, c)
+	res := e.postToken(jwtForm(raw, ""), false)
+	if res.status != http.StatusOK {
+		t.Fatalf("HTTP %d %s", res.status, res.raw)
+	}
+	// The old claim names no longer work.
+	if r := e.postToken(jwtForm(e.mint(k, "t", "u"), ""), false); r.status != http.StatusBadRequest ||
+		!strings.Contains(e.fz.LastJWTFailure(), `"uid"`) {
+		t.Errorf("old claim names accepted: %s", r.raw)
+	}
+	jwts := e.fz.JWTs()
+	if len(jwts) != 1 {
+		t.Fatalf("%d JWTs logged, want 1 (failures are not logged)", len(jwts))
+	}
+	j := jwts[0]
+	if j.Raw != raw || j.KID != k.kid || j.Alg != "ES384" || j.Tenant != "tenant-9" || j.User != "user-9" ||
+		j.Header["typ"] != "JWT" || j.Claims["uid"] != "user-9" || j.Claims["exp"] != float64(c["exp"].(int64)) {
+		t.Errorf("logged %+v", j)
+	}
+	if strings.Contains(e.logs.all(), raw) {
+		t.Error("a JWT reached the log")
+	}
+}

@@ -158,6 +158,9 @@ type Server struct {
 	recNext     int
 	recFull     bool
 	faults      faults
+	userClaim   string // Config.UserClaim, changeable by SetClaimNames
+	tenantClaim string
+	jwtLog      []VerifiedJWT
 }
 
 type identity struct{ tenant, user string }
@@ -172,6 +175,8 @@ func New(cfg Config) *Server {
 		connect:     map[string]*connectToken{},
 		connections: map[string]*connection{},
 		nextConnID:  100000,
+		userClaim:   cfg.UserClaim,
+		tenantClaim: cfg.TenantClaim,
 	}
 	s.jwks = newJWKSCache(s, cfg.JWKSURL)
 	s.faults.accessTTL = cfg.AccessTokenTTL

@@ -1,0 +1,119 @@
+package caddymodule
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+func testRules(t *testing.T, trusted ...string) identityRules {
+	t.Helper()
+	prefixes, err := parseTrustedSources(trusted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return identityRules{userHeader: "X-Zapier-User", tenantHeader: "X-Zapier-Tenant", trusted: prefixes}
+}
+
+func TestExtractIdentity(t *testing.T) {
+	rules := testRules(t, "127.0.0.0/8", "::1")
+	for _, tc := range []struct {
+		name       string
+		remote     string
+		header     http.Header
+		wantCode   string
+		wantTenant string
+		wantUser   string
+	}{
+		{"ok", "127.0.0.1:5000", http.Header{"X-Zapier-User": {"u"}, "X-Zapier-Tenant": {"t"}}, "", "t", "u"},
+		{"ipv6 loopback", "[::1]:5000", http.Header{"X-Zapier-User": {"u"}, "X-Zapier-Tenant": {"t"}}, "", "t", "u"},
+		{"v4-mapped loopback", "[::ffff:127.0.0.1]:5000", http.Header{"X-Zapier-User": {"u"}, "X-Zapier-Tenant": {"t"}}, "", "t", "u"},
+		{"unicode id", "127.0.0.1:1", http.Header{"X-Zapier-User": {"ユーザー/../x"}, "X-Zapier-Tenant": {"t"}}, "", "t", "ユーザー/../x"},
+		{"missing", "127.0.0.1:1", http.Header{}, "identity_missing", "", ""},
+		{"missing from untrusted", "10.0.0.1:1", http.Header{}, "identity_missing", "", ""},
+		{"user only", "127.0.0.1:1", http.Header{"X-Zapier-User": {"u"}}, "identity_missing", "", ""},
+		{"untrusted", "10.0.0.1:1", http.Header{"X-Zapier-User": {"u"}, "X-Zapier-Tenant": {"t"}}, "identity_untrusted", "", ""},
+		{"untrusted underscore only", "10.0.0.1:1", http.Header{"X_zapier_user": {"u"}}, "identity_untrusted", "", ""},
+		{"unparseable peer", "garbage", http.Header{"X-Zapier-User": {"u"}, "X-Zapier-Tenant": {"t"}}, "identity_untrusted", "", ""},
+		{"two users", "127.0.0.1:1", http.Header{"X-Zapier-User": {"u", "v"}, "X-Zapier-Tenant": {"t"}}, "identity_invalid", "", ""},
+		{"two users no tenant", "127.0.0.1:1", http.Header{"X-Zapier-User": {"u", "v"}}, "identity_invalid", "", ""},
+		{"empty", "127.0.0.1:1", http.Header{"X-Zapier-User": {""}, "X-Zapier-Tenant": {"t"}}, "identity_invalid", "", ""},
+		{"too long", "127.0.0.1:1", http.Header{"X-Zapier-User": {strings.Repeat("a", 257)}, "X-Zapier-Tenant": {"t"}}, "identity_invalid", "", ""},
+		{"256 ok", "127.0.0.1:1", http.Header{"X-Zapier-User": {strings.Repeat("a", 256)}, "X-Zapier-Tenant": {"t"}}, "", "t", strings.Repeat("a", 256)},
+		{"control", "127.0.0.1:1", http.Header{"X-Zapier-User": {"a\x01b"}, "X-Zapier-Tenant": {"t"}}, "identity_invalid", "", ""},
+		{"del", "127.0.0.1:1", http.Header{"X-Zapier-User": {"a\x7fb"}, "X-Zapier-Tenant": {"t"}}, "identity_invalid", "", ""},
+		{"bad utf8", "127.0.0.1:1", http.Header{"X-Zapier-User": {"a\xffb"}, "X-Zapier-Tenant": {"t"}}, "identity_invalid", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "/", nil)
+			r.RemoteAddr = tc.remote
+			r.Header = tc.header.Clone()
+			tenant, user, ierr := rules.extract(r)
+			code := ""
+			if ierr != nil {
+				code = ierr.code
+			}
+			if code != tc.wantCode || tenant != tc.wantTenant || user != tc.wantUser {
+				t.Errorf("got (%q, %q, %q), want (%q, %q, %q)", tenant, user, code, tc.wantTenant, tc.wantUser, tc.wantCode)
+			}
+			for name := range r.Header {
+				if foldsTo(name, "X-Zapier-User") || foldsTo(name, "X-Zapier-Tenant") {
+					t.Errorf("identity header %q left on the request", name)
+				}
+			}
+		})
+	}
+}
+
+func TestUnderscoreAndCaseVariantsAreRemovedNotRead(t *testing.T) {
+	rules := testRules(t, "127.0.0.1")
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.RemoteAddr = "127.0.0.1:1"
+	r.Header = http.Header{
+		"X-Zapier-User":   {"real-user"},
+		"X-Zapier-Tenant": {"real-tenant"},
+		"X_zapier_user":   {"spoofed"},
+		"x-zapier_tenant": {"spoofed"},
+		"X-ZAPIER-USER":   {"spoofed"}, // not canonical: set by hand, never by net/http
+		"X-Other":         {"kept"},
+	}
+	tenant, user, ierr := rules.extract(r)
+	if ierr != nil || tenant != "real-tenant" || user != "real-user" {
+		t.Fatalf("got %q/%q/%v", tenant, user, ierr)
+	}
+	if len(r.Header) != 1 || r.Header.Get("X-Other") != "kept" {
+		t.Errorf("headers left: %v", r.Header)
+	}
+}
+
+func TestIdentityHashIsShortAndKeyed(t *testing.T) {
+	h := identityHash("tenant", "user")
+	if len(h) != 12 || strings.Contains(h, "user") {
+		t.Errorf("identityHash = %q", h)
+	}
+	if h == identityHash("tenantu", "ser") {
+		t.Error("tenant/user boundary is ambiguous")
+	}
+}
+
+func FuzzExtractIdentity(f *testing.F) {
+	f.Add("127.0.0.1:1", "X-Zapier-User", "u", "X-Zapier-Tenant", "t")
+	f.Add("10.1.1.1:1", "X_Zapier_User", "u", "x-zapier-tenant", "t")
+	f.Add("[::1]:9", "X-Zapier-User", "\x00", "X-Zapier-Tenant", strings.Repeat("é", 200))
+	rules := identityRules{userHeader: "X-Zapier-User", tenantHeader: "X-Zapier-Tenant"}
+	prefixes, _ := parseTrustedSources([]string{"127.0.0.0/8", "::1"})
+	rules.trusted = prefixes
+	f.Fuzz(func(t *testing.T, remote, name1, value1, name2, value2 string) {
+		r := &http.Request{RemoteAddr: remote, Header: http.Header{name1: {value1}, name2: {value2}}}
+		tenant, user, ierr := rules.extract(r)
+		if ierr == nil && (!validIdentity(tenant) || !validIdentity(user)) {
+			t.Fatalf("accepted invalid identity %q/%q", tenant, user)
+		}
+		for name := range r.Header {
+			if foldsTo(name, rules.userHeader) || foldsTo(name, rules.tenantHeader) {
+				t.Fatalf("identity header %q left on the request", name)
+			}
+		}
+	})
+}
