@@ -42,6 +42,7 @@ build:
 			'	_ "github.com/caddyserver/caddy/v2/modules/standard"' \
 			'	_ "$(MODULE)"' \
 			')' '' 'func main() {' '	caddycmd.Main()' '}' > main.go
+		gofmt -w main.go
 		$(GO) mod init caddy >/dev/null 2>&1
 		$(GO) mod edit -replace "$(MODULE)=$(ROOT)"
 		$(GO) get "github.com/caddyserver/caddy/v2@$(CADDY_VERSION)" >/dev/null 2>&1

@@ -108,14 +108,16 @@ type caddyProcess struct {
 	output *bytes.Buffer
 }
 
-func startCaddyProcess(t *testing.T, config, dataDir string) *caddyProcess {
+// startCaddyProcess runs the built binary on Caddyfile.example, as the demo
+// does, with env setting its {$VAR}s.
+func startCaddyProcess(t *testing.T, env []string, dataDir string) *caddyProcess {
 	t.Helper()
-	cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
-	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
+	example, err := filepath.Abs("../Caddyfile.example")
+	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(caddyBinary(t), "run", "--config", cfgPath, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dataDir, "XDG_CONFIG_HOME="+t.TempDir())
+	cmd := exec.Command(caddyBinary(t), "run", "--config", example, "--adapter", "caddyfile")
+	cmd.Env = append(append(os.Environ(), env...), "XDG_DATA_HOME="+dataDir, "XDG_CONFIG_HOME="+t.TempDir())
 	p := &caddyProcess{cmd: cmd, output: new(bytes.Buffer)}
 	cmd.Stdout, cmd.Stderr = p.output, p.output
 	if err := cmd.Start(); err != nil {
@@ -141,6 +143,8 @@ func (p *caddyProcess) stop(t *testing.T) {
 	}
 }
 
+// TestRestartedCaddyPublishesTheSameKeys runs the built binary on
+// Caddyfile.example against the fake, as `make demo` does, and restarts it.
 func TestRestartedCaddyPublishesTheSameKeys(t *testing.T) {
 	const port = 9180
 	fake := fakezapier.New(fakezapier.Config{
@@ -150,24 +154,11 @@ func TestRestartedCaddyPublishesTheSameKeys(t *testing.T) {
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 	dataDir := t.TempDir()
-	config := fmt.Sprintf(`{
-	admin localhost:2990
-	persist_config off
-	zapier {
-		client_id %s
-		client_secret %s
-		issuer %s
-		token_url %s/oauth/token
+	env := []string{
+		"ZAPIER_CLIENT_ID=" + testClientID, "ZAPIER_CLIENT_SECRET=" + testSecret, "ZAPIER_ISSUER=" + testIssuer,
+		"ZAPIER_TOKEN_URL=" + srv.URL + "/oauth/token", "ZAPIER_API_URL=" + srv.URL, "ZAPIER_CONNECT_URL=" + srv.URL,
+		fmt.Sprintf("ZAPIER_GATEWAY_PORT=%d", port),
 	}
-}
-:%d {
-	zapier_jwks /.well-known/jwks.json
-	handle_path /zapier/api/* {
-		zapier_auth
-		reverse_proxy %s
-	}
-}
-`, testClientID, testSecret, testIssuer, srv.URL, port, srv.URL)
 
 	jwksKids := func(p *caddyProcess) []string {
 		var kids []string
@@ -188,12 +179,12 @@ func TestRestartedCaddyPublishesTheSameKeys(t *testing.T) {
 		}
 	}
 
-	first := startCaddyProcess(t, config, dataDir)
+	first := startCaddyProcess(t, env, dataDir)
 	before := jwksKids(first)
 	callAs("before")
 	first.stop(t)
 
-	second := startCaddyProcess(t, config, dataDir)
+	second := startCaddyProcess(t, env, dataDir)
 	after := jwksKids(second)
 	callAs("after")
 	if len(before) != 1 || !slices.Equal(before, after) {

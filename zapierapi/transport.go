@@ -55,7 +55,7 @@ func (c *Client) run(ctx context.Context, cl *call) error {
 		}
 		// Never sleep past the caller's deadline: a retry that cannot
 		// start in time is pointless, so report the real failure now.
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < 0 {
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < delay {
 			return e
 		}
 		t := time.NewTimer(delay)
