@@ -107,24 +107,30 @@ func BenchmarkGetHit(b *testing.B) {
 }
 
 // BenchmarkMapBaseline is a plain map lookup with the same keys and access
-// pattern as BenchmarkGetHit/uniform: the memory-latency floor that any
-// hash-based cache pays at large sizes.
+// patterns as BenchmarkGetHit: the memory-latency floor that any hash-based
+// cache pays at large sizes, for comparison.
 func BenchmarkMapBaseline(b *testing.B) {
 	for _, size := range benchSizes {
-		b.Run("entries="+size.name, func(b *testing.B) {
-			s := benchCache(b, size.n)
-			m := make(map[Key]Token, size.n)
-			for _, k := range s.keys {
-				m[k] = benchToken(k)
-			}
-			i := 0
-			for b.Loop() {
-				_ = m[s.keys[i]]
-				if i++; i == len(s.keys) {
-					i = 0
+		for _, pattern := range []string{"uniform", "hot1k"} {
+			b.Run(fmt.Sprintf("entries=%s/%s", size.name, pattern), func(b *testing.B) {
+				s := benchCache(b, size.n)
+				m := make(map[Key]Token, size.n)
+				for _, k := range s.keys {
+					m[k] = benchToken(k)
 				}
-			}
-		})
+				keys := s.keys
+				if pattern == "hot1k" {
+					keys = keys[:1000]
+				}
+				i := 0
+				for b.Loop() {
+					_ = m[keys[i]]
+					if i++; i == len(keys) {
+						i = 0
+					}
+				}
+			})
+		}
 	}
 }
 

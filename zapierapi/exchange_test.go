@@ -425,7 +425,14 @@ func TestServerErrorRetryAfter(t *testing.T) {
 		w.WriteHeader(503)
 	})
 	c := newTestClient(t, f.URL)
-	_, err := c.ExchangeJWT(context.Background(), testJWT)
+	done := make(chan error, 1)
+	go func() { _, err := c.ExchangeJWT(context.Background(), testJWT); done <- err }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second): // far below the 120s asked for
+		t.Fatal("slept for the 5xx Retry-After instead of giving up")
+	}
 	e := wantError(t, err, KindFailed)
 	f.waitHits(t, 1)
 	if e.RetryAfter != 2*time.Minute {
@@ -447,6 +454,22 @@ func TestPerAttemptTimeout(t *testing.T) {
 		t.Fatal("the caller's deadline expired; the per-attempt timeout should have ended the call")
 	}
 	if e.Attempts != 2 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("error = %+v", *e)
+	}
+	f.waitHits(t, 2)
+}
+
+// A body that stalls after the headers is a timeout too.
+func TestSlowBodyTimeout(t *testing.T) {
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		w.Header().Set("Content-Length", "100")
+		_, _ = w.Write([]byte(`{"access_token":`))
+		w.(http.Flusher).Flush()
+		hang(w, r, n)
+	})
+	c := newTestClient(t, f.URL, func(c *Config) { c.Timeout = 50 * time.Millisecond; c.MaxAttempts = 2 })
+	_, err := c.ExchangeJWT(context.Background(), testJWT)
+	if e := wantError(t, err, KindTimeout); e.Attempts != 2 || e.StatusCode != 0 {
 		t.Errorf("error = %+v", *e)
 	}
 	f.waitHits(t, 2)
@@ -494,7 +517,7 @@ func TestBackoffStopsBeforeDeadline(t *testing.T) {
 	f := newFake(t, func(w http.ResponseWriter, _ *http.Request, _ int) { w.WriteHeader(503) })
 	c := newTestClient(t, f.URL)
 	c.backoffBase, c.backoffCap = time.Hour, time.Hour
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err := c.ExchangeJWT(ctx, testJWT)
 	e := wantError(t, err, KindFailed)
@@ -561,6 +584,23 @@ func TestConnectionReset(t *testing.T) {
 		f := newFake(t, func(w http.ResponseWriter, _ *http.Request, n int) {
 			if n == 1 {
 				reset(t, w)
+				return
+			}
+			okToken(w)
+		})
+		tok, err := newTestClient(t, f.URL).ExchangeJWT(context.Background(), testJWT)
+		if err != nil || tok.AccessToken != testAccess {
+			t.Fatalf("tok %v err %v", tok, err)
+		}
+		f.waitHits(t, 2)
+	})
+	t.Run("mid-body", func(t *testing.T) {
+		f := newFake(t, func(w http.ResponseWriter, _ *http.Request, n int) {
+			if n == 1 {
+				conn, buf, _ := w.(http.Hijacker).Hijack()
+				_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"access_token\":\"" + testAccess)
+				_ = buf.Flush()
+				_ = conn.Close()
 				return
 			}
 			okToken(w)
