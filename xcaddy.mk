@@ -102,6 +102,8 @@ test: build vet
 	@export XDG_DATA_HOME="$$(mktemp -d)" XDG_CONFIG_HOME="$$(mktemp -d)"
 	export CADDY_BIN="$(CADDY_BIN)"
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/integration$$')
+	# Allocation tests are meaningless under -race (it allocates); run them plain.
+	$(GO) test -count=1 -run 'Allocs' ./tokencache/ ./jwks/ ./caddymodule/
 	log="$(BUILD_DIR)/integration.log"
 	$(GO) test -race -count=1 -v -timeout 15m ./integration/ 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
 	if ! grep -q '^ok' "$$log"; then echo "integration tests failed (full log: $$log)"; tail -80 "$$log"; exit 1; fi

@@ -751,8 +751,12 @@ func TestCloseCancelsAndWaits(t *testing.T) {
 		missErr <- err
 	}()
 	waitWaiters(t, c, bob, 1)
-	if n := fetchGoroutines(); n < 1 {
-		t.Fatalf("fetch goroutines before Close = %d, want ≥1", n)
+	// The fetch goroutine may not have been scheduled yet.
+	for deadline := time.Now().Add(5 * time.Second); fetchGoroutines() < 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("no fetch goroutine before Close")
+		}
+		runtime.Gosched()
 	}
 
 	c.Close()
