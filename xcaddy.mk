@@ -24,7 +24,11 @@ GATEWAY_PORT  ?= 8080
 FAKE_ADDR     ?= 127.0.0.1:9900
 FUZZTIME      ?= 30s
 
-.PHONY: build fake smoke demo test vet clean
+.PHONY: build fake smoke demo test test-deps vet clean
+
+# Debian packages the tests need, as "command:package" pairs; installed by
+# test-deps when the command is missing.
+TEST_DEPS ?= chromium:chromium
 
 build:
 	@mkdir -p "$(BUILD_DIR)"
@@ -92,13 +96,25 @@ demo: build fake
 	echo
 	"$(CADDY_BIN)" run --config Caddyfile.example --adapter caddyfile
 
+test-deps:
+	@missing=""
+	for dep in $(TEST_DEPS); do
+		command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"
+	done
+	if [ -n "$$missing" ]; then
+		echo "installing:$$missing"
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo
+		$$sudo apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+	fi
+
 vet:
 	test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 
 # test runs the whole suite. Integration tests (one package, real Caddy) run
 # verbose and the run fails if any of them skipped.
-test: build vet
+test: build vet test-deps
 	@export XDG_DATA_HOME="$$(mktemp -d)" XDG_CONFIG_HOME="$$(mktemp -d)"
 	export CADDY_BIN="$(CADDY_BIN)"
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/integration$$')

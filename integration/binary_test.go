@@ -146,7 +146,7 @@ func (p *caddyProcess) stop(t *testing.T) {
 // TestRestartedCaddyPublishesTheSameKeys runs the built binary on
 // Caddyfile.example against the fake, as `make demo` does, and restarts it.
 func TestRestartedCaddyPublishesTheSameKeys(t *testing.T) {
-	const port = 9180
+	port := 9180 + portOffset
 	fake := fakezapier.New(fakezapier.Config{
 		ClientID: testClientID, ClientSecret: testSecret, Issuer: testIssuer,
 		JWKSURL: fmt.Sprintf("http://127.0.0.1:%d/.well-known/jwks.json", port),
@@ -157,7 +157,7 @@ func TestRestartedCaddyPublishesTheSameKeys(t *testing.T) {
 	env := []string{
 		"ZAPIER_CLIENT_ID=" + testClientID, "ZAPIER_CLIENT_SECRET=" + testSecret, "ZAPIER_ISSUER=" + testIssuer,
 		"ZAPIER_TOKEN_URL=" + srv.URL + "/oauth/token", "ZAPIER_API_URL=" + srv.URL, "ZAPIER_CONNECT_URL=" + srv.URL,
-		fmt.Sprintf("ZAPIER_GATEWAY_PORT=%d", port),
+		fmt.Sprintf("ZAPIER_GATEWAY_PORT=%d", port), fmt.Sprintf("ZAPIER_ADMIN=localhost:%d", 2990+portOffset),
 	}
 
 	jwksKids := func(p *caddyProcess) []string {

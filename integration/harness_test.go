@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,13 +22,30 @@ import (
 )
 
 const (
-	gatewayPort  = 9080
-	adminAddr    = "http://localhost:2999"
 	testClientID = "itest-client"
 	testSecret   = "itest-secret-do-not-leak"
 	testIssuer   = "https://accounts.itest.example"
-	gatewayURL   = "http://127.0.0.1:9080"
 )
+
+// Ports. ITEST_PORT_OFFSET shifts every port the tests listen on, so two
+// runs of this package on one machine do not load configs into each other's
+// Caddy.
+var (
+	portOffset  = envInt("ITEST_PORT_OFFSET", 0)
+	gatewayPort = 9080 + portOffset
+	httpsPort   = 9443 + portOffset
+	adminPort   = 2999 + portOffset
+	adminAddr   = fmt.Sprintf("http://localhost:%d", adminPort)
+	gatewayURL  = fmt.Sprintf("http://127.0.0.1:%d", gatewayPort)
+)
+
+func envInt(name string, def int) int {
+	v, err := strconv.Atoi(os.Getenv(name))
+	if err != nil {
+		return def
+	}
+	return v
+}
 
 // gateway is a real Caddy (in process, through caddytest) configured by
 // Caddyfile in front of a fake Zapier started by the test.
@@ -60,7 +78,7 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	if g.storageDir == "" {
 		g.storageDir = storageDir(t)
 	}
-	g.tester = caddytest.NewTester(t)
+	g.tester = caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	g.tester.InitServer(g.caddyfile(opts), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
@@ -97,9 +115,9 @@ func waitForSingleListener(t *testing.T, port int) {
 
 func (g *gateway) caddyfile(opts gatewayOptions) string {
 	return fmt.Sprintf(`{
-	admin localhost:2999
+	admin localhost:%d
 	http_port %d
-	https_port 9443
+	https_port %d
 	grace_period 1ns
 	skip_install_trust
 	persist_config off
@@ -122,7 +140,7 @@ func (g *gateway) caddyfile(opts gatewayOptions) string {
 	}
 	%s
 }
-`, gatewayPort, g.storageDir, testClientID, testSecret, testIssuer, g.fakeURL, g.fakeURL, g.fakeURL,
+`, adminPort, gatewayPort, httpsPort, g.storageDir, testClientID, testSecret, testIssuer, g.fakeURL, g.fakeURL, g.fakeURL,
 		opts.zapierExtra, gatewayPort, g.fakeURL, opts.siteExtra)
 }
 
