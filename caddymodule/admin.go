@@ -72,6 +72,8 @@ func methodNotAllowed(r *http.Request, allowed string) error {
 type Status struct {
 	Keys  []jwks.KeyInfo `json:"keys"`
 	Cache CacheStatus    `json:"cache"`
+	// Breaker is closed, open, half_open or cooling_down (after a 429).
+	Breaker string `json:"breaker"`
 }
 
 // CacheStatus describes the access token cache.
@@ -99,6 +101,7 @@ func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request) error {
 			Size:     app.Cache.Size,
 			HitRatio: app.tokens.hitRatio(),
 		},
+		Breaker: app.tokens.breaker.State(),
 	})
 }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -186,6 +187,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.Issuer = repl.ReplaceKnown(a.Issuer, "")
 	if err := a.validateConfig(); err != nil {
 		return err
+	}
+	if trustsEveryone(a.trusted) {
+		a.logger.Warn("identity.trusted_sources trusts every address: any client that reaches this server can act as any user",
+			zap.Strings("trusted_sources", a.Identity.TrustedSources))
 	}
 
 	var err error
@@ -449,6 +454,17 @@ func (a *App) identityRules() identityRules {
 	return identityRules{userHeader: a.userHeader, tenantHeader: a.tenantHeader, trusted: a.trusted}
 }
 
+// trustsEveryone reports whether the list holds 0.0.0.0/0 or ::/0. That is
+// allowed, because it is spelled out, but never the default.
+func trustsEveryone(prefixes []netip.Prefix) bool {
+	for _, p := range prefixes {
+		if p.Bits() == 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // cachePoolKey identifies token caches that may be shared across reloads:
 // tokens stay valid only while the credentials, issuer, claims and scopes
 // they were obtained with are unchanged.
@@ -518,13 +534,34 @@ func (a *App) exchange(ctx context.Context, key tokencache.Key) (tokencache.Toke
 		return tokencache.Token{}, &zapierapi.Error{Kind: zapierapi.KindTimeout, Err: ctx.Err()}
 	}
 	start := time.Now()
-	tok, err := a.exchangeJWT(ctx, key)
+	var tok zapierapi.Token
+	err := a.callZapier(func() (err error) {
+		tok, err = a.exchangeJWT(ctx, key)
+		return err
+	})
 	a.metrics.observeExchange("access_token", err, time.Since(start))
 	if err != nil {
 		a.logExchangeFailure(key, err)
 		return tokencache.Token{}, err
 	}
 	return tokencache.Token{Value: tok.AccessToken, Expiry: tok.Expiry}, nil
+}
+
+// callZapier runs one call to Zapier through the breaker: while Zapier keeps
+// failing, or while a 429 cooldown runs, it fails fast with a KindUnavailable
+// error carrying Retry-After instead of calling.
+func (a *App) callZapier(call func() error) error {
+	if err := a.tokens.breaker.Before(); err != nil {
+		return err
+	}
+	err := call()
+	a.tokens.breaker.After(err)
+	return err
+}
+
+func (a *App) breakerOpened(openFor time.Duration) {
+	a.logger.Warn("Zapier keeps failing: circuit breaker opened; calls fail fast until it half-opens",
+		zap.Duration("open_for", openFor))
 }
 
 func (a *App) exchangeJWT(ctx context.Context, key tokencache.Key) (zapierapi.Token, error) {
@@ -539,12 +576,17 @@ func (a *App) exchangeJWT(ctx context.Context, key tokencache.Key) (zapierapi.To
 }
 
 func (a *App) logExchangeFailure(key tokencache.Key, err error) {
+	level := zapcore.ErrorLevel
 	fields := []zap.Field{zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err)}
-	var zerr *zapierapi.Error
-	if errors.As(err, &zerr) {
+	if zerr, ok := zapierapi.AsError(err); ok {
 		fields = append(fields, zap.String("kind", zerr.Kind.String()), zap.Int("status", zerr.StatusCode), zap.Int("attempts", zerr.Attempts))
+		if zerr.Kind == zapierapi.KindUnavailable {
+			level = zapcore.DebugLevel // the breaker's own line already said why
+		}
 	}
-	a.logger.Error("token exchange failed", fields...)
+	if ce := a.logger.Check(level, "token exchange failed"); ce != nil {
+		ce.Write(fields...)
+	}
 }
 
 // Interface guards.

@@ -19,7 +19,10 @@ var cachePool = caddy.NewUsagePool()
 // pooledCache is the token cache shared by every config generation with the
 // same credentials. Fetches go through the newest started App.
 type pooledCache struct {
-	cache     *tokencache.Cache
+	cache *tokencache.Cache
+	// breaker lives here, not in the App, so a reload during a Zapier
+	// outage does not reset it.
+	breaker   *zapierapi.Breaker
 	exchanger atomic.Pointer[App]
 	lookups   atomic.Uint64
 	hits      atomic.Uint64 // served from the cache without waiting
@@ -45,6 +48,13 @@ func (pc *pooledCache) hitRatio() float64 {
 
 func newPooledCache(a *App) (*pooledCache, error) {
 	pc := new(pooledCache)
+	pc.breaker = zapierapi.NewBreaker(zapierapi.BreakerConfig{
+		OnOpen: func(openFor time.Duration) {
+			if app := pc.exchanger.Load(); app != nil {
+				app.breakerOpened(openFor)
+			}
+		},
+	})
 	// A fetch may retry: give it room for every attempt and the backoff
 	// between them, and nothing more.
 	fetchTimeout := 3*time.Duration(a.Exchange.Timeout) + 5*time.Second

@@ -11,10 +11,6 @@ import (
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
-// zapierCooldown is Zapier's documented cooldown after a 429, used when the
-// 429 came without a Retry-After.
-const zapierCooldown = 60 * time.Second
-
 // apiError is an error the gateway answers itself, in the DESIGN.md shape
 // {"error":{"code","message"}}. Messages are written for the partner's
 // developers and never contain a secret, token or JWT.
@@ -58,10 +54,13 @@ func exchangeAPIError(err error) *apiError {
 		case zapierapi.KindRateLimited:
 			retry := zerr.RetryAfter
 			if retry <= 0 {
-				retry = zapierCooldown
+				retry = zapierapi.DefaultRateLimitCooldown
 			}
 			return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
 				Message: "Zapier is rate limiting token exchanges; retry later", RetryAfter: retry}
+		case zapierapi.KindUnavailable:
+			return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
+				Message: "Zapier is unavailable (" + zerr.Description + "); retry later", RetryAfter: zerr.RetryAfter}
 		case zapierapi.KindTimeout:
 			return &apiError{Status: http.StatusGatewayTimeout, Code: "token_exchange_timeout",
 				Message: "the token exchange with Zapier timed out"}

@@ -23,6 +23,7 @@ const (
 	KindFailed                      // 5xx, network error, empty/malformed 200 after bounded retries
 	KindTimeout                     // the attempt(s) timed out (per-attempt Timeout or caller deadline)
 	KindRateLimited                 // 429
+	KindUnavailable                 // not attempted: the breaker is open or a 429 cooldown is running
 )
 
 func (k Kind) String() string {
@@ -35,6 +36,8 @@ func (k Kind) String() string {
 		return "timeout"
 	case KindRateLimited:
 		return "rate_limited"
+	case KindUnavailable:
+		return "unavailable"
 	}
 	return fmt.Sprintf("Kind(%d)", int(k))
 }
