@@ -3,6 +3,7 @@
 #   make -f xcaddy.mk demo    run the gateway (against a bundled fake Zapier unless ZAPIER_CLIENT_ID is set)
 #   make -f xcaddy.mk test    run every test, installing what they need
 #   make -f xcaddy.mk build   build Caddy with the plugin into .build/caddy
+#   make -f xcaddy.mk bench   measure the gateway against bare Caddy and nginx (results in bench/results/)
 #
 # build uses xcaddy when it is on PATH, otherwise the same steps with plain go
 # (temp module, replace, go get caddy@$(CADDY_VERSION), tidy, go build with
@@ -24,7 +25,7 @@ GATEWAY_PORT  ?= 8080
 FAKE_ADDR     ?= 127.0.0.1:9900
 FUZZTIME      ?= 30s
 
-.PHONY: build fake smoke demo test test-deps vet clean
+.PHONY: build fake smoke demo test test-deps vet fuzz clean
 
 # Debian packages the tests need, as "command:package" pairs; installed by
 # test-deps when the command is missing.
@@ -118,13 +119,32 @@ test: build vet test-deps
 	@export XDG_DATA_HOME="$$(mktemp -d)" XDG_CONFIG_HOME="$$(mktemp -d)"
 	export CADDY_BIN="$(CADDY_BIN)"
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/integration$$')
-	# Allocation tests are meaningless under -race (it allocates); run them plain.
-	$(GO) test -count=1 -run 'Allocs' ./tokencache/ ./jwks/ ./caddymodule/
+	# Allocation and memory tests are meaningless under -race; run them plain.
+	$(GO) test -count=1 -run 'Allocs|Bounded' ./tokencache/ ./jwks/ ./caddymodule/
 	log="$(BUILD_DIR)/integration.log"
 	$(GO) test -race -count=1 -v -timeout 15m ./integration/ 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
 	if ! grep -q '^ok' "$$log"; then echo "integration tests failed (full log: $$log)"; tail -80 "$$log"; exit 1; fi
 	if grep -q -- '--- SKIP' "$$log"; then echo "integration tests were skipped:"; grep -- '--- SKIP' "$$log"; exit 1; fi
 	echo "integration: $$(grep -c -- '--- PASS' "$$log") passed, none skipped"
+
+# fuzz runs every Go fuzz target for FUZZTIME each (the seeds alone run in
+# `test`); new crashers land in the package's testdata/fuzz, to be committed.
+fuzz:
+	@for pkg in $$($(GO) list ./...); do
+		for target in $$($(GO) test -list '^Fuzz' "$$pkg" | grep '^Fuzz' || true); do
+			echo "== $$pkg $$target ($(FUZZTIME))"
+			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime "$(FUZZTIME)" "$$pkg"
+		done
+	done
+
+# bench builds Caddy, installs wrk and nginx when missing, and runs bench/
+# (see bench/main.go); BENCH_FLAGS passes options, e.g. BENCH_FLAGS=-rounds=5.
+.PHONY: bench
+BENCH_FLAGS ?=
+bench: TEST_DEPS = wrk:wrk nginx:nginx
+bench: build test-deps
+	$(GO) build -o "$(BUILD_DIR)/bench" ./bench
+	"$(BUILD_DIR)/bench" -caddy "$(CADDY_BIN)" -root "$(ROOT)" -out "$(ROOT)/bench/results" $(BENCH_FLAGS)
 
 clean:
 	rm -rf "$(BUILD_DIR)"

@@ -120,11 +120,10 @@ func (a *adminAPI) handleRotate(w http.ResponseWriter, r *http.Request) error {
 	if err := app.ensureKeys(r.Context()); err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
 	}
-	key, err := app.keys.Rotate(r.Context(), immediate != "")
+	key, err := app.rotateKeys(r.Context(), immediate != "") // counts and emits zapier_key_rotated (events.go)
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("rotating keys: %w", err)}
 	}
-	app.metrics.rotations.Inc()
 	a.logger.Info("signing key rotation requested", zap.String("next_kid", key.KID), zap.Time("activates_at", key.ActivatesAt), zap.Bool("immediate", immediate != ""))
 	return writeJSON(w, http.StatusOK, struct {
 		Next jwks.KeyInfo `json:"next"`

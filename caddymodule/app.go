@@ -121,6 +121,7 @@ type App struct {
 	client   *zapierapi.Client
 	tokens   *pooledCache
 	metrics  *metrics
+	events   *appEvents // events.go
 	inflight chan struct{}
 
 	keysLoad *keysLoad
@@ -224,6 +225,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		ClientAuth:       a.Exchange.ClientAuth,
 		Timeout:          time.Duration(a.Exchange.Timeout),
 		DefaultTTL:       time.Duration(a.Cache.DefaultTTL),
+		HTTPClient:       tracedHTTPClient(), // traced, carries traceparent (tracing.go)
 	})
 	if err != nil {
 		return fmt.Errorf("configuring the Zapier client: %w", err)
@@ -232,6 +234,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 	a.metrics, err = newMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
+		return err
+	}
+	if err := a.provisionEvents(ctx); err != nil {
 		return err
 	}
 
@@ -568,7 +573,7 @@ func (a *App) exchangeJWT(ctx context.Context, key tokencache.Key) (zapierapi.To
 	if err := a.ensureKeys(ctx); err != nil {
 		return zapierapi.Token{}, err
 	}
-	jwt, err := a.keys.Mint(key.Tenant, key.User)
+	jwt, err := a.signJWT(ctx, key)
 	if err != nil {
 		return zapierapi.Token{}, fmt.Errorf("minting JWT: %w", err)
 	}

@@ -115,18 +115,16 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 
 	// Hold back a 401 so the request can be retried; anything else streams.
-	headersBefore := cloneHeader(w.Header())
-	var held bytes.Buffer
-	rec := caddyhttp.NewResponseRecorder(w, &held, func(status int, _ http.Header) bool {
-		return status == http.StatusUnauthorized
-	})
+	held := holdResponse(w.Header())
+	defer held.release()
+	rec := caddyhttp.NewResponseRecorder(w, &held.buf, isUnauthorized)
 	err = next.ServeHTTP(rec, r)
 	if err != nil || !rec.Buffered() {
 		return err
 	}
 
 	h.app.tokens.cache.EvictToken(key, token)
-	restoreHeader(w.Header(), headersBefore)
+	held.restore(w.Header())
 	fresh, err := h.token(r.Context(), key)
 	if err != nil {
 		return h.failExchange(w, r, key, err)
@@ -142,6 +140,7 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 func (h *Auth) token(ctx context.Context, key tokencache.Key) (string, error) {
 	tok, res, err := h.app.tokens.get(ctx, key)
 	h.app.metrics.observeLookup(res)
+	annotateLookup(ctx, res)
 	return tok.Value, err
 }
 
@@ -156,12 +155,18 @@ func (h *Auth) evictOnUnauthorized(status int, key tokencache.Key, token string)
 }
 
 func (h *Auth) refuse(w http.ResponseWriter, r *http.Request, ierr *identityError) {
-	h.app.metrics.refusals.WithLabelValues(ierr.code).Inc()
+	refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
+}
+
+// refuseIdentity answers a request whose identity was refused, counting and
+// logging the reason; zapier_auth and zapier_connect refuse alike.
+func refuseIdentity(w http.ResponseWriter, r *http.Request, m *metrics, logger *zap.Logger, ierr *identityError) {
+	m.refusals.WithLabelValues(ierr.code).Inc()
 	level := zapcore.InfoLevel
 	if ierr == errIdentityUntrusted {
 		level = zapcore.WarnLevel
 	}
-	if ce := h.logger.Check(level, "request refused"); ce != nil {
+	if ce := logger.Check(level, "request refused"); ce != nil {
 		ce.Write(zap.String("reason", ierr.code), zap.String("remote_addr", r.RemoteAddr))
 	}
 	writeError(w, &apiError{Status: ierr.status, Code: ierr.code, Message: ierr.message})
@@ -234,22 +239,64 @@ func (b *replayBody) release() {
 	}
 }
 
-func cloneHeader(h http.Header) http.Header {
-	if len(h) == 0 {
-		return nil
-	}
-	return h.Clone()
+// isUnauthorized is the recorder's buffering rule: a 401 is held back so the
+// request can be retried with a fresh token; every other response streams.
+func isUnauthorized(status int, _ http.Header) bool {
+	return status == http.StatusUnauthorized
 }
 
-// restoreHeader undoes what a held-back 401 response wrote into the shared
-// header map.
-func restoreHeader(h, before http.Header) {
-	for k := range h {
-		delete(h, k)
+// heldResponse is what a replayable request needs while next runs: a copy of
+// the response header as it was (to undo what a held-back 401 wrote into the
+// shared map) and the buffer for that 401. It is pooled because every request
+// without a body takes this path; the copy shares the immutable strings and
+// allocates nothing once the pool is warm.
+type heldResponse struct {
+	buf    bytes.Buffer
+	names  []string
+	values []string // values of names[i]: values[ends[i-1]:ends[i]]
+	ends   []int
+	nils   []bool // names[i] was set to a nil slice, which reverse_proxy tells apart from empty
+}
+
+var heldResponses = sync.Pool{New: func() any { return new(heldResponse) }}
+
+func holdResponse(h http.Header) *heldResponse {
+	held := heldResponses.Get().(*heldResponse)
+	for name, vv := range h {
+		held.names = append(held.names, name)
+		held.values = append(held.values, vv...)
+		held.ends = append(held.ends, len(held.values))
+		held.nils = append(held.nils, vv == nil)
 	}
-	for k, v := range before {
-		h[k] = v
+	return held
+}
+
+// restore puts the header map back as it was when the response was held.
+func (held *heldResponse) restore(h http.Header) {
+	clear(h)
+	start := 0
+	for i, name := range held.names {
+		end := held.ends[i]
+		if held.nils[i] {
+			h[name] = nil
+		} else {
+			h[name] = append(make([]string, 0, end-start), held.values[start:end]...)
+		}
+		start = end
 	}
+}
+
+// release returns the state to the pool once the request is over, dropping
+// its references to header strings.
+func (held *heldResponse) release() {
+	if held.buf.Cap() > maxReplayBody {
+		return // a huge 401 body; let it go rather than pin it in the pool
+	}
+	held.buf.Reset()
+	clear(held.names)
+	clear(held.values)
+	held.names, held.values, held.ends, held.nils = held.names[:0], held.values[:0], held.ends[:0], held.nils[:0]
+	heldResponses.Put(held)
 }
 
 // Interface guards.

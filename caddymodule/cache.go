@@ -75,7 +75,7 @@ func newPooledCache(a *App) (*pooledCache, error) {
 		if app == nil {
 			return tokencache.Token{}, errors.New("no zapier app is running")
 		}
-		return app.exchange(ctx, key)
+		return app.tracedExchange(ctx, key)
 	})
 	if err != nil {
 		return nil, err

@@ -12,49 +12,133 @@ import (
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
+// Label values. Every label of every collector takes its values from one of
+// these closed sets, so the number of series is fixed; all combinations are
+// created up front, so a dashboard or alert finds every series at 0 before
+// the first event instead of "no data".
+
+// Exchange kinds: what was asked of Zapier's token endpoint.
+const (
+	exchangeKindAccess  = "access_token"  // partner JWT → user access token
+	exchangeKindConnect = "connect_token" // access token → single-use connect token
+)
+
+// exchangeOutcomes are "success" and the zapierapi.Kind names.
+var exchangeOutcomes = []string{"success", "rejected", "failed", "timeout", "rate_limited", "unavailable"}
+
+// connectFlow is how a Connect flow came back to the gateway.
+type connectFlow string
+
+const (
+	connectFlowPopup    connectFlow = "popup"    // POST complete from connect.js
+	connectFlowRedirect connectFlow = "redirect" // GET callback from the Connect UI
+)
+
+// connectOutcome is how a connect completion ended.
+type connectOutcome string
+
+const (
+	connectSuccess           connectOutcome = "success"              // connection verified and stored
+	connectStateInvalid      connectOutcome = "state_invalid"        // bad, expired or replayed state (connect_state_invalid)
+	connectConnectionInvalid connectOutcome = "connection_invalid"   // id unknown, expired or not this user's (connection_invalid)
+	connectAuthError         connectOutcome = "authentication_error" // the Connect UI returned ?error= (e.g. the user cancelled)
+	connectFailed            connectOutcome = "failed"               // the gateway could not verify or store (Zapier or storage failure)
+)
+
+var (
+	connectFlows    = []connectFlow{connectFlowPopup, connectFlowRedirect}
+	connectOutcomes = []connectOutcome{connectSuccess, connectStateInvalid, connectConnectionInvalid, connectAuthError, connectFailed}
+)
+
+// actionOutcome is how a POST run of zapier_actions ended.
+type actionOutcome string
+
+const (
+	actionSuccess           actionOutcome = "success"            // the run finished with status success
+	actionError             actionOutcome = "error"              // the run finished with status error
+	actionPending           actionOutcome = "pending"            // the wait ended first: 202 with the run id
+	actionConnectionMissing actionOutcome = "connection_missing" // no stored connection for the app (409)
+	actionFailed            actionOutcome = "failed"             // the gateway could not create or poll the run
+)
+
+var actionOutcomes = []actionOutcome{actionSuccess, actionError, actionPending, actionConnectionMissing, actionFailed}
+
+// refusalReasons are the identity error codes.
+var refusalReasons = []string{errIdentityMissing.code, errIdentityUntrusted.code, errIdentityInvalid.code}
+
 // metrics holds the collectors. Counters are created once per process and
 // registered into every config's registry, so a reload neither resets them
 // nor fails with a duplicate registration. Labels are bounded enums only.
 type metrics struct {
-	lookups          *prometheus.CounterVec
-	exchanges        *prometheus.CounterVec
-	exchangeDuration *prometheus.HistogramVec
-	cacheEvictions   prometheus.Counter
-	rotations        prometheus.Counter
-	refusals         *prometheus.CounterVec
+	lookups            *prometheus.CounterVec
+	exchanges          *prometheus.CounterVec
+	exchangeDuration   *prometheus.HistogramVec
+	cacheEvictions     prometheus.Counter
+	rotations          prometheus.Counter
+	refusals           *prometheus.CounterVec
+	connectCompletions *prometheus.CounterVec
+	actionRuns         *prometheus.CounterVec
+	breakerOpens       prometheus.Counter
 }
 
-var sharedMetrics = &metrics{
-	lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "zapier", Name: "token_lookups_total",
-		Help: "Access token lookups by result (hit, miss, coalesced, refresh_ahead, negative).",
-	}, []string{"result"}),
-	exchanges: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "zapier", Name: "exchanges_total",
-		Help: "Token exchanges with Zapier by kind and outcome.",
-	}, []string{"kind", "outcome"}),
-	exchangeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: "caddy", Subsystem: "zapier", Name: "exchange_duration_seconds",
-		Help:    "Latency of token exchanges with Zapier, retries included.",
-		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-	}, []string{"kind"}),
-	cacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "zapier", Name: "cache_evictions_total",
-		Help: "Access tokens dropped from the cache to make room.",
-	}),
-	rotations: prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "zapier", Name: "key_rotations_total",
-		Help: "Signing key rotations started by this instance.",
-	}),
-	refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "zapier", Name: "identity_refusals_total",
-		Help: "Requests refused for their identity, by reason.",
-	}, []string{"reason"}),
+func newCounterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "caddy", Subsystem: "zapier", Name: name, Help: help}, labels)
 }
+
+func newCounter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "caddy", Subsystem: "zapier", Name: name, Help: help})
+}
+
+var sharedMetrics = func() *metrics {
+	m := &metrics{
+		lookups: newCounterVec("token_lookups_total",
+			"Access token lookups by result (hit, miss, coalesced, refresh_ahead, negative).", "result"),
+		exchanges: newCounterVec("exchanges_total",
+			"Token exchanges with Zapier by kind (access_token, connect_token) and outcome.", "kind", "outcome"),
+		exchangeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "caddy", Subsystem: "zapier", Name: "exchange_duration_seconds",
+			Help:    "Latency of token exchanges with Zapier, retries included.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"kind"}),
+		cacheEvictions: newCounter("cache_evictions_total",
+			"Access tokens dropped from the cache to make room."),
+		rotations: newCounter("key_rotations_total",
+			"Signing key rotations seen by this instance: a new key published, or a key made to sign at once."),
+		refusals: newCounterVec("identity_refusals_total",
+			"Requests refused for their identity, by reason.", "reason"),
+		connectCompletions: newCounterVec("connect_completions_total",
+			"Connect flows completed, by flow (popup, redirect) and outcome.", "flow", "outcome"),
+		actionRuns: newCounterVec("action_runs_total",
+			"Action runs requested through zapier_actions, by outcome.", "outcome"),
+		breakerOpens: newCounter("breaker_opens_total",
+			"Times the circuit breaker in front of Zapier's token endpoint opened."),
+	}
+	for _, kind := range []string{exchangeKindAccess, exchangeKindConnect} {
+		m.exchangeDuration.WithLabelValues(kind)
+		for _, outcome := range exchangeOutcomes {
+			m.exchanges.WithLabelValues(kind, outcome)
+		}
+	}
+	for _, reason := range refusalReasons {
+		m.refusals.WithLabelValues(reason)
+	}
+	for _, flow := range connectFlows {
+		for _, outcome := range connectOutcomes {
+			m.connectCompletions.WithLabelValues(string(flow), string(outcome))
+		}
+	}
+	for _, outcome := range actionOutcomes {
+		m.actionRuns.WithLabelValues(string(outcome))
+	}
+	return m
+}()
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	m := sharedMetrics
-	for _, c := range []prometheus.Collector{m.lookups, m.exchanges, m.exchangeDuration, m.cacheEvictions, m.rotations, m.refusals} {
+	for _, c := range []prometheus.Collector{
+		m.lookups, m.exchanges, m.exchangeDuration, m.cacheEvictions, m.rotations, m.refusals,
+		m.connectCompletions, m.actionRuns, m.breakerOpens,
+	} {
 		if err := registerOrExisting(reg, c); err != nil {
 			return nil, err
 		}
@@ -123,16 +207,30 @@ func (m *metrics) observeLookup(r tokencache.Result) {
 	}
 }
 
+// observeExchange counts one exchange with Zapier's token endpoint; kind is
+// exchangeKindAccess or exchangeKindConnect, took includes the retries.
 func (m *metrics) observeExchange(kind string, err error, took time.Duration) {
 	m.exchanges.WithLabelValues(kind, exchangeOutcome(err)).Inc()
 	m.exchangeDuration.WithLabelValues(kind).Observe(took.Seconds())
 }
 
+// observeConnectCompletion counts one finished connect flow (the popup's
+// POST complete or the redirect's GET callback), whatever its outcome.
+func (m *metrics) observeConnectCompletion(flow connectFlow, outcome connectOutcome) {
+	m.connectCompletions.WithLabelValues(string(flow), string(outcome)).Inc()
+}
+
+// observeActionRun counts one POST run answered by zapier_actions.
+func (m *metrics) observeActionRun(outcome actionOutcome) {
+	m.actionRuns.WithLabelValues(string(outcome)).Inc()
+}
+
+// exchangeOutcome is the outcome label (and span attribute) of an exchange.
 func exchangeOutcome(err error) string {
 	if err == nil {
 		return "success"
 	}
-	if zerr, ok := zapierapi.AsError(err); ok {
+	if zerr, ok := zapierapi.AsError(err); ok && zerr.Kind >= zapierapi.KindRejected && zerr.Kind <= zapierapi.KindUnavailable {
 		return zerr.Kind.String()
 	}
 	return "failed"

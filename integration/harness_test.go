@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -39,6 +40,12 @@ var (
 	gatewayURL  = fmt.Sprintf("http://127.0.0.1:%d", gatewayPort)
 )
 
+// The client secret reaches the in-process Caddy the way it should in
+// production: through the environment, never in the config text.
+func init() {
+	_ = os.Setenv("ITEST_ZAPIER_SECRET", testSecret)
+}
+
 func envInt(name string, def int) int {
 	v, err := strconv.Atoi(os.Getenv(name))
 	if err != nil {
@@ -55,13 +62,17 @@ type gateway struct {
 	fake       *fakezapier.Server
 	fakeURL    string
 	storageDir string
+	opts       gatewayOptions
 }
 
 type gatewayOptions struct {
+	globalExtra string // extra lines in the global options block
+	gracePeriod string // default 1ns
 	zapierExtra string // extra lines inside the zapier global option
 	siteExtra   string // extra lines inside the site block
 	storageDir  string // reuse keys from an earlier gateway
 	fake        fakezapier.Config
+	fakeFront   func(http.Handler) http.Handler // optional middleware in front of the fake
 }
 
 func startGateway(t *testing.T, opts gatewayOptions) *gateway {
@@ -71,10 +82,14 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	cfg.JWKSURL = gatewayURL + "/.well-known/jwks.json"
 	cfg.Logf = t.Logf
 	fake := fakezapier.New(cfg)
-	srv := httptest.NewServer(fake)
+	var fakeHandler http.Handler = fake
+	if opts.fakeFront != nil {
+		fakeHandler = opts.fakeFront(fake)
+	}
+	srv := httptest.NewServer(fakeHandler)
 	t.Cleanup(srv.Close)
 
-	g := &gateway{t: t, fake: fake, fakeURL: srv.URL, storageDir: opts.storageDir}
+	g := &gateway{t: t, fake: fake, fakeURL: srv.URL, storageDir: opts.storageDir, opts: opts}
 	if g.storageDir == "" {
 		g.storageDir = storageDir(t)
 	}
@@ -118,13 +133,14 @@ func (g *gateway) caddyfile(opts gatewayOptions) string {
 	admin localhost:%d
 	http_port %d
 	https_port %d
-	grace_period 1ns
+	grace_period %s
 	skip_install_trust
 	persist_config off
 	storage file_system %s
+	%s
 	zapier {
 		client_id %s
-		client_secret %s
+		client_secret {env.ITEST_ZAPIER_SECRET}
 		issuer %s
 		token_url %s/oauth/token
 		api_url %s
@@ -140,8 +156,25 @@ func (g *gateway) caddyfile(opts gatewayOptions) string {
 	}
 	%s
 }
-`, adminPort, gatewayPort, httpsPort, g.storageDir, testClientID, testSecret, testIssuer, g.fakeURL, g.fakeURL, g.fakeURL,
+`, adminPort, gatewayPort, httpsPort, cmp.Or(opts.gracePeriod, "1ns"), g.storageDir, opts.globalExtra, testClientID, testIssuer, g.fakeURL, g.fakeURL, g.fakeURL,
 		opts.zapierExtra, gatewayPort, g.fakeURL, opts.siteExtra)
+}
+
+// reload loads the gateway's config again with siteExtra in its site block,
+// the way `caddy reload` does: a POST to the admin endpoint's /load.
+func (g *gateway) reload(siteExtra string) error {
+	opts := g.opts
+	opts.siteExtra = siteExtra
+	resp, err := plainClient.Post(adminAddr+"/load", "text/caddyfile", strings.NewReader(g.caddyfile(opts)))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("reload: %d %s", resp.StatusCode, body)
+	}
+	return nil
 }
 
 // echo is what the fake's /v2/echo route reports about the request it got.

@@ -5,8 +5,7 @@
 //
 //   - zapier.com:         POST /oauth/token (token exchange; see oauth.go)
 //   - api.zapier.com:     /v2/... (see api.go)
-//   - connect.zapier.com: the Connect UI (not implemented yet; it will consume
-//     connect tokens through ConsumeConnectToken)
+//   - connect.zapier.com: GET /to/{app}, the Connect UI (see connect.go)
 //
 // The fake verifies the gateway's partner JWTs with its own JOSE code (jwt.go,
 // jwks.go), written on the standard library only, so that a bug in the
@@ -161,6 +160,8 @@ type Server struct {
 	userClaim   string // Config.UserClaim, changeable by SetClaimNames
 	tenantClaim string
 	jwtLog      []VerifiedJWT
+
+	ui connectUI // the Connect UI's partner registration and outcomes (connect.go)
 }
 
 type identity struct{ tenant, user string }
@@ -192,6 +193,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveToken(w, r)
 	case p == "/v2" || strings.HasPrefix(p, "/v2/"):
 		s.serveAPI(w, r)
+	case strings.HasPrefix(p, "/to/"):
+		s.serveConnectUI(w, r)
 	case p == "/healthz":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusOK)

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// wrkResult is the BENCH_RESULT line identities.lua prints.
+type wrkResult struct {
+	Requests   int64
+	DurationUS int64
+	Errors     int64 // connect+read+write+timeout+non-2xx/3xx
+	P50US      float64
+	P90US      float64
+	P99US      float64
+	MaxUS      float64
+	MeanUS     float64
+}
+
+// runWrk drives url for d with the identity-cycling script.
+func (b *bench) runWrk(url string, d time.Duration) (wrkResult, error) {
+	args := []string{
+		"-t", strconv.Itoa(b.threads), "-c", strconv.Itoa(b.connections),
+		"-d", fmt.Sprintf("%ds", int(d.Seconds())), "--timeout", "5s",
+		"-s", b.luaPath, url,
+	}
+	cmd := exec.Command(b.wrk, args...)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("BENCH_IDENTITIES=%d", b.identities))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return wrkResult{}, fmt.Errorf("running wrk %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return parseWrk(string(out))
+}
+
+func parseWrk(out string) (wrkResult, error) {
+	var line string
+	for l := range strings.SplitSeq(out, "\n") {
+		if strings.HasPrefix(l, "BENCH_RESULT ") {
+			line = l
+		}
+	}
+	if line == "" {
+		return wrkResult{}, fmt.Errorf("wrk printed no BENCH_RESULT line:\n%s", out)
+	}
+	kv := map[string]float64{}
+	for f := range strings.FieldsSeq(strings.TrimPrefix(line, "BENCH_RESULT ")) {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok {
+			continue
+		}
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return wrkResult{}, fmt.Errorf("parsing wrk field %q: %w", f, err)
+		}
+		kv[k] = x
+	}
+	return wrkResult{
+		Requests:   int64(kv["requests"]),
+		DurationUS: int64(kv["duration_us"]),
+		Errors:     int64(kv["errors_connect"] + kv["errors_read"] + kv["errors_write"] + kv["errors_timeout"] + kv["errors_status"]),
+		P50US:      kv["p50_us"],
+		P90US:      kv["p90_us"],
+		P99US:      kv["p99_us"],
+		MaxUS:      kv["max_us"],
+		MeanUS:     kv["mean_us"],
+	}, nil
+}
+
+// round is one measured wrk run against one variant.
+type round struct {
+	Variant  string  `json:"variant"`
+	Round    int     `json:"round"`
+	Requests int64   `json:"requests"` // completed, as wrk counted them
+	Proxied  int64   `json:"proxied"`  // served by the upstream during the run: the CPU divisor
+	Seconds  float64 `json:"seconds"`
+	RPS      float64 `json:"rps"`
+	P50US    float64 `json:"p50_us"`
+	P90US    float64 `json:"p90_us"`
+	P99US    float64 `json:"p99_us"`
+	MaxUS    float64 `json:"max_us"`
+	CPUTicks int64   `json:"cpu_ticks"`
+	CPUUS    float64 `json:"cpu_us_per_request"`
+	CPUUtil  float64 `json:"cpu_util"` // server CPU seconds per wall second
+	Errors   int64   `json:"errors"`
+	LoadAvg  string  `json:"loadavg_before"`
+	LoadEnd  string  `json:"loadavg_after"`
+}
+
+// measure runs one warm-up and one measured wrk run against v.
+func (b *bench) measure(v *variant, n int) (round, error) {
+	if b.warmup > 0 {
+		if _, err := b.runWrk(v.url, b.warmup); err != nil {
+			return round{}, err
+		}
+	}
+	load := loadAvg()
+	servedBefore := b.up.served.Load()
+	ticksBefore, err := v.srv.cpuTicks()
+	if err != nil {
+		return round{}, err
+	}
+	start := time.Now()
+	res, err := b.runWrk(v.url, b.duration)
+	if err != nil {
+		return round{}, err
+	}
+	wall := time.Since(start)
+	ticksAfter, err := v.srv.cpuTicks()
+	if err != nil {
+		return round{}, err
+	}
+	proxied := b.up.served.Load() - servedBefore
+	r := round{
+		Variant:  v.name,
+		Round:    n,
+		Requests: res.Requests,
+		Proxied:  proxied,
+		Seconds:  float64(res.DurationUS) / 1e6,
+		P50US:    res.P50US,
+		P90US:    res.P90US,
+		P99US:    res.P99US,
+		MaxUS:    res.MaxUS,
+		CPUTicks: ticksAfter - ticksBefore,
+		Errors:   res.Errors,
+		LoadAvg:  load,
+		LoadEnd:  loadAvg(),
+	}
+	if r.Seconds > 0 {
+		r.RPS = float64(res.Requests) / r.Seconds
+	}
+	cpuSeconds := float64(r.CPUTicks) / clockTicks
+	if proxied > 0 {
+		r.CPUUS = cpuSeconds * 1e6 / float64(proxied)
+	}
+	r.CPUUtil = cpuSeconds / wall.Seconds()
+	if r.Errors > 0 {
+		return r, fmt.Errorf("%s round %d: %d failed requests (see %s)", v.name, n, r.Errors, v.srv.log.Name())
+	}
+	return r, nil
+}
+
+// prewarm sends one request per identity, concurrently, so every identity's
+// token is in B's cache before anything is measured.
+func prewarm(ctx context.Context, url string, identities, clients int) error {
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}, Timeout: 60 * time.Second}
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= identities || ctx.Err() != nil {
+					return
+				}
+				if err := identityRequest(ctx, client, url, i, "user"); err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// identityRequest sends one GET as identity i (tenant-%03d, <prefix>-%05d):
+// the same names identities.lua uses for the "user" prefix.
+func identityRequest(ctx context.Context, client *http.Client, url string, i int, prefix string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-Zapier-Tenant", fmt.Sprintf("tenant-%03d", i%100))
+	req.Header.Set("X-Zapier-User", fmt.Sprintf("%s-%05d", prefix, i))
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("identity %d: status %d: %s", i, resp.StatusCode, body)
+	}
+	return nil
+}
+
+// coldResult is one cold-path run: every identity new to the cache.
+type coldResult struct {
+	Identities  int     `json:"identities"`
+	Clients     int     `json:"clients"`
+	LatencyMS   float64 `json:"token_latency_ms"`
+	MaxInflight int     `json:"max_inflight"`
+	Exchanges   int     `json:"exchanges"`
+	WallSeconds float64 `json:"wall_seconds"`
+	IdealSecs   float64 `json:"ideal_seconds"` // identities × latency / max_inflight
+	Ratio       float64 `json:"ratio"`
+	Failed      int64   `json:"failed"`
+}
+
+// cold starts a fresh gateway whose token endpoint answers after latency,
+// and sends one request for each of `identities` new identities from
+// `clients` concurrent clients.
+func (b *bench) cold(ctx context.Context, maxInflight int) (coldResult, error) {
+	res := coldResult{Identities: b.coldIdentities, Clients: b.coldClients, LatencyMS: float64(b.coldLatency) / 1e6, MaxInflight: maxInflight}
+	gatewayAddr := fmt.Sprintf("127.0.0.1:%d", b.portBase+13)
+	fakeAddr := fmt.Sprintf("127.0.0.1:%d", b.portBase+3)
+	fz, err := startFakeZapier(fakeAddr, "http://"+gatewayAddr+"/.well-known/jwks.json")
+	if err != nil {
+		return res, err
+	}
+	defer fz.close()
+	fz.SetTokenDelay(b.coldLatency)
+
+	srv, err := b.startCaddy(fmt.Sprintf("cold-%d", maxInflight), caddyfileB(gatewayAddr, b.upstreamAddr, fakeAddr, maxInflight))
+	if err != nil {
+		return res, err
+	}
+	defer srv.stop()
+	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := waitReady(readyCtx, "http://"+gatewayAddr+"/.well-known/jwks.json", srv); err != nil {
+		return res, err
+	}
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: b.coldClients}, Timeout: 2 * time.Minute}
+	url := "http://" + gatewayAddr + "/zapier/api/v2/echo"
+	var next atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range b.coldClients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= b.coldIdentities {
+					return
+				}
+				if err := identityRequest(ctx, client, url, i, "cold"); err != nil {
+					if failed.Add(1) == 1 {
+						fmt.Fprintf(os.Stderr, "cold path: %v\n", err)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	res.WallSeconds = time.Since(start).Seconds()
+	res.Exchanges = fz.Stats().Exchanges
+	res.Failed = failed.Load()
+	res.IdealSecs = float64(b.coldIdentities) * b.coldLatency.Seconds() / float64(maxInflight)
+	res.Ratio = res.WallSeconds / res.IdealSecs
+	return res, nil
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}

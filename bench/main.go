@@ -1,0 +1,319 @@
+// Command bench measures what the zapier_auth hot path costs next to a bare
+// Caddy reverse proxy, with nginx as an outside reference, and writes the
+// results (markdown, SVG chart, raw JSON) to a directory. It is what
+// `make -f xcaddy.mk bench` runs.
+//
+//	A: Caddy reverse_proxy adding a static Authorization header
+//	B: zapier_auth + the same reverse_proxy, 10,000 distinct identities, all
+//	   cached (pre-warmed), a different identity on every request
+//	C: nginx with proxy_set_header
+//
+// wrk drives each in alternating rounds. For every round the bench records
+// wrk's requests/s and p50/p99, and the server's CPU time (utime+stime from
+// /proc/<pid>/stat) divided by the number of requests the upstream served.
+// The servers are pinned to one CPU and the load generator, upstream and this
+// program to another, so the client never takes the server's CPU.
+//
+// It then runs the cold path (every identity new, a slow token endpoint) and
+// the Go benchmarks of tokencache, jwks and caddymodule.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+//go:embed identities.lua
+var identitiesLua []byte
+
+type bench struct {
+	caddy, wrk, nginx string
+	root, outDir      string
+	workDir           string
+	luaPath           string
+
+	rounds               int
+	duration, warmup     time.Duration
+	connections, threads int
+	identities           int
+	serverCPUs           string
+	portBase             int
+
+	coldInflight   []int
+	coldIdentities int
+	coldClients    int
+	coldLatency    time.Duration
+
+	goBench      bool
+	goBenchCount int
+
+	upstreamAddr string
+	up           *upstream
+}
+
+// variant is one server under test.
+type variant struct {
+	name, title string
+	url         string
+	srv         *server
+}
+
+func main() {
+	log.SetFlags(log.Ltime)
+	log.SetPrefix("bench: ")
+	b := &bench{}
+	var clientCPUs, coldInflight string
+	flag.StringVar(&b.caddy, "caddy", ".build/caddy", "Caddy binary with the plugin (make -f xcaddy.mk build)")
+	flag.StringVar(&b.wrk, "wrk", "wrk", "wrk binary")
+	flag.StringVar(&b.nginx, "nginx", "", "nginx binary (default: nginx on PATH or /usr/sbin/nginx)")
+	flag.StringVar(&b.root, "root", ".", "module root, for the Go benchmarks")
+	flag.StringVar(&b.outDir, "out", "bench/results", "where results.md, chart.svg and results.json go")
+	flag.IntVar(&b.rounds, "rounds", 3, "measured rounds per variant (alternating)")
+	flag.DurationVar(&b.duration, "duration", 10*time.Second, "length of one measured wrk run")
+	flag.DurationVar(&b.warmup, "warmup", 2*time.Second, "unmeasured wrk run before each measured one")
+	flag.IntVar(&b.connections, "connections", 50, "wrk connections")
+	flag.IntVar(&b.threads, "threads", 1, "wrk threads")
+	flag.IntVar(&b.identities, "identities", 10_000, "distinct identities B cycles through, all cached")
+	flag.StringVar(&b.serverCPUs, "server-cpus", "0", "CPU list the servers are pinned to (taskset); empty: no pinning")
+	flag.StringVar(&clientCPUs, "client-cpus", "1", "CPU list wrk, the upstream and this program are pinned to; empty: no pinning")
+	flag.IntVar(&b.portBase, "port-base", 18000, "first of the ports the bench listens on (base+1 .. base+13)")
+	flag.StringVar(&coldInflight, "cold-inflight", "16,64", "max_inflight values for the cold-path runs; empty skips them")
+	flag.IntVar(&b.coldIdentities, "cold-identities", 10_000, "cold identities per cold-path run")
+	flag.IntVar(&b.coldClients, "cold-clients", 200, "concurrent clients in the cold-path run")
+	flag.DurationVar(&b.coldLatency, "cold-latency", 50*time.Millisecond, "token endpoint latency in the cold-path run")
+	flag.BoolVar(&b.goBench, "gobench", true, "run the Go benchmarks (tokencache, jwks, caddymodule)")
+	flag.IntVar(&b.goBenchCount, "gobench-count", 3, "go test -count for the Go benchmarks (medians are reported)")
+	flag.Parse()
+
+	if clientCPUs != "" && runtime.GOOS == "linux" && os.Getenv("BENCH_PINNED") == "" {
+		pinSelf(clientCPUs) // does not return on success
+	}
+	for _, s := range strings.Split(coldInflight, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			log.Fatalf("-cold-inflight: %q is not a positive number", s)
+		}
+		b.coldInflight = append(b.coldInflight, n)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := b.run(ctx); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// pinSelf re-executes this program under taskset, so every thread of it
+// (and wrk, which it starts) stays off the servers' CPU.
+func pinSelf(cpus string) {
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		log.Printf("taskset not found: not pinning (results will be noisier)")
+		return
+	}
+	self, err := os.Executable()
+	if err != nil {
+		log.Fatalf("finding this executable: %v", err)
+	}
+	env := append(os.Environ(), "BENCH_PINNED="+cpus)
+	err = syscall.Exec(taskset, append([]string{"taskset", "-c", cpus, self}, os.Args[1:]...), env)
+	log.Fatalf("re-executing under taskset: %v", err)
+}
+
+func (b *bench) run(ctx context.Context) error {
+	var err error
+	if b.caddy, err = filepath.Abs(b.caddy); err != nil {
+		return err
+	}
+	if b.nginx == "" {
+		b.nginx = findNginx()
+	}
+	if b.wrk, err = exec.LookPath(b.wrk); err != nil {
+		return fmt.Errorf("wrk is needed (apt-get install wrk): %w", err)
+	}
+	if b.workDir, err = os.MkdirTemp("", "zapier-bench-"); err != nil {
+		return err
+	}
+	defer os.RemoveAll(b.workDir)
+	b.luaPath = filepath.Join(b.workDir, "identities.lua")
+	if err := os.WriteFile(b.luaPath, identitiesLua, 0o644); err != nil {
+		return err
+	}
+
+	env := collectEnv(b)
+	log.Printf("%s; load average %s", env.Machine, env.LoadStart)
+
+	b.upstreamAddr = fmt.Sprintf("127.0.0.1:%d", b.portBase+1)
+	if b.up, err = startUpstream(b.upstreamAddr); err != nil {
+		return err
+	}
+	defer b.up.close()
+
+	variants, fz, cleanup, err := b.startVariants(ctx)
+	defer cleanup()
+	if err != nil {
+		return err
+	}
+
+	log.Printf("pre-warming B with %d identities", b.identities)
+	start := time.Now()
+	if err := prewarm(ctx, variants[1].url, b.identities, 32); err != nil {
+		return fmt.Errorf("pre-warming B: %w", err)
+	}
+	warmExchanges := fz.Stats().Exchanges
+	log.Printf("pre-warmed in %s: %d exchanges", time.Since(start).Round(time.Millisecond), warmExchanges)
+	if warmExchanges != b.identities {
+		return fmt.Errorf("pre-warm made %d exchanges for %d identities", warmExchanges, b.identities)
+	}
+
+	res := &results{Env: env, Identities: b.identities, Connections: b.connections, Threads: b.threads,
+		Duration: b.duration.String(), Warmup: b.warmup.String(), ServerCPUs: b.serverCPUs, ClientCPUs: os.Getenv("BENCH_PINNED")}
+	for n := 1; n <= b.rounds; n++ {
+		// Rotate the order each round so no variant always runs first.
+		for k := range variants {
+			v := variants[(k+n-1)%len(variants)]
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r, err := b.measure(v, n)
+			if err != nil {
+				return err
+			}
+			log.Printf("round %d %s: %.0f req/s, p50 %.0f µs, p99 %.0f µs, CPU %.1f µs/req (%d requests, CPU %.0f%%, load %s)",
+				n, v.name, r.RPS, r.P50US, r.P99US, r.CPUUS, r.Proxied, 100*r.CPUUtil, r.LoadAvg)
+			res.Rounds = append(res.Rounds, r)
+		}
+	}
+	res.MeasureExchanges = fz.Stats().Exchanges - warmExchanges
+	for _, v := range variants {
+		res.Variants = append(res.Variants, variantInfo{Name: v.name, Title: v.title})
+	}
+	cleanup()
+
+	for _, n := range b.coldInflight {
+		log.Printf("cold path: %d identities, %d clients, token latency %s, max_inflight %d",
+			b.coldIdentities, b.coldClients, b.coldLatency, n)
+		c, err := b.cold(ctx, n)
+		if err != nil {
+			return err
+		}
+		log.Printf("cold path: %d exchanges in %.2f s (ideal %.2f s, ratio %.2f, %d failed)",
+			c.Exchanges, c.WallSeconds, c.IdealSecs, c.Ratio, c.Failed)
+		res.Cold = append(res.Cold, c)
+	}
+
+	if b.goBench {
+		log.Printf("running the Go benchmarks (-count %d)", b.goBenchCount)
+		if res.GoBench, err = runGoBenchmarks(ctx, b.root, b.goBenchCount); err != nil {
+			return err
+		}
+	}
+	res.Env.LoadEnd = loadAvg()
+	res.summarize()
+	if err := res.write(b.outDir); err != nil {
+		return err
+	}
+	fmt.Println()
+	fmt.Print(res.markdown())
+	log.Printf("results written to %s", b.outDir)
+	return nil
+}
+
+// startVariants starts A, B and C and the fake Zapier B exchanges with.
+func (b *bench) startVariants(ctx context.Context) ([]*variant, *fakeZapier, func(), error) {
+	var servers []*server
+	var fz *fakeZapier
+	cleanup := func() {
+		for _, s := range servers {
+			s.stop()
+		}
+		servers = nil
+		if fz != nil {
+			fz.close()
+			fz = nil
+		}
+	}
+	addr := func(off int) string { return fmt.Sprintf("127.0.0.1:%d", b.portBase+off) }
+	aAddr, bAddr, cAddr, fakeAddr := addr(10), addr(11), addr(12), addr(2)
+
+	var err error
+	if fz, err = startFakeZapier(fakeAddr, "http://"+bAddr+"/.well-known/jwks.json"); err != nil {
+		return nil, nil, cleanup, err
+	}
+	a, err := b.startCaddy("A", caddyfileA(aAddr, b.upstreamAddr))
+	if err != nil {
+		return nil, fz, cleanup, err
+	}
+	servers = append(servers, a)
+	bs, err := b.startCaddy("B", caddyfileB(bAddr, b.upstreamAddr, fakeAddr, 16))
+	if err != nil {
+		return nil, fz, cleanup, err
+	}
+	servers = append(servers, bs)
+
+	nginxDir := filepath.Join(b.workDir, "nginx")
+	if err := os.MkdirAll(nginxDir, 0o755); err != nil {
+		return nil, fz, cleanup, err
+	}
+	conf := filepath.Join(nginxDir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(nginxConf(nginxDir, cAddr, b.upstreamAddr)), 0o644); err != nil {
+		return nil, fz, cleanup, err
+	}
+	c, err := startServer("C", b.workDir, b.serverCPUs, nil, b.nginx, "-p", nginxDir, "-c", conf, "-e", filepath.Join(nginxDir, "error.log"))
+	if err != nil {
+		return nil, fz, cleanup, err
+	}
+	c.withChildren = true
+	servers = append(servers, c)
+
+	variants := []*variant{
+		{name: "A", title: "Caddy reverse_proxy + static header", url: "http://" + aAddr + "/zapier/api/v2/echo", srv: a},
+		{name: "B", title: "zapier_auth + reverse_proxy (cache hit)", url: "http://" + bAddr + "/zapier/api/v2/echo", srv: bs},
+		{name: "C", title: "nginx proxy_set_header", url: "http://" + cAddr + "/zapier/api/v2/echo", srv: c},
+	}
+	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, v := range variants {
+		if err := waitReady(readyCtx, strings.Replace(v.url, "/zapier/api/v2/echo", "/.well-known/jwks.json", 1), v.srv); err != nil {
+			return nil, fz, cleanup, err
+		}
+	}
+	return variants, fz, cleanup, nil
+}
+
+// startCaddy runs the Caddy binary on a Caddyfile, with its own data and
+// config directories (B's signing keys live there).
+func (b *bench) startCaddy(name, caddyfile string) (*server, error) {
+	dir := filepath.Join(b.workDir, "caddy-"+name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o644); err != nil {
+		return nil, err
+	}
+	env := []string{"XDG_DATA_HOME=" + filepath.Join(dir, "data"), "XDG_CONFIG_HOME=" + filepath.Join(dir, "config"), "HOME=" + dir}
+	return startServer("caddy-"+name, b.workDir, b.serverCPUs, env, b.caddy, "run", "--config", path, "--adapter", "caddyfile")
+}
+
+func findNginx() string {
+	if p, err := exec.LookPath("nginx"); err == nil {
+		return p
+	}
+	return "/usr/sbin/nginx"
+}

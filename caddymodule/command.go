@@ -1,0 +1,190 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "zapier",
+		Usage: "status|rotate|purge [--address <admin>] [--config <path> [--adapter <name>]]",
+		Short: "Shows and operates the zapier app of a running Caddy",
+		Long: `
+Calls the zapier routes of a running Caddy's admin API:
+
+  caddy zapier status                        signing keys, token cache and breaker state
+  caddy zapier rotate [--immediate]          publish a next signing key (or make one sign now)
+  caddy zapier purge [--tenant T --user U]   drop one identity's access token, or all of them
+
+The admin address is --address, else the one in --config, else ` + caddy.DefaultAdminListen + `.
+No command ever prints a token. The exit status is non-zero when the call failed.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			pf := cmd.PersistentFlags()
+			pf.String("address", "", "Address of the admin API (default: from --config, else "+caddy.DefaultAdminListen+")")
+			pf.StringP("config", "c", "", "Configuration file to read the admin address from")
+			pf.StringP("adapter", "a", "", "Name of the config adapter (with --config)")
+
+			status := &cobra.Command{
+				Use:   "status [--json]",
+				Short: "Shows the signing keys, the token cache and the breaker",
+				Args:  cobra.NoArgs,
+				RunE:  caddycmd.WrapCommandFuncForCobra(cmdZapierStatus),
+			}
+			status.Flags().Bool("json", false, "Print the admin API's JSON as is")
+
+			rotate := &cobra.Command{
+				Use:   "rotate [--immediate]",
+				Short: "Publishes a next signing key, which signs after key_overlap",
+				Long: `Publishes a next signing key, which signs after key_overlap; while one is
+pending, rotate returns it and changes nothing. With --immediate the next key
+(or a new one) signs at once and the old one stays published for key_overlap:
+use it when a private key may have leaked.`,
+				Args: cobra.NoArgs,
+				RunE: caddycmd.WrapCommandFuncForCobra(cmdZapierRotate),
+			}
+			rotate.Flags().Bool("immediate", false, "Make the new key sign now (key compromise)")
+
+			purge := &cobra.Command{
+				Use:   "purge [--tenant <tenant> --user <user>]",
+				Short: "Drops cached access tokens: one identity's, or all",
+				Args:  cobra.NoArgs,
+				RunE:  caddycmd.WrapCommandFuncForCobra(cmdZapierPurge),
+			}
+			purge.Flags().String("tenant", "", "Tenant id of the identity to purge")
+			purge.Flags().String("user", "", "User id of the identity to purge")
+
+			cmd.AddCommand(status, rotate, purge)
+		},
+	})
+}
+
+func cmdZapierStatus(fl caddycmd.Flags) (int, error) {
+	body, err := callZapierAdmin(fl, http.MethodGet, "/zapier/status")
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	if fl.Bool("json") {
+		_, err = os.Stdout.Write(append(body, '\n'))
+		return caddy.ExitCodeSuccess, err
+	}
+	var st Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("decoding the status: %w", err)
+	}
+	printStatus(os.Stdout, st)
+	return caddy.ExitCodeSuccess, nil
+}
+
+// printStatus renders GET /zapier/status for a person.
+func printStatus(w io.Writer, st Status) {
+	fmt.Fprintln(w, "Signing keys:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  KID\tALG\tSTATE\tACTIVATES\tRETIRES\tDELETED")
+	for _, k := range st.Keys {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", k.KID, k.Alg, k.State, when(k.ActivatesAt), when(k.RetiresAt), when(k.DeletesAt))
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "Token cache: %d of %d entries, hit ratio %.1f%%\n", st.Cache.Entries, st.Cache.Size, 100*st.Cache.HitRatio)
+	if st.Breaker != "" {
+		fmt.Fprintf(w, "Breaker: %s\n", st.Breaker)
+	}
+}
+
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.RFC3339)
+}
+
+func cmdZapierRotate(fl caddycmd.Flags) (int, error) {
+	uri := "/zapier/keys/rotate"
+	if fl.Bool("immediate") {
+		uri += "?immediate=1"
+	}
+	body, err := callZapierAdmin(fl, http.MethodPost, uri)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	var res struct {
+		Next struct {
+			KID         string    `json:"kid"`
+			Alg         string    `json:"alg"`
+			State       string    `json:"state"`
+			ActivatesAt time.Time `json:"activates_at"`
+		} `json:"next"`
+	}
+	if err := json.Unmarshal(body, &res); err != nil {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("decoding the rotation: %w", err)
+	}
+	if res.Next.State == "active" {
+		fmt.Printf("Key %s (%s) signs from now on; the previous key stays published for key_overlap.\n", res.Next.KID, res.Next.Alg)
+	} else {
+		fmt.Printf("Key %s (%s) is published and signs from %s.\n", res.Next.KID, res.Next.Alg, when(res.Next.ActivatesAt))
+	}
+	return caddy.ExitCodeSuccess, nil
+}
+
+func cmdZapierPurge(fl caddycmd.Flags) (int, error) {
+	tenant, user := fl.String("tenant"), fl.String("user")
+	uri := "/zapier/tokens"
+	switch {
+	case tenant != "" && user != "":
+		uri += "?" + url.Values{"tenant": {tenant}, "user": {user}}.Encode()
+	case tenant != "" || user != "":
+		return caddy.ExitCodeFailedStartup, errors.New("give both --tenant and --user, or neither to purge every token")
+	}
+	body, err := callZapierAdmin(fl, http.MethodDelete, uri)
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	var res struct {
+		Purged int `json:"purged"`
+	}
+	if err := json.Unmarshal(body, &res); err != nil {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("decoding the purge: %w", err)
+	}
+	switch {
+	case tenant == "":
+		fmt.Printf("Purged all access tokens (%d).\n", res.Purged)
+	case res.Purged == 0:
+		fmt.Println("No access token was cached for that identity.")
+	default:
+		fmt.Println("Purged the identity's access token.")
+	}
+	return caddy.ExitCodeSuccess, nil
+}
+
+// callZapierAdmin makes one admin API call and returns the body of a 2xx
+// answer; any other answer is an error carrying the admin API's message.
+func callZapierAdmin(fl caddycmd.Flags, method, uri string) ([]byte, error) {
+	addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
+	if err != nil {
+		return nil, fmt.Errorf("finding the admin API address: %w", err)
+	}
+	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s at %s: %w", method, strings.SplitN(uri, "?", 2)[0], addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("reading the admin API's answer: %w", err)
+	}
+	return body, nil
+}
+

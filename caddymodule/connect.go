@@ -1,0 +1,282 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/zapgate/caddy-zapier/tokencache"
+)
+
+func init() {
+	caddy.RegisterModule(Connect{})
+	httpcaddyfile.RegisterHandlerDirective("zapier_connect", parseHandler[Connect])
+	httpcaddyfile.RegisterDirectiveOrder("zapier_connect", httpcaddyfile.Before, "respond")
+}
+
+// maxConnectBody bounds the JSON bodies of POST token and POST complete.
+const maxConnectBody = 64 << 10
+
+// Connect is the zapier_connect responder: it lets an end user connect an
+// app account from the partner's UI, through Zapier's Connect UI in a popup
+// or by redirect, and remembers the connection per (tenant, user, app) in
+// Caddy storage. Routes are relative to where it is mounted (use
+// handle_path):
+//
+//	POST   token              {"app","reconnect_id"?,"reconnect"?} → {"url","token","expires_in","state"} (popup flow),
+//	                          or {"connection"} when a stored connection is still valid
+//	GET    start?app=&return_to=   → 302 to Connect with redirect_uri=<callback_url> (redirect flow)
+//	GET    callback?authentication_id=|error=&state=  → verifies, stores, 302 to return_to with the outcome
+//	POST   complete           {"app","auth_id","state"} → the stored connection (popup flow)
+//	GET    connections        → {"data":[…]} the caller's connections
+//	GET    connections/{app}  → one of them;  DELETE connections/{app} forgets it
+//	GET    connect.js         → the browser helper (ZapierConnect.connect / .start)
+//
+// Every route but connect.js needs the identity headers, exactly as
+// zapier_auth does. A state is signed, single-use, expires after state_ttl,
+// and is bound to the browser (an HttpOnly SameSite=Lax cookie), to the
+// user, the app and return_to. Before a connection id is stored it is
+// looked up with the user's own access token in GET /v2/authentications.
+type Connect struct {
+	// Apps maps Connect's app implementation ids (as in
+	// connect.zapier.com/to/SlackCLIAPI) to the app UUIDs Zapier's API uses.
+	// Requests may name an app by either; an unmapped UUID is used for both.
+	Apps map[string]string `json:"apps,omitempty"`
+	// How long a started flow may take to complete. Default 10m.
+	StateTTL caddy.Duration `json:"state_ttl,omitempty"`
+
+	app         *App
+	rules       identityRules
+	apps        appMap
+	store       *connectionStore
+	states      *stateKeeper
+	connectBase string
+	logger      *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Connect) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.zapier_connect",
+		New: func() caddy.Module { return new(Connect) },
+	}
+}
+
+// Provision finds the zapier app, fills defaults and checks the app map.
+func (h *Connect) Provision(ctx caddy.Context) error {
+	if h.StateTTL == 0 {
+		h.StateTTL = caddy.Duration(defaultStateTTL)
+	}
+	if h.StateTTL < 0 || time.Duration(h.StateTTL) > maxStateTTL {
+		return fmt.Errorf("zapier_connect: state_ttl must be between 0 and %s", maxStateTTL)
+	}
+	apps, err := newAppMap(h.Apps)
+	if err != nil {
+		return fmt.Errorf("zapier_connect: %w", err)
+	}
+	app, err := zapierApp(ctx)
+	if err != nil {
+		return err
+	}
+	h.app = app
+	h.rules = app.identityRules()
+	h.apps = apps
+	h.store = newConnectionStore(ctx.Storage())
+	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
+	h.connectBase = strings.TrimRight(app.ConnectURL, "/")
+	h.logger = ctx.Logger()
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	zapier_connect {
+//		app       <implementation id> <app UUID>
+//		state_ttl <duration>
+//	}
+func (h *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch opt := d.Val(); opt {
+		case "app":
+			var id, uuid string
+			if !d.AllArgs(&id, &uuid) {
+				return d.Errf("app takes an implementation id and an app UUID")
+			}
+			if h.Apps == nil {
+				h.Apps = map[string]string{}
+			}
+			if _, dup := h.Apps[id]; dup {
+				return d.Errf("app %s is mapped twice", id)
+			}
+			h.Apps[id] = uuid
+		case "state_ttl":
+			if err := oneDuration(d, &h.StateTTL); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized zapier_connect option %q", opt)
+		}
+	}
+	return nil
+}
+
+func (h *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	p := r.URL.Path
+	switch {
+	case p == "/connect.js":
+		if !connectMethodAllowed(w, r, http.MethodGet, http.MethodHead) {
+			return nil
+		}
+		serveConnectScript(w, r)
+		return nil
+	case p == "/token":
+		return h.withIdentity(w, r, http.MethodPost, h.serveToken)
+	case p == "/start":
+		return h.withIdentity(w, r, http.MethodGet, h.serveStart)
+	case p == "/callback":
+		return h.withIdentity(w, r, http.MethodGet, h.serveCallback)
+	case p == "/complete":
+		return h.withIdentity(w, r, http.MethodPost, h.serveComplete)
+	case p == "/connections":
+		return h.withIdentity(w, r, http.MethodGet, h.serveList)
+	case strings.HasPrefix(p, "/connections/"):
+		app := strings.TrimPrefix(p, "/connections/")
+		if r.Method == http.MethodDelete {
+			return h.withIdentity(w, r, http.MethodDelete, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+				return h.serveDelete(w, r, key, app)
+			})
+		}
+		return h.withIdentity(w, r, http.MethodGet, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+			return h.serveGet(w, r, key, app)
+		})
+	}
+	writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found",
+		Message: "no such zapier_connect route (token, start, callback, complete, connections, connect.js)"})
+	return nil
+}
+
+type identityHandler func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error
+
+// withIdentity checks the method, then reads the identity exactly as
+// zapier_auth does (same refusals, same metric and log).
+func (h *Connect) withIdentity(w http.ResponseWriter, r *http.Request, method string, next identityHandler) error {
+	if !connectMethodAllowed(w, r, method) {
+		return nil
+	}
+	tenant, user, ierr := h.rules.extract(r)
+	if ierr != nil {
+		refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
+		return nil
+	}
+	return next(w, r, tokencache.Key{Tenant: tenant, User: user})
+}
+
+func connectMethodAllowed(w http.ResponseWriter, r *http.Request, methods ...string) bool {
+	for _, m := range methods {
+		if r.Method == m {
+			return true
+		}
+	}
+	w.Header().Set("Allow", strings.Join(methods, ", "))
+	writeError(w, &apiError{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed",
+		Message: "this route takes " + strings.Join(methods, " or ")})
+	return false
+}
+
+// failConnect answers an error. A caller that went away gets no body; anything
+// that is not an *apiError is an internal failure (logged by Caddy, never
+// shown).
+func failConnect(w http.ResponseWriter, r *http.Request, err error) error {
+	if errors.Is(r.Context().Err(), context.Canceled) {
+		return caddyhttp.Error(499, r.Context().Err())
+	}
+	var aerr *apiError
+	if errors.As(err, &aerr) {
+		writeError(w, aerr)
+		return nil
+	}
+	return caddyhttp.Error(http.StatusInternalServerError, err)
+}
+
+func writeConnectJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, &apiError{Status: http.StatusInternalServerError, Code: "internal_error", Message: "encoding the response failed"})
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// decodeConnectBody reads one JSON object with only the known fields. Requiring
+// application/json also keeps cross-site forms (which cannot send it
+// without a CORS preflight) away from the POST routes.
+func decodeConnectBody(w http.ResponseWriter, r *http.Request, dst any) *apiError {
+	bad := func(msg string) *apiError {
+		return &apiError{Status: http.StatusBadRequest, Code: "bad_request", Message: msg}
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return bad("the body must be JSON, with Content-Type: application/json")
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxConnectBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return bad("malformed JSON body: " + connectBodyErrorText(err))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return bad("malformed JSON body: one object expected")
+	}
+	return nil
+}
+
+// connectBodyErrorText describes a decoding error without quoting the body.
+func connectBodyErrorText(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.As(err, &typeErr):
+		return "field " + typeErr.Field + " has the wrong type"
+	case errors.As(err, &maxErr):
+		return "too large"
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+	return "not a JSON object"
+}
+
+// logRefusal logs a refused connect request at Info: identity as a keyed
+// hash, never the state, token or connection id.
+func (h *Connect) logRefusal(msg string, key tokencache.Key, fields ...zap.Field) {
+	if ce := h.logger.Check(zapcore.InfoLevel, msg); ce != nil {
+		ce.Write(append(fields, zap.String("identity", identityHash(key.Tenant, key.User)))...)
+	}
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Connect)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Connect)(nil)
+	_ caddyfile.Unmarshaler       = (*Connect)(nil)
+)

@@ -1,0 +1,99 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// maxAppID bounds an app identifier.
+const maxAppID = 128
+
+// appIDs are Zapier's two names for one app (zapier-api.md §4.2): Connect
+// URLs use the implementation id (e.g. SlackCLIAPI), the API uses the app's
+// UUID.
+type appIDs struct {
+	connect string // in <connect_url>/to/<app>
+	uuid    string // in /v2/authentications?app=
+}
+
+// appMap resolves the app a request names, by either identifier.
+type appMap struct {
+	byID   map[string]string // implementation id → UUID
+	byUUID map[string]string // UUID (lower case) → implementation id
+}
+
+func newAppMap(apps map[string]string) (appMap, error) {
+	m := appMap{byID: map[string]string{}, byUUID: map[string]string{}}
+	for id, uuid := range apps {
+		if !validAppName(id) || isAppUUID(id) {
+			return appMap{}, fmt.Errorf("app %q: not a Connect implementation id (letters, digits and _-.@:, at most %d)", id, maxAppID)
+		}
+		if !isAppUUID(uuid) {
+			return appMap{}, fmt.Errorf("app %s: %q is not an app UUID", id, uuid)
+		}
+		uuid = strings.ToLower(uuid)
+		if other, dup := m.byUUID[uuid]; dup {
+			return appMap{}, fmt.Errorf("apps %s and %s map to the same UUID %s", other, id, uuid)
+		}
+		m.byID[id] = uuid
+		m.byUUID[uuid] = id
+	}
+	return m, nil
+}
+
+// resolve accepts a configured implementation id, a configured UUID, or an
+// unmapped UUID (then used in both places). An unmapped implementation id
+// is refused with the line to add.
+func (m appMap) resolve(name string) (appIDs, *apiError) {
+	if !validAppName(name) {
+		return appIDs{}, &apiError{Status: http.StatusBadRequest, Code: "bad_request",
+			Message: fmt.Sprintf("app must be 1-%d letters, digits or _-.@: (Connect's implementation id or the app UUID)", maxAppID)}
+	}
+	if uuid, ok := m.byID[name]; ok {
+		return appIDs{connect: name, uuid: uuid}, nil
+	}
+	if isAppUUID(name) {
+		uuid := strings.ToLower(name)
+		if id, ok := m.byUUID[uuid]; ok {
+			return appIDs{connect: id, uuid: uuid}, nil
+		}
+		return appIDs{connect: uuid, uuid: uuid}, nil
+	}
+	return appIDs{}, &apiError{Status: http.StatusBadRequest, Code: "bad_request",
+		Message: fmt.Sprintf("app %q has no UUID mapping: add `app %s <app UUID>` to the zapier_connect block", name, name)}
+}
+
+func validAppName(app string) bool {
+	if app == "" || len(app) > maxAppID || strings.Trim(app, ".") == "" {
+		return false // "." and ".." would be path segments in a Connect URL
+	}
+	for i := 0; i < len(app); i++ {
+		c := app[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte("_-.@:", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// isAppUUID accepts the 8-4-4-4-12 hex form.
+func isAppUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}

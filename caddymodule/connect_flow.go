@@ -1,0 +1,464 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
+)
+
+// accessToken returns the identity's access token from the shared cache,
+// exchanging on a miss, and counts the lookup.
+func (a *App) accessToken(ctx context.Context, key tokencache.Key) (string, error) {
+	tok, res, err := a.tokens.get(ctx, key)
+	a.metrics.observeLookup(res)
+	annotateLookup(ctx, res)
+	return tok.Value, err
+}
+
+type tokenRequest struct {
+	App string `json:"app"`
+	// ReconnectID re-authorizes that connection instead of creating one.
+	ReconnectID string `json:"reconnect_id,omitempty"`
+	// Reconnect re-authorizes the caller's stored connection for the app.
+	Reconnect bool `json:"reconnect,omitempty"`
+}
+
+type tokenResponse struct {
+	URL       string `json:"url"`
+	Token     string `json:"token"`
+	ExpiresIn int64  `json:"expires_in"`
+	State     string `json:"state"`
+	App       string `json:"app"`
+}
+
+// reusedResponse answers a connect request when the stored connection is
+// still valid: no flow is needed.
+type reusedResponse struct {
+	Connection *connectionRecord `json:"connection"`
+}
+
+// serveToken starts the popup flow: a connect token for
+// <connect_url>/to/<app>, a state bound to this browser, and the URL to open.
+func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	var req tokenRequest
+	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
+		return failConnect(w, r, aerr)
+	}
+	ids, aerr := h.apps.resolve(req.App)
+	if aerr != nil {
+		return failConnect(w, r, aerr)
+	}
+	ctx := r.Context()
+	reconnectID, reused, err := h.plan(ctx, key, ids, req.ReconnectID, req.Reconnect)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	if reused != nil {
+		writeConnectJSON(w, http.StatusOK, reusedResponse{Connection: reused})
+		return nil
+	}
+	tok, err := h.connectToken(ctx, key, ids)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	st := &connectState{App: ids.connect, AppUUID: ids.uuid, Flow: connectFlowPopup}
+	state, nonce, err := h.states.issue(ctx, st, key.Tenant, key.User)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	setNonceCookie(w, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	extra := url.Values{}
+	if reconnectID != "" {
+		extra.Set("reconnect_id", reconnectID)
+	}
+	writeConnectJSON(w, http.StatusOK, tokenResponse{
+		URL:       h.connectURL(ids.connect, tok.AccessToken, extra),
+		Token:     tok.AccessToken,
+		ExpiresIn: int64(tok.ExpiresIn / time.Second),
+		State:     state,
+		App:       ids.connect,
+	})
+	return nil
+}
+
+// serveStart starts the redirect flow: 302 to Connect with
+// redirect_uri=<callback_url> and a state bound to this browser and to
+// return_to. Once return_to is known to be safe, every outcome, including a
+// failure, goes back to it.
+func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	q := r.URL.Query()
+	for _, name := range []string{"app", "return_to", "reconnect_id", "reconnect"} {
+		if len(q[name]) > 1 {
+			return failConnect(w, r, badRequest(name+" must appear at most once"))
+		}
+	}
+	if h.app.CallbackURL == "" {
+		return failConnect(w, r, &apiError{Status: http.StatusInternalServerError, Code: "connect_not_configured",
+			Message: "the redirect flow needs callback_url in the zapier global option"})
+	}
+	returnTo := q.Get("return_to")
+	if returnTo == "" {
+		returnTo = "/"
+	}
+	if err := checkReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
+		return failConnect(w, r, badRequest(err.Error()))
+	}
+	ids, aerr := h.apps.resolve(q.Get("app"))
+	if aerr != nil {
+		return failConnect(w, r, aerr)
+	}
+	reconnectID := q.Get("reconnect_id")
+	reconnect := q.Get("reconnect") == "1" || q.Get("reconnect") == "true"
+	ctx := r.Context()
+	reconnectID, reused, err := h.plan(ctx, key, ids, reconnectID, reconnect)
+	if err != nil {
+		return h.redirectFailure(w, r, returnTo, ids, err)
+	}
+	if reused != nil {
+		redirectTo(w, withOutcome(returnTo, successParams(reused)))
+		return nil
+	}
+	tok, err := h.connectToken(ctx, key, ids)
+	if err != nil {
+		return h.redirectFailure(w, r, returnTo, ids, err)
+	}
+	st := &connectState{App: ids.connect, AppUUID: ids.uuid, Flow: connectFlowRedirect, ReturnTo: returnTo}
+	state, nonce, err := h.states.issue(ctx, st, key.Tenant, key.User)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	setNonceCookie(w, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	extra := url.Values{"redirect_uri": {h.app.CallbackURL}, "state": {state}}
+	if reconnectID != "" {
+		extra.Set("reconnect_id", reconnectID)
+	}
+	redirectTo(w, h.connectURL(ids.connect, tok.AccessToken, extra))
+	return nil
+}
+
+// serveCallback finishes the redirect flow. Without a valid state there is
+// no trusted return_to, so those refusals are JSON; after it, the outcome
+// goes back to return_to.
+func (h *Connect) serveCallback(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	p, err := parseCallbackQuery(r.URL.RawQuery)
+	if err != nil {
+		h.app.metrics.observeConnectCompletion(connectFlowRedirect, connectFailed)
+		return failConnect(w, r, badRequest(err.Error()))
+	}
+	st, err := h.takeState(w, r, key, p.state, connectFlowRedirect)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	ids := appIDs{connect: st.App, uuid: st.AppUUID}
+	if p.hasError {
+		h.app.metrics.observeConnectCompletion(connectFlowRedirect, connectAuthError)
+		params := url.Values{"zapier_connect": {"error"}, "zapier_app": {ids.connect}, "zapier_error": {p.errCode}}
+		if p.errDesc != "" {
+			params.Set("zapier_error_description", p.errDesc)
+		}
+		redirectTo(w, withOutcome(st.ReturnTo, params))
+		return nil
+	}
+	rec, err := h.verifyAndStore(r.Context(), key, ids, p.authID, connectFlowRedirect)
+	if err != nil {
+		return h.redirectFailure(w, r, st.ReturnTo, ids, err)
+	}
+	redirectTo(w, withOutcome(st.ReturnTo, successParams(rec)))
+	return nil
+}
+
+type completeRequest struct {
+	App    string          `json:"app"`
+	AuthID json.RawMessage `json:"auth_id"`
+	State  string          `json:"state"`
+}
+
+// serveComplete finishes the popup flow with the authId Connect posted to
+// the page.
+func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	var req completeRequest
+	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
+		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
+		return failConnect(w, r, aerr)
+	}
+	authID, ok := connectionIDFromJSON(req.AuthID)
+	if !ok {
+		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
+		return failConnect(w, r, badRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
+	}
+	ids, aerr := h.apps.resolve(req.App)
+	if aerr != nil {
+		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
+		return failConnect(w, r, aerr)
+	}
+	st, err := h.takeState(w, r, key, req.State, connectFlowPopup, ids)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	rec, err := h.verifyAndStore(r.Context(), key, appIDs{connect: st.App, uuid: st.AppUUID}, authID, connectFlowPopup)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	writeConnectJSON(w, http.StatusOK, rec)
+	return nil
+}
+
+// takeState opens the state for the caller (and, for the popup flow, checks
+// it was issued for the app named in the request), spends it and clears
+// the browser's cookie. Every refusal is 400 connect_state_invalid.
+func (h *Connect) takeState(w http.ResponseWriter, r *http.Request, key tokencache.Key, raw string, flow connectFlow, want ...appIDs) (*connectState, error) {
+	ctx := r.Context()
+	st, err := h.states.open(ctx, r, raw, flow, key.Tenant, key.User)
+	if err == nil && len(want) > 0 && st.AppUUID != want[0].uuid {
+		err = refuseState("issued for another app")
+	}
+	if err == nil {
+		err = h.states.spend(ctx, st)
+	}
+	var serr *stateError
+	if errors.As(err, &serr) {
+		h.app.metrics.observeConnectCompletion(flow, connectStateInvalid)
+		h.logRefusal("connect state refused", key, zap.String("flow", string(flow)), zap.String("reason", serr.reason))
+		return nil, &apiError{Status: http.StatusBadRequest, Code: "connect_state_invalid",
+			Message: "the connect state is invalid (" + serr.reason + "); start the connect flow again"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	clearNonceCookie(w, st, h.secureCookie(r))
+	return st, nil
+}
+
+// plan decides how a connect request proceeds: reuse a stored connection
+// Zapier still reports valid, re-authorize one (explicitly, or because
+// Zapier reports it expired), or create a new one.
+func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect bool) (string, *connectionRecord, error) {
+	if reconnectID != "" {
+		if !validConnectionID(reconnectID) {
+			return "", nil, badRequest("reconnect_id is not a connection id")
+		}
+		return reconnectID, nil, nil
+	}
+	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid)
+	if err != nil || rec == nil {
+		return "", nil, err
+	}
+	if reconnect {
+		return rec.ConnectionID, nil, nil
+	}
+	auth, err := h.lookupConnection(ctx, key, ids.uuid, rec.ConnectionID)
+	switch {
+	case err != nil:
+		return "", nil, err
+	case auth == nil: // gone at Zapier: forget it and connect anew
+		_, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid)
+		return "", nil, err
+	case auth.IsExpired:
+		return rec.ConnectionID, nil, nil
+	}
+	rec, err = h.store.touch(ctx, key.Tenant, key.User, rec, auth.Title)
+	return "", rec, err
+}
+
+// verifyAndStore checks that the connection id is one of the user's own,
+// live authentications for the app, then stores it.
+func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids appIDs, authID string, flow connectFlow) (*connectionRecord, error) {
+	auth, err := h.lookupConnection(ctx, key, ids.uuid, authID)
+	if err != nil {
+		h.app.metrics.observeConnectCompletion(flow, connectFailed)
+		return nil, err
+	}
+	if auth == nil || auth.IsExpired {
+		h.app.metrics.observeConnectCompletion(flow, connectConnectionInvalid)
+		reason := "not found"
+		if auth != nil {
+			reason = "expired"
+		}
+		h.logRefusal("connection refused", key, zap.String("flow", string(flow)), zap.String("app", ids.connect), zap.String("reason", reason))
+		return nil, &apiError{Status: http.StatusBadRequest, Code: "connection_invalid",
+			Message: "the connection is not one of this user's live connections for the app (" + reason + ")"}
+	}
+	rec, err := h.store.put(ctx, key.Tenant, key.User, connectionRecord{
+		ConnectionID: authID, App: ids.connect, AppUUID: ids.uuid, Title: auth.Title,
+	})
+	if err != nil {
+		h.app.metrics.observeConnectCompletion(flow, connectFailed)
+		return nil, err
+	}
+	h.app.metrics.observeConnectCompletion(flow, connectSuccess)
+	return rec, nil
+}
+
+// lookupConnection finds id among the user's authentications for the app
+// (nil when absent), with the user's own access token. A 401 means the
+// cached token went stale: it is evicted and the lookup retried once.
+func (h *Connect) lookupConnection(ctx context.Context, key tokencache.Key, appUUID, id string) (*zapierapi.Authentication, error) {
+	for attempt := 0; ; attempt++ {
+		access, err := h.app.accessToken(ctx, key)
+		if err != nil {
+			return nil, exchangeAPIError(err)
+		}
+		auths, err := h.app.client.ListAuthentications(ctx, h.app.APIURL, access, appUUID)
+		if zerr, ok := zapierapi.AsError(err); ok && zerr.StatusCode == http.StatusUnauthorized && attempt == 0 {
+			h.app.tokens.cache.EvictToken(key, access)
+			continue
+		}
+		if err != nil {
+			return nil, zapierAPIError(err)
+		}
+		for i := range auths {
+			if auths[i].ID == id {
+				return &auths[i], nil
+			}
+		}
+		return nil, nil
+	}
+}
+
+// connectToken exchanges the user's access token for a single-use connect
+// token bound to <connect_url>/to/<app>. Connect tokens are never cached.
+// A rejection may mean the cached access token was revoked, so it is
+// evicted and the exchange tried once more with a fresh one.
+func (h *Connect) connectToken(ctx context.Context, key tokencache.Key, ids appIDs) (zapierapi.Token, error) {
+	resource := h.connectBase + "/to/" + url.PathEscape(ids.connect)
+	for attempt := 0; ; attempt++ {
+		access, err := h.app.accessToken(ctx, key)
+		if err != nil {
+			return zapierapi.Token{}, exchangeAPIError(err)
+		}
+		tok, err := h.exchangeConnect(ctx, key, access, resource)
+		if err != nil && zapierapi.IsPermanent(err) && attempt == 0 {
+			h.app.tokens.cache.EvictToken(key, access)
+			continue
+		}
+		if err != nil {
+			return zapierapi.Token{}, exchangeAPIError(err)
+		}
+		return tok, nil
+	}
+}
+
+// exchangeConnect is one connect-token exchange, within the app's limit on
+// concurrent exchanges, through its circuit breaker, and counted like the
+// others.
+func (h *Connect) exchangeConnect(ctx context.Context, key tokencache.Key, access, resource string) (zapierapi.Token, error) {
+	a := h.app
+	select {
+	case a.inflight <- struct{}{}:
+		defer func() { <-a.inflight }()
+	case <-ctx.Done():
+		return zapierapi.Token{}, &zapierapi.Error{Kind: zapierapi.KindTimeout, Err: ctx.Err()}
+	}
+	start := time.Now()
+	var tok zapierapi.Token
+	err := a.callZapier(func() (err error) {
+		tok, err = a.client.ExchangeConnectToken(ctx, access, resource)
+		return err
+	})
+	a.metrics.observeExchange(exchangeKindConnect, err, time.Since(start))
+	if err != nil {
+		a.logExchangeFailure(key, err)
+	}
+	return tok, err
+}
+
+// zapierAPIError maps a failed call to Zapier's API (not a token exchange).
+func zapierAPIError(err error) *apiError {
+	zerr, ok := zapierapi.AsError(err)
+	if ok && zerr.Kind == zapierapi.KindRateLimited {
+		retry := zerr.RetryAfter
+		if retry <= 0 {
+			retry = zapierapi.DefaultRateLimitCooldown
+		}
+		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
+			Message: "Zapier is rate limiting API calls; retry later", RetryAfter: retry}
+	}
+	if (ok && zerr.Kind == zapierapi.KindTimeout) || errors.Is(err, context.DeadlineExceeded) {
+		return &apiError{Status: http.StatusGatewayTimeout, Code: "zapier_api_timeout",
+			Message: "Zapier's API timed out while the connection was verified"}
+	}
+	msg := "Zapier's API failed while the connection was verified"
+	if ok {
+		msg += statusSuffix(zerr.StatusCode, zerr.OAuthError)
+	}
+	return &apiError{Status: http.StatusBadGateway, Code: "zapier_api_failed", Message: msg}
+}
+
+// connectURL is <connect_url>/to/<app>?token=…&…
+func (h *Connect) connectURL(app, token string, extra url.Values) string {
+	q := url.Values{"token": {token}}
+	for k, v := range extra {
+		q[k] = v
+	}
+	return h.connectBase + "/to/" + url.PathEscape(app) + "?" + q.Encode()
+}
+
+// secureCookie: over HTTPS the nonce cookie is Secure. Behind a TLS
+// terminator the gateway sees HTTP, so X-Forwarded-Proto counts when a
+// trusted peer sent it, and an https callback_url says the site is HTTPS.
+func (h *Connect) secureCookie(r *http.Request) bool {
+	return r.TLS != nil ||
+		strings.HasPrefix(h.app.CallbackURL, "https://") ||
+		(strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") && h.rules.isTrusted(r.RemoteAddr))
+}
+
+// redirectFailure sends the browser back to a validated return_to with the
+// error code of err. A caller that went away gets nothing; an internal
+// error stays internal.
+func (h *Connect) redirectFailure(w http.ResponseWriter, r *http.Request, returnTo string, ids appIDs, err error) error {
+	var aerr *apiError
+	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
+		return failConnect(w, r, err)
+	}
+	redirectTo(w, withOutcome(returnTo, url.Values{
+		"zapier_connect": {"error"}, "zapier_app": {ids.connect}, "zapier_error": {aerr.Code},
+	}))
+	return nil
+}
+
+func successParams(rec *connectionRecord) url.Values {
+	return url.Values{"zapier_connect": {"success"}, "zapier_app": {rec.App}, "zapier_connection_id": {rec.ConnectionID}}
+}
+
+// redirectTo answers 302. The Location carries a connect token or a state,
+// so it is neither cached nor leaked in a Referer.
+func redirectTo(w http.ResponseWriter, location string) {
+	h := w.Header()
+	h.Set("Location", location)
+	h.Set("Cache-Control", "no-store")
+	h.Set("Referrer-Policy", "no-referrer")
+	w.WriteHeader(http.StatusFound)
+}
+
+func badRequest(msg string) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Code: "bad_request", Message: msg}
+}
+
+// connectionIDFromJSON reads auth_id as a string or an integer: Connect's
+// postMessage carries a number, the API a string; both compare as strings.
+func connectionIDFromJSON(raw json.RawMessage) (string, bool) {
+	raw = json.RawMessage(strings.TrimSpace(string(raw)))
+	var id string
+	if len(raw) > 0 && raw[0] == '"' {
+		if json.Unmarshal(raw, &id) != nil {
+			return "", false
+		}
+	} else {
+		id = string(raw)
+		for i := 0; i < len(id); i++ {
+			if id[i] < '0' || id[i] > '9' {
+				return "", false
+			}
+		}
+	}
+	return id, validConnectionID(id)
+}

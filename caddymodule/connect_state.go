@@ -1,0 +1,344 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+)
+
+const (
+	// stateKeyStorageKey holds the key that signs connect states. It lives in
+	// Caddy storage so every gateway sharing the storage can verify a state
+	// another one issued.
+	stateKeyStorageKey = "zapier/connect-state.key"
+	// usedStatesPrefix records spent state ids until they expire, so a
+	// replay fails on every gateway sharing the storage.
+	usedStatesPrefix = "zapier/connect/used-states"
+	defaultStateTTL  = 10 * time.Minute
+	maxStateTTL      = 24 * time.Hour
+	maxStateLen      = 8 << 10
+	stateVersion     = "v1"
+	// nonceCookiePrefix names the cookie binding a flow to the browser that
+	// started it; the state id completes the name, so flows started in two
+	// tabs do not overwrite each other's cookie.
+	nonceCookiePrefix = "zapier_connect_"
+)
+
+// connectState is what a connect flow carries from its start to its
+// completion. It is signed, never encrypted: it holds no secret. The user
+// appears only as a keyed hash.
+type connectState struct {
+	ID        string      `json:"id"`  // random; the single-use key
+	Subject   string      `json:"sub"` // keyed hash of (tenant, user)
+	App       string      `json:"app"` // Connect's implementation id
+	AppUUID   string      `json:"app_uuid"`
+	ReturnTo  string      `json:"rt,omitempty"`
+	Flow      connectFlow `json:"flow"` // popup or redirect
+	NonceHash string      `json:"nh"`   // SHA-256 of the browser cookie's nonce
+	Expires   int64       `json:"exp"`  // Unix milliseconds
+}
+
+// stateError is a refused state; reason is for logs and the message.
+type stateError struct{ reason string }
+
+func (e *stateError) Error() string { return "connect state refused: " + e.reason }
+
+func refuseState(reason string) error { return &stateError{reason} }
+
+// stateKeys are derived from the stored master key, one per purpose.
+type stateKeys struct {
+	mac     []byte // signs states
+	subject []byte // hashes identities into states
+}
+
+func deriveStateKeys(master []byte) stateKeys {
+	derive := func(label string) []byte {
+		m := hmac.New(sha256.New, master)
+		m.Write([]byte("caddy-zapier connect " + label))
+		return m.Sum(nil)
+	}
+	return stateKeys{mac: derive("state mac"), subject: derive("subject")}
+}
+
+// subjectHash binds a state to an identity without putting the identity in
+// it. Identity values cannot contain NUL, so the join is unambiguous.
+func (k stateKeys) subjectHash(tenant, user string) string {
+	m := hmac.New(sha256.New, k.subject)
+	m.Write([]byte(tenant))
+	m.Write([]byte{0})
+	m.Write([]byte(user))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+func (k stateKeys) sign(payload string) string {
+	m := hmac.New(sha256.New, k.mac)
+	m.Write([]byte(stateVersion + "." + payload))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// encodeState renders v1.<payload>.<mac>, all base64url.
+func encodeState(k stateKeys, st *connectState) (string, error) {
+	data, err := json.Marshal(st)
+	if err != nil {
+		return "", fmt.Errorf("encoding state: %w", err)
+	}
+	payload := base64.RawURLEncoding.EncodeToString(data)
+	return stateVersion + "." + payload + "." + k.sign(payload), nil
+}
+
+// decodeState verifies a state's signature and expiry. It is total: any
+// input yields a state or a *stateError, never a panic.
+func decodeState(k stateKeys, raw string, now time.Time) (*connectState, error) {
+	if raw == "" {
+		return nil, refuseState("missing")
+	}
+	if len(raw) > maxStateLen {
+		return nil, refuseState("malformed")
+	}
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 || parts[0] != stateVersion {
+		return nil, refuseState("malformed")
+	}
+	mac, err := base64.RawURLEncoding.Strict().DecodeString(parts[2])
+	if err != nil {
+		return nil, refuseState("malformed")
+	}
+	want, _ := base64.RawURLEncoding.DecodeString(k.sign(parts[1]))
+	if !hmac.Equal(mac, want) {
+		return nil, refuseState("bad signature")
+	}
+	data, err := base64.RawURLEncoding.Strict().DecodeString(parts[1])
+	if err != nil {
+		return nil, refuseState("malformed")
+	}
+	st := new(connectState)
+	if err := json.Unmarshal(data, st); err != nil {
+		return nil, refuseState("malformed")
+	}
+	if st.ID == "" || st.Subject == "" || st.App == "" || st.AppUUID == "" || st.NonceHash == "" ||
+		(st.Flow != connectFlowPopup && st.Flow != connectFlowRedirect) {
+		return nil, refuseState("malformed")
+	}
+	if now.UnixMilli() >= st.Expires {
+		return nil, refuseState("expired")
+	}
+	return st, nil
+}
+
+// stateKeeper issues, verifies and spends connect states, with its key and
+// its record of spent states in Caddy storage.
+type stateKeeper struct {
+	storage certmagic.Storage
+	ttl     time.Duration
+	now     func() time.Time
+	// bg bounds background sweeps; it ends with the config.
+	bg context.Context
+
+	mu   sync.Mutex
+	keys *stateKeys
+
+	lastSweep atomic.Int64 // Unix nanoseconds
+	sweeping  atomic.Bool
+}
+
+func newStateKeeper(bg context.Context, s certmagic.Storage, ttl time.Duration) *stateKeeper {
+	return &stateKeeper{storage: s, ttl: ttl, now: time.Now, bg: bg}
+}
+
+// stateKeys loads the master key, creating it under the storage lock on
+// first use, so gateways sharing the storage agree on one key.
+func (k *stateKeeper) stateKeys(ctx context.Context) (stateKeys, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.keys != nil {
+		return *k.keys, nil
+	}
+	master, err := k.loadMaster(ctx)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := k.storage.Lock(ctx, stateKeyStorageKey); err != nil {
+			return stateKeys{}, fmt.Errorf("locking the connect state key: %w", err)
+		}
+		defer func() { _ = k.storage.Unlock(context.WithoutCancel(ctx), stateKeyStorageKey) }()
+		master, err = k.loadMaster(ctx)
+		if errors.Is(err, fs.ErrNotExist) {
+			master = make([]byte, 32)
+			if _, err := rand.Read(master); err != nil {
+				return stateKeys{}, fmt.Errorf("generating the connect state key: %w", err)
+			}
+			err = k.storage.Store(ctx, stateKeyStorageKey, []byte(base64.StdEncoding.EncodeToString(master)))
+		}
+	}
+	if err != nil {
+		return stateKeys{}, fmt.Errorf("loading the connect state key: %w", err)
+	}
+	keys := deriveStateKeys(master)
+	k.keys = &keys
+	return keys, nil
+}
+
+func (k *stateKeeper) loadMaster(ctx context.Context) ([]byte, error) {
+	data, err := k.storage.Load(ctx, stateKeyStorageKey)
+	if err != nil {
+		return nil, err
+	}
+	master, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
+	if err != nil || len(master) < 32 {
+		return nil, errors.New("the stored connect state key is malformed")
+	}
+	return master, nil
+}
+
+// issue fills in the state's id, expiry and browser binding and signs it.
+// It returns the state and the nonce for the browser's cookie.
+func (k *stateKeeper) issue(ctx context.Context, st *connectState, tenant, user string) (state, nonce string, err error) {
+	keys, err := k.stateKeys(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	id := make([]byte, 16)
+	n := make([]byte, 32)
+	if _, err := rand.Read(id); err != nil {
+		return "", "", fmt.Errorf("generating a state id: %w", err)
+	}
+	if _, err := rand.Read(n); err != nil {
+		return "", "", fmt.Errorf("generating a nonce: %w", err)
+	}
+	nonce = base64.RawURLEncoding.EncodeToString(n)
+	st.ID = hex.EncodeToString(id)
+	st.Subject = keys.subjectHash(tenant, user)
+	st.NonceHash = nonceHash(nonce)
+	st.Expires = k.now().Add(k.ttl).UnixMilli()
+	state, err = encodeState(keys, st)
+	return state, nonce, err
+}
+
+func nonceHash(nonce string) string {
+	sum := sha256.Sum256([]byte(nonce))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// open verifies a state for the caller: signature, expiry, flow, identity
+// and the browser's nonce cookie. It does not spend it.
+func (k *stateKeeper) open(ctx context.Context, r *http.Request, raw string, flow connectFlow, tenant, user string) (*connectState, error) {
+	keys, err := k.stateKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := decodeState(keys, raw, k.now())
+	if err != nil {
+		return nil, err
+	}
+	if st.Flow != flow {
+		return nil, refuseState("issued for the " + string(st.Flow) + " flow")
+	}
+	if subtle.ConstantTimeCompare([]byte(st.Subject), []byte(keys.subjectHash(tenant, user))) != 1 {
+		return nil, refuseState("issued to another user")
+	}
+	c, err := r.Cookie(nonceCookiePrefix + st.ID)
+	if err != nil || subtle.ConstantTimeCompare([]byte(nonceHash(c.Value)), []byte(st.NonceHash)) != 1 {
+		return nil, refuseState("not started in this browser")
+	}
+	return st, nil
+}
+
+// spend marks a state used. Under the storage lock, so of two gateways
+// spending the same state at once exactly one succeeds.
+func (k *stateKeeper) spend(ctx context.Context, st *connectState) error {
+	lock := "zapier_connect_state_" + st.ID
+	if err := k.storage.Lock(ctx, lock); err != nil {
+		return fmt.Errorf("locking the connect state: %w", err)
+	}
+	defer func() { _ = k.storage.Unlock(context.WithoutCancel(ctx), lock) }()
+	key := usedStatesPrefix + "/" + st.ID
+	if k.storage.Exists(ctx, key) {
+		return refuseState("already used")
+	}
+	if err := k.storage.Store(ctx, key, []byte(strconv.FormatInt(st.Expires, 10))); err != nil {
+		return fmt.Errorf("recording the connect state as used: %w", err)
+	}
+	k.maybeSweep()
+	return nil
+}
+
+// maybeSweep deletes the records of spent states that have expired (and so
+// can no longer be replayed anyway), at most once per state TTL per
+// gateway, in the background.
+func (k *stateKeeper) maybeSweep() {
+	now := k.now()
+	last := k.lastSweep.Load()
+	if now.UnixNano()-last < int64(k.ttl) || !k.lastSweep.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	if !k.sweeping.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer k.sweeping.Store(false)
+		k.sweep(k.bg)
+	}()
+}
+
+func (k *stateKeeper) sweep(ctx context.Context) {
+	keys, err := k.storage.List(ctx, usedStatesPrefix, false)
+	if err != nil {
+		return
+	}
+	now := k.now().UnixMilli()
+	for _, key := range keys {
+		if ctx.Err() != nil {
+			return
+		}
+		data, err := k.storage.Load(ctx, key)
+		if err != nil {
+			continue
+		}
+		exp, err := strconv.ParseInt(string(data), 10, 64)
+		if err == nil && exp > now {
+			continue
+		}
+		_ = k.storage.Delete(ctx, key)
+	}
+}
+
+// setNonceCookie binds a flow to this browser. Path=/ because the gateway
+// cannot know under which path the browser reaches it; the cookie holds only
+// a random nonce and expires with the state.
+func setNonceCookie(w http.ResponseWriter, st *connectState, nonce string, ttl time.Duration, secure bool) {
+	http.SetCookie(w, &http.Cookie{
+		Name:     nonceCookiePrefix + st.ID,
+		Value:    nonce,
+		Path:     "/",
+		MaxAge:   int(ttl / time.Second),
+		HttpOnly: true,
+		Secure:   secure,
+		SameSite: http.SameSiteLaxMode,
+	})
+}
+
+func clearNonceCookie(w http.ResponseWriter, st *connectState, secure bool) {
+	http.SetCookie(w, &http.Cookie{
+		Name:     nonceCookiePrefix + st.ID,
+		Value:    "",
+		Path:     "/",
+		MaxAge:   -1,
+		HttpOnly: true,
+		Secure:   secure,
+		SameSite: http.SameSiteLaxMode,
+	})
+}

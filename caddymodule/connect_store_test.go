@@ -1,0 +1,150 @@
+package caddymodule
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+)
+
+// awkwardIDs are ids a storage key must survive.
+var awkwardIDs = []string{
+	"", ".", "..", "../..", "../../etc/passwd", "a/b", "/", "\\", "a\\..\\b", "con", "NUL",
+	"Alice", "alice", "ALICE", // distinct even on case-insensitive file systems
+	"ユーザー", "user\u202e", "tab\tand\nnewline", "\x00", "%2e%2e", "*", "?", ":", "~",
+	strings.Repeat("x", 61), strings.Repeat("x", 62), strings.Repeat("x", 63), // around the hash threshold
+	strings.Repeat("é", 5000), // 10 KB
+	strings.Repeat("/..", 3400),
+}
+
+func TestStorageKeyPartIsSafeAndInjective(t *testing.T) {
+	seen := map[string]string{}
+	for _, id := range awkwardIDs {
+		part := storageKeyPart(id)
+		if !isKeyPart(part) || len(part) > maxKeyPart || part == "." || part == ".." {
+			t.Errorf("storageKeyPart(%.20q) = %q is not a safe key part", id, part)
+		}
+		if strings.ContainsAny(part, "/\\.") || part != strings.ToLower(part) {
+			t.Errorf("storageKeyPart(%.20q) = %q", id, part)
+		}
+		if prev, dup := seen[part]; dup {
+			t.Errorf("%.20q and %.20q share the key part %q", prev, id, part)
+		}
+		seen[part] = id
+	}
+	if storageKeyPart(strings.Repeat("é", 5000)) == storageKeyPart(strings.Repeat("é", 5000)+"x") {
+		t.Error("long ids that differ share a key")
+	}
+}
+
+func TestConnectionStoreWithAwkwardIdentities(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := newConnectionStore(&certmagic.FileStorage{Path: dir})
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return now }
+
+	for i, tenant := range awkwardIDs {
+		user := awkwardIDs[len(awkwardIDs)-1-i]
+		if _, err := s.put(ctx, tenant, user, connectionRecord{ConnectionID: "c" + tenant, App: "SlackCLIAPI", AppUUID: "uuid-1"}); err != nil {
+			t.Fatalf("put(%.20q, %.20q): %v", tenant, user, err)
+		}
+	}
+	for i, tenant := range awkwardIDs {
+		user := awkwardIDs[len(awkwardIDs)-1-i]
+		rec, err := s.get(ctx, tenant, user, "uuid-1")
+		if err != nil || rec == nil || rec.ConnectionID != "c"+tenant {
+			t.Errorf("get(%.20q, %.20q) = %+v, %v", tenant, user, rec, err)
+		}
+		list, err := s.list(ctx, tenant, user)
+		if err != nil || len(list) != 1 {
+			t.Errorf("list(%.20q, %.20q) = %d records, %v", tenant, user, len(list), err)
+		}
+	}
+	// Nothing was written outside the connections prefix.
+	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if !info.IsDir() && !strings.HasPrefix(filepath.ToSlash(rel), connectionsPrefix+"/") {
+			t.Errorf("a file outside %s: %s", connectionsPrefix, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConnectionStoreUpsertListRemove(t *testing.T) {
+	ctx := context.Background()
+	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	s := newConnectionStore(storage)
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	now := t0
+	s.now = func() time.Time { return now }
+
+	rec, err := s.put(ctx, "org", "alice", connectionRecord{ConnectionID: "100001", App: "SlackCLIAPI", AppUUID: "uuid-slack", Title: "Slack"})
+	if err != nil || !rec.Created.Equal(t0) || !rec.LastVerified.Equal(t0) {
+		t.Fatalf("put = %+v, %v", rec, err)
+	}
+	// The same connection again keeps its creation time; the title follows
+	// Zapier.
+	now = t0.Add(time.Hour)
+	rec, _ = s.put(ctx, "org", "alice", connectionRecord{ConnectionID: "100001", App: "SlackCLIAPI", AppUUID: "uuid-slack", Title: "Slack 2"})
+	if !rec.Created.Equal(t0) || !rec.LastVerified.Equal(now) || rec.Title != "Slack 2" {
+		t.Errorf("same connection again: %+v", rec)
+	}
+	// touch keeps the old title when Zapier gave none.
+	rec, _ = s.touch(ctx, "org", "alice", rec, "")
+	if rec.Title != "Slack 2" {
+		t.Errorf("touch dropped the title: %+v", rec)
+	}
+	// Another connection replaces it (one record per app).
+	now = t0.Add(2 * time.Hour)
+	rec, _ = s.put(ctx, "org", "alice", connectionRecord{ConnectionID: "100002", App: "SlackCLIAPI", AppUUID: "uuid-slack"})
+	if !rec.Created.Equal(now) || rec.ConnectionID != "100002" {
+		t.Errorf("replacement: %+v", rec)
+	}
+	_, _ = s.put(ctx, "org", "alice", connectionRecord{ConnectionID: "7", App: "GoogleSheetsV2API", AppUUID: "uuid-sheets"})
+	_, _ = s.put(ctx, "org", "bob", connectionRecord{ConnectionID: "8", App: "SlackCLIAPI", AppUUID: "uuid-slack"})
+
+	// A write in progress (a temporary file) is not a record.
+	tmp := storage.Filename(userPrefix("org", "alice") + "/123456789")
+	if err := os.WriteFile(tmp, []byte("{partial"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.list(ctx, "org", "alice")
+	if err != nil || len(list) != 2 || list[0].App != "GoogleSheetsV2API" || list[1].ConnectionID != "100002" {
+		t.Fatalf("list = %+v, %v", list, err)
+	}
+	if list, _ := s.list(ctx, "org", "carol"); list == nil || len(list) != 0 {
+		t.Errorf("list for a user without records = %#v, want empty", list)
+	}
+
+	found, err := s.remove(ctx, "org", "alice", "uuid-slack")
+	if !found || err != nil {
+		t.Fatalf("remove = %v, %v", found, err)
+	}
+	if found, _ := s.remove(ctx, "org", "alice", "uuid-slack"); found {
+		t.Error("removed twice")
+	}
+	if rec, _ := s.get(ctx, "org", "bob", "uuid-slack"); rec == nil || rec.ConnectionID != "8" {
+		t.Errorf("bob's record after alice's removal: %+v", rec)
+	}
+	if rec, _ := s.get(ctx, "org", "alice", "uuid-sheets"); rec == nil {
+		t.Error("alice's other app went too")
+	}
+
+	if err := storage.Store(ctx, connectionKey("org", "dave", "uuid-slack"), []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.get(ctx, "org", "dave", "uuid-slack"); err == nil {
+		t.Error("a corrupt record read without an error")
+	}
+}
