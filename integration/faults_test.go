@@ -1,10 +1,12 @@
 package integration
 
 import (
+	"fmt"
 	"net/http"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -181,4 +183,40 @@ func settledGoroutines() int {
 		}
 	}
 	return n
+}
+
+// TestMaxInflightBoundsExchangesAndWaitersHonourTheirDeadline sends 12 cold
+// identities at once with max_inflight 2 and slow exchanges: Zapier never
+// sees more than 2 at a time, everyone is served, and a caller that gives up
+// while queued gets its answer at its own deadline without stopping the rest.
+func TestMaxInflightBoundsExchangesAndWaitersHonourTheirDeadline(t *testing.T) {
+	g := startGateway(t, gatewayOptions{zapierExtra: "exchange {\n\t\t\tmax_inflight 2\n\t\t}"})
+	g.fake.SetTokenDelay(150 * time.Millisecond)
+
+	impatient := &http.Client{Timeout: 200 * time.Millisecond}
+	var wg sync.WaitGroup
+	errs := make(chan error, 13)
+	for i := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			status, _, body, err := send(request{path: "/zapier/api/v2/echo", tenant: "inflight", user: fmt.Sprintf("u%d", i)})
+			if err != nil || status != http.StatusOK {
+				errs <- fmt.Errorf("u%d: %d %v %s", i, status, err, body)
+			}
+		}()
+	}
+	// Queued behind the others, this caller's deadline passes first.
+	_, _, _, err := send(request{path: "/zapier/api/v2/echo", tenant: "inflight", user: "impatient", client: impatient})
+	if err == nil {
+		t.Error("the impatient caller was served before its deadline; the queue did not form")
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if peak := g.fake.Stats().TokenConcurrencyPeak; peak > 2 || peak < 1 {
+		t.Errorf("Zapier saw %d concurrent exchanges, want at most max_inflight 2", peak)
+	}
 }

@@ -57,7 +57,12 @@ func (s *Server) refuse(w http.ResponseWriter, status int, code, desc string) {
 }
 
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
-	s.count(func(st *Stats) { st.TokenRequests++ })
+	s.count(func(st *Stats) {
+		st.TokenRequests++
+		s.tokenInProgress++
+		st.TokenConcurrencyPeak = max(st.TokenConcurrencyPeak, s.tokenInProgress)
+	})
+	defer s.count(func(*Stats) { s.tokenInProgress-- })
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		s.refuse(w, http.StatusMethodNotAllowed, "invalid_request", "the token endpoint accepts POST only")

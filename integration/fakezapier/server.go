@@ -136,6 +136,7 @@ type Stats struct {
 	ConnectTokensUsed    int // connect tokens consumed by ConsumeConnectToken
 	JWKSNotModified      int // JWKS fetches answered 304 Not Modified
 	TokenRequestsAborted int // token requests whose client went away during SetTokenDelay
+	TokenConcurrencyPeak int // most token requests in progress at once
 }
 
 // Server is the fake. It is an http.Handler and safe for concurrent use.
@@ -144,22 +145,23 @@ type Server struct {
 
 	jwks *jwksCache
 
-	mu          sync.Mutex // guards everything below
-	stats       Stats
-	exchangesBy map[identity]int
-	lastJWTFail string
-	access      map[string]*accessToken
-	connect     map[string]*connectToken
-	connections map[string]*connection // by id
-	nextConnID  int
-	issued      int // tokens issued since the last sweep of expired ones
-	recorded    []RecordedRequest
-	recNext     int
-	recFull     bool
-	faults      faults
-	userClaim   string // Config.UserClaim, changeable by SetClaimNames
-	tenantClaim string
-	jwtLog      []VerifiedJWT
+	mu              sync.Mutex // guards everything below
+	stats           Stats
+	tokenInProgress int // guarded by mu
+	exchangesBy     map[identity]int
+	lastJWTFail     string
+	access          map[string]*accessToken
+	connect         map[string]*connectToken
+	connections     map[string]*connection // by id
+	nextConnID      int
+	issued          int // tokens issued since the last sweep of expired ones
+	recorded        []RecordedRequest
+	recNext         int
+	recFull         bool
+	faults          faults
+	userClaim       string // Config.UserClaim, changeable by SetClaimNames
+	tenantClaim     string
+	jwtLog          []VerifiedJWT
 
 	ui connectUI // the Connect UI's partner registration and outcomes (connect.go)
 }

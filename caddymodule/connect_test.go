@@ -1,0 +1,135 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+const slackUUID = "81f613aa-c98a-4383-a5fc-195e68647217"
+
+func TestConnectCaddyfile(t *testing.T) {
+	var h Connect
+	d := caddyfile.NewTestDispenser(`zapier_connect {
+		app SlackCLIAPI ` + slackUUID + `
+		app GoogleSheetsV2API 11111111-2222-3333-4444-555555555555
+		state_ttl 5m
+	}`)
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	if h.Apps["SlackCLIAPI"] != slackUUID || len(h.Apps) != 2 || time.Duration(h.StateTTL) != 5*time.Minute {
+		t.Errorf("parsed %+v", h)
+	}
+	// Defaults stay out of the JSON.
+	var empty Connect
+	if err := empty.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`zapier_connect`)); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(empty); string(b) != "{}" {
+		t.Errorf("adapted JSON of a bare zapier_connect = %s, want {}", b)
+	}
+
+	for input, want := range map[string]string{
+		"zapier_connect arg":                                                    "wrong argument count",
+		"zapier_connect {\napp SlackCLIAPI\n}":                                  "app takes an implementation id and an app UUID",
+		"zapier_connect {\napp A " + slackUUID + " extra\n}":                    "app takes an implementation id and an app UUID",
+		"zapier_connect {\napp A " + slackUUID + "\napp A " + slackUUID + "\n}": "app A is mapped twice",
+		"zapier_connect {\nstate_ttl soon\n}":                                   "invalid duration",
+		"zapier_connect {\nstate_ttl\n}":                                        "exactly one duration",
+		"zapier_connect {\ncolor blue\n}":                                       `unrecognized zapier_connect option "color"`,
+	} {
+		var h Connect
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want %q", input, err, want)
+		}
+	}
+}
+
+func TestAppMap(t *testing.T) {
+	m, err := newAppMap(map[string]string{"SlackCLIAPI": strings.ToUpper(slackUUID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]appIDs{
+		"SlackCLIAPI":                          {connect: "SlackCLIAPI", uuid: slackUUID},
+		slackUUID:                              {connect: "SlackCLIAPI", uuid: slackUUID}, // by its UUID, any case
+		strings.ToUpper(slackUUID):             {connect: "SlackCLIAPI", uuid: slackUUID},
+		"11111111-2222-3333-4444-555555555555": {connect: "11111111-2222-3333-4444-555555555555", uuid: "11111111-2222-3333-4444-555555555555"},
+	} {
+		got, aerr := m.resolve(name)
+		if aerr != nil || got != want {
+			t.Errorf("resolve(%q) = %+v, %v; want %+v", name, got, aerr, want)
+		}
+	}
+	for name, want := range map[string]string{
+		"GoogleSheetsV2API":             "add `app GoogleSheetsV2API <app UUID>` to the zapier_connect block",
+		"":                              "app must be",
+		"a/b":                           "app must be",
+		"..":                            "app must be",
+		"x y":                           "app must be",
+		strings.Repeat("a", maxAppID+1): "app must be",
+	} {
+		_, aerr := m.resolve(name)
+		if aerr == nil || aerr.Code != "bad_request" || !strings.Contains(aerr.Message, want) {
+			t.Errorf("resolve(%q) = %v, want bad_request containing %q", name, aerr, want)
+		}
+	}
+	for _, bad := range []map[string]string{
+		{"SlackCLIAPI": "not-a-uuid"},
+		{"Slack/API": slackUUID},
+		{slackUUID: slackUUID},
+		{"A": slackUUID, "B": strings.ToUpper(slackUUID)},
+	} {
+		if _, err := newAppMap(bad); err == nil {
+			t.Errorf("newAppMap(%v) accepted", bad)
+		}
+	}
+}
+
+func TestConnectScriptServing(t *testing.T) {
+	rec := httptest.NewRecorder()
+	serveConnectScript(rec, httptest.NewRequest(http.MethodGet, "/connect.js", nil))
+	res := rec.Result()
+	if res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != "text/javascript; charset=utf-8" ||
+		res.Header.Get("X-Content-Type-Options") != "nosniff" || rec.Body.Len() != len(connectScript) {
+		t.Fatalf("GET connect.js: %d %v", res.StatusCode, res.Header)
+	}
+	// The checks the browser helper must make are in the script it serves.
+	for _, must := range []string{
+		"event.source !== popup", "event.origin !== connectOrigin", "popup.closed",
+		"popup_blocked", "popup_closed", "timeout", "authentication_error", "server_error",
+		`new URL(".", script`,
+	} {
+		if !strings.Contains(string(connectScript), must) {
+			t.Errorf("connect.js lacks %q", must)
+		}
+	}
+	rec = httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/connect.js", nil)
+	req.Header.Set("If-None-Match", res.Header.Get("ETag"))
+	serveConnectScript(rec, req)
+	if rec.Code != http.StatusNotModified || rec.Body.Len() != 0 {
+		t.Errorf("conditional GET: %d, %d bytes", rec.Code, rec.Body.Len())
+	}
+}
+
+func TestConnectRejectsBadProvisionValues(t *testing.T) {
+	for _, h := range []Connect{
+		{StateTTL: caddy.Duration(-time.Second)},
+		{StateTTL: caddy.Duration(48 * time.Hour)},
+		{Apps: map[string]string{"SlackCLIAPI": "nope"}},
+	} {
+		// Provision checks its own values before it needs the app.
+		if err := h.Provision(caddy.Context{}); err == nil || !strings.HasPrefix(err.Error(), "zapier_connect: ") {
+			t.Errorf("Provision(%+v) = %v, want a zapier_connect error", h, err)
+		}
+	}
+}
