@@ -29,7 +29,7 @@ FUZZTIME      ?= 30s
 
 # Debian packages the tests need, as "command:package" pairs; installed by
 # test-deps when the command is missing.
-TEST_DEPS ?= chromium:chromium
+TEST_DEPS ?= chromium:chromium redis-server:redis-server
 
 build:
 	@mkdir -p "$(BUILD_DIR)"

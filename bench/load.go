@@ -225,7 +225,7 @@ func (b *bench) cold(ctx context.Context, maxInflight int) (coldResult, error) {
 	defer fz.close()
 	fz.SetTokenDelay(b.coldLatency)
 
-	srv, err := b.startCaddy(fmt.Sprintf("cold-%d", maxInflight), caddyfileB(gatewayAddr, b.upstreamAddr, fakeAddr, maxInflight))
+	srv, err := b.startCaddy(fmt.Sprintf("cold-%d", maxInflight), b.caddy, caddyfileB(gatewayAddr, b.upstreamAddr, fakeAddr, maxInflight))
 	if err != nil {
 		return res, err
 	}

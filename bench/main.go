@@ -40,6 +40,7 @@ var identitiesLua []byte
 
 type bench struct {
 	caddy, wrk, nginx string
+	caddyBefore       string // optional second build, measured as B0
 	root, outDir      string
 	workDir           string
 	luaPath           string
@@ -68,6 +69,7 @@ type variant struct {
 	name, title string
 	url         string
 	srv         *server
+	fake        *fakeZapier // the token endpoint of a zapier_auth variant
 }
 
 func main() {
@@ -76,6 +78,7 @@ func main() {
 	b := &bench{}
 	var clientCPUs, coldInflight string
 	flag.StringVar(&b.caddy, "caddy", ".build/caddy", "Caddy binary with the plugin (make -f xcaddy.mk build)")
+	flag.StringVar(&b.caddyBefore, "caddy-before", "", "optional second Caddy build (e.g. before an optimisation), measured as B0 in the same alternating rounds")
 	flag.StringVar(&b.wrk, "wrk", "wrk", "wrk binary")
 	flag.StringVar(&b.nginx, "nginx", "", "nginx binary (default: nginx on PATH or /usr/sbin/nginx)")
 	flag.StringVar(&b.root, "root", ".", "module root, for the Go benchmarks")
@@ -140,6 +143,11 @@ func (b *bench) run(ctx context.Context) error {
 	if b.caddy, err = filepath.Abs(b.caddy); err != nil {
 		return err
 	}
+	if b.caddyBefore != "" {
+		if b.caddyBefore, err = filepath.Abs(b.caddyBefore); err != nil {
+			return err
+		}
+	}
 	if b.nginx == "" {
 		b.nginx = findNginx()
 	}
@@ -164,21 +172,26 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	defer b.up.close()
 
-	variants, fz, cleanup, err := b.startVariants(ctx)
+	variants, cleanup, err := b.startVariants(ctx)
 	defer cleanup()
 	if err != nil {
 		return err
 	}
 
-	log.Printf("pre-warming B with %d identities", b.identities)
-	start := time.Now()
-	if err := prewarm(ctx, variants[1].url, b.identities, 32); err != nil {
-		return fmt.Errorf("pre-warming B: %w", err)
-	}
-	warmExchanges := fz.Stats().Exchanges
-	log.Printf("pre-warmed in %s: %d exchanges", time.Since(start).Round(time.Millisecond), warmExchanges)
-	if warmExchanges != b.identities {
-		return fmt.Errorf("pre-warm made %d exchanges for %d identities", warmExchanges, b.identities)
+	for _, v := range variants {
+		if v.fake == nil {
+			continue
+		}
+		log.Printf("pre-warming %s with %d identities", v.name, b.identities)
+		start := time.Now()
+		if err := prewarm(ctx, v.url, b.identities, 32); err != nil {
+			return fmt.Errorf("pre-warming %s: %w", v.name, err)
+		}
+		n := v.fake.Stats().Exchanges
+		log.Printf("pre-warmed %s in %s: %d exchanges", v.name, time.Since(start).Round(time.Millisecond), n)
+		if n != b.identities {
+			return fmt.Errorf("pre-warming %s made %d exchanges for %d identities", v.name, n, b.identities)
+		}
 	}
 
 	res := &results{Env: env, Identities: b.identities, Connections: b.connections, Threads: b.threads,
@@ -199,9 +212,11 @@ func (b *bench) run(ctx context.Context) error {
 			res.Rounds = append(res.Rounds, r)
 		}
 	}
-	res.MeasureExchanges = fz.Stats().Exchanges - warmExchanges
 	for _, v := range variants {
 		res.Variants = append(res.Variants, variantInfo{Name: v.name, Title: v.title})
+		if v.fake != nil {
+			res.MeasureExchanges += v.fake.Stats().Exchanges - b.identities
+		}
 	}
 	cleanup()
 
@@ -234,71 +249,79 @@ func (b *bench) run(ctx context.Context) error {
 	return nil
 }
 
-// startVariants starts A, B and C and the fake Zapier B exchanges with.
-func (b *bench) startVariants(ctx context.Context) ([]*variant, *fakeZapier, func(), error) {
-	var servers []*server
-	var fz *fakeZapier
+// startVariants starts A, B and C (and B0 with -caddy-before), each
+// zapier_auth variant with its own fake Zapier.
+func (b *bench) startVariants(ctx context.Context) ([]*variant, func(), error) {
+	var variants []*variant
 	cleanup := func() {
-		for _, s := range servers {
-			s.stop()
+		for _, v := range variants {
+			if v.srv != nil {
+				v.srv.stop()
+			}
+			if v.fake != nil {
+				v.fake.close()
+			}
 		}
-		servers = nil
-		if fz != nil {
-			fz.close()
-			fz = nil
-		}
+		variants = nil
 	}
 	addr := func(off int) string { return fmt.Sprintf("127.0.0.1:%d", b.portBase+off) }
-	aAddr, bAddr, cAddr, fakeAddr := addr(10), addr(11), addr(12), addr(2)
+	add := func(name, title, listen string, srv *server, fake *fakeZapier) {
+		variants = append(variants, &variant{name: name, title: title, url: "http://" + listen + "/zapier/api/v2/echo", srv: srv, fake: fake})
+	}
+	// gateway starts a zapier_auth variant: a fake Zapier, then Caddy.
+	gateway := func(name, title, binary string, listen, fakeAddr string) error {
+		fz, err := startFakeZapier(fakeAddr, "http://"+listen+"/.well-known/jwks.json")
+		if err != nil {
+			return err
+		}
+		srv, err := b.startCaddy(name, binary, caddyfileB(listen, b.upstreamAddr, fakeAddr, 16))
+		add(name, title, listen, srv, fz)
+		return err
+	}
 
-	var err error
-	if fz, err = startFakeZapier(fakeAddr, "http://"+bAddr+"/.well-known/jwks.json"); err != nil {
-		return nil, nil, cleanup, err
-	}
-	a, err := b.startCaddy("A", caddyfileA(aAddr, b.upstreamAddr))
+	srv, err := b.startCaddy("A", b.caddy, caddyfileA(addr(10), b.upstreamAddr))
 	if err != nil {
-		return nil, fz, cleanup, err
+		return nil, cleanup, err
 	}
-	servers = append(servers, a)
-	bs, err := b.startCaddy("B", caddyfileB(bAddr, b.upstreamAddr, fakeAddr, 16))
-	if err != nil {
-		return nil, fz, cleanup, err
+	add("A", "Caddy reverse_proxy + static header", addr(10), srv, nil)
+	if err := gateway("B", "zapier_auth + reverse_proxy (cache hit)", b.caddy, addr(11), addr(2)); err != nil {
+		return nil, cleanup, err
 	}
-	servers = append(servers, bs)
 
 	nginxDir := filepath.Join(b.workDir, "nginx")
 	if err := os.MkdirAll(nginxDir, 0o755); err != nil {
-		return nil, fz, cleanup, err
+		return nil, cleanup, err
 	}
 	conf := filepath.Join(nginxDir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(nginxConf(nginxDir, cAddr, b.upstreamAddr)), 0o644); err != nil {
-		return nil, fz, cleanup, err
+	if err := os.WriteFile(conf, []byte(nginxConf(nginxDir, addr(12), b.upstreamAddr)), 0o644); err != nil {
+		return nil, cleanup, err
 	}
-	c, err := startServer("C", b.workDir, b.serverCPUs, nil, b.nginx, "-p", nginxDir, "-c", conf, "-e", filepath.Join(nginxDir, "error.log"))
+	srv, err = startServer("C", b.workDir, b.serverCPUs, nil, b.nginx, "-p", nginxDir, "-c", conf, "-e", filepath.Join(nginxDir, "error.log"))
 	if err != nil {
-		return nil, fz, cleanup, err
+		return nil, cleanup, err
 	}
-	c.withChildren = true
-	servers = append(servers, c)
+	srv.withChildren = true
+	add("C", "nginx proxy_set_header", addr(12), srv, nil)
 
-	variants := []*variant{
-		{name: "A", title: "Caddy reverse_proxy + static header", url: "http://" + aAddr + "/zapier/api/v2/echo", srv: a},
-		{name: "B", title: "zapier_auth + reverse_proxy (cache hit)", url: "http://" + bAddr + "/zapier/api/v2/echo", srv: bs},
-		{name: "C", title: "nginx proxy_set_header", url: "http://" + cAddr + "/zapier/api/v2/echo", srv: c},
+	if b.caddyBefore != "" {
+		if err := gateway("B0", "B built from -caddy-before", b.caddyBefore, addr(14), addr(4)); err != nil {
+			return nil, cleanup, err
+		}
 	}
+
 	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for _, v := range variants {
 		if err := waitReady(readyCtx, strings.Replace(v.url, "/zapier/api/v2/echo", "/.well-known/jwks.json", 1), v.srv); err != nil {
-			return nil, fz, cleanup, err
+			return nil, cleanup, err
 		}
 	}
-	return variants, fz, cleanup, nil
+	return variants, cleanup, nil
 }
 
 // startCaddy runs the Caddy binary on a Caddyfile, with its own data and
 // config directories (B's signing keys live there).
-func (b *bench) startCaddy(name, caddyfile string) (*server, error) {
+func (b *bench) startCaddy(name, binary, caddyfile string) (*server, error) {
 	dir := filepath.Join(b.workDir, "caddy-"+name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -308,7 +331,7 @@ func (b *bench) startCaddy(name, caddyfile string) (*server, error) {
 		return nil, err
 	}
 	env := []string{"XDG_DATA_HOME=" + filepath.Join(dir, "data"), "XDG_CONFIG_HOME=" + filepath.Join(dir, "config"), "HOME=" + dir}
-	return startServer("caddy-"+name, b.workDir, b.serverCPUs, env, b.caddy, "run", "--config", path, "--adapter", "caddyfile")
+	return startServer("caddy-"+name, b.workDir, b.serverCPUs, env, binary, "run", "--config", path, "--adapter", "caddyfile")
 }
 
 func findNginx() string {

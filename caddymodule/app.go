@@ -356,8 +356,8 @@ func (a *App) validateConfig() error {
 		if u == "" && name == "callback_url" {
 			continue
 		}
-		if err := checkAbsoluteURL(u); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		if err := zapierapi.CheckURL(u); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", name, u, err))
 		}
 	}
 	for _, o := range a.ReturnOrigins {
@@ -394,17 +394,6 @@ func (a *App) validateConfig() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("zapier: %w", err)
-	}
-	return nil
-}
-
-func checkAbsoluteURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("malformed URL %q", raw)
-	}
-	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return fmt.Errorf("%q is not an absolute http(s) URL", raw)
 	}
 	return nil
 }

@@ -158,7 +158,7 @@ func TestValidateConfigNamesTheOption(t *testing.T) {
 		{"jwt_ttl", func(a *App) { a.JWTTTL = caddy.Duration(6 * time.Minute) }, "jwt_ttl 6m0s is out of range"},
 		{"alg", func(a *App) { a.SigningAlg = "HS256" }, `signing_alg "HS256"`},
 		{"token_url", func(a *App) { a.TokenURL = "zapier.com/oauth" }, "token_url"},
-		{"api_url", func(a *App) { a.APIURL = "://bad" }, "api_url: malformed URL"},
+		{"api_url", func(a *App) { a.APIURL = "://bad" }, `api_url "://bad": not a valid URL`},
 		{"return_origins", func(a *App) { a.ReturnOrigins = []string{"https://app.example/path"} }, "return_origins"},
 		{"client_auth", func(a *App) { a.Exchange.ClientAuth = "jwt" }, "exchange.client_auth"},
 		{"trusted empty", func(a *App) { a.Identity.TrustedSources = []string{} }, "identity.trusted_sources: at least one"},

@@ -106,7 +106,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.TokenURL == "" {
 		cfg.TokenURL = DefaultTokenURL
 	}
-	if err := checkURL(cfg.TokenURL); err != nil {
+	if err := CheckURL(cfg.TokenURL); err != nil {
 		return nil, fmt.Errorf("zapierapi: token_url: %w", err)
 	}
 	if cfg.ClientID == "" {
@@ -204,9 +204,9 @@ func defaultHTTPClient() *http.Client {
 	return &http.Client{Transport: t}
 }
 
-// checkURL accepts absolute http(s) URLs with a host and without userinfo
+// CheckURL accepts absolute http(s) URLs with a host and without userinfo
 // (credentials in a URL would end up in net/http error strings).
-func checkURL(raw string) error {
+func CheckURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return errors.New("not a valid URL")

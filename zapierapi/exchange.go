@@ -31,7 +31,7 @@ func (c *Client) ExchangeConnectToken(ctx context.Context, accessToken, resource
 	if accessToken == "" {
 		return Token{}, fmt.Errorf("%w: empty access token", ErrInvalidInput)
 	}
-	if err := checkURL(resource); err != nil {
+	if err := CheckURL(resource); err != nil {
 		return Token{}, fmt.Errorf("%w: resource %v", ErrInvalidInput, err)
 	}
 	form := url.Values{

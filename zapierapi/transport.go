@@ -229,7 +229,7 @@ func errorDetails(body []byte, secrets []string) (code, desc string) {
 // as the JSON body, a 2xx body is decoded into out (if not nil). Only
 // idempotent methods are retried, so a run is never created twice.
 func (c *Client) doJSON(ctx context.Context, op, method, rawURL, bearer string, in, out any) error {
-	if err := checkURL(rawURL); err != nil {
+	if err := CheckURL(rawURL); err != nil {
 		return fmt.Errorf("%w: %s: url %v", ErrInvalidInput, op, err)
 	}
 	if bearer == "" || !visibleASCII(bearer) {

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"encoding/xml"
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestParseWrk(t *testing.T) {
+	out := "Running 10s test @ http://127.0.0.1:18010/zapier/api/v2/echo\n" +
+		"BENCH_RESULT requests=1000 duration_us=2000000 errors_connect=0 errors_read=1 errors_write=0 errors_status=2 errors_timeout=0 p50_us=450 p90_us=900 p99_us=1800 max_us=5000 mean_us=512.5\n"
+	got, err := parseWrk(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := wrkResult{Requests: 1000, DurationUS: 2_000_000, Errors: 3, P50US: 450, P90US: 900, P99US: 1800, MaxUS: 5000, MeanUS: 512.5}
+	if got != want {
+		t.Errorf("parseWrk = %+v, want %+v", got, want)
+	}
+	if _, err := parseWrk("wrk: connection refused\n"); err == nil {
+		t.Error("parseWrk accepted output without a BENCH_RESULT line")
+	}
+}
+
+func TestParseGoBenchTakesMedians(t *testing.T) {
+	out := `goos: linux
+BenchmarkGetHit/entries=1k/hot1k-2   	 1000000	       150.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkGetHit/entries=1k/hot1k-2   	 1000000	       130.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkGetHit/entries=1k/hot1k-2   	 1000000	       900.0 ns/op	       0 B/op	       0 allocs/op
+BenchmarkMemoryPerEntry/entries=10000 	       3	  56300000 ns/op	       216.0 B/entry	12223240 B/op	  241661 allocs/op
+PASS
+`
+	got := parseGoBench(out)
+	if len(got) != 2 {
+		t.Fatalf("parsed %d benchmarks, want 2: %+v", len(got), got)
+	}
+	if got[0].Name != "GetHit/entries=1k/hot1k" || got[0].Metrics["ns/op"] != 150 {
+		t.Errorf("first = %+v, want GetHit/entries=1k/hot1k at the median 150 ns/op", got[0])
+	}
+	if got[1].Name != "MemoryPerEntry/entries=10000" || got[1].Metrics["B/entry"] != 216 {
+		t.Errorf("second = %+v, want MemoryPerEntry/entries=10000 with 216 B/entry", got[1])
+	}
+}
+
+func sampleResults() *results {
+	r := &results{Variants: []variantInfo{{"A", "bare"}, {"B", "gateway <&>"}, {"C", "nginx"}}, Identities: 10}
+	for n := 1; n <= 3; n++ {
+		r.Rounds = append(r.Rounds,
+			round{Variant: "A", Round: n, RPS: 1000, P50US: 100, P99US: 300, CPUUS: 100},
+			round{Variant: "B", Round: n, RPS: 990, P50US: 101, P99US: 310, CPUUS: 101 + float64(n)},
+			round{Variant: "C", Round: n, RPS: 3000, P50US: 30, P99US: 90, CPUUS: 20})
+	}
+	r.summarize()
+	return r
+}
+
+func TestSummaryAndGoals(t *testing.T) {
+	r := sampleResults()
+	if r.CPUDelta != 3 || r.PairedCPUDelta != 3 {
+		t.Errorf("CPU delta %v, paired %v; want 3 (median of 2, 3, 4 µs)", r.CPUDelta, r.PairedCPUDelta)
+	}
+	if r.ThruBA != 0.99 {
+		t.Errorf("throughput B/A = %v, want 0.99", r.ThruBA)
+	}
+	met := map[string]bool{}
+	for _, g := range r.Goals {
+		met[g.What] = g.Met
+	}
+	if !met["CPU zapier_auth adds per cache-hit request (B − A)"] || !met["throughput B/A"] || met["p99 latency B/A"] != (310.0/300 <= 1.10) {
+		t.Errorf("goals = %+v", r.Goals)
+	}
+}
+
+// The chart must be well-formed XML whatever the titles contain.
+func TestSVGIsWellFormed(t *testing.T) {
+	svg := sampleResults().svg()
+	d := xml.NewDecoder(strings.NewReader(svg))
+	for {
+		_, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("chart.svg is not well-formed: %v", err)
+		}
+	}
+	if !strings.Contains(svg, "gateway &lt;&amp;&gt;") {
+		t.Error("a variant title was not escaped")
+	}
+}
