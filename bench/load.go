@@ -24,6 +24,7 @@ type wrkResult struct {
 	P99US      float64
 	MaxUS      float64
 	MeanUS     float64
+	CPU        time.Duration // wrk's own user+system time
 }
 
 // runWrk drives url for d with the identity-cycling script.
@@ -39,7 +40,9 @@ func (b *bench) runWrk(url string, d time.Duration) (wrkResult, error) {
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("running wrk %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
-	return parseWrk(string(out))
+	res, err := parseWrk(string(out))
+	res.CPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return res, err
 }
 
 func parseWrk(out string) (wrkResult, error) {
@@ -92,6 +95,10 @@ type round struct {
 	CPUUS    float64 `json:"cpu_us_per_request"`
 	CPUUtil  float64 `json:"cpu_util"` // server CPU seconds per wall second
 	Errors   int64   `json:"errors"`
+	// OtherCPU is the CPU used meanwhile by processes other than the server,
+	// wrk and this program, in CPUs (1.0 = one CPU busy the whole run): how
+	// much the shared machine interfered with the round.
+	OtherCPU float64 `json:"other_cpu"`
 	LoadAvg  string  `json:"loadavg_before"`
 	LoadEnd  string  `json:"loadavg_after"`
 }
@@ -109,6 +116,7 @@ func (b *bench) measure(v *variant, n int) (round, error) {
 	if err != nil {
 		return round{}, err
 	}
+	machineBefore, selfBefore := machineBusyTicks(), selfTicks()
 	start := time.Now()
 	res, err := b.runWrk(v.url, b.duration)
 	if err != nil {
@@ -119,6 +127,7 @@ func (b *bench) measure(v *variant, n int) (round, error) {
 	if err != nil {
 		return round{}, err
 	}
+	machineTicks, ownTicks := machineBusyTicks()-machineBefore, selfTicks()-selfBefore
 	proxied := b.up.served.Load() - servedBefore
 	r := round{
 		Variant:  v.name,
@@ -143,6 +152,8 @@ func (b *bench) measure(v *variant, n int) (round, error) {
 		r.CPUUS = cpuSeconds * 1e6 / float64(proxied)
 	}
 	r.CPUUtil = cpuSeconds / wall.Seconds()
+	others := float64(machineTicks-ownTicks-r.CPUTicks)/clockTicks - res.CPU.Seconds()
+	r.OtherCPU = max(others, 0) / wall.Seconds()
 	if r.Errors > 0 {
 		return r, fmt.Errorf("%s round %d: %d failed requests (see %s)", v.name, n, r.Errors, v.srv.log.Name())
 	}
@@ -266,6 +277,33 @@ func (b *bench) cold(ctx context.Context, maxInflight int) (coldResult, error) {
 	res.IdealSecs = float64(b.coldIdentities) * b.coldLatency.Seconds() / float64(maxInflight)
 	res.Ratio = res.WallSeconds / res.IdealSecs
 	return res, nil
+}
+
+// machineBusyTicks is the CPU time every CPU spent busy, from the first
+// line of /proc/stat (user nice system idle iowait irq softirq steal ...).
+func machineBusyTicks() int64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	var busy int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 || i >= 8 { // idle, iowait; guest time is already in user
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		busy += n
+	}
+	return busy
+}
+
+// selfTicks is this program's CPU time: the upstream, the fake Zapier, the
+// bookkeeping.
+func selfTicks() int64 {
+	t, _ := procCPUTicks(os.Getpid())
+	return t
 }
 
 func loadAvg() string {

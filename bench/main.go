@@ -83,7 +83,7 @@ func main() {
 	flag.StringVar(&b.nginx, "nginx", "", "nginx binary (default: nginx on PATH or /usr/sbin/nginx)")
 	flag.StringVar(&b.root, "root", ".", "module root, for the Go benchmarks")
 	flag.StringVar(&b.outDir, "out", "bench/results", "where results.md, chart.svg and results.json go")
-	flag.IntVar(&b.rounds, "rounds", 3, "measured rounds per variant (alternating)")
+	flag.IntVar(&b.rounds, "rounds", 5, "measured rounds per variant (alternating; at least 3)")
 	flag.DurationVar(&b.duration, "duration", 10*time.Second, "length of one measured wrk run")
 	flag.DurationVar(&b.warmup, "warmup", 2*time.Second, "unmeasured wrk run before each measured one")
 	flag.IntVar(&b.connections, "connections", 50, "wrk connections")
@@ -207,8 +207,8 @@ func (b *bench) run(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			log.Printf("round %d %s: %.0f req/s, p50 %.0f µs, p99 %.0f µs, CPU %.1f µs/req (%d requests, CPU %.0f%%, load %s)",
-				n, v.name, r.RPS, r.P50US, r.P99US, r.CPUUS, r.Proxied, 100*r.CPUUtil, r.LoadAvg)
+			log.Printf("round %d %s: %.0f req/s, p50 %.0f µs, p99 %.0f µs, CPU %.1f µs/req (%d requests, server busy %.0f%%, others %.2f CPUs, load %s)",
+				n, v.name, r.RPS, r.P50US, r.P99US, r.CPUUS, r.Proxied, 100*r.CPUUtil, r.OtherCPU, r.LoadAvg)
 			res.Rounds = append(res.Rounds, r)
 		}
 	}

@@ -290,12 +290,20 @@ func (r *results) write(dir string) error {
 }
 
 func (r *results) conditions() string {
+	var others []float64
+	for _, x := range r.Rounds {
+		others = append(others, x.OtherCPU)
+	}
+	interference := ""
+	if len(others) > 0 {
+		interference = fmt.Sprintf("; other processes used a median of %.2f CPUs (max %.2f) during the rounds", median(others), slicesMax(others))
+	}
 	pin := "not pinned"
 	if r.ServerCPUs != "" {
 		pin = fmt.Sprintf("servers pinned to CPU %s, wrk + upstream + bench to CPU %s", r.ServerCPUs, r.ClientCPUs)
 	}
-	return fmt.Sprintf("wrk -t%d -c%d, %s measured after %s warm-up per round, %d distinct identities cycled by every variant; %s; load average %s at start, %s at end",
-		r.Threads, r.Connections, r.Duration, r.Warmup, r.Identities, pin, r.Env.LoadStart, r.Env.LoadEnd)
+	return fmt.Sprintf("wrk -t%d -c%d, %s measured after %s warm-up per round, %d distinct identities cycled by every variant; %s; load average %s at start, %s at end%s",
+		r.Threads, r.Connections, r.Duration, r.Warmup, r.Identities, pin, r.Env.LoadStart, r.Env.LoadEnd, interference)
 }
 
 func (r *results) markdown() string {
@@ -319,10 +327,11 @@ func (r *results) markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", g.What, g.Target, g.Measured, mark)
 	}
-	fmt.Fprintf(&b, "\n## Rounds\n\n| round | variant | requests/s | p50 | p90 | p99 | CPU per request | requests counted | server CPU busy | load average before → after |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|---|\n")
+	fmt.Fprintf(&b, "\n## Rounds\n\n\"other CPUs\" is the CPU that processes other than the server, wrk and the bench used during the round (1.00 = one CPU the whole time): interference from the rest of the machine.\n\n")
+	fmt.Fprintf(&b, "| round | variant | requests/s | p50 | p90 | p99 | CPU per request | requests counted | server CPU busy | other CPUs | load average before → after |\n|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 	for _, x := range r.Rounds {
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %.1f µs | %s | %.0f%% | %s → %s |\n",
-			x.Round, x.Variant, thousands(x.RPS), fmtUS(x.P50US), fmtUS(x.P90US), fmtUS(x.P99US), x.CPUUS, thousands(float64(x.Proxied)), 100*x.CPUUtil, x.LoadAvg, x.LoadEnd)
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %.1f µs | %s | %.0f%% | %.2f | %s → %s |\n",
+			x.Round, x.Variant, thousands(x.RPS), fmtUS(x.P50US), fmtUS(x.P90US), fmtUS(x.P99US), x.CPUUS, thousands(float64(x.Proxied)), 100*x.CPUUtil, x.OtherCPU, x.LoadAvg, x.LoadEnd)
 	}
 	if len(r.Cold) > 0 {
 		fmt.Fprintf(&b, "\n## Cold path\n\nEvery request a new identity, the token endpoint answering after a fixed latency; ideal = identities × latency / max_inflight.\n\n")

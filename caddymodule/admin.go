@@ -142,15 +142,14 @@ func (a *adminAPI) handleTokens(w http.ResponseWriter, r *http.Request) error {
 	tenant, user := q.Get("tenant"), q.Get("user")
 	switch {
 	case tenant == "" && user == "" && len(q) == 0:
-		n := app.tokens.cache.Len()
-		app.tokens.cache.Purge()
+		n := app.tokens.purge(r.Context()) // and the shared tier's (sharedtokens.go)
 		a.logger.Info("purged all access tokens", zap.Int("count", n))
 		return writeJSON(w, http.StatusOK, map[string]int{"purged": n})
 	case tenant == "" || user == "":
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("give both tenant and user, or neither to purge all")}
 	}
 	purged := 0
-	if app.tokens.cache.Evict(tokencache.Key{Tenant: tenant, User: user}) {
+	if app.tokens.evict(r.Context(), tokencache.Key{Tenant: tenant, User: user}) {
 		purged = 1
 	}
 	a.logger.Info("purged access token", zap.String("identity", identityHash(tenant, user)), zap.Int("count", purged))

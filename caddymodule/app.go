@@ -24,6 +24,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/zapgate/caddy-zapier/jwks"
+	"github.com/zapgate/caddy-zapier/sharedtokens"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -43,6 +44,8 @@ const (
 	defaultSigningAlg   = "ES256"
 	defaultKeyRotation  = 30 * 24 * time.Hour
 	defaultKeyOverlap   = 24 * time.Hour
+	defaultKeySync      = time.Minute
+	minKeySync          = 100 * time.Millisecond
 	defaultTokenURL     = "https://zapier.com/oauth/token"
 	defaultAPIURL       = "https://api.zapier.com"
 	defaultConnectURL   = "https://connect.zapier.com"
@@ -92,6 +95,10 @@ type App struct {
 	// How long a next key is published before it signs, and a retired key
 	// after it stopped. Default 24h.
 	KeyOverlap caddy.Duration `json:"key_overlap,omitempty"`
+	// How often the key set is re-read from storage: the bound on how long
+	// a rotation made by another gateway sharing the storage takes to show
+	// here. Default 1m, and at most key_overlap/4.
+	KeySync caddy.Duration `json:"key_sync,omitempty"`
 	// Scopes requested for user access tokens.
 	Scopes []string `json:"scopes,omitempty"`
 	// Zapier's token endpoint. Default https://zapier.com/oauth/token.
@@ -123,6 +130,7 @@ type App struct {
 	metrics  *metrics
 	events   *appEvents // events.go
 	inflight chan struct{}
+	shared   *sharedtokens.Tier // the Redis token tier; nil when off (sharedtokens.go)
 
 	keysLoad *keysLoad
 }
@@ -164,6 +172,8 @@ type CacheConfig struct {
 	RefreshAhead caddy.Duration `json:"refresh_ahead,omitempty"`
 	DefaultTTL   caddy.Duration `json:"default_ttl,omitempty"`
 	NegativeTTL  caddy.Duration `json:"negative_ttl,omitempty"`
+	// Redis turns on the token tier shared by several gateways (sharedtokens.go).
+	Redis *RedisConfig `json:"redis,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -231,6 +241,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("configuring the Zapier client: %w", err)
 	}
 	a.inflight = make(chan struct{}, a.Exchange.MaxInflight)
+	if err := a.provisionSharedTokens(ctx); err != nil {
+		return err
+	}
 
 	a.metrics, err = newMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -271,6 +284,9 @@ func (a *App) setDefaults() {
 	}
 	if a.KeyOverlap == 0 {
 		a.KeyOverlap = caddy.Duration(defaultKeyOverlap)
+	}
+	if a.KeySync == 0 {
+		a.KeySync = min(caddy.Duration(defaultKeySync), a.KeyOverlap/4)
 	}
 	if len(a.Scopes) == 0 {
 		a.Scopes = defaultScopes
@@ -348,6 +364,10 @@ func (a *App) validateConfig() error {
 	if a.KeyOverlap < a.JWTTTL {
 		// A retired key must outlive every JWT it signed.
 		errs = append(errs, fmt.Errorf("key_overlap (%s) must be at least jwt_ttl (%s)", time.Duration(a.KeyOverlap), time.Duration(a.JWTTTL)))
+	}
+	if a.KeySync < caddy.Duration(minKeySync) || a.KeySync > a.KeyOverlap/4 {
+		// A rotation must reach every gateway well before the next key signs.
+		errs = append(errs, fmt.Errorf("key_sync (%s) must be between %s and key_overlap/4 (%s)", time.Duration(a.KeySync), minKeySync, time.Duration(a.KeyOverlap/4)))
 	}
 	if *a.KeyRotation > 0 && *a.KeyRotation <= a.KeyOverlap {
 		errs = append(errs, fmt.Errorf("key_rotation (%s) must be longer than key_overlap (%s)", time.Duration(*a.KeyRotation), time.Duration(a.KeyOverlap)))
@@ -484,6 +504,7 @@ func (a *App) Start() error {
 		return err
 	}
 	go a.keys.Run(a.ctx, 0)
+	go a.syncKeys(a.ctx) // keysync.go
 	return nil
 }
 
@@ -492,6 +513,7 @@ func (a *App) Stop() error { return nil }
 
 // Cleanup releases this config's reference to the shared token cache.
 func (a *App) Cleanup() error {
+	a.closeSharedTokens()
 	if a.poolKey == "" || a.tokens == nil {
 		return nil
 	}
@@ -521,24 +543,40 @@ func (a *App) ensureKeys(ctx context.Context) error {
 // exchange mints a JWT for the identity and trades it for an access token.
 // It is the token cache's fetch function.
 func (a *App) exchange(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
+	tok, err := a.limitedExchange(ctx, key, exchangeKindAccess, func(ctx context.Context) (zapierapi.Token, error) {
+		return a.exchangeJWT(ctx, key)
+	})
+	if err != nil {
+		return tokencache.Token{}, err
+	}
+	return tokencache.Token{Value: tok.AccessToken, Expiry: tok.Expiry}, nil
+}
+
+// limitedExchange runs one token exchange of kind for key: within
+// max_inflight, through the breaker, in a span that is a child of the
+// request's, counted, and logged when it fails.
+func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind string, call func(context.Context) (zapierapi.Token, error)) (tok zapierapi.Token, err error) {
+	ctx, span := startExchangeSpan(ctx, kind)
+	if span.IsRecording() {
+		span.SetAttributes(attrIdentity.String(identityHash(key.Tenant, key.User)))
+	}
+	defer func() { endExchangeSpan(span, err) }()
 	select {
 	case a.inflight <- struct{}{}:
 		defer func() { <-a.inflight }()
 	case <-ctx.Done():
-		return tokencache.Token{}, &zapierapi.Error{Kind: zapierapi.KindTimeout, Err: ctx.Err()}
+		return tok, &zapierapi.Error{Kind: zapierapi.KindTimeout, Err: ctx.Err()}
 	}
 	start := time.Now()
-	var tok zapierapi.Token
-	err := a.callZapier(func() (err error) {
-		tok, err = a.exchangeJWT(ctx, key)
+	err = a.callZapier(func() (err error) {
+		tok, err = call(ctx)
 		return err
 	})
-	a.metrics.observeExchange("access_token", err, time.Since(start))
+	a.metrics.observeExchange(kind, err, time.Since(start))
 	if err != nil {
 		a.logExchangeFailure(key, err)
-		return tokencache.Token{}, err
 	}
-	return tokencache.Token{Value: tok.AccessToken, Expiry: tok.Expiry}, nil
+	return tok, err
 }
 
 // callZapier runs one call to Zapier through the breaker: while Zapier keeps
@@ -553,9 +591,30 @@ func (a *App) callZapier(call func() error) error {
 	return err
 }
 
+// callAPI makes one call to Zapier's API with the caller's access token,
+// through the breaker. A 401 means the cached token went stale: it is
+// evicted and the call made once more with a fresh one (Zapier refused the
+// first, so nothing happened twice). A failed token lookup comes back as the
+// gateway's *apiError.
+func (a *App) callAPI(ctx context.Context, key tokencache.Key, call func(access string) error) error {
+	for attempt := 0; ; attempt++ {
+		access, err := a.accessToken(ctx, key)
+		if err != nil {
+			return exchangeAPIError(err)
+		}
+		err = a.callZapier(func() error { return call(access) })
+		if zerr, ok := zapierapi.AsError(err); ok && zerr.StatusCode == http.StatusUnauthorized && attempt == 0 {
+			a.tokens.evictToken(key, access)
+			continue
+		}
+		return err
+	}
+}
+
 func (a *App) breakerOpened(openFor time.Duration) {
 	a.logger.Warn("Zapier keeps failing: circuit breaker opened; calls fail fast until it half-opens",
 		zap.Duration("open_for", openFor))
+	a.emitBreakerOpened(openFor) // metric and zapier_breaker_opened event (events.go)
 }
 
 func (a *App) exchangeJWT(ctx context.Context, key tokencache.Key) (zapierapi.Token, error) {

@@ -123,7 +123,7 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return err
 	}
 
-	h.app.tokens.cache.EvictToken(key, token)
+	h.app.tokens.evictToken(key, token)
 	held.restore(w.Header())
 	fresh, err := h.token(r.Context(), key)
 	if err != nil {
@@ -150,7 +150,7 @@ func setBearer(r *http.Request, token string) {
 
 func (h *Auth) evictOnUnauthorized(status int, key tokencache.Key, token string) {
 	if status == http.StatusUnauthorized {
-		h.app.tokens.cache.EvictToken(key, token)
+		h.app.tokens.evictToken(key, token)
 	}
 }
 
@@ -178,7 +178,13 @@ func (h *Auth) failExchange(w http.ResponseWriter, r *http.Request, key tokencac
 	if errors.Is(r.Context().Err(), context.Canceled) {
 		return caddyhttp.Error(499, r.Context().Err())
 	}
-	writeError(w, exchangeAPIError(err))
+	apiErr := exchangeAPIError(err)
+	// The exchange logged the failure once; this says which requests it
+	// answered (also those served from the negative cache), at debug level.
+	if ce := h.logger.Check(zapcore.DebugLevel, "request failed: no access token"); ce != nil {
+		ce.Write(zap.String("reason", apiErr.Code), zap.String("identity", identityHash(key.Tenant, key.User)))
+	}
+	writeError(w, apiErr)
 	return nil
 }
 

@@ -58,6 +58,9 @@ func newPooledCache(a *App) (*pooledCache, error) {
 	// A fetch may retry: give it room for every attempt and the backoff
 	// between them, and nothing more.
 	fetchTimeout := 3*time.Duration(a.Exchange.Timeout) + 5*time.Second
+	if a.Cache.Redis != nil {
+		fetchTimeout += sharedTokenWait(a) // waiting for another gateway's exchange
+	}
 	c, err := tokencache.New(tokencache.Config{
 		Size:         a.Cache.Size,
 		RefreshAhead: time.Duration(a.Cache.RefreshAhead),
@@ -75,7 +78,7 @@ func newPooledCache(a *App) (*pooledCache, error) {
 		if app == nil {
 			return tokencache.Token{}, errors.New("no zapier app is running")
 		}
-		return app.tracedExchange(ctx, key)
+		return app.fetchToken(ctx, key) // Redis tier, then exchange (sharedtokens.go)
 	})
 	if err != nil {
 		return nil, err

@@ -59,6 +59,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existingVal any) (any, error) {
 //		signing_alg   ES256|ES384|ES512|RS256|RS384|RS512
 //		key_rotation  <duration>
 //		key_overlap   <duration>
+//		key_sync      <duration>
 //		scopes        <scope...>
 //		token_url     <url>
 //		api_url       <url>
@@ -79,6 +80,10 @@ func parseGlobalOption(d *caddyfile.Dispenser, existingVal any) (any, error) {
 //		cache {
 //			size <n>
 //			refresh_ahead | default_ttl | negative_ttl <duration>
+//			redis         <url>
+//			redis_key     <base64 of 32 bytes>
+//			redis_timeout <duration>
+//			redis_prefix  <prefix>
 //		}
 //	}
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -118,6 +123,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneDuration(d, a.KeyRotation)
 		case "key_overlap":
 			err = oneDuration(d, &a.KeyOverlap)
+		case "key_sync":
+			err = oneDuration(d, &a.KeySync)
 		case "scopes":
 			err = someStrings(d, &a.Scopes)
 		case "return_origins":
@@ -210,6 +217,14 @@ func (c *CacheConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneDuration(d, &c.DefaultTTL)
 		case "negative_ttl":
 			err = oneDuration(d, &c.NegativeTTL)
+		case "redis": // the shared token tier (sharedtokens.go)
+			err = oneString(d, &c.redis().URL)
+		case "redis_key":
+			err = oneString(d, &c.redis().Key)
+		case "redis_timeout":
+			err = oneDuration(d, &c.redis().Timeout)
+		case "redis_prefix":
+			err = oneString(d, &c.redis().Prefix)
 		default:
 			return d.Errf("unrecognized zapier cache option %q", opt)
 		}

@@ -187,4 +187,3 @@ func callZapierAdmin(fl caddycmd.Flags, method, uri string) ([]byte, error) {
 	}
 	return body, nil
 }
-

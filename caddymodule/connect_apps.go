@@ -61,7 +61,7 @@ func (m appMap) resolve(name string) (appIDs, *apiError) {
 		return appIDs{connect: uuid, uuid: uuid}, nil
 	}
 	return appIDs{}, &apiError{Status: http.StatusBadRequest, Code: "bad_request",
-		Message: fmt.Sprintf("app %q has no UUID mapping: add `app %s <app UUID>` to the zapier_connect block", name, name)}
+		Message: fmt.Sprintf("app %q has no UUID mapping: add the line `app %s APP_UUID` (the app's id in GET /v2/apps) to the zapier_connect block", name, name)}
 }
 
 func validAppName(app string) bool {

@@ -75,7 +75,7 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	setNonceCookie(w, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	setNonceCookie(w, r, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
 	extra := url.Values{}
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
@@ -136,7 +136,7 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	setNonceCookie(w, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	setNonceCookie(w, r, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
 	extra := url.Values{"redirect_uri": {h.app.CallbackURL}, "state": {state}}
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
@@ -157,6 +157,10 @@ func (h *Connect) serveCallback(w http.ResponseWriter, r *http.Request, key toke
 	st, err := h.takeState(w, r, key, p.state, connectFlowRedirect)
 	if err != nil {
 		return failConnect(w, r, err)
+	}
+	if err := checkReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
+		// Signed by us, but return_origins may have changed since.
+		return failConnect(w, r, badRequest(err.Error()))
 	}
 	ids := appIDs{connect: st.App, uuid: st.AppUUID}
 	if p.hasError {
@@ -234,7 +238,7 @@ func (h *Connect) takeState(w http.ResponseWriter, r *http.Request, key tokencac
 	if err != nil {
 		return nil, err
 	}
-	clearNonceCookie(w, st, h.secureCookie(r))
+	clearNonceCookie(w, r, st, time.Duration(h.StateTTL), h.secureCookie(r))
 	return st, nil
 }
 
@@ -271,14 +275,19 @@ func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reco
 
 // verifyAndStore checks that the connection id is one of the user's own,
 // live authentications for the app, then stores it.
-func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids appIDs, authID string, flow connectFlow) (*connectionRecord, error) {
+func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids appIDs, authID string, flow connectFlow) (rec *connectionRecord, err error) {
+	ctx, span := startConnectSpan(ctx, flow)
+	outcome := connectFailed
+	defer func() {
+		h.app.metrics.observeConnectCompletion(flow, outcome)
+		finishSpan(span, string(outcome), err)
+	}()
 	auth, err := h.lookupConnection(ctx, key, ids.uuid, authID)
 	if err != nil {
-		h.app.metrics.observeConnectCompletion(flow, connectFailed)
 		return nil, err
 	}
 	if auth == nil || auth.IsExpired {
-		h.app.metrics.observeConnectCompletion(flow, connectConnectionInvalid)
+		outcome = connectConnectionInvalid
 		reason := "not found"
 		if auth != nil {
 			reason = "expired"
@@ -287,14 +296,13 @@ func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids ap
 		return nil, &apiError{Status: http.StatusBadRequest, Code: "connection_invalid",
 			Message: "the connection is not one of this user's live connections for the app (" + reason + ")"}
 	}
-	rec, err := h.store.put(ctx, key.Tenant, key.User, connectionRecord{
+	rec, err = h.store.put(ctx, key.Tenant, key.User, connectionRecord{
 		ConnectionID: authID, App: ids.connect, AppUUID: ids.uuid, Title: auth.Title,
 	})
 	if err != nil {
-		h.app.metrics.observeConnectCompletion(flow, connectFailed)
 		return nil, err
 	}
-	h.app.metrics.observeConnectCompletion(flow, connectSuccess)
+	outcome = connectSuccess
 	return rec, nil
 }
 
@@ -302,26 +310,23 @@ func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids ap
 // (nil when absent), with the user's own access token. A 401 means the
 // cached token went stale: it is evicted and the lookup retried once.
 func (h *Connect) lookupConnection(ctx context.Context, key tokencache.Key, appUUID, id string) (*zapierapi.Authentication, error) {
-	for attempt := 0; ; attempt++ {
-		access, err := h.app.accessToken(ctx, key)
-		if err != nil {
-			return nil, exchangeAPIError(err)
-		}
-		auths, err := h.app.client.ListAuthentications(ctx, h.app.APIURL, access, appUUID)
-		if zerr, ok := zapierapi.AsError(err); ok && zerr.StatusCode == http.StatusUnauthorized && attempt == 0 {
-			h.app.tokens.cache.EvictToken(key, access)
-			continue
-		}
-		if err != nil {
-			return nil, zapierAPIError(err)
-		}
-		for i := range auths {
-			if auths[i].ID == id {
-				return &auths[i], nil
-			}
-		}
-		return nil, nil
+	var auths []zapierapi.Authentication
+	err := h.app.callAPI(ctx, key, func(access string) (err error) {
+		auths, err = h.app.client.ListAuthentications(ctx, h.app.APIURL, access, appUUID)
+		return err
+	})
+	if _, ok := zapierapi.AsError(err); ok {
+		return nil, apiCallError(err)
 	}
+	if err != nil {
+		return nil, err
+	}
+	for i := range auths {
+		if auths[i].ID == id {
+			return &auths[i], nil
+		}
+	}
+	return nil, nil
 }
 
 // connectToken exchanges the user's access token for a single-use connect
@@ -337,7 +342,7 @@ func (h *Connect) connectToken(ctx context.Context, key tokencache.Key, ids appI
 		}
 		tok, err := h.exchangeConnect(ctx, key, access, resource)
 		if err != nil && zapierapi.IsPermanent(err) && attempt == 0 {
-			h.app.tokens.cache.EvictToken(key, access)
+			h.app.tokens.evictToken(key, access)
 			continue
 		}
 		if err != nil {
@@ -351,46 +356,9 @@ func (h *Connect) connectToken(ctx context.Context, key tokencache.Key, ids appI
 // concurrent exchanges, through its circuit breaker, and counted like the
 // others.
 func (h *Connect) exchangeConnect(ctx context.Context, key tokencache.Key, access, resource string) (zapierapi.Token, error) {
-	a := h.app
-	select {
-	case a.inflight <- struct{}{}:
-		defer func() { <-a.inflight }()
-	case <-ctx.Done():
-		return zapierapi.Token{}, &zapierapi.Error{Kind: zapierapi.KindTimeout, Err: ctx.Err()}
-	}
-	start := time.Now()
-	var tok zapierapi.Token
-	err := a.callZapier(func() (err error) {
-		tok, err = a.client.ExchangeConnectToken(ctx, access, resource)
-		return err
+	return h.app.limitedExchange(ctx, key, exchangeKindConnect, func(ctx context.Context) (zapierapi.Token, error) {
+		return h.app.client.ExchangeConnectToken(ctx, access, resource)
 	})
-	a.metrics.observeExchange(exchangeKindConnect, err, time.Since(start))
-	if err != nil {
-		a.logExchangeFailure(key, err)
-	}
-	return tok, err
-}
-
-// zapierAPIError maps a failed call to Zapier's API (not a token exchange).
-func zapierAPIError(err error) *apiError {
-	zerr, ok := zapierapi.AsError(err)
-	if ok && zerr.Kind == zapierapi.KindRateLimited {
-		retry := zerr.RetryAfter
-		if retry <= 0 {
-			retry = zapierapi.DefaultRateLimitCooldown
-		}
-		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
-			Message: "Zapier is rate limiting API calls; retry later", RetryAfter: retry}
-	}
-	if (ok && zerr.Kind == zapierapi.KindTimeout) || errors.Is(err, context.DeadlineExceeded) {
-		return &apiError{Status: http.StatusGatewayTimeout, Code: "zapier_api_timeout",
-			Message: "Zapier's API timed out while the connection was verified"}
-	}
-	msg := "Zapier's API failed while the connection was verified"
-	if ok {
-		msg += statusSuffix(zerr.StatusCode, zerr.OAuthError)
-	}
-	return &apiError{Status: http.StatusBadGateway, Code: "zapier_api_failed", Message: msg}
 }
 
 // connectURL is <connect_url>/to/<app>?token=…&…

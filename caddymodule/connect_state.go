@@ -34,10 +34,6 @@ const (
 	maxStateTTL      = 24 * time.Hour
 	maxStateLen      = 8 << 10
 	stateVersion     = "v1"
-	// nonceCookiePrefix names the cookie binding a flow to the browser that
-	// started it; the state id completes the name, so flows started in two
-	// tabs do not overwrite each other's cookie.
-	nonceCookiePrefix = "zapier_connect_"
 )
 
 // connectState is what a connect flow carries from its start to its
@@ -250,8 +246,8 @@ func (k *stateKeeper) open(ctx context.Context, r *http.Request, raw string, flo
 	if subtle.ConstantTimeCompare([]byte(st.Subject), []byte(keys.subjectHash(tenant, user))) != 1 {
 		return nil, refuseState("issued to another user")
 	}
-	c, err := r.Cookie(nonceCookiePrefix + st.ID)
-	if err != nil || subtle.ConstantTimeCompare([]byte(nonceHash(c.Value)), []byte(st.NonceHash)) != 1 {
+	nonce, ok := flowNonce(r, st.ID)
+	if !ok || subtle.ConstantTimeCompare([]byte(nonceHash(nonce)), []byte(st.NonceHash)) != 1 {
 		return nil, refuseState("not started in this browser")
 	}
 	return st, nil
@@ -314,31 +310,4 @@ func (k *stateKeeper) sweep(ctx context.Context) {
 		}
 		_ = k.storage.Delete(ctx, key)
 	}
-}
-
-// setNonceCookie binds a flow to this browser. Path=/ because the gateway
-// cannot know under which path the browser reaches it; the cookie holds only
-// a random nonce and expires with the state.
-func setNonceCookie(w http.ResponseWriter, st *connectState, nonce string, ttl time.Duration, secure bool) {
-	http.SetCookie(w, &http.Cookie{
-		Name:     nonceCookiePrefix + st.ID,
-		Value:    nonce,
-		Path:     "/",
-		MaxAge:   int(ttl / time.Second),
-		HttpOnly: true,
-		Secure:   secure,
-		SameSite: http.SameSiteLaxMode,
-	})
-}
-
-func clearNonceCookie(w http.ResponseWriter, st *connectState, secure bool) {
-	http.SetCookie(w, &http.Cookie{
-		Name:     nonceCookiePrefix + st.ID,
-		Value:    "",
-		Path:     "/",
-		MaxAge:   -1,
-		HttpOnly: true,
-		Secure:   secure,
-		SameSite: http.SameSiteLaxMode,
-	})
 }

@@ -70,7 +70,7 @@ func TestAppMap(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]string{
-		"GoogleSheetsV2API":             "add `app GoogleSheetsV2API <app UUID>` to the zapier_connect block",
+		"GoogleSheetsV2API":             "add the line `app GoogleSheetsV2API APP_UUID`",
 		"":                              "app must be",
 		"a/b":                           "app must be",
 		"..":                            "app must be",
@@ -130,6 +130,39 @@ func TestConnectRejectsBadProvisionValues(t *testing.T) {
 		// Provision checks its own values before it needs the app.
 		if err := h.Provision(caddy.Context{}); err == nil || !strings.HasPrefix(err.Error(), "zapier_connect: ") {
 			t.Errorf("Provision(%+v) = %v, want a zapier_connect error", h, err)
+		}
+	}
+}
+
+func TestSecureCookieDecision(t *testing.T) {
+	trusted, _ := parseTrustedSources([]string{"127.0.0.0/8"})
+	plain := &Connect{app: &App{CallbackURL: "http://localhost:8080/cb"}, rules: identityRules{trusted: trusted}}
+	httpsCallback := &Connect{app: &App{CallbackURL: "https://app.example.com/cb"}, rules: identityRules{trusted: trusted}}
+	req := func(remote, proto string, tls bool) *http.Request {
+		r := httptest.NewRequest(http.MethodPost, "/token", nil)
+		if tls {
+			r = httptest.NewRequest(http.MethodPost, "https://gw.example/token", nil)
+		}
+		r.RemoteAddr = remote
+		if proto != "" {
+			r.Header.Set("X-Forwarded-Proto", proto)
+		}
+		return r
+	}
+	for name, tc := range map[string]struct {
+		h    *Connect
+		r    *http.Request
+		want bool
+	}{
+		"plain HTTP":                 {plain, req("127.0.0.1:1", "", false), false},
+		"TLS":                        {plain, req("127.0.0.1:1", "", true), true},
+		"https callback_url":         {httpsCallback, req("127.0.0.1:1", "", false), true},
+		"forwarded https, trusted":   {plain, req("127.0.0.1:1", "https", false), true},
+		"forwarded https, untrusted": {plain, req("203.0.113.9:1", "https", false), false},
+		"forwarded http, trusted":    {plain, req("127.0.0.1:1", "http", false), false},
+	} {
+		if got := tc.h.secureCookie(tc.r); got != tc.want {
+			t.Errorf("%s: Secure = %v, want %v", name, got, tc.want)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,32 +47,61 @@ func writeError(w http.ResponseWriter, e *apiError) {
 
 // exchangeAPIError maps a token lookup failure to the gateway's error table.
 func exchangeAPIError(err error) *apiError {
-	if zerr, ok := zapierapi.AsError(err); ok {
-		switch zerr.Kind {
-		case zapierapi.KindRejected:
-			return &apiError{Status: http.StatusBadGateway, Code: "token_exchange_rejected",
-				Message: "Zapier rejected the token exchange" + statusSuffix(zerr.StatusCode, zerr.OAuthError)}
-		case zapierapi.KindRateLimited:
-			retry := zerr.RetryAfter
-			if retry <= 0 {
-				retry = zapierapi.DefaultRateLimitCooldown
-			}
-			return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
-				Message: "Zapier is rate limiting token exchanges; retry later", RetryAfter: retry}
-		case zapierapi.KindUnavailable:
-			return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
-				Message: "Zapier is unavailable (" + zerr.Description + "); retry later", RetryAfter: zerr.RetryAfter}
-		case zapierapi.KindTimeout:
-			return &apiError{Status: http.StatusGatewayTimeout, Code: "token_exchange_timeout",
-				Message: "the token exchange with Zapier timed out"}
-		}
+	zerr, ok := zapierapi.AsError(err)
+	if e := unavailableAPIError(zerr, "token exchanges"); e != nil {
+		return e
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
+	switch {
+	case ok && zerr.Kind == zapierapi.KindRejected:
+		return &apiError{Status: http.StatusBadGateway, Code: "token_exchange_rejected",
+			Message: "Zapier rejected the token exchange" + statusSuffix(zerr.StatusCode, zerr.OAuthError)}
+	case ok && zerr.Kind == zapierapi.KindTimeout, errors.Is(err, context.DeadlineExceeded):
 		return &apiError{Status: http.StatusGatewayTimeout, Code: "token_exchange_timeout",
 			Message: "the token exchange with Zapier timed out"}
 	}
 	return &apiError{Status: http.StatusBadGateway, Code: "token_exchange_failed",
 		Message: "the token exchange with Zapier failed"}
+}
+
+// apiCallError maps a failed call to Zapier's API (not a token exchange).
+func apiCallError(err error) *apiError {
+	zerr, ok := zapierapi.AsError(err)
+	if e := unavailableAPIError(zerr, "API calls"); e != nil {
+		return e
+	}
+	op := "API call"
+	if ok && zerr.Op != "" {
+		op = zerr.Op
+	}
+	if (ok && zerr.Kind == zapierapi.KindTimeout) || errors.Is(err, context.DeadlineExceeded) {
+		return &apiError{Status: http.StatusGatewayTimeout, Code: "zapier_api_timeout",
+			Message: "Zapier's API timed out (" + op + ")"}
+	}
+	msg := "Zapier's API failed (" + op + ")"
+	if ok {
+		msg += statusSuffix(zerr.StatusCode, zerr.OAuthError)
+	}
+	return &apiError{Status: http.StatusBadGateway, Code: "zapier_api_failed", Message: msg}
+}
+
+// unavailableAPIError answers the failures that mean "not now" for every
+// call to Zapier: a 429 (with Zapier's Retry-After, or its documented 60s),
+// and calls the breaker held back (open, half-open, or a 429 cooldown), with
+// the time until it lets calls through again.
+func unavailableAPIError(zerr *zapierapi.Error, what string) *apiError {
+	switch {
+	case zerr == nil:
+		return nil
+	case zerr.Kind == zapierapi.KindRateLimited:
+		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
+			Message:    "Zapier is rate limiting " + what + "; retry later",
+			RetryAfter: cmp.Or(zerr.RetryAfter, zapierapi.DefaultRateLimitCooldown)}
+	case zerr.Kind == zapierapi.KindUnavailable:
+		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
+			Message:    "Zapier is unavailable (" + zerr.Description + "); retry later",
+			RetryAfter: cmp.Or(zerr.RetryAfter, time.Second)}
+	}
+	return nil
 }
 
 func statusSuffix(status int, oauthError string) string {

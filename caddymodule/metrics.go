@@ -210,8 +210,13 @@ func (m *metrics) observeLookup(r tokencache.Result) {
 // observeExchange counts one exchange with Zapier's token endpoint; kind is
 // exchangeKindAccess or exchangeKindConnect, took includes the retries.
 func (m *metrics) observeExchange(kind string, err error, took time.Duration) {
-	m.exchanges.WithLabelValues(kind, exchangeOutcome(err)).Inc()
-	m.exchangeDuration.WithLabelValues(kind).Observe(took.Seconds())
+	outcome := exchangeOutcome(err)
+	m.exchanges.WithLabelValues(kind, outcome).Inc()
+	if outcome != zapierapi.KindUnavailable.String() {
+		// Calls the breaker held back never reached Zapier: their ~0s would
+		// drag the latency percentiles down during an outage.
+		m.exchangeDuration.WithLabelValues(kind).Observe(took.Seconds())
+	}
 }
 
 // observeConnectCompletion counts one finished connect flow (the popup's

@@ -253,7 +253,7 @@ func TestExchangeSpansNestUnderTheRequestAndPropagate(t *testing.T) {
 	ctx, req, exp := requestSpan(t)
 	key := tokencache.Key{Tenant: "tenant-secret-id", User: "user-secret-id"}
 
-	if _, err := a.tracedExchange(ctx, key); err != nil {
+	if _, err := a.exchange(ctx, key); err != nil {
 		t.Fatal(err)
 	}
 	req.End()
@@ -296,7 +296,7 @@ func TestFailedExchangeSpanCarriesTheOutcomeOnly(t *testing.T) {
 	a := exchangeApp(t, srv.URL)
 	ctx, req, exp := requestSpan(t)
 	key := tokencache.Key{Tenant: "t-secret", User: "u-secret"}
-	if _, err := a.tracedExchange(ctx, key); err == nil {
+	if _, err := a.exchange(ctx, key); err == nil {
 		t.Fatal("exchange succeeded against a 400")
 	}
 	req.End()
@@ -317,7 +317,7 @@ func TestFailedExchangeSpanCarriesTheOutcomeOnly(t *testing.T) {
 func TestNoTraceHeadersWithoutTracing(t *testing.T) {
 	srv, headers := tokenEndpoint(t, http.StatusOK)
 	a := exchangeApp(t, srv.URL)
-	if _, err := a.tracedExchange(context.Background(), tokencache.Key{Tenant: "t", User: "u"}); err != nil {
+	if _, err := a.exchange(context.Background(), tokencache.Key{Tenant: "t", User: "u"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := headers()[0].Get("Traceparent"); got != "" {

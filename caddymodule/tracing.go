@@ -79,20 +79,6 @@ func endExchangeSpan(span trace.Span, err error) {
 	finishSpan(span, exchangeOutcome(err), err)
 }
 
-// tracedExchange is the token cache's fetch function: App.exchange inside
-// a span. The cache runs it on a context that keeps the request's values,
-// so the span is a child of the request that missed (or triggered the
-// refresh).
-func (a *App) tracedExchange(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
-	ctx, span := startExchangeSpan(ctx, exchangeKindAccess)
-	if span.IsRecording() {
-		span.SetAttributes(attrIdentity.String(identityHash(key.Tenant, key.User)))
-	}
-	tok, err := a.exchange(ctx, key)
-	endExchangeSpan(span, err)
-	return tok, err
-}
-
 // signJWT mints the partner JWT for key inside a span.
 func (a *App) signJWT(ctx context.Context, key tokencache.Key) (string, error) {
 	_, span := startSpan(ctx, spanSignJWT, attrSigningAlg.String(a.SigningAlg))

@@ -146,7 +146,7 @@ func (p *caddyProcess) stop(t *testing.T) {
 // TestRestartedCaddyPublishesTheSameKeys runs the built binary on
 // Caddyfile.example against the fake, as `make demo` does, and restarts it.
 func TestRestartedCaddyPublishesTheSameKeys(t *testing.T) {
-	port := 9180 + portOffset
+	port := 9060 + portOffset // clear of other offsets' gateway ports (9080+100k)
 	fake := fakezapier.New(fakezapier.Config{
 		ClientID: testClientID, ClientSecret: testSecret, Issuer: testIssuer,
 		JWKSURL: fmt.Sprintf("http://127.0.0.1:%d/.well-known/jwks.json", port),

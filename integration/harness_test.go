@@ -364,6 +364,12 @@ func scrapeMetric(t *testing.T, name, labelMatch string) float64 {
 	if status != http.StatusOK {
 		t.Fatalf("/metrics: status %d", status)
 	}
+	return metricValue(t, body, name, labelMatch)
+}
+
+// metricValue finds the sample in a /metrics body (see scrapeMetric).
+func metricValue(t *testing.T, body []byte, name, labelMatch string) float64 {
+	t.Helper()
 	for _, line := range strings.Split(string(body), "\n") {
 		if !strings.HasPrefix(line, name) || !strings.Contains(line, labelMatch) {
 			continue

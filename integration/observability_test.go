@@ -149,12 +149,12 @@ func (g *tokenGate) seen(path string) []http.Header {
 
 // TestMetricsCountCoalescedColdRequests holds the one exchange until all 200
 // requests for a cold identity are inside zapier_auth (Caddy's own in-flight
-// gauge says so), so the counts are exact: one exchange, one miss and 199
+// gauge, from the metrics global option, says so), so the counts are exact: one exchange, one miss and 199
 // coalesced lookups.
 func TestMetricsCountCoalescedColdRequests(t *testing.T) {
 	gate := newTokenGate()
-	t.Cleanup(gate.open)
 	g := startGateway(t, gatewayOptions{globalExtra: "metrics", fakeFront: gate.front})
+	t.Cleanup(gate.open) // registered after the fake's Close, so it runs before it
 	before := snapshot(t)
 
 	const clients = 200
@@ -171,8 +171,10 @@ func TestMetricsCountCoalescedColdRequests(t *testing.T) {
 			statuses[i] = status
 		}()
 	}
+	// Caddy instruments the site's top-level routes: the handle_path route
+	// holding zapier_auth is the "subroute" one.
 	eventually(t, 30*time.Second, "all requests inside zapier_auth with one exchange held", func() bool {
-		inFlight := sampleSum(metricsText(t), "caddy_http_requests_in_flight", `handler="zapier_auth"`)
+		inFlight := sampleSum(metricsText(t), "caddy_http_requests_in_flight", `handler="subroute"`)
 		return inFlight == clients && gate.heldCount() == 1
 	})
 	gate.open()
@@ -369,13 +371,18 @@ func TestTracesNestUnderTheRequestSpan(t *testing.T) {
 	const tenant, user = "trace-tenant-id", "trace-user-id"
 	cold := g.echoAs(tenant, user)
 	warm := g.echoAs(tenant, user)
+	// The request spans of the two calls are the ones zapier_auth annotated;
+	// the fake's JWKS fetch through the gateway is traced too.
 	var spans tracetest.SpanStubs
+	var requests []tracetest.SpanStub
 	eventually(t, 15*time.Second, "both requests' spans exported", func() bool {
 		spans = itestSpans.GetSpans()
-		return len(spansNamed(spans, "gateway-request")) == 2 && len(spansNamed(spans, "zapier.exchange")) == 1
+		requests = slices.DeleteFunc(spansNamed(spans, "gateway-request"), func(s tracetest.SpanStub) bool {
+			return spanAttr(s, "zapier.token_lookup") == ""
+		})
+		return len(requests) == 2 && len(spansNamed(spans, "zapier.exchange")) == 1
 	})
 
-	requests := spansNamed(spans, "gateway-request")
 	exchange := spansNamed(spans, "zapier.exchange")[0]
 	sign := spansNamed(spans, "zapier.sign_jwt")
 	client := spansNamed(spans, "HTTP POST")
@@ -631,5 +638,30 @@ func TestZapierSubcommands(t *testing.T) {
 	out, err = runZapierCommand(t, "rotate", "--immediate", "--address", address, "extra-arg")
 	if err == nil {
 		t.Errorf("rotate with a stray argument succeeded:\n%s", out)
+	}
+}
+
+func TestBreakerOpeningEmitsAnEvent(t *testing.T) {
+	takeEvents()
+	g := startGateway(t, gatewayOptions{globalExtra: recordEvents})
+	opensBefore := sampleSum(metricsText(t), "caddy_zapier_breaker_opens_total")
+	g.fake.FailNextTokenRequests(1000, http.StatusBadGateway, "")
+	t.Cleanup(func() { g.fake.FailNextTokenRequests(0, 0, "") })
+	for i := range 5 { // each exhausts its retries: 5 consecutive transient failures open it
+		if status, _, _ := g.do(request{path: "/zapier/api/v2/echo", tenant: "breaker", user: fmt.Sprint("user-", i)}); status != http.StatusBadGateway {
+			t.Fatalf("failing exchange %d answered %d", i, status)
+		}
+	}
+	var ev []seenEvent
+	eventually(t, 15*time.Second, "a zapier_breaker_opened event", func() bool {
+		ev = append(ev, takeEvents()...)
+		return len(ev) > 0
+	})
+	if len(ev) != 1 || ev[0].name != "zapier_breaker_opened" || ev[0].origin != "zapier" ||
+		ev[0].data["retry_after_seconds"] != 5.0 || ev[0].data["until"] == "" {
+		t.Errorf("events %+v, want one zapier_breaker_opened from zapier with retry_after_seconds 5", ev)
+	}
+	if got := sampleSum(metricsText(t), "caddy_zapier_breaker_opens_total") - opensBefore; got != 1 {
+		t.Errorf("breaker_opens_total moved by %v, want 1", got)
 	}
 }

@@ -219,6 +219,28 @@ func (m *Manager) firstKey() ([]*signingKey, error) {
 	return []*signingKey{k}, nil
 }
 
+// Sync re-reads the key set from storage without the storage lock (a
+// storage writes each value atomically) and installs it: the cheap, frequent
+// way for a gateway to pick up a rotation made by another. It changes
+// nothing in storage; a missing document is left to Maintain, which
+// re-persists what this gateway publishes. changed reports whether the
+// published set changed.
+func (m *Manager) Sync(ctx context.Context) (changed bool, err error) {
+	if err := m.acquire(ctx); err != nil {
+		return false, err
+	}
+	keys, err := m.read(ctx)
+	switch {
+	case err == nil:
+		changed = m.install(keys)
+	case errors.Is(err, fs.ErrNotExist):
+		err = nil
+	}
+	<-m.sem
+	m.notify(changed)
+	return changed, err
+}
+
 // Maintain runs one pass under the storage lock: re-read storage, delete keys
 // past DeletesAt, schedule a next key when rotation is due or the configured
 // Alg differs from the active key's, persist if anything changed, and

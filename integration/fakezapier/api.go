@@ -2,7 +2,7 @@ package fakezapier
 
 // api.zapier.com /v2/... : bearer authentication, the error envelope
 // (zapier-api.md §4.0), request recording and routing. Each area has its own
-// file (echo.go, authentications.go; actions and action runs to come).
+// file (echo.go, authentications.go, actions.go).
 
 import (
 	"io"
@@ -121,6 +121,10 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		})
 	}()
 
+	// The documented rate limits apply before anything else (actions.go).
+	if s.throttled(rec, r, tenant != "" || user != "") {
+		return
+	}
 	// Authentication comes before everything else, as in Zapier's API.
 	var at *accessToken
 	why := "Authentication credentials were not provided."
@@ -156,6 +160,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		s.serveEcho(rec, req)
 	case p == "/v2/authentications" || p == "/v2/authentications/":
 		s.serveAuthentications(rec, req)
+	case p == "/v2/actions" || strings.HasPrefix(p, "/v2/actions/") || p == "/v2/action-runs" || strings.HasPrefix(p, "/v2/action-runs/"):
+		s.serveActions(rec, req)
 	default:
 		notFound(rec)
 	}

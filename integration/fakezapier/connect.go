@@ -318,4 +318,3 @@ func connectPage(w http.ResponseWriter, status int, text string, message map[str
 		_, _ = fmt.Fprintf(w, "<!-- template: %v -->", err)
 	}
 }
-

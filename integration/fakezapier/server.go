@@ -163,7 +163,8 @@ type Server struct {
 	tenantClaim     string
 	jwtLog          []VerifiedJWT
 
-	ui connectUI // the Connect UI's partner registration and outcomes (connect.go)
+	ui      connectUI    // the Connect UI's partner registration and outcomes (connect.go)
+	actions actionsState // actions, action runs and rate limits (actions.go)
 }
 
 type identity struct{ tenant, user string }

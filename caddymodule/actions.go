@@ -1,0 +1,776 @@
+package caddymodule
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
+
+	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
+)
+
+func init() {
+	caddy.RegisterModule(Actions{})
+	httpcaddyfile.RegisterHandlerDirective("zapier_actions", parseHandler[Actions])
+	httpcaddyfile.RegisterDirectiveOrder("zapier_actions", httpcaddyfile.Before, "respond")
+}
+
+const (
+	defaultRunWait         = 30 * time.Second
+	maxRunWait             = 120 * time.Second
+	defaultPollInterval    = 500 * time.Millisecond
+	defaultMaxPollInterval = 5 * time.Second
+	// runRetention is how long Zapier keeps a run (zapier-api.md §4.6);
+	// the gateway forgets who owns a run after that too.
+	runRetention    = 7 * 24 * time.Hour
+	runSweepEvery   = time.Hour
+	runsPrefix      = "zapier/action-runs"
+	maxActionKeyLen = 256
+	maxRunIDLen     = 128
+)
+
+// Actions is the zapier_actions responder: a partner backend lists a user's
+// actions and runs one with a single request, without handling action ids,
+// connection ids or polling. Routes are relative to where it is mounted
+// (use handle_path):
+//
+//	GET  actions?app=&action_type=   → {"data":[{"key","title","description","action_type","is_instant"}]}
+//	POST inputs {"app","action","action_type"?,"inputs"?}  → {"data":[…input fields…]}
+//	POST run    {"app","action","action_type"?,"inputs"?,"wait"?}
+//	            → 200 {"run":{"id","status","results","errors"}} once the run ended (success or error),
+//	              202 {"run":{"id","status"}} when wait ran out first
+//	GET  runs/{id}  → one poll of a run the caller started: 200 or 202 as above
+//
+// Every route needs the identity headers, as zapier_auth does. A run uses
+// the caller's connection stored by zapier_connect (409 connection_missing
+// without one, 400 connection_invalid when Zapier no longer accepts it) and
+// a fresh action id looked up by its stable key before every run (404
+// action_not_found for an unknown key). Every call to Zapier goes through
+// the app's circuit breaker, so after a 429 nobody calls Zapier until the
+// cooldown ends (503 zapier_unavailable with Retry-After). Who started which
+// run is kept in Caddy storage, so any gateway sharing it answers runs/{id}.
+type Actions struct {
+	// Apps maps Connect implementation ids to app UUIDs, as in
+	// zapier_connect. An app may also be named by its UUID, or by an
+	// implementation id the caller has a stored connection for.
+	Apps map[string]string `json:"apps,omitempty"`
+	// First pause between two polls of a run; it doubles up to
+	// max_poll_interval. Default 500ms.
+	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
+	// Longest pause between two polls. Default 5s.
+	MaxPollInterval caddy.Duration `json:"max_poll_interval,omitempty"`
+
+	app    *App
+	rules  identityRules
+	apps   appMap
+	store  *connectionStore
+	runs   *runStore
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Actions) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.zapier_actions",
+		New: func() caddy.Module { return new(Actions) },
+	}
+}
+
+// Provision checks the handler's own values, then finds the zapier app.
+func (h *Actions) Provision(ctx caddy.Context) error {
+	if err := h.setDefaults(); err != nil {
+		return err
+	}
+	app, err := zapierApp(ctx)
+	if err != nil {
+		return err
+	}
+	return h.provision(ctx, app, ctx.Storage(), ctx.Logger())
+}
+
+func (h *Actions) setDefaults() error {
+	if h.PollInterval == 0 {
+		h.PollInterval = caddy.Duration(defaultPollInterval)
+	}
+	if h.MaxPollInterval == 0 {
+		h.MaxPollInterval = caddy.Duration(max(defaultMaxPollInterval, time.Duration(h.PollInterval)))
+	}
+	if h.PollInterval < 0 || h.MaxPollInterval < h.PollInterval {
+		return errors.New("zapier_actions: poll_interval must be positive and at most max_poll_interval")
+	}
+	apps, err := newAppMap(h.Apps)
+	if err != nil {
+		return fmt.Errorf("zapier_actions: %w", err)
+	}
+	h.apps = apps
+	return nil
+}
+
+// provision wires the handler to the app and storage; bg bounds background
+// work (the sweep of old run records).
+func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Storage, logger *zap.Logger) error {
+	h.app = app
+	h.rules = app.identityRules()
+	h.store = newConnectionStore(storage)
+	h.runs = &runStore{storage: storage, now: time.Now, bg: bg}
+	h.logger = logger
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	zapier_actions {
+//		app               <implementation id> <app UUID>
+//		poll_interval     <duration>
+//		max_poll_interval <duration>
+//	}
+func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch opt := d.Val(); opt {
+		case "app":
+			var id, uuid string
+			if !d.AllArgs(&id, &uuid) {
+				return d.Errf("app takes an implementation id and an app UUID")
+			}
+			if h.Apps == nil {
+				h.Apps = map[string]string{}
+			}
+			if _, dup := h.Apps[id]; dup {
+				return d.Errf("app %s is mapped twice", id)
+			}
+			h.Apps[id] = uuid
+		case "poll_interval":
+			if err := oneDuration(d, &h.PollInterval); err != nil {
+				return err
+			}
+		case "max_poll_interval":
+			if err := oneDuration(d, &h.MaxPollInterval); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized zapier_actions option %q", opt)
+		}
+	}
+	return nil
+}
+
+func (h *Actions) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	switch p := r.URL.Path; {
+	case p == "/actions":
+		return h.withIdentity(w, r, http.MethodGet, h.serveList)
+	case p == "/inputs":
+		return h.withIdentity(w, r, http.MethodPost, h.serveInputs)
+	case p == "/run":
+		return h.withIdentity(w, r, http.MethodPost, h.serveRun)
+	case strings.HasPrefix(p, "/runs/"):
+		id := strings.TrimPrefix(p, "/runs/")
+		return h.withIdentity(w, r, http.MethodGet, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+			return h.serveRunStatus(w, r, key, id)
+		})
+	}
+	writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found",
+		Message: "no such zapier_actions route (actions, inputs, run, runs/{id})"})
+	return nil
+}
+
+// withIdentity checks the method, then reads the identity exactly as
+// zapier_auth does (same refusals, same metric and log).
+func (h *Actions) withIdentity(w http.ResponseWriter, r *http.Request, method string, next identityHandler) error {
+	if !connectMethodAllowed(w, r, method) {
+		return nil
+	}
+	tenant, user, ierr := h.rules.extract(r)
+	if ierr != nil {
+		refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
+		return nil
+	}
+	return next(w, r, tokencache.Key{Tenant: tenant, User: user})
+}
+
+// actionRequest is the body of POST inputs.
+type actionRequest struct {
+	App        string          `json:"app"`
+	Action     string          `json:"action"`
+	ActionType string          `json:"action_type,omitempty"`
+	Inputs     json.RawMessage `json:"inputs,omitempty"`
+}
+
+// runRequest is the body of POST run.
+type runRequest struct {
+	actionRequest
+	// Wait is how long to poll before answering 202: "30s", or a number
+	// of seconds. Default 30s, at most 120s.
+	Wait json.RawMessage `json:"wait,omitempty"`
+}
+
+func (req *actionRequest) check() *apiError {
+	switch {
+	case req.Action == "" || len(req.Action) > maxActionKeyLen:
+		return badRequest(fmt.Sprintf("action must be the action's key (1-%d bytes)", maxActionKeyLen))
+	case req.ActionType != "" && !zapierapi.ValidActionType(req.ActionType):
+		return badRequest("action_type must be one of " + strings.Join(zapierapi.ActionTypes, ", "))
+	case !isJSONObjectOrNull(req.Inputs):
+		return badRequest("inputs must be a JSON object keyed by input field id")
+	}
+	return nil
+}
+
+func isJSONObjectOrNull(raw json.RawMessage) bool {
+	s := strings.TrimSpace(string(raw))
+	return s == "" || s == "null" || s[0] == '{'
+}
+
+// parseWait reads wait: a duration string or a number of seconds.
+func parseWait(raw json.RawMessage) (time.Duration, *apiError) {
+	s := strings.TrimSpace(string(raw))
+	if s == "" || s == "null" {
+		return defaultRunWait, nil
+	}
+	var d time.Duration
+	var str string
+	if json.Unmarshal(raw, &str) == nil {
+		var err error
+		if d, err = caddy.ParseDuration(str); err != nil {
+			return 0, badRequest(`wait must be a duration such as "30s", or a number of seconds`)
+		}
+	} else {
+		secs, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return 0, badRequest(`wait must be a duration such as "30s", or a number of seconds`)
+		}
+		d = -1 // out of range, unless it converts safely
+		if secs >= 0 && secs <= maxRunWait.Seconds() {
+			d = time.Duration(secs * float64(time.Second))
+		}
+	}
+	if d < 0 || d > maxRunWait {
+		return 0, badRequest(fmt.Sprintf("wait must be between 0s and %s", maxRunWait))
+	}
+	return d, nil
+}
+
+// listedAction is an action as GET actions shows it: no id, because ids
+// are single-use; the key is what to run it by.
+type listedAction struct {
+	Key         string `json:"key"`
+	Title       string `json:"title"`
+	Description string `json:"description"`
+	ActionType  string `json:"action_type"`
+	IsInstant   bool   `json:"is_instant"`
+}
+
+func (h *Actions) serveList(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	q := r.URL.Query()
+	for _, name := range []string{"app", "action_type"} {
+		if len(q[name]) > 1 {
+			return h.fail(w, r, badRequest(name+" must appear at most once"))
+		}
+	}
+	actionType := q.Get("action_type")
+	if actionType != "" && !zapierapi.ValidActionType(actionType) {
+		return h.fail(w, r, badRequest("action_type must be one of "+strings.Join(zapierapi.ActionTypes, ", ")))
+	}
+	ctx := r.Context()
+	ids, err := h.resolveApp(ctx, key, q.Get("app"))
+	if err != nil {
+		return h.fail(w, r, err)
+	}
+	actions, err := h.listActions(ctx, key, ids, actionType)
+	if err != nil {
+		return h.fail(w, r, err)
+	}
+	out := make([]listedAction, 0, len(actions))
+	for _, a := range actions {
+		out = append(out, listedAction{Key: a.Key, Title: a.Title, Description: a.Description, ActionType: a.ActionType, IsInstant: a.IsInstant})
+	}
+	writeConnectJSON(w, http.StatusOK, struct {
+		Data []listedAction `json:"data"`
+	}{out})
+	return nil
+}
+
+func (h *Actions) serveInputs(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	var req actionRequest
+	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
+		return h.fail(w, r, aerr)
+	}
+	if aerr := req.check(); aerr != nil {
+		return h.fail(w, r, aerr)
+	}
+	ctx := r.Context()
+	ids, rec, err := h.connection(ctx, key, req.App)
+	if err != nil {
+		return h.fail(w, r, err)
+	}
+	actionID, err := h.freshActionID(ctx, key, ids, req.Action, req.ActionType)
+	if err != nil {
+		return h.fail(w, r, err)
+	}
+	var fields []json.RawMessage
+	err = h.app.callAPI(ctx, key, func(access string) (err error) {
+		fields, err = h.app.client.ActionInputs(ctx, h.app.APIURL, access, actionID, rec.ConnectionID, req.Inputs)
+		return err
+	})
+	if err != nil {
+		return h.fail(w, r, h.rejection(ctx, key, ids, rec, err))
+	}
+	writeConnectJSON(w, http.StatusOK, struct {
+		Data []json.RawMessage `json:"data"`
+	}{fields})
+	return nil
+}
+
+// runView is the run in the gateway's answers: results and errors only
+// once it has ended.
+type runView struct {
+	ID      string          `json:"id"`
+	Status  string          `json:"status"`
+	Results json.RawMessage `json:"results,omitempty"`
+	Errors  json.RawMessage `json:"errors,omitempty"`
+}
+
+func (h *Actions) serveRun(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	ctx, span := startActionRunSpan(r.Context())
+	if span.IsRecording() {
+		span.SetAttributes(attrIdentity.String(identityHash(key.Tenant, key.User)))
+	}
+	outcome, err := h.run(w, r.WithContext(ctx), key)
+	h.app.metrics.observeActionRun(outcome)
+	spanErr := err
+	if spanErr == nil && (outcome == actionFailed || outcome == actionConnectionMissing) {
+		spanErr = errors.New(string(outcome)) // answered, but not run
+	}
+	finishSpan(span, string(outcome), spanErr)
+	return err
+}
+
+// run does POST run and reports how it ended.
+func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key) (actionOutcome, error) {
+	fail := func(err error) (actionOutcome, error) {
+		outcome := actionFailed
+		var aerr *apiError
+		if errors.As(err, &aerr) && aerr.Code == "connection_missing" {
+			outcome = actionConnectionMissing
+		}
+		return outcome, h.fail(w, r, err)
+	}
+	var req runRequest
+	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
+		return fail(aerr)
+	}
+	if aerr := req.check(); aerr != nil {
+		return fail(aerr)
+	}
+	wait, aerr := parseWait(req.Wait)
+	if aerr != nil {
+		return fail(aerr)
+	}
+	deadline := time.Now().Add(wait)
+	ctx := r.Context()
+	ids, rec, err := h.connection(ctx, key, req.App)
+	if err != nil {
+		return fail(err)
+	}
+	actionID, err := h.freshActionID(ctx, key, ids, req.Action, req.ActionType)
+	if err != nil {
+		return fail(err)
+	}
+	var runID string
+	err = h.app.callAPI(ctx, key, func(access string) (err error) {
+		runID, err = h.app.client.CreateActionRun(ctx, h.app.APIURL, access, zapierapi.ActionRunRequest{
+			Action: actionID, Authentication: rec.ConnectionID, Inputs: req.Inputs,
+		})
+		return err
+	})
+	if err != nil {
+		h.logFailure("action run not created", key, err, zap.String("app", ids.connect), zap.String("action", req.Action))
+		return fail(h.rejection(ctx, key, ids, rec, err))
+	}
+	if !validRunID(runID) {
+		return fail(&apiError{Status: http.StatusBadGateway, Code: "zapier_api_failed",
+			Message: "Zapier created the run but sent an unusable run id"})
+	}
+	if err := h.runs.put(ctx, runID, key, ids.uuid, req.Action); err != nil {
+		// The run exists: answer with it anyway; only runs/{id} will not know it.
+		h.logger.Error("recording the owner of an action run", zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err))
+	}
+
+	run, retryAfter, err := h.await(ctx, key, runID, deadline)
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return actionFailed, caddyhttp.Error(499, ctx.Err())
+	}
+	if err != nil {
+		// Polling failed, but the run was created: the caller gets its id
+		// and polls runs/{id} later, rather than an error that invites
+		// running the action again.
+		h.logFailure("polling an action run", key, err)
+	}
+	h.writeRun(w, run, "runs/"+url.PathEscape(runID), retryAfter)
+	switch run.Status {
+	case zapierapi.RunStatusSuccess:
+		return actionSuccess, nil
+	case zapierapi.RunStatusError:
+		return actionError, nil
+	}
+	return actionPending, nil
+}
+
+// await polls the run with backoff until it ends or the deadline passes. It
+// returns the last known state; after a failed poll also the error and, for
+// a 429 or an open breaker, how long to wait.
+func (h *Actions) await(ctx context.Context, key tokencache.Key, runID string, deadline time.Time) (zapierapi.ActionRun, time.Duration, error) {
+	last := zapierapi.ActionRun{ID: runID, Status: "waiting"}
+	pause := time.Duration(h.PollInterval)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return last, 0, nil
+		}
+		t := time.NewTimer(min(pause, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return last, 0, ctx.Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, time.Duration(h.MaxPollInterval))
+		run, err := h.poll(ctx, key, runID)
+		if err != nil {
+			var retryAfter time.Duration
+			if zerr, ok := zapierapi.AsError(err); ok && (zerr.Kind == zapierapi.KindRateLimited || zerr.Kind == zapierapi.KindUnavailable) {
+				retryAfter = cmp.Or(zerr.RetryAfter, zapierapi.DefaultRateLimitCooldown)
+			}
+			return last, retryAfter, err
+		}
+		last = run
+		if run.Done() {
+			return run, 0, nil
+		}
+	}
+}
+
+func (h *Actions) poll(ctx context.Context, key tokencache.Key, runID string) (zapierapi.ActionRun, error) {
+	var run zapierapi.ActionRun
+	err := h.app.callAPI(ctx, key, func(access string) (err error) {
+		run, err = h.app.client.GetActionRun(ctx, h.app.APIURL, access, runID)
+		return err
+	})
+	return run, err
+}
+
+// writeRun answers 200 with the results once the run has ended, else 202
+// with where to poll (location, relative to the request, when not "") and,
+// after a 429 or while the breaker is open, when.
+func (h *Actions) writeRun(w http.ResponseWriter, run zapierapi.ActionRun, location string, retryAfter time.Duration) {
+	view := runView{ID: run.ID, Status: run.Status}
+	status := http.StatusAccepted
+	if run.Done() {
+		status, view.Results, view.Errors = http.StatusOK, run.Results, run.Errors
+	} else {
+		if location != "" {
+			w.Header().Set("Location", location)
+		}
+		if retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int((retryAfter+time.Second-1)/time.Second)))
+		}
+	}
+	writeConnectJSON(w, status, struct {
+		Run runView `json:"run"`
+	}{view})
+}
+
+func (h *Actions) serveRunStatus(w http.ResponseWriter, r *http.Request, key tokencache.Key, runID string) error {
+	ctx := r.Context()
+	owned := false
+	if validRunID(runID) {
+		var err error
+		if owned, err = h.runs.owned(ctx, runID, key); err != nil {
+			return h.fail(w, r, err)
+		}
+	}
+	if !owned {
+		// Another user's run is indistinguishable from no run at all.
+		return h.fail(w, r, &apiError{Status: http.StatusNotFound, Code: "run_not_found",
+			Message: "no run with this id was started by this user through the gateway"})
+	}
+	run, err := h.poll(ctx, key, runID)
+	if err != nil {
+		return h.fail(w, r, err)
+	}
+	h.writeRun(w, run, "", 0)
+	return nil
+}
+
+// resolveApp accepts an app named in zapier_actions' app lines, an app
+// UUID, or an implementation id the caller has connected through
+// zapier_connect (its stored connection carries the UUID).
+func (h *Actions) resolveApp(ctx context.Context, key tokencache.Key, name string) (appIDs, error) {
+	ids, aerr := h.apps.resolve(name)
+	if aerr == nil {
+		return ids, nil
+	}
+	if !validAppName(name) {
+		return appIDs{}, aerr
+	}
+	recs, err := h.store.list(ctx, key.Tenant, key.User)
+	if err != nil {
+		return appIDs{}, err
+	}
+	for _, rec := range recs {
+		if rec.App == name {
+			return appIDs{connect: rec.App, uuid: rec.AppUUID}, nil
+		}
+	}
+	return appIDs{}, badRequest(fmt.Sprintf("app %q has no UUID mapping: name it by its UUID, or add `app %s <app UUID>` to the zapier_actions block", name, name))
+}
+
+// connection returns the caller's stored connection for the app.
+func (h *Actions) connection(ctx context.Context, key tokencache.Key, app string) (appIDs, *connectionRecord, error) {
+	ids, err := h.resolveApp(ctx, key, app)
+	if err != nil {
+		return appIDs{}, nil, err
+	}
+	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid)
+	if err != nil {
+		return appIDs{}, nil, err
+	}
+	if rec == nil {
+		return appIDs{}, nil, &apiError{Status: http.StatusConflict, Code: "connection_missing",
+			Message: "the user has no stored connection for app " + ids.connect + ": connect it through zapier_connect first"}
+	}
+	return ids, rec, nil
+}
+
+func (h *Actions) listActions(ctx context.Context, key tokencache.Key, ids appIDs, actionType string) ([]zapierapi.Action, error) {
+	var actions []zapierapi.Action
+	err := h.app.callAPI(ctx, key, func(access string) (err error) {
+		actions, err = h.app.client.ListActions(ctx, h.app.APIURL, access, ids.uuid, actionType)
+		return err
+	})
+	return actions, err
+}
+
+// freshActionID looks the action up by its key, for an id Zapier issued
+// just now: ids are never cached or reused.
+func (h *Actions) freshActionID(ctx context.Context, key tokencache.Key, ids appIDs, actionKey, actionType string) (string, error) {
+	actions, err := h.listActions(ctx, key, ids, actionType)
+	if err != nil {
+		return "", err
+	}
+	var found []zapierapi.Action
+	for _, a := range actions {
+		if a.Key == actionKey {
+			found = append(found, a)
+		}
+	}
+	switch {
+	case len(found) == 0:
+		return "", &apiError{Status: http.StatusNotFound, Code: "action_not_found",
+			Message: fmt.Sprintf("app %s has no action with key %q", ids.connect, actionKey)}
+	case len(found) > 1:
+		types := make([]string, len(found))
+		for i, a := range found {
+			types[i] = a.ActionType
+		}
+		return "", badRequest(fmt.Sprintf("action %q exists as %s: give action_type", actionKey, strings.Join(types, " and ")))
+	}
+	return found[0].ID, nil
+}
+
+// rejection explains Zapier refusing a run or an inputs request. The
+// likeliest cause is the stored connection (expired, or gone), so that is
+// checked with Zapier; otherwise the refusal is the caller's request.
+func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs, rec *connectionRecord, err error) error {
+	zerr, ok := zapierapi.AsError(err)
+	if !ok || zerr.Kind != zapierapi.KindRejected || zerr.StatusCode == http.StatusUnauthorized || zerr.StatusCode == http.StatusForbidden {
+		return err
+	}
+	var auths []zapierapi.Authentication
+	lerr := h.app.callAPI(ctx, key, func(access string) (err error) {
+		auths, err = h.app.client.ListAuthentications(ctx, h.app.APIURL, access, ids.uuid)
+		return err
+	})
+	if lerr == nil {
+		reason := "not found"
+		for _, a := range auths {
+			if a.ID == rec.ConnectionID {
+				reason = ""
+				if a.IsExpired {
+					reason = "expired"
+				}
+			}
+		}
+		if reason != "" {
+			return &apiError{Status: http.StatusBadRequest, Code: "connection_invalid",
+				Message: "the stored connection for app " + ids.connect + " is no longer valid (" + reason + "): reconnect it through zapier_connect"}
+		}
+	}
+	if zerr.StatusCode == http.StatusBadRequest || zerr.StatusCode == http.StatusUnprocessableEntity {
+		msg := "Zapier refused the request" + statusSuffix(zerr.StatusCode, zerr.OAuthError)
+		if zerr.Description != "" {
+			msg += ": " + zerr.Description
+		}
+		return &apiError{Status: http.StatusBadRequest, Code: "action_rejected", Message: msg}
+	}
+	return err
+}
+
+// fail answers an error: the gateway's own (*apiError), a failed call to
+// Zapier (mapped to the error table), or an internal failure (logged by
+// Caddy, never shown). A caller that went away gets no body.
+func (h *Actions) fail(w http.ResponseWriter, r *http.Request, err error) error {
+	if _, ok := zapierapi.AsError(err); ok {
+		err = apiCallError(err)
+	}
+	return failConnect(w, r, err)
+}
+
+func (h *Actions) logFailure(msg string, key tokencache.Key, err error, fields ...zap.Field) {
+	level := zapcore.InfoLevel
+	if zerr, ok := zapierapi.AsError(err); ok {
+		fields = append(fields, zap.String("kind", zerr.Kind.String()), zap.Int("status", zerr.StatusCode))
+		if zerr.Kind == zapierapi.KindFailed || zerr.Kind == zapierapi.KindTimeout {
+			level = zapcore.WarnLevel
+		}
+	}
+	if ce := h.logger.Check(level, msg); ce != nil {
+		ce.Write(append(fields, zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err))...)
+	}
+}
+
+// validRunID accepts what can be a Zapier run id (a UUID, or ids such as
+// arun_abc123): printable ASCII without '/', at most 128 bytes.
+func validRunID(id string) bool {
+	if id == "" || len(id) > maxRunIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c >= 0x7f || c == '/' {
+			return false
+		}
+	}
+	return true
+}
+
+// runStore remembers who started which run, in Caddy storage, so runs/{id}
+// answers the owner, and only the owner, on every gateway sharing the
+// storage and after restarts. A record holds a hash of the identity, never
+// the identity itself, and is forgotten after Zapier's retention.
+type runStore struct {
+	storage certmagic.Storage
+	now     func() time.Time
+	bg      context.Context // bounds background sweeps; ends with the config
+
+	lastSweep atomic.Int64 // Unix nanoseconds
+	sweeping  atomic.Bool
+}
+
+type runRecord struct {
+	Owner   string    `json:"owner"` // ownerHash of (tenant, user)
+	App     string    `json:"app"`   // the app's UUID
+	Action  string    `json:"action"`
+	Created time.Time `json:"created"`
+}
+
+func runKey(runID string) string { return path.Join(runsPrefix, storageKeyPart(runID)) }
+
+// ownerHash identifies a user in run records. Identity values have no
+// control characters, so the NUL separator keeps the pair unambiguous.
+func ownerHash(key tokencache.Key) string {
+	sum := sha256.Sum256([]byte(key.Tenant + "\x00" + key.User))
+	return hex.EncodeToString(sum[:])
+}
+
+func (s *runStore) put(ctx context.Context, runID string, key tokencache.Key, appUUID, action string) error {
+	data, err := json.Marshal(runRecord{Owner: ownerHash(key), App: appUUID, Action: action, Created: s.now().UTC()})
+	if err != nil {
+		return fmt.Errorf("encoding run record: %w", err)
+	}
+	if err := s.storage.Store(ctx, runKey(runID), data); err != nil {
+		return fmt.Errorf("storing run record: %w", err)
+	}
+	s.maybeSweep()
+	return nil
+}
+
+// owned reports whether the run was started by this identity.
+func (s *runStore) owned(ctx context.Context, runID string, key tokencache.Key) (bool, error) {
+	data, err := s.storage.Load(ctx, runKey(runID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("loading run record: %w", err)
+	}
+	var rec runRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return false, fmt.Errorf("decoding run record: %w", err)
+	}
+	return rec.Owner == ownerHash(key) && s.now().Sub(rec.Created) < runRetention, nil
+}
+
+// maybeSweep deletes records older than the retention, at most once per
+// runSweepEvery per gateway, in the background.
+func (s *runStore) maybeSweep() {
+	now := s.now().UnixNano()
+	last := s.lastSweep.Load()
+	if now-last < int64(runSweepEvery) || !s.lastSweep.CompareAndSwap(last, now) || !s.sweeping.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.sweeping.Store(false)
+		s.sweep(s.bg)
+	}()
+}
+
+func (s *runStore) sweep(ctx context.Context) {
+	keys, err := s.storage.List(ctx, runsPrefix, false)
+	if err != nil {
+		return
+	}
+	cutoff := s.now().Add(-runRetention)
+	for _, k := range keys {
+		if ctx.Err() != nil {
+			return
+		}
+		if !isKeyPart(path.Base(k)) {
+			continue
+		}
+		info, err := s.storage.Stat(ctx, k)
+		if err == nil && info.Modified.Before(cutoff) {
+			_ = s.storage.Delete(ctx, k)
+		}
+	}
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Actions)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Actions)(nil)
+	_ caddyfile.Unmarshaler       = (*Actions)(nil)
+)
