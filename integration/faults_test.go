@@ -206,7 +206,10 @@ func TestMaxInflightBoundsExchangesAndWaitersHonourTheirDeadline(t *testing.T) {
 			}
 		}()
 	}
-	// Queued behind the others, this caller's deadline passes first.
+	// Once the first exchanges are in progress, this caller queues behind the
+	// others and its deadline passes first.
+	eventually(t, 5*time.Second, "the first exchanges to start", func() bool { return g.fake.Stats().TokenRequests >= 2 })
+	time.Sleep(50 * time.Millisecond) // let the other goroutines queue up
 	_, _, _, err := send(request{path: "/zapier/api/v2/echo", tenant: "inflight", user: "impatient", client: impatient})
 	if err == nil {
 		t.Error("the impatient caller was served before its deadline; the queue did not form")

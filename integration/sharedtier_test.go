@@ -38,7 +38,7 @@ func startRedisFleet(t *testing.T, n int, cacheExtra string) (*fleet, *redisserv
 // assertNoSecretsInOutput checks what the sidecars logged.
 func assertNoSecretsInOutput(t *testing.T, f *fleet) {
 	for _, s := range f.sidecars {
-		out := s.proc.output.String()
+		out := s.log.String()
 		for _, secret := range []string{testSecret, testRedisKey} {
 			if strings.Contains(out, secret) {
 				t.Errorf("%s logged a secret", s.name)
@@ -234,7 +234,7 @@ func TestSharedTierFallsBackAndRecovers(t *testing.T) {
 		return f.fake.ExchangesFor("fallback", user) == 1
 	})
 	for _, s := range f.sidecars {
-		out := s.proc.output.String()
+		out := s.log.String()
 		if !strings.Contains(out, "Redis unavailable") || !strings.Contains(out, "Redis answers again") {
 			t.Errorf("%s did not log Redis going away and coming back", s.name)
 		}

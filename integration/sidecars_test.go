@@ -50,6 +50,25 @@ type sidecar struct {
 	port      int
 	adminPort int
 	proc      *caddyProcess
+	log       *syncBuffer // what the process wrote, readable while it runs
+}
+
+// syncBuffer is a buffer that can be read while a process writes to it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // startFleet starts the sidecars all at once on fresh shared storage and
@@ -79,15 +98,15 @@ func startFleet(t *testing.T, opts fleetOptions) *fleet {
 		cmd := exec.Command(bin, "run", "--config", config, "--adapter", "caddyfile")
 		cmd.Env = append(append(os.Environ(), opts.env...),
 			"ITEST_ZAPIER_SECRET="+testSecret, "XDG_DATA_HOME="+t.TempDir(), "XDG_CONFIG_HOME="+t.TempDir())
-		s.proc = &caddyProcess{cmd: cmd, output: new(bytes.Buffer)}
-		cmd.Stdout, cmd.Stderr = s.proc.output, s.proc.output
+		s.proc, s.log = &caddyProcess{cmd: cmd, output: new(bytes.Buffer)}, new(syncBuffer)
+		cmd.Stdout, cmd.Stderr = s.log, s.log
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
 			s.proc.stop(t)
 			if t.Failed() {
-				t.Logf("%s output:\n%s", s.name, s.proc.output)
+				t.Logf("%s output:\n%s", s.name, s.log)
 			}
 		})
 		f.sidecars = append(f.sidecars, s)
