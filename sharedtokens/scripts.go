@@ -8,13 +8,16 @@ import "github.com/redis/go-redis/v9"
 
 // acquireScript takes the lease if nobody holds it and returns a fence
 // greater than every fence handed out before (the counter is kept at least
-// one above the stored token's fence, even if the counter expired), or 0.
+// one above the stored token's fence, even if the counter expired). It
+// returns 0 if the lease is held, and -1 if the stored token's fence is no
+// longer the one the caller saw: a token was published since it looked.
 //
-//	KEYS: lease, fence counter, token   ARGV: lease TTL ms, counter TTL ms
+//	KEYS: lease, fence counter, token   ARGV: lease TTL ms, counter TTL ms, fence seen
 var acquireScript = redis.NewScript(`
+local stored = tonumber(redis.call('HGET', KEYS[3], '` + fieldFence + `') or '0')
+if stored ~= tonumber(ARGV[3]) then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fence = redis.call('INCR', KEYS[2])
-local stored = tonumber(redis.call('HGET', KEYS[3], '` + fieldFence + `') or '0')
 if fence <= stored then
 	fence = stored + 1
 	redis.call('SET', KEYS[2], fence)

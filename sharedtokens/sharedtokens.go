@@ -172,24 +172,24 @@ func (t *Tier) Close() error { return t.client.Close() }
 // exchange is called at most once. Redis trouble is never an error: the
 // tier falls back to exchange. An error comes from exchange alone.
 func (t *Tier) Fetch(ctx context.Context, key tokencache.Key, exchange tokencache.FetchFunc) (tokencache.Token, Outcome, error) {
-	if !t.available() {
+	if !t.Available() {
 		return t.fallback(ctx, key, exchange)
 	}
 	e := t.entry(key)
 	waitUntil := t.cfg.Now().Add(t.cfg.Wait)
 	poll := firstPoll
 	for waited := false; ; waited = true {
-		tok, found, err := t.load(ctx, e)
+		snap, err := t.load(ctx, e)
 		if err != nil {
 			return t.fallback(ctx, key, exchange)
 		}
-		if found && t.fresh(tok) {
+		if snap.found && t.fresh(snap.stored) {
 			if waited {
-				return tok.Token, Waited, nil
+				return snap.Token, Waited, nil
 			}
-			return tok.Token, Shared, nil
+			return snap.Token, Shared, nil
 		}
-		fence, err := t.acquire(ctx, e)
+		fence, err := t.acquire(ctx, e, snap.fence)
 		if err != nil {
 			return t.fallback(ctx, key, exchange)
 		}
@@ -198,9 +198,17 @@ func (t *Tier) Fetch(ctx context.Context, key tokencache.Key, exchange tokencach
 			return tok, Exchanged, err
 		}
 
-		// Another gateway holds the lease: give it until waitUntil.
-		sleep := min(poll, time.Until(waitUntil))
-		if sleep <= 0 || !sleepCtx(ctx, sleep) {
+		// Another gateway holds the lease, or published since the load:
+		// wait for its token until waitUntil.
+		left := waitUntil.Sub(t.cfg.Now())
+		if left <= 0 {
+			tok, err := exchange(ctx, key)
+			return tok, FallbackTimeout, err
+		}
+		if fence == publishedMeanwhile {
+			continue // look again at once
+		}
+		if !sleepCtx(ctx, min(poll, left)) {
 			tok, err := exchange(ctx, key)
 			return tok, FallbackTimeout, err
 		}
@@ -236,7 +244,7 @@ func (t *Tier) lead(ctx context.Context, key tokencache.Key, e entry, fence int6
 // answered 401 to it), so the next fetch does not bring it back. The fence
 // stays, so a stalled lease holder still cannot publish an older token.
 func (t *Tier) Forget(ctx context.Context, key tokencache.Key, value string) {
-	if !t.available() {
+	if !t.Available() {
 		return
 	}
 	e := t.entry(key)
@@ -247,7 +255,7 @@ func (t *Tier) Forget(ctx context.Context, key tokencache.Key, value string) {
 
 // Evict removes key's token from Redis whatever it is.
 func (t *Tier) Evict(ctx context.Context, key tokencache.Key) {
-	if !t.available() {
+	if !t.Available() {
 		return
 	}
 	e := t.entry(key)
@@ -277,11 +285,9 @@ func (t *Tier) Purge(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// Available reports whether the tier is in use (Redis answered the last
-// time it was asked, or the backoff after a failure is over).
-func (t *Tier) Available() bool { return t.available() }
-
-func (t *Tier) available() bool {
+// Available reports whether the tier is in use: Redis answered the last
+// time it was asked, or the backoff after a failure is over.
+func (t *Tier) Available() bool {
 	return t.cfg.Now().UnixNano() >= t.downUntil.Load()
 }
 
@@ -305,7 +311,9 @@ func (t *Tier) op(ctx context.Context, f func(context.Context) error) error {
 		if t.down.CompareAndSwap(true, false) && t.cfg.OnAvailability != nil {
 			t.cfg.OnAvailability(true, nil)
 		}
-	case ctx.Err() != nil:
+	case ctx.Err() != nil, errors.Is(err, redis.ErrClosed):
+		// The caller went away, or this tier was closed (a config reload
+		// replaced it): not Redis's fault.
 	default:
 		t.downUntil.Store(t.cfg.Now().Add(t.cfg.Backoff).UnixNano())
 		if t.down.CompareAndSwap(false, true) && t.cfg.OnAvailability != nil {
@@ -315,36 +323,59 @@ func (t *Tier) op(ctx context.Context, f func(context.Context) error) error {
 	return err
 }
 
-// load reads and opens key's stored token. A value that does not open is
-// reported to OnError and treated as absent: the next publish replaces it.
-func (t *Tier) load(ctx context.Context, e entry) (stored, bool, error) {
-	var data []byte
+// snapshot is what load saw of an identity's stored token.
+type snapshot struct {
+	stored
+	found bool  // a token that opened
+	fence int64 // the fence it was published with; 0 if none
+}
+
+// load reads and opens key's stored token and its fence. A value that does
+// not open is reported to OnError and treated as absent: the next publish
+// replaces it.
+func (t *Tier) load(ctx context.Context, e entry) (snapshot, error) {
+	var vals []any
 	err := t.op(ctx, func(ctx context.Context) error {
 		var err error
-		data, err = t.client.HGet(ctx, e.tok, fieldData).Bytes()
+		vals, err = t.client.HMGet(ctx, e.tok, fieldData, fieldFence).Result()
 		return err
 	})
-	if err != nil || len(data) == 0 {
-		return stored{}, false, err
+	if err != nil || len(vals) != 2 {
+		return snapshot{}, err
 	}
-	s, err := t.keys.open(e.id, data)
+	var snap snapshot
+	if f, ok := vals[1].(string); ok {
+		snap.fence, _ = strconv.ParseInt(f, 10, 64)
+	}
+	data, _ := vals[0].(string)
+	if data == "" {
+		return snap, nil
+	}
+	s, err := t.keys.open(e.id, []byte(data))
 	if err != nil {
 		if t.cfg.OnError != nil {
 			t.cfg.OnError(err)
 		}
-		return stored{}, false, nil
+		return snap, nil
 	}
-	return s, true, nil
+	snap.stored, snap.found = s, true
+	return snap, nil
 }
 
-// acquire takes the lease for e and returns its fence, or 0 when another
-// gateway holds it.
-func (t *Tier) acquire(ctx context.Context, e entry) (int64, error) {
+// publishedMeanwhile is what acquire answers when a token was published
+// after the load that found none fresh.
+const publishedMeanwhile = -1
+
+// acquire takes the lease for e and returns its fence, 0 when another
+// gateway holds it, or publishedMeanwhile when the stored fence is no
+// longer seen (the load's): a gateway that found no fresh token must not
+// exchange if one was published since.
+func (t *Tier) acquire(ctx context.Context, e entry, seen int64) (int64, error) {
 	var fence int64
 	err := t.op(ctx, func(ctx context.Context) error {
 		var err error
 		fence, err = acquireScript.Run(ctx, t.client, []string{e.lease, e.fence, e.tok},
-			t.cfg.LeaseTTL.Milliseconds(), fenceTTL.Milliseconds()).Int64()
+			t.cfg.LeaseTTL.Milliseconds(), fenceTTL.Milliseconds(), seen).Int64()
 		return err
 	})
 	return fence, err

@@ -112,6 +112,29 @@ func TestColdGatewaysExchangeOnce(t *testing.T) {
 	}
 }
 
+// A gateway that found no token, then sees the lease free because another
+// gateway just published and released it, must not exchange again.
+func TestNoExchangeWhenATokenIsPublishedBetweenLoadAndLease(t *testing.T) {
+	srv := redisserver.Start(t, 0)
+	a, b := newTier(t, srv, nil), newTier(t, srv, nil)
+	ctx := context.Background()
+	e := b.entry(alice)
+	snap, err := b.load(ctx, e)
+	if err != nil || snap.found || snap.fence != 0 {
+		t.Fatalf("cold load: %+v %v", snap, err)
+	}
+	if _, outcome, _ := a.Fetch(ctx, alice, (&exchanger{}).fetch); outcome != Exchanged {
+		t.Fatalf("a: %v", outcome)
+	}
+	if fence, err := b.acquire(ctx, e, snap.fence); err != nil || fence != publishedMeanwhile {
+		t.Fatalf("b took the lease after a published (fence %d, err %v)", fence, err)
+	}
+	x := &exchanger{}
+	if _, outcome, _ := b.Fetch(ctx, alice, x.fetch); outcome != Shared || x.calls.Load() != 0 {
+		t.Fatalf("b: outcome %v, %d exchanges", outcome, x.calls.Load())
+	}
+}
+
 func TestSharedTokenIsReusedByAnotherGateway(t *testing.T) {
 	srv := redisserver.Start(t, 0)
 	x := &exchanger{}
@@ -443,5 +466,21 @@ func eventually(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A tier closed by a config reload while a fetch runs falls back quietly:
+// Redis did nothing wrong.
+func TestClosedTierFallsBackWithoutBlamingRedis(t *testing.T) {
+	srv := redisserver.Start(t, 0)
+	avail := new(availability)
+	tier := newTier(t, srv, func(c *Config) { c.OnAvailability = avail.record })
+	_ = tier.Close()
+	tok, outcome, err := tier.Fetch(context.Background(), alice, (&exchanger{}).fetch)
+	if err != nil || tok.Value == "" || outcome != FallbackUnavailable {
+		t.Fatalf("outcome %v, err %v", outcome, err)
+	}
+	if got := avail.seen(); len(got) != 0 || !tier.Available() {
+		t.Fatalf("availability events %v, available %v", got, tier.Available())
 	}
 }
