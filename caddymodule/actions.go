@@ -14,7 +14,6 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -153,17 +152,9 @@ func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		switch opt := d.Val(); opt {
 		case "app":
-			var id, uuid string
-			if !d.AllArgs(&id, &uuid) {
-				return d.Errf("app takes an implementation id and an app UUID")
+			if err := parseAppMapping(d, &h.Apps); err != nil {
+				return err
 			}
-			if h.Apps == nil {
-				h.Apps = map[string]string{}
-			}
-			if _, dup := h.Apps[id]; dup {
-				return d.Errf("app %s is mapped twice", id)
-			}
-			h.Apps[id] = uuid
 		case "poll_interval":
 			if err := oneDuration(d, &h.PollInterval); err != nil {
 				return err
@@ -686,8 +677,7 @@ type runStore struct {
 	now     func() time.Time
 	bg      context.Context // bounds background sweeps; ends with the config
 
-	lastSweep atomic.Int64 // Unix nanoseconds
-	sweeping  atomic.Bool
+	sweeper sweeper
 }
 
 type runRecord struct {
@@ -737,15 +727,7 @@ func (s *runStore) owned(ctx context.Context, runID string, key tokencache.Key) 
 // maybeSweep deletes records older than the retention, at most once per
 // runSweepEvery per gateway, in the background.
 func (s *runStore) maybeSweep() {
-	now := s.now().UnixNano()
-	last := s.lastSweep.Load()
-	if now-last < int64(runSweepEvery) || !s.lastSweep.CompareAndSwap(last, now) || !s.sweeping.CompareAndSwap(false, true) {
-		return
-	}
-	go func() {
-		defer s.sweeping.Store(false)
-		s.sweep(s.bg)
-	}()
+	s.sweeper.maybe(s.bg, s.now(), runSweepEvery, s.sweep)
 }
 
 func (s *runStore) sweep(ctx context.Context) {

@@ -116,17 +116,9 @@ func (h *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		switch opt := d.Val(); opt {
 		case "app":
-			var id, uuid string
-			if !d.AllArgs(&id, &uuid) {
-				return d.Errf("app takes an implementation id and an app UUID")
+			if err := parseAppMapping(d, &h.Apps); err != nil {
+				return err
 			}
-			if h.Apps == nil {
-				h.Apps = map[string]string{}
-			}
-			if _, dup := h.Apps[id]; dup {
-				return d.Errf("app %s is mapped twice", id)
-			}
-			h.Apps[id] = uuid
 		case "state_ttl":
 			if err := oneDuration(d, &h.StateTTL); err != nil {
 				return err

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
 // maxAppID bounds an app identifier.
@@ -96,4 +98,21 @@ func isAppUUID(s string) bool {
 		}
 	}
 	return true
+}
+
+// parseAppMapping reads one `app <implementation id> <app UUID>` line of a
+// zapier_connect or zapier_actions block.
+func parseAppMapping(d *caddyfile.Dispenser, apps *map[string]string) error {
+	var id, uuid string
+	if !d.AllArgs(&id, &uuid) {
+		return d.Errf("app takes an implementation id and an app UUID")
+	}
+	if *apps == nil {
+		*apps = map[string]string{}
+	}
+	if _, dup := (*apps)[id]; dup {
+		return d.Errf("app %s is mapped twice", id)
+	}
+	(*apps)[id] = uuid
+	return nil
 }

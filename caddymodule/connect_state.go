@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -149,8 +148,7 @@ type stateKeeper struct {
 	mu   sync.Mutex
 	keys *stateKeys
 
-	lastSweep atomic.Int64 // Unix nanoseconds
-	sweeping  atomic.Bool
+	sweeper sweeper
 }
 
 func newStateKeeper(bg context.Context, s certmagic.Storage, ttl time.Duration) *stateKeeper {
@@ -276,18 +274,7 @@ func (k *stateKeeper) spend(ctx context.Context, st *connectState) error {
 // can no longer be replayed anyway), at most once per state TTL per
 // gateway, in the background.
 func (k *stateKeeper) maybeSweep() {
-	now := k.now()
-	last := k.lastSweep.Load()
-	if now.UnixNano()-last < int64(k.ttl) || !k.lastSweep.CompareAndSwap(last, now.UnixNano()) {
-		return
-	}
-	if !k.sweeping.CompareAndSwap(false, true) {
-		return
-	}
-	go func() {
-		defer k.sweeping.Store(false)
-		k.sweep(k.bg)
-	}()
+	k.sweeper.maybe(k.bg, k.now(), k.ttl, k.sweep)
 }
 
 func (k *stateKeeper) sweep(ctx context.Context) {

@@ -289,7 +289,7 @@ func TestExpiredStatesAndSweep(t *testing.T) {
 	now := time.Now()
 	k := newStateKeeper(ctx, storage, time.Minute)
 	k.now = func() time.Time { return now }
-	k.lastSweep.Store(now.UnixNano()) // sweeps run here, not in the background
+	k.sweeper.lastSweep.Store(now.UnixNano()) // sweeps run here, not in the background
 	raw, req := issueFlow(t, k, "org", "alice")
 	st, err := k.open(ctx, req, raw, connectFlowPopup, "org", "alice")
 	if err != nil {

@@ -2,10 +2,8 @@ package caddymodule
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"sync"
-	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/contrib/propagators/autoprop"
@@ -118,15 +116,7 @@ func annotateLookup(ctx context.Context, res tokencache.Result) {
 // context (traceparent, plus whatever OTEL_PROPAGATORS selects, as Caddy's
 // tracing handler does) so Zapier-side logs can be correlated.
 var zapierTransport = sync.OnceValue(func() http.RoundTripper {
-	base := http.DefaultTransport.(*http.Transport).Clone()
-	// Keep connections to Zapier alive across many concurrent exchanges
-	// (the stock transport keeps only 2 idle connections per host).
-	base.MaxIdleConns = 256
-	base.MaxIdleConnsPerHost = 64
-	base.IdleConnTimeout = 90 * time.Second
-	base.TLSHandshakeTimeout = 10 * time.Second
-	base.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	return otelhttp.NewTransport(base, otelhttp.WithPropagators(autoprop.NewTextMapPropagator()))
+	return otelhttp.NewTransport(zapierapi.NewTransport(), otelhttp.WithPropagators(autoprop.NewTextMapPropagator()))
 })
 
 // tracedHTTPClient is the zapierapi.Config HTTPClient.

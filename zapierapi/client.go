@@ -192,16 +192,21 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// defaultHTTPClient keeps connections to Zapier alive across many concurrent
-// exchanges (the stock transport keeps only 2 idle connections per host).
-func defaultHTTPClient() *http.Client {
+// NewTransport returns the transport for calls to Zapier: connections kept
+// alive across many concurrent exchanges (the stock transport keeps only 2
+// idle connections per host) and bounded dial and TLS handshake times.
+func NewTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 256
 	t.MaxIdleConnsPerHost = 64
 	t.IdleConnTimeout = 90 * time.Second
 	t.TLSHandshakeTimeout = 10 * time.Second
 	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	return &http.Client{Transport: t}
+	return t
+}
+
+func defaultHTTPClient() *http.Client {
+	return &http.Client{Transport: NewTransport()}
 }
 
 // CheckURL accepts absolute http(s) URLs with a host and without userinfo
