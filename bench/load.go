@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,6 +102,8 @@ type round struct {
 	// wrk and this program, in CPUs (1.0 = one CPU busy the whole run): how
 	// much the shared machine interfered with the round.
 	OtherCPU float64 `json:"other_cpu"`
+	Retries  int     `json:"retries"` // earlier attempts dropped for interference
+	Noisy    bool    `json:"noisy"`   // kept despite interference: the quiet budget was spent
 	LoadAvg  string  `json:"loadavg_before"`
 	LoadEnd  string  `json:"loadavg_after"`
 }
@@ -111,7 +116,7 @@ func (b *bench) measure(v *variant, n int) (round, error) {
 		}
 	}
 	load := loadAvg()
-	servedBefore := b.up.served.Load()
+	servedBefore := v.up.served.Load()
 	ticksBefore, err := v.srv.cpuTicks()
 	if err != nil {
 		return round{}, err
@@ -128,7 +133,7 @@ func (b *bench) measure(v *variant, n int) (round, error) {
 		return round{}, err
 	}
 	machineTicks, ownTicks := machineBusyTicks()-machineBefore, selfTicks()-selfBefore
-	proxied := b.up.served.Load() - servedBefore
+	proxied := v.up.served.Load() - servedBefore
 	r := round{
 		Variant:  v.name,
 		Round:    n,
@@ -158,6 +163,146 @@ func (b *bench) measure(v *variant, n int) (round, error) {
 		return r, fmt.Errorf("%s round %d: %d failed requests (see %s)", v.name, n, r.Errors, v.srv.log.Name())
 	}
 	return r, nil
+}
+
+// quietly runs measure, which reports how many CPUs other processes used
+// while it ran. On a shared machine they take CPU from the server and
+// pollute its caches, so it first waits for the machine to be quiet, and
+// measures again when others were busy during the run, until the quiet
+// budget is spent; a run kept anyway is reported noisy.
+func (b *bench) quietly(ctx context.Context, what string, measure func() (float64, error)) (retries int, noisy bool, err error) {
+	for ; ; retries++ {
+		if b.maxInterference > 0 {
+			b.waitQuiet(ctx)
+		}
+		others, err := measure()
+		if err != nil || b.maxInterference <= 0 || others <= b.maxInterference {
+			return retries, false, err
+		}
+		if time.Now().After(b.quietDeadline) || ctx.Err() != nil {
+			return retries, true, nil
+		}
+		log.Printf("%s: other processes used %.2f CPUs meanwhile; measuring again", what, others)
+	}
+}
+
+// quietRound measures one alternating round of v.
+func (b *bench) quietRound(ctx context.Context, v *variant, n int) (round, error) {
+	var r round
+	retries, noisy, err := b.quietly(ctx, fmt.Sprintf("round %d %s", n, v.name), func() (float64, error) {
+		var err error
+		r, err = b.measure(v, n)
+		return r.OtherCPU, err
+	})
+	r.Retries, r.Noisy = retries, noisy
+	return r, err
+}
+
+// pairRound is one side-by-side run: two variants driven at the same time,
+// their servers sharing one CPU, so whatever the host does meanwhile (other
+// VMs, frequency changes) slows both alike and cancels out of the
+// difference in CPU per request.
+type pairRound struct {
+	Round    int     `json:"round"`
+	Base     string  `json:"base"`
+	Other    string  `json:"other"`
+	BaseUS   float64 `json:"base_cpu_us_per_request"`
+	OtherUS  float64 `json:"other_cpu_us_per_request"`
+	DeltaUS  float64 `json:"delta_us"` // Other − Base
+	BaseReqs int64   `json:"base_requests"`
+	OthReqs  int64   `json:"other_requests"`
+	OtherCPU float64 `json:"other_cpu"` // interference, as in round
+	Retries  int     `json:"retries"`
+	Noisy    bool    `json:"noisy"`
+}
+
+func (b *bench) sideBySide(ctx context.Context, base, other *variant, n int) (pairRound, error) {
+	var p pairRound
+	retries, noisy, err := b.quietly(ctx, fmt.Sprintf("side by side %d %s/%s", n, base.name, other.name), func() (float64, error) {
+		var err error
+		p, err = b.measurePair(base, other, n)
+		return p.OtherCPU, err
+	})
+	p.Retries, p.Noisy = retries, noisy
+	return p, err
+}
+
+func (b *bench) measurePair(base, other *variant, n int) (pairRound, error) {
+	both := func(d time.Duration) ([2]wrkResult, error) {
+		var res [2]wrkResult
+		var errs [2]error
+		var wg sync.WaitGroup
+		for i, v := range []*variant{base, other} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res[i], errs[i] = b.runWrk(v.url, d)
+			}()
+		}
+		wg.Wait()
+		return res, errors.Join(errs[:]...)
+	}
+	if b.warmup > 0 {
+		if _, err := both(b.warmup); err != nil {
+			return pairRound{}, err
+		}
+	}
+	type sample struct{ served, ticks int64 }
+	take := func() (s [2]sample, err error) {
+		for i, v := range []*variant{base, other} {
+			s[i].served = v.up.served.Load()
+			if s[i].ticks, err = v.srv.cpuTicks(); err != nil {
+				return s, err
+			}
+		}
+		return s, nil
+	}
+	before, err := take()
+	if err != nil {
+		return pairRound{}, err
+	}
+	machineBefore, selfBefore := machineBusyTicks(), selfTicks()
+	start := time.Now()
+	res, err := both(b.pairDuration)
+	if err != nil {
+		return pairRound{}, err
+	}
+	wall := time.Since(start)
+	after, err := take()
+	if err != nil {
+		return pairRound{}, err
+	}
+	if res[0].Errors+res[1].Errors > 0 {
+		return pairRound{}, fmt.Errorf("side by side %d: %d and %d failed requests", n, res[0].Errors, res[1].Errors)
+	}
+	perRequest := func(i int) (float64, int64) {
+		reqs := after[i].served - before[i].served
+		if reqs == 0 {
+			return 0, 0
+		}
+		return float64(after[i].ticks-before[i].ticks) / clockTicks * 1e6 / float64(reqs), reqs
+	}
+	p := pairRound{Round: n, Base: base.name, Other: other.name}
+	p.BaseUS, p.BaseReqs = perRequest(0)
+	p.OtherUS, p.OthReqs = perRequest(1)
+	p.DeltaUS = p.OtherUS - p.BaseUS
+	ours := (after[0].ticks - before[0].ticks) + (after[1].ticks - before[1].ticks)
+	others := float64(machineBusyTicks()-machineBefore-(selfTicks()-selfBefore)-ours)/clockTicks - res[0].CPU.Seconds() - res[1].CPU.Seconds()
+	p.OtherCPU = max(others, 0) / wall.Seconds()
+	return p, nil
+}
+
+// waitQuiet returns once other processes use less than maxInterference CPUs
+// over a second (nothing of the bench runs meanwhile), or the budget is spent.
+func (b *bench) waitQuiet(ctx context.Context) {
+	for time.Now().Before(b.quietDeadline) && ctx.Err() == nil {
+		machine, self := machineBusyTicks(), selfTicks()
+		time.Sleep(time.Second)
+		others := float64(machineBusyTicks()-machine-(selfTicks()-self)) / clockTicks
+		if others <= b.maxInterference {
+			return
+		}
+	}
 }
 
 // prewarm sends one request per identity, concurrently, so every identity's
@@ -236,7 +381,12 @@ func (b *bench) cold(ctx context.Context, maxInflight int) (coldResult, error) {
 	defer fz.close()
 	fz.SetTokenDelay(b.coldLatency)
 
-	srv, err := b.startCaddy(fmt.Sprintf("cold-%d", maxInflight), b.caddy, caddyfileB(gatewayAddr, b.upstreamAddr, fakeAddr, maxInflight))
+	if b.coldUp == nil {
+		if b.coldUp, err = b.up.listen(fmt.Sprintf("127.0.0.1:%d", b.portBase+25)); err != nil {
+			return res, err
+		}
+	}
+	srv, err := b.startCaddy(fmt.Sprintf("cold-%d", maxInflight), b.caddy, caddyfileB(gatewayAddr, b.coldUp.addr, fakeAddr, "off", maxInflight))
 	if err != nil {
 		return res, err
 	}
@@ -304,6 +454,38 @@ func machineBusyTicks() int64 {
 func selfTicks() int64 {
 	t, _ := procCPUTicks(os.Getpid())
 	return t
+}
+
+// profile takes a CPU profile of v's Caddy (through its admin endpoint)
+// while wrk drives it, into dir/<variant>.pprof.
+func (b *bench) profile(v *variant, dir string) error {
+	if v.admin == "" {
+		return nil
+	}
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", v.admin, int(b.duration.Seconds()))
+	got := make(chan error, 1)
+	go func() {
+		resp, err := (&http.Client{Timeout: b.duration + 30*time.Second}).Get(url)
+		if err != nil {
+			got <- err
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(filepath.Join(dir, v.name+".pprof"))
+		if err != nil {
+			got <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		got <- errors.Join(err, f.Close())
+	}()
+	served := v.up.served.Load()
+	if _, err := b.runWrk(v.url, b.duration+time.Second); err != nil {
+		return err
+	}
+	err := <-got
+	log.Printf("profile of %s: about %d requests", v.name, v.up.served.Load()-served)
+	return err
 }
 
 func loadAvg() string {

@@ -8,11 +8,18 @@
 //	   cached (pre-warmed), a different identity on every request
 //	C: nginx with proxy_set_header
 //
-// wrk drives each in alternating rounds. For every round the bench records
-// wrk's requests/s and p50/p99, and the server's CPU time (utime+stime from
-// /proc/<pid>/stat) divided by the number of requests the upstream served.
-// The servers are pinned to one CPU and the load generator, upstream and this
-// program to another, so the client never takes the server's CPU.
+// wrk drives each in alternating rounds (A B C, then C B A, ...). For every
+// round the bench records wrk's requests/s and p50/p99, and the server's CPU
+// time (utime+stime from /proc/<pid>/stat) divided by the number of requests
+// its upstream port served. The servers are pinned to one CPU and the load
+// generator, upstream and this program to another, so the client never takes
+// the server's CPU. Rounds during which other processes were busy are
+// measured again (the machine is shared).
+//
+// The per-request CPU of one build drifts by tens of percent within minutes
+// on a shared VM, far more than the few µs the plugin costs, so the CPU
+// difference is also measured side by side: A and B driven at the same time,
+// both servers on the same CPU, where any drift hits both alike.
 //
 // It then runs the cold path (every identity new, a slow token endpoint) and
 // the Go benchmarks of tokencache, jwks and caddymodule.
@@ -47,6 +54,8 @@ type bench struct {
 
 	rounds               int
 	duration, warmup     time.Duration
+	pairs                int
+	pairDuration         time.Duration
 	connections, threads int
 	identities           int
 	serverCPUs           string
@@ -59,9 +68,16 @@ type bench struct {
 
 	goBench      bool
 	goBenchCount int
+	profileDir   string
 
-	upstreamAddr string
-	up           *upstream
+	// A round during which other processes used more than maxInterference
+	// CPUs is measured again, until quietBudget is spent.
+	maxInterference float64
+	quietBudget     time.Duration
+	quietDeadline   time.Time
+
+	up     upstream
+	coldUp *endpoint
 }
 
 // variant is one server under test.
@@ -69,6 +85,8 @@ type variant struct {
 	name, title string
 	url         string
 	srv         *server
+	admin       string      // Caddy's admin address, with -profile
+	up          *endpoint   // the upstream port only this variant proxies to
 	fake        *fakeZapier // the token endpoint of a zapier_auth variant
 }
 
@@ -84,21 +102,33 @@ func main() {
 	flag.StringVar(&b.root, "root", ".", "module root, for the Go benchmarks")
 	flag.StringVar(&b.outDir, "out", "bench/results", "where results.md, chart.svg and results.json go")
 	flag.IntVar(&b.rounds, "rounds", 5, "measured rounds per variant (alternating; at least 3)")
-	flag.DurationVar(&b.duration, "duration", 10*time.Second, "length of one measured wrk run")
+	flag.DurationVar(&b.duration, "duration", 8*time.Second, "length of one measured wrk run")
 	flag.DurationVar(&b.warmup, "warmup", 2*time.Second, "unmeasured wrk run before each measured one")
+	flag.IntVar(&b.pairs, "pairs", 10, "side-by-side runs of A and B (and B0 and B) for the CPU difference; 0 skips them")
+	flag.DurationVar(&b.pairDuration, "pair-duration", 5*time.Second, "length of one side-by-side run")
 	flag.IntVar(&b.connections, "connections", 50, "wrk connections")
 	flag.IntVar(&b.threads, "threads", 1, "wrk threads")
 	flag.IntVar(&b.identities, "identities", 10_000, "distinct identities B cycles through, all cached")
 	flag.StringVar(&b.serverCPUs, "server-cpus", "0", "CPU list the servers are pinned to (taskset); empty: no pinning")
 	flag.StringVar(&clientCPUs, "client-cpus", "1", "CPU list wrk, the upstream and this program are pinned to; empty: no pinning")
-	flag.IntVar(&b.portBase, "port-base", 18000, "first of the ports the bench listens on (base+1 .. base+13)")
+	flag.IntVar(&b.portBase, "port-base", 18000, "first of the ports the bench listens on (base+2 .. base+25)")
 	flag.StringVar(&coldInflight, "cold-inflight", "16,64", "max_inflight values for the cold-path runs; empty skips them")
 	flag.IntVar(&b.coldIdentities, "cold-identities", 10_000, "cold identities per cold-path run")
 	flag.IntVar(&b.coldClients, "cold-clients", 200, "concurrent clients in the cold-path run")
 	flag.DurationVar(&b.coldLatency, "cold-latency", 50*time.Millisecond, "token endpoint latency in the cold-path run")
 	flag.BoolVar(&b.goBench, "gobench", true, "run the Go benchmarks (tokencache, jwks, caddymodule)")
+	flag.StringVar(&b.profileDir, "profile", "", "also write a CPU profile of each Caddy variant under load to this directory (go tool pprof)")
 	flag.IntVar(&b.goBenchCount, "gobench-count", 3, "go test -count for the Go benchmarks (medians are reported)")
+	flag.Float64Var(&b.maxInterference, "max-interference", 0.15, "re-run a round when other processes used more than this many CPUs during it; 0 accepts every round")
+	flag.DurationVar(&b.quietBudget, "quiet-budget", 15*time.Minute, "total time spent waiting for a quiet machine and re-running noisy rounds; then noisy rounds are kept (and marked)")
+	rerender := flag.String("rerender", "", "only rewrite results.md and chart.svg in -out from this results.json")
 	flag.Parse()
+	if *rerender != "" {
+		if err := rerenderResults(*rerender, b.outDir); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 
 	if clientCPUs != "" && runtime.GOOS == "linux" && os.Getenv("BENCH_PINNED") == "" {
 		pinSelf(clientCPUs) // does not return on success
@@ -166,10 +196,6 @@ func (b *bench) run(ctx context.Context) error {
 	env := collectEnv(b)
 	log.Printf("%s; load average %s", env.Machine, env.LoadStart)
 
-	b.upstreamAddr = fmt.Sprintf("127.0.0.1:%d", b.portBase+1)
-	if b.up, err = startUpstream(b.upstreamAddr); err != nil {
-		return err
-	}
 	defer b.up.close()
 
 	variants, cleanup, err := b.startVariants(ctx)
@@ -196,14 +222,19 @@ func (b *bench) run(ctx context.Context) error {
 
 	res := &results{Env: env, Identities: b.identities, Connections: b.connections, Threads: b.threads,
 		Duration: b.duration.String(), Warmup: b.warmup.String(), ServerCPUs: b.serverCPUs, ClientCPUs: os.Getenv("BENCH_PINNED")}
+	b.quietDeadline = time.Now().Add(b.quietBudget)
 	for n := 1; n <= b.rounds; n++ {
-		// Rotate the order each round so no variant always runs first.
+		// A B C … then … C B A: A and B always run next to each other, and
+		// a slow drift of the machine favours neither.
 		for k := range variants {
-			v := variants[(k+n-1)%len(variants)]
+			v := variants[k]
+			if n%2 == 0 {
+				v = variants[len(variants)-1-k]
+			}
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			r, err := b.measure(v, n)
+			r, err := b.quietRound(ctx, v, n)
 			if err != nil {
 				return err
 			}
@@ -211,6 +242,33 @@ func (b *bench) run(ctx context.Context) error {
 				n, v.name, r.RPS, r.P50US, r.P99US, r.CPUUS, r.Proxied, 100*r.CPUUtil, r.OtherCPU, r.LoadAvg)
 			res.Rounds = append(res.Rounds, r)
 		}
+	}
+	// Side by side: the CPU difference with the host's drift cancelled.
+	pairs := [][2]*variant{{variants[0], variants[1]}}
+	if len(variants) > 3 {
+		pairs = append(pairs, [2]*variant{variants[3], variants[1]})
+	}
+	for n := 1; n <= b.pairs; n++ {
+		for _, pv := range pairs {
+			p, err := b.sideBySide(ctx, pv[0], pv[1], n)
+			if err != nil {
+				return err
+			}
+			log.Printf("side by side %d: %s %.1f µs/req, %s %.1f µs/req, difference %+.1f µs (others %.2f CPUs)",
+				n, p.Base, p.BaseUS, p.Other, p.OtherUS, p.DeltaUS, p.OtherCPU)
+			res.Pairs = append(res.Pairs, p)
+		}
+	}
+	if b.profileDir != "" {
+		if err := os.MkdirAll(b.profileDir, 0o755); err != nil {
+			return err
+		}
+		for _, v := range variants {
+			if err := b.profile(v, b.profileDir); err != nil {
+				return fmt.Errorf("profiling %s: %w", v.name, err)
+			}
+		}
+		log.Printf("CPU profiles in %s (go tool pprof -top <file>)", b.profileDir)
 	}
 	for _, v := range variants {
 		res.Variants = append(res.Variants, variantInfo{Name: v.name, Title: v.title})
@@ -233,6 +291,9 @@ func (b *bench) run(ctx context.Context) error {
 	}
 
 	if b.goBench {
+		if b.maxInterference > 0 {
+			b.waitQuiet(ctx)
+		}
 		log.Printf("running the Go benchmarks (-count %d)", b.goBenchCount)
 		if res.GoBench, err = runGoBenchmarks(ctx, b.root, b.goBenchCount); err != nil {
 			return err
@@ -265,26 +326,47 @@ func (b *bench) startVariants(ctx context.Context) ([]*variant, func(), error) {
 		variants = nil
 	}
 	addr := func(off int) string { return fmt.Sprintf("127.0.0.1:%d", b.portBase+off) }
-	add := func(name, title, listen string, srv *server, fake *fakeZapier) {
-		variants = append(variants, &variant{name: name, title: title, url: "http://" + listen + "/zapier/api/v2/echo", srv: srv, fake: fake})
+	add := func(name, title, listen string, srv *server, up *endpoint, fake *fakeZapier) {
+		variants = append(variants, &variant{name: name, title: title, url: "http://" + listen + "/zapier/api/v2/echo", srv: srv, up: up, fake: fake})
+	}
+	// With -profile each Caddy gets an admin endpoint, for /debug/pprof.
+	admin := func(k int) string {
+		if b.profileDir == "" {
+			return "off"
+		}
+		return addr(30 + k)
 	}
 	// gateway starts a zapier_auth variant: a fake Zapier, then Caddy.
-	gateway := func(name, title, binary string, listen, fakeAddr string) error {
+	gateway := func(name, title, binary string, listen, fakeAddr string, up *endpoint) error {
 		fz, err := startFakeZapier(fakeAddr, "http://"+listen+"/.well-known/jwks.json")
 		if err != nil {
 			return err
 		}
-		srv, err := b.startCaddy(name, binary, caddyfileB(listen, b.upstreamAddr, fakeAddr, 16))
-		add(name, title, listen, srv, fz)
+		k := len(variants)
+		srv, err := b.startCaddy(name, binary, caddyfileB(listen, up.addr, fakeAddr, admin(k), 16))
+		add(name, title, listen, srv, up, fz)
+		if b.profileDir != "" {
+			variants[k].admin = admin(k)
+		}
 		return err
 	}
+	ups := make([]*endpoint, 4)
+	for i := range ups {
+		var err error
+		if ups[i], err = b.up.listen(addr(21 + i)); err != nil {
+			return nil, cleanup, err
+		}
+	}
 
-	srv, err := b.startCaddy("A", b.caddy, caddyfileA(addr(10), b.upstreamAddr))
+	srv, err := b.startCaddy("A", b.caddy, caddyfileA(addr(10), ups[0].addr, admin(0)))
 	if err != nil {
 		return nil, cleanup, err
 	}
-	add("A", "Caddy reverse_proxy + static header", addr(10), srv, nil)
-	if err := gateway("B", "zapier_auth + reverse_proxy (cache hit)", b.caddy, addr(11), addr(2)); err != nil {
+	add("A", "Caddy reverse_proxy + static header", addr(10), srv, ups[0], nil)
+	if b.profileDir != "" {
+		variants[0].admin = admin(0)
+	}
+	if err := gateway("B", "zapier_auth + reverse_proxy (cache hit)", b.caddy, addr(11), addr(2), ups[1]); err != nil {
 		return nil, cleanup, err
 	}
 
@@ -293,7 +375,7 @@ func (b *bench) startVariants(ctx context.Context) ([]*variant, func(), error) {
 		return nil, cleanup, err
 	}
 	conf := filepath.Join(nginxDir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(nginxConf(nginxDir, addr(12), b.upstreamAddr)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(nginxConf(nginxDir, addr(12), ups[2].addr)), 0o644); err != nil {
 		return nil, cleanup, err
 	}
 	srv, err = startServer("C", b.workDir, b.serverCPUs, nil, b.nginx, "-p", nginxDir, "-c", conf, "-e", filepath.Join(nginxDir, "error.log"))
@@ -301,10 +383,10 @@ func (b *bench) startVariants(ctx context.Context) ([]*variant, func(), error) {
 		return nil, cleanup, err
 	}
 	srv.withChildren = true
-	add("C", "nginx proxy_set_header", addr(12), srv, nil)
+	add("C", "nginx proxy_set_header", addr(12), srv, ups[2], nil)
 
 	if b.caddyBefore != "" {
-		if err := gateway("B0", "B built from -caddy-before", b.caddyBefore, addr(14), addr(4)); err != nil {
+		if err := gateway("B0", "B built from -caddy-before", b.caddyBefore, addr(14), addr(4), ups[3]); err != nil {
 			return nil, cleanup, err
 		}
 	}

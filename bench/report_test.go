@@ -89,3 +89,24 @@ func TestSVGIsWellFormed(t *testing.T) {
 		t.Error("a variant title was not escaped")
 	}
 }
+
+func TestSpreadOf(t *testing.T) {
+	got := spreadOf([]float64{5, 1, 4, 2, 3})
+	if got.Median != 3 || got.Q1 != 2 || got.Q3 != 4 || got.N != 5 {
+		t.Errorf("spreadOf = %+v, want median 3, quartiles 2 and 4, 5 runs", got)
+	}
+}
+
+func TestSideBySideDecidesTheCPUGoal(t *testing.T) {
+	r := sampleResults()
+	for n := 1; n <= 3; n++ {
+		r.Pairs = append(r.Pairs, pairRound{Round: n, Base: "A", Other: "B", DeltaUS: 4 + float64(n)})
+	}
+	r.summarize()
+	if got := r.SideBySide["A/B"].Median; got != 6 {
+		t.Fatalf("side-by-side median = %v, want 6", got)
+	}
+	if r.Goals[0].Met {
+		t.Errorf("CPU goal met with a 6 µs side-by-side difference: %+v", r.Goals[0])
+	}
+}

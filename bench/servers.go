@@ -30,26 +30,31 @@ const (
 	benchIssuer       = "https://accounts.example.com"
 )
 
-// upstream is the proxied-to server: the smallest possible answer, a count
-// of the requests it served (the "counted number of requests" CPU is divided
-// by), and a check that every request arrived with a bearer token and
-// without identity headers.
+// upstream is the proxied-to server: the smallest possible answer, and a
+// check that every request arrived with a bearer token. Each variant gets
+// its own port (endpoint) with its own count of requests served: the
+// "counted number of requests" the server's CPU time is divided by.
 type upstream struct {
-	served atomic.Int64
-	srv    *http.Server
+	servers []*http.Server
 }
 
-func startUpstream(addr string) (*upstream, error) {
+type endpoint struct {
+	addr   string
+	served atomic.Int64
+}
+
+// listen adds a port to the upstream.
+func (u *upstream) listen(addr string) (*endpoint, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listening for the upstream: %w", err)
 	}
-	u := &upstream{}
+	ep := &endpoint{addr: addr}
 	body := []byte(`{"ok":true}`)
-	u.srv = &http.Server{
+	srv := &http.Server{
 		ReadHeaderTimeout: 10 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			u.served.Add(1)
+			ep.served.Add(1)
 			if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
 				http.Error(w, "no bearer token", http.StatusBadRequest)
 				return
@@ -59,11 +64,16 @@ func startUpstream(addr string) (*upstream, error) {
 			_, _ = w.Write(body)
 		}),
 	}
-	go func() { _ = u.srv.Serve(ln) }()
-	return u, nil
+	u.servers = append(u.servers, srv)
+	go func() { _ = srv.Serve(ln) }()
+	return ep, nil
 }
 
-func (u *upstream) close() { _ = u.srv.Close() }
+func (u *upstream) close() {
+	for _, s := range u.servers {
+		_ = s.Close()
+	}
+}
 
 // fakeZapier runs the integration tests' fake Zapier in this process, so its
 // counters can be read directly.
@@ -94,9 +104,10 @@ func (f *fakeZapier) close() { _ = f.srv.Close() }
 
 // caddyfileA is bare Caddy: the same routes as B, with reverse_proxy adding
 // a static Authorization header.
-func caddyfileA(listen, upstreamAddr string) string {
+// admin is "off", or the admin address when profiles are taken.
+func caddyfileA(listen, upstreamAddr, admin string) string {
 	return fmt.Sprintf(`{
-	admin off
+	admin %s
 	persist_config off
 }
 
@@ -111,13 +122,13 @@ http://%s {
 		}
 	}
 }
-`, listen, upstreamAddr, staticToken)
+`, admin, listen, upstreamAddr, staticToken)
 }
 
 // caddyfileB is the gateway: zapier_auth in front of the same reverse_proxy.
-func caddyfileB(listen, upstreamAddr, fakeAddr string, maxInflight int) string {
+func caddyfileB(listen, upstreamAddr, fakeAddr, admin string, maxInflight int) string {
 	return fmt.Sprintf(`{
-	admin off
+	admin %s
 	persist_config off
 	zapier {
 		client_id %s
@@ -143,7 +154,7 @@ http://%s {
 		}
 	}
 }
-`, benchClientID, benchClientSecret, benchIssuer, fakeAddr, fakeAddr, fakeAddr, maxInflight, listen, upstreamAddr)
+`, admin, benchClientID, benchClientSecret, benchIssuer, fakeAddr, fakeAddr, fakeAddr, maxInflight, listen, upstreamAddr)
 }
 
 // nginxConf is C: one worker (like Caddy pinned to one CPU), upstream

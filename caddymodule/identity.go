@@ -108,11 +108,7 @@ func foldsTo(name, canonical string) bool {
 // isTrusted checks the immediate peer, never X-Forwarded-For: a forwarded
 // header is just another claim by the peer.
 func (ir *identityRules) isTrusted(remoteAddr string) bool {
-	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		host = remoteAddr
-	}
-	addr, err := netip.ParseAddr(host)
+	addr, err := peerAddr(remoteAddr)
 	if err != nil {
 		return false
 	}
@@ -125,10 +121,42 @@ func (ir *identityRules) isTrusted(remoteAddr string) bool {
 	return false
 }
 
+// peerAddr parses a RemoteAddr: "ip:port" in one step (the hot path), or
+// whatever net.SplitHostPort and netip.ParseAddr make of anything else.
+func peerAddr(remoteAddr string) (netip.Addr, error) {
+	if ap, err := netip.ParseAddrPort(remoteAddr); err == nil {
+		return ap.Addr(), nil
+	}
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	return netip.ParseAddr(host)
+}
+
 // validIdentity accepts 1-256 bytes of valid UTF-8 without control
 // characters.
 func validIdentity(v string) bool {
-	if len(v) == 0 || len(v) > maxIdentityLen || !utf8.ValidString(v) {
+	if len(v) == 0 || len(v) > maxIdentityLen {
+		return false
+	}
+	// Ids are nearly always ASCII: one pass over the bytes decides.
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c >= utf8.RuneSelf {
+			return validUTF8Identity(v)
+		}
+		if c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// validUTF8Identity is validIdentity for values with non-ASCII bytes: valid
+// UTF-8, no C0 or C1 control character, no DEL.
+func validUTF8Identity(v string) bool {
+	if !utf8.ValidString(v) {
 		return false
 	}
 	for _, c := range v {
