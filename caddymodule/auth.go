@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"sync"
 
@@ -116,16 +115,16 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 
 	// Hold back a 401 so the request can be retried; anything else streams.
-	var before headerSnapshot
-	before.take(w.Header())
-	rec := caddyhttp.NewResponseRecorder(w, new(bytes.Buffer), isUnauthorized)
+	held := holdResponse(w.Header())
+	defer held.release()
+	rec := caddyhttp.NewResponseRecorder(w, &held.buf, isUnauthorized)
 	err = next.ServeHTTP(rec, r)
 	if err != nil || !rec.Buffered() {
 		return err
 	}
 
 	h.app.tokens.evictToken(key, token)
-	before.restore(w.Header())
+	held.restore(w.Header())
 	fresh, err := h.token(r.Context(), key)
 	if err != nil {
 		return h.failExchange(w, r, key, err)
@@ -252,60 +251,58 @@ func isUnauthorized(status int, _ http.Header) bool {
 	return status == http.StatusUnauthorized
 }
 
-// headerSnapshot is a copy of the response header taken before next runs,
-// so what a held-back 401 wrote into the shared map can be undone. It lives
-// on the stack: at that point the header holds only what Caddy itself set
-// (Server, perhaps Alt-Svc), and copying a few string headers there costs
-// less than any allocation or pool round trip. A bigger header falls back to
-// Header.Clone. Values are copied, so nothing next does to the map's slices
-// can change the snapshot.
-type headerSnapshot struct {
-	n      int
-	names  [8]string
-	values [16]string
-	ends   [8]uint8 // values of names[i]: values[ends[i-1]:ends[i]]
-	nils   uint8    // bit i: names[i] was a nil slice, which reverse_proxy tells apart from empty
-	clone  http.Header
+// heldResponse is what a replayable request needs while next runs: a copy of
+// the response header as it was (to undo what a held-back 401 wrote into the
+// shared map) and the buffer for that 401. It is pooled because every request
+// without a body takes this path; the copy shares the immutable strings and
+// allocates nothing once the pool is warm.
+type heldResponse struct {
+	buf    bytes.Buffer
+	names  []string
+	values []string // values of names[i]: values[ends[i-1]:ends[i]]
+	ends   []int
+	nils   []bool // names[i] was set to a nil slice, which reverse_proxy tells apart from empty
 }
 
-func (s *headerSnapshot) take(h http.Header) {
-	if len(h) > len(s.names) {
-		s.clone = h.Clone()
-		return
-	}
-	nv := 0
+var heldResponses = sync.Pool{New: func() any { return new(heldResponse) }}
+
+func holdResponse(h http.Header) *heldResponse {
+	held := heldResponses.Get().(*heldResponse)
 	for name, vv := range h {
-		if nv+len(vv) > len(s.values) {
-			s.clone = h.Clone()
-			return
-		}
-		s.names[s.n] = name
-		nv += copy(s.values[nv:], vv)
-		s.ends[s.n] = uint8(nv)
-		if vv == nil {
-			s.nils |= 1 << s.n
-		}
-		s.n++
+		held.names = append(held.names, name)
+		held.values = append(held.values, vv...)
+		held.ends = append(held.ends, len(held.values))
+		held.nils = append(held.nils, vv == nil)
 	}
+	return held
 }
 
-// restore puts the header map back as it was when the snapshot was taken.
-func (s *headerSnapshot) restore(h http.Header) {
+// restore puts the header map back as it was when the response was held.
+func (held *heldResponse) restore(h http.Header) {
 	clear(h)
-	if s.clone != nil {
-		maps.Copy(h, s.clone)
-		return
-	}
 	start := 0
-	for i, name := range s.names[:s.n] {
-		end := int(s.ends[i])
-		if s.nils&(1<<i) != 0 {
+	for i, name := range held.names {
+		end := held.ends[i]
+		if held.nils[i] {
 			h[name] = nil
 		} else {
-			h[name] = append(make([]string, 0, end-start), s.values[start:end]...)
+			h[name] = append(make([]string, 0, end-start), held.values[start:end]...)
 		}
 		start = end
 	}
+}
+
+// release returns the state to the pool once the request is over, dropping
+// its references to header strings.
+func (held *heldResponse) release() {
+	if held.buf.Cap() > maxReplayBody {
+		return // a huge 401 body; let it go rather than pin it in the pool
+	}
+	held.buf.Reset()
+	clear(held.names)
+	clear(held.values)
+	held.names, held.values, held.ends, held.nils = held.names[:0], held.values[:0], held.ends[:0], held.nils[:0]
+	heldResponses.Put(held)
 }
 
 // Interface guards.
