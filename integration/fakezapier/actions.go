@@ -388,14 +388,7 @@ func (s *Server) serveActionList(w http.ResponseWriter, req *apiRequest) {
 	a.sweepLocked(now, len(page))
 	a.mu.Unlock()
 
-	env := listEnvelope{Meta: listMeta{Count: len(matching), Limit: limit, Offset: offset}, Data: items}
-	if offset+limit < len(matching) {
-		env.Links.Next = pageURL(r, limit, offset+limit)
-	}
-	if offset > 0 {
-		env.Links.Prev = pageURL(r, limit, max(offset-limit, 0))
-	}
-	writeJSON(w, http.StatusOK, env)
+	writeJSON(w, http.StatusOK, pagedEnvelope(r, len(matching), limit, offset, items))
 }
 
 // sweepLocked forgets old action ids now and then.

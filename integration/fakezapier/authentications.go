@@ -110,14 +110,20 @@ func (s *Server) serveAuthentications(w http.ResponseWriter, req *apiRequest) {
 	}
 	all := s.connectionsFor(req.token.tenant, req.token.user, app)
 	page := all[min(offset, len(all)):min(offset+limit, len(all))]
-	env := listEnvelope{Meta: listMeta{Count: len(all), Limit: limit, Offset: offset}, Data: page}
-	if offset+limit < len(all) {
+	writeJSON(w, http.StatusOK, pagedEnvelope(r, len(all), limit, offset, page))
+}
+
+// pagedEnvelope is the list envelope of one page of total items, with
+// next/prev links when there are pages on either side.
+func pagedEnvelope(r *http.Request, total, limit, offset int, data any) listEnvelope {
+	env := listEnvelope{Meta: listMeta{Count: total, Limit: limit, Offset: offset}, Data: data}
+	if offset+limit < total {
 		env.Links.Next = pageURL(r, limit, offset+limit)
 	}
 	if offset > 0 {
 		env.Links.Prev = pageURL(r, limit, max(offset-limit, 0))
 	}
-	writeJSON(w, http.StatusOK, env)
+	return env
 }
 
 // pageParams parses limit (default 10, 1..1000) and offset (default 0).
