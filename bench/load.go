@@ -104,8 +104,14 @@ type round struct {
 	OtherCPU float64 `json:"other_cpu"`
 	Retries  int     `json:"retries"` // earlier attempts dropped for interference
 	Noisy    bool    `json:"noisy"`   // kept despite interference: the quiet budget was spent
-	LoadAvg  string  `json:"loadavg_before"`
-	LoadEnd  string  `json:"loadavg_after"`
+	// From the Go runtime of a Caddy variant (zero for nginx): exact
+	// counts that explain a CPU difference where timing is noisy.
+	AllocsPerReq float64 `json:"allocs_per_request,omitempty"`
+	BytesPerReq  float64 `json:"bytes_per_request,omitempty"`
+	GCs          int64   `json:"gc_cycles,omitempty"`
+	HeapLiveMiB  float64 `json:"heap_live_mib,omitempty"` // after the last GC of the round
+	LoadAvg      string  `json:"loadavg_before"`
+	LoadEnd      string  `json:"loadavg_after"`
 }
 
 // measure runs one warm-up and one measured wrk run against v.
@@ -116,6 +122,10 @@ func (b *bench) measure(v *variant, n int) (round, error) {
 		}
 	}
 	load := loadAvg()
+	memBefore, err := v.memStats()
+	if err != nil {
+		return round{}, err
+	}
 	servedBefore := v.up.served.Load()
 	ticksBefore, err := v.srv.cpuTicks()
 	if err != nil {
@@ -134,6 +144,10 @@ func (b *bench) measure(v *variant, n int) (round, error) {
 	}
 	machineTicks, ownTicks := machineBusyTicks()-machineBefore, selfTicks()-selfBefore
 	proxied := v.up.served.Load() - servedBefore
+	memAfter, err := v.memStats()
+	if err != nil {
+		return round{}, err
+	}
 	r := round{
 		Variant:  v.name,
 		Round:    n,
@@ -155,7 +169,11 @@ func (b *bench) measure(v *variant, n int) (round, error) {
 	cpuSeconds := float64(r.CPUTicks) / clockTicks
 	if proxied > 0 {
 		r.CPUUS = cpuSeconds * 1e6 / float64(proxied)
+		r.AllocsPerReq = float64(memAfter.Mallocs-memBefore.Mallocs) / float64(proxied)
+		r.BytesPerReq = float64(memAfter.TotalAlloc-memBefore.TotalAlloc) / float64(proxied)
 	}
+	r.GCs = int64(memAfter.NumGC - memBefore.NumGC)
+	r.HeapLiveMiB = float64(memAfter.HeapMarked) / (1 << 20)
 	r.CPUUtil = cpuSeconds / wall.Seconds()
 	others := float64(machineTicks-ownTicks-r.CPUTicks)/clockTicks - res.CPU.Seconds()
 	r.OtherCPU = max(others, 0) / wall.Seconds()
@@ -290,6 +308,42 @@ func (b *bench) measurePair(base, other *variant, n int) (pairRound, error) {
 	others := float64(machineBusyTicks()-machineBefore-(selfTicks()-selfBefore)-ours)/clockTicks - res[0].CPU.Seconds() - res[1].CPU.Seconds()
 	p.OtherCPU = max(others, 0) / wall.Seconds()
 	return p, nil
+}
+
+// goMemStats are the runtime counters a Caddy variant reports.
+type goMemStats struct {
+	Mallocs, TotalAlloc, NumGC, HeapMarked uint64
+}
+
+// memStats reads v's runtime memory statistics from the "# runtime.MemStats"
+// part of its heap profile (debug=1); nginx has none and reports zeros.
+// NextGC/2 stands for the live heap after the last GC (GOGC=100).
+func (v *variant) memStats() (goMemStats, error) {
+	var st goMemStats
+	if v.admin == "" {
+		return st, nil
+	}
+	resp, err := http.Get("http://" + v.admin + "/debug/pprof/heap?debug=1")
+	if err != nil {
+		return st, fmt.Errorf("reading %s's memory statistics: %w", v.name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("reading %s's memory statistics: status %d, %v", v.name, resp.StatusCode, err)
+	}
+	fields := map[string]*uint64{"Mallocs": &st.Mallocs, "TotalAlloc": &st.TotalAlloc, "NumGC": &st.NumGC, "NextGC": &st.HeapMarked}
+	for line := range strings.SplitSeq(string(body), "\n") {
+		name, val, ok := strings.Cut(strings.TrimPrefix(line, "# "), " = ")
+		if p := fields[name]; ok && p != nil {
+			*p, _ = strconv.ParseUint(strings.TrimSpace(val), 10, 64)
+		}
+	}
+	if st.Mallocs == 0 {
+		return st, fmt.Errorf("%s's heap profile has no memory statistics", v.name)
+	}
+	st.HeapMarked /= 2
+	return st, nil
 }
 
 // waitQuiet returns once other processes use less than maxInterference CPUs

@@ -85,7 +85,7 @@ type variant struct {
 	name, title string
 	url         string
 	srv         *server
-	admin       string      // Caddy's admin address, with -profile
+	admin       string      // Caddy's admin address (pprof and memory statistics); empty for nginx
 	up          *endpoint   // the upstream port only this variant proxies to
 	fake        *fakeZapier // the token endpoint of a zapier_auth variant
 }
@@ -238,8 +238,8 @@ func (b *bench) run(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			log.Printf("round %d %s: %.0f req/s, p50 %.0f µs, p99 %.0f µs, CPU %.1f µs/req (%d requests, server busy %.0f%%, others %.2f CPUs, load %s)",
-				n, v.name, r.RPS, r.P50US, r.P99US, r.CPUUS, r.Proxied, 100*r.CPUUtil, r.OtherCPU, r.LoadAvg)
+			log.Printf("round %d %s: %.0f req/s, p50 %.0f µs, p99 %.0f µs, CPU %.1f µs/req, %.1f allocs %.0f B/req, %d GCs, live heap %.1f MiB (%d requests, server busy %.0f%%, others %.2f CPUs, load %s)",
+				n, v.name, r.RPS, r.P50US, r.P99US, r.CPUUS, r.AllocsPerReq, r.BytesPerReq, r.GCs, r.HeapLiveMiB, r.Proxied, 100*r.CPUUtil, r.OtherCPU, r.LoadAvg)
 			res.Rounds = append(res.Rounds, r)
 		}
 	}
@@ -329,13 +329,9 @@ func (b *bench) startVariants(ctx context.Context) ([]*variant, func(), error) {
 	add := func(name, title, listen string, srv *server, up *endpoint, fake *fakeZapier) {
 		variants = append(variants, &variant{name: name, title: title, url: "http://" + listen + "/zapier/api/v2/echo", srv: srv, up: up, fake: fake})
 	}
-	// With -profile each Caddy gets an admin endpoint, for /debug/pprof.
-	admin := func(k int) string {
-		if b.profileDir == "" {
-			return "off"
-		}
-		return addr(30 + k)
-	}
+	// Each Caddy gets an admin endpoint on localhost: /debug/pprof gives
+	// its allocation and GC counts for every round, and CPU profiles.
+	admin := func(k int) string { return addr(30 + k) }
 	// gateway starts a zapier_auth variant: a fake Zapier, then Caddy.
 	gateway := func(name, title, binary string, listen, fakeAddr string, up *endpoint) error {
 		fz, err := startFakeZapier(fakeAddr, "http://"+listen+"/.well-known/jwks.json")
@@ -345,9 +341,7 @@ func (b *bench) startVariants(ctx context.Context) ([]*variant, func(), error) {
 		k := len(variants)
 		srv, err := b.startCaddy(name, binary, caddyfileB(listen, up.addr, fakeAddr, admin(k), 16))
 		add(name, title, listen, srv, up, fz)
-		if b.profileDir != "" {
-			variants[k].admin = admin(k)
-		}
+		variants[k].admin = admin(k)
 		return err
 	}
 	ups := make([]*endpoint, 4)
@@ -363,9 +357,7 @@ func (b *bench) startVariants(ctx context.Context) ([]*variant, func(), error) {
 		return nil, cleanup, err
 	}
 	add("A", "Caddy reverse_proxy + static header", addr(10), srv, ups[0], nil)
-	if b.profileDir != "" {
-		variants[0].admin = admin(0)
-	}
+	variants[0].admin = admin(0)
 	if err := gateway("B", "zapier_auth + reverse_proxy (cache hit)", b.caddy, addr(11), addr(2), ups[1]); err != nil {
 		return nil, cleanup, err
 	}

@@ -104,7 +104,7 @@ func (f *fakeZapier) close() { _ = f.srv.Close() }
 
 // caddyfileA is bare Caddy: the same routes as B, with reverse_proxy adding
 // a static Authorization header.
-// admin is "off", or the admin address when profiles are taken.
+// admin is "off", or Caddy's admin address (for /debug/pprof).
 func caddyfileA(listen, upstreamAddr, admin string) string {
 	return fmt.Sprintf(`{
 	admin %s

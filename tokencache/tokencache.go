@@ -1,10 +1,12 @@
 // Package tokencache caches access tokens per (tenant, user).
 //
-// It bounds the cache with an LRU, coalesces concurrent misses into one
-// fetch, refreshes tokens in the background shortly before they expire,
-// remembers permanent failures for a short while, and never hands out an
-// expired token. Every proxied request does a lookup, so the hit path takes
-// one mutex, reads the clock once and allocates nothing.
+// It bounds the cache with CLOCK eviction (an LRU approximation),
+// coalesces concurrent misses into one fetch, refreshes tokens in the
+// background shortly before they expire, remembers permanent failures for a
+// short while, and never hands out an expired token. Every proxied request
+// does a lookup, so the hit path takes a read lock, reads the clock once,
+// writes no shared memory (but a reference bit once per eviction sweep) and
+// allocates nothing.
 package tokencache
 
 import (
@@ -22,7 +24,8 @@ import (
 // Key identifies one cached identity.
 type Key struct{ Tenant, User string }
 
-// Token is a cached access token.
+// Token is a cached access token. Get returns Expiry in the local time zone
+// without a monotonic clock reading: the cache keeps it as Unix nanoseconds.
 type Token struct {
 	Value  string
 	Expiry time.Time
@@ -87,7 +90,7 @@ func (e *PanicError) Error() string {
 
 // Config configures a Cache. Zero values select the defaults.
 type Config struct {
-	Size int // max entries (LRU); 0 means DefaultSize
+	Size int // max entries; 0 means DefaultSize. Tenants or users longer than 65535 bytes are never cached
 
 	// RefreshAhead is the window before a token's effective expiry
 	// (Expiry - ExpiryMargin) in which a hit starts a background refresh.
@@ -109,7 +112,7 @@ type Config struct {
 	IsPermanent func(error) bool // which fetch errors are negative-cached; nil = none
 	Now         func() time.Time // default time.Now
 
-	// OnEvict is called when the LRU drops an entry for capacity (not for
+	// OnEvict is called when an entry is dropped for capacity (not for
 	// expiry, Evict or Purge), from the fetch goroutine with no lock held.
 	// Optional.
 	OnEvict func(Key)
@@ -131,17 +134,15 @@ type Cache struct {
 	closeFunc context.CancelFunc
 	wg        sync.WaitGroup // fetch goroutines
 
-	// One mutex guards everything: the LRU needs exclusive access even for
-	// a hit (it moves the entry to the front), so the hit path takes exactly
-	// this lock and nothing else.
-	mu          sync.Mutex
-	lru         *simplelru.LRU[Key, Token]    // Token by value: no extra allocation per entry
-	neg         *simplelru.LRU[Key, negEntry] // nil when negative caching is disabled
-	inflight    map[Key]*call
-	retryAt     map[Key]time.Time // keys whose background refresh failed recently; usually empty
-	gen         uint64            // bumped by Purge so older fetches do not repopulate
-	closed      bool
-	lastEvicted Key // set by the LRU's eviction callback
+	// One lock guards everything. A plain hit needs only the read lock (the
+	// table's CLOCK bit is atomic); anything else takes the write lock.
+	mu       sync.RWMutex
+	tokens   *table
+	neg      *simplelru.LRU[Key, negEntry] // nil when negative caching is disabled
+	inflight map[Key]*call
+	retryAt  map[Key]time.Time // keys whose background refresh failed recently; usually empty
+	gen      uint64            // bumped by Purge so older fetches do not repopulate
+	closed   bool
 }
 
 type negEntry struct {
@@ -184,6 +185,7 @@ func New(cfg Config, fetch FetchFunc) (*Cache, error) {
 		window:      cfg.ExpiryMargin,
 		negativeTTL: cmpDefault(cfg.NegativeTTL, DefaultNegativeTTL),
 		timeout:     cmpDefault(cfg.FetchTimeout, DefaultFetchTimeout),
+		tokens:      newTable(size),
 		inflight:    make(map[Key]*call),
 		retryAt:     make(map[Key]time.Time),
 	}
@@ -195,11 +197,8 @@ func New(cfg Config, fetch FetchFunc) (*Cache, error) {
 		c.backoff = min(ra/10, maxRefreshBackoff)
 	}
 	c.closeCtx, c.closeFunc = context.WithCancel(context.Background())
-	var err error
-	if c.lru, err = simplelru.NewLRU(size, c.dropped); err != nil {
-		return nil, err
-	}
 	if c.negativeTTL > 0 {
+		var err error
 		if c.neg, err = simplelru.NewLRU[Key, negEntry](size, nil); err != nil {
 			return nil, err
 		}
@@ -214,13 +213,15 @@ func cmpDefault[T int | time.Duration](v, def T) T {
 	return v
 }
 
-// dropped is the LRU's callback for every removal (capacity, Remove, Purge).
-// Called with c.mu held.
-func (c *Cache) dropped(k Key, _ Token) {
-	c.lastEvicted = k
-	if len(c.retryAt) > 0 {
-		delete(c.retryAt, k)
+// removeLocked drops key's token; it reports whether there was one.
+func (c *Cache) removeLocked(h uint64, key Key) bool {
+	if !c.tokens.remove(h, key) {
+		return false
 	}
+	if len(c.retryAt) > 0 {
+		delete(c.retryAt, key)
+	}
+	return true
 }
 
 // Get returns a valid token for key, from the cache or by fetching it.
@@ -228,9 +229,19 @@ func (c *Cache) dropped(k Key, _ Token) {
 // the fetch carries on for the other waiters and the cache.
 func (c *Cache) Get(ctx context.Context, key Key) (Token, Result, error) {
 	now := c.now()
+	h := c.tokens.hash(key)
+	c.mu.RLock()
+	if s := c.tokens.lookup(h, key); s != nil && now.Add(c.window).UnixNano() < s.expiry { // expires after the refresh window
+		tok := s.token()
+		c.mu.RUnlock()
+		return tok, Hit, nil
+	}
+	c.mu.RUnlock()
+
 	c.mu.Lock()
-	if tok, ok := c.lru.Get(key); ok {
-		if now.Add(c.window).Before(tok.Expiry) { // expires after the refresh window
+	if s := c.tokens.lookup(h, key); s != nil {
+		tok := s.token()
+		if now.Add(c.window).Before(tok.Expiry) { // refreshed meanwhile
 			c.mu.Unlock()
 			return tok, Hit, nil
 		}
@@ -239,7 +250,7 @@ func (c *Cache) Get(ctx context.Context, key Key) (Token, Result, error) {
 			c.mu.Unlock()
 			return tok, RefreshAhead, nil
 		}
-		c.lru.Remove(key) // expired: never served
+		c.removeLocked(h, key) // expired: never served
 	}
 	return c.missLocked(ctx, key, now)
 }
@@ -337,12 +348,16 @@ func (c *Cache) finish(key Key, cl *call, tok Token, err error) {
 	}
 	if err != nil {
 		tok = Token{}
+	} else {
+		// As the table stores it, so misses and hits return equal Tokens.
+		tok.Expiry = time.Unix(0, unixNanos(tok.Expiry))
 	}
 	perm := err != nil && c.neg != nil && c.isPermanent != nil && c.isPermanent(err)
 	cl.tok, cl.err = tok, err
 
 	var evicted Key
 	didEvict := false
+	h := c.tokens.hash(key)
 	c.mu.Lock()
 	if c.inflight[key] == cl {
 		delete(c.inflight, key)
@@ -350,8 +365,8 @@ func (c *Cache) finish(key Key, cl *call, tok Token, err error) {
 	if cl.gen == c.gen {
 		switch {
 		case err == nil:
-			if c.lru.Add(key, tok) {
-				evicted, didEvict = c.lastEvicted, true
+			if evicted, didEvict = c.tokens.put(h, key, tok, now.UnixNano()); didEvict {
+				delete(c.retryAt, evicted)
 			}
 			delete(c.retryAt, key)
 			if c.neg != nil {
@@ -362,8 +377,8 @@ func (c *Cache) finish(key Key, cl *call, tok Token, err error) {
 				c.neg.Add(key, negEntry{err: err, until: now.Add(c.negativeTTL)})
 			}
 			// Only a still-cached key needs the backoff; this keeps
-			// retryAt bounded by the LRU.
-			if cl.refresh && c.lru.Contains(key) {
+			// retryAt bounded by the cache size.
+			if cl.refresh && c.tokens.peek(h, key) != nil {
 				c.retryAt[key] = now.Add(c.backoff)
 			}
 		}
@@ -380,8 +395,9 @@ func (c *Cache) finish(key Key, cl *call, tok Token, err error) {
 // Evict drops key's token and any negative entry; it reports whether
 // anything was dropped. A fetch in flight for key is not affected.
 func (c *Cache) Evict(key Key) bool {
+	h := c.tokens.hash(key)
 	c.mu.Lock()
-	ok := c.lru.Remove(key)
+	ok := c.removeLocked(h, key)
 	if c.neg != nil && c.neg.Remove(key) {
 		ok = true
 	}
@@ -392,10 +408,11 @@ func (c *Cache) Evict(key Key) bool {
 // EvictToken drops key's token only if it is still value, so that a 401 for
 // an old token does not evict a fresh one.
 func (c *Cache) EvictToken(key Key, value string) bool {
+	h := c.tokens.hash(key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if tok, ok := c.lru.Peek(key); ok && tok.Value == value {
-		return c.lru.Remove(key)
+	if s := c.tokens.peek(h, key); s != nil && s.token().Value == value {
+		return c.removeLocked(h, key)
 	}
 	return false
 }
@@ -405,7 +422,7 @@ func (c *Cache) EvictToken(key Key, value string) bool {
 func (c *Cache) Purge() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.lru.Purge()
+	c.tokens.purge()
 	if c.neg != nil {
 		c.neg.Purge()
 	}
@@ -416,9 +433,9 @@ func (c *Cache) Purge() {
 
 // Len returns the number of cached tokens (negative entries excluded).
 func (c *Cache) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lru.Len()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.tokens.len()
 }
 
 // Close cancels in-flight fetches and waits for their goroutines. Afterwards
