@@ -110,3 +110,16 @@ func TestSideBySideDecidesTheCPUGoal(t *testing.T) {
 		t.Errorf("CPU goal met with a 6 µs side-by-side difference: %+v", r.Goals[0])
 	}
 }
+
+func TestMedianCI(t *testing.T) {
+	for _, c := range []struct{ n, lo, hi int }{
+		{5, 0, 4},   // too few runs: the extremes
+		{6, 0, 5},   // 2 × 1/64 ≤ 5%
+		{10, 1, 8},  // P(X ≤ 1) = 0.011, P(X ≤ 2) = 0.055
+		{20, 5, 14}, // P(X ≤ 5) = 0.021, P(X ≤ 6) = 0.058
+	} {
+		if lo, hi := medianCI(c.n); lo != c.lo || hi != c.hi {
+			t.Errorf("medianCI(%d) = %d, %d; want %d, %d", c.n, lo, hi, c.lo, c.hi)
+		}
+	}
+}
