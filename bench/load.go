@@ -231,8 +231,6 @@ type pairRound struct {
 	OthReqs  int64   `json:"other_requests"`
 	BaseRPS  float64 `json:"base_rps"`
 	OtherRPS float64 `json:"other_rps"`
-	BaseP99  float64 `json:"base_p99_us"`
-	OtherP99 float64 `json:"other_p99_us"`
 	OtherCPU float64 `json:"other_cpu"` // interference, as in round
 	Retries  int     `json:"retries"`
 	Noisy    bool    `json:"noisy"`
@@ -310,7 +308,6 @@ func (b *bench) measurePair(base, other *variant, n int) (pairRound, error) {
 	p.DeltaUS = p.OtherUS - p.BaseUS
 	rps := func(w wrkResult) float64 { return float64(w.Requests) / (float64(w.DurationUS) / 1e6) }
 	p.BaseRPS, p.OtherRPS = rps(res[0]), rps(res[1])
-	p.BaseP99, p.OtherP99 = res[0].P99US, res[1].P99US
 	ours := (after[0].ticks - before[0].ticks) + (after[1].ticks - before[1].ticks)
 	others := float64(machineBusyTicks()-machineBefore-(selfTicks()-selfBefore)-ours)/clockTicks - res[0].CPU.Seconds() - res[1].CPU.Seconds()
 	p.OtherCPU = max(others, 0) / wall.Seconds()
