@@ -118,7 +118,7 @@ func main() {
 	flag.DurationVar(&b.coldLatency, "cold-latency", 50*time.Millisecond, "token endpoint latency in the cold-path run")
 	flag.BoolVar(&b.goBench, "gobench", true, "run the Go benchmarks (tokencache, jwks, caddymodule)")
 	flag.StringVar(&b.profileDir, "profile", "", "also write a CPU profile of each Caddy variant under load to this directory (go tool pprof)")
-	flag.IntVar(&b.goBenchCount, "gobench-count", 3, "go test -count for the Go benchmarks (medians are reported)")
+	flag.IntVar(&b.goBenchCount, "gobench-count", 5, "go test -count for the Go benchmarks (medians are reported)")
 	flag.Float64Var(&b.maxInterference, "max-interference", 0.15, "re-run a round when other processes used more than this many CPUs during it; 0 accepts every round")
 	flag.DurationVar(&b.quietBudget, "quiet-budget", 15*time.Minute, "total time spent waiting for a quiet machine and re-running noisy rounds; then noisy rounds are kept (and marked)")
 	rerender := flag.String("rerender", "", "only rewrite results.md and chart.svg in -out from this results.json")
