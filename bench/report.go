@@ -29,6 +29,8 @@ type envInfo struct {
 	Tree      string `json:"tree"`
 	LoadStart string `json:"loadavg_start"`
 	LoadEnd   string `json:"loadavg_end"`
+	// GoGC is the GOGC and GOMEMLIMIT the servers inherited, when set.
+	GoGC string `json:"go_gc,omitempty"`
 }
 
 func collectEnv(b *bench) envInfo {
@@ -71,11 +73,24 @@ func collectEnv(b *bench) envInfo {
 		Nginx:     strings.TrimPrefix(firstLine(command(b.nginx, "-v")), "nginx version: nginx/"),
 		Tree:      tree,
 		LoadStart: loadAvg(),
+		GoGC:      goGCEnv(),
 	}
 }
 
 // cpuCount counts the machine's CPUs from /proc/cpuinfo: runtime.NumCPU
 // sees only the CPUs this process is pinned to.
+// goGCEnv is the collector settings in the environment (servers inherit
+// them), e.g. "GOGC=off GOMEMLIMIT=64MiB"; empty when neither is set.
+func goGCEnv() string {
+	var set []string
+	for _, name := range []string{"GOGC", "GOMEMLIMIT"} {
+		if v, ok := os.LookupEnv(name); ok {
+			set = append(set, name+"="+v)
+		}
+	}
+	return strings.Join(set, " ")
+}
+
 func cpuCount() int {
 	data, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
@@ -421,8 +436,12 @@ func (r *results) conditions() string {
 	if r.ServerCPUs != "" {
 		pin = fmt.Sprintf("servers pinned to CPU %s, wrk + upstream + bench to CPU %s", r.ServerCPUs, r.ClientCPUs)
 	}
-	return fmt.Sprintf("wrk -t%d -c%d, %s measured after %s warm-up per round, %d distinct identities cycled by every variant; %s; load average %s at start, %s at end%s",
-		r.Threads, r.Connections, r.Duration, r.Warmup, r.Identities, pin, r.Env.LoadStart, r.Env.LoadEnd, interference)
+	gc := ""
+	if r.Env.GoGC != "" {
+		gc = r.Env.GoGC + " for every process; "
+	}
+	return fmt.Sprintf("%swrk -t%d -c%d, %s measured after %s warm-up per round, %d distinct identities cycled by every variant; %s; load average %s at start, %s at end%s",
+		gc, r.Threads, r.Connections, r.Duration, r.Warmup, r.Identities, pin, r.Env.LoadStart, r.Env.LoadEnd, interference)
 }
 
 func (r *results) markdown() string {
