@@ -19,6 +19,13 @@ func TestMillionIdentitiesStayBounded(t *testing.T) {
 	}
 	const size, identities, workers = 100_000, 1_000_000, 8
 	token := "fzat_" + string(make([]byte, 32)) // the fake's token length
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	base := heap() // before the cache, whose table is allocated up front
 	c, err := New(Config{Size: size}, func(ctx context.Context, k Key) (Token, error) {
 		return Token{Value: token, Expiry: time.Now().Add(time.Hour)}, nil
 	})
@@ -26,14 +33,6 @@ func TestMillionIdentitiesStayBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-
-	heap := func() uint64 {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
-	base := heap()
 	var peak, atFull uint64
 	var wg sync.WaitGroup
 	for w := range workers {

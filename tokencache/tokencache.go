@@ -5,8 +5,8 @@
 // background shortly before they expire, remembers permanent failures for a
 // short while, and never hands out an expired token. Every proxied request
 // does a lookup, so the hit path takes a read lock, reads the clock once,
-// writes no shared memory (but a reference bit once per eviction sweep) and
-// allocates nothing.
+// sets a reference bit at most once per eviction sweep, and allocates
+// nothing.
 package tokencache
 
 import (
