@@ -321,7 +321,8 @@ type goMemStats struct {
 
 // memStats reads v's runtime memory statistics from the "# runtime.MemStats"
 // part of its heap profile (debug=1); nginx has none and reports zeros.
-// NextGC/2 stands for the live heap after the last GC (GOGC=100).
+// The live heap after the last GC is derived from the next GC's goal and
+// GOGC; with GOGC=off the goal says nothing about it, and it stays zero.
 func (v *variant) memStats() (goMemStats, error) {
 	var st goMemStats
 	if v.admin == "" {
@@ -346,8 +347,22 @@ func (v *variant) memStats() (goMemStats, error) {
 	if st.Mallocs == 0 {
 		return st, fmt.Errorf("%s's heap profile has no memory statistics", v.name)
 	}
-	st.HeapMarked /= 2
+	st.HeapMarked = liveFromGoal(st.HeapMarked, os.Getenv("GOGC"))
 	return st, nil
+}
+
+// liveFromGoal is the marked heap that gives the GC goal nextGC under
+// GOGC=gogc (goal = live × (1 + GOGC/100)), or 0 when GOGC is off.
+func liveFromGoal(nextGC uint64, gogc string) uint64 {
+	pct := 100
+	if gogc != "" {
+		n, err := strconv.Atoi(gogc)
+		if err != nil || n < 0 { // "off"
+			return 0
+		}
+		pct = n
+	}
+	return nextGC * 100 / uint64(100+pct)
 }
 
 // waitQuiet returns once other processes use less than maxInterference CPUs

@@ -123,3 +123,15 @@ func TestMedianCI(t *testing.T) {
 		}
 	}
 }
+
+func TestLiveFromGoal(t *testing.T) {
+	for _, c := range []struct {
+		next uint64
+		gogc string
+		want uint64
+	}{{200, "", 100}, {200, "100", 100}, {150, "50", 100}, {200, "off", 0}} {
+		if got := liveFromGoal(c.next, c.gogc); got != c.want {
+			t.Errorf("liveFromGoal(%d, %q) = %d, want %d", c.next, c.gogc, got, c.want)
+		}
+	}
+}
