@@ -231,16 +231,15 @@ func (c *Cache) Get(ctx context.Context, key Key) (Token, Result, error) {
 	now := c.now()
 	h := c.tokens.hash(key)
 	c.mu.RLock()
-	if s := c.tokens.lookup(h, key); s != nil && now.Add(c.window).UnixNano() < s.expiry { // expires after the refresh window
-		tok := s.token()
+	if v, exp, ok := c.tokens.lookup(h, key); ok && now.Add(c.window).UnixNano() < exp { // expires after the refresh window
 		c.mu.RUnlock()
-		return tok, Hit, nil
+		return Token{Value: v, Expiry: time.Unix(0, exp)}, Hit, nil
 	}
 	c.mu.RUnlock()
 
 	c.mu.Lock()
-	if s := c.tokens.lookup(h, key); s != nil {
-		tok := s.token()
+	if v, exp, ok := c.tokens.lookup(h, key); ok {
+		tok := Token{Value: v, Expiry: time.Unix(0, exp)}
 		if now.Add(c.window).Before(tok.Expiry) { // refreshed meanwhile
 			c.mu.Unlock()
 			return tok, Hit, nil
@@ -378,7 +377,7 @@ func (c *Cache) finish(key Key, cl *call, tok Token, err error) {
 			}
 			// Only a still-cached key needs the backoff; this keeps
 			// retryAt bounded by the cache size.
-			if cl.refresh && c.tokens.peek(h, key) != nil {
+			if _, cached := c.tokens.peek(h, key); cl.refresh && cached {
 				c.retryAt[key] = now.Add(c.backoff)
 			}
 		}
@@ -411,7 +410,7 @@ func (c *Cache) EvictToken(key Key, value string) bool {
 	h := c.tokens.hash(key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if s := c.tokens.peek(h, key); s != nil && s.token().Value == value {
+	if v, ok := c.tokens.peek(h, key); ok && v == value {
 		return c.removeLocked(h, key)
 	}
 	return false
