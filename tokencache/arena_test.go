@@ -135,7 +135,8 @@ func TestArenaLargeToken(t *testing.T) {
 // and compact the arena: every token is its own key's, and tokens held
 // across the churn keep their values (run it with -race too).
 func TestConcurrentHitsDuringCompaction(t *testing.T) {
-	tokenFor := func(k Key) string { return "tok/" + k.Tenant + "/" + k.User + "/" + strings.Repeat("p", 1000+len(k.User)) // 500 of them outgrow a page }
+	// 500 tokens of 1 KB outgrow a page, so the churn compacts.
+	tokenFor := func(k Key) string { return "tok/" + k.Tenant + "/" + k.User + "/" + strings.Repeat("p", 1000) }
 	c, err := New(Config{Size: 500, RefreshAhead: -1}, func(_ context.Context, k Key) (Token, error) {
 		return Token{Value: tokenFor(k), Expiry: time.Now().Add(time.Hour)}, nil
 	})
