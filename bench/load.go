@@ -529,36 +529,52 @@ func selfTicks() int64 {
 	return t
 }
 
-// profile takes a CPU profile of v's Caddy (through its admin endpoint)
-// while wrk drives it, into dir/<variant>.pprof.
-func (b *bench) profile(v *variant, dir string) error {
-	if v.admin == "" {
-		return nil
+// profile takes CPU profiles of the given Caddy variants (through their
+// admin endpoints) while wrk drives them all at once, into
+// dir/<variant><suffix>.pprof. Profiling two variants together puts them
+// under the same machine conditions, as the side-by-side runs do.
+func (b *bench) profile(vs []*variant, dir, suffix string) error {
+	errs := make(chan error, 2*len(vs))
+	served := make([]int64, len(vs))
+	var wg sync.WaitGroup
+	for i, v := range vs {
+		if v.admin == "" {
+			continue
+		}
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", v.admin, int(b.duration.Seconds()))
+		wg.Go(func() { errs <- b.saveProfile(url, filepath.Join(dir, v.name+suffix+".pprof")) })
+		served[i] = v.up.served.Load()
+		wg.Go(func() {
+			_, err := b.runWrk(v.url, b.duration+time.Second)
+			errs <- err
+		})
 	}
-	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", v.admin, int(b.duration.Seconds()))
-	got := make(chan error, 1)
-	go func() {
-		resp, err := (&http.Client{Timeout: b.duration + 30*time.Second}).Get(url)
-		if err != nil {
-			got <- err
-			return
+	wg.Wait()
+	close(errs)
+	for i, v := range vs {
+		if v.admin != "" {
+			log.Printf("profile of %s%s: about %d requests", v.name, suffix, v.up.served.Load()-served[i])
 		}
-		defer resp.Body.Close()
-		f, err := os.Create(filepath.Join(dir, v.name+".pprof"))
-		if err != nil {
-			got <- err
-			return
-		}
-		_, err = io.Copy(f, resp.Body)
-		got <- errors.Join(err, f.Close())
-	}()
-	served := v.up.served.Load()
-	if _, err := b.runWrk(v.url, b.duration+time.Second); err != nil {
+	}
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+func (b *bench) saveProfile(url, path string) error {
+	resp, err := (&http.Client{Timeout: b.duration + 30*time.Second}).Get(url)
+	if err != nil {
 		return err
 	}
-	err := <-got
-	log.Printf("profile of %s: about %d requests", v.name, v.up.served.Load()-served)
-	return err
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	return errors.Join(err, f.Close())
 }
 
 func loadAvg() string {

@@ -264,11 +264,14 @@ func (b *bench) run(ctx context.Context) error {
 			return err
 		}
 		for _, v := range variants {
-			if err := b.profile(v, b.profileDir); err != nil {
+			if err := b.profile([]*variant{v}, b.profileDir, ""); err != nil {
 				return fmt.Errorf("profiling %s: %w", v.name, err)
 			}
 		}
-		log.Printf("CPU profiles in %s (go tool pprof -top <file>)", b.profileDir)
+		if err := b.profile(pairs[0][:], b.profileDir, "-side-by-side"); err != nil {
+			return fmt.Errorf("profiling A and B side by side: %w", err)
+		}
+		log.Printf("CPU profiles in %s (go tool pprof -top <file>; A and B side by side: go tool pprof -diff_base A-side-by-side.pprof B-side-by-side.pprof)", b.profileDir)
 	}
 	for _, v := range variants {
 		res.Variants = append(res.Variants, variantInfo{Name: v.name, Title: v.title})
