@@ -293,13 +293,16 @@ func (b *bench) run(ctx context.Context) error {
 		res.Cold = append(res.Cold, c)
 	}
 
+	var goBenchErr error
 	if b.goBench {
 		if b.maxInterference > 0 {
 			b.waitQuiet(ctx)
 		}
 		log.Printf("running the Go benchmarks (-count %d)", b.goBenchCount)
-		if res.GoBench, err = runGoBenchmarks(ctx, b.root, b.goBenchCount); err != nil {
-			return err
+		if res.GoBench, goBenchErr = runGoBenchmarks(ctx, b.root, b.goBenchCount); goBenchErr != nil {
+			// Still write the load results: they took most of the run.
+			goBenchErr = fmt.Errorf("Go benchmarks: %w", goBenchErr)
+			log.Print(goBenchErr)
 		}
 	}
 	res.Env.LoadEnd = loadAvg()
@@ -310,7 +313,7 @@ func (b *bench) run(ctx context.Context) error {
 	fmt.Println()
 	fmt.Print(res.markdown())
 	log.Printf("results written to %s", b.outDir)
-	return nil
+	return goBenchErr
 }
 
 // startVariants starts A, B and C (and B0 with -caddy-before), each

@@ -30,7 +30,8 @@ const recordHeader = 8
 type arena struct {
 	pages   []arenaPage // by page number; a dropped page has a nil buf
 	free    []uint32    // dropped page numbers, for reuse by new pages
-	cur     uint32      // the page appends go to
+	cur     uint32      // the page appends go to, if hasCur
+	hasCur  bool
 	written int         // bytes in the pages' records, live or not
 	live    int         // bytes in live records
 }
@@ -60,14 +61,11 @@ func (a *arena) alloc(tenant, user, token string) uint64 {
 	switch {
 	case n > pageSize/4:
 		pageNo = a.newPage(n) // a page of its own; appends stay on cur
-	case len(a.pages) == 0:
-		a.cur = a.newPage(pageSize)
-		pageNo = a.cur
-	case cap(a.pages[a.cur].buf)-len(a.pages[a.cur].buf) < n:
-		if a.pages[a.cur].live == 0 { // release kept it only for appends
+	case !a.hasCur || cap(a.pages[a.cur].buf)-len(a.pages[a.cur].buf) < n:
+		if a.hasCur && a.pages[a.cur].live == 0 { // release kept it only for appends
 			a.drop(a.cur)
 		}
-		a.cur = a.newPage(pageSize)
+		a.cur, a.hasCur = a.newPage(pageSize), true
 		pageNo = a.cur
 	default:
 		pageNo = a.cur
@@ -152,10 +150,12 @@ func (a *arena) release(r uint64) {
 	p := &a.pages[pageNo]
 	p.live -= n
 	a.live -= n
-	if p.live == 0 && pageNo != a.cur {
+	if p.live == 0 && !a.isCur(pageNo) {
 		a.drop(pageNo)
 	}
 }
+
+func (a *arena) isCur(pageNo uint32) bool { return a.hasCur && pageNo == a.cur }
 
 func (a *arena) drop(pageNo uint32) {
 	p := &a.pages[pageNo]
@@ -169,15 +169,17 @@ func (a *arena) drop(pageNo uint32) {
 // most garbage, which holds at least the average, so copying its live bytes
 // costs at most three bytes per byte of garbage freed.
 func (a *arena) victim() (uint32, bool) {
-	cur := &a.pages[a.cur]
-	garbage := a.written - a.live - (len(cur.buf) - cur.live)
+	garbage := a.written - a.live
+	if a.hasCur {
+		garbage -= len(a.pages[a.cur].buf) - a.pages[a.cur].live
+	}
 	if garbage < pageSize || 4*garbage <= a.written {
 		return 0, false
 	}
 	best, most := uint32(0), 0
 	for i := range a.pages {
 		p := &a.pages[i]
-		if g := len(p.buf) - p.live; uint32(i) != a.cur && g > most {
+		if g := len(p.buf) - p.live; !a.isCur(uint32(i)) && g > most {
 			best, most = uint32(i), g
 		}
 	}

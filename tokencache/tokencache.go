@@ -6,7 +6,11 @@
 // short while, and never hands out an expired token. Every proxied request
 // does a lookup, so the hit path takes a read lock, reads the clock once,
 // sets a reference bit at most once per eviction sweep, and allocates
-// nothing.
+// nothing. Entries are stored without pointers, so however many tokens are
+// cached, the garbage collector has nothing of them to scan.
+//
+// A Token's Value from Get shares the cache's memory. Like any Go string it
+// never changes, and it stays valid however long the caller keeps it.
 package tokencache
 
 import (
