@@ -32,8 +32,8 @@ type arena struct {
 	free    []uint32    // dropped page numbers, for reuse by new pages
 	cur     uint32      // the page appends go to, if hasCur
 	hasCur  bool
-	written int         // bytes in the pages' records, live or not
-	live    int         // bytes in live records
+	written int // bytes in the pages' records, live or not
+	live    int // bytes in live records
 }
 
 type arenaPage struct {
