@@ -20,7 +20,7 @@ type goBenchmark struct {
 
 // goBenchSuites are the benchmarks the results report, per package.
 var goBenchSuites = []struct{ pkg, pattern string }{
-	{"./tokencache/", "GetHit|MapBaseline|MemoryPerEntry"},
+	{"./tokencache/", "GetHit|MapBaseline|MemoryPerEntry|GCCycle"},
 	{"./jwks/", "MintES256$|SignES256Raw"},
 	{"./caddymodule/", "AuthServeHTTP|ExtractIdentity"},
 }
