@@ -465,7 +465,7 @@ func parseTrustedSources(sources []string) ([]netip.Prefix, error) {
 }
 
 func (a *App) identityRules() identityRules {
-	return identityRules{userHeader: a.userHeader, tenantHeader: a.tenantHeader, trusted: a.trusted}
+	return newIdentityRules(a.userHeader, a.tenantHeader, a.trusted)
 }
 
 // trustsEveryone reports whether the list holds 0.0.0.0/0 or ::/0. That is

@@ -35,11 +35,11 @@ func hitAuth(tb testing.TB, keys []tokencache.Key) *Auth {
 			tb.Fatal(err)
 		}
 	}
-	rules := identityRules{userHeader: defaultUserHeader, tenantHeader: defaultTenantHeader}
-	rules.trusted, err = parseTrustedSources(defaultTrustedSources)
+	trusted, err := parseTrustedSources(defaultTrustedSources)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	rules := newIdentityRules(defaultUserHeader, defaultTenantHeader, trusted)
 	return &Auth{
 		app:    &App{tokens: &pooledCache{cache: c}, metrics: sharedMetrics},
 		rules:  rules,
@@ -139,8 +139,8 @@ func BenchmarkAuthServeHTTPHitParallel(b *testing.B) {
 
 // BenchmarkExtractIdentity is the identity part of the hot path alone.
 func BenchmarkExtractIdentity(b *testing.B) {
-	rules := identityRules{userHeader: defaultUserHeader, tenantHeader: defaultTenantHeader}
-	rules.trusted, _ = parseTrustedSources(defaultTrustedSources)
+	trusted, _ := parseTrustedSources(defaultTrustedSources)
+	rules := newIdentityRules(defaultUserHeader, defaultTenantHeader, trusted)
 	r, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1/v2/echo", nil)
 	r.RemoteAddr = "127.0.0.1:43210"
 	r.Header = http.Header{"Accept": {"*/*"}, "User-Agent": {"bench"}}

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"unicode/utf8"
 )
 
@@ -34,6 +36,14 @@ type identityRules struct {
 	userHeader   string // canonical
 	tenantHeader string // canonical
 	trusted      []netip.Prefix
+	// lastTrusted is the host part of the last RemoteAddr found trusted. A
+	// sidecar's callers are nearly always one host, so most requests skip
+	// parsing it. Nil disables the memo.
+	lastTrusted *atomic.Pointer[string]
+}
+
+func newIdentityRules(userHeader, tenantHeader string, trusted []netip.Prefix) identityRules {
+	return identityRules{userHeader: userHeader, tenantHeader: tenantHeader, trusted: trusted, lastTrusted: new(atomic.Pointer[string])}
 }
 
 // extract returns the (tenant, user) asserted by the request and removes
@@ -108,10 +118,30 @@ func foldsTo(name, canonical string) bool {
 // isTrusted checks the immediate peer, never X-Forwarded-For: a forwarded
 // header is just another claim by the peer.
 func (ir *identityRules) isTrusted(remoteAddr string) bool {
-	addr, err := peerAddr(remoteAddr)
-	if err != nil {
+	i := strings.LastIndexByte(remoteAddr, ':')
+	if ir.lastTrusted != nil && i > 0 {
+		if last := ir.lastTrusted.Load(); last != nil && *last == remoteAddr[:i] {
+			return true
+		}
+	}
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	if err != nil { // not "ip:port": parsed the slow way, never memoized
+		addr, err := peerAddr(remoteAddr)
+		return err == nil && ir.trusts(addr)
+	}
+	if !ir.trusts(ap.Addr()) {
 		return false
 	}
+	if ir.lastTrusted != nil {
+		// remoteAddr[:i] is exactly the address ParseAddrPort read, so any
+		// RemoteAddr with this host part is this address.
+		host := strings.Clone(remoteAddr[:i])
+		ir.lastTrusted.Store(&host)
+	}
+	return true
+}
+
+func (ir *identityRules) trusts(addr netip.Addr) bool {
 	addr = addr.Unmap()
 	for _, p := range ir.trusted {
 		if p.Contains(addr) {
@@ -121,12 +151,9 @@ func (ir *identityRules) isTrusted(remoteAddr string) bool {
 	return false
 }
 
-// peerAddr parses a RemoteAddr: "ip:port" in one step (the hot path), or
-// whatever net.SplitHostPort and netip.ParseAddr make of anything else.
+// peerAddr parses a RemoteAddr that is not "ip:port": whatever
+// net.SplitHostPort and netip.ParseAddr make of it.
 func peerAddr(remoteAddr string) (netip.Addr, error) {
-	if ap, err := netip.ParseAddrPort(remoteAddr); err == nil {
-		return ap.Addr(), nil
-	}
 	host, _, err := net.SplitHostPort(remoteAddr)
 	if err != nil {
 		host = remoteAddr

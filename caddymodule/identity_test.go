@@ -13,12 +13,48 @@ func testRules(t *testing.T, trusted ...string) identityRules {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return identityRules{userHeader: "X-Zapier-User", tenantHeader: "X-Zapier-Tenant", trusted: prefixes}
+	return newIdentityRules("X-Zapier-User", "X-Zapier-Tenant", prefixes)
+}
+
+// TestTrustedHostMemo: the memo of the last trusted host skips parsing for
+// the same host on another port, and never extends trust to another host.
+func TestTrustedHostMemo(t *testing.T) {
+	rules := testRules(t, "127.0.0.1/32", "::1")
+	for _, tc := range []struct {
+		remote string
+		want   bool
+	}{
+		{"127.0.0.1:1000", true},
+		{"127.0.0.1:2000", true}, // from the memo
+		{"127.0.0.10:1000", false},
+		{"127.0.0.1:2000", true},
+		{"127.0.0.1", true}, // no port: parsed
+		{"[::1]:1000", true},
+		{"[::2]:1000", false},
+		{"x127.0.0.1:1000", false},
+		{"127.0.0.1:1000:1", false},
+		{"10.0.0.1:1000", false},
+		{"127.0.0.1:3000", true},
+		{"::1", true}, // no port and no brackets: parsed, not memoized
+		{":5", false},
+		{"127.0.0.1:x", true}, // as SplitHostPort reads it
+	} {
+		if got := rules.isTrusted(tc.remote); got != tc.want {
+			t.Errorf("isTrusted(%q) = %v, want %v (memo %q)", tc.remote, got, tc.want, memo(rules))
+		}
+	}
+}
+
+func memo(rules identityRules) string {
+	if p := rules.lastTrusted.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 func TestExtractIdentity(t *testing.T) {
 	rules := testRules(t, "127.0.0.0/8", "::1")
-	for _, tc := range []struct {
+	cases := []struct {
 		name       string
 		remote     string
 		header     http.Header
@@ -44,7 +80,10 @@ func TestExtractIdentity(t *testing.T) {
 		{"control", "127.0.0.1:1", http.Header{"X-Zapier-User": {"a\x01b"}, "X-Zapier-Tenant": {"t"}}, "identity_invalid", "", ""},
 		{"del", "127.0.0.1:1", http.Header{"X-Zapier-User": {"a\x7fb"}, "X-Zapier-Tenant": {"t"}}, "identity_invalid", "", ""},
 		{"bad utf8", "127.0.0.1:1", http.Header{"X-Zapier-User": {"a\xffb"}, "X-Zapier-Tenant": {"t"}}, "identity_invalid", "", ""},
-	} {
+	}
+	// Twice over: the second pass meets every peer with the trusted-host memo
+	// set by the one before it.
+	for _, tc := range append(cases, cases...) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := httptest.NewRequest(http.MethodGet, "/", nil)
 			r.RemoteAddr = tc.remote
@@ -101,10 +140,16 @@ func FuzzExtractIdentity(f *testing.F) {
 	f.Add("127.0.0.1:1", "X-Zapier-User", "u", "X-Zapier-Tenant", "t")
 	f.Add("10.1.1.1:1", "X_Zapier_User", "u", "x-zapier-tenant", "t")
 	f.Add("[::1]:9", "X-Zapier-User", "\x00", "X-Zapier-Tenant", strings.Repeat("é", 200))
-	rules := identityRules{userHeader: "X-Zapier-User", tenantHeader: "X-Zapier-Tenant"}
 	prefixes, _ := parseTrustedSources([]string{"127.0.0.0/8", "::1"})
-	rules.trusted = prefixes
+	rules := newIdentityRules("X-Zapier-User", "X-Zapier-Tenant", prefixes)
+	unmemoized := rules
+	unmemoized.lastTrusted = nil
 	f.Fuzz(func(t *testing.T, remote, name1, value1, name2, value2 string) {
+		// The trusted-host memo, whatever earlier inputs left in it, never
+		// changes the answer.
+		if got, want := rules.isTrusted(remote), unmemoized.isTrusted(remote); got != want {
+			t.Fatalf("isTrusted(%q) = %v with the memo (%q), %v without", remote, got, memo(rules), want)
+		}
 		r := &http.Request{RemoteAddr: remote, Header: http.Header{name1: {value1}, name2: {value2}}}
 		tenant, user, ierr := rules.extract(r)
 		if ierr == nil && (!validIdentity(tenant) || !validIdentity(user)) {
