@@ -54,7 +54,7 @@ func recordSize(tenant, user, token int) int {
 }
 
 // alloc appends a record and returns its ref. tenant and user must be at
-// most maxKeyPart bytes long.
+// most maxKeyPart bytes long, token at most maxTokenLen.
 func (a *arena) alloc(tenant, user, token string) uint64 {
 	n := recordSize(len(tenant), len(user), len(token))
 	var pageNo uint32

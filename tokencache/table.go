@@ -13,6 +13,10 @@ import (
 // in 16 bits); longer keys are never cached.
 const maxKeyPart = math.MaxUint16
 
+// maxTokenLen is the longest token a table stores (its length is kept in 32
+// bits, and a record's size must fit an int); a longer one is never cached.
+const maxTokenLen = math.MaxInt32 - 2*maxKeyPart - recordHeader - 7
+
 // preallocEntries is how many entries a table has room for from the start
 // (up to 8 MiB of slots): enough for the default cache size. A larger table
 // doubles as entries arrive, and each doubling reinserts every entry under
@@ -128,7 +132,7 @@ func (t *table) peek(h uint64, k Key) (value string, ok bool) {
 // put stores tok for k. When the table is full it first evicts one entry
 // and returns its key; expired entries (expiry ≤ now) go first.
 func (t *table) put(h uint64, k Key, tok Token, now int64) (evicted Key, didEvict bool) {
-	if len(k.Tenant) > maxKeyPart || len(k.User) > maxKeyPart {
+	if len(k.Tenant) > maxKeyPart || len(k.User) > maxKeyPart || len(tok.Value) > maxTokenLen {
 		return Key{}, false
 	}
 	i, _ := t.find(h, k)
