@@ -164,9 +164,13 @@ func (m *metrics) observeCache(reg *prometheus.Registry, cache *tokencache.Cache
 		Namespace: "caddy", Subsystem: "zapier", Name: "cache_entries",
 		Help: "Access tokens currently cached.",
 	}, func() float64 { return float64(cache.Len()) })
+	cacheBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "zapier", Name: "cache_bytes",
+		Help: "Memory holding the cached access tokens: the table and the token bytes.",
+	}, func() float64 { return float64(cache.Bytes()) })
 	published := &keysCollector{keys: keys, desc: prometheus.NewDesc(
 		"caddy_zapier_keys", "Published signing keys by state.", []string{"state"}, nil)}
-	for _, c := range []prometheus.Collector{entries, published} {
+	for _, c := range []prometheus.Collector{entries, cacheBytes, published} {
 		if err := registerOrExisting(reg, c); err != nil {
 			return err
 		}

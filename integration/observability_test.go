@@ -191,8 +191,12 @@ func TestMetricsCountCoalescedColdRequests(t *testing.T) {
 	if n := g.fake.ExchangesFor("metrics-tenant", "metrics-user"); n != 1 {
 		t.Errorf("the fake saw %d exchanges, want 1", n)
 	}
-	if entries := sampleSum(metricsText(t), "caddy_zapier_cache_entries"); entries < 1 {
+	text := metricsText(t)
+	if entries := sampleSum(text, "caddy_zapier_cache_entries"); entries < 1 {
 		t.Errorf("cache_entries = %v after a successful exchange", entries)
+	}
+	if bytes := sampleSum(text, "caddy_zapier_cache_bytes"); bytes < 1<<10 {
+		t.Errorf("cache_bytes = %v with a token cached", bytes)
 	}
 
 	// A refusal and a failed exchange are counted too.

@@ -34,6 +34,7 @@ type arena struct {
 	hasCur  bool
 	written int // bytes in the pages' records, live or not
 	live    int // bytes in live records
+	size    int // bytes in the pages, written or not
 }
 
 type arenaPage struct {
@@ -89,6 +90,7 @@ func (a *arena) alloc(tenant, user, token string) uint64 {
 
 func (a *arena) newPage(size int) uint32 {
 	p := arenaPage{buf: make([]byte, 0, size)}
+	a.size += size
 	if k := len(a.free); k > 0 {
 		i := a.free[k-1]
 		a.free = a.free[:k-1]
@@ -160,6 +162,7 @@ func (a *arena) isCur(pageNo uint32) bool { return a.hasCur && pageNo == a.cur }
 func (a *arena) drop(pageNo uint32) {
 	p := &a.pages[pageNo]
 	a.written -= len(p.buf)
+	a.size -= cap(p.buf)
 	*p = arenaPage{} // the GC frees buf once no handed-out token points into it
 	a.free = append(a.free, pageNo)
 }

@@ -32,10 +32,11 @@ func checkArena(t *testing.T, tb *table) {
 		pageLive[refPage(s.rec)] += n
 		live += n
 	}
-	written := 0
+	written, size := 0, 0
 	for i := range a.pages {
 		p := &a.pages[i]
 		written += len(p.buf)
+		size += cap(p.buf)
 		if p.live != pageLive[uint32(i)] {
 			t.Fatalf("page %d counts %d live bytes, its slots' records take %d", i, p.live, pageLive[uint32(i)])
 		}
@@ -43,8 +44,8 @@ func checkArena(t *testing.T, tb *table) {
 			t.Fatalf("page %d is empty but kept", i)
 		}
 	}
-	if a.live != live || a.written != written {
-		t.Fatalf("arena counts %d live of %d written, pages hold %d of %d", a.live, a.written, live, written)
+	if a.live != live || a.written != written || a.size != size {
+		t.Fatalf("arena counts %d live of %d written in %d, pages hold %d of %d in %d", a.live, a.written, a.size, live, written, size)
 	}
 }
 
@@ -177,4 +178,41 @@ func TestConcurrentHitsDuringCompaction(t *testing.T) {
 	c.mu.RLock()
 	checkArena(t, c.tokens)
 	c.mu.RUnlock()
+}
+
+// TestCacheBytes: Bytes counts the table and the arena's pages, follows
+// large tokens in and out, and drops to the table alone after Purge.
+func TestCacheBytes(t *testing.T) {
+	big := strings.Repeat("t", pageSize)
+	c, err := New(Config{Size: 10}, func(_ context.Context, k Key) (Token, error) {
+		v := "small"
+		if k.User == "big" {
+			v = big
+		}
+		return Token{Value: v, Expiry: time.Now().Add(time.Hour)}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	empty := c.Bytes()
+	if want := slotsFor(10) * 32; empty != want {
+		t.Fatalf("empty cache: %d bytes, want %d (the slots)", empty, want)
+	}
+	for _, user := range []string{"small", "big"} {
+		if _, _, err := c.Get(context.Background(), Key{Tenant: "t", User: user}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := c.Bytes(), empty+pageSize+recordSize(1, 3, len(big)); got != want {
+		t.Fatalf("with a small and a large token: %d bytes, want %d", got, want)
+	}
+	c.Evict(Key{Tenant: "t", User: "big"})
+	if got, want := c.Bytes(), empty+pageSize; got != want {
+		t.Fatalf("after evicting the large token: %d bytes, want %d", got, want)
+	}
+	c.Purge()
+	if got := c.Bytes(); got != empty {
+		t.Fatalf("after Purge: %d bytes, want %d", got, empty)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"strings"
 	"sync/atomic"
+	"unsafe"
 	"time"
 )
 
@@ -284,6 +285,9 @@ func (t *table) compact(page uint32) {
 }
 
 func (t *table) len() int { return t.n }
+
+// bytes is the memory the table holds: its slots and the arena's pages.
+func (t *table) bytes() int { return len(t.slots)*int(unsafe.Sizeof(slot{})) + t.arena.size }
 
 func (t *table) purge() {
 	t.resize(initialSlots(t.max))

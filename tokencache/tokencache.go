@@ -441,6 +441,15 @@ func (c *Cache) Len() int {
 	return c.tokens.len()
 }
 
+// Bytes returns the memory holding the cached tokens: the table and the
+// pages of tenant, user and token bytes, including freed entries not yet
+// compacted away (at most about a quarter).
+func (c *Cache) Bytes() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.tokens.bytes()
+}
+
 // Close cancels in-flight fetches and waits for their goroutines. Afterwards
 // Get still serves cached tokens, but returns ErrClosed where it would fetch.
 // Close may be called more than once.
