@@ -6,8 +6,8 @@ import (
 	"math/bits"
 	"strings"
 	"sync/atomic"
-	"unsafe"
 	"time"
+	"unsafe"
 )
 
 // maxKeyPart is the longest tenant or user a table stores (lengths are kept
