@@ -20,8 +20,8 @@ const recordHeader = 8
 // many tokens it holds.
 //
 // Pages are append-only: bytes once written are never written again. That
-// is what lets token (and the hit path) hand out strings that point into a
-// page without copying: a freed record's bytes stay as they were, and a page
+// is what lets lookups hand out strings that point into a page without
+// copying: a freed record's bytes stay as they were, and a page
 // leaves the arena only by being dropped, never reused, so a string the
 // caller still holds keeps its page alive through the GC and keeps its value.
 // Freed records are garbage until their page is dropped: compaction copies a
