@@ -117,15 +117,8 @@ func header(rec []byte) (tenant, user, token int) {
 // match returns the token in the record at r if the record is k's. The
 // token shares the page's bytes (see arena).
 func (a *arena) match(r uint64, k Key) (token string, ok bool) {
-	rec, tl, ul, vl := a.record(r)
-	if tl != len(k.Tenant) || ul != len(k.User) {
-		return "", false
-	}
-	data := rec[recordHeader : recordHeader+tl+ul+vl]
-	if string(data[:tl]) != k.Tenant || string(data[tl:tl+ul]) != k.User {
-		return "", false
-	}
-	return bytesString(data[tl+ul:]), true
+	rk, v := a.view(r)
+	return v, rk == k
 }
 
 // view returns the record's parts as strings sharing the page's bytes
