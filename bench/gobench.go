@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -28,22 +29,64 @@ var goBenchSuites = []struct{ pkg, pattern string }{
 func runGoBenchmarks(ctx context.Context, root string, count int) ([]goBenchmark, error) {
 	var all []goBenchmark
 	for _, s := range goBenchSuites {
-		args := []string{"go", "test", "-run", "^$", "-bench", s.pattern, "-benchmem", "-count", strconv.Itoa(count), s.pkg}
-		if os.Getenv("BENCH_PINNED") != "" {
-			// Undo the bench's own pinning: Go benchmarks run as
-			// `go test -bench` would, on every CPU.
-			args = append([]string{"taskset", "-c", fmt.Sprintf("0-%d", cpuCount()-1)}, args...)
-		}
-		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-		cmd.Dir = root
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
+		out, err := goBenchCommand(ctx, root, "go", "test", "-run", "^$", "-bench", s.pattern, "-benchmem", "-count", strconv.Itoa(count), s.pkg)
 		if err != nil {
 			return nil, fmt.Errorf("running the Go benchmarks in %s: %w\n%s", s.pkg, err, out)
 		}
 		all = append(all, parseGoBench(string(out))...)
 	}
 	return all, nil
+}
+
+// goBenchCommand runs a Go benchmark command in root and returns its output.
+func goBenchCommand(ctx context.Context, root string, args ...string) ([]byte, error) {
+	if os.Getenv("BENCH_PINNED") != "" {
+		// Undo the bench's own pinning: Go benchmarks run as
+		// `go test -bench` would, on every CPU.
+		args = append([]string{"taskset", "-c", fmt.Sprintf("0-%d", cpuCount()-1)}, args...)
+	}
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Dir = root
+	cmd.Stderr = os.Stderr
+	return cmd.Output()
+}
+
+// hitRoundPattern selects the hot-key hit benchmarks at every size, and the
+// plain map beside them, for runHitRounds.
+const hitRoundPattern = `^Benchmark(GetHit|MapBaseline)$/^entries=/^hot1k$`
+
+// runHitRounds runs the hot-key cache-hit benchmarks rounds times, every
+// size in every round, and returns each round's ns/op by benchmark name.
+// Consecutive -count runs of one size drift with the machine (on a shared
+// VM by 20% or more within minutes); sizes measured in the same round see
+// the same machine, so their ratio within a round is what the flatness goal
+// is judged on. The test binary is built once; each round is a new process,
+// as a `go test` run would be.
+func runHitRounds(ctx context.Context, root string, rounds int) ([]map[string]float64, error) {
+	dir, err := os.MkdirTemp("", "zapier-hit-rounds-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "tokencache.test")
+	if out, err := goBenchCommand(ctx, root, "go", "test", "-c", "-o", bin, "./tokencache/"); err != nil {
+		return nil, fmt.Errorf("building the tokencache benchmarks: %w\n%s", err, out)
+	}
+	var res []map[string]float64
+	for range rounds {
+		out, err := goBenchCommand(ctx, root, bin, "-test.run", "^$", "-test.bench", hitRoundPattern, "-test.benchtime", "300ms")
+		if err != nil {
+			return nil, fmt.Errorf("running the hit rounds: %w\n%s", err, out)
+		}
+		round := map[string]float64{}
+		for _, b := range parseGoBench(string(out)) {
+			if !strings.HasSuffix(b.Name, "/parallel") {
+				round[b.Name] = b.Metrics["ns/op"]
+			}
+		}
+		res = append(res, round)
+	}
+	return res, nil
 }
 
 var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)

@@ -68,6 +68,7 @@ type bench struct {
 
 	goBench      bool
 	goBenchCount int
+	hitRounds    int
 	profileDir   string
 
 	// A round during which other processes used more than maxInterference
@@ -119,6 +120,7 @@ func main() {
 	flag.BoolVar(&b.goBench, "gobench", true, "run the Go benchmarks (tokencache, jwks, caddymodule)")
 	flag.StringVar(&b.profileDir, "profile", "", "also write a CPU profile of each Caddy variant under load to this directory (go tool pprof)")
 	flag.IntVar(&b.goBenchCount, "gobench-count", 5, "go test -count for the Go benchmarks (medians are reported)")
+	flag.IntVar(&b.hitRounds, "hit-rounds", 9, "rounds of the hot-key cache-hit benchmarks, every size per round, that the flatness goal is judged on; 0 skips them")
 	flag.Float64Var(&b.maxInterference, "max-interference", 0.15, "re-run a round when other processes used more than this many CPUs during it; 0 accepts every round")
 	flag.DurationVar(&b.quietBudget, "quiet-budget", 15*time.Minute, "total time spent waiting for a quiet machine and re-running noisy rounds; then noisy rounds are kept (and marked)")
 	rerender := flag.String("rerender", "", "only rewrite results.md and chart.svg in -out from this results.json")
@@ -303,6 +305,13 @@ func (b *bench) run(ctx context.Context) error {
 			// Still write the load results: they took most of the run.
 			goBenchErr = fmt.Errorf("Go benchmarks: %w", goBenchErr)
 			log.Print(goBenchErr)
+		}
+		if goBenchErr == nil && b.hitRounds > 0 {
+			log.Printf("running %d rounds of the cache-hit benchmarks at every size", b.hitRounds)
+			if res.HitRounds, goBenchErr = runHitRounds(ctx, b.root, b.hitRounds); goBenchErr != nil {
+				goBenchErr = fmt.Errorf("hit rounds: %w", goBenchErr)
+				log.Print(goBenchErr)
+			}
 		}
 	}
 	res.Env.LoadEnd = loadAvg()

@@ -157,6 +157,9 @@ type results struct {
 	Pairs            []pairRound   `json:"side_by_side"`
 	Cold             []coldResult  `json:"cold"`
 	GoBench          []goBenchmark `json:"go_benchmarks"`
+	// HitRounds holds ns/op of the hot-key hit benchmarks at every size,
+	// one map per round (see runHitRounds).
+	HitRounds []map[string]float64 `json:"hit_rounds,omitempty"`
 
 	Summary  map[string]summary `json:"summary"`
 	ThruBA   float64            `json:"throughput_b_over_a"`
@@ -220,6 +223,29 @@ func (r *results) summarize() {
 		r.SideBySide[k], r.SideBySideThru[k] = spreadOf(deltas[k]), spreadOf(thruRatios[k])
 	}
 	r.Goals = r.goals()
+}
+
+// hitRoundsFlatness judges the flatness goal on the hit rounds: per round,
+// each size's hit against the 1k one, so that the sizes compared ran under
+// the same machine conditions. It reports the median ratios with their
+// confidence intervals, and the plain map's ratios in the same rounds.
+func (r *results) hitRoundsFlatness() (measured string, met bool) {
+	ratios := func(bench string) (spread, spread) {
+		var r100k, r1M []float64
+		for _, round := range r.HitRounds {
+			base := round[bench+"/entries=1k/hot1k"]
+			r100k = append(r100k, ratio(round[bench+"/entries=100k/hot1k"], base))
+			r1M = append(r1M, ratio(round[bench+"/entries=1M/hot1k"], base))
+		}
+		return spreadOf(r100k), spreadOf(r1M)
+	}
+	c100k, c1M := ratios("GetHit")
+	m100k, m1M := ratios("MapBaseline")
+	measured = fmt.Sprintf("paired rounds: 100k/1k %s, 1M/1k %s", c100k.ratioString(), c1M.ratioString())
+	if m1M.Median > 0 {
+		measured += fmt.Sprintf("; a plain map in the same rounds: 100k/1k %.2f, 1M/1k %.2f", m100k.Median, m1M.Median)
+	}
+	return measured, c100k.Median <= 1.2 && c1M.Median <= 1.2
 }
 
 // spread is a median with its quartiles and a distribution-free 95%
@@ -336,6 +362,13 @@ func (r *results) goals() []goal {
 		if len(floor) == 3 {
 			measured += "; a plain map lookup: " + strings.Join(floor, " / ") + " ns"
 		}
+		flat := spread <= 20
+		if pattern == "hot1k" && len(r.HitRounds) > 0 {
+			// Judged on the rounds; the medians above stay for reference.
+			var paired string
+			paired, flat = r.hitRoundsFlatness()
+			measured = paired + "; medians of consecutive runs: " + measured
+		}
 		if pattern == "uniform" {
 			// Not a goal: a uniform pick among 1M entries measures how
 			// far DRAM is, as the plain map beside it shows.
@@ -343,7 +376,7 @@ func (r *results) goals() []goal {
 			continue
 		}
 		g = append(g, goal{"cache hit flat 1k → 100k → 1M entries (1k hot keys)", "within 20%, 0 allocs",
-			measured, spread <= 20 && allocs == 0})
+			measured, flat && allocs == 0})
 	}
 	if mint, raw := gb["MintES256"], gb["SignES256Raw"]; mint != nil && raw != nil {
 		x := mint["ns/op"] / raw["ns/op"]

@@ -135,3 +135,39 @@ func TestLiveFromGoal(t *testing.T) {
 		}
 	}
 }
+
+// With hit rounds, flatness is judged on the ratio within each round: a
+// drift between consecutive runs of one size must not decide it.
+func TestHitRoundsDecideFlatness(t *testing.T) {
+	r := sampleResults()
+	for _, size := range []string{"1k", "100k", "1M"} {
+		ns := map[string]float64{"1k": 100, "100k": 110, "1M": 190}[size] // drifted: 90% spread
+		r.GoBench = append(r.GoBench, goBenchmark{Name: "GetHit/entries=" + size + "/hot1k", Metrics: map[string]float64{"ns/op": ns}})
+	}
+	flatness := func() goal {
+		r.summarize()
+		for _, g := range r.Goals {
+			if strings.HasPrefix(g.What, "cache hit flat") {
+				return g
+			}
+		}
+		t.Fatal("no flatness goal")
+		return goal{}
+	}
+	if g := flatness(); g.Met {
+		t.Errorf("without rounds the consecutive medians decide: %+v", g)
+	}
+	for _, machine := range []float64{1, 1.5, 2} { // the machine slows between rounds
+		r.HitRounds = append(r.HitRounds, map[string]float64{
+			"GetHit/entries=1k/hot1k": 100 * machine, "GetHit/entries=100k/hot1k": 105 * machine, "GetHit/entries=1M/hot1k": 115 * machine,
+		})
+	}
+	if g := flatness(); !g.Met || !strings.Contains(g.Measured, "1M/1k 1.150") {
+		t.Errorf("paired rounds within 15%% should meet the goal: %+v", g)
+	}
+	r.HitRounds[1]["GetHit/entries=1M/hot1k"] = 400
+	r.HitRounds[2]["GetHit/entries=1M/hot1k"] = 400
+	if g := flatness(); g.Met {
+		t.Errorf("1M at 2× 1k or more in most rounds should miss the goal: %+v", g)
+	}
+}
