@@ -233,16 +233,21 @@ func (r *results) hitRoundsFlatness() (measured string, met bool) {
 	ratios := func(bench string) (spread, spread) {
 		var r100k, r1M []float64
 		for _, round := range r.HitRounds {
-			base := round[bench+"/entries=1k/hot1k"]
-			r100k = append(r100k, ratio(round[bench+"/entries=100k/hot1k"], base))
-			r1M = append(r1M, ratio(round[bench+"/entries=1M/hot1k"], base))
+			base, at100k, at1M := round[bench+"/entries=1k/hot1k"], round[bench+"/entries=100k/hot1k"], round[bench+"/entries=1M/hot1k"]
+			if base == 0 || at100k == 0 || at1M == 0 {
+				continue // a round that lacks a size says nothing
+			}
+			r100k, r1M = append(r100k, at100k/base), append(r1M, at1M/base)
 		}
 		return spreadOf(r100k), spreadOf(r1M)
 	}
 	c100k, c1M := ratios("GetHit")
+	if c1M.N == 0 {
+		return "no complete hit round", false
+	}
 	m100k, m1M := ratios("MapBaseline")
 	measured = fmt.Sprintf("paired rounds: 100k/1k %s, 1M/1k %s", c100k.ratioString(), c1M.ratioString())
-	if m1M.Median > 0 {
+	if m1M.N > 0 {
 		measured += fmt.Sprintf("; a plain map in the same rounds: 100k/1k %.2f, 1M/1k %.2f", m100k.Median, m1M.Median)
 	}
 	return measured, c100k.Median <= 1.2 && c1M.Median <= 1.2

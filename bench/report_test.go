@@ -157,6 +157,11 @@ func TestHitRoundsDecideFlatness(t *testing.T) {
 	if g := flatness(); g.Met {
 		t.Errorf("without rounds the consecutive medians decide: %+v", g)
 	}
+	r.HitRounds = []map[string]float64{{"GetHit/entries=1k/hot1k": 100}} // 100k and 1M missing
+	if g := flatness(); g.Met {
+		t.Errorf("a round without 100k and 1M must not meet the goal: %+v", g)
+	}
+	r.HitRounds = nil
 	for _, machine := range []float64{1, 1.5, 2} { // the machine slows between rounds
 		r.HitRounds = append(r.HitRounds, map[string]float64{
 			"GetHit/entries=1k/hot1k": 100 * machine, "GetHit/entries=100k/hot1k": 105 * machine, "GetHit/entries=1M/hot1k": 115 * machine,
