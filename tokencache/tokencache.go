@@ -381,8 +381,10 @@ func (c *Cache) finish(key Key, cl *call, tok Token, err error) {
 			}
 			// Only a still-cached key needs the backoff; this keeps
 			// retryAt bounded by the cache size.
-			if _, cached := c.tokens.peek(h, key); cl.refresh && cached {
-				c.retryAt[key] = now.Add(c.backoff)
+			if cl.refresh {
+				if _, cached := c.tokens.peek(h, key); cached {
+					c.retryAt[key] = now.Add(c.backoff)
+				}
 			}
 		}
 	}
