@@ -1,0 +1,535 @@
+package idempotency
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const (
+	testTTL     = 24 * time.Hour
+	testPending = 2 * time.Minute
+)
+
+func newTestStore(t *testing.T, st Storage, clock *fakeClock) *Store {
+	t.Helper()
+	s, err := New(Config{
+		Storage:        st,
+		Prefix:         "zapier/idempotency",
+		TTL:            testTTL,
+		PendingTimeout: testPending,
+		PollInterval:   time.Millisecond,
+		Now:            clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func begin(t *testing.T, s *Store, scope, key, body string) Outcome {
+	t.Helper()
+	out, err := s.Begin(context.Background(), scope, key, []byte(body))
+	if err != nil {
+		t.Fatalf("Begin(%q, %q): %v", scope, key, err)
+	}
+	return out
+}
+
+type result struct {
+	Outcome
+	err error
+}
+
+func (r result) out(t *testing.T) Outcome {
+	t.Helper()
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	return r.Outcome
+}
+
+// beginAsync runs Begin in a goroutine; the result arrives on the channel.
+func beginAsync(s *Store, scope, key, body string) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		out, err := s.Begin(context.Background(), scope, key, []byte(body))
+		ch <- result{out, err}
+	}()
+	return ch
+}
+
+func wantKind(t *testing.T, out Outcome, k Kind) {
+	t.Helper()
+	if out.Kind != k {
+		t.Fatalf("Kind = %v, want %v", out.Kind, k)
+	}
+}
+
+var created = Response{
+	Status: 201,
+	Header: map[string]string{"Location": "/runs/r1"},
+	Body:   []byte(`{"id":"r1"}`),
+}
+
+func TestProceedThenReplay(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	ctx := context.Background()
+
+	out := begin(t, s, "tenant-1", "k1", "body")
+	wantKind(t, out, Proceed)
+	if out.Finish == nil || out.Abandon == nil {
+		t.Fatal("Proceed without Finish/Abandon")
+	}
+	if err := out.Finish(ctx, created); err != nil {
+		t.Fatal(err)
+	}
+	// Abandon after Finish is a no-op, so callers may defer it.
+	if err := out.Abandon(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Finish(ctx, created); err == nil {
+		t.Error("second Finish succeeded")
+	}
+
+	for range 2 {
+		again := begin(t, s, "tenant-1", "k1", "body")
+		wantKind(t, again, Replay)
+		if !reflect.DeepEqual(again.Response, created) {
+			t.Fatalf("replayed %+v, want %+v", again.Response, created)
+		}
+		if again.Finish != nil || again.Abandon != nil {
+			t.Error("Replay carries Finish/Abandon")
+		}
+		// The replay is a copy: mutating it does not change the record.
+		again.Response.Body[0] = 'X'
+		again.Response.Header["Location"] = "elsewhere"
+	}
+	if n := m.held(); n != 0 {
+		t.Errorf("%d locks left held", n)
+	}
+}
+
+func TestDifferentBodyIsRefused(t *testing.T) {
+	s := newTestStore(t, newMemStorage(), newFakeClock())
+	ctx := context.Background()
+	out := begin(t, s, "tenant-1", "k1", "body A")
+
+	// Refused while the first request is in flight, without waiting for it.
+	if _, err := s.Begin(ctx, "tenant-1", "k1", []byte("body B")); !errors.Is(err, ErrKeyReused) {
+		t.Fatalf("pending, other body: err = %v, want ErrKeyReused", err)
+	}
+	if err := out.Finish(ctx, created); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Begin(ctx, "tenant-1", "k1", []byte("body B")); !errors.Is(err, ErrKeyReused) {
+		t.Fatalf("done, other body: err = %v, want ErrKeyReused", err)
+	}
+	wantKind(t, begin(t, s, "tenant-1", "k1", "body A"), Replay)
+}
+
+func TestConcurrentDuplicatesRunOnce(t *testing.T) {
+	const n = 50
+	m := newMemStorage()
+	onLock, locked := signal(4 * n)
+	m.onLock = onLock
+	s := newTestStore(t, m, newFakeClock())
+	ctx := context.Background()
+
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		proceeds int
+		replays  []Response
+		errs     []error
+	)
+	for range n {
+		wg.Go(func() {
+			out, err := s.Begin(ctx, "tenant-1", "same-key", []byte("same body"))
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+				return
+			}
+			switch out.Kind {
+			case Proceed:
+				mu.Lock()
+				proceeds++
+				mu.Unlock()
+				// Finish only once every Begin has taken the lock, and so
+				// has found this one's pending record: the other 49 must
+				// wait for the response, not find it already there.
+				if err := events(locked, n); err != nil {
+					t.Error(err)
+				}
+				if err := out.Finish(ctx, created); err != nil {
+					t.Error(err)
+				}
+			case Replay:
+				mu.Lock()
+				replays = append(replays, out.Response)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+
+	if len(errs) > 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+	if proceeds != 1 || len(replays) != n-1 {
+		t.Fatalf("%d Proceed and %d Replay, want 1 and %d", proceeds, len(replays), n-1)
+	}
+	for _, r := range replays {
+		if !reflect.DeepEqual(r, created) {
+			t.Fatalf("replayed %+v, want %+v", r, created)
+		}
+	}
+	if h := m.held(); h != 0 {
+		t.Errorf("%d locks left held", h)
+	}
+}
+
+func TestAbandonThenRetryProceeds(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	ctx := context.Background()
+
+	out := begin(t, s, "tenant-1", "k1", "body")
+	if err := out.Abandon(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ks := m.keys(); len(ks) != 0 {
+		t.Fatalf("Abandon left %v", ks)
+	}
+	retry := begin(t, s, "tenant-1", "k1", "body")
+	wantKind(t, retry, Proceed)
+	if err := retry.Finish(ctx, created); err != nil {
+		t.Fatal(err)
+	}
+	// The first ticket's Abandon (again) must not delete the retry's record.
+	if err := out.Abandon(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantKind(t, begin(t, s, "tenant-1", "k1", "body"), Replay)
+}
+
+// A duplicate waiting on a request that is then abandoned takes the key over.
+func TestWaiterProceedsAfterAbandon(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	ctx := context.Background()
+	first := begin(t, s, "tenant-1", "k1", "body")
+
+	onLoad, loads := signal(1000)
+	m.onLoad = onLoad
+	got := beginAsync(s, "tenant-1", "k1", "body")
+	receive(t, loads, 2) // the locked read, then one poll: it is waiting
+
+	if err := first.Abandon(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waiter := (<-got).out(t)
+	wantKind(t, waiter, Proceed)
+	if err := waiter.Finish(ctx, created); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAbandonedPendingIsTakenOver(t *testing.T) {
+	m := newMemStorage()
+	clock := newFakeClock()
+	s := newTestStore(t, m, clock)
+	ctx := context.Background()
+
+	crashed := begin(t, s, "tenant-1", "k1", "body")
+	clock.Advance(testPending)
+	took := begin(t, s, "tenant-1", "k1", "body")
+	wantKind(t, took, Proceed)
+
+	// The stalled first request comes back: it may neither finish nor
+	// delete the new owner's record.
+	if err := crashed.Finish(ctx, Response{Status: 500}); !errors.Is(err, ErrLost) {
+		t.Fatalf("stale Finish: err = %v, want ErrLost", err)
+	}
+	if err := crashed.Abandon(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := took.Finish(ctx, created); err != nil {
+		t.Fatal(err)
+	}
+	out := begin(t, s, "tenant-1", "k1", "body")
+	wantKind(t, out, Replay)
+	if out.Response.Status != created.Status {
+		t.Fatalf("replayed status %d, want the new owner's %d", out.Response.Status, created.Status)
+	}
+}
+
+// A duplicate waiting on a request that crashed takes over once the pending
+// record passes PendingTimeout.
+func TestWaiterTakesOverAbandonedPending(t *testing.T) {
+	m := newMemStorage()
+	clock := newFakeClock()
+	s := newTestStore(t, m, clock)
+	begin(t, s, "tenant-1", "k1", "body") // never finished
+
+	clock.Advance(testPending - time.Nanosecond)
+	onLoad, loads := signal(1000)
+	m.onLoad = onLoad
+	got := beginAsync(s, "tenant-1", "k1", "body")
+	receive(t, loads, 2)
+	select {
+	case r := <-got:
+		t.Fatalf("Begin returned %v, %v before PendingTimeout", r.Kind, r.err)
+	default:
+	}
+
+	clock.Advance(time.Nanosecond)
+	wantKind(t, (<-got).out(t), Proceed)
+}
+
+func TestExpiryAfterTTL(t *testing.T) {
+	clock := newFakeClock()
+	s := newTestStore(t, newMemStorage(), clock)
+	ctx := context.Background()
+	out := begin(t, s, "tenant-1", "k1", "body A")
+	if err := out.Finish(ctx, created); err != nil {
+		t.Fatal(err)
+	}
+
+	clock.Advance(testTTL - time.Nanosecond)
+	wantKind(t, begin(t, s, "tenant-1", "k1", "body A"), Replay)
+	if _, err := s.Begin(ctx, "tenant-1", "k1", []byte("body B")); !errors.Is(err, ErrKeyReused) {
+		t.Fatalf("err = %v, want ErrKeyReused before the TTL", err)
+	}
+
+	clock.Advance(time.Nanosecond)
+	wantKind(t, begin(t, s, "tenant-1", "k1", "body B"), Proceed)
+}
+
+func TestCancelWhileWaiting(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	begin(t, s, "tenant-1", "k1", "body")
+
+	onLoad, loads := signal(1000)
+	m.onLoad = onLoad
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Begin(ctx, "tenant-1", "k1", []byte("body"))
+		done <- err
+	}()
+	receive(t, loads, 2)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Begin did not return after cancel")
+	}
+	if h := m.held(); h != 0 {
+		t.Errorf("%d locks left held", h)
+	}
+}
+
+func TestCancelWhileLocked(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	name := s.storageKey(recordID("tenant-1", "k1"))
+	if err := m.Lock(context.Background(), name); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Begin(ctx, "tenant-1", "k1", []byte("body")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+func TestInvalidKeys(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	bad := map[string]string{
+		"empty":     "",
+		"too long":  strings.Repeat("k", MaxKeyLen+1),
+		"newline":   "abc\n",
+		"tab":       "a\tb",
+		"NUL":       "a\x00b",
+		"DEL":       "a\x7fb",
+		"non-ASCII": "clé",
+	}
+	for name, key := range bad {
+		if ValidKey(key) {
+			t.Errorf("%s: ValidKey(%q) = true", name, key)
+		}
+		if _, err := s.Begin(context.Background(), "t", key, nil); !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("%s: err = %v, want ErrInvalidKey", name, err)
+		}
+	}
+	if ks := m.keys(); len(ks) != 0 {
+		t.Errorf("invalid keys stored %v", ks)
+	}
+
+	good := []string{"k", strings.Repeat("k", MaxKeyLen), "8e03978e-40d5-43e8-bc93-6894a57f9324", `" ~!"`}
+	for _, key := range good {
+		if !ValidKey(key) {
+			t.Errorf("ValidKey(%q) = false", key)
+		}
+		wantKind(t, begin(t, s, "t", key, "body"), Proceed)
+	}
+}
+
+func TestScopeIsolation(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	ctx := context.Background()
+
+	a := begin(t, s, "tenant-a", "k1", "body")
+	b := begin(t, s, "tenant-b", "k1", "other body")
+	wantKind(t, a, Proceed)
+	wantKind(t, b, Proceed)
+	if err := a.Finish(ctx, created); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Finish(ctx, Response{Status: 202}); err != nil {
+		t.Fatal(err)
+	}
+	if got := begin(t, s, "tenant-b", "k1", "other body").Response.Status; got != 202 {
+		t.Fatalf("tenant-b replayed %d, want its own 202", got)
+	}
+
+	// The scope/key boundary cannot shift between the two.
+	pairs := [][2]string{{"ab", "c"}, {"a", "bc"}, {"", "abc"}, {"abc", ""}}
+	seen := map[string][2]string{}
+	for _, p := range pairs {
+		id := recordID(p[0], p[1])
+		if q, dup := seen[id]; dup {
+			t.Errorf("recordID%q == recordID%q", p, q)
+		}
+		seen[id] = p
+	}
+
+	// Neither the raw scope nor the raw key is stored.
+	for _, k := range m.keys() {
+		v, _ := m.get(k)
+		for _, secret := range []string{"tenant-a", "tenant-b", "k1"} {
+			if strings.Contains(k, secret) || strings.Contains(string(v), secret) {
+				t.Errorf("%q stored in %s: %s", secret, k, v)
+			}
+		}
+	}
+}
+
+func TestResponseTooLarge(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	ctx := context.Background()
+
+	out := begin(t, s, "t", "k1", "body")
+	big := Response{Status: 200, Body: make([]byte, MaxBodySize+1)}
+	if err := out.Finish(ctx, big); !errors.Is(err, ErrResponseTooLarge) {
+		t.Fatalf("err = %v, want ErrResponseTooLarge", err)
+	}
+	// The key is released, not left pending for PendingTimeout.
+	retry := begin(t, s, "t", "k1", "body")
+	wantKind(t, retry, Proceed)
+
+	largest := Response{Status: 200, Body: make([]byte, MaxBodySize)}
+	if err := retry.Finish(ctx, largest); err != nil {
+		t.Fatalf("body of exactly MaxBodySize: %v", err)
+	}
+	if got := begin(t, s, "t", "k1", "body").Response; len(got.Body) != MaxBodySize {
+		t.Fatalf("replayed %d bytes, want %d", len(got.Body), MaxBodySize)
+	}
+}
+
+// Finish stores the response even if the pending record vanished meanwhile
+// (nobody else owns the key), so a retry replays instead of running again.
+func TestFinishAfterRecordVanished(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	ctx := context.Background()
+	out := begin(t, s, "t", "k1", "body")
+	if err := m.Delete(ctx, s.storageKey(recordID("t", "k1"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Finish(ctx, created); err != nil {
+		t.Fatal(err)
+	}
+	wantKind(t, begin(t, s, "t", "k1", "body"), Replay)
+}
+
+func TestStorageErrorsReleaseTheLock(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	boom := errors.New("disk full")
+	m.failStore = boom
+	if _, err := s.Begin(context.Background(), "t", "k1", []byte("body")); !errors.Is(err, boom) {
+		t.Fatalf("err = %v, want %v", err, boom)
+	}
+	if h := m.held(); h != 0 {
+		t.Errorf("%d locks left held", h)
+	}
+	m.failStore = nil
+	wantKind(t, begin(t, s, "t", "k1", "body"), Proceed)
+}
+
+func TestCorruptRecordIsAnError(t *testing.T) {
+	m := newMemStorage()
+	s := newTestStore(t, m, newFakeClock())
+	ctx := context.Background()
+	key := s.storageKey(recordID("t", "k1"))
+	for _, v := range []string{`not json`, `{"version":1,"state":"done"}`, `{"version":2}`} {
+		if err := m.Store(ctx, key, []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+		// Never Proceed over a record we cannot read: it may be a done one.
+		if out, err := s.Begin(ctx, "t", "k1", []byte("body")); err == nil {
+			t.Errorf("record %s: Begin = %v, want an error", v, out.Kind)
+		}
+	}
+	if h := m.held(); h != 0 {
+		t.Errorf("%d locks left held", h)
+	}
+}
+
+func TestNew(t *testing.T) {
+	if _, err := New(Config{}); err == nil {
+		t.Error("New without Storage succeeded")
+	}
+	if _, err := New(Config{Storage: newMemStorage(), TTL: -1}); err == nil {
+		t.Error("negative TTL accepted")
+	}
+	if _, err := New(Config{Storage: newMemStorage(), Prefix: "/../"}); err == nil {
+		t.Error("prefix naming the root accepted")
+	}
+
+	s, err := New(Config{Storage: newMemStorage()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.prefix != DefaultPrefix || s.ttl != DefaultTTL || s.pendingTimeout != DefaultPendingTimeout || s.poll != DefaultPollInterval || s.now == nil {
+		t.Errorf("defaults not applied: %+v", s)
+	}
+	for in, want := range map[string]string{"/zapier/idempotency/": "zapier/idempotency", "a/../../b": "b"} {
+		s, err := New(Config{Storage: newMemStorage(), Prefix: in})
+		if err != nil || s.prefix != want {
+			t.Errorf("Prefix %q: %q, %v; want %q", in, s.prefix, err, want)
+		}
+	}
+}
+
+func TestKindString(t *testing.T) {
+	if Proceed.String() != "Proceed" || Replay.String() != "Replay" || Kind(0).String() != "Kind(0)" {
+		t.Error(Proceed, Replay, Kind(0))
+	}
+}

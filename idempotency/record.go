@@ -1,0 +1,243 @@
+package idempotency
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sync"
+	"time"
+)
+
+// recordVersion is written in every record, so the format can change
+// without misreading old records.
+const recordVersion = 1
+
+// Record states.
+const (
+	statusPending = "pending"
+	statusDone    = "done"
+)
+
+// record is the stored JSON of one key.
+type record struct {
+	Version int `json:"version"`
+	// Fingerprint is the hex SHA-256 of the request fingerprint.
+	Fingerprint string `json:"fingerprint"`
+	State       string `json:"state"`
+	// Created is when the key was first claimed; TTL and PendingTimeout
+	// count from it.
+	Created time.Time `json:"created"`
+	// Owner is a random token of the Begin that wrote the pending record, so
+	// that a request whose record was taken over cannot finish or delete
+	// the new owner's.
+	Owner    string    `json:"owner"`
+	Finished time.Time `json:"finished,omitzero"`
+	Response *Response `json:"response,omitempty"`
+}
+
+var (
+	// errCorrupt: a record that is not valid JSON or misses fields. Sweep
+	// deletes such records, since they would never expire otherwise.
+	errCorrupt = errors.New("idempotency: corrupt record")
+	// errVersion: a record of another format version, likely written by a
+	// newer gateway during a rolling upgrade. Left alone.
+	errVersion = errors.New("idempotency: unsupported record version")
+)
+
+func decodeRecord(b []byte) (*record, error) {
+	var rec record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("%w: %v", errCorrupt, err)
+	}
+	if rec.Version != recordVersion {
+		return nil, fmt.Errorf("%w %d", errVersion, rec.Version)
+	}
+	switch {
+	case !isHexSHA256(rec.Fingerprint), rec.Created.IsZero(), rec.Owner == "":
+		return nil, fmt.Errorf("%w: missing fields", errCorrupt)
+	case rec.State == statusPending:
+	case rec.State == statusDone && rec.Response != nil:
+	default:
+		return nil, fmt.Errorf("%w: state %q", errCorrupt, rec.State)
+	}
+	return &rec, nil
+}
+
+// recordID is the hex SHA-256 of (scope, key). scope is length-prefixed, so
+// the encoding is injective: ("ab", "c") and ("a", "bc") differ. The raw
+// scope and key are never stored.
+func recordID(scope, key string) string {
+	h := sha256.New()
+	h.Write([]byte("caddy-zapier idempotency v1\x00"))
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(scope)))
+	h.Write(n[:])
+	h.Write([]byte(scope))
+	h.Write([]byte(key))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func hashHex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func isHexSHA256(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !('0' <= s[i] && s[i] <= '9' || 'a' <= s[i] && s[i] <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) storageKey(id string) string { return s.prefix + "/" + id }
+
+// load reads and decodes a record; a missing one gives an fs.ErrNotExist.
+func (s *Store) load(ctx context.Context, id string) (*record, error) {
+	b, err := s.storage.Load(ctx, s.storageKey(id))
+	if err != nil {
+		return nil, err
+	}
+	rec, err := decodeRecord(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.storageKey(id), err)
+	}
+	return rec, nil
+}
+
+func (s *Store) put(ctx context.Context, id string, rec *record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return s.storage.Store(ctx, s.storageKey(id), b)
+}
+
+// withLock runs fn under the storage lock of record id.
+func (s *Store) withLock(ctx context.Context, id string, fn func() error) error {
+	name := s.storageKey(id)
+	if err := s.storage.Lock(ctx, name); err != nil {
+		return fmt.Errorf("idempotency: lock %s: %w", name, err)
+	}
+	err := fn()
+	// Unlock even if ctx ended meanwhile. An unlock error is not reported:
+	// what fn did is already durable, failing now would strand a pending
+	// record nobody finishes, and a lock left behind is the backend's to
+	// expire (certmagic's file locks go stale after seconds).
+	_ = s.storage.Unlock(context.WithoutCancel(ctx), name)
+	return err
+}
+
+// ticket is the claim of a Proceed outcome.
+type ticket struct {
+	s       *Store
+	id      string
+	fp      string
+	owner   string
+	created time.Time
+
+	mu      sync.Mutex // serializes Finish and Abandon
+	settled bool       // Finish or Abandon succeeded
+}
+
+func (s *Store) newTicket(id, fp string, now time.Time) (*ticket, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	return &ticket{s: s, id: id, fp: fp, owner: hex.EncodeToString(b[:]), created: now}, nil
+}
+
+func (t *ticket) pending() *record {
+	return &record{Version: recordVersion, Fingerprint: t.fp, State: statusPending, Created: t.created, Owner: t.owner}
+}
+
+// ours reports whether this ticket may write the record: it is still our
+// pending record, or it is gone (then nobody else owns the key, and storing
+// our response spares a retry from doing the work again).
+func (t *ticket) ours(rec *record) bool {
+	return rec == nil || rec.State == statusPending && rec.Owner == t.owner
+}
+
+func (t *ticket) finish(ctx context.Context, r Response) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.settled {
+		return errors.New("idempotency: Finish after Finish or Abandon")
+	}
+	if len(r.Body) > MaxBodySize {
+		// Release the key rather than leave duplicates waiting for
+		// PendingTimeout on a record that will never be done.
+		if err := t.release(ctx); err != nil {
+			return errors.Join(ErrResponseTooLarge, err)
+		}
+		return ErrResponseTooLarge
+	}
+	err := t.s.withLock(ctx, t.id, func() error {
+		rec, err := t.s.loadOrNil(ctx, t.id)
+		if err != nil {
+			return err
+		}
+		if !t.ours(rec) {
+			return ErrLost
+		}
+		done := t.pending()
+		done.State = statusDone
+		done.Finished = t.s.now()
+		resp := r.clone()
+		done.Response = &resp
+		return t.s.put(ctx, t.id, done)
+	})
+	if err == nil {
+		t.settled = true
+	}
+	return err
+}
+
+func (t *ticket) abandon(ctx context.Context) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.settled {
+		return nil
+	}
+	return t.release(ctx)
+}
+
+// release deletes the record if it is still our pending one.
+func (t *ticket) release(ctx context.Context) error {
+	err := t.s.withLock(ctx, t.id, func() error {
+		rec, err := t.s.loadOrNil(ctx, t.id)
+		if err != nil {
+			return err
+		}
+		if rec == nil || !t.ours(rec) {
+			return nil // gone or taken over: nothing of ours to delete
+		}
+		return t.s.storage.Delete(ctx, t.s.storageKey(t.id))
+	})
+	if err == nil {
+		t.settled = true
+	}
+	return err
+}
+
+// loadOrNil is load with a missing record as nil.
+func (s *Store) loadOrNil(ctx context.Context, id string) (*record, error) {
+	rec, err := s.load(ctx, id)
+	if isNotExist(err) {
+		return nil, nil
+	}
+	return rec, err
+}
+
+func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
