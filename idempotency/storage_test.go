@@ -164,6 +164,7 @@ func (m *memStorage) keys() []string {
 type fsStorage struct {
 	root   string
 	poll   time.Duration // how often a blocked Lock retries
+	onLock func(name string)
 	onLoad func(key string)
 }
 
@@ -182,6 +183,9 @@ func (f *fsStorage) Lock(ctx context.Context, name string) error {
 	for {
 		fh, err := os.OpenFile(lf, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 		if err == nil {
+			if f.onLock != nil {
+				f.onLock(name)
+			}
 			return fh.Close()
 		}
 		if !errors.Is(err, fs.ErrExist) {
