@@ -222,18 +222,21 @@ func fetchJWKS(ctx context.Context, client *http.Client, jwksURL string) (map[st
 // parseJWKS keeps the usable public signing keys and reports the rest. One
 // bad entry does not spoil the set, but a set with no usable key is an error.
 func parseJWKS(body []byte) (map[string]verifyKey, []SkippedKey, error) {
-	var set struct {
-		Keys *[]json.RawMessage `json:"keys"`
-	}
-	if err := json.Unmarshal(body, &set); err != nil {
+	var set map[string]json.RawMessage
+	if err := json.Unmarshal(body, &set); err != nil || set == nil {
 		return nil, nil, errors.New("JWKS is not a JSON object")
 	}
-	if set.Keys == nil {
+	rawKeys, ok := set["keys"]
+	if !ok || string(rawKeys) == "null" {
 		return nil, nil, errors.New(`JWKS has no "keys" array`)
+	}
+	var entries []json.RawMessage
+	if err := json.Unmarshal(rawKeys, &entries); err != nil {
+		return nil, nil, errors.New(`JWKS "keys" is not an array`)
 	}
 	keys := make(map[string]verifyKey)
 	var skipped []SkippedKey
-	for _, raw := range *set.Keys {
+	for _, raw := range entries {
 		kid, k, reason := parseJWK(raw)
 		if reason == "" {
 			if _, dup := keys[kid]; dup {
