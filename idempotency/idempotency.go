@@ -185,8 +185,8 @@ type Outcome struct {
 	Response Response
 
 	// Finish stores the response, so duplicates replay it (Proceed only).
-	// A body over MaxBodySize is refused with ErrResponseTooLarge and the
-	// key released. Pass a context that outlives the client's request
+	// A body over MaxBodySize is refused with ErrResponseTooLarge (and a
+	// Status outside 100-599 with an error), and the key released. Pass a context that outlives the client's request
 	// (context.WithoutCancel), so a client hanging up does not strand the
 	// record.
 	Finish func(ctx context.Context, r Response) error

@@ -229,6 +229,18 @@ func TestResponseTooLarge(t *testing.T) {
 	}
 }
 
+func TestFinishRefusesABadStatus(t *testing.T) {
+	s := newTestStore(t, newMemStorage(), newFakeClock())
+	ctx := context.Background()
+	for _, status := range []int{0, 99, 600} {
+		out := begin(t, s, "t", "k1", "body")
+		wantKind(t, out, Proceed) // the previous round released the key
+		if err := out.Finish(ctx, Response{Status: status}); err == nil {
+			t.Fatalf("Finish with status %d succeeded", status)
+		}
+	}
+}
+
 // Finish stores the response even if the pending record vanished meanwhile
 // (nobody else owns the key), so a retry replays instead of running again.
 func TestFinishAfterRecordVanished(t *testing.T) {

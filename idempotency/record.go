@@ -175,13 +175,13 @@ func (t *ticket) finish(ctx context.Context, r Response) error {
 	if t.settled {
 		return errors.New("idempotency: Finish after Finish or Abandon")
 	}
-	if len(r.Body) > MaxBodySize {
+	if err := r.storable(); err != nil {
 		// Release the key rather than leave duplicates waiting for
 		// PendingTimeout on a record that will never be done.
-		if err := t.release(ctx); err != nil {
-			return errors.Join(ErrResponseTooLarge, err)
+		if rerr := t.release(ctx); rerr != nil {
+			return errors.Join(err, rerr)
 		}
-		return ErrResponseTooLarge
+		return err
 	}
 	err := t.s.withLock(ctx, t.id, func() error {
 		rec, err := t.s.loadOrNil(ctx, t.id)
@@ -202,6 +202,18 @@ func (t *ticket) finish(ctx context.Context, r Response) error {
 		t.settled = true
 	}
 	return err
+}
+
+// storable checks that r can be stored and replayed.
+func (r Response) storable() error {
+	if len(r.Body) > MaxBodySize {
+		return ErrResponseTooLarge
+	}
+	// A replay hands Status to WriteHeader, which panics outside 100-999.
+	if r.Status < 100 || r.Status > 599 {
+		return fmt.Errorf("idempotency: response status %d is not an HTTP status", r.Status)
+	}
+	return nil
 }
 
 func (t *ticket) abandon(ctx context.Context) error {
