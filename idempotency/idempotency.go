@@ -11,6 +11,19 @@
 // and polls until the first request finishes.
 //
 // The package has no Caddy dependency: a certmagic.Storage satisfies Storage.
+//
+// Use, in a handler:
+//
+//	out, err := store.Begin(ctx, caller, r.Header.Get("Idempotency-Key"), body)
+//	// ErrInvalidKey → 400, ErrKeyReused → 409, other errors → 500
+//	if out.Kind == idempotency.Replay {
+//		// write out.Response; return
+//	}
+//	bg := context.WithoutCancel(ctx)
+//	defer out.Abandon(bg) // no-op once finished
+//	// create the run; if none was created, return (Abandon frees the key)
+//	_ = out.Finish(bg, resp) // an error means only that it is not cached
+//	// write resp
 package idempotency
 
 import (
@@ -203,9 +216,11 @@ type Outcome struct {
 //
 // It returns Proceed if this request must do the work, Replay with the
 // stored response if the work was done already, or ErrKeyReused if the key
-// was used with another fingerprint. If the same request is in flight
-// elsewhere, Begin waits (without holding the lock) until it finishes, is
-// abandoned, or ctx ends, and then returns ctx's error.
+// was used with another fingerprint (within the TTL, even if that request
+// never finished). If the same request is in flight elsewhere, Begin waits
+// without holding the lock: until it finishes (Replay), is abandoned or
+// passes PendingTimeout (this request takes over: Proceed), or ctx ends
+// (ctx's error).
 func (s *Store) Begin(ctx context.Context, scope, key string, fingerprint []byte) (Outcome, error) {
 	if !ValidKey(key) {
 		return Outcome{}, ErrInvalidKey
