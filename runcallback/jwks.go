@@ -119,15 +119,16 @@ func (c *keyCache) tryLocal(ctx context.Context, kid string) (verifyKey, *fetchC
 	if c.inflight != nil {
 		return verifyKey{}, c.inflight, nil
 	}
-	mayFetch := now.Sub(c.attemptAt) >= c.cfg.RefetchInterval
-	switch {
-	case fresh && !mayFetch:
-		return verifyKey{}, nil, unknownKid(kid, true)
-	case !fresh && !mayFetch && c.lastErr != nil:
-		// A fetch failed moments ago; answer from stale keys or the error
-		// rather than retrying at request rate.
-		k, err := c.fromStaleLocked(now, kid, c.lastErr)
-		return k, nil, err
+	if now.Sub(c.attemptAt) < c.cfg.RefetchInterval {
+		if c.lastErr != nil {
+			// A fetch failed moments ago; answer from stale keys or with
+			// that error rather than retrying at request rate.
+			k, err := c.fromStaleLocked(now, kid, c.lastErr)
+			return k, nil, err
+		}
+		if fresh {
+			return verifyKey{}, nil, unknownKid(kid, true)
+		}
 	}
 	return verifyKey{}, c.startFetchLocked(ctx, now), nil
 }

@@ -181,11 +181,33 @@ func TestStaleKeysServeThroughRefreshFailure(t *testing.T) {
 		t.Fatalf("unknown kid while JWKS down: %v", err)
 	}
 	wantHits(t, f, 2) // the failure is remembered for RefetchInterval
+	if err := f.verify(t, "maybe-rotated-2"); !errors.Is(err, ErrKeysUnavailable) {
+		t.Fatalf("second unknown kid while JWKS down: %v", err)
+	}
+	wantHits(t, f, 2)
 
 	// Past twice JWKSMaxAge the old keys are no longer trusted.
 	f.clock.Advance(DefaultJWKSMaxAge)
 	if err := f.verify(t, "rsa-1"); !errors.Is(err, ErrKeysUnavailable) {
 		t.Fatalf("keys used past the stale grace: %v", err)
+	}
+}
+
+func TestUnknownKidWhileJWKSDownIsUnavailable(t *testing.T) {
+	f := newFixture(t, VerifierConfig{})
+	if err := f.verify(t, "rsa-1"); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.setBody(http.StatusInternalServerError, nil)
+	f.clock.Advance(DefaultRefetchInterval)
+	for i := range 3 { // the refetch fails, then the failure is remembered
+		if err := f.verify(t, fmt.Sprintf("new-%d", i)); !errors.Is(err, ErrKeysUnavailable) {
+			t.Fatalf("unknown kid %d while JWKS down: %v", i, err)
+		}
+	}
+	wantHits(t, f, 2)
+	if err := f.verify(t, "ec-256"); err != nil { // the fresh cache still serves
+		t.Fatal(err)
 	}
 }
 

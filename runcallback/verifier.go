@@ -172,8 +172,9 @@ func (v *Verifier) Verify(ctx context.Context, signature string) (Claims, error)
 	// its own error is kept so key-fetch failures are reported unmangled.
 	var keyErr error
 	keyfunc := func(t *jwt.Token) (any, error) {
-		if t.Method.Alg() != hdr.Alg { // cannot happen; guards against parser drift
-			keyErr = invalid("alg changed between header checks")
+		// Cannot happen; guards against the two header decoders drifting.
+		if t.Method.Alg() != hdr.Alg || t.Header["kid"] != hdr.Kid {
+			keyErr = invalid("header read differently by the two decoders")
 			return nil, keyErr
 		}
 		k, err := v.keys.lookup(ctx, hdr.Kid)

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +125,9 @@ func rejections() []rejection {
 			der, _ := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
 			return sign(t, jwt.SigningMethodHS512, der, "rsa-1", f.claims())
 		}, `alg "HS512" not allowed`, true},
+		{"missing alg", func(*testing.T, *fixture) string {
+			return base64.RawURLEncoding.EncodeToString([]byte(`{"kid":"rsa-1"}`)) + ".e30.c2ln"
+		}, "missing alg", true},
 		{"missing kid", func(t *testing.T, f *fixture) string {
 			return sign(t, jwt.SigningMethodRS256, rsaKey, "", f.claims())
 		}, "missing kid", true},
@@ -262,7 +266,7 @@ func TestVerifyIssuerAndAudience(t *testing.T) {
 		switch {
 		case tc.ok && err != nil:
 			t.Errorf("%s: %v", tc.name, err)
-		case tc.ok && (got.Issuer != iss || len(got.Audience) == 0):
+		case tc.ok && (got.Issuer != iss || !slices.Contains(got.Audience, aud)):
 			t.Errorf("%s: claims %+v lack iss/aud", tc.name, got)
 		case !tc.ok && !errors.Is(err, ErrInvalidSignature):
 			t.Errorf("%s: err = %v, want ErrInvalidSignature", tc.name, err)
