@@ -89,8 +89,6 @@ type keyCache struct {
 	inflight  *fetchCall
 }
 
-func (c *keyCache) init(cfg *VerifierConfig) { c.cfg = cfg }
-
 // lookup returns the key named kid, fetching the JWKS when it is missing,
 // older than JWKSMaxAge, or lacks kid (rate limited).
 func (c *keyCache) lookup(ctx context.Context, kid string) (verifyKey, error) {

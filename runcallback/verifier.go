@@ -147,7 +147,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		opts = append(opts, jwt.WithAudience(cfg.Audience))
 	}
 	v := &Verifier{cfg: cfg, parser: jwt.NewParser(opts...)}
-	v.keys.init(&v.cfg)
+	v.keys.cfg = &v.cfg
 	return v, nil
 }
 
