@@ -30,7 +30,7 @@ const (
 //	{"data": {"type": "run", "id": "arun_abc123", "status": "success",
 //	          "results": [ ... ], "errors": []}}
 type Delivery struct {
-	RunID  string // data.id: non-empty printable ASCII, no '/', ≤128 bytes
+	RunID  string // data.id: 1–128 bytes of visible ASCII (0x21–0x7E) except '/'
 	Status string // StatusSuccess or StatusError
 	// Results and Errors are JSON arrays, "[]" when absent or null. Their
 	// elements are passed through unchecked.
@@ -167,7 +167,7 @@ func checkRunID(id string) error {
 		return deliveryErr("data.id contains '/'")
 	}
 	for i := 0; i < len(id); i++ {
-		if id[i] <= ' ' || id[i] > '~' {
+		if id[i] <= ' ' || id[i] > '~' { // also refuses space: ids have none
 			return deliveryErr("data.id contains a byte outside printable ASCII at offset %d", i)
 		}
 	}

@@ -112,7 +112,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		return nil, fmt.Errorf("runcallback: JWKS URL: %w", err)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("runcallback: JWKS URL must be an absolute http or https URL, got %q", cfg.JWKSURL)
+		return nil, fmt.Errorf("runcallback: JWKS URL must be an absolute http or https URL, got %q", u.Redacted())
 	}
 	for name, d := range map[string]time.Duration{
 		"Leeway": cfg.Leeway, "MaxLifetime": cfg.MaxLifetime,
