@@ -1,7 +1,6 @@
 package fakezapier
 
-// api.zapier.com actions and action runs (zapier-api.md §4.3–§4.6), and the
-// documented Workflow API rate limits (§4.8).
+// api.zapier.com actions and action runs (zapier-api.md §4.3–§4.6).
 //
 //   - GET  /v2/actions?app=&action_type=&limit=&offset=   an app's actions;
 //     every listing issues a new, unique id per action; keys are stable
@@ -21,13 +20,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
-	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -98,19 +93,6 @@ func DefaultActions() []ActionSpec {
 	}
 }
 
-// RateLimits configure the Workflow API rate limits: at most PerIP requests
-// per Window from one client address and PerPartner per Window with the
-// partner's tokens; past either, every such request is answered 429 with
-// Retry-After until Cooldown has passed. Zero limits are off.
-type RateLimits struct {
-	PerIP, PerPartner int
-	Window            time.Duration // default 1 minute
-	Cooldown          time.Duration // default 60 seconds
-}
-
-// DocumentedRateLimits are Zapier's documented limits (zapier-api.md §4.8).
-var DocumentedRateLimits = RateLimits{PerIP: 60, PerPartner: 150, Window: time.Minute, Cooldown: 60 * time.Second}
-
 // ActionStats counts the actions routes' work.
 type ActionStats struct {
 	Listings        int // GET /v2/actions answered 200
@@ -123,18 +105,6 @@ type ActionStats struct {
 	Throttled       int // /v2 requests answered 429 by the rate limits
 }
 
-// ActionRunRecord is a run as the fake created it.
-type ActionRunRecord struct {
-	ID             string
-	ActionID       string
-	ActionKey      string
-	App            string
-	Authentication string
-	Inputs         json.RawMessage
-	Tenant, User   string
-	Created        time.Time
-}
-
 type issuedAction struct {
 	app    string
 	spec   ActionSpec
@@ -142,14 +112,7 @@ type issuedAction struct {
 	used   bool
 }
 
-type actionRun struct {
-	ActionRunRecord
-	spec    ActionSpec
-	doneAt  time.Time
-	results []map[string]any
-}
-
-// actionsState is the Server's actions, runs and rate-limit state; the zero
+// actionsState is the Server's actions and runs state; the zero
 // value is ready. It has its own lock and never takes Server.mu while
 // holding it.
 type actionsState struct {
@@ -161,14 +124,6 @@ type actionsState struct {
 	runs     map[string]*actionRun
 	runSeq   int
 	stats    ActionStats
-	limits   RateLimits
-	perIP    map[string]*rateBucket
-	partner  rateBucket
-}
-
-type rateBucket struct {
-	hits          []time.Time
-	cooldownUntil time.Time
 }
 
 // SetActions sets an app's catalog (app is the app UUID the API uses).
@@ -190,113 +145,15 @@ func (s *Server) SetActionRunDelay(d time.Duration) {
 	s.actions.mu.Unlock()
 }
 
-// SetRateLimits sets (or, with the zero value, turns off) the /v2 rate
-// limits and forgets the requests counted so far. They are off by default;
-// DocumentedRateLimits are Zapier's.
-func (s *Server) SetRateLimits(l RateLimits) {
-	if l.Window <= 0 {
-		l.Window = time.Minute
-	}
-	if l.Cooldown <= 0 {
-		l.Cooldown = 60 * time.Second
-	}
-	a := &s.actions
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.limits = l
-	a.perIP = nil
-	a.partner = rateBucket{}
-}
-
 // ActionStats returns a snapshot of the actions counters.
 func (s *Server) ActionStats() ActionStats {
 	s.actions.mu.Lock()
-	defer s.actions.mu.Unlock()
-	return s.actions.stats
-}
-
-// ActionRuns returns the runs created so far, oldest first.
-func (s *Server) ActionRuns() []ActionRunRecord {
-	a := &s.actions
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	out := make([]ActionRunRecord, 0, len(a.runs))
-	for _, r := range a.runs {
-		out = append(out, r.ActionRunRecord)
-	}
-	slices.SortFunc(out, func(x, y ActionRunRecord) int { return x.Created.Compare(y.Created) })
-	return out
-}
-
-// throttled applies the rate limits to one /v2 request and answers 429 when
-// it is over them. A request counts against the partner when it carries a
-// token this server issued.
-func (s *Server) throttled(w http.ResponseWriter, r *http.Request, partner bool) bool {
-	now := s.now()
-	ip, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		ip = r.RemoteAddr
-	}
-	a := &s.actions
-	a.mu.Lock()
-	l := a.limits
-	var wait time.Duration
-	var limit int
-	if l.PerIP > 0 {
-		if a.perIP == nil {
-			a.perIP = map[string]*rateBucket{}
-		}
-		b := a.perIP[ip]
-		if b == nil {
-			b = new(rateBucket)
-			a.perIP[ip] = b
-		}
-		if d := b.take(now, l.PerIP, l); d > wait {
-			wait, limit = d, l.PerIP
-		}
-	}
-	if l.PerPartner > 0 && partner {
-		if d := a.partner.take(now, l.PerPartner, l); d > wait {
-			wait, limit = d, l.PerPartner
-		}
-	}
-	if wait > 0 {
-		a.stats.Throttled++
-	}
-	a.mu.Unlock()
-	if wait == 0 {
-		return false
-	}
-	secs := int(math.Ceil(wait.Seconds()))
-	h := w.Header()
-	h.Set("Retry-After", strconv.Itoa(secs))
-	h.Set("X-RateLimit-Limit", strconv.Itoa(limit))
-	h.Set("X-RateLimit-Remaining", "0")
-	h.Set("X-RateLimit-Reset", strconv.FormatInt(now.Add(wait).Unix(), 10))
-	s.logf("fakezapier: /v2 request throttled for %ds", secs)
-	writeAPIError(w, http.StatusTooManyRequests, "throttled", "Throttled",
-		fmt.Sprintf("Request was throttled. Expected available in %d seconds.", secs), nil)
-	return true
-}
-
-// take counts one request; it returns the cooldown left when the request is
-// over the limit (0 when it may proceed).
-func (b *rateBucket) take(now time.Time, limit int, l RateLimits) time.Duration {
-	if now.Before(b.cooldownUntil) {
-		return b.cooldownUntil.Sub(now)
-	}
-	cut := 0
-	for cut < len(b.hits) && !b.hits[cut].After(now.Add(-l.Window)) {
-		cut++
-	}
-	b.hits = append(b.hits[:0], b.hits[cut:]...)
-	if len(b.hits) >= limit {
-		b.hits = b.hits[:0]
-		b.cooldownUntil = now.Add(l.Cooldown)
-		return l.Cooldown
-	}
-	b.hits = append(b.hits, now)
-	return 0
+	st := s.actions.stats
+	s.actions.mu.Unlock()
+	s.rate.mu.Lock()
+	st.Throttled = s.rate.throttledTotal
+	s.rate.mu.Unlock()
+	return st
 }
 
 // serveActions routes /v2/actions… and /v2/action-runs….
@@ -407,22 +264,30 @@ func (a *actionsState) sweepLocked(now time.Time, issued int) {
 
 // actionBody is the {"data":{"action","authentication","inputs"}} body of
 // the OpenAPI reference; the guides' flat {"action","authentication","input"}
-// is accepted too (zapier-api.md §4.5).
+// is accepted too (zapier-api.md §4.5), each with its callback_url.
 type actionBody struct {
 	Action         json.RawMessage `json:"action"`
 	Authentication json.RawMessage `json:"authentication"`
 	Inputs         json.RawMessage `json:"inputs"`
 	Input          json.RawMessage `json:"input"`
+	CallbackURL    json.RawMessage `json:"callback_url"` // nil when absent
+
+	// misplacedCallback: a top-level callback_url next to a data wrapper,
+	// which neither documented form has; Zapier would likely ignore it and
+	// never call back, so the fake refuses it to surface the bug.
+	misplacedCallback bool
 }
 
 func parseActionBody(body []byte) (actionBody, bool) {
 	var wrapped struct {
-		Data *actionBody `json:"data"`
+		Data        *actionBody     `json:"data"`
+		CallbackURL json.RawMessage `json:"callback_url"`
 	}
 	if err := json.Unmarshal(body, &wrapped); err != nil {
 		return actionBody{}, false
 	}
 	if wrapped.Data != nil {
+		wrapped.Data.misplacedCallback = wrapped.CallbackURL != nil
 		return *wrapped.Data, true
 	}
 	var flat actionBody
@@ -522,143 +387,6 @@ func (s *Server) serveActionInputs(w http.ResponseWriter, req *apiRequest, actio
 	})
 }
 
-func (s *Server) serveCreateRun(w http.ResponseWriter, req *apiRequest) {
-	r := req.r
-	if r.Method != http.MethodPost {
-		methodNotAllowed(w, r, http.MethodPost)
-		return
-	}
-	if !req.token.hasScope("action:run") {
-		permissionDenied(w, "action:run")
-		return
-	}
-	a := &s.actions
-	refuse := func(param, detail string) {
-		a.mu.Lock()
-		a.stats.RunsRefused++
-		a.mu.Unlock()
-		s.logf("fakezapier: action run refused: %s: %s", param, detail)
-		validationError(w, param, detail)
-	}
-	body, ok := parseActionBody(req.body)
-	if !ok {
-		refuse("data", "Malformed request.")
-		return
-	}
-	var actionID string
-	if json.Unmarshal(body.Action, &actionID) != nil || actionID == "" {
-		refuse("action", "This field is required.")
-		return
-	}
-	inputs := bytes.TrimSpace(body.Inputs)
-	if len(inputs) == 0 || inputs[0] != '{' {
-		refuse("inputs", "An object is required.")
-		return
-	}
-
-	a.mu.Lock()
-	ia := a.ids[actionID]
-	var app string
-	var spec ActionSpec
-	used := false
-	if ia != nil {
-		app, spec, used = ia.app, ia.spec, ia.used
-	}
-	a.mu.Unlock()
-	switch {
-	case ia == nil:
-		refuse("action", "Unknown action id; fetch one from /v2/actions.")
-		return
-	case used:
-		a.mu.Lock()
-		a.stats.ReusedActionIDs++
-		a.mu.Unlock()
-		refuse("action", "This action id was already used; fetch a fresh one from /v2/actions before every run.")
-		return
-	}
-	authID, problem := s.checkAuthentication(body.Authentication, req.token, app, false)
-	if problem != "" {
-		refuse("authentication", problem)
-		return
-	}
-
-	now := s.now()
-	a.mu.Lock()
-	if ia.used { // lost a race with another run of the same id
-		a.stats.RunsRefused++
-		a.stats.ReusedActionIDs++
-		a.mu.Unlock()
-		validationError(w, "action", "This action id was already used.")
-		return
-	}
-	ia.used = true
-	delay := DefaultActionRunDelay
-	if a.delay != nil {
-		delay = *a.delay
-	}
-	if spec.Delay != 0 {
-		delay = max(spec.Delay, 0)
-	}
-	a.runSeq++
-	run := &actionRun{
-		ActionRunRecord: ActionRunRecord{
-			ID: newRunID(), ActionID: actionID, ActionKey: spec.Key, App: app, Authentication: authID,
-			Inputs: json.RawMessage(slices.Clone(inputs)), Tenant: req.token.tenant, User: req.token.user, Created: now,
-		},
-		spec:   spec,
-		doneAt: now.Add(delay),
-	}
-	run.results = spec.Results
-	if run.results == nil {
-		run.results = []map[string]any{{"id": a.runSeq, "action": spec.Key, "inputs": run.Inputs}}
-	}
-	if a.runs == nil {
-		a.runs = map[string]*actionRun{}
-	}
-	a.runs[run.ID] = run
-	a.stats.RunsCreated++
-	a.mu.Unlock()
-	s.logf("fakezapier: action run %s of %q created for tenant=%q user=%q", run.ID, spec.Key, run.Tenant, run.User)
-	writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{"type": "run", "id": run.ID}})
-}
-
-func (s *Server) serveGetRun(w http.ResponseWriter, req *apiRequest, id string) {
-	r := req.r
-	if r.Method != http.MethodGet {
-		methodNotAllowed(w, r, http.MethodGet)
-		return
-	}
-	if !req.token.hasScope("action:run") {
-		permissionDenied(w, "action:run")
-		return
-	}
-	now := s.now()
-	a := &s.actions
-	a.mu.Lock()
-	run, ok := a.runs[id]
-	if ok && (run.Tenant != req.token.tenant || run.User != req.token.user) {
-		ok = false // another user's run does not exist for this one
-	}
-	var data map[string]any
-	if ok {
-		a.stats.RunPolls++
-		data = map[string]any{"type": "run", "status": cmp.Or(run.spec.PendingStatus, "waiting"), "results": []any{}, "errors": []any{}}
-		switch {
-		case now.Before(run.doneAt):
-		case len(run.spec.Errors) > 0:
-			data["status"], data["errors"] = "error", run.spec.Errors
-		default:
-			data["status"], data["results"] = "success", run.results
-		}
-	}
-	a.mu.Unlock()
-	if !ok {
-		notFound(w)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"data": data})
-}
-
 func actionType(spec ActionSpec) string { return cmp.Or(spec.ActionType, "WRITE") }
 
 func validActionType(t string) bool {
@@ -675,16 +403,4 @@ func randomHex(n int) string {
 		panic("fakezapier: crypto/rand: " + err.Error())
 	}
 	return hex.EncodeToString(b)
-}
-
-// newRunID is a random (version 4) UUID, as in the OpenAPI example.
-func newRunID() string {
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		panic("fakezapier: crypto/rand: " + err.Error())
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b)
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }

@@ -25,7 +25,7 @@ type RecordedRequest struct {
 
 	// Additions.
 	Host   string
-	Status int // the status the fake answered
+	Status int // the status the fake answered; 0 if the client went away during SetAPILatency
 }
 
 // apiRequest is what the /v2 handlers get.
@@ -121,7 +121,11 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		})
 	}()
 
-	// The documented rate limits apply before anything else (actions.go).
+	// Latency first, so that it delays every answer, 429 and 401 included.
+	if !s.waitAPILatency(r.Context()) {
+		return // the client went away; Status stays 0
+	}
+	// The documented rate limits apply before anything else (ratelimit.go).
 	if s.throttled(rec, r, tenant != "" || user != "") {
 		return
 	}

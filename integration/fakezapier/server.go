@@ -7,6 +7,9 @@
 //   - api.zapier.com:     /v2/... (see api.go)
 //   - connect.zapier.com: GET /to/{app}, the Connect UI (see connect.go)
 //
+// and GET /.well-known/jwks.json, the key set that verifies its action-run
+// callbacks (callbacks.go), whose real URL Zapier does not document.
+//
 // The fake verifies the gateway's partner JWTs with its own JOSE code (jwt.go,
 // jwks.go), written on the standard library only, so that a bug in the
 // gateway's signing library cannot be masked by the same library verifying.
@@ -20,6 +23,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -83,6 +87,27 @@ type Config struct {
 	HTTPClient *http.Client
 	// MaxRecorded bounds the Requests() ring; default 10000.
 	MaxRecorded int
+
+	// RateLimits, if set, are in force from the start (as if SetRateLimits
+	// were called); nil leaves them off. &DocumentedRateLimits turns on
+	// Zapier's documented limits.
+	RateLimits *RateLimits
+
+	// Action-run callbacks (zapier-api-2026.md §2; callbacks.go).
+
+	// CallbackAllowHosts exempts these callback_url hosts (names or IP
+	// literals, matched exactly, names case-insensitively) from the
+	// public-address rule, e.g. a test receiver on 127.0.0.1. They must
+	// still be https.
+	CallbackAllowHosts []string
+	// CallbackRetryBase is the wait before the second attempt, doubled
+	// before each later one; default 500ms.
+	CallbackRetryBase time.Duration
+	// CallbackTimeout bounds each attempt; default 10s.
+	CallbackTimeout time.Duration
+	// CallbackHTTPClient sends callbacks; default a plain client. Whatever
+	// the client, redirects are not followed and CallbackTimeout applies.
+	CallbackHTTPClient *http.Client
 }
 
 func (c *Config) setDefaults() {
@@ -118,6 +143,8 @@ func (c *Config) setDefaults() {
 	if c.MaxRecorded <= 0 {
 		c.MaxRecorded = 10000
 	}
+	defDur(&c.CallbackRetryBase, 500*time.Millisecond)
+	defDur(&c.CallbackTimeout, 10*time.Second)
 }
 
 // Stats is a snapshot of the server's counters.
@@ -164,7 +191,13 @@ type Server struct {
 	jwtLog          []VerifiedJWT
 
 	ui      connectUI    // the Connect UI's partner registration and outcomes (connect.go)
-	actions actionsState // actions, action runs and rate limits (actions.go)
+	actions actionsState // actions and action runs (actions.go, runs.go)
+
+	// Each has its own lock; none is held while taking another.
+	rate       rateState     // rate limits (ratelimit.go)
+	calls      callCounter   // CallCounts (counts.go)
+	apiLatency atomic.Int64  // SetAPILatency, in ns
+	cb         callbackState // action-run callbacks (callbacks.go)
 }
 
 type identity struct{ tenant, user string }
@@ -184,14 +217,21 @@ func New(cfg Config) *Server {
 	}
 	s.jwks = newJWKSCache(s, cfg.JWKSURL)
 	s.faults.accessTTL = cfg.AccessTokenTTL
+	if cfg.RateLimits != nil {
+		s.SetRateLimits(*cfg.RateLimits)
+	}
+	s.initCallbacks()
 	return s
 }
 
 // ServeHTTP routes a request to the zapier.com, api.zapier.com or
 // connect.zapier.com path sets.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.countCall(r)
 	p := r.URL.Path
 	switch {
+	case p == callbackJWKSPath:
+		s.serveCallbackJWKS(w, r)
 	case p == "/oauth/token" || p == "/oauth/token/":
 		s.serveToken(w, r)
 	case p == "/v2" || strings.HasPrefix(p, "/v2/"):
