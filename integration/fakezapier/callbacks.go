@@ -9,6 +9,7 @@ package fakezapier
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,9 +24,12 @@ import (
 
 const (
 	callbackAttempts = 3
-	// A pending delivery re-reads the fake's clock at least this often, so
-	// that tests which move Config.Now forward see it fire promptly.
+	// While callbacks are queued the fake's clock is re-read this often, so
+	// that tests which move Config.Now forward see them fire promptly.
 	callbackClockPoll = 20 * time.Millisecond
+	// CallbackDeliveries keeps at most this many records; the oldest
+	// finished ones go first.
+	maxCallbackRecords = 10000
 )
 
 // CallbackFault is a test knob for the next callbacks (SetCallbackFault).
@@ -88,11 +92,15 @@ type callbackState struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	wake chan struct{} // a callback was queued
+
 	mu         sync.Mutex // guards below
 	closed     bool
 	fault      CallbackFault
 	deliveries map[string]*callbackRecord // by run id
 	order      []*callbackRecord
+	pending    pendingCallbacks // runs not yet terminal
+	scheduling bool             // runCallbackScheduler is running
 }
 
 type callbackRecord struct {
@@ -112,6 +120,7 @@ func (s *Server) initCallbacks() {
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	c.client = &client
 	c.deliveries = map[string]*callbackRecord{}
+	c.wake = make(chan struct{}, 1)
 }
 
 // Close stops callback deliveries, waiting for those in flight to return.
@@ -147,22 +156,75 @@ func (s *Server) CallbackDeliveries() []CallbackDelivery {
 	return out
 }
 
-// scheduleCallback starts the background delivery of run's callback.
+// scheduleCallback queues run's callback until the run is terminal.
 func (s *Server) scheduleCallback(run *actionRun) {
 	c := &s.cb
 	rec := &callbackRecord{CallbackDelivery: CallbackDelivery{RunID: run.ID, URL: run.callbackURL}}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(c.order) >= maxCallbackRecords {
+		if i := slices.IndexFunc(c.order, func(r *callbackRecord) bool { return r.Done }); i >= 0 {
+			delete(c.deliveries, c.order[i].RunID)
+			c.order = slices.Delete(c.order, i, i+1)
+		}
+	}
 	c.deliveries[run.ID] = rec
 	c.order = append(c.order, rec)
 	if c.closed {
 		rec.Err, rec.Done = ErrClosed.Error(), true
 		return
 	}
-	c.wg.Add(1) // under mu, so that Close's Wait cannot miss it
-	go s.deliverCallback(run, rec)
+	heap.Push(&c.pending, pendingCallback{run, rec})
+	if !c.scheduling {
+		c.scheduling = true
+		c.wg.Add(1) // under mu, so that Close's Wait cannot miss it
+		go s.runCallbackScheduler()
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
 }
 
+// runCallbackScheduler starts the delivery of every queued callback whose
+// run has reached its terminal state on the fake's clock. The clock can be
+// moved by tests (Config.Now), so it is re-read every callbackClockPoll
+// while anything is queued rather than waited for with a timer.
+func (s *Server) runCallbackScheduler() {
+	c := &s.cb
+	defer c.wg.Done()
+	tick := time.NewTicker(callbackClockPoll)
+	defer tick.Stop()
+	for {
+		c.mu.Lock()
+		now := s.now()
+		for len(c.pending) > 0 && !c.pending[0].run.doneAt.After(now) {
+			p := heap.Pop(&c.pending).(pendingCallback)
+			c.wg.Add(1)
+			go s.deliverCallback(p.run, p.rec)
+		}
+		idle := len(c.pending) == 0
+		c.mu.Unlock()
+		var ticks <-chan time.Time
+		if !idle {
+			ticks = tick.C
+		}
+		select {
+		case <-c.ctx.Done():
+			c.mu.Lock()
+			for _, p := range c.pending {
+				p.rec.Err, p.rec.Done = "server closed before the run finished", true
+			}
+			c.pending = nil
+			c.mu.Unlock()
+			return
+		case <-c.wake:
+		case <-ticks:
+		}
+	}
+}
+
+// deliverCallback makes up to callbackAttempts POSTs for a finished run.
 func (s *Server) deliverCallback(run *actionRun, rec *callbackRecord) {
 	c := &s.cb
 	defer c.wg.Done()
@@ -171,18 +233,6 @@ func (s *Server) deliverCallback(run *actionRun, rec *callbackRecord) {
 		rec.Err, rec.Done = err, true
 		c.mu.Unlock()
 	}
-	// Wait for the terminal state on the fake's (possibly moved) clock.
-	for {
-		left := run.doneAt.Sub(s.now())
-		if left <= 0 {
-			break
-		}
-		if !sleepCtx(c.ctx, min(left, callbackClockPoll)) {
-			finish("server closed before the run finished")
-			return
-		}
-	}
-
 	c.mu.Lock()
 	fault := c.fault
 	rec.Fault = fault
@@ -227,6 +277,25 @@ func (s *Server) deliverCallback(run *actionRun, rec *callbackRecord) {
 			return
 		}
 	}
+}
+
+type pendingCallback struct {
+	run *actionRun
+	rec *callbackRecord
+}
+
+// pendingCallbacks is a min-heap by the run's terminal time.
+type pendingCallbacks []pendingCallback
+
+func (h pendingCallbacks) Len() int           { return len(h) }
+func (h pendingCallbacks) Less(i, j int) bool { return h[i].run.doneAt.Before(h[j].run.doneAt) }
+func (h pendingCallbacks) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *pendingCallbacks) Push(x any)        { *h = append(*h, x.(pendingCallback)) }
+func (h *pendingCallbacks) Pop() any {
+	old := *h
+	p := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return p
 }
 
 // callbackData is the polling view of the finished run plus its id.

@@ -19,10 +19,11 @@ import (
 	"time"
 )
 
-const (
-	callbackJWKSPath    = "/.well-known/jwks.json"
-	callbackJWTLifetime = 5 * time.Minute
-)
+// CallbackJWKSPath is where the fake serves the JWK Set that verifies its
+// callback signatures (Zapier's own URL is undocumented).
+const CallbackJWKSPath = "/.well-known/jwks.json"
+
+const callbackJWTLifetime = 5 * time.Minute
 
 // callbackKeys are generated on first use rather than in New: RSA key
 // generation costs tens of milliseconds and most Servers never sign.
@@ -56,8 +57,7 @@ func (k *callbackKeys) unpublished() *rsa.PrivateKey {
 	return k.other
 }
 
-// CallbackJWKS returns the JSON of the JWK Set served at
-// GET /.well-known/jwks.json.
+// CallbackJWKS returns the JSON of the JWK Set served at CallbackJWKSPath.
 func (s *Server) CallbackJWKS() []byte {
 	key, kid := s.cb.keys.signing()
 	b, err := json.Marshal(map[string]any{"keys": []map[string]string{{

@@ -280,3 +280,23 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestEveryV2RouteIsThrottled(t *testing.T) {
+	e := newEnv(t)
+	tok := e.exchange(e.key("ES256"), "org", "alice")
+	for _, rt := range []struct{ method, path string }{
+		{"GET", "/v2/echo"}, {"POST", "/v2/echo/x"}, {"GET", "/v2/authentications?app=x"},
+		{"GET", "/v2/apps"}, {"GET", "/v2/whitelabel/apps"}, {"GET", "/v2/actions?app=x"},
+		{"POST", "/v2/actions/core:x/inputs"}, {"POST", "/v2/actions/core:x/inputs/i/choices"},
+		{"POST", "/v2/action-runs"}, {"GET", "/v2/action-runs/x"}, {"DELETE", "/v2/authentications/1"},
+		{"GET", "/v2"}, {"GET", "/v2/anything/else"},
+	} {
+		for _, token := range []string{tok, ""} {
+			e.fz.SetRateLimits(RateLimits{PerIP: 1, PerPartner: 1})
+			e.api(http.MethodGet, "/v2/echo", tok, "") // uses both budgets
+			if r := e.api(rt.method, rt.path, token, `{}`); r.status != http.StatusTooManyRequests {
+				t.Errorf("%s %s (token %t): HTTP %d, want 429", rt.method, rt.path, token != "", r.status)
+			}
+		}
+	}
+}

@@ -230,7 +230,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.countCall(r)
 	p := r.URL.Path
 	switch {
-	case p == callbackJWKSPath:
+	case p == CallbackJWKSPath:
 		s.serveCallbackJWKS(w, r)
 	case p == "/oauth/token" || p == "/oauth/token/":
 		s.serveToken(w, r)
