@@ -171,11 +171,13 @@ func (s *Server) serveCreateRun(w http.ResponseWriter, req *apiRequest) {
 	a.runs[run.ID] = run
 	a.stats.RunsCreated++
 	a.mu.Unlock()
-	if callbackURL != "" {
-		s.scheduleCallback(run)
-	}
 	s.logf("fakezapier: action run %s of %q created for tenant=%q user=%q", run.ID, spec.Key, run.Tenant, run.User)
 	writeJSON(w, http.StatusOK, map[string]any{"data": map[string]any{"type": "run", "id": run.ID}})
+	if callbackURL != "" {
+		// After the answer, though a run that ends at once (Delay < 0) can
+		// still call back before the client has read it, as Zapier's could.
+		s.scheduleCallback(run)
+	}
 }
 
 func (s *Server) serveGetRun(w http.ResponseWriter, req *apiRequest, id string) {
