@@ -128,11 +128,6 @@ func New(cfg Config) (*Tier, error) {
 	if len(cfg.Key) != KeySize {
 		return nil, fmt.Errorf("sharedtokens: key must be %d bytes, got %d", KeySize, len(cfg.Key))
 	}
-	opts, err := redis.ParseURL(cfg.URL)
-	if err != nil {
-		// The URL may hold a password: never repeat it or url.Parse's error.
-		return nil, errors.New("sharedtokens: malformed Redis URL (want redis://, rediss:// or unix://)")
-	}
 	cfg.Prefix = cmp.Or(cfg.Prefix, DefaultPrefix)
 	cfg.Timeout = cmp.Or(cfg.Timeout, DefaultTimeout)
 	cfg.LeaseTTL = cmp.Or(cfg.LeaseTTL, DefaultLeaseTTL)
@@ -146,22 +141,35 @@ func New(cfg Config) (*Tier, error) {
 		return nil, errors.New("sharedtokens: durations must not be negative")
 	}
 
-	// Fail fast: one dial attempt, no command retries, every wait bounded
-	// by the per-operation timeout. A slow Redis must cost a request no
-	// more than Timeout per operation.
-	opts.DialTimeout = cfg.Timeout
+	client, err := NewClient(cfg.URL, cfg.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	t := &Tier{cfg: cfg, client: client, keys: newKeyring(cfg.Key)}
+	t.ns = t.keys.namespaceTag(cfg.Namespace)
+	return t, nil
+}
+
+// NewClient builds a Redis client for url that fails fast: one dial
+// attempt, no command retries, every wait bounded by timeout. A slow Redis
+// must cost a request no more than timeout per operation. It does no I/O.
+func NewClient(url string, timeout time.Duration) (*redis.Client, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		// The URL may hold a password: never repeat it or url.Parse's error.
+		return nil, errors.New("sharedtokens: malformed Redis URL (want redis://, rediss:// or unix://)")
+	}
+	timeout = cmp.Or(timeout, DefaultTimeout)
+	opts.DialTimeout = timeout
 	opts.DialerRetries = 1
-	opts.ReadTimeout = cfg.Timeout
-	opts.WriteTimeout = cfg.Timeout
-	opts.PoolTimeout = cfg.Timeout
+	opts.ReadTimeout = timeout
+	opts.WriteTimeout = timeout
+	opts.PoolTimeout = timeout
 	opts.ContextTimeoutEnabled = true
 	opts.MaxRetries = -1
 	opts.DisableIdentity = true
 	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-
-	t := &Tier{cfg: cfg, client: redis.NewClient(opts), keys: newKeyring(cfg.Key)}
-	t.ns = t.keys.namespaceTag(cfg.Namespace)
-	return t, nil
+	return redis.NewClient(opts), nil
 }
 
 // Close closes the Redis client.

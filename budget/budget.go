@@ -1,0 +1,378 @@
+// Package budget spends Zapier's documented request allowance deliberately:
+// at most PerIP requests per window from this process (Zapier's per-IP
+// limit) and at most Partner requests per window across every process of the
+// partner (Zapier's per-partner limit, optionally shared through Redis), so
+// the gateway never draws the 429 that starts Zapier's 60-second cooldown.
+//
+// A request that finds no room waits in a queue that serves tenants in turn
+// (round robin), so a tenant sending ten times another's load cannot push
+// the other below its fair share. A request whose wait would pass MaxWait is
+// refused at once with the time the budget would have had room for it, and
+// one that waited MaxWait without its turn coming is refused then.
+package budget
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Reasons a request was refused (ExhaustedError.Reason, Observer.Shed).
+const (
+	ShedQueueFull = "queue_full" // its wait would pass MaxWait
+	ShedDeadline  = "deadline"   // it waited MaxWait without its turn coming
+	ShedCooldown  = "cooldown"   // Zapier answered 429: nothing goes out until the cooldown ends
+	ShedCanceled  = "canceled"   // the caller went away while queued
+	ShedClosed    = "closed"     // the budget was closed (config unloaded)
+)
+
+// Partner window modes (Snapshot.PartnerMode).
+const (
+	ModeLocal    = "local"    // no shared store: this process's own count
+	ModeShared   = "shared"   // drawn atomically from the shared store
+	ModeFallback = "fallback" // shared store unreachable: this process's share
+)
+
+// ExhaustedError is returned when a request gets no budget within MaxWait.
+type ExhaustedError struct {
+	// RetryAfter is when the budget has room again, by its own estimate.
+	RetryAfter time.Duration
+	Reason     string
+}
+
+func (e *ExhaustedError) Error() string {
+	return fmt.Sprintf("Zapier request budget exhausted (%s); room again in %s", e.Reason, e.RetryAfter.Round(time.Millisecond))
+}
+
+// Observer receives the budget's outcomes (for metrics). Calls are made
+// without locks held and must not block.
+type Observer interface {
+	Granted(waited time.Duration)
+	Shed(reason string)
+	// SharedAvailable reports the shared store going away (false) or
+	// coming back (true).
+	SharedAvailable(ok bool, err error)
+}
+
+// Config configures a Budget.
+type Config struct {
+	// PerIP limits this process (Zapier counts per client address).
+	PerIP Limit
+	// Partner limits every process of the partner together. Without
+	// Shared each process enforces it alone, which is right for one
+	// process; with Shared it is drawn from one count.
+	Partner Limit
+	// MaxWait is the longest a request waits for room. 0 never waits.
+	MaxWait time.Duration
+	// Margin lengthens every window, so requests granted at the edge of a
+	// window cannot reach Zapier inside the previous one after network
+	// delay. Default (0): a fiftieth of the window, at least 10ms;
+	// negative: none.
+	Margin time.Duration
+	// Shared, when set, holds the partner window for every process.
+	Shared Shared
+	// SharedTimeout bounds one call to Shared. Default 250ms.
+	SharedTimeout time.Duration
+	// ProbeEvery is how often a process whose shared store failed tries it
+	// again. Default 1s.
+	ProbeEvery time.Duration
+	// HeartbeatEvery is how often the process announces itself to the
+	// shared store and learns how many processes share the partner limit
+	// (its fallback share is Partner divided by that). Default a quarter
+	// of the partner window, between 100ms and 5s.
+	HeartbeatEvery time.Duration
+	Clock          Clock
+	Observer       Observer
+}
+
+// Snapshot is the budget's state, for status pages and metrics.
+type Snapshot struct {
+	PerIP       LimitState    `json:"per_ip"`
+	Partner     LimitState    `json:"partner"`
+	PartnerMode string        `json:"partner_mode"`
+	Peers       int           `json:"sidecars"`
+	Queued      int           `json:"queued"`
+	Tenants     int           `json:"queued_tenants"`
+	BlockedFor  time.Duration `json:"-"`
+}
+
+// LimitState is one limit and this process's use of it in the window that
+// ends now.
+type LimitState struct {
+	Limit     string `json:"limit"`
+	Used      int    `json:"used"`
+	Remaining int    `json:"remaining"`
+}
+
+// Budget is a request budget. It is safe for concurrent use.
+type Budget struct {
+	cfg   Config
+	clock Clock
+
+	mu      sync.Mutex
+	perIP   *window // nil when off
+	partner *window // local count, or the fallback share with Shared; nil when off
+	queue   fairQueue
+	closed  bool
+	// With Shared:
+	sharedOK           bool
+	probeAt            time.Time
+	sharedBlockedUntil time.Time
+	peers              int
+	fallbackGrants     []time.Time // made while the store was away, handed to it on return
+
+	wake chan struct{}
+	stop chan struct{}
+	done sync.WaitGroup
+}
+
+// New starts a budget; Close stops it.
+func New(cfg Config) (*Budget, error) {
+	if cfg.PerIP.Off() && cfg.Partner.Off() {
+		return nil, errors.New("budget: no limit set")
+	}
+	if cfg.MaxWait < 0 {
+		return nil, errors.New("budget: max wait must not be negative")
+	}
+	if cfg.Shared != nil && cfg.Partner.Off() {
+		return nil, errors.New("budget: a shared store needs a partner limit")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
+	if cfg.SharedTimeout <= 0 {
+		cfg.SharedTimeout = 250 * time.Millisecond
+	}
+	if cfg.ProbeEvery <= 0 {
+		cfg.ProbeEvery = time.Second
+	}
+	if cfg.HeartbeatEvery <= 0 && !cfg.Partner.Off() {
+		cfg.HeartbeatEvery = min(max(cfg.Partner.Per/4, 100*time.Millisecond), 5*time.Second)
+	}
+	b := &Budget{cfg: cfg, clock: cfg.Clock, wake: make(chan struct{}, 1), stop: make(chan struct{}), peers: 1, sharedOK: true}
+	if !cfg.PerIP.Off() {
+		b.perIP = newWindow(cfg.PerIP, b.margin(cfg.PerIP))
+	}
+	if !cfg.Partner.Off() {
+		b.partner = newWindow(cfg.Partner, b.margin(cfg.Partner))
+	}
+	b.queue.init()
+	b.done.Add(1)
+	go b.dispatch()
+	if cfg.Shared != nil {
+		b.done.Add(1)
+		go b.heartbeat()
+	}
+	return b, nil
+}
+
+func (b *Budget) margin(l Limit) time.Duration {
+	if b.cfg.Margin < 0 {
+		return 0
+	}
+	if b.cfg.Margin > 0 {
+		return b.cfg.Margin
+	}
+	return max(l.Per/50, 10*time.Millisecond)
+}
+
+// Close stops the budget; queued requests are refused.
+func (b *Budget) Close() {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	b.closed = true
+	shed := b.queue.drain()
+	b.mu.Unlock()
+	close(b.stop)
+	b.done.Wait()
+	for _, w := range shed {
+		w.ready <- &ExhaustedError{RetryAfter: time.Second, Reason: ShedClosed}
+		b.cfg.Observer.Shed(ShedClosed)
+	}
+}
+
+// Acquire takes room for one request to Zapier on behalf of tenant,
+// waiting (fairly across tenants) at most MaxWait. It returns nil when the
+// request may go, an *ExhaustedError when it may not, or ctx's error when
+// the caller went away while queued (its place is freed).
+func (b *Budget) Acquire(ctx context.Context, tenant string) error {
+	now := b.clock.Now()
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return &ExhaustedError{RetryAfter: time.Second, Reason: ShedClosed}
+	}
+	if b.queue.n == 0 && b.cfg.Shared == nil && !b.nextLocal(now).After(now) {
+		b.takeLocal(now)
+		b.mu.Unlock()
+		b.cfg.Observer.Granted(0)
+		return nil
+	}
+	if eta := b.eta(now, b.queue.position(tenant)); eta.Sub(now) > b.cfg.MaxWait {
+		b.mu.Unlock()
+		b.cfg.Observer.Shed(ShedQueueFull)
+		return &ExhaustedError{RetryAfter: eta.Sub(now), Reason: ShedQueueFull}
+	}
+	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: now.Add(b.cfg.MaxWait)}
+	b.queue.push(tenant, w)
+	b.mu.Unlock()
+	b.kick()
+
+	select {
+	case err := <-w.ready:
+		return err
+	case <-ctx.Done():
+	}
+	b.mu.Lock()
+	queued := b.queue.remove(w)
+	b.mu.Unlock()
+	if queued {
+		b.kick() // the head may have changed
+		b.cfg.Observer.Shed(ShedCanceled)
+		return ctx.Err()
+	}
+	if err := <-w.ready; err != nil { // answered while we were leaving
+		return err
+	}
+	return ctx.Err()
+}
+
+// Exhaust records that Zapier answered 429: nothing is granted before
+// until, and queued requests that cannot wait that long are refused now.
+func (b *Budget) Exhaust(until time.Time) {
+	now := b.clock.Now()
+	b.mu.Lock()
+	for _, w := range []*window{b.perIP, b.partner} {
+		if w != nil && until.After(w.blockedUntil) {
+			w.blockedUntil = until
+		}
+	}
+	if until.After(b.sharedBlockedUntil) {
+		b.sharedBlockedUntil = until
+	}
+	b.shedBefore(now, until, ShedCooldown)
+	b.mu.Unlock()
+	b.kick()
+}
+
+// Snapshot reports the budget's state now.
+func (b *Budget) Snapshot() Snapshot {
+	now := b.clock.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := Snapshot{Queued: b.queue.n, Tenants: len(b.queue.ring), Peers: b.peers, PartnerMode: ModeLocal}
+	state := func(w *window) LimitState {
+		if w == nil {
+			return LimitState{Limit: "off"}
+		}
+		used := w.used(now)
+		return LimitState{Limit: w.limit.String(), Used: used, Remaining: max(0, w.limit.Requests-used)}
+	}
+	s.PerIP, s.Partner = state(b.perIP), state(b.partner)
+	if b.cfg.Shared != nil {
+		s.PartnerMode = ModeShared
+		s.Partner.Limit = b.cfg.Partner.String() // the window held locally is only the fallback share
+		if !b.sharedOK {
+			s.PartnerMode = ModeFallback
+		}
+	}
+	if t := b.nextLocal(now); t.After(now) {
+		s.BlockedFor = t.Sub(now)
+	}
+	return s
+}
+
+func (b *Budget) kick() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// nextLocal is when the windows held here have room for one more grant.
+func (b *Budget) nextLocal(now time.Time) time.Time {
+	t := now
+	if b.perIP != nil {
+		t = later(t, b.perIP.next(now))
+	}
+	if b.partner != nil && (b.cfg.Shared == nil || !b.sharedOK) {
+		t = later(t, b.partner.next(now))
+	}
+	if b.cfg.Shared != nil && b.sharedOK {
+		t = later(t, b.sharedBlockedUntil)
+	}
+	return t
+}
+
+func (b *Budget) takeLocal(now time.Time) {
+	if b.perIP != nil {
+		b.perIP.take(now)
+	}
+	if b.partner != nil {
+		b.partner.take(now)
+	}
+	if b.cfg.Shared != nil && !b.sharedOK {
+		b.fallbackGrants = append(b.fallbackGrants, now)
+		if n := b.cfg.Partner.Requests; len(b.fallbackGrants) > n {
+			b.fallbackGrants = b.fallbackGrants[len(b.fallbackGrants)-n:]
+		}
+	}
+}
+
+// eta projects when the position-th request from now would be granted,
+// if nothing else arrived. It stops early once past MaxWait.
+func (b *Budget) eta(now time.Time, position int) time.Time {
+	var ip, partner *window
+	if b.perIP != nil {
+		ip = b.perIP.clone()
+	}
+	// With a healthy shared store the partner count is not known here:
+	// estimate from the per-IP window and the store's last answer.
+	if b.partner != nil && (b.cfg.Shared == nil || !b.sharedOK) {
+		partner = b.partner.clone()
+	}
+	t := now
+	for range position {
+		t = now
+		if ip != nil {
+			t = later(t, ip.next(now))
+		}
+		if partner != nil {
+			t = later(t, partner.next(now))
+		}
+		if b.cfg.Shared != nil && b.sharedOK {
+			t = later(t, b.sharedBlockedUntil)
+		}
+		if t.Sub(now) > b.cfg.MaxWait {
+			return t
+		}
+		if ip != nil {
+			ip.take(t)
+		}
+		if partner != nil {
+			partner.take(t)
+		}
+	}
+	return t
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Granted(time.Duration)       {}
+func (nopObserver) Shed(string)                 {}
+func (nopObserver) SharedAvailable(bool, error) {}
