@@ -323,7 +323,7 @@ func (h *Actions) serveInputs(w http.ResponseWriter, r *http.Request, key tokenc
 		return h.fail(w, r, err)
 	}
 	var fields []json.RawMessage
-	err = h.app.callAPI(ctx, key, func(access string) (err error) {
+	err = h.app.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
 		fields, err = h.app.client.ActionInputs(ctx, h.app.APIURL, access, actionID, rec.ConnectionID, req.Inputs)
 		return err
 	})
@@ -392,7 +392,7 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 		return fail(err)
 	}
 	var runID string
-	err = h.app.callAPI(ctx, key, func(access string) (err error) {
+	err = h.app.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
 		runID, err = h.app.client.CreateActionRun(ctx, h.app.APIURL, access, zapierapi.ActionRunRequest{
 			Action: actionID, Authentication: rec.ConnectionID, Inputs: req.Inputs,
 		})
@@ -467,7 +467,7 @@ func (h *Actions) await(ctx context.Context, key tokencache.Key, runID string, d
 
 func (h *Actions) poll(ctx context.Context, key tokencache.Key, runID string) (zapierapi.ActionRun, error) {
 	var run zapierapi.ActionRun
-	err := h.app.callAPI(ctx, key, func(access string) (err error) {
+	err := h.app.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
 		run, err = h.app.client.GetActionRun(ctx, h.app.APIURL, access, runID)
 		return err
 	})
@@ -559,7 +559,7 @@ func (h *Actions) connection(ctx context.Context, key tokencache.Key, app string
 
 func (h *Actions) listActions(ctx context.Context, key tokencache.Key, ids appIDs, actionType string) ([]zapierapi.Action, error) {
 	var actions []zapierapi.Action
-	err := h.app.callAPI(ctx, key, func(access string) (err error) {
+	err := h.app.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
 		actions, err = h.app.client.ListActions(ctx, h.app.APIURL, access, ids.uuid, actionType)
 		return err
 	})
@@ -602,7 +602,7 @@ func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs,
 		return err
 	}
 	var auths []zapierapi.Authentication
-	lerr := h.app.callAPI(ctx, key, func(access string) (err error) {
+	lerr := h.app.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
 		auths, err = h.app.client.ListAuthentications(ctx, h.app.APIURL, access, ids.uuid)
 		return err
 	})

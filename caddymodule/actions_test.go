@@ -174,7 +174,7 @@ func newActionsEnv(t *testing.T) *actionsEnv {
 	app := &App{
 		APIURL: e.api.URL, client: client, metrics: sharedMetrics, logger: zap.NewNop(),
 		userHeader: defaultUserHeader, tenantHeader: defaultTenantHeader, trusted: trusted,
-		tokens: &pooledCache{cache: cache, breaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{Now: e.clock.now})},
+		tokens: &pooledCache{cache: cache, breaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{Now: e.clock.now}), apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{Now: e.clock.now})},
 	}
 	e.h = &Actions{PollInterval: caddy.Duration(5 * time.Millisecond), MaxPollInterval: caddy.Duration(20 * time.Millisecond),
 		Apps: map[string]string{"SlackCLIAPI": slackUUID}}

@@ -72,8 +72,13 @@ func methodNotAllowed(r *http.Request, allowed string) error {
 type Status struct {
 	Keys  []jwks.KeyInfo `json:"keys"`
 	Cache CacheStatus    `json:"cache"`
-	// Breaker is closed, open, half_open or cooling_down (after a 429).
+	// Breaker guards the token endpoint: closed, open, half_open or
+	// cooling_down (after a 429).
 	Breaker string `json:"breaker"`
+	// APIBreaker guards Zapier's API, in the same states.
+	APIBreaker string `json:"api_breaker"`
+	// Budget is the request budget in front of the API; absent when off.
+	Budget *BudgetStatus `json:"api_budget,omitempty"`
 }
 
 // CacheStatus describes the access token cache.
@@ -101,7 +106,9 @@ func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request) error {
 			Size:     app.Cache.Size,
 			HitRatio: app.tokens.hitRatio(),
 		},
-		Breaker: app.tokens.breaker.State(),
+		Breaker:    app.tokens.breaker.State(),
+		APIBreaker: app.tokens.apiBreaker.State(),
+		Budget:     app.budgetStatus(),
 	})
 }
 

@@ -115,6 +115,9 @@ type App struct {
 	Exchange *ExchangeConfig `json:"exchange,omitempty"`
 	Identity *IdentityConfig `json:"identity,omitempty"`
 	Cache    *CacheConfig    `json:"cache,omitempty"`
+	// The request budget in front of Zapier's API (budget.go). On by
+	// default with Zapier's documented limits.
+	APIBudget *APIBudgetConfig `json:"api_budget,omitempty"`
 
 	clientSecret string // resolved; never logged
 	trusted      []netip.Prefix
@@ -122,15 +125,17 @@ type App struct {
 	tenantHeader string
 	poolKey      string
 
-	ctx      caddy.Context
-	logger   *zap.Logger
-	keys     *jwks.Manager
-	client   *zapierapi.Client
-	tokens   *pooledCache
-	metrics  *metrics
-	events   *appEvents // events.go
-	inflight chan struct{}
-	shared   *sharedtokens.Tier // the Redis token tier; nil when off (sharedtokens.go)
+	ctx       caddy.Context
+	logger    *zap.Logger
+	keys      *jwks.Manager
+	client    *zapierapi.Client
+	tokens    *pooledCache
+	metrics   *metrics
+	events    *appEvents // events.go
+	inflight  chan struct{}
+	shared    *sharedtokens.Tier // the Redis token tier; nil when off (sharedtokens.go)
+	budget    *pooledBudget      // nil when api_budget is off (budget.go)
+	budgetKey string
 
 	keysLoad *keysLoad
 }
@@ -235,7 +240,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		ClientAuth:       a.Exchange.ClientAuth,
 		Timeout:          time.Duration(a.Exchange.Timeout),
 		DefaultTTL:       time.Duration(a.Cache.DefaultTTL),
-		HTTPClient:       tracedHTTPClient(), // traced, carries traceparent (tracing.go)
+		// Traced, carries traceparent (tracing.go); API calls spend budget.
+		HTTPClient: &http.Client{Transport: budgetTransport{next: zapierTransport(), app: a}},
 	})
 	if err != nil {
 		return fmt.Errorf("configuring the Zapier client: %w", err)
@@ -250,6 +256,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := a.provisionEvents(ctx); err != nil {
+		return err
+	}
+	if err := a.provisionBudget(ctx); err != nil {
 		return err
 	}
 
@@ -328,6 +337,7 @@ func (a *App) setDefaults() {
 	if a.Cache.NegativeTTL == 0 {
 		a.Cache.NegativeTTL = caddy.Duration(defaultNegativeTTL)
 	}
+	a.setBudgetDefaults()
 }
 
 func setDefault(field *string, value string) {
@@ -514,6 +524,9 @@ func (a *App) Stop() error { return nil }
 // Cleanup releases this config's reference to the shared token cache.
 func (a *App) Cleanup() error {
 	a.closeSharedTokens()
+	if err := a.cleanupBudget(); err != nil {
+		return err
+	}
 	if a.poolKey == "" || a.tokens == nil {
 		return nil
 	}
@@ -568,7 +581,7 @@ func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind stri
 		return tok, &zapierapi.Error{Kind: zapierapi.KindTimeout, Err: ctx.Err()}
 	}
 	start := time.Now()
-	err = a.callZapier(func() (err error) {
+	err = callZapier(a.tokens.breaker, func() (err error) {
 		tok, err = call(ctx)
 		return err
 	})
@@ -579,30 +592,33 @@ func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind stri
 	return tok, err
 }
 
-// callZapier runs one call to Zapier through the breaker: while Zapier keeps
+// callZapier runs one call to Zapier through breaker b: while Zapier keeps
 // failing, or while a 429 cooldown runs, it fails fast with a KindUnavailable
-// error carrying Retry-After instead of calling.
-func (a *App) callZapier(call func() error) error {
-	if err := a.tokens.breaker.Before(); err != nil {
+// error carrying Retry-After instead of calling. The token endpoint and the
+// API have a breaker each: their rate limits and outages are separate.
+func callZapier(b *zapierapi.Breaker, call func() error) error {
+	if err := b.Before(); err != nil {
 		return err
 	}
 	err := call()
-	a.tokens.breaker.After(err)
+	b.After(err)
 	return err
 }
 
 // callAPI makes one call to Zapier's API with the caller's access token,
-// through the breaker. A 401 means the cached token went stale: it is
-// evicted and the call made once more with a fresh one (Zapier refused the
-// first, so nothing happened twice). A failed token lookup comes back as the
-// gateway's *apiError.
-func (a *App) callAPI(ctx context.Context, key tokencache.Key, call func(access string) error) error {
+// through the API breaker and, in the transport, the request budget (the
+// call's context carries the tenant it is spent for). A 401 means the
+// cached token went stale: it is evicted and the call made once more with a
+// fresh one (Zapier refused the first, so nothing happened twice). A failed
+// token lookup comes back as the gateway's *apiError.
+func (a *App) callAPI(ctx context.Context, key tokencache.Key, call func(ctx context.Context, access string) error) error {
+	ctx = withBudgetTenant(ctx, key.Tenant)
 	for attempt := 0; ; attempt++ {
 		access, err := a.accessToken(ctx, key)
 		if err != nil {
 			return exchangeAPIError(err)
 		}
-		err = a.callZapier(func() error { return call(access) })
+		err = callZapier(a.tokens.apiBreaker, func() error { return call(ctx, access) })
 		if zerr, ok := zapierapi.AsError(err); ok && zerr.StatusCode == http.StatusUnauthorized && attempt == 0 {
 			a.tokens.evictToken(key, access)
 			continue

@@ -106,10 +106,14 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	defer body.release()
 	r.Header.Del("Cookie")
 	setBearer(r, token)
+	if done, err := h.admit(w, r, tenant); done {
+		return err
+	}
 
 	if !body.replayable {
 		rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 		err := next.ServeHTTP(rec, r)
+		h.app.proxied(r, rec.Status(), rec.Header(), err)
 		h.evictOnUnauthorized(rec.Status(), key, token)
 		return err
 	}
@@ -119,6 +123,7 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	defer held.release()
 	rec := caddyhttp.NewResponseRecorder(w, &held.buf, isUnauthorized)
 	err = next.ServeHTTP(rec, r)
+	h.app.proxied(r, rec.Status(), rec.Header(), err)
 	if err != nil || !rec.Buffered() {
 		return err
 	}
@@ -131,10 +136,30 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	body.rewind(r)
 	setBearer(r, fresh)
+	if done, err := h.admit(w, r, tenant); done {
+		return err
+	}
 	retry := caddyhttp.NewResponseRecorder(w, nil, nil)
 	err = next.ServeHTTP(retry, r)
+	h.app.proxied(r, retry.Status(), retry.Header(), err)
 	h.evictOnUnauthorized(retry.Status(), key, fresh)
 	return err
+}
+
+// admit spends budget for one proxied request. When the request may not
+// go it is answered here (done), with an error only for a caller that went
+// away.
+func (h *Auth) admit(w http.ResponseWriter, r *http.Request, tenant string) (done bool, _ error) {
+	err := h.app.admitProxied(r.Context(), tenant)
+	if err == nil {
+		return false, nil
+	}
+	var aerr *apiError
+	if errors.As(err, &aerr) {
+		writeError(w, aerr)
+		return true, nil
+	}
+	return true, caddyhttp.Error(499, err)
 }
 
 func (h *Auth) token(ctx context.Context, key tokencache.Key) (string, error) {

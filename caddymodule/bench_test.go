@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 // benchIdentities is how many distinct identities the hot-path benchmarks
@@ -41,7 +42,7 @@ func hitAuth(tb testing.TB, keys []tokencache.Key) *Auth {
 	}
 	rules := newIdentityRules(defaultUserHeader, defaultTenantHeader, trusted)
 	return &Auth{
-		app:    &App{tokens: &pooledCache{cache: c}, metrics: sharedMetrics},
+		app:    &App{tokens: &pooledCache{cache: c, apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})}, metrics: sharedMetrics},
 		rules:  rules,
 		logger: zap.NewNop(),
 	}

@@ -20,11 +20,13 @@ var cachePool = caddy.NewUsagePool()
 // same credentials. Fetches go through the newest started App.
 type pooledCache struct {
 	cache *tokencache.Cache
-	// breaker lives here, not in the App, so a reload during a Zapier
-	// outage does not reset it.
-	breaker   *zapierapi.Breaker
-	exchanger atomic.Pointer[App]
-	lookups   atomic.Uint64
+	// The breakers live here, not in the App, so a reload during a Zapier
+	// outage does not reset them: breaker guards the token endpoint,
+	// apiBreaker the API (each has its own limits and cooldown).
+	breaker    *zapierapi.Breaker
+	apiBreaker *zapierapi.Breaker
+	exchanger  atomic.Pointer[App]
+	lookups    atomic.Uint64
 	// waited counts lookups not served from the cache at once; a hit, the
 	// common case, costs one atomic add instead of two.
 	waited atomic.Uint64
@@ -58,6 +60,7 @@ func newPooledCache(a *App) (*pooledCache, error) {
 			}
 		},
 	})
+	pc.apiBreaker = zapierapi.NewBreaker(zapierapi.BreakerConfig{})
 	// A fetch may retry: give it room for every attempt and the backoff
 	// between them, and nothing more.
 	fetchTimeout := 3*time.Duration(a.Exchange.Timeout) + 5*time.Second

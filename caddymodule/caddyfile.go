@@ -138,6 +138,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "cache":
 			a.Cache = new(CacheConfig)
 			err = a.Cache.unmarshalCaddyfile(d)
+		case "api_budget":
+			err = a.parseAPIBudget(d)
 		default:
 			return d.Errf("unrecognized zapier option %q", opt)
 		}

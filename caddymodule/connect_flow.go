@@ -311,7 +311,7 @@ func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids ap
 // cached token went stale: it is evicted and the lookup retried once.
 func (h *Connect) lookupConnection(ctx context.Context, key tokencache.Key, appUUID, id string) (*zapierapi.Authentication, error) {
 	var auths []zapierapi.Authentication
-	err := h.app.callAPI(ctx, key, func(access string) (err error) {
+	err := h.app.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
 		auths, err = h.app.client.ListAuthentications(ctx, h.app.APIURL, access, appUUID)
 		return err
 	})

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/zapgate/caddy-zapier/budget"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -96,12 +97,22 @@ func unavailableAPIError(zerr *zapierapi.Error, what string) *apiError {
 		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
 			Message:    "Zapier is rate limiting " + what + "; retry later",
 			RetryAfter: cmp.Or(zerr.RetryAfter, zapierapi.DefaultRateLimitCooldown)}
+	case zerr.Kind == zapierapi.KindUnavailable && errors.As(zerr.Err, new(*budget.ExhaustedError)):
+		return budgetExhaustedError(zerr.RetryAfter)
 	case zerr.Kind == zapierapi.KindUnavailable:
 		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
 			Message:    "Zapier is unavailable (" + zerr.Description + "); retry later",
 			RetryAfter: cmp.Or(zerr.RetryAfter, time.Second)}
 	}
 	return nil
+}
+
+// budgetExhaustedError answers a request the gateway's own request budget
+// could not serve within max_wait.
+func budgetExhaustedError(retryAfter time.Duration) *apiError {
+	return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_budget_exhausted",
+		Message:    "the gateway's budget of requests to Zapier is spent for now; retry later",
+		RetryAfter: max(retryAfter, time.Second)}
 }
 
 func statusSuffix(status int, oauthError string) string {

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 // TestHeldUnauthorizedIsRetriedWithTheHeaderRestored checks the pooled
@@ -32,7 +33,7 @@ func TestHeldUnauthorizedIsRetriedWithTheHeaderRestored(t *testing.T) {
 	}
 	defer c.Close()
 	h := &Auth{
-		app:    &App{tokens: &pooledCache{cache: c}, metrics: sharedMetrics},
+		app:    &App{tokens: &pooledCache{cache: c, apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})}, metrics: sharedMetrics},
 		rules:  testRules(t, "127.0.0.0/8"),
 		logger: zap.NewNop(),
 	}
@@ -100,7 +101,7 @@ func TestHitRatioCountsLookupsServedAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	pc := &pooledCache{cache: c}
+	pc := &pooledCache{cache: c, apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})}
 	if got := pc.hitRatio(); got != 0 {
 		t.Errorf("hit ratio before any lookup = %v, want 0", got)
 	}

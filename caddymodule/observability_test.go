@@ -187,7 +187,7 @@ func exchangeApp(t *testing.T, tokenURL string) *App {
 		metrics:    sharedMetrics,
 		logger:     zap.NewNop(),
 		inflight:   make(chan struct{}, 1),
-		tokens:     &pooledCache{breaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})},
+		tokens:     &pooledCache{breaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{}), apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})},
 	}
 }
 

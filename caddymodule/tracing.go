@@ -119,7 +119,8 @@ var zapierTransport = sync.OnceValue(func() http.RoundTripper {
 	return otelhttp.NewTransport(zapierapi.NewTransport(), otelhttp.WithPropagators(autoprop.NewTextMapPropagator()))
 })
 
-// tracedHTTPClient is the zapierapi.Config HTTPClient.
+// tracedHTTPClient is a client over zapierTransport without the request
+// budget (the App's client adds it: budget.go).
 func tracedHTTPClient() *http.Client {
 	return &http.Client{Transport: zapierTransport()}
 }

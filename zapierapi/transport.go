@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/zapgate/caddy-zapier/budget"
 )
 
 // call describes one logical request, sent up to MaxAttempts times.
@@ -147,14 +149,14 @@ func (c *Client) attempt(ctx context.Context, cl *call) (*Error, bool) {
 	switch {
 	case code == http.StatusTooManyRequests:
 		e.Kind = KindRateLimited
-		e.RetryAfter = c.retryAfter(resp.Header.Get("Retry-After"))
+		e.RetryAfter = c.RetryAfter(resp.Header.Get("Retry-After"))
 		return e, false
 	case code >= 400 && code <= 499:
 		e.Kind = KindRejected
 		return e, false
 	case code >= 500:
 		e.Kind = KindFailed
-		e.RetryAfter = c.retryAfter(resp.Header.Get("Retry-After"))
+		e.RetryAfter = c.RetryAfter(resp.Header.Get("Retry-After"))
 		return e, true
 	default: // 1xx/3xx: redirects are deliberately not followed
 		e.Kind = KindFailed
@@ -169,6 +171,12 @@ func transportError(ctx, actx context.Context, err error) (*Error, bool) {
 	if ctx.Err() != nil {
 		return ctxError(ctx), false
 	}
+	// The gateway's own request budget held the call back: not Zapier's
+	// failure, and not worth an immediate retry.
+	var ee *budget.ExhaustedError
+	if errors.As(err, &ee) {
+		return &Error{Kind: KindUnavailable, RetryAfter: ee.RetryAfter, Description: "request budget exhausted", Err: ee}, false
+	}
 	var ne net.Error
 	if errors.Is(actx.Err(), context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		return &Error{Kind: KindTimeout, Err: err}, true
@@ -176,9 +184,9 @@ func transportError(ctx, actx context.Context, err error) (*Error, bool) {
 	return &Error{Kind: KindFailed, Err: err}, true
 }
 
-// retryAfter parses Retry-After (delta-seconds or HTTP-date); 0 when absent,
+// RetryAfter parses Retry-After (delta-seconds or HTTP-date); 0 when absent,
 // invalid or already past. It never makes a value up.
-func (c *Client) retryAfter(v string) time.Duration {
+func (c *Client) RetryAfter(v string) time.Duration {
 	const limit = 24 * time.Hour
 	v = strings.TrimSpace(v)
 	if v == "" {

@@ -1,0 +1,330 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/zapgate/caddy-zapier/budget"
+	"github.com/zapgate/caddy-zapier/sharedtokens"
+	"github.com/zapgate/caddy-zapier/zapierapi"
+)
+
+// Zapier's documented Workflow API limits (zapier-api.md §4.8).
+const (
+	defaultBudgetPerIP   = "60/1m"
+	defaultBudgetPartner = "150/1m"
+	defaultBudgetMaxWait = 10 * time.Second
+)
+
+// APIBudgetConfig is the request budget in front of every call to Zapier's
+// API: what zapier_auth proxies and every call the gateway makes itself.
+type APIBudgetConfig struct {
+	// Off restores the behaviour without a budget: calls go out at once
+	// and only a 429 from Zapier stops them.
+	Off bool `json:"off,omitempty"`
+	// Requests per window from this sidecar, "<requests>/<duration>".
+	// Default 60/1m, Zapier's documented per-IP limit.
+	PerIP string `json:"per_ip,omitempty"`
+	// Requests per window across every sidecar of the partner. Default
+	// 150/1m, Zapier's documented partner limit. With cache.redis it is
+	// drawn from one count in Redis.
+	Partner string `json:"partner,omitempty"`
+	// Longest a request waits for budget; past it, 503
+	// zapier_budget_exhausted with Retry-After. Default 10s.
+	MaxWait caddy.Duration `json:"max_wait,omitempty"`
+}
+
+// budgetPool keeps budgets across reloads: a reload must not forget what
+// was spent in the current window.
+var budgetPool = caddy.NewUsagePool()
+
+type pooledBudget struct {
+	*budget.Budget
+	redis *redis.Client // nil without cache.redis
+}
+
+func (p *pooledBudget) Destruct() error {
+	p.Close()
+	if p.redis != nil {
+		return p.redis.Close()
+	}
+	return nil
+}
+
+func (a *App) setBudgetDefaults() {
+	if a.APIBudget == nil {
+		a.APIBudget = new(APIBudgetConfig)
+	}
+	setDefault(&a.APIBudget.PerIP, defaultBudgetPerIP)
+	setDefault(&a.APIBudget.Partner, defaultBudgetPartner)
+	if a.APIBudget.MaxWait == 0 {
+		a.APIBudget.MaxWait = caddy.Duration(defaultBudgetMaxWait)
+	}
+}
+
+// provisionBudget builds (or, after a reload with the same settings, reuses)
+// the request budget. It does no network I/O.
+func (a *App) provisionBudget(ctx caddy.Context) error {
+	if err := registerBudgetMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	c := a.APIBudget
+	if c.Off {
+		return nil
+	}
+	perIP, err := budget.ParseLimit(c.PerIP, caddy.ParseDuration)
+	if err != nil {
+		return fmt.Errorf("zapier: api_budget per_ip: %w", err)
+	}
+	partner, err := budget.ParseLimit(c.Partner, caddy.ParseDuration)
+	if err != nil {
+		return fmt.Errorf("zapier: api_budget partner: %w", err)
+	}
+	if c.MaxWait < 0 {
+		return errors.New("zapier: api_budget max_wait must not be negative")
+	}
+	var redisURL, redisPrefix string
+	var redisTimeout time.Duration
+	if r := a.Cache.Redis; r != nil {
+		redisURL = caddy.NewReplacer().ReplaceKnown(r.URL, "")
+		redisPrefix, redisTimeout = r.Prefix, time.Duration(r.Timeout)
+	}
+	// The pool key holds the Redis URL only hashed (it may carry a password).
+	a.budgetKey = strings.Join([]string{perIP.String(), partner.String(), time.Duration(c.MaxWait).String(),
+		hashHex(redisURL), redisPrefix, a.ClientID}, "|")
+	val, _, err := budgetPool.LoadOrNew(a.budgetKey, func() (caddy.Destructor, error) {
+		cfg := budget.Config{PerIP: perIP, Partner: partner, MaxWait: time.Duration(c.MaxWait), Observer: budgetObserver{}}
+		p := new(pooledBudget)
+		if redisURL != "" {
+			p.redis, err = sharedtokens.NewClient(redisURL, redisTimeout)
+			if err != nil {
+				return nil, fmt.Errorf("zapier: api_budget: %w", err)
+			}
+			// One partner limit per Zapier client: partners sharing a
+			// Redis do not share a budget.
+			cfg.Shared = budget.NewRedisShared(p.redis, redisPrefixOr(redisPrefix)+hashHex(a.ClientID)[:16]+":")
+			cfg.SharedTimeout = cmpDuration(redisTimeout, sharedtokens.DefaultTimeout)
+		}
+		b, err := budget.New(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("zapier: api_budget: %w", err)
+		}
+		p.Budget = b
+		return p, nil
+	})
+	if err != nil {
+		return err
+	}
+	a.budget = val.(*pooledBudget)
+	return observeBudget(ctx.GetMetricsRegistry(), a.budget.Budget)
+}
+
+// hashHex names a value in a key without revealing it.
+func hashHex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+func redisPrefixOr(p string) string {
+	if p == "" {
+		return sharedtokens.DefaultPrefix
+	}
+	return p
+}
+
+func cmpDuration(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func (a *App) cleanupBudget() error {
+	if a.budgetKey == "" || a.budget == nil {
+		return nil
+	}
+	_, err := budgetPool.Delete(a.budgetKey)
+	return err
+}
+
+// spend takes budget for one API request of tenant. nil when the budget is
+// off.
+func (a *App) spend(ctx context.Context, tenant string) error {
+	if a.budget == nil {
+		return nil
+	}
+	return a.budget.Acquire(ctx, tenant)
+}
+
+// rateLimited records a 429 from Zapier's API: its cooldown holds the
+// budget (queued requests that cannot wait it out are refused now) and the
+// API breaker.
+func (a *App) rateLimited(retryAfter time.Duration) {
+	if retryAfter <= 0 {
+		retryAfter = zapierapi.DefaultRateLimitCooldown
+	}
+	if a.budget != nil {
+		a.budget.Exhaust(time.Now().Add(retryAfter))
+	}
+	a.logger.Warn("Zapier answered 429: its API cooldown runs; calls wait or fail fast until it ends",
+		zap.Duration("retry_after", retryAfter))
+}
+
+type budgetTenantKey struct{}
+
+// withBudgetTenant names the tenant an API call is made for, so the budget
+// can be fair across tenants.
+func withBudgetTenant(ctx context.Context, tenant string) context.Context {
+	return context.WithValue(ctx, budgetTenantKey{}, tenant)
+}
+
+// budgetTransport spends budget for every request to Zapier's API that the
+// gateway makes itself (the token endpoint has limits of its own), counts
+// it, and reports a 429.
+type budgetTransport struct {
+	next http.RoundTripper
+	app  *App
+}
+
+func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	a := t.app
+	rest, isAPI := strings.CutPrefix(req.URL.String(), a.APIURL)
+	if !isAPI {
+		return t.next.RoundTrip(req)
+	}
+	tenant, _ := req.Context().Value(budgetTenantKey{}).(string)
+	if err := a.spend(req.Context(), tenant); err != nil {
+		if req.Body != nil {
+			_ = req.Body.Close() // a RoundTripper closes the body, even on error
+		}
+		return nil, err
+	}
+	resp, err := t.next.RoundTrip(req)
+	endpoint, _, _ := strings.Cut(rest, "?")
+	code := 0
+	if err == nil {
+		code = resp.StatusCode
+	}
+	observeAPICall(req.Method, endpoint, code)
+	if code == http.StatusTooManyRequests {
+		a.rateLimited(a.client.RetryAfter(resp.Header.Get("Retry-After")))
+	}
+	return resp, err
+}
+
+// admitProxied decides whether zapier_auth may proxy one request of tenant
+// to Zapier now: not during an API cooldown or open breaker, and only with
+// budget. nil means go, and then proxied must follow.
+func (a *App) admitProxied(ctx context.Context, tenant string) error {
+	b := a.tokens.apiBreaker
+	if err := b.Before(); err != nil {
+		return apiCallError(err)
+	}
+	if err := a.spend(ctx, tenant); err != nil {
+		b.After(&zapierapi.Error{Kind: zapierapi.KindUnavailable}) // nothing learnt
+		var ee *budget.ExhaustedError
+		if errors.As(err, &ee) {
+			return budgetExhaustedError(ee.RetryAfter)
+		}
+		return err // the caller went away
+	}
+	return nil
+}
+
+// proxied records the outcome of a request zapier_auth proxied: the
+// breaker learns from it and a 429 starts the cooldown.
+func (a *App) proxied(r *http.Request, status int, header http.Header, err error) {
+	var outcome error
+	switch {
+	case err != nil || status >= 500:
+		outcome = &zapierapi.Error{Kind: zapierapi.KindFailed, StatusCode: status}
+	case status == http.StatusTooManyRequests:
+		retryAfter := a.client.RetryAfter(header.Get("Retry-After"))
+		outcome = &zapierapi.Error{Kind: zapierapi.KindRateLimited, StatusCode: status, RetryAfter: retryAfter}
+		a.rateLimited(retryAfter)
+	}
+	a.tokens.apiBreaker.After(outcome)
+	observeAPICall(r.Method, r.URL.Path, status)
+}
+
+// parseAPIBudget reads the api_budget option:
+//
+//	api_budget off
+//	api_budget {
+//		per_ip   60/1m
+//		partner  150/1m
+//		max_wait 10s
+//	}
+func (a *App) parseAPIBudget(d *caddyfile.Dispenser) error {
+	if a.APIBudget == nil {
+		a.APIBudget = new(APIBudgetConfig)
+	}
+	c := a.APIBudget
+	if d.NextArg() {
+		if d.Val() != "off" {
+			return d.Errf("api_budget: unexpected %q (want off, or a block)", d.Val())
+		}
+		c.Off = true
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		return nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		val := d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		switch opt {
+		case "per_ip", "partner":
+			if _, err := budget.ParseLimit(val, caddy.ParseDuration); err != nil {
+				return d.Errf("api_budget %s: %v", opt, err)
+			}
+			if opt == "per_ip" {
+				c.PerIP = val
+			} else {
+				c.Partner = val
+			}
+		case "max_wait":
+			dur, err := caddy.ParseDuration(val)
+			if err != nil {
+				return d.Errf("api_budget max_wait: %v", err)
+			}
+			c.MaxWait = caddy.Duration(dur)
+		default:
+			return d.Errf("api_budget: unknown option %q (per_ip, partner, max_wait)", opt)
+		}
+	}
+	return nil
+}
+
+// BudgetStatus is the request budget in GET /zapier/status.
+type BudgetStatus struct {
+	budget.Snapshot
+	MaxWait string `json:"max_wait"`
+	// Seconds until the budget has room for one more request; 0 now.
+	RoomInSeconds float64 `json:"room_in_seconds"`
+}
+
+func (a *App) budgetStatus() *BudgetStatus {
+	if a.budget == nil {
+		return nil
+	}
+	s := a.budget.Snapshot()
+	return &BudgetStatus{Snapshot: s, MaxWait: time.Duration(a.APIBudget.MaxWait).String(), RoomInSeconds: s.BlockedFor.Seconds()}
+}

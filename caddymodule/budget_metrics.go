@@ -1,0 +1,113 @@
+package caddymodule
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/zapgate/caddy-zapier/budget"
+)
+
+// The request budget's collectors, one set per process like the others.
+var (
+	budgetGranted = newCounter("budget_granted_total",
+		"Requests to Zapier's API the request budget let through.")
+	budgetShed = newCounterVec("budget_shed_total",
+		"Requests to Zapier's API the request budget refused, by reason (queue_full, deadline, cooldown, canceled, closed).", "reason")
+	budgetWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "zapier", Name: "budget_wait_seconds",
+		Help:    "Time requests waited for the request budget before going to Zapier.",
+		Buckets: []float64{0, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+	})
+	budgetSharedChanges = newCounterVec("budget_shared_changes_total",
+		"Times the shared (Redis) partner budget became unavailable (fallback to this sidecar's share) or available again.", "available")
+	apiCalls = newCounterVec("api_calls_total",
+		"Calls to Zapier's API, proxied by zapier_auth or made by the gateway, by endpoint pattern and status class (2xx, 3xx, 4xx, 429, 5xx, error).",
+		"endpoint", "status")
+)
+
+func registerBudgetMetrics(reg *prometheus.Registry) error {
+	for _, reason := range []string{budget.ShedQueueFull, budget.ShedDeadline, budget.ShedCooldown, budget.ShedCanceled, budget.ShedClosed} {
+		budgetShed.WithLabelValues(reason)
+	}
+	for _, c := range []prometheus.Collector{budgetGranted, budgetShed, budgetWait, budgetSharedChanges, apiCalls} {
+		if err := registerOrExisting(reg, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// observeBudget registers the gauges that read the live budget; they belong
+// to this config's registry only.
+func observeBudget(reg *prometheus.Registry, b *budget.Budget) error {
+	gauge := func(name, help string, f func(budget.Snapshot) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "caddy", Subsystem: "zapier", Name: name, Help: help},
+			func() float64 { return f(b.Snapshot()) })
+	}
+	for _, c := range []prometheus.Collector{
+		gauge("budget_queue_length", "Requests waiting for the request budget.", func(s budget.Snapshot) float64 { return float64(s.Queued) }),
+		gauge("budget_per_ip_spent", "Requests this sidecar sent to Zapier's API in the current per-IP window.", func(s budget.Snapshot) float64 { return float64(s.PerIP.Used) }),
+		gauge("budget_per_ip_remaining", "Requests left in the current per-IP window.", func(s budget.Snapshot) float64 { return float64(s.PerIP.Remaining) }),
+		gauge("budget_partner_spent", "Requests this sidecar sent in the current partner window (with Redis: its own part).", func(s budget.Snapshot) float64 { return float64(s.Partner.Used) }),
+		gauge("budget_partner_remaining", "Requests left in the partner window as this sidecar counts it (with Redis: of its fallback share).", func(s budget.Snapshot) float64 { return float64(s.Partner.Remaining) }),
+	} {
+		if err := registerOrExisting(reg, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// budgetObserver feeds the budget's outcomes to the collectors.
+type budgetObserver struct{}
+
+func (budgetObserver) Granted(waited time.Duration) {
+	budgetGranted.Inc()
+	budgetWait.Observe(waited.Seconds())
+}
+
+func (budgetObserver) Shed(reason string) { budgetShed.WithLabelValues(reason).Inc() }
+
+func (budgetObserver) SharedAvailable(ok bool, _ error) {
+	budgetSharedChanges.WithLabelValues(strconv.FormatBool(ok)).Inc()
+}
+
+// observeAPICall counts one call to Zapier's API by endpoint pattern; code
+// is the response status, 0 when there was none.
+func observeAPICall(method, path string, code int) {
+	status := "error"
+	switch {
+	case code == http.StatusTooManyRequests:
+		status = "429"
+	case code >= 100 && code <= 599:
+		status = strconv.Itoa(code/100) + "xx"
+	}
+	apiCalls.WithLabelValues(method+" "+apiEndpoint(path), status).Inc()
+}
+
+// apiEndpoint reduces an API path to a pattern with a bounded set of
+// values: known resources and sub-resources are kept, ids become {id}.
+func apiEndpoint(path string) string {
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	if len(segs) < 2 || segs[0] != "v2" || !apiResources[segs[1]] {
+		return "other"
+	}
+	out := segs[:2]
+	for _, s := range segs[2:min(len(segs), 6)] {
+		if apiSubResources[s] {
+			out = append(out, s)
+		} else {
+			out = append(out, "{id}")
+		}
+	}
+	return "/" + strings.Join(out, "/")
+}
+
+var (
+	apiResources    = map[string]bool{"actions": true, "action-runs": true, "authentications": true, "apps": true, "zaps": true, "zap-runs": true, "guess": true, "echo": true, "whitelabel": true}
+	apiSubResources = map[string]bool{"inputs": true, "outputs": true, "choices": true, "test": true, "apps": true}
+)
