@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"net/url"
 	"path"
@@ -25,6 +24,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -79,13 +79,27 @@ type Actions struct {
 	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
 	// Longest pause between two polls. Default 5s.
 	MaxPollInterval caddy.Duration `json:"max_poll_interval,omitempty"`
+	// The public https URL of this handler's callback route (for example
+	// https://app.example.com/zapier/actions/callback). When set, runs are
+	// created with it and finish from Zapier's callback instead of polls.
+	RunCallbackURL string `json:"run_callback_url,omitempty"`
+	// The JWKS URL of the keys Zapier signs callbacks with. Required with
+	// run_callback_url: Zapier's docs do not give it.
+	CallbackJWKSURL string `json:"callback_jwks_url,omitempty"`
+	// Optional iss and aud a callback signature must carry.
+	CallbackIssuer   string `json:"callback_issuer,omitempty"`
+	CallbackAudience string `json:"callback_audience,omitempty"`
+	// How long POST run waits for the callback before it polls. Default 20s.
+	CallbackTimeout caddy.Duration `json:"callback_timeout,omitempty"`
 
-	app    *App
-	rules  identityRules
-	apps   appMap
-	store  *connectionStore
-	runs   *runStore
-	logger *zap.Logger
+	verifier  *runcallback.Verifier
+	callbacks *callbackWaiters
+	app       *App
+	rules     identityRules
+	apps      appMap
+	store     *connectionStore
+	runs      *runStore
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -123,7 +137,7 @@ func (h *Actions) setDefaults() error {
 		return fmt.Errorf("zapier_actions: %w", err)
 	}
 	h.apps = apps
-	return nil
+	return h.provisionCallbacks() // actions_callback.go
 }
 
 // provision wires the handler to the app and storage; bg bounds background
@@ -133,6 +147,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.rules = app.identityRules()
 	h.store = newConnectionStore(storage)
 	h.runs = &runStore{storage: storage, now: time.Now, bg: bg}
+	h.callbacks = new(callbackWaiters)
 	h.logger = logger
 	return nil
 }
@@ -163,6 +178,19 @@ func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneDuration(d, &h.MaxPollInterval); err != nil {
 				return err
 			}
+		case "callback_timeout":
+			if err := oneDuration(d, &h.CallbackTimeout); err != nil {
+				return err
+			}
+		case "run_callback_url", "callback_jwks_url", "callback_issuer", "callback_audience":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			*map[string]*string{"run_callback_url": &h.RunCallbackURL, "callback_jwks_url": &h.CallbackJWKSURL,
+				"callback_issuer": &h.CallbackIssuer, "callback_audience": &h.CallbackAudience}[opt] = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		default:
 			return d.Errf("unrecognized zapier_actions option %q", opt)
 		}
@@ -178,6 +206,9 @@ func (h *Actions) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return h.withIdentity(w, r, http.MethodPost, h.serveInputs)
 	case p == "/run":
 		return h.withIdentity(w, r, http.MethodPost, h.serveRun)
+	case p == "/callback":
+		return h.serveCallback(w, r) // Zapier, not a user: no identity
+
 	case strings.HasPrefix(p, "/runs/"):
 		id := strings.TrimPrefix(p, "/runs/")
 		return h.withIdentity(w, r, http.MethodGet, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
@@ -185,7 +216,7 @@ func (h *Actions) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		})
 	}
 	writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found",
-		Message: "no such zapier_actions route (actions, inputs, run, runs/{id})"})
+		Message: "no such zapier_actions route (actions, inputs, run, runs/{id}, callback)"})
 	return nil
 }
 
@@ -394,7 +425,7 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 	var runID string
 	err = h.app.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
 		runID, err = h.app.client.CreateActionRun(ctx, h.app.APIURL, access, zapierapi.ActionRunRequest{
-			Action: actionID, Authentication: rec.ConnectionID, Inputs: req.Inputs,
+			Action: actionID, Authentication: rec.ConnectionID, Inputs: req.Inputs, CallbackURL: h.RunCallbackURL,
 		})
 		return err
 	})
@@ -411,7 +442,16 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 		h.logger.Error("recording the owner of an action run", zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err))
 	}
 
-	run, retryAfter, err := h.await(ctx, key, runID, deadline)
+	var run zapierapi.ActionRun
+	var retryAfter time.Duration
+	called := false
+	if h.verifier != nil {
+		// Finish from Zapier's callback; poll only if it does not come.
+		run, called = h.awaitCallback(ctx, runID, earliest(deadline, time.Now().Add(time.Duration(h.CallbackTimeout))))
+	}
+	if !called {
+		run, retryAfter, err = h.await(ctx, key, runID, deadline)
+	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return actionFailed, caddyhttp.Error(499, ctx.Err())
 	}
@@ -441,6 +481,11 @@ func (h *Actions) await(ctx context.Context, key tokencache.Key, runID string, d
 		left := time.Until(deadline)
 		if left <= 0 {
 			return last, 0, nil
+		}
+		// Spend the budget on polls only when it has room: while other
+		// requests queue for it, wait at least as long as they would.
+		if h.app.budget != nil {
+			pause = max(pause, h.app.budget.Snapshot().BlockedFor)
 		}
 		t := time.NewTimer(min(pause, left))
 		select {
@@ -497,17 +542,21 @@ func (h *Actions) writeRun(w http.ResponseWriter, run zapierapi.ActionRun, locat
 
 func (h *Actions) serveRunStatus(w http.ResponseWriter, r *http.Request, key tokencache.Key, runID string) error {
 	ctx := r.Context()
-	owned := false
+	var rec *runRecord
 	if validRunID(runID) {
 		var err error
-		if owned, err = h.runs.owned(ctx, runID, key); err != nil {
+		if rec, err = h.runs.get(ctx, runID); err != nil {
 			return h.fail(w, r, err)
 		}
 	}
-	if !owned {
+	if rec == nil || rec.Owner != ownerHash(key) {
 		// Another user's run is indistinguishable from no run at all.
 		return h.fail(w, r, &apiError{Status: http.StatusNotFound, Code: "run_not_found",
 			Message: "no run with this id was started by this user through the gateway"})
+	}
+	if rec.Result != nil { // delivered by Zapier's callback: no call needed
+		h.writeRun(w, rec.Result.run(runID), "", 0)
+		return nil
 	}
 	run, err := h.poll(ctx, key, runID)
 	if err != nil {
@@ -515,6 +564,13 @@ func (h *Actions) serveRunStatus(w http.ResponseWriter, r *http.Request, key tok
 	}
 	h.writeRun(w, run, "", 0)
 	return nil
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // resolveApp accepts an app named in zapier_actions' app lines, an app
@@ -685,6 +741,8 @@ type runRecord struct {
 	App     string    `json:"app"`   // the app's UUID
 	Action  string    `json:"action"`
 	Created time.Time `json:"created"`
+	// Result is the finished run, when Zapier's callback delivered it.
+	Result *runResult `json:"result,omitempty"`
 }
 
 func runKey(runID string) string { return path.Join(runsPrefix, storageKeyPart(runID)) }
@@ -706,22 +764,6 @@ func (s *runStore) put(ctx context.Context, runID string, key tokencache.Key, ap
 	}
 	s.maybeSweep()
 	return nil
-}
-
-// owned reports whether the run was started by this identity.
-func (s *runStore) owned(ctx context.Context, runID string, key tokencache.Key) (bool, error) {
-	data, err := s.storage.Load(ctx, runKey(runID))
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("loading run record: %w", err)
-	}
-	var rec runRecord
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return false, fmt.Errorf("decoding run record: %w", err)
-	}
-	return rec.Owner == ownerHash(key) && s.now().Sub(rec.Created) < runRetention, nil
 }
 
 // maybeSweep deletes records older than the retention, at most once per

@@ -581,11 +581,12 @@ func TestRunOwnershipSurvivesAnotherGateway(t *testing.T) {
 	// A second handler on the same storage (another gateway, or after a
 	// restart) knows who owns the run.
 	other := &runStore{storage: e.h.runs.storage, now: time.Now, bg: context.Background()}
-	if ok, err := other.owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); !ok || err != nil {
-		t.Errorf("owner: %v %v", ok, err)
+	rec, err := other.get(context.Background(), "run-1")
+	if err != nil || rec == nil || rec.Owner != ownerHash(tokencache.Key{Tenant: "org", User: "alice"}) {
+		t.Fatalf("owner: %+v %v", rec, err)
 	}
 	for _, k := range []tokencache.Key{{Tenant: "org", User: "bob"}, {Tenant: "org2", User: "alice"}, {Tenant: "orgalice"}} {
-		if ok, _ := other.owned(context.Background(), "run-1", k); ok {
+		if rec.Owner == ownerHash(k) {
 			t.Errorf("%+v owns alice's run", k)
 		}
 	}
@@ -595,7 +596,7 @@ func TestRunOwnershipSurvivesAnotherGateway(t *testing.T) {
 		t.Errorf("record %s, %v", data, err)
 	}
 	later := &runStore{storage: e.h.runs.storage, now: func() time.Time { return time.Now().Add(runRetention) }, bg: context.Background()}
-	if ok, _ := later.owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); ok {
+	if rec, _ := later.get(context.Background(), "run-1"); rec != nil {
 		t.Error("a record older than the retention still counts")
 	}
 	// The sweep deletes records by their storage age.

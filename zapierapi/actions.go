@@ -132,6 +132,7 @@ type actionData struct {
 		Action         string          `json:"action,omitempty"`
 		Authentication *string         `json:"authentication"`
 		Inputs         json.RawMessage `json:"inputs"`
+		CallbackURL    string          `json:"callback_url,omitempty"`
 	} `json:"data"`
 }
 
@@ -196,6 +197,9 @@ type ActionRunRequest struct {
 	Authentication string
 	// Inputs is a JSON object keyed by input field id; nil sends {}.
 	Inputs json.RawMessage
+	// CallbackURL, when set, asks Zapier to POST the finished run there
+	// (zapier-api-2026.md §2), inside data as the API reference shows.
+	CallbackURL string
 }
 
 // CreateActionRun starts a run (POST /v2/action-runs, zapier-api.md §4.5)
@@ -212,6 +216,7 @@ func (c *Client) CreateActionRun(ctx context.Context, apiURL, accessToken string
 	if err != nil {
 		return "", fmt.Errorf("%w: %s: %v", ErrInvalidInput, op, err)
 	}
+	body.Data.CallbackURL = run.CallbackURL
 	var resp struct {
 		Data struct {
 			ID json.RawMessage `json:"id"`

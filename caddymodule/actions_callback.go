@@ -1,0 +1,284 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/zapgate/caddy-zapier/runcallback"
+	"github.com/zapgate/caddy-zapier/zapierapi"
+)
+
+const (
+	// maxCallbackURL is Zapier's documented limit on callback_url.
+	maxCallbackURL = 2048
+	// defaultCallbackTimeout is how long POST run waits for Zapier's
+	// callback before it polls instead.
+	defaultCallbackTimeout = 20 * time.Second
+	// callbackStoragePoll is how often a waiting run re-reads its record,
+	// for a callback that reached another sidecar sharing the storage.
+	callbackStoragePoll = 100 * time.Millisecond
+	// callbackRecordGrace covers a callback that arrives before the run's
+	// creator has recorded the run (Zapier can call back at once).
+	callbackRecordGrace = 2 * time.Second
+)
+
+// runCallbacks counts deliveries to the callback route, by outcome.
+var runCallbacks = func() *prometheus.CounterVec {
+	c := newCounterVec("run_callbacks_total",
+		"Action-run callbacks received, by outcome (accepted, bad_signature, keys_unavailable, malformed, unknown_run, replayed, failed).", "outcome")
+	for _, o := range []string{"accepted", "bad_signature", "keys_unavailable", "malformed", "unknown_run", "replayed", "failed"} {
+		c.WithLabelValues(o)
+	}
+	return c
+}()
+
+// runResult is a finished run as its callback delivered it.
+type runResult struct {
+	Status   string          `json:"status"`
+	Results  json.RawMessage `json:"results"`
+	Errors   json.RawMessage `json:"errors"`
+	Received time.Time       `json:"received"`
+}
+
+func (r *runResult) run(id string) zapierapi.ActionRun {
+	return zapierapi.ActionRun{ID: id, Status: r.Status, Results: r.Results, Errors: r.Errors}
+}
+
+// callbackWaiters wakes the runs waiting in this process when their
+// callback arrives here; runs waiting on other sidecars read storage.
+type callbackWaiters struct {
+	mu      sync.Mutex
+	waiters map[string][]chan struct{}
+}
+
+func (c *callbackWaiters) subscribe(runID string) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	c.mu.Lock()
+	if c.waiters == nil {
+		c.waiters = map[string][]chan struct{}{}
+	}
+	c.waiters[runID] = append(c.waiters[runID], ch)
+	c.mu.Unlock()
+	return ch, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		list := c.waiters[runID]
+		for i, w := range list {
+			if w == ch {
+				list = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(c.waiters, runID)
+		} else {
+			c.waiters[runID] = list
+		}
+	}
+}
+
+func (c *callbackWaiters) notify(runID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range c.waiters[runID] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// provisionCallbacks checks the callback options and builds the verifier.
+func (h *Actions) provisionCallbacks() error {
+	if h.RunCallbackURL == "" {
+		if h.CallbackJWKSURL != "" {
+			return errors.New("zapier_actions: callback_jwks_url is set but run_callback_url is not")
+		}
+		return nil
+	}
+	u, err := url.Parse(h.RunCallbackURL)
+	switch {
+	case err != nil || u.Host == "" || u.User != nil:
+		return errors.New("zapier_actions: run_callback_url must be an absolute https URL")
+	case u.Scheme != "https":
+		return errors.New("zapier_actions: run_callback_url must be https (Zapier refuses other schemes)")
+	case len(h.RunCallbackURL) > maxCallbackURL:
+		return fmt.Errorf("zapier_actions: run_callback_url is longer than Zapier's %d characters", maxCallbackURL)
+	case h.CallbackJWKSURL == "":
+		return errors.New("zapier_actions: callback_jwks_url is required with run_callback_url: Zapier signs callbacks with keys whose JWKS URL it does not document, so it must be configured")
+	}
+	if h.CallbackTimeout == 0 {
+		h.CallbackTimeout = caddy.Duration(defaultCallbackTimeout)
+	}
+	if h.CallbackTimeout < 0 {
+		return errors.New("zapier_actions: callback_timeout must not be negative")
+	}
+	h.verifier, err = runcallback.NewVerifier(runcallback.VerifierConfig{
+		JWKSURL:  h.CallbackJWKSURL,
+		Issuer:   h.CallbackIssuer,
+		Audience: h.CallbackAudience,
+	})
+	if err != nil {
+		return fmt.Errorf("zapier_actions: %w", err)
+	}
+	return nil
+}
+
+// serveCallback is POST callback: Zapier delivering a finished run. It
+// changes nothing unless the delivery is signed by Zapier, names a run this
+// gateway created, and is the first for that run.
+func (h *Actions) serveCallback(w http.ResponseWriter, r *http.Request) error {
+	if !connectMethodAllowed(w, r, http.MethodPost) {
+		return nil
+	}
+	refuse := func(outcome string, aerr *apiError) error {
+		runCallbacks.WithLabelValues(outcome).Inc()
+		if ce := h.logger.Check(zap.InfoLevel, "action-run callback refused"); ce != nil {
+			ce.Write(zap.String("outcome", outcome), zap.String("remote_addr", r.RemoteAddr))
+		}
+		writeError(w, aerr)
+		return nil
+	}
+	if h.verifier == nil {
+		return refuse("failed", &apiError{Status: http.StatusNotFound, Code: "not_found", Message: "run callbacks are not configured (run_callback_url)"})
+	}
+	claims, err := h.verifier.Verify(r.Context(), r.Header.Get(runcallback.SignatureHeader))
+	if errors.Is(err, runcallback.ErrKeysUnavailable) {
+		return refuse("keys_unavailable", &apiError{Status: http.StatusServiceUnavailable, Code: "callback_keys_unavailable",
+			Message: "Zapier's callback signing keys could not be fetched; retry later", RetryAfter: 5 * time.Second})
+	}
+	if err != nil {
+		return refuse("bad_signature", &apiError{Status: http.StatusUnauthorized, Code: "callback_signature_invalid",
+			Message: "the Zapier-Callback-Signature header is missing or invalid"})
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, runcallback.MaxDeliveryBytes+1))
+	if err != nil {
+		return refuse("malformed", badRequest("reading the callback body failed"))
+	}
+	delivery, err := runcallback.ParseDelivery(body)
+	if err != nil {
+		return refuse("malformed", badRequest(err.Error()))
+	}
+	if !runcallback.BindsRun(claims, delivery.RunID) {
+		return refuse("bad_signature", &apiError{Status: http.StatusUnauthorized, Code: "callback_signature_invalid",
+			Message: "the signature was made for another run"})
+	}
+	result := &runResult{Status: delivery.Status, Results: delivery.Results, Errors: delivery.Errors, Received: time.Now().UTC()}
+	switch err := h.runs.complete(r.Context(), delivery.RunID, result); {
+	case errors.Is(err, errRunUnknown):
+		return refuse("unknown_run", &apiError{Status: http.StatusNotFound, Code: "run_not_found",
+			Message: "no run with this id was created through this gateway"})
+	case errors.Is(err, errRunCompleted):
+		return refuse("replayed", &apiError{Status: http.StatusConflict, Code: "callback_replayed",
+			Message: "this run's result was already delivered"})
+	case err != nil:
+		runCallbacks.WithLabelValues("failed").Inc()
+		return err // storage failed: a 500, which Zapier retries
+	}
+	runCallbacks.WithLabelValues("accepted").Inc()
+	h.callbacks.notify(delivery.RunID)
+	writeConnectJSON(w, http.StatusOK, struct {
+		Accepted bool `json:"accepted"`
+	}{true})
+	return nil
+}
+
+// awaitCallback waits until the run's callback has been stored (here or by
+// another sidecar) or until; ok is false when it did not come in time.
+func (h *Actions) awaitCallback(ctx context.Context, runID string, until time.Time) (zapierapi.ActionRun, bool) {
+	woken, unsubscribe := h.callbacks.subscribe(runID)
+	defer unsubscribe()
+	deadline := time.NewTimer(time.Until(until))
+	defer deadline.Stop()
+	tick := time.NewTicker(callbackStoragePoll)
+	defer tick.Stop()
+	for {
+		if rec, err := h.runs.get(ctx, runID); err == nil && rec != nil && rec.Result != nil {
+			return rec.Result.run(runID), true
+		}
+		select {
+		case <-ctx.Done():
+			return zapierapi.ActionRun{}, false
+		case <-deadline.C:
+			return zapierapi.ActionRun{}, false
+		case <-woken:
+		case <-tick.C:
+		}
+	}
+}
+
+var (
+	errRunUnknown   = errors.New("unknown run")
+	errRunCompleted = errors.New("run already completed")
+)
+
+// complete stores a run's result once, under the storage lock so two
+// sidecars receiving the same delivery accept it once between them.
+func (s *runStore) complete(ctx context.Context, runID string, result *runResult) error {
+	if !validRunID(runID) {
+		return errRunUnknown
+	}
+	key := runKey(runID)
+	grace := time.Now().Add(callbackRecordGrace)
+	for {
+		if err := s.storage.Lock(ctx, key); err != nil {
+			return fmt.Errorf("locking run record: %w", err)
+		}
+		rec, err := s.get(ctx, runID)
+		if err == nil && rec != nil && rec.Result == nil {
+			rec.Result = result
+			var data []byte
+			if data, err = json.Marshal(rec); err == nil {
+				err = s.storage.Store(ctx, key, data)
+			}
+		}
+		_ = s.storage.Unlock(context.WithoutCancel(ctx), key)
+		switch {
+		case err != nil:
+			return err
+		case rec != nil && rec.Result != result:
+			return errRunCompleted
+		case rec != nil:
+			return nil
+		case time.Now().After(grace):
+			return errRunUnknown
+		}
+		select {
+		case <-ctx.Done():
+			return errRunUnknown
+		case <-time.After(callbackStoragePoll):
+		}
+	}
+}
+
+// get loads a run's record; nil when there is none (or it is past Zapier's
+// retention).
+func (s *runStore) get(ctx context.Context, runID string) (*runRecord, error) {
+	data, err := s.storage.Load(ctx, runKey(runID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading run record: %w", err)
+	}
+	var rec runRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("decoding run record: %w", err)
+	}
+	if s.now().Sub(rec.Created) >= runRetention {
+		return nil, nil
+	}
+	return &rec, nil
+}
