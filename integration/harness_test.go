@@ -63,6 +63,7 @@ type gateway struct {
 	fakeURL    string
 	storageDir string
 	opts       gatewayOptions
+	throttleOK bool // the test draws 429s from the fake on purpose
 }
 
 type gatewayOptions struct {
@@ -73,6 +74,30 @@ type gatewayOptions struct {
 	storageDir  string // reuse keys from an earlier gateway
 	fake        fakezapier.Config
 	fakeFront   func(http.Handler) http.Handler // optional middleware in front of the fake
+	budget      string                          // api_budget lines; default testBudget
+	// expectThrottle lets the fake's rate limits answer 429 in this test;
+	// otherwise any 429 they draw fails it.
+	expectThrottle bool
+}
+
+// Every test runs against Zapier's documented limits, with the window and
+// cooldown scaled from a minute to a second, and the gateway's budget set
+// to the same limits scaled alike, with some headroom for scheduling delays
+// under -race. A gateway that ever exceeds its budget draws a 429, and
+// checkNoThrottle fails the test.
+var (
+	testRateLimits = fakezapier.DocumentedRateLimits.Scaled(60)
+	testBudget     = "api_budget {\n\t\t\tper_ip 50/1s\n\t\t\tpartner 125/1s\n\t\t\tmax_wait 10s\n\t\t}"
+)
+
+// checkNoThrottle fails t if the fake's rate limits answered 429, unless
+// *allowed is true by then.
+func checkNoThrottle(t *testing.T, fake *fakezapier.Server, allowed *bool) {
+	t.Cleanup(func() {
+		if n := fake.ThrottledCount(); n > 0 && !*allowed {
+			t.Errorf("gateway traffic drew %d 429s from the fake's rate limits (%v)", n, fake.CallCounts())
+		}
+	})
 }
 
 func startGateway(t *testing.T, opts gatewayOptions) *gateway {
@@ -81,7 +106,11 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	cfg.ClientID, cfg.ClientSecret, cfg.Issuer = testClientID, testSecret, testIssuer
 	cfg.JWKSURL = gatewayURL + "/.well-known/jwks.json"
 	cfg.Logf = t.Logf
+	if cfg.RateLimits == nil {
+		cfg.RateLimits = &testRateLimits
+	}
 	fake := fakezapier.New(cfg)
+	t.Cleanup(fake.Close)
 	var fakeHandler http.Handler = fake
 	if opts.fakeFront != nil {
 		fakeHandler = opts.fakeFront(fake)
@@ -89,7 +118,8 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	srv := httptest.NewServer(fakeHandler)
 	t.Cleanup(srv.Close)
 
-	g := &gateway{t: t, fake: fake, fakeURL: srv.URL, storageDir: opts.storageDir, opts: opts}
+	g := &gateway{t: t, fake: fake, fakeURL: srv.URL, storageDir: opts.storageDir, opts: opts, throttleOK: opts.expectThrottle}
+	checkNoThrottle(t, fake, &g.throttleOK)
 	if g.storageDir == "" {
 		g.storageDir = storageDir(t)
 	}
@@ -146,6 +176,7 @@ func (g *gateway) caddyfile(opts gatewayOptions) string {
 		api_url %s
 		connect_url %s
 		%s
+		%s
 	}
 }
 :%d {
@@ -157,7 +188,7 @@ func (g *gateway) caddyfile(opts gatewayOptions) string {
 	%s
 }
 `, adminPort, gatewayPort, httpsPort, cmp.Or(opts.gracePeriod, "1ns"), g.storageDir, opts.globalExtra, testClientID, testIssuer, g.fakeURL, g.fakeURL, g.fakeURL,
-		opts.zapierExtra, gatewayPort, g.fakeURL, opts.siteExtra)
+		cmp.Or(opts.budget, testBudget), opts.zapierExtra, gatewayPort, g.fakeURL, opts.siteExtra)
 }
 
 // reload loads the gateway's config again with siteExtra in its site block,
