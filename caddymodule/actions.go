@@ -94,6 +94,7 @@ type Actions struct {
 
 	verifier  *runcallback.Verifier
 	callbacks *callbackWaiters
+	once      *runOnce // Idempotency-Key records (actions_idempotency.go)
 	app       *App
 	rules     identityRules
 	apps      appMap
@@ -148,6 +149,11 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.store = newConnectionStore(storage)
 	h.runs = &runStore{storage: storage, now: time.Now, bg: bg}
 	h.callbacks = new(callbackWaiters)
+	once, err := newRunOnce(bg, storage)
+	if err != nil {
+		return fmt.Errorf("zapier_actions: %w", err)
+	}
+	h.once = once
 	h.logger = logger
 	return nil
 }
@@ -205,7 +211,7 @@ func (h *Actions) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	case p == "/inputs":
 		return h.withIdentity(w, r, http.MethodPost, h.serveInputs)
 	case p == "/run":
-		return h.withIdentity(w, r, http.MethodPost, h.serveRun)
+		return h.withIdentity(w, r, http.MethodPost, h.serveRunOnce)
 	case p == "/callback":
 		return h.serveCallback(w, r) // Zapier, not a user: no identity
 

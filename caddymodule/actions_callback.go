@@ -102,6 +102,9 @@ func (c *callbackWaiters) notify(runID string) {
 
 // provisionCallbacks checks the callback options and builds the verifier.
 func (h *Actions) provisionCallbacks() error {
+	repl := caddy.NewReplacer()
+	h.RunCallbackURL = repl.ReplaceKnown(h.RunCallbackURL, "")
+	h.CallbackJWKSURL = repl.ReplaceKnown(h.CallbackJWKSURL, "")
 	if h.RunCallbackURL == "" {
 		if h.CallbackJWKSURL != "" {
 			return errors.New("zapier_actions: callback_jwks_url is set but run_callback_url is not")

@@ -102,7 +102,7 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 	}
 	// The pool key holds the Redis URL only hashed (it may carry a password).
 	a.budgetKey = strings.Join([]string{perIP.String(), partner.String(), time.Duration(c.MaxWait).String(),
-		hashHex(redisURL), redisPrefix, a.ClientID}, "|")
+		hashHex(redisURL), redisPrefix, a.ClientID, a.APIURL}, "|")
 	val, _, err := budgetPool.LoadOrNew(a.budgetKey, func() (caddy.Destructor, error) {
 		cfg := budget.Config{PerIP: perIP, Partner: partner, MaxWait: time.Duration(c.MaxWait), Observer: budgetObserver{}}
 		p := new(pooledBudget)

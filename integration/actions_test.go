@@ -399,14 +399,22 @@ func TestActionsRateLimitBurstCoolsDown(t *testing.T) {
 	if n := g.fake.Stats().APIRequests - calls; n != 0 {
 		t.Errorf("%d calls reached Zapier during the cooldown", n)
 	}
-	if status, body := admin(t, http.MethodGet, "/zapier/status"); status != http.StatusOK || !strings.Contains(string(body), `"breaker":"cooling_down"`) {
+	if status, body := admin(t, http.MethodGet, "/zapier/status"); status != http.StatusOK ||
+		!strings.Contains(string(body), `"api_breaker":"cooling_down"`) || !strings.Contains(string(body), `"breaker":"closed"`) {
 		t.Errorf("/zapier/status: %d %s", status, body)
 	}
 
-	// The raw zapier_auth proxy passes Zapier's 429 through unchanged.
-	status, hdr, body := g.do(request{path: "/zapier/api/v2/echo", tenant: "org", user: "alice"})
+	// The raw zapier_auth proxy honours the cooldown too, without calling
+	// Zapier; token exchanges, which have limits of their own, go on.
+	status, hdr, body := g.do(request{path: "/zapier/api/v2/echo", tenant: "org", user: "bob"})
 	retry, _ := strconv.Atoi(hdr.Get("Retry-After"))
-	if status != http.StatusTooManyRequests || retry < 1 || retry > 30 || !strings.Contains(string(body), `"code":"throttled"`) || hdr.Get("X-Ratelimit-Limit") != "3" {
-		t.Errorf("raw proxy: %d %v %s", status, hdr, body)
+	if status != http.StatusServiceUnavailable || retry < 1 || retry > 30 || actErrorCode(t, body) != "zapier_unavailable" {
+		t.Errorf("raw proxy in the cooldown: %d %v %s", status, hdr, body)
+	}
+	if n := g.fake.Stats().APIRequests - calls; n != 0 {
+		t.Errorf("%d calls reached Zapier during the cooldown", n)
+	}
+	if g.fake.ExchangesFor("org", "bob") != 1 {
+		t.Error("the API cooldown blocked the token exchange")
 	}
 }

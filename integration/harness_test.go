@@ -75,6 +75,8 @@ type gatewayOptions struct {
 	fake        fakezapier.Config
 	fakeFront   func(http.Handler) http.Handler // optional middleware in front of the fake
 	budget      string                          // api_budget lines; default testBudget
+	extraSites  string                          // more site blocks after the gateway's
+	preStart    func(fakeURL string)            // runs once the fake listens, before Caddy starts
 	// expectThrottle lets the fake's rate limits answer 429 in this test;
 	// otherwise any 429 they draw fails it.
 	expectThrottle bool
@@ -122,6 +124,9 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	checkNoThrottle(t, fake, &g.throttleOK)
 	if g.storageDir == "" {
 		g.storageDir = storageDir(t)
+	}
+	if opts.preStart != nil {
+		opts.preStart(srv.URL)
 	}
 	g.tester = caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	g.tester.InitServer(g.caddyfile(opts), "caddyfile")
@@ -187,8 +192,9 @@ func (g *gateway) caddyfile(opts gatewayOptions) string {
 	}
 	%s
 }
+%s
 `, adminPort, gatewayPort, httpsPort, cmp.Or(opts.gracePeriod, "1ns"), g.storageDir, opts.globalExtra, testClientID, testIssuer, g.fakeURL, g.fakeURL, g.fakeURL,
-		cmp.Or(opts.budget, testBudget), opts.zapierExtra, gatewayPort, g.fakeURL, opts.siteExtra)
+		cmp.Or(opts.budget, testBudget), opts.zapierExtra, gatewayPort, g.fakeURL, opts.siteExtra, opts.extraSites)
 }
 
 // reload loads the gateway's config again with siteExtra in its site block,
