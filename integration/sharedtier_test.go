@@ -43,7 +43,7 @@ func startRedisFleetWith(t *testing.T, n int, cacheExtra string, fake fakezapier
 		zapierExtra: fmt.Sprintf("cache {\n\t\t\tredis %s\n\t\t\tredis_key {env.ITEST_REDIS_KEY}\n\t\t\t%s\n\t\t}\n\t\t%s",
 			redis.URL(), cacheExtra, zapierExtra),
 		fake: fake,
-		env: []string{"ITEST_REDIS_KEY=" + testRedisKey},
+		env:  []string{"ITEST_REDIS_KEY=" + testRedisKey},
 	})
 	t.Cleanup(func() { assertNoSecretsInOutput(t, f) })
 	return f, redis
