@@ -124,6 +124,31 @@ func main() {
 	flag.Float64Var(&b.maxInterference, "max-interference", 0.15, "re-run a round when other processes used more than this many CPUs during it; 0 accepts every round")
 	flag.DurationVar(&b.quietBudget, "quiet-budget", 15*time.Minute, "total time spent waiting for a quiet machine and re-running noisy rounds; then noisy rounds are kept (and marked)")
 	rerender := flag.String("rerender", "", "only rewrite results.md and chart.svg in -out from this results.json")
+	section := flag.String("section", "all", "what to measure: proxy (A/B/C, cold path, Go benchmarks), budget (POST run under Zapier's rate limits; see budget.go), or all")
+	bo := budgetOptions{}
+	var loads, weights, modes string
+	flag.Float64Var(&bo.Factor, "budget-factor", 10, "budget section: Zapier's windows, cooldown and the gateway's durations divided by this (10: one minute = 6 s)")
+	flag.IntVar(&bo.Windows, "budget-windows", 5, "budget section: measured windows per load, after one warm-up window")
+	flag.StringVar(&loads, "budget-loads", "0.5,1,2,5", "budget section: offered loads, × the ideal run rate (budget ÷ calls per run)")
+	flag.StringVar(&modes, "budget-modes", "callbacks,polling", "budget section: gateway configurations: callbacks (run_callback_url), polling")
+	flag.IntVar(&bo.PerIP, "budget-per-ip", 60, "budget section: the fake's per-IP limit per window, and the gateway's per_ip")
+	flag.IntVar(&bo.Partner, "budget-partner", 150, "budget section: the fake's partner limit per window, and the gateway's partner")
+	flag.IntVar(&bo.GatewayPerIP, "budget-gateway-per-ip", 0, "budget section: the gateway's per_ip when not -budget-per-ip")
+	flag.IntVar(&bo.GatewayPartner, "budget-gateway-partner", 0, "budget section: the gateway's partner when not -budget-partner")
+	flag.DurationVar(&bo.MaxWait, "budget-max-wait", 10*time.Second, "budget section: api_budget max_wait in Zapier time (divided by -budget-factor)")
+	flag.DurationVar(&bo.Delay, "budget-action-delay", 10*time.Second, "budget section: how long a run takes at Zapier, in Zapier time")
+	flag.DurationVar(&bo.Wait, "budget-wait", 60*time.Second, "budget section: POST run's wait, in Zapier time")
+	flag.DurationVar(&bo.PollInterval, "budget-poll-interval", 500*time.Millisecond, "budget section: poll_interval in Zapier time (the gateway's default)")
+	flag.DurationVar(&bo.MaxPollInterval, "budget-max-poll-interval", 5*time.Second, "budget section: max_poll_interval in Zapier time (the gateway's default)")
+	flag.DurationVar(&bo.CallbackTimeout, "budget-callback-timeout", 20*time.Second, "budget section: callback_timeout in Zapier time (the gateway's default)")
+	flag.DurationVar(&bo.Latency, "budget-latency", 50*time.Millisecond, "budget section: latency the fake adds to every /v2 answer (not scaled)")
+	flag.IntVar(&bo.Users, "budget-users", 50, "budget section: users, spread over the tenants")
+	flag.IntVar(&bo.Tenants, "budget-tenants", 5, "budget section: tenants")
+	flag.StringVar(&weights, "budget-weights", "8,4,2,1,1", "budget section: each tenant's share of the offered load")
+	flag.StringVar(&bo.Arrivals, "budget-arrivals", "poisson", "budget section: arrival process, poisson or uniform")
+	flag.Uint64Var(&bo.Seed, "budget-seed", 1, "budget section: seed of the arrival process")
+	flag.StringVar(&bo.Tree, "budget-tree", "", "budget section: the source the Caddy binary was built from, when not -root's checkout (recorded in budget.md)")
+	rerenderBudgetJSON := flag.String("rerender-budget", "", "only rewrite budget.md and budget.svg in -out from this budget.json")
 	flag.Parse()
 	if *rerender != "" {
 		if err := rerenderResults(*rerender, b.outDir); err != nil {
@@ -131,6 +156,29 @@ func main() {
 		}
 		return
 	}
+	if *rerenderBudgetJSON != "" {
+		if err := rerenderBudget(*rerenderBudgetJSON, b.outDir); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	if *section != "all" && *section != "proxy" && *section != "budget" {
+		log.Fatalf("-section: %q is not proxy, budget or all", *section)
+	}
+	var err error
+	if bo.Loads, err = parseFloats(loads); err != nil {
+		log.Fatalf("-budget-loads: %v", err)
+	}
+	if bo.Weights, err = parseInts(weights); err != nil {
+		log.Fatalf("-budget-weights: %v", err)
+	}
+	for _, m := range strings.Split(modes, ",") {
+		if m = strings.TrimSpace(m); m != "callbacks" && m != "polling" {
+			log.Fatalf("-budget-modes: %q is not callbacks or polling", m)
+		}
+		bo.Modes = append(bo.Modes, strings.TrimSpace(m))
+	}
+	bo.PortBase = b.portBase
 
 	if clientCPUs != "" && runtime.GOOS == "linux" && os.Getenv("BENCH_PINNED") == "" {
 		pinSelf(clientCPUs) // does not return on success
@@ -148,9 +196,47 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := b.run(ctx); err != nil {
-		log.Fatal(err)
+	var proxyErr error
+	if *section != "budget" {
+		// Its results are written before an error is returned; the budget
+		// section still runs after one.
+		proxyErr = b.run(ctx)
+		if proxyErr != nil && (*section == "proxy" || ctx.Err() != nil) {
+			log.Fatal(proxyErr)
+		}
 	}
+	if *section != "proxy" {
+		if err := runBudgetSection(ctx, b, bo); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if proxyErr != nil {
+		log.Fatal(proxyErr)
+	}
+}
+
+func parseFloats(s string) ([]float64, error) {
+	var out []float64
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // pinSelf re-executes this program under taskset, so every thread of it
