@@ -221,7 +221,11 @@ func (b *Budget) Acquire(ctx context.Context, tenant string) error {
 		b.cfg.Observer.Shed(ShedQueueFull)
 		return &ExhaustedError{RetryAfter: eta.Sub(now), Reason: ShedQueueFull}
 	}
-	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: now.Add(b.cfg.MaxWait)}
+	deadline := now.Add(b.cfg.MaxWait)
+	if b.cfg.Shared != nil {
+		deadline = deadline.Add(b.cfg.SharedTimeout) // the store's answer is not the caller's wait
+	}
+	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: deadline}
 	b.queue.push(tenant, w)
 	b.mu.Unlock()
 	b.kick()

@@ -41,8 +41,8 @@ type APIBudgetConfig struct {
 	// drawn from one count in Redis.
 	Partner string `json:"partner,omitempty"`
 	// Longest a request waits for budget; past it, 503
-	// zapier_budget_exhausted with Retry-After. Default 10s.
-	MaxWait caddy.Duration `json:"max_wait,omitempty"`
+	// zapier_budget_exhausted with Retry-After. Default 10s; 0 never waits.
+	MaxWait *caddy.Duration `json:"max_wait,omitempty"`
 }
 
 // budgetPool keeps budgets across reloads: a reload must not forget what
@@ -68,8 +68,9 @@ func (a *App) setBudgetDefaults() {
 	}
 	setDefault(&a.APIBudget.PerIP, defaultBudgetPerIP)
 	setDefault(&a.APIBudget.Partner, defaultBudgetPartner)
-	if a.APIBudget.MaxWait == 0 {
-		a.APIBudget.MaxWait = caddy.Duration(defaultBudgetMaxWait)
+	if a.APIBudget.MaxWait == nil {
+		d := caddy.Duration(defaultBudgetMaxWait)
+		a.APIBudget.MaxWait = &d
 	}
 }
 
@@ -91,7 +92,7 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("zapier: api_budget partner: %w", err)
 	}
-	if c.MaxWait < 0 {
+	if *c.MaxWait < 0 {
 		return errors.New("zapier: api_budget max_wait must not be negative")
 	}
 	var redisURL, redisPrefix string
@@ -101,10 +102,10 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 		redisPrefix, redisTimeout = r.Prefix, time.Duration(r.Timeout)
 	}
 	// The pool key holds the Redis URL only hashed (it may carry a password).
-	a.budgetKey = strings.Join([]string{perIP.String(), partner.String(), time.Duration(c.MaxWait).String(),
+	a.budgetKey = strings.Join([]string{perIP.String(), partner.String(), time.Duration(*c.MaxWait).String(),
 		hashHex(redisURL), redisPrefix, a.ClientID, a.APIURL}, "|")
 	val, _, err := budgetPool.LoadOrNew(a.budgetKey, func() (caddy.Destructor, error) {
-		cfg := budget.Config{PerIP: perIP, Partner: partner, MaxWait: time.Duration(c.MaxWait), Observer: budgetObserver{}}
+		cfg := budget.Config{PerIP: perIP, Partner: partner, MaxWait: time.Duration(*c.MaxWait), Observer: budgetObserver{}}
 		p := new(pooledBudget)
 		if redisURL != "" {
 			p.redis, err = sharedtokens.NewClient(redisURL, redisTimeout)
@@ -199,10 +200,12 @@ type budgetTransport struct {
 
 func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	a := t.app
-	rest, isAPI := strings.CutPrefix(req.URL.String(), a.APIURL)
-	if !isAPI {
+	u := req.URL.String()
+	rest, isAPI := strings.CutPrefix(u, strings.TrimRight(a.APIURL, "/")+"/")
+	if !isAPI || u == a.TokenURL { // the token endpoint has limits of its own
 		return t.next.RoundTrip(req)
 	}
+	rest = "/" + rest
 	tenant, _ := req.Context().Value(budgetTenantKey{}).(string)
 	if err := a.spend(req.Context(), tenant); err != nil {
 		if req.Body != nil {
@@ -281,6 +284,7 @@ func (a *App) parseAPIBudget(d *caddyfile.Dispenser) error {
 		}
 		return nil
 	}
+	c.Off = false
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
 		if !d.NextArg() {
@@ -305,7 +309,8 @@ func (a *App) parseAPIBudget(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Errf("api_budget max_wait: %v", err)
 			}
-			c.MaxWait = caddy.Duration(dur)
+			wait := caddy.Duration(dur)
+			c.MaxWait = &wait
 		default:
 			return d.Errf("api_budget: unknown option %q (per_ip, partner, max_wait)", opt)
 		}
@@ -326,5 +331,5 @@ func (a *App) budgetStatus() *BudgetStatus {
 		return nil
 	}
 	s := a.budget.Snapshot()
-	return &BudgetStatus{Snapshot: s, MaxWait: time.Duration(a.APIBudget.MaxWait).String(), RoomInSeconds: s.BlockedFor.Seconds()}
+	return &BudgetStatus{Snapshot: s, MaxWait: time.Duration(*a.APIBudget.MaxWait).String(), RoomInSeconds: s.BlockedFor.Seconds()}
 }

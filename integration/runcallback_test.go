@@ -37,6 +37,7 @@ func startCallbackGateway(t *testing.T, callbackTimeout string, specs ...fakezap
 	g := startGateway(t, gatewayOptions{
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", gatewayURL, gatewayURL),
 		siteExtra:   actions,
+		budget:      testBudget,
 		extraSites:  fmt.Sprintf("https://localhost:%d {\n\ttls internal\n%s\n}", httpsPort, actions),
 		fake: fakezapier.Config{
 			CallbackAllowHosts: []string{"localhost"},
@@ -44,6 +45,7 @@ func startCallbackGateway(t *testing.T, callbackTimeout string, specs ...fakezap
 			// test is the signature, not the TLS chain.
 			CallbackHTTPClient: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}},
 			CallbackRetryBase:  50 * time.Millisecond,
+			RateLimits:         &testRateLimits,
 		},
 		// The JWKS URL is the fake's, known only once it listens.
 		preStart: func(fakeURL string) { t.Setenv("ITEST_CALLBACK_JWKS", fakeURL+fakezapier.CallbackJWKSPath) },
