@@ -77,7 +77,7 @@ func (a *App) setBudgetDefaults() {
 // provisionBudget builds (or, after a reload with the same settings, reuses)
 // the request budget. It does no network I/O.
 func (a *App) provisionBudget(ctx caddy.Context) error {
-	if err := registerBudgetMetrics(ctx.GetMetricsRegistry()); err != nil {
+	if err := registerAPIMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
 	c := a.APIBudget

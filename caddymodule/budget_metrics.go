@@ -29,11 +29,16 @@ var (
 		"endpoint", "status")
 )
 
-func registerBudgetMetrics(reg *prometheus.Registry) error {
+// registerAPIMetrics registers the collectors of the calls to Zapier's API:
+// the budget's, the calls per endpoint and the run callbacks.
+func registerAPIMetrics(reg *prometheus.Registry) error {
 	for _, reason := range []string{budget.ShedQueueFull, budget.ShedDeadline, budget.ShedCooldown, budget.ShedCanceled, budget.ShedClosed} {
 		budgetShed.WithLabelValues(reason)
 	}
-	for _, c := range []prometheus.Collector{budgetGranted, budgetShed, budgetWait, budgetSharedChanges, apiCalls} {
+	for _, available := range []string{"true", "false"} {
+		budgetSharedChanges.WithLabelValues(available)
+	}
+	for _, c := range []prometheus.Collector{budgetGranted, budgetShed, budgetWait, budgetSharedChanges, apiCalls, runCallbacks} {
 		if err := registerOrExisting(reg, c); err != nil {
 			return err
 		}
