@@ -93,6 +93,36 @@ func TestBudgetShedsInsteadOfDrawingA429(t *testing.T) {
 	}
 }
 
+// A tenant sending ten times another's load does not push the other below
+// its fair share: of what the budget grants within max_wait, the light
+// tenant gets at least as much as the heavy one (its whole demand when that
+// is less than half), and only the heavy tenant's excess is shed.
+func TestBudgetIsFairAcrossTenants(t *testing.T) {
+	g := startGateway(t, gatewayOptions{budget: "api_budget {\n\t\t\tper_ip 10/1s\n\t\t\tmax_wait 2s\n\t\t}",
+		fake: fakezapier.Config{RateLimits: &testRateLimits}})
+	for _, tenant := range []string{"heavy", "light"} {
+		for u := range 5 {
+			g.echoAs(tenant, fmt.Sprintf("u%d", u)) // tokens cached before the burst
+		}
+	}
+	var heavy, light burstResult
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); heavy = burst(t, 0, "heavy", 60) }()
+	go func() { defer wg.Done(); light = burst(t, 0, "light", 6) }()
+	wg.Wait()
+	granted := heavy.ok + light.ok
+	if granted < 10 {
+		t.Errorf("only %d granted within max_wait", granted)
+	}
+	if light.ok < min(6, granted/2) {
+		t.Errorf("the light tenant got %d of %d granted (heavy %d, %d shed): below its fair share", light.ok, granted, heavy.ok, heavy.shed)
+	}
+	if heavy.shed == 0 {
+		t.Errorf("the heavy tenant's excess was not shed (%d ok)", heavy.ok)
+	}
+}
+
 // Sidecars sharing Redis draw from one partner budget: with the fake's
 // partner limit set to the budget's, none of them draws a 429; with Redis
 // away each keeps serving from its share.
