@@ -24,7 +24,12 @@ const (
 
 // actSite mounts zapier_connect (for the redirect flow that stores the
 // connection) and zapier_actions, polling fast so tests stay short.
-var actSite = fmt.Sprintf(`
+var actSite = actionsSite("")
+
+// actionsSite mounts zapier_connect and zapier_actions, with extra lines in
+// the zapier_actions block.
+func actionsSite(actionsExtra string) string {
+	return fmt.Sprintf(`
 	handle_path /zapier/connect/* {
 		zapier_connect {
 			app %[1]s %[2]s
@@ -35,9 +40,11 @@ var actSite = fmt.Sprintf(`
 			app %[1]s %[2]s
 			poll_interval 50ms
 			max_poll_interval 200ms
+			%[3]s
 		}
 	}
-`, actApp, actAppUUID)
+`, actApp, actAppUUID, actionsExtra)
+}
 
 // startActionsGateway starts a gateway with Connect and Actions mounted and
 // the fake's catalog for the app set to specs.

@@ -77,6 +77,9 @@ type gatewayOptions struct {
 	budget      string                          // api_budget lines; default testBudget
 	extraSites  string                          // more site blocks after the gateway's
 	preStart    func(fakeURL string)            // runs once the fake listens, before Caddy starts
+	// noLimits runs without Zapier's limits and without a budget, for the
+	// load tests, which drive far more than Zapier allows on purpose.
+	noLimits bool
 	// expectThrottle lets the fake's rate limits answer 429 in this test;
 	// otherwise any 429 they draw fails it.
 	expectThrottle bool
@@ -90,10 +93,16 @@ type gatewayOptions struct {
 var (
 	testRateLimits = fakezapier.DocumentedRateLimits.Scaled(60)
 	testBudget     = "api_budget {\n\t\t\tper_ip 50/1s\n\t\t\tpartner 125/1s\n\t\t\tmax_wait 10s\n\t\t}"
-	// noBudget is the default of the tests written before the budget: the
-	// load and fault tests drive far more than Zapier's limits on purpose.
-	noBudget = "api_budget off"
+	noBudget       = "api_budget off"
 )
+
+// budgetLines is the api_budget option of this gateway.
+func (g *gateway) budgetLines() string {
+	if g.opts.noLimits {
+		return noBudget
+	}
+	return cmp.Or(g.opts.budget, testBudget)
+}
 
 // checkNoThrottle fails t if the fake's rate limits answered 429, unless
 // *allowed is true by then.
@@ -111,6 +120,9 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	cfg.ClientID, cfg.ClientSecret, cfg.Issuer = testClientID, testSecret, testIssuer
 	cfg.JWKSURL = gatewayURL + "/.well-known/jwks.json"
 	cfg.Logf = t.Logf
+	if cfg.RateLimits == nil && !opts.noLimits {
+		cfg.RateLimits = &testRateLimits
+	}
 	fake := fakezapier.New(cfg)
 	t.Cleanup(fake.Close)
 	var fakeHandler http.Handler = fake
@@ -194,7 +206,7 @@ func (g *gateway) caddyfile(opts gatewayOptions) string {
 }
 %s
 `, adminPort, gatewayPort, httpsPort, cmp.Or(opts.gracePeriod, "1ns"), g.storageDir, opts.globalExtra, testClientID, testIssuer, g.fakeURL, g.fakeURL, g.fakeURL,
-		cmp.Or(opts.budget, noBudget), opts.zapierExtra, gatewayPort, g.fakeURL, opts.siteExtra, opts.extraSites)
+		g.budgetLines(), opts.zapierExtra, gatewayPort, g.fakeURL, opts.siteExtra, opts.extraSites)
 }
 
 // reload loads the gateway's config again with siteExtra in its site block,

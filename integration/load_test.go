@@ -91,7 +91,9 @@ func loadLogFile(t *testing.T) (path, globalOption string) {
 func TestReloadsUnderLoadLoseNothing(t *testing.T) {
 	enableReloadMigration(t)
 	logPath, logOption := loadLogFile(t)
-	g := startGateway(t, gatewayOptions{gracePeriod: "10s", globalExtra: logOption})
+	// Thousands of calls a second on purpose: this test is about reloads,
+	// not Zapier's limits (the budget would shed most of them).
+	g := startGateway(t, gatewayOptions{gracePeriod: "10s", globalExtra: logOption, noLimits: true})
 
 	const clients, identities, duration = 50, 200, 30 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), duration)
@@ -135,7 +137,7 @@ func TestReloadsUnderLoadLoseNothing(t *testing.T) {
 
 func TestKeyRotationUnderLoadFailsNoJWT(t *testing.T) {
 	logPath, logOption := loadLogFile(t)
-	g := startGateway(t, gatewayOptions{globalExtra: logOption,
+	g := startGateway(t, gatewayOptions{globalExtra: logOption, noLimits: true,
 		zapierExtra: "key_rotation 0\n\t\tkey_overlap 2s\n\t\tjwt_ttl 2s"})
 
 	const clients, duration = 50, 20 * time.Second

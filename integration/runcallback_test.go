@@ -17,23 +17,8 @@ import (
 func startCallbackGateway(t *testing.T, callbackTimeout string, specs ...fakezapier.ActionSpec) *gateway {
 	t.Helper()
 	callbackURL := fmt.Sprintf("https://localhost:%d/zapier/actions/callback", httpsPort)
-	actions := fmt.Sprintf(`
-	handle_path /zapier/connect/* {
-		zapier_connect {
-			app %[1]s %[2]s
-		}
-	}
-	handle_path /zapier/actions/* {
-		zapier_actions {
-			app %[1]s %[2]s
-			poll_interval 50ms
-			max_poll_interval 200ms
-			run_callback_url %[3]s
-			callback_jwks_url {env.ITEST_CALLBACK_JWKS}
-			callback_timeout %[4]s
-		}
-	}
-`, actApp, actAppUUID, callbackURL, callbackTimeout)
+	actions := actionsSite(fmt.Sprintf("run_callback_url %s\n\t\t\tcallback_jwks_url {env.ITEST_CALLBACK_JWKS}\n\t\t\tcallback_timeout %s",
+		callbackURL, callbackTimeout))
 	g := startGateway(t, gatewayOptions{
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", gatewayURL, gatewayURL),
 		siteExtra:   actions,

@@ -83,6 +83,13 @@ func startFleet(t *testing.T, opts fleetOptions) *fleet {
 	cfg.ClientID, cfg.ClientSecret, cfg.Issuer = testClientID, testSecret, testIssuer
 	cfg.JWKSURL = fmt.Sprintf("http://127.0.0.1:%d/.well-known/jwks.json", sidecarPort(0))
 	cfg.Logf = t.Logf
+	if cfg.RateLimits == nil {
+		// Here every sidecar calls from 127.0.0.1, which a real fleet does
+		// not: the per-IP limit is one per sidecar.
+		limits := testRateLimits
+		limits.PerIP *= n
+		cfg.RateLimits = &limits
+	}
 	fake := fakezapier.New(cfg)
 	t.Cleanup(fake.Close)
 	checkNoThrottle(t, fake, new(bool))
@@ -148,7 +155,7 @@ func (f *fleet) caddyfile(s *sidecar, opts fleetOptions) string {
 	}
 	%s
 }
-`, s.adminPort, f.storage, testClientID, testIssuer, f.fakeURL, f.fakeURL, f.fakeURL, noBudget, opts.zapierExtra, s.port, f.fakeURL, opts.siteExtra)
+`, s.adminPort, f.storage, testClientID, testIssuer, f.fakeURL, f.fakeURL, f.fakeURL, testBudget, opts.zapierExtra, s.port, f.fakeURL, opts.siteExtra)
 }
 
 // jwks returns the sidecar's JWKS body.
