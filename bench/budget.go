@@ -94,8 +94,15 @@ func runBudgetSection(ctx context.Context, b *bench, o budgetOptions) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
 	r := &budgetRun{opts: o, caddy: caddyBin, cpus: b.serverCPUs, workDir: work}
+	keep := true // the gateways' logs stay when the section fails
+	defer func() {
+		if keep {
+			log.Printf("budget: gateway logs kept in %s", work)
+			return
+		}
+		os.RemoveAll(work)
+	}()
 
 	res := &budgetResults{Env: collectEnv(b)}
 	if o.Tree != "" {
@@ -119,6 +126,7 @@ func runBudgetSection(ctx context.Context, b *bench, o budgetOptions) error {
 		}
 		res.Modes = append(res.Modes, *m)
 	}
+	keep = false
 	res.Env.LoadEnd = loadAvg()
 	if err := res.write(b.outDir); err != nil {
 		return err
@@ -702,11 +710,46 @@ func (r *budgetRun) tenantCalls(l *budgetLevel, recs []fakezapier.RecordedReques
 			l.TenantPolls[t]++
 		}
 	}
+	// How evenly the calls spread over the level: the most in any tenth
+	// of a window, against the tenth's share of the budget.
+	var times []time.Time
+	for _, rec := range recs {
+		if !rec.Time.Before(begin) && rec.Time.Before(end) {
+			times = append(times, rec.Time)
+		}
+	}
+	slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
+	l.PeakTenthCalls = peakIn(times, r.opts.window()/10)
+	l.PeakWindowCalls = peakIn(times, r.opts.window())
+	for _, rec := range recs {
+		if rec.Status == http.StatusTooManyRequests && !rec.Time.Before(begin) && rec.Time.Before(end) {
+			// How many calls reached the fake in the window before it.
+			n := 0
+			for _, t := range times {
+				if t.After(rec.Time.Add(-r.opts.window())) && !t.After(rec.Time) {
+					n++
+				}
+			}
+			l.ThrottledAt = append(l.ThrottledAt, fmt.Sprintf("%.3fs after the level's start, %d arrivals in the window before it", rec.Time.Sub(begin).Seconds(), n))
+		}
+	}
 	calls := make([]float64, n)
 	for i, c := range l.TenantCalls {
 		calls[i] = float64(c)
 	}
 	l.CallJain = jain(calls)
+}
+
+// peakIn is the most of the sorted times that fall in any span of length d.
+func peakIn(times []time.Time, d time.Duration) int {
+	best, lo := 0, 0
+	for hi := range times {
+		for times[hi].Sub(times[lo]) >= d {
+			lo++
+		}
+		best = max(best, hi-lo+1)
+	}
+	return best
 }
 
 func boolSeed(b bool) uint64 {

@@ -91,6 +91,13 @@ type budgetLevel struct {
 	TenantCreates []int   `json:"tenant_creates"`
 	TenantPolls   []int   `json:"tenant_polls"`
 	CallJain      float64 `json:"jain_v2_calls"`
+	// The most /v2 calls in any tenth of a window (the budget allows a
+	// tenth of per_ip there on average, all of it at once).
+	PeakTenthCalls int `json:"peak_v2_calls_in_a_tenth_window"`
+	// The most /v2 calls that reached the fake in any one window (the
+	// fake's count is taken after its latency; the arrival times are before).
+	PeakWindowCalls int      `json:"peak_v2_calls_in_a_window"`
+	ThrottledAt     []string `json:"throttled_at,omitempty"`
 
 	// At the fake, over the whole level.
 	Throttled     int            `json:"throttled_429"`
@@ -375,11 +382,16 @@ func (r *budgetResults) markdown() string {
 				fmt.Fprintf(&b, "| %g× | %s | %s | %s | %s |\n", l.Load, g.Name, g.Target, g.Measured, yes(g.Met))
 			}
 		}
-		b.WriteString("\n| load | /v2 calls by route | budget shed | tenants offered → completed | per tenant: /v2 calls (Jain) · lookups · creates · polls | 200 latency p50 / p99 | max Retry-After |\n|---:|---|---|---|---|---|---:|\n")
+		b.WriteString("\n| load | /v2 calls by route | budget shed | tenants offered → completed | per tenant: /v2 calls (Jain) · lookups · creates · polls | most /v2 calls in a tenth of a window / in a window | 200 latency p50 / p99 | max Retry-After |\n|---:|---|---|---|---|---:|---|---:|\n")
 		for _, l := range m.Levels {
-			fmt.Fprintf(&b, "| %g× | %s | %s | %v → %v | %v (%.3f) · %v · %v · %v | %.0f / %.0f ms | %d s |\n", l.Load, fmtCounts(l.CallsByRoute), fmtCounts(l.BudgetShed),
+			fmt.Fprintf(&b, "| %g× | %s | %s | %v → %v | %v (%.3f) · %v · %v · %v | %d / %d | %.0f / %.0f ms | %d s |\n", l.Load, fmtCounts(l.CallsByRoute), fmtCounts(l.BudgetShed),
 				l.TenantOffered, l.TenantCompleted, l.TenantCalls, l.CallJain, l.TenantLookups, l.TenantCreates, l.TenantPolls,
-				l.LatencyP50MS, l.LatencyP99MS, l.RetryAfterMaxS)
+				l.PeakTenthCalls, l.PeakWindowCalls, l.LatencyP50MS, l.LatencyP99MS, l.RetryAfterMaxS)
+		}
+		for _, l := range m.Levels {
+			for _, t := range l.ThrottledAt {
+				fmt.Fprintf(&b, "\n429 at %g×: %s", l.Load, t)
+			}
 		}
 		b.WriteString("\n</details>\n\n")
 	}

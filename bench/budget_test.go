@@ -208,3 +208,23 @@ func TestBudgetReportsRender(t *testing.T) {
 		}
 	}
 }
+
+func TestPeakIn(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	at := func(ms ...int) []time.Time {
+		var out []time.Time
+		for _, m := range ms {
+			out = append(out, t0.Add(time.Duration(m)*time.Millisecond))
+		}
+		return out
+	}
+	if got := peakIn(at(0, 10, 20, 500, 510, 900), 100*time.Millisecond); got != 3 {
+		t.Errorf("peak = %d, want 3", got)
+	}
+	if got := peakIn(at(0, 100, 200), 100*time.Millisecond); got != 1 {
+		t.Errorf("peak = %d, want 1 (spans are half-open)", got)
+	}
+	if got := peakIn(nil, time.Second); got != 0 {
+		t.Errorf("peak of nothing = %d", got)
+	}
+}

@@ -23,6 +23,15 @@
 //
 // It then runs the cold path (every identity new, a slow token endpoint) and
 // the Go benchmarks of tokencache, jwks and caddymodule.
+//
+// Last, the budget section (budget.go; about 8 minutes): zapier_actions'
+// POST run through the same Caddy binary against the fake Zapier enforcing
+// Zapier's documented rate limits with time scaled by -budget-factor, at
+// 0.5×, 1×, 2× and 5× the ideal run rate from 50 users in 5 tenants of
+// unequal load, with and without run callbacks; results in budget.md,
+// budget.json and budget.svg. -section=budget runs only it
+// (make -f xcaddy.mk bench BENCH_FLAGS=-section=budget), -section=proxy
+// everything else.
 package main
 
 import (
