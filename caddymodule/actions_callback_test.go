@@ -1,0 +1,152 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+)
+
+// callbackSigner stands in for Zapier's callback signing key and its JWKS.
+type callbackSigner struct {
+	key  *ecdsa.PrivateKey
+	jwks *httptest.Server
+}
+
+func newCallbackSigner(t *testing.T) *callbackSigner {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	coord := func(n *big.Int) string { return base64.RawURLEncoding.EncodeToString(n.FillBytes(make([]byte, 32))) }
+	doc := fmt.Sprintf(`{"keys":[{"kty":"EC","crv":"P-256","kid":"zk1","use":"sig","alg":"ES256","x":%q,"y":%q}]}`, coord(key.X), coord(key.Y))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, doc)
+	}))
+	t.Cleanup(srv.Close)
+	return &callbackSigner{key: key, jwks: srv}
+}
+
+func (s *callbackSigner) sign(t *testing.T, runID string) string {
+	now := time.Now()
+	tok := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.MapClaims{"iat": now.Unix(), "exp": now.Add(5 * time.Minute).Unix(), "sub": runID})
+	tok.Header["kid"] = "zk1"
+	signed, err := tok.SignedString(s.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signed
+}
+
+// withCallbacks turns run callbacks on for the env's handler.
+func (e *actionsEnv) withCallbacks(signer *callbackSigner) {
+	e.t.Helper()
+	e.h.RunCallbackURL, e.h.CallbackJWKSURL = "https://app.example.com/zapier/actions/callback", signer.jwks.URL
+	if err := e.h.provisionCallbacks(); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func deliver(t *testing.T, h *Actions, signature, body string) int {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodPost, "/callback", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if signature != "" {
+		req.Header.Set("Zapier-Callback-Signature", signature)
+	}
+	rec := httptest.NewRecorder()
+	if err := h.ServeHTTP(rec, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	return rec.Code
+}
+
+// A run waiting on one sidecar finishes from a callback that reached
+// another sidecar sharing the storage, without polling Zapier.
+func TestCallbackOnAnotherSidecarFinishesTheWaitingRun(t *testing.T) {
+	signer := newCallbackSigner(t)
+	e := newActionsEnv(t)
+	e.withCallbacks(signer)
+	e.api.set(func(s *stubAPI) { s.statuses = []string{"waiting"} })
+	// The other sidecar: its own handler on the same storage.
+	other := &Actions{Apps: e.h.Apps, RunCallbackURL: e.h.RunCallbackURL, CallbackJWKSURL: signer.jwks.URL}
+	if err := other.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.provision(context.Background(), e.h.app, e.h.runs.storage, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan actionsResponse, 1)
+	go func() {
+		done <- e.do(http.MethodPost, "/run", "alice", `{"app":"SlackCLIAPI","action":"send_message","wait":"20s"}`)
+	}()
+	// The run exists once the create call was made; deliver its result to
+	// the other sidecar (retrying while the creator records the run).
+	body := `{"data":{"type":"run","id":"run-1","status":"success","results":[{"id":7}],"errors":[]}}`
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if len(e.api.callsTo(http.MethodPost, "/v2/action-runs")) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the run was never created")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if code := deliver(t, other, signer.sign(t, "run-1"), body); code != http.StatusOK {
+		t.Fatalf("callback on the other sidecar: %d", code)
+	}
+	res := <-done
+	if res.status != http.StatusOK || !strings.Contains(res.body, `"id":7`) {
+		t.Fatalf("POST run: %d %s", res.status, res.body)
+	}
+	if n := len(e.api.callsTo(http.MethodGet, "/v2/action-runs/")); n != 0 {
+		t.Errorf("%d polls despite the callback", n)
+	}
+	// Replayed, forged, unsigned and unknown deliveries change nothing.
+	if code := deliver(t, e.h, signer.sign(t, "run-1"), body); code != http.StatusConflict {
+		t.Errorf("replay: %d", code)
+	}
+	forger := newCallbackSigner(t)
+	if code := deliver(t, e.h, forger.sign(t, "run-1"), strings.Replace(body, "success", "error", 1)); code != http.StatusUnauthorized {
+		t.Errorf("forged: %d", code)
+	}
+	if code := deliver(t, e.h, "", body); code != http.StatusUnauthorized {
+		t.Errorf("unsigned: %d", code)
+	}
+	if code := deliver(t, e.h, signer.sign(t, "run-1"), strings.Replace(body, "run-1", "run-2", 1)); code != http.StatusUnauthorized {
+		t.Errorf("signature for another run: %d", code)
+	}
+	if code := deliver(t, e.h, signer.sign(t, "run-9"), strings.Replace(body, "run-1", "run-9", 1)); code != http.StatusNotFound {
+		t.Errorf("unknown run: %d", code)
+	}
+	if res := e.do(http.MethodGet, "/runs/run-1", "alice", ""); res.status != http.StatusOK || !strings.Contains(res.body, `"id":7`) {
+		t.Errorf("runs/run-1 after the refusals: %d %s", res.status, res.body)
+	}
+}
+
+func TestCallbackOptionsRefused(t *testing.T) {
+	for name, h := range map[string]*Actions{
+		"http":             {RunCallbackURL: "http://app.example.com/cb", CallbackJWKSURL: "https://z.example/jwks"},
+		"relative":         {RunCallbackURL: "/cb", CallbackJWKSURL: "https://z.example/jwks"},
+		"no jwks":          {RunCallbackURL: "https://app.example.com/cb"},
+		"jwks without url": {CallbackJWKSURL: "https://z.example/jwks"},
+		"too long":         {RunCallbackURL: "https://app.example.com/" + strings.Repeat("a", 2048), CallbackJWKSURL: "https://z.example/jwks"},
+	} {
+		if err := h.provisionCallbacks(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
