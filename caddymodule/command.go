@@ -100,7 +100,11 @@ func printStatus(w io.Writer, st Status) {
 	_ = tw.Flush()
 	fmt.Fprintf(w, "Token cache: %d of %d entries, hit ratio %.1f%%\n", st.Cache.Entries, st.Cache.Size, 100*st.Cache.HitRatio)
 	if st.Breaker != "" {
-		fmt.Fprintf(w, "Breaker: %s\n", st.Breaker)
+		fmt.Fprintf(w, "Breaker: token endpoint %s, API %s\n", st.Breaker, st.APIBreaker)
+	}
+	if b := st.Budget; b != nil {
+		fmt.Fprintf(w, "API budget: per IP %s (%d left), partner %s (%d left, %s, %d sidecars), %d queued, max wait %s\n",
+			b.PerIP.Limit, b.PerIP.Remaining, b.Partner.Limit, b.Partner.Remaining, b.PartnerMode, b.Peers, b.Queued, b.MaxWait)
 	}
 }
 

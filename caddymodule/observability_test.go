@@ -20,6 +20,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/zapgate/caddy-zapier/budget"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -475,12 +476,16 @@ func TestStatusIsPrintedForPeople(t *testing.T) {
 			{KID: "kid-active", Alg: "ES256", State: jwks.StateActive, ActivatesAt: act, RetiresAt: act.Add(time.Hour), DeletesAt: act.Add(2 * time.Hour)},
 			{KID: "kid-next", Alg: "ES256", State: jwks.StateNext, ActivatesAt: act.Add(time.Hour)},
 		},
-		Cache:   CacheStatus{Entries: 3, Size: 100, HitRatio: 0.75},
-		Breaker: "closed",
+		Cache:      CacheStatus{Entries: 3, Size: 100, HitRatio: 0.75},
+		Breaker:    "closed",
+		APIBreaker: "cooling_down",
+		Budget: &BudgetStatus{Snapshot: budget.Snapshot{PerIP: budget.LimitState{Limit: "60/1m0s", Remaining: 12},
+			Partner: budget.LimitState{Limit: "150/1m0s", Remaining: 90}, PartnerMode: "shared", Peers: 2, Queued: 3}, MaxWait: "10s"},
 	})
 	got := out.String()
 	for _, want := range []string{"kid-active", "active", "kid-next", "next", act.Local().Format(time.RFC3339),
-		"Token cache: 3 of 100 entries, hit ratio 75.0%", "Breaker: closed"} {
+		"Token cache: 3 of 100 entries, hit ratio 75.0%", "Breaker: token endpoint closed, API cooling_down",
+		"API budget: per IP 60/1m0s (12 left), partner 150/1m0s (90 left, shared, 2 sidecars), 3 queued, max wait 10s"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("status output lacks %q:\n%s", want, got)
 		}

@@ -588,7 +588,7 @@ func TestZapierSubcommands(t *testing.T) {
 	if err := json.Unmarshal(body, &st); err != nil || len(st.Keys) != 1 {
 		t.Fatalf("status JSON %s: %v", body, err)
 	}
-	for _, want := range []string{"Signing keys:", st.Keys[0].KID, "active", "Token cache: 2 of 100000 entries", "Breaker: closed"} {
+	for _, want := range []string{"Signing keys:", st.Keys[0].KID, "active", "Token cache: 2 of 100000 entries", "Breaker: token endpoint closed, API closed"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
