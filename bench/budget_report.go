@@ -372,7 +372,7 @@ func (r *budgetResults) markdown() string {
 			for _, n := range l.OtherStatus {
 				lost += n
 			}
-			fmt.Fprintf(&b, "| %g× | %.1f | %.1f | %.2f | %d | %.2f | %.3f | %.0f ms | %d / %d / %d | %d | %d = %d |%s| %s |\n",
+			fmt.Fprintf(&b, "| %g× | %.1f | %.1f | %.2f | %d | %.2f | %.3f | %.0f ms | %d / %d / %d | %d | %d = %d%s | %s |\n",
 				l.Load, l.OfferedPerMin, l.CompletedPerMin, l.Ratio, l.Throttled, l.CallsPerRun, l.Jain, l.WaitP99MS,
 				l.OK, l.Accepted, l.Shed, lost, l.RunsCreated, l.RunsAnswered, dupNote(l), verdict)
 		}
@@ -405,7 +405,7 @@ func dupNote(l budgetLevel) string {
 	if l.DuplicateRuns == 0 && l.UnknownRuns == 0 {
 		return ""
 	}
-	return fmt.Sprintf(" (%d dup, %d unknown) ", l.DuplicateRuns, l.UnknownRuns)
+	return fmt.Sprintf(" (%d dup, %d unknown)", l.DuplicateRuns, l.UnknownRuns)
 }
 
 func modeTitle(m budgetMode) string {
