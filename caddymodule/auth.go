@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 
@@ -186,63 +185,6 @@ func (h *Auth) failExchange(w http.ResponseWriter, r *http.Request, key tokencac
 	}
 	writeError(w, apiErr)
 	return nil
-}
-
-// replayBody is a request body held in memory so it can be sent twice.
-type replayBody struct {
-	buf        *bytes.Buffer // nil when the request has no body
-	replayable bool
-}
-
-// noBody is the replay state of every request without a body.
-var noBody = &replayBody{replayable: true}
-
-var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// bufferBody reads up to maxReplayBody bytes of the request body. A body
-// that fits is replayable; a longer one is passed on unchanged (what was read
-// followed by the rest). A request without a body needs no buffer.
-func bufferBody(r *http.Request) (*replayBody, error) {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		return noBody, nil
-	}
-	if r.ContentLength > maxReplayBody {
-		return &replayBody{}, nil
-	}
-	buf := bodyBuffers.Get().(*bytes.Buffer)
-	buf.Reset()
-	n, err := buf.ReadFrom(io.LimitReader(r.Body, maxReplayBody+1))
-	if err != nil {
-		bodyBuffers.Put(buf)
-		return nil, err
-	}
-	if n > maxReplayBody {
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(buf.Bytes()), r.Body), r.Body}
-		return &replayBody{buf: buf}, nil
-	}
-	_ = r.Body.Close()
-	b := &replayBody{buf: buf, replayable: true}
-	b.rewind(r)
-	return b, nil
-}
-
-func (b *replayBody) rewind(r *http.Request) {
-	if b.buf == nil {
-		r.Body = http.NoBody
-		return
-	}
-	r.Body = io.NopCloser(bytes.NewReader(b.buf.Bytes()))
-	r.ContentLength = int64(b.buf.Len())
-}
-
-// release returns the buffer once the request is over.
-func (b *replayBody) release() {
-	if b.buf != nil && b.buf.Cap() <= 4*maxReplayBody {
-		bodyBuffers.Put(b.buf)
-	}
 }
 
 // isUnauthorized is the recorder's buffering rule: a 401 is held back so the
