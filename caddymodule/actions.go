@@ -200,7 +200,11 @@ func (h *Actions) withIdentity(w http.ResponseWriter, r *http.Request, method st
 		refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
 		return nil
 	}
-	return next(w, r, tokencache.Key{Tenant: tenant, User: user})
+	key := tokencache.Key{Tenant: tenant, User: user}
+	if !h.app.allowEndUser(w, key) { // ratelimit.go
+		return nil
+	}
+	return next(w, r, key)
 }
 
 // actionRequest is the body of POST inputs.

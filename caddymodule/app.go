@@ -115,6 +115,8 @@ type App struct {
 	Exchange *ExchangeConfig `json:"exchange,omitempty"`
 	Identity *IdentityConfig `json:"identity,omitempty"`
 	Cache    *CacheConfig    `json:"cache,omitempty"`
+	// Per-identity and per-tenant limits of the end-user routes (ratelimit.go).
+	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
 
 	clientSecret string // resolved; never logged
 	trusted      []netip.Prefix
@@ -131,6 +133,7 @@ type App struct {
 	events   *appEvents // events.go
 	inflight chan struct{}
 	shared   *sharedtokens.Tier // the Redis token tier; nil when off (sharedtokens.go)
+	limits   *endUserLimits     // ratelimit.go
 
 	keysLoad *keysLoad
 }
@@ -242,6 +245,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.inflight = make(chan struct{}, a.Exchange.MaxInflight)
 	if err := a.provisionSharedTokens(ctx); err != nil {
+		return err
+	}
+	if err := a.provisionRateLimits(ctx); err != nil {
 		return err
 	}
 

@@ -138,6 +138,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "cache":
 			a.Cache = new(CacheConfig)
 			err = a.Cache.unmarshalCaddyfile(d)
+		case "rate_limit": // ratelimit.go
+			a.RateLimit = new(RateLimitConfig)
+			err = a.RateLimit.unmarshalCaddyfile(d)
 		default:
 			return d.Errf("unrecognized zapier option %q", opt)
 		}
