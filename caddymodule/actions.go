@@ -3,8 +3,6 @@ package caddymodule
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -132,7 +130,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.app = app
 	h.rules = app.identityRules()
 	h.store = newConnectionStore(storage)
-	h.runs = &runStore{storage: storage, now: time.Now, bg: bg}
+	h.runs = &runStore{storage: storage, now: time.Now, bg: bg, keys: newStateKeeper(bg, storage, 0)}
 	h.logger = logger
 	return nil
 }
@@ -674,18 +672,20 @@ func validRunID(id string) bool {
 
 // runStore remembers who started which run, in Caddy storage, so runs/{id}
 // answers the owner, and only the owner, on every gateway sharing the
-// storage and after restarts. A record holds a hash of the identity, never
-// the identity itself, and is forgotten after Zapier's retention.
+// storage and after restarts. A record holds a keyed hash of the identity
+// (storage_names.go), never the identity itself, and is forgotten after
+// Zapier's retention.
 type runStore struct {
 	storage certmagic.Storage
 	now     func() time.Time
 	bg      context.Context // bounds background sweeps; ends with the config
+	keys    *stateKeeper    // the storage-name key
 
 	sweeper sweeper
 }
 
 type runRecord struct {
-	Owner   string    `json:"owner"` // ownerHash of (tenant, user)
+	Owner   string    `json:"owner"` // runOwner of (tenant, user)
 	App     string    `json:"app"`   // the app's UUID
 	Action  string    `json:"action"`
 	Created time.Time `json:"created"`
@@ -693,15 +693,12 @@ type runRecord struct {
 
 func runKey(runID string) string { return path.Join(runsPrefix, storageKeyPart(runID)) }
 
-// ownerHash identifies a user in run records. Identity values have no
-// control characters, so the NUL separator keeps the pair unambiguous.
-func ownerHash(key tokencache.Key) string {
-	sum := sha256.Sum256([]byte(key.Tenant + "\x00" + key.User))
-	return hex.EncodeToString(sum[:])
-}
-
 func (s *runStore) put(ctx context.Context, runID string, key tokencache.Key, appUUID, action string) error {
-	data, err := json.Marshal(runRecord{Owner: ownerHash(key), App: appUUID, Action: action, Created: s.now().UTC()})
+	owner, err := runOwner(ctx, s.keys, key)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(runRecord{Owner: owner, App: appUUID, Action: action, Created: s.now().UTC()})
 	if err != nil {
 		return fmt.Errorf("encoding run record: %w", err)
 	}
@@ -725,7 +722,12 @@ func (s *runStore) owned(ctx context.Context, runID string, key tokencache.Key) 
 	if err := json.Unmarshal(data, &rec); err != nil {
 		return false, fmt.Errorf("decoding run record: %w", err)
 	}
-	return rec.Owner == ownerHash(key) && s.now().Sub(rec.Created) < runRetention, nil
+	owner, err := runOwner(ctx, s.keys, key)
+	if err != nil {
+		return false, err
+	}
+	mine := rec.Owner == owner || rec.Owner == legacyOwnerHash(key) // storage_names.go
+	return mine && s.now().Sub(rec.Created) < runRetention, nil
 }
 
 // maybeSweep deletes records older than the retention, at most once per

@@ -580,7 +580,7 @@ func TestRunOwnershipSurvivesAnotherGateway(t *testing.T) {
 	}
 	// A second handler on the same storage (another gateway, or after a
 	// restart) knows who owns the run.
-	other := &runStore{storage: e.h.runs.storage, now: time.Now, bg: context.Background()}
+	other := &runStore{storage: e.h.runs.storage, now: time.Now, bg: context.Background(), keys: newStateKeeper(context.Background(), e.h.runs.storage, 0)}
 	if ok, err := other.owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); !ok || err != nil {
 		t.Errorf("owner: %v %v", ok, err)
 	}
@@ -594,7 +594,7 @@ func TestRunOwnershipSurvivesAnotherGateway(t *testing.T) {
 	if err != nil || strings.Contains(string(data), "alice") {
 		t.Errorf("record %s, %v", data, err)
 	}
-	later := &runStore{storage: e.h.runs.storage, now: func() time.Time { return time.Now().Add(runRetention) }, bg: context.Background()}
+	later := &runStore{storage: e.h.runs.storage, now: func() time.Time { return time.Now().Add(runRetention) }, bg: context.Background(), keys: newStateKeeper(context.Background(), e.h.runs.storage, 0)}
 	if ok, _ := later.owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); ok {
 		t.Error("a record older than the retention still counts")
 	}
