@@ -610,12 +610,10 @@ func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs,
 	})
 	if lerr == nil {
 		reason := "not found"
-		for _, a := range auths {
-			if a.ID == rec.ConnectionID {
-				reason = ""
-				if a.IsExpired {
-					reason = "expired"
-				}
+		if a := findConnection(auths, rec.ConnectionID, ids.uuid); a != nil { // the app too (connect_flow.go)
+			reason = ""
+			if a.IsExpired {
+				reason = "expired"
 			}
 		}
 		if reason != "" {

@@ -414,9 +414,10 @@ func TestRunErrors(t *testing.T) {
 		return true
 	})
 	for auths, want := range map[string]string{
-		`[{"id":"555","is_expired":true,"title":"Slack"}]`:  "connection_invalid",
-		`[{"id":"777","is_expired":false,"title":"Slack"}]`: "connection_invalid",
-		`[{"id":555,"is_expired":false,"title":"Slack"}]`:   "action_rejected",
+		`[{"id":"555","app":"` + slackUUID + `","is_expired":true,"title":"Slack"}]`:  "connection_invalid",
+		`[{"id":"777","app":"` + slackUUID + `","is_expired":false,"title":"Slack"}]`: "connection_invalid",
+		`[{"id":555,"app":"` + slackUUID + `","is_expired":false,"title":"Slack"}]`:   "action_rejected",
+		`[{"id":555,"app":"another-app","is_expired":false,"title":"Slack"}]`:         "connection_invalid", // the id under another app
 	} {
 		e.api.set(func(s *stubAPI) { s.auths = auths })
 		res := e.do(http.MethodPost, "/run", "alice", `{"app":"SlackCLIAPI","action":"send_message"}`)
@@ -429,7 +430,7 @@ func TestRunErrors(t *testing.T) {
 		}
 	}
 	// The refusal's detail reaches the caller, the token does not.
-	e.api.set(func(s *stubAPI) { s.auths = `[{"id":"555","is_expired":false}]` })
+	e.api.set(func(s *stubAPI) { s.auths = `[{"id":"555","app":"` + slackUUID + `","is_expired":false}]` })
 	res := e.do(http.MethodPost, "/run", "alice", `{"app":"SlackCLIAPI","action":"send_message"}`)
 	if res.code() != "action_rejected" || !strings.Contains(res.body, "Authentication is expired") || strings.Contains(res.body, "zat_") {
 		t.Errorf("action_rejected body: %s", res.body)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 
 	"go.uber.org/zap"
@@ -87,6 +88,15 @@ func (h *Auth) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		// A browser request made by another site: with an ingress that turns
+		// the partner's session into identity headers it would act as the
+		// user (CSRF). Backends, the callers zapier_auth serves, never send it.
+		_, _, _ = h.rules.extract(r) // still strip the identity headers
+		writeError(w, &apiError{Status: http.StatusForbidden, Code: "cross_site_refused",
+			Message: "zapier_auth does not serve requests made by another site"})
+		return nil
+	}
 	tenant, user, ierr := h.rules.extract(r)
 	if ierr != nil {
 		h.refuse(w, r, ierr)
@@ -117,8 +127,10 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	held := holdResponse(w.Header())
 	defer held.release()
 	rec := caddyhttp.NewResponseRecorder(w, &held.buf, isUnauthorized)
-	err = next.ServeHTTP(rec, r)
-	if err != nil || !rec.Buffered() {
+	capped := &holdCap{rec: rec, out: w}
+	err = next.ServeHTTP(capped, r)
+	if capped.spilled || err != nil || !rec.Buffered() {
+		h.evictOnUnauthorized(rec.Status(), key, token) // a 401 too large to hold
 		return err
 	}
 
@@ -188,9 +200,16 @@ func (h *Auth) failExchange(w http.ResponseWriter, r *http.Request, key tokencac
 }
 
 // isUnauthorized is the recorder's buffering rule: a 401 is held back so the
-// request can be retried with a fresh token; every other response streams.
-func isUnauthorized(status int, _ http.Header) bool {
-	return status == http.StatusUnauthorized
+// request can be retried with a fresh token; every other response streams,
+// and so does a 401 whose Content-Length says it will not fit in
+// maxReplayBody. One of unknown length that outgrows it is let go by
+// holdCap (auth_hold.go).
+func isUnauthorized(status int, h http.Header) bool {
+	if status != http.StatusUnauthorized {
+		return false
+	}
+	n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64)
+	return err != nil || n <= maxReplayBody
 }
 
 // heldResponse is what a replayable request needs while next runs: a copy of

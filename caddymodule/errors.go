@@ -95,14 +95,18 @@ func unavailableAPIError(zerr *zapierapi.Error, what string) *apiError {
 	case zerr.Kind == zapierapi.KindRateLimited:
 		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
 			Message:    "Zapier is rate limiting " + what + "; retry later",
-			RetryAfter: cmp.Or(zerr.RetryAfter, zapierapi.DefaultRateLimitCooldown)}
+			RetryAfter: min(cmp.Or(zerr.RetryAfter, zapierapi.DefaultRateLimitCooldown), maxRetryAfter)}
 	case zerr.Kind == zapierapi.KindUnavailable:
 		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
 			Message:    "Zapier is unavailable (" + zerr.Description + "); retry later",
-			RetryAfter: cmp.Or(zerr.RetryAfter, time.Second)}
+			RetryAfter: min(cmp.Or(zerr.RetryAfter, time.Second), maxRetryAfter)}
 	}
 	return nil
 }
+
+// maxRetryAfter caps the Retry-After the gateway passes on to its clients:
+// a Retry-After from Zapier is trusted only up to minutes, not a day.
+const maxRetryAfter = 10 * time.Minute
 
 func statusSuffix(status int, oauthError string) string {
 	switch {
