@@ -104,3 +104,30 @@ func countJWTs(f *fleet, tenant, kid string) int {
 	}
 	return n
 }
+
+// With the Redis tier, a revocation purges the shared tokens too: the
+// sidecar that revoked does not get the old token back from Redis, and the
+// other one, once it has seen the revocation, never serves it again.
+func TestRevokePurgesTheRedisTier(t *testing.T) {
+	f, _ := startRedisFleetWith(t, 2, "", "key_rotation 0\n\t\tkey_overlap 1h\n\t\tkey_sync 1s")
+	a, b := f.sidecars[0], f.sidecars[1]
+	old := bearer(a.echoAs("rv", "u"))
+	if got := bearer(b.echoAs("rv", "u")); got != old {
+		t.Fatalf("b did not take a's token from Redis")
+	}
+	if n := f.fake.ExchangesFor("rv", "u"); n != 1 {
+		t.Fatalf("%d exchanges before the revocation, want 1", n)
+	}
+	kid := a.kids()[0]
+	if status, body := a.admin(http.MethodPost, "/zapier/keys/revoke?kid="+kid); status != http.StatusOK {
+		t.Fatalf("revoke: %d %s", status, body)
+	}
+	fresh := bearer(a.echoAs("rv", "u"))
+	if fresh == old || f.fake.ExchangesFor("rv", "u") != 2 {
+		t.Fatalf("after the revocation a served the old token or no exchange happened (%d exchanges)", f.fake.ExchangesFor("rv", "u"))
+	}
+	eventually(t, 15*time.Second, "b to drop the revoked key", func() bool { return !slices.Contains(b.kids(), kid) })
+	if got := bearer(b.echoAs("rv", "u")); got == old {
+		t.Fatal("b still serves the token obtained with the revoked key")
+	}
+}

@@ -24,6 +24,12 @@ const testRedisKey = "q3aNOy4k8Q4dWb8QeJvSxwS9Tgw2D8cPj1mG3f0yM0E="
 
 func startRedisFleet(t *testing.T, n int, cacheExtra string) (*fleet, *redisserver.Server) {
 	t.Helper()
+	return startRedisFleetWith(t, n, cacheExtra, "")
+}
+
+// startRedisFleetWith is startRedisFleet with extra lines in the zapier option.
+func startRedisFleetWith(t *testing.T, n int, cacheExtra, zapierExtra string) (*fleet, *redisserver.Server) {
+	t.Helper()
 	redis := redisserver.Start(t, redisPort)
 	if !strings.Contains(cacheExtra, "redis_timeout") {
 		// Generous on a loaded CI machine: a Redis operation that times
@@ -32,8 +38,8 @@ func startRedisFleet(t *testing.T, n int, cacheExtra string) (*fleet, *redisserv
 	}
 	f := startFleet(t, fleetOptions{
 		n: n,
-		zapierExtra: fmt.Sprintf("cache {\n\t\t\tredis %s\n\t\t\tredis_key {env.ITEST_REDIS_KEY}\n\t\t\t%s\n\t\t}",
-			redis.URL(), cacheExtra),
+		zapierExtra: fmt.Sprintf("cache {\n\t\t\tredis %s\n\t\t\tredis_key {env.ITEST_REDIS_KEY}\n\t\t\t%s\n\t\t}\n\t\t%s",
+			redis.URL(), cacheExtra, zapierExtra),
 		env: []string{"ITEST_REDIS_KEY=" + testRedisKey},
 	})
 	t.Cleanup(func() { assertNoSecretsInOutput(t, f) })
