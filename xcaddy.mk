@@ -23,7 +23,7 @@ FAKE_BIN      := $(BUILD_DIR)/fakezapier
 GO            ?= go
 GATEWAY_PORT  ?= 8080
 FAKE_ADDR     ?= 127.0.0.1:9900
-FUZZTIME      ?= 30s
+FUZZTIME      ?= 10s
 
 .PHONY: build fake smoke demo test test-deps vet fuzz clean
 

@@ -3,8 +3,6 @@ package caddymodule
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -147,7 +145,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.app = app
 	h.rules = app.identityRules()
 	h.store = newConnectionStore(storage)
-	h.runs = &runStore{storage: storage, now: time.Now, bg: bg}
+	h.runs = &runStore{storage: storage, now: time.Now, bg: bg, keys: newStateKeeper(bg, storage, 0)}
 	h.callbacks = new(callbackWaiters)
 	once, err := newRunOnce(bg, storage)
 	if err != nil {
@@ -237,7 +235,11 @@ func (h *Actions) withIdentity(w http.ResponseWriter, r *http.Request, method st
 		refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
 		return nil
 	}
-	return next(w, r, tokencache.Key{Tenant: tenant, User: user})
+	key := tokencache.Key{Tenant: tenant, User: user}
+	if !h.app.allowEndUser(w, key) { // ratelimit.go
+		return nil
+	}
+	return next(w, r, key)
 }
 
 // actionRequest is the body of POST inputs.
@@ -549,13 +551,14 @@ func (h *Actions) writeRun(w http.ResponseWriter, run zapierapi.ActionRun, locat
 func (h *Actions) serveRunStatus(w http.ResponseWriter, r *http.Request, key tokencache.Key, runID string) error {
 	ctx := r.Context()
 	var rec *runRecord
+	mine := false
 	if validRunID(runID) {
 		var err error
-		if rec, err = h.runs.get(ctx, runID); err != nil {
+		if rec, mine, err = h.runs.owned(ctx, runID, key); err != nil {
 			return h.fail(w, r, err)
 		}
 	}
-	if rec == nil || rec.Owner != ownerHash(key) {
+	if !mine {
 		// Another user's run is indistinguishable from no run at all.
 		return h.fail(w, r, &apiError{Status: http.StatusNotFound, Code: "run_not_found",
 			Message: "no run with this id was started by this user through the gateway"})
@@ -670,12 +673,10 @@ func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs,
 	})
 	if lerr == nil {
 		reason := "not found"
-		for _, a := range auths {
-			if a.ID == rec.ConnectionID {
-				reason = ""
-				if a.IsExpired {
-					reason = "expired"
-				}
+		if a := findConnection(auths, rec.ConnectionID, ids.uuid); a != nil { // the app too (connect_flow.go)
+			reason = ""
+			if a.IsExpired {
+				reason = "expired"
 			}
 		}
 		if reason != "" {
@@ -732,18 +733,20 @@ func validRunID(id string) bool {
 
 // runStore remembers who started which run, in Caddy storage, so runs/{id}
 // answers the owner, and only the owner, on every gateway sharing the
-// storage and after restarts. A record holds a hash of the identity, never
-// the identity itself, and is forgotten after Zapier's retention.
+// storage and after restarts. A record holds a keyed hash of the identity
+// (storage_names.go), never the identity itself, and is forgotten after
+// Zapier's retention.
 type runStore struct {
 	storage certmagic.Storage
 	now     func() time.Time
 	bg      context.Context // bounds background sweeps; ends with the config
+	keys    *stateKeeper    // the storage-name key
 
 	sweeper sweeper
 }
 
 type runRecord struct {
-	Owner   string    `json:"owner"` // ownerHash of (tenant, user)
+	Owner   string    `json:"owner"` // runOwner of (tenant, user)
 	App     string    `json:"app"`   // the app's UUID
 	Action  string    `json:"action"`
 	Created time.Time `json:"created"`
@@ -753,15 +756,12 @@ type runRecord struct {
 
 func runKey(runID string) string { return path.Join(runsPrefix, storageKeyPart(runID)) }
 
-// ownerHash identifies a user in run records. Identity values have no
-// control characters, so the NUL separator keeps the pair unambiguous.
-func ownerHash(key tokencache.Key) string {
-	sum := sha256.Sum256([]byte(key.Tenant + "\x00" + key.User))
-	return hex.EncodeToString(sum[:])
-}
-
 func (s *runStore) put(ctx context.Context, runID string, key tokencache.Key, appUUID, action string) error {
-	data, err := json.Marshal(runRecord{Owner: ownerHash(key), App: appUUID, Action: action, Created: s.now().UTC()})
+	owner, err := runOwner(ctx, s.keys, key)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(runRecord{Owner: owner, App: appUUID, Action: action, Created: s.now().UTC()})
 	if err != nil {
 		return fmt.Errorf("encoding run record: %w", err)
 	}
@@ -770,6 +770,20 @@ func (s *runStore) put(ctx context.Context, runID string, key tokencache.Key, ap
 	}
 	s.maybeSweep()
 	return nil
+}
+
+// owned returns the run's record and whether this identity started it
+// (nil when there is no such run, or it is past Zapier's retention).
+func (s *runStore) owned(ctx context.Context, runID string, key tokencache.Key) (*runRecord, bool, error) {
+	rec, err := s.get(ctx, runID)
+	if err != nil || rec == nil {
+		return nil, false, err
+	}
+	owner, err := runOwner(ctx, s.keys, key)
+	if err != nil {
+		return nil, false, err
+	}
+	return rec, rec.Owner == owner || rec.Owner == legacyOwnerHash(key), nil // storage_names.go
 }
 
 // maybeSweep deletes records older than the retention, at most once per

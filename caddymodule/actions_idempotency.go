@@ -60,7 +60,11 @@ func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key token
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	h.once.sweeper.maybe(h.once.bg, time.Now(), idempotencySweepEvery, func(ctx context.Context) { _, _ = h.once.store.Sweep(ctx) })
 
-	out, err := h.once.store.Begin(r.Context(), ownerHash(key), ik, body)
+	scope, err := runOwner(r.Context(), h.runs.keys, key) // keyed: storage never names the user
+	if err != nil {
+		return h.fail(w, r, err)
+	}
+	out, err := h.once.store.Begin(r.Context(), scope, ik, body)
 	switch {
 	case errors.Is(err, idempotency.ErrKeyReused):
 		return h.fail(w, r, &apiError{Status: http.StatusConflict, Code: "idempotency_key_reused",

@@ -414,9 +414,10 @@ func TestRunErrors(t *testing.T) {
 		return true
 	})
 	for auths, want := range map[string]string{
-		`[{"id":"555","is_expired":true,"title":"Slack"}]`:  "connection_invalid",
-		`[{"id":"777","is_expired":false,"title":"Slack"}]`: "connection_invalid",
-		`[{"id":555,"is_expired":false,"title":"Slack"}]`:   "action_rejected",
+		`[{"id":"555","app":"` + slackUUID + `","is_expired":true,"title":"Slack"}]`:  "connection_invalid",
+		`[{"id":"777","app":"` + slackUUID + `","is_expired":false,"title":"Slack"}]`: "connection_invalid",
+		`[{"id":555,"app":"` + slackUUID + `","is_expired":false,"title":"Slack"}]`:   "action_rejected",
+		`[{"id":555,"app":"another-app","is_expired":false,"title":"Slack"}]`:         "connection_invalid", // the id under another app
 	} {
 		e.api.set(func(s *stubAPI) { s.auths = auths })
 		res := e.do(http.MethodPost, "/run", "alice", `{"app":"SlackCLIAPI","action":"send_message"}`)
@@ -429,7 +430,7 @@ func TestRunErrors(t *testing.T) {
 		}
 	}
 	// The refusal's detail reaches the caller, the token does not.
-	e.api.set(func(s *stubAPI) { s.auths = `[{"id":"555","is_expired":false}]` })
+	e.api.set(func(s *stubAPI) { s.auths = `[{"id":"555","app":"` + slackUUID + `","is_expired":false}]` })
 	res := e.do(http.MethodPost, "/run", "alice", `{"app":"SlackCLIAPI","action":"send_message"}`)
 	if res.code() != "action_rejected" || !strings.Contains(res.body, "Authentication is expired") || strings.Contains(res.body, "zat_") {
 		t.Errorf("action_rejected body: %s", res.body)
@@ -580,13 +581,12 @@ func TestRunOwnershipSurvivesAnotherGateway(t *testing.T) {
 	}
 	// A second handler on the same storage (another gateway, or after a
 	// restart) knows who owns the run.
-	other := &runStore{storage: e.h.runs.storage, now: time.Now, bg: context.Background()}
-	rec, err := other.get(context.Background(), "run-1")
-	if err != nil || rec == nil || rec.Owner != ownerHash(tokencache.Key{Tenant: "org", User: "alice"}) {
-		t.Fatalf("owner: %+v %v", rec, err)
+	other := &runStore{storage: e.h.runs.storage, now: time.Now, bg: context.Background(), keys: newStateKeeper(context.Background(), e.h.runs.storage, 0)}
+	if _, ok, err := other.owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); !ok || err != nil {
+		t.Errorf("owner: %v %v", ok, err)
 	}
 	for _, k := range []tokencache.Key{{Tenant: "org", User: "bob"}, {Tenant: "org2", User: "alice"}, {Tenant: "orgalice"}} {
-		if rec.Owner == ownerHash(k) {
+		if _, ok, _ := other.owned(context.Background(), "run-1", k); ok {
 			t.Errorf("%+v owns alice's run", k)
 		}
 	}
@@ -595,8 +595,8 @@ func TestRunOwnershipSurvivesAnotherGateway(t *testing.T) {
 	if err != nil || strings.Contains(string(data), "alice") {
 		t.Errorf("record %s, %v", data, err)
 	}
-	later := &runStore{storage: e.h.runs.storage, now: func() time.Time { return time.Now().Add(runRetention) }, bg: context.Background()}
-	if rec, _ := later.get(context.Background(), "run-1"); rec != nil {
+	later := &runStore{storage: e.h.runs.storage, now: func() time.Time { return time.Now().Add(runRetention) }, bg: context.Background(), keys: newStateKeeper(context.Background(), e.h.runs.storage, 0)}
+	if _, ok, _ := later.owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); ok {
 		t.Error("a record older than the retention still counts")
 	}
 	// The sweep deletes records by their storage age.

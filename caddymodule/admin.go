@@ -22,6 +22,7 @@ func init() {
 //
 //	GET    /zapier/status                     key ids and times, cache size and hit ratio (never a token)
 //	POST   /zapier/keys/rotate[?immediate=1]  schedule a next key (or, immediately, replace a compromised one)
+//	POST   /zapier/keys/revoke?kid=…          remove a leaked key from the JWKS now and purge every token
 //	DELETE /zapier/tokens[?tenant=…&user=…]   purge one identity's access token, or all
 type adminAPI struct {
 	ctx    caddy.Context
@@ -49,6 +50,7 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/zapier/status", Handler: caddy.AdminHandlerFunc(a.handleStatus)},
 		{Pattern: "/zapier/keys/rotate", Handler: caddy.AdminHandlerFunc(a.handleRotate)},
+		{Pattern: "/zapier/keys/revoke", Handler: caddy.AdminHandlerFunc(a.handleRevoke)}, // revoke.go
 		{Pattern: "/zapier/tokens", Handler: caddy.AdminHandlerFunc(a.handleTokens)},
 	}
 }

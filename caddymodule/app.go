@@ -118,6 +118,8 @@ type App struct {
 	// The request budget in front of Zapier's API (budget.go). On by
 	// default with Zapier's documented limits.
 	APIBudget *APIBudgetConfig `json:"api_budget,omitempty"`
+	// Per-identity and per-tenant limits of the end-user routes (ratelimit.go).
+	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
 
 	clientSecret string // resolved; never logged
 	trusted      []netip.Prefix
@@ -136,6 +138,7 @@ type App struct {
 	shared    *sharedtokens.Tier // the Redis token tier; nil when off (sharedtokens.go)
 	budget    *pooledBudget      // nil when api_budget is off (budget.go)
 	budgetKey string
+	limits    *endUserLimits // ratelimit.go
 
 	keysLoad *keysLoad
 }
@@ -248,6 +251,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.inflight = make(chan struct{}, a.Exchange.MaxInflight)
 	if err := a.provisionSharedTokens(ctx); err != nil {
+		return err
+	}
+	if err := a.provisionRateLimits(ctx); err != nil {
 		return err
 	}
 

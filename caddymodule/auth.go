@@ -5,8 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
+	"strconv"
 	"sync"
 
 	"go.uber.org/zap"
@@ -88,6 +88,15 @@ func (h *Auth) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		// A browser request made by another site: with an ingress that turns
+		// the partner's session into identity headers it would act as the
+		// user (CSRF). Backends, the callers zapier_auth serves, never send it.
+		_, _, _ = h.rules.extract(r) // still strip the identity headers
+		writeError(w, &apiError{Status: http.StatusForbidden, Code: "cross_site_refused",
+			Message: "zapier_auth does not serve requests made by another site"})
+		return nil
+	}
 	tenant, user, ierr := h.rules.extract(r)
 	if ierr != nil {
 		h.refuse(w, r, ierr)
@@ -122,9 +131,11 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	held := holdResponse(w.Header())
 	defer held.release()
 	rec := caddyhttp.NewResponseRecorder(w, &held.buf, isUnauthorized)
-	err = next.ServeHTTP(rec, r)
+	capped := &holdCap{rec: rec, out: w}
+	err = next.ServeHTTP(capped, r)
 	h.app.proxied(r, rec.Status(), rec.Header(), err)
-	if err != nil || !rec.Buffered() {
+	if capped.spilled || err != nil || !rec.Buffered() {
+		h.evictOnUnauthorized(rec.Status(), key, token) // a 401 too large to hold
 		return err
 	}
 
@@ -213,67 +224,17 @@ func (h *Auth) failExchange(w http.ResponseWriter, r *http.Request, key tokencac
 	return nil
 }
 
-// replayBody is a request body held in memory so it can be sent twice.
-type replayBody struct {
-	buf        *bytes.Buffer // nil when the request has no body
-	replayable bool
-}
-
-// noBody is the replay state of every request without a body.
-var noBody = &replayBody{replayable: true}
-
-var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// bufferBody reads up to maxReplayBody bytes of the request body. A body
-// that fits is replayable; a longer one is passed on unchanged (what was read
-// followed by the rest). A request without a body needs no buffer.
-func bufferBody(r *http.Request) (*replayBody, error) {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		return noBody, nil
-	}
-	if r.ContentLength > maxReplayBody {
-		return &replayBody{}, nil
-	}
-	buf := bodyBuffers.Get().(*bytes.Buffer)
-	buf.Reset()
-	n, err := buf.ReadFrom(io.LimitReader(r.Body, maxReplayBody+1))
-	if err != nil {
-		bodyBuffers.Put(buf)
-		return nil, err
-	}
-	if n > maxReplayBody {
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(buf.Bytes()), r.Body), r.Body}
-		return &replayBody{buf: buf}, nil
-	}
-	_ = r.Body.Close()
-	b := &replayBody{buf: buf, replayable: true}
-	b.rewind(r)
-	return b, nil
-}
-
-func (b *replayBody) rewind(r *http.Request) {
-	if b.buf == nil {
-		r.Body = http.NoBody
-		return
-	}
-	r.Body = io.NopCloser(bytes.NewReader(b.buf.Bytes()))
-	r.ContentLength = int64(b.buf.Len())
-}
-
-// release returns the buffer once the request is over.
-func (b *replayBody) release() {
-	if b.buf != nil && b.buf.Cap() <= 4*maxReplayBody {
-		bodyBuffers.Put(b.buf)
-	}
-}
-
 // isUnauthorized is the recorder's buffering rule: a 401 is held back so the
-// request can be retried with a fresh token; every other response streams.
-func isUnauthorized(status int, _ http.Header) bool {
-	return status == http.StatusUnauthorized
+// request can be retried with a fresh token; every other response streams,
+// and so does a 401 whose Content-Length says it will not fit in
+// maxReplayBody. One of unknown length that outgrows it is let go by
+// holdCap (auth_hold.go).
+func isUnauthorized(status int, h http.Header) bool {
+	if status != http.StatusUnauthorized {
+		return false
+	}
+	n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64)
+	return err != nil || n <= maxReplayBody
 }
 
 // heldResponse is what a replayable request needs while next runs: a copy of

@@ -30,6 +30,9 @@ type pooledCache struct {
 	// waited counts lookups not served from the cache at once; a hit, the
 	// common case, costs one atomic add instead of two.
 	waited atomic.Uint64
+	// revocations counts purges after a key revocation: a fetch that
+	// straddles one re-exchanges (fetchToken).
+	revocations atomic.Uint64
 }
 
 func (pc *pooledCache) get(ctx context.Context, key tokencache.Key) (tokencache.Token, tokencache.Result, error) {

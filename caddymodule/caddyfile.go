@@ -140,6 +140,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = a.Cache.unmarshalCaddyfile(d)
 		case "api_budget":
 			err = a.parseAPIBudget(d)
+		case "rate_limit": // ratelimit.go
+			a.RateLimit = new(RateLimitConfig)
+			err = a.RateLimit.unmarshalCaddyfile(d)
 		default:
 			return d.Errf("unrecognized zapier option %q", opt)
 		}

@@ -21,13 +21,14 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "zapier",
-		Usage: "status|rotate|purge [--address <admin>] [--config <path> [--adapter <name>]]",
+		Usage: "status|rotate|keys revoke|purge [--address <admin>] [--config <path> [--adapter <name>]]",
 		Short: "Shows and operates the zapier app of a running Caddy",
 		Long: `
 Calls the zapier routes of a running Caddy's admin API:
 
   caddy zapier status                        signing keys, token cache and breaker state
   caddy zapier rotate [--immediate]          publish a next signing key (or make one sign now)
+  caddy zapier keys revoke <kid>             remove a leaked key from the JWKS now, purge every token
   caddy zapier purge [--tenant T --user U]   drop one identity's access token, or all of them
 
 The admin address is --address, else the one in --config, else ` + caddy.DefaultAdminListen + `.
@@ -67,7 +68,19 @@ use it when a private key may have leaked.`,
 			purge.Flags().String("tenant", "", "Tenant id of the identity to purge")
 			purge.Flags().String("user", "", "User id of the identity to purge")
 
-			cmd.AddCommand(status, rotate, purge)
+			keys := &cobra.Command{Use: "keys", Short: "Operates on signing keys"}
+			keys.AddCommand(&cobra.Command{
+				Use:   "revoke <kid>",
+				Short: "Removes a leaked signing key from the JWKS at once and purges every cached token",
+				Long: `Removes the signing key <kid> (see caddy zapier status) from the JWKS at once,
+records it as revoked in the shared storage so no gateway publishes it again
+(the others drop it within key_sync), makes the pending or a new key sign if
+it was signing, and purges every cached access token, the Redis tier's too.`,
+				Args: cobra.ExactArgs(1),
+				RunE: caddycmd.WrapCommandFuncForCobra(cmdZapierRevoke),
+			})
+
+			cmd.AddCommand(status, rotate, keys, purge)
 		},
 	})
 }
@@ -140,6 +153,27 @@ func cmdZapierRotate(fl caddycmd.Flags) (int, error) {
 	} else {
 		fmt.Printf("Key %s (%s) is published and signs from %s.\n", res.Next.KID, res.Next.Alg, when(res.Next.ActivatesAt))
 	}
+	return caddy.ExitCodeSuccess, nil
+}
+
+func cmdZapierRevoke(fl caddycmd.Flags) (int, error) {
+	kid := fl.Arg(0)
+	body, err := callZapierAdmin(fl, http.MethodPost, "/zapier/keys/revoke?"+url.Values{"kid": {kid}}.Encode())
+	if err != nil {
+		return caddy.ExitCodeFailedStartup, err
+	}
+	var res struct {
+		Revoked string `json:"revoked"`
+		Active  struct {
+			KID string `json:"kid"`
+			Alg string `json:"alg"`
+		} `json:"active"`
+	}
+	if err := json.Unmarshal(body, &res); err != nil {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("decoding the revocation: %w", err)
+	}
+	fmt.Printf("Revoked key %s: it is no longer published and every cached access token was purged.\n", res.Revoked)
+	fmt.Printf("Key %s (%s) signs now.\n", res.Active.KID, res.Active.Alg)
 	return caddy.ExitCodeSuccess, nil
 }
 

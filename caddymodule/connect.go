@@ -178,7 +178,11 @@ func (h *Connect) withIdentity(w http.ResponseWriter, r *http.Request, method st
 		refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
 		return nil
 	}
-	return next(w, r, tokencache.Key{Tenant: tenant, User: user})
+	key := tokencache.Key{Tenant: tenant, User: user}
+	if !h.app.allowEndUser(w, key) { // ratelimit.go
+		return nil
+	}
+	return next(w, r, key)
 }
 
 func connectMethodAllowed(w http.ResponseWriter, r *http.Request, methods ...string) bool {

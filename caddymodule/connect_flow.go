@@ -321,12 +321,20 @@ func (h *Connect) lookupConnection(ctx context.Context, key tokencache.Key, appU
 	if err != nil {
 		return nil, err
 	}
+	return findConnection(auths, id, appUUID), nil
+}
+
+// findConnection returns the authentication with id for the app, or nil:
+// the same id listed under another app is not the user's connection to
+// this one (Zapier is asked for one app's list, but it is not trusted to
+// have filtered it).
+func findConnection(auths []zapierapi.Authentication, id, appUUID string) *zapierapi.Authentication {
 	for i := range auths {
-		if auths[i].ID == id {
-			return &auths[i], nil
+		if auths[i].ID == id && auths[i].App == appUUID {
+			return &auths[i]
 		}
 	}
-	return nil, nil
+	return nil
 }
 
 // connectToken exchanges the user's access token for a single-use connect

@@ -60,6 +60,7 @@ func refuseState(reason string) error { return &stateError{reason} }
 type stateKeys struct {
 	mac     []byte // signs states
 	subject []byte // hashes identities into states
+	names   []byte // hashes identities into storage names (storage_names.go)
 }
 
 func deriveStateKeys(master []byte) stateKeys {
@@ -68,7 +69,7 @@ func deriveStateKeys(master []byte) stateKeys {
 		m.Write([]byte("caddy-zapier connect " + label))
 		return m.Sum(nil)
 	}
-	return stateKeys{mac: derive("state mac"), subject: derive("subject")}
+	return stateKeys{mac: derive("state mac"), subject: derive("subject"), names: derive("storage names")}
 }
 
 // subjectHash binds a state to an identity without putting the identity in

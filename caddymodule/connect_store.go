@@ -18,8 +18,10 @@ import (
 )
 
 // connectionsPrefix is where stored connections live in Caddy storage:
-// zapier/connections/<tenant>/<user>/<app UUID>, each part encoded by
-// storageKeyPart.
+// zapier/connections/k<keyed hash of tenant and user>/<app UUID encoded by
+// storageKeyPart> (storage_names.go). Records written before the keyed
+// names, under <tenant>/<user> encoded by storageKeyPart, are moved there
+// when read.
 const connectionsPrefix = "zapier/connections"
 
 // maxKeyPart is the longest encoded key part; longer ids are hashed so that
@@ -74,25 +76,40 @@ type connectionRecord struct {
 type connectionStore struct {
 	storage certmagic.Storage
 	now     func() time.Time
+	keys    *stateKeeper // the storage-name key, shared through storage
 }
 
 func newConnectionStore(s certmagic.Storage) *connectionStore {
-	return &connectionStore{storage: s, now: time.Now}
+	return &connectionStore{storage: s, now: time.Now, keys: newStateKeeper(context.Background(), s, 0)}
 }
 
-func userPrefix(tenant, user string) string {
-	return path.Join(connectionsPrefix, storageKeyPart(tenant), storageKeyPart(user))
+// userPrefix is where the identity's records live: a keyed hash, so the
+// storage does not say who is connected.
+func (s *connectionStore) userPrefix(ctx context.Context, tenant, user string) (string, error) {
+	name, err := identityStorageName(ctx, s.keys, tenant, user)
+	if err != nil {
+		return "", err
+	}
+	return path.Join(connectionsPrefix, name), nil
 }
 
-func connectionKey(tenant, user, appUUID string) string {
-	return path.Join(userPrefix(tenant, user), storageKeyPart(appUUID))
+func (s *connectionStore) connectionKey(ctx context.Context, tenant, user, appUUID string) (string, error) {
+	prefix, err := s.userPrefix(ctx, tenant, user)
+	if err != nil {
+		return "", err
+	}
+	return path.Join(prefix, storageKeyPart(appUUID)), nil
 }
 
 // get returns the caller's record for the app, or nil when there is none.
 func (s *connectionStore) get(ctx context.Context, tenant, user, appUUID string) (*connectionRecord, error) {
-	data, err := s.storage.Load(ctx, connectionKey(tenant, user, appUUID))
+	key, err := s.connectionKey(ctx, tenant, user, appUUID)
+	if err != nil {
+		return nil, err
+	}
+	data, err := s.storage.Load(ctx, key)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return s.migrate(ctx, legacyConnectionKey(tenant, user, appUUID), key)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("loading connection: %w", err)
@@ -120,7 +137,11 @@ func (s *connectionStore) put(ctx context.Context, tenant, user string, rec conn
 	if err != nil {
 		return nil, fmt.Errorf("encoding connection: %w", err)
 	}
-	if err := s.storage.Store(ctx, connectionKey(tenant, user, rec.AppUUID), data); err != nil {
+	key, err := s.connectionKey(ctx, tenant, user, rec.AppUUID)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.storage.Store(ctx, key, data); err != nil {
 		return nil, fmt.Errorf("storing connection: %w", err)
 	}
 	return &rec, nil
@@ -137,7 +158,14 @@ func (s *connectionStore) touch(ctx context.Context, tenant, user string, rec *c
 
 // list returns the caller's records, ordered by app.
 func (s *connectionStore) list(ctx context.Context, tenant, user string) ([]connectionRecord, error) {
-	keys, err := s.storage.List(ctx, userPrefix(tenant, user), false)
+	prefix, err := s.userPrefix(ctx, tenant, user)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.migrateAll(ctx, legacyUserPrefix(tenant, user), prefix); err != nil {
+		return nil, err
+	}
+	keys, err := s.storage.List(ctx, prefix, false)
 	if errors.Is(err, fs.ErrNotExist) {
 		return []connectionRecord{}, nil
 	}
@@ -169,7 +197,13 @@ func (s *connectionStore) list(ctx context.Context, tenant, user string) ([]conn
 // remove deletes the caller's record for the app; it reports whether there
 // was one.
 func (s *connectionStore) remove(ctx context.Context, tenant, user, appUUID string) (bool, error) {
-	key := connectionKey(tenant, user, appUUID)
+	key, err := s.connectionKey(ctx, tenant, user, appUUID)
+	if err != nil {
+		return false, err
+	}
+	if _, err := s.migrate(ctx, legacyConnectionKey(tenant, user, appUUID), key); err != nil {
+		return false, err
+	}
 	if !s.storage.Exists(ctx, key) {
 		return false, nil
 	}

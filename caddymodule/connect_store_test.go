@@ -65,13 +65,14 @@ func TestConnectionStoreWithAwkwardIdentities(t *testing.T) {
 			t.Errorf("list(%.20q, %.20q) = %d records, %v", tenant, user, len(list), err)
 		}
 	}
-	// Nothing was written outside the connections prefix.
+	// Nothing was written outside the connections prefix (but the key that
+	// names identities there).
 	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
 		if err != nil {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, p)
-		if !info.IsDir() && !strings.HasPrefix(filepath.ToSlash(rel), connectionsPrefix+"/") {
+		if !info.IsDir() && !strings.HasPrefix(filepath.ToSlash(rel), connectionsPrefix+"/") && filepath.ToSlash(rel) != stateKeyStorageKey {
 			t.Errorf("a file outside %s: %s", connectionsPrefix, rel)
 		}
 		return nil
@@ -115,7 +116,11 @@ func TestConnectionStoreUpsertListRemove(t *testing.T) {
 	_, _ = s.put(ctx, "org", "bob", connectionRecord{ConnectionID: "8", App: "SlackCLIAPI", AppUUID: "uuid-slack"})
 
 	// A write in progress (a temporary file) is not a record.
-	tmp := storage.Filename(userPrefix("org", "alice") + "/123456789")
+	prefix, err := s.userPrefix(ctx, "org", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := storage.Filename(prefix + "/123456789")
 	if err := os.WriteFile(tmp, []byte("{partial"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +146,11 @@ func TestConnectionStoreUpsertListRemove(t *testing.T) {
 		t.Error("alice's other app went too")
 	}
 
-	if err := storage.Store(ctx, connectionKey("org", "dave", "uuid-slack"), []byte("not json")); err != nil {
+	daveKey, err := s.connectionKey(ctx, "org", "dave", "uuid-slack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.Store(ctx, daveKey, []byte("not json")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.get(ctx, "org", "dave", "uuid-slack"); err == nil {

@@ -96,13 +96,13 @@ func unavailableAPIError(zerr *zapierapi.Error, what string) *apiError {
 	case zerr.Kind == zapierapi.KindRateLimited:
 		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
 			Message:    "Zapier is rate limiting " + what + "; retry later",
-			RetryAfter: cmp.Or(zerr.RetryAfter, zapierapi.DefaultRateLimitCooldown)}
+			RetryAfter: min(cmp.Or(zerr.RetryAfter, zapierapi.DefaultRateLimitCooldown), maxRetryAfter)}
 	case zerr.Kind == zapierapi.KindUnavailable && errors.As(zerr.Err, new(*budget.ExhaustedError)):
 		return budgetExhaustedError(zerr.RetryAfter)
 	case zerr.Kind == zapierapi.KindUnavailable:
 		return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_unavailable",
 			Message:    "Zapier is unavailable (" + zerr.Description + "); retry later",
-			RetryAfter: cmp.Or(zerr.RetryAfter, time.Second)}
+			RetryAfter: min(cmp.Or(zerr.RetryAfter, time.Second), maxRetryAfter)}
 	}
 	return nil
 }
@@ -112,8 +112,12 @@ func unavailableAPIError(zerr *zapierapi.Error, what string) *apiError {
 func budgetExhaustedError(retryAfter time.Duration) *apiError {
 	return &apiError{Status: http.StatusServiceUnavailable, Code: "zapier_budget_exhausted",
 		Message:    "the gateway's budget of requests to Zapier is spent for now; retry later",
-		RetryAfter: max(retryAfter, time.Second)}
+		RetryAfter: min(max(retryAfter, time.Second), maxRetryAfter)}
 }
+
+// maxRetryAfter caps the Retry-After the gateway passes on to its clients
+// (the cooldown after a 429 is capped alike, in zapierapi).
+const maxRetryAfter = zapierapi.MaxRetryAfter
 
 func statusSuffix(status int, oauthError string) string {
 	switch {

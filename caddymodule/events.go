@@ -26,6 +26,9 @@ const (
 	// eventBreakerOpened: Zapier kept failing and exchanges now fail fast.
 	// Data: retry_after_seconds, until (RFC 3339).
 	eventBreakerOpened = "zapier_breaker_opened"
+	// eventKeyRevoked: signing keys were revoked (here or by another
+	// gateway sharing the storage) and every cached token purged. Data: kids.
+	eventKeyRevoked = "zapier_key_revoked"
 )
 
 // eventEmitter is the part of the caddyevents app the zapier app uses.
@@ -53,6 +56,7 @@ func (a *App) provisionEvents(ctx caddy.Context) error {
 	}
 	a.events = &appEvents{emitter: evApp.(*caddyevents.App)}
 	a.keys.OnChange(a.keysChanged)
+	a.keys.OnRevoke(a.keysRevoked) // revoke.go
 	return nil
 }
 

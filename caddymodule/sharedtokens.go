@@ -163,7 +163,24 @@ func (a *App) closeSharedTokens() {
 
 // fetchToken is the local cache's fetch: through the Redis tier when it is
 // on, else straight to the exchange.
+//
+// A fetch that straddles a key revocation may hold a token minted with the
+// revoked key, obtained after the purge: it is dropped (from Redis too) and
+// fetched once more.
 func (a *App) fetchToken(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
+	for attempt := 0; ; attempt++ {
+		gen := a.tokens.revocations.Load()
+		tok, err := a.fetchTokenOnce(ctx, key)
+		if err != nil || attempt > 0 || a.tokens.revocations.Load() == gen {
+			return tok, err
+		}
+		if a.shared != nil {
+			a.shared.Forget(ctx, key, tok.Value)
+		}
+	}
+}
+
+func (a *App) fetchTokenOnce(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
 	if a.shared == nil {
 		return a.exchange(ctx, key)
 	}

@@ -51,7 +51,9 @@ func actionsSite(actionsExtra string) string {
 func startActionsGateway(t *testing.T, specs ...fakezapier.ActionSpec) *gateway {
 	t.Helper()
 	g := startGateway(t, gatewayOptions{
-		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", gatewayURL, gatewayURL),
+		// These tests poll runs far faster than a client should: the end-user
+		// rate limit (its own tests are in ratelimit_test.go) is off.
+		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s\n\t\trate_limit {\n\t\t\tidentity off\n\t\t\ttenant off\n\t\t}", gatewayURL, gatewayURL),
 		siteExtra:   actSite,
 	})
 	g.fake.RegisterApp(actApp, actAppUUID)

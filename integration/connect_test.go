@@ -32,6 +32,7 @@ type connectOptions struct {
 	callbackURL  string // default: the gateway's own /zapier/connect/callback
 	returnOrigin string // default partnerOrigin
 	storageDir   string // default a new one
+	zapierExtra  string // extra lines inside the zapier global option
 	fake         fakezapier.Config
 }
 
@@ -43,7 +44,7 @@ func startConnectGateway(t *testing.T, o connectOptions) *gateway {
 	callback := cmp.Or(o.callbackURL, gatewayURL+"/zapier/connect/callback")
 	origin := cmp.Or(o.returnOrigin, partnerOrigin)
 	g := startGateway(t, gatewayOptions{
-		zapierExtra: fmt.Sprintf("callback_url %s\n\t\treturn_origins %s", callback, origin),
+		zapierExtra: fmt.Sprintf("callback_url %s\n\t\treturn_origins %s\n\t\t%s", callback, origin, o.zapierExtra),
 		siteExtra: fmt.Sprintf("handle_path /zapier/connect/* {\n\t\tzapier_connect {\n\t\t\tapp %s %s\n\t\t\t%s\n\t\t}\n\t}",
 			slackApp, slackUUID, o.connectExtra),
 		fake:       o.fake,
@@ -426,7 +427,8 @@ var hostileReturnTos = []string{
 }
 
 func TestConnectOpenRedirectVariantsAreRefused(t *testing.T) {
-	g := startConnectGateway(t, connectOptions{})
+	// 27 starts from one user in a burst: more than the default rate limit.
+	g := startConnectGateway(t, connectOptions{zapierExtra: "rate_limit {\n\t\t\tidentity off\n\t\t}"})
 	alice := newHTTPBrowser(g, "org_1", "alice")
 	before := g.fake.Stats().ConnectExchanges
 	for _, rt := range hostileReturnTos {

@@ -173,7 +173,22 @@ const docVersion = 1
 type document struct {
 	Version int         `json:"version"`
 	Keys    []storedKey `json:"keys"`
+	// Revoked lists kids removed by Revoke. A key listed here is never
+	// published again, even if a gateway that predates revocation writes it
+	// back into Keys.
+	Revoked []revokedKey `json:"revoked,omitempty"`
 }
+
+// revokedKey records one revocation. It holds no key material.
+type revokedKey struct {
+	KID       string    `json:"kid"`
+	RevokedAt time.Time `json:"revoked_at"`
+}
+
+// maxRevoked bounds the revocation list kept in the document; the oldest
+// entries go first. Kids are thumbprints of fresh keys, so a forgotten entry
+// cannot be reused by accident.
+const maxRevoked = 64
 
 type storedKey struct {
 	KID         string    `json:"kid"`
@@ -183,8 +198,8 @@ type storedKey struct {
 	PrivateKey  []byte    `json:"private_key"` // PKCS#8 DER; encoding/json writes standard base64
 }
 
-func encodeDocument(keys []*signingKey) ([]byte, error) {
-	doc := document{Version: docVersion, Keys: make([]storedKey, len(keys))}
+func encodeDocument(keys []*signingKey, revoked []revokedKey) ([]byte, error) {
+	doc := document{Version: docVersion, Keys: make([]storedKey, len(keys)), Revoked: revoked}
 	for i, k := range keys {
 		doc.Keys[i] = storedKey{k.kid, k.alg, k.createdAt, k.activatesAt, k.der}
 	}
@@ -195,26 +210,33 @@ func encodeDocument(keys []*signingKey) ([]byte, error) {
 // known maps kid to already parsed keys, which are reused when their DER is
 // unchanged (re-parsing RSA keys on every Maintain pass would be wasteful).
 // Errors describe the problem but never echo key material.
-func decodeDocument(data []byte, known map[string]*signingKey) ([]*signingKey, error) {
+func decodeDocument(data []byte, known map[string]*signingKey) ([]*signingKey, []revokedKey, error) {
 	var doc document
 	if err := json.Unmarshal(data, &doc); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if doc.Version != docVersion {
-		return nil, fmt.Errorf("unsupported version %d (want %d)", doc.Version, docVersion)
+		return nil, nil, fmt.Errorf("unsupported version %d (want %d)", doc.Version, docVersion)
 	}
-	if len(doc.Keys) == 0 {
-		return nil, errors.New("no keys")
+	isRevoked := make(map[string]bool, len(doc.Revoked))
+	for i, r := range doc.Revoked {
+		if r.KID == "" {
+			return nil, nil, fmt.Errorf("revoked entry %d: empty kid", i)
+		}
+		isRevoked[r.KID] = true
 	}
 	keys := make([]*signingKey, 0, len(doc.Keys))
 	seen := map[string]bool{}
 	for i, sk := range doc.Keys {
 		if seen[sk.KID] {
-			return nil, fmt.Errorf("key %d: duplicate kid %q", i, sk.KID)
+			return nil, nil, fmt.Errorf("key %d: duplicate kid %q", i, sk.KID)
 		}
 		seen[sk.KID] = true
+		if isRevoked[sk.KID] {
+			continue // written back by a gateway that missed the revocation
+		}
 		if sk.ActivatesAt.IsZero() {
-			return nil, fmt.Errorf("key %d (kid %q): missing activates_at", i, sk.KID)
+			return nil, nil, fmt.Errorf("key %d (kid %q): missing activates_at", i, sk.KID)
 		}
 		if k := known[sk.KID]; k != nil && k.alg == sk.Alg && string(k.der) == string(sk.PrivateKey) {
 			if !k.activatesAt.Equal(sk.ActivatesAt) || !k.createdAt.Equal(sk.CreatedAt) {
@@ -227,23 +249,26 @@ func decodeDocument(data []byte, known map[string]*signingKey) ([]*signingKey, e
 		}
 		parsed, err := x509.ParsePKCS8PrivateKey(sk.PrivateKey)
 		if err != nil {
-			return nil, fmt.Errorf("key %d (kid %q): private_key is not PKCS#8", i, sk.KID)
+			return nil, nil, fmt.Errorf("key %d (kid %q): private_key is not PKCS#8", i, sk.KID)
 		}
 		signer, ok := parsed.(crypto.Signer)
 		if !ok {
-			return nil, fmt.Errorf("key %d (kid %q): unsupported key type %T", i, sk.KID, parsed)
+			return nil, nil, fmt.Errorf("key %d (kid %q): unsupported key type %T", i, sk.KID, parsed)
 		}
 		k, err := newSigningKey(sk.Alg, signer, sk.PrivateKey, sk.CreatedAt, sk.ActivatesAt)
 		if err != nil {
-			return nil, fmt.Errorf("key %d (kid %q): %w", i, sk.KID, err)
+			return nil, nil, fmt.Errorf("key %d (kid %q): %w", i, sk.KID, err)
 		}
 		if k.kid != sk.KID {
-			return nil, fmt.Errorf("key %d: kid %q does not match its key's thumbprint", i, sk.KID)
+			return nil, nil, fmt.Errorf("key %d: kid %q does not match its key's thumbprint", i, sk.KID)
 		}
 		keys = append(keys, k)
 	}
+	if len(keys) == 0 {
+		return nil, nil, errors.New("no keys")
+	}
 	sortKeys(keys)
-	return keys, nil
+	return keys, doc.Revoked, nil
 }
 
 // sortKeys orders by ActivatesAt. The sort is stable and new keys are

@@ -79,13 +79,25 @@ type Manager struct {
 
 	cbMu      sync.Mutex
 	callbacks []func()
+	onRevoke  []func(kids []string)
 }
+
+// ErrUnknownKey is Revoke's error for a kid that is not published (never
+// was, or was already revoked or deleted).
+var ErrUnknownKey = errors.New("jwks: no published key has that kid")
 
 // keySet is an immutable snapshot: the keys and their precomputed JWKS.
 type keySet struct {
-	keys []*signingKey // sorted by ActivatesAt
-	body []byte
-	etag string
+	keys    []*signingKey // sorted by ActivatesAt
+	revoked []revokedKey
+	body    []byte
+	etag    string
+}
+
+// stored is the content of the key document that update works on.
+type stored struct {
+	keys    []*signingKey
+	revoked []revokedKey
 }
 
 // NewManager validates cfg and fills defaults. It does no I/O; call Load.
@@ -131,7 +143,7 @@ func NewManager(store Storage, cfg Config) (*Manager, error) {
 	m.claimsPrefix = append(append(m.claimsPrefix, `,"aud":`...), jsonString(cfg.Audience)...)
 	m.claimsPrefix = append(append(append(m.claimsPrefix, ','), jsonString(cfg.UserClaim)...), ':')
 	m.tenantField = append(append([]byte(","), jsonString(cfg.TenantClaim)...), ':')
-	m.set.Store(newKeySet(nil))
+	m.set.Store(newKeySet(nil, nil))
 	return m, nil
 }
 
@@ -162,15 +174,31 @@ func (m *Manager) OnChange(f func()) {
 	m.callbacks = append(m.callbacks, f)
 }
 
-func (m *Manager) notify(changed bool) {
-	if !changed {
-		return
-	}
+// OnRevoke registers f to be called (synchronously, with no lock held) with
+// the kids revoked since this manager last read storage: by Revoke here, or
+// by another gateway sharing the storage (seen by Load, Sync or Maintain).
+// Revocations already in storage when the manager first loads are not
+// reported: there is nothing minted from them in this manager's past.
+func (m *Manager) OnRevoke(f func(kids []string)) {
+	m.cbMu.Lock()
+	defer m.cbMu.Unlock()
+	m.onRevoke = append(m.onRevoke, f)
+}
+
+func (m *Manager) notify(c installed) {
 	m.cbMu.Lock()
 	cbs := append([]func(){}, m.callbacks...)
+	rcbs := append([]func([]string){}, m.onRevoke...)
 	m.cbMu.Unlock()
-	for _, f := range cbs {
-		f()
+	if len(c.revoked) > 0 {
+		for _, f := range rcbs {
+			f(c.revoked)
+		}
+	}
+	if c.changed {
+		for _, f := range cbs {
+			f()
+		}
 	}
 }
 
@@ -182,32 +210,32 @@ func (m *Manager) Load(ctx context.Context) error {
 	if err := m.acquire(ctx); err != nil {
 		return err
 	}
-	changed, err := m.load(ctx)
+	c, err := m.load(ctx)
 	<-m.sem
-	m.notify(changed)
+	m.notify(c)
 	return err
 }
 
-func (m *Manager) load(ctx context.Context) (bool, error) {
-	keys, err := m.read(ctx)
+func (m *Manager) load(ctx context.Context) (installed, error) {
+	doc, err := m.read(ctx)
 	if errors.Is(err, fs.ErrNotExist) {
 		err = m.locked(ctx, func() error {
 			// Another gateway may have created the set while we waited.
-			keys, err = m.read(ctx)
+			doc, err = m.read(ctx)
 			if !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
-			keys, err = m.firstKey()
+			doc.keys, err = m.firstKey()
 			if err != nil {
 				return err
 			}
-			return m.write(ctx, keys)
+			return m.write(ctx, doc)
 		})
 	}
 	if err != nil {
-		return false, err
+		return installed{}, err
 	}
-	return m.install(keys), nil
+	return m.install(doc), nil
 }
 
 func (m *Manager) firstKey() ([]*signingKey, error) {
@@ -229,16 +257,17 @@ func (m *Manager) Sync(ctx context.Context) (changed bool, err error) {
 	if err := m.acquire(ctx); err != nil {
 		return false, err
 	}
-	keys, err := m.read(ctx)
+	doc, err := m.read(ctx)
+	var c installed
 	switch {
 	case err == nil:
-		changed = m.install(keys)
+		c = m.install(doc)
 	case errors.Is(err, fs.ErrNotExist):
 		err = nil
 	}
 	<-m.sem
-	m.notify(changed)
-	return changed, err
+	m.notify(c)
+	return c.changed, err
 }
 
 // Maintain runs one pass under the storage lock: re-read storage, delete keys
@@ -247,7 +276,8 @@ func (m *Manager) Sync(ctx context.Context) (changed bool, err error) {
 // refresh the in-memory set. changed reports whether the published set
 // changed, whether by this pass or by another gateway.
 func (m *Manager) Maintain(ctx context.Context) (changed bool, err error) {
-	return m.update(ctx, func(keys []*signingKey, now time.Time) ([]*signingKey, bool, error) {
+	return m.update(ctx, func(doc *stored, now time.Time) (bool, error) {
+		keys := doc.keys
 		dirty := false
 		kept := keys[:0:0]
 		for i, k := range keys {
@@ -258,12 +288,13 @@ func (m *Manager) Maintain(ctx context.Context) (changed bool, err error) {
 			kept = append(kept, k)
 		}
 		keys = kept
+		doc.keys = keys
 
 		if pendingKey(keys, now) != nil {
 			// At most one scheduled key. A published next key is never
 			// withdrawn, even with an outdated alg: it activates as planned
 			// and a later pass schedules the configured alg.
-			return keys, dirty, nil
+			return dirty, nil
 		}
 		active := signerAt(keys, now)
 		var at time.Time
@@ -276,13 +307,14 @@ func (m *Manager) Maintain(ctx context.Context) (changed bool, err error) {
 				at = soonest
 			}
 		default:
-			return keys, dirty, nil
+			return dirty, nil
 		}
 		k, err := m.newKey(keys, now, at)
 		if err != nil {
-			return nil, false, err
+			return false, err
 		}
-		return append(keys, k), true, nil
+		doc.keys = append(keys, k)
+		return true, nil
 	})
 }
 
@@ -294,20 +326,17 @@ func (m *Manager) Maintain(ctx context.Context) (changed bool, err error) {
 // Overlap so JWTs already issued still verify.
 func (m *Manager) Rotate(ctx context.Context, immediate bool) (KeyInfo, error) {
 	var kid string
-	_, err := m.update(ctx, func(keys []*signingKey, now time.Time) ([]*signingKey, bool, error) {
+	_, err := m.update(ctx, func(doc *stored, now time.Time) (bool, error) {
+		keys := doc.keys
 		next := pendingKey(keys, now)
 		switch {
 		case next != nil && !immediate:
 			kid = next.kid
-			return keys, false, nil
+			return false, nil
 		case next != nil: // promote it
-			promoted := *next
-			promoted.activatesAt = now
-			keys = slices.Clone(keys)
-			keys[slices.Index(keys, next)] = &promoted
-			sortKeys(keys)
+			doc.keys = promote(keys, next, now)
 			kid = next.kid
-			return keys, true, nil
+			return true, nil
 		}
 		at := now.Add(m.cfg.Overlap)
 		if immediate {
@@ -315,10 +344,11 @@ func (m *Manager) Rotate(ctx context.Context, immediate bool) (KeyInfo, error) {
 		}
 		k, err := m.newKey(keys, now, at)
 		if err != nil {
-			return nil, false, err
+			return false, err
 		}
 		kid = k.kid
-		return append(keys, k), true, nil
+		doc.keys = append(keys, k)
+		return true, nil
 	})
 	if err != nil {
 		return KeyInfo{}, err
@@ -329,6 +359,73 @@ func (m *Manager) Rotate(ctx context.Context, immediate bool) (KeyInfo, error) {
 		}
 	}
 	return KeyInfo{}, fmt.Errorf("jwks: rotated key %s vanished", kid) // another pass deleted it; cannot happen within Overlap
+}
+
+// promote returns a copy of keys in which next signs from now.
+func promote(keys []*signingKey, next *signingKey, now time.Time) []*signingKey {
+	promoted := *next
+	promoted.activatesAt = now
+	keys = slices.Clone(keys)
+	keys[slices.Index(keys, next)] = &promoted
+	sortKeys(keys)
+	return keys
+}
+
+// Revoke is for a private key that has leaked: under the storage lock it
+// removes the key with kid from the stored set and from this manager's JWKS
+// at once (not an Overlap later, unlike an immediate Rotate), and records
+// the kid as revoked so that no gateway publishes it again. If the key was
+// signing, the pending next key, or a new key, signs from now on. Other
+// gateways sharing the storage drop it when they next read storage (Sync,
+// Maintain or Load). JWTs it signed stop verifying for anyone who fetches
+// the JWKS afresh. It returns the key that signs now; ErrUnknownKey when no
+// published key has kid.
+func (m *Manager) Revoke(ctx context.Context, kid string) (KeyInfo, error) {
+	_, err := m.update(ctx, func(doc *stored, now time.Time) (bool, error) {
+		i := slices.IndexFunc(doc.keys, func(k *signingKey) bool { return k.kid == kid })
+		if i < 0 {
+			return false, ErrUnknownKey
+		}
+		wasSigner := signerAt(doc.keys, now) == doc.keys[i]
+		keys := slices.Delete(slices.Clone(doc.keys), i, i+1)
+		if wasSigner || len(keys) == 0 {
+			if next := pendingKey(keys, now); next != nil {
+				keys = promote(keys, next, now)
+			} else {
+				k, err := m.newKey(keys, now, now)
+				if err != nil {
+					return false, err
+				}
+				keys = append(keys, k)
+				sortKeys(keys)
+			}
+		}
+		revoked := append(slices.Clone(doc.revoked), revokedKey{KID: kid, RevokedAt: now})
+		if n := len(revoked) - maxRevoked; n > 0 {
+			revoked = revoked[n:]
+		}
+		doc.keys, doc.revoked = keys, revoked
+		return true, nil
+	})
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	for _, info := range m.Keys() {
+		if info.State == StateActive {
+			return info, nil
+		}
+	}
+	return KeyInfo{}, errors.New("jwks: no key signs after the revocation") // cannot happen: Revoke leaves a signer
+}
+
+// Revoked returns the revoked kids recorded in storage as last read, oldest first.
+func (m *Manager) Revoked() []string {
+	revoked := m.set.Load().revoked
+	kids := make([]string, len(revoked))
+	for i, r := range revoked {
+		kids[i] = r.KID
+	}
+	return kids
 }
 
 // newKey generates a key with the configured Alg whose kid is not in keys
@@ -347,20 +444,21 @@ func (m *Manager) newKey(keys []*signingKey, now, activatesAt time.Time) (*signi
 
 // update runs fn on the current stored set under the storage lock, persists
 // its result if fn reports a change, and installs it in memory.
-func (m *Manager) update(ctx context.Context, fn func(keys []*signingKey, now time.Time) ([]*signingKey, bool, error)) (bool, error) {
+func (m *Manager) update(ctx context.Context, fn func(doc *stored, now time.Time) (bool, error)) (bool, error) {
 	if err := m.acquire(ctx); err != nil {
 		return false, err
 	}
-	var changed bool
+	var c installed
 	err := m.locked(ctx, func() error {
-		keys, err := m.read(ctx)
+		doc, err := m.read(ctx)
 		dirty := false
 		if errors.Is(err, fs.ErrNotExist) {
 			// Storage lost the document: re-persist what we publish rather
 			// than strand JWTs signed with it; create a key if we have none.
-			dirty, keys = true, slices.Clone(m.set.Load().keys)
-			if len(keys) == 0 {
-				keys, err = m.firstKey()
+			cur := m.set.Load()
+			dirty, doc = true, stored{keys: slices.Clone(cur.keys), revoked: cur.revoked}
+			if len(doc.keys) == 0 {
+				doc.keys, err = m.firstKey()
 			} else {
 				err = nil
 			}
@@ -368,21 +466,21 @@ func (m *Manager) update(ctx context.Context, fn func(keys []*signingKey, now ti
 		if err != nil {
 			return err
 		}
-		keys, modified, err := fn(keys, m.now())
+		modified, err := fn(&doc, m.now())
 		if err != nil {
 			return err
 		}
 		if dirty || modified {
-			if err := m.write(ctx, keys); err != nil {
+			if err := m.write(ctx, doc); err != nil {
 				return err
 			}
 		}
-		changed = m.install(keys)
+		c = m.install(doc)
 		return nil
 	})
 	<-m.sem
-	m.notify(changed)
-	return changed, err
+	m.notify(c)
+	return c.changed, err
 }
 
 func (m *Manager) acquire(ctx context.Context) error {
@@ -409,24 +507,24 @@ func (m *Manager) locked(ctx context.Context, fn func() error) error {
 }
 
 // read loads and decodes the stored set; a missing document matches fs.ErrNotExist.
-func (m *Manager) read(ctx context.Context) ([]*signingKey, error) {
+func (m *Manager) read(ctx context.Context) (stored, error) {
 	data, err := m.store.Load(ctx, m.cfg.StorageKey)
 	if err != nil {
-		return nil, fmt.Errorf("jwks: load %s: %w", m.cfg.StorageKey, err)
+		return stored{}, fmt.Errorf("jwks: load %s: %w", m.cfg.StorageKey, err)
 	}
 	known := map[string]*signingKey{}
 	for _, k := range m.set.Load().keys {
 		known[k.kid] = k
 	}
-	keys, err := decodeDocument(data, known)
+	keys, revoked, err := decodeDocument(data, known)
 	if err != nil {
-		return nil, fmt.Errorf("jwks: corrupt key document %s (left untouched): %v", m.cfg.StorageKey, err)
+		return stored{}, fmt.Errorf("jwks: corrupt key document %s (left untouched): %v", m.cfg.StorageKey, err)
 	}
-	return keys, nil
+	return stored{keys: keys, revoked: revoked}, nil
 }
 
-func (m *Manager) write(ctx context.Context, keys []*signingKey) error {
-	data, err := encodeDocument(keys)
+func (m *Manager) write(ctx context.Context, doc stored) error {
+	data, err := encodeDocument(doc.keys, doc.revoked)
 	if err == nil {
 		err = m.store.Store(ctx, m.cfg.StorageKey, data)
 	}
@@ -436,14 +534,29 @@ func (m *Manager) write(ctx context.Context, keys []*signingKey) error {
 	return nil
 }
 
-// install makes keys the in-memory set and reports whether the JWKS changed.
-func (m *Manager) install(keys []*signingKey) bool {
-	set := newKeySet(keys)
-	old := m.set.Swap(set)
-	return string(old.body) != string(set.body)
+// installed says what install changed: whether the JWKS changed, and which
+// kids were revoked since the previous set (none on the first load).
+type installed struct {
+	changed bool
+	revoked []string
 }
 
-func newKeySet(keys []*signingKey) *keySet {
+// install makes doc the in-memory set.
+func (m *Manager) install(doc stored) installed {
+	set := newKeySet(doc.keys, doc.revoked)
+	old := m.set.Swap(set)
+	c := installed{changed: string(old.body) != string(set.body)}
+	if len(old.keys) > 0 {
+		for _, r := range set.revoked {
+			if !slices.ContainsFunc(old.revoked, func(o revokedKey) bool { return o.KID == r.KID }) {
+				c.revoked = append(c.revoked, r.KID)
+			}
+		}
+	}
+	return c
+}
+
+func newKeySet(keys []*signingKey, revoked []revokedKey) *keySet {
 	jwks := struct {
 		Keys []publicJWK `json:"keys"`
 	}{Keys: make([]publicJWK, len(keys))}
@@ -452,7 +565,7 @@ func newKeySet(keys []*signingKey) *keySet {
 	}
 	body, _ := json.Marshal(jwks) // plain strings: cannot fail
 	sum := sha256.Sum256(body)
-	return &keySet{keys: keys, body: body, etag: `"` + b64.EncodeToString(sum[:16]) + `"`}
+	return &keySet{keys: keys, revoked: revoked, body: body, etag: `"` + b64.EncodeToString(sum[:16]) + `"`}
 }
 
 // Run calls Maintain now and then every interval until ctx is done. With

@@ -24,8 +24,9 @@ const (
 )
 
 // sealVersion is the first byte of every sealed value, so the format can
-// change without misreading old values.
-const sealVersion = 1
+// change without misreading old values. Version 1 bound only the identity;
+// its values no longer open and are replaced by the next exchange.
+const sealVersion = 2
 
 // errUndecryptable is what a value sealed with another key (or tampered
 // with) gives; it never says more.
@@ -90,10 +91,28 @@ type stored struct {
 	Obtained time.Time // when the exchange started, to know the lifetime
 }
 
-// seal encrypts s with AES-256-GCM: version | nonce | ciphertext. The
-// identity is the additional data, so a value moved to another identity's
-// key does not open.
-func (k keyring) seal(id string, s stored) ([]byte, error) {
+// binding is what a sealed value is bound to, as AES-GCM additional data:
+// the namespace (client id, issuer, … of the gateways sharing it), the
+// identity's HMAC and the fence it was published with. A value moved to
+// another identity, to another configuration sharing the Redis and key, or
+// put back over a newer token (whose fence is higher) does not open.
+type binding struct {
+	namespace string
+	id        string
+	fence     int64
+}
+
+func (b binding) additionalData() []byte {
+	ad := make([]byte, 0, 16+len(b.namespace)+len(b.id))
+	for _, p := range []string{"sharedtokens v2", b.namespace, b.id} {
+		ad = binary.BigEndian.AppendUint32(ad, uint32(len(p)))
+		ad = append(ad, p...)
+	}
+	return binary.BigEndian.AppendUint64(ad, uint64(b.fence))
+}
+
+// seal encrypts s with AES-256-GCM: version | nonce | ciphertext, bound to at.
+func (k keyring) seal(at binding, s stored) ([]byte, error) {
 	plain := make([]byte, 16, 16+len(s.Token.Value))
 	binary.BigEndian.PutUint64(plain[0:], uint64(s.Token.Expiry.UnixNano()))
 	binary.BigEndian.PutUint64(plain[8:], uint64(s.Obtained.UnixNano()))
@@ -104,15 +123,15 @@ func (k keyring) seal(id string, s stored) ([]byte, error) {
 	if _, err := rand.Read(out[1:]); err != nil {
 		return nil, err
 	}
-	return k.aead.Seal(out, out[1:], plain, []byte(id)), nil
+	return k.aead.Seal(out, out[1:], plain, at.additionalData()), nil
 }
 
-func (k keyring) open(id string, sealed []byte) (stored, error) {
+func (k keyring) open(at binding, sealed []byte) (stored, error) {
 	ns := k.aead.NonceSize()
 	if len(sealed) < 1+ns || sealed[0] != sealVersion {
 		return stored{}, errUndecryptable
 	}
-	plain, err := k.aead.Open(nil, sealed[1:1+ns], sealed[1+ns:], []byte(id))
+	plain, err := k.aead.Open(nil, sealed[1:1+ns], sealed[1+ns:], at.additionalData())
 	if err != nil || len(plain) < 16 {
 		return stored{}, errUndecryptable
 	}

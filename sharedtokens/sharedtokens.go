@@ -237,7 +237,7 @@ func (t *Tier) lead(ctx context.Context, key tokencache.Key, e entry, fence int6
 		})
 		return tok, err
 	}
-	sealed, err := t.keys.seal(e.id, stored{Token: tok, Obtained: obtained})
+	sealed, err := t.keys.seal(t.binding(e, fence), stored{Token: tok, Obtained: obtained})
 	if err != nil {
 		return tok, nil // cannot happen with a valid key; the caller still has its token
 	}
@@ -359,7 +359,7 @@ func (t *Tier) load(ctx context.Context, e entry) (snapshot, error) {
 	if data == "" {
 		return snap, nil
 	}
-	s, err := t.keys.open(e.id, []byte(data))
+	s, err := t.keys.open(t.binding(e, snap.fence), []byte(data))
 	if err != nil {
 		if t.cfg.OnError != nil {
 			t.cfg.OnError(err)
@@ -402,6 +402,11 @@ func (t *Tier) fresh(s stored) bool {
 type entry struct {
 	id                string
 	tok, lease, fence string
+}
+
+// binding binds a sealed value to this tier's namespace, e's identity and fence.
+func (t *Tier) binding(e entry, fence int64) binding {
+	return binding{namespace: t.cfg.Namespace, id: e.id, fence: fence}
 }
 
 func (t *Tier) entry(key tokencache.Key) entry {

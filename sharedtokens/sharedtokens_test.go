@@ -227,18 +227,27 @@ func TestRedisHoldsNoIdentityAndNoToken(t *testing.T) {
 func TestSealedValueIsBoundToItsIdentity(t *testing.T) {
 	k := newKeyring(testKey)
 	s := stored{Token: tokencache.Token{Value: "secret-token", Expiry: time.Unix(2000000000, 5)}, Obtained: time.Unix(1999990000, 7)}
-	sealed, err := k.seal("id-1", s)
+	at := binding{namespace: "ns-1", id: "id-1", fence: 7}
+	sealed, err := k.seal(at, s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := k.open("id-1", sealed)
+	got, err := k.open(at, sealed)
 	if err != nil || got.Token.Value != s.Token.Value || !got.Token.Expiry.Equal(s.Token.Expiry) || !got.Obtained.Equal(s.Obtained) {
 		t.Fatalf("round trip: %+v %v", got, err)
 	}
-	if _, err := k.open("id-2", sealed); err == nil {
-		t.Fatal("a value opened under another identity")
+	for _, other := range []binding{
+		{namespace: "ns-1", id: "id-2", fence: 7}, // another identity
+		{namespace: "ns-2", id: "id-1", fence: 7}, // another configuration on the same Redis and key
+		{namespace: "ns-1", id: "id-1", fence: 8}, // an old value replayed under a newer fence
+		{namespace: "ns-1", id: "id-1", fence: 6},
+		{namespace: "ns-1id-1", id: "", fence: 7}, // the parts are length-prefixed
+	} {
+		if _, err := k.open(other, sealed); err == nil {
+			t.Errorf("a value sealed for %+v opened under %+v", at, other)
+		}
 	}
-	again, _ := k.seal("id-1", s)
+	again, _ := k.seal(at, s)
 	if bytes.Equal(again, sealed) {
 		t.Fatal("two seals of one token are identical: the nonce is not random")
 	}
@@ -249,6 +258,45 @@ func TestSealedValueIsBoundToItsIdentity(t *testing.T) {
 
 // A lease holder that stalls past its lease must not overwrite the token of
 // the gateway that took over: its fence is older.
+// Two configurations (other client id or issuer: another namespace) share a
+// Redis and its key: a sealed token copied from one's key to the other's
+// does not open, and neither does an old value put back over a newer one.
+func TestSealedValueDoesNotCrossNamespacesOrFences(t *testing.T) {
+	srv := redisserver.Start(t, 0)
+	ctx, raw := context.Background(), srv.Client()
+	a := newTier(t, srv, func(c *Config) { c.Namespace = "client-a" })
+	b := newTier(t, srv, func(c *Config) { c.Namespace = "client-b" })
+	xa, xb := &exchanger{}, &exchanger{}
+	tokA, _, err := a.Fetch(ctx, alice, xa.fetch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Fetch(ctx, alice, xb.fetch); err != nil {
+		t.Fatal(err)
+	}
+	ea, eb := a.entry(alice), b.entry(alice)
+	// Copy a's sealed value and fence over b's.
+	vals, err := raw.HGetAll(ctx, ea.tok).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.HSet(ctx, eb.tok, fieldData, vals[fieldData], fieldFence, vals[fieldFence], fieldFingerprint, vals[fieldFingerprint])
+	if snap, _ := b.load(ctx, eb); snap.found {
+		t.Fatalf("b opened a's token %q", snap.Token.Value)
+	}
+
+	// Replay: keep a's first value, let a publish a newer one, put the old back with the new fence.
+	old := vals[fieldData]
+	a.Forget(ctx, alice, tokA.Value)
+	if _, _, err := a.Fetch(ctx, alice, xa.fetch); err != nil {
+		t.Fatal(err)
+	}
+	raw.HSet(ctx, ea.tok, fieldData, old)
+	if snap, _ := a.load(ctx, ea); snap.found {
+		t.Fatalf("an old value replayed under the newer fence opened: %q", snap.Token.Value)
+	}
+}
+
 func TestFencingRejectsAStalledLeaseHolder(t *testing.T) {
 	srv := redisserver.Start(t, 0)
 	release := make(chan struct{})

@@ -117,6 +117,9 @@ func (c *Client) ListActions(ctx context.Context, apiURL, accessToken, app, acti
 			a.Description, _ = jsonString(item.Description)
 			out = append(out, a)
 		}
+		if len(out) > maxListedItems {
+			return nil, &Error{Kind: KindFailed, Op: op, Err: fmt.Errorf("more than %d actions", maxListedItems)}
+		}
 		offset += len(p.Data)
 		more := !isNull(p.Links.Next) || (p.Meta.Count != nil && offset < *p.Meta.Count)
 		if !more || len(p.Data) == 0 {

@@ -18,6 +18,9 @@ import (
 const (
 	authenticationsPageSize = 100
 	maxAuthenticationsPages = 100
+	// maxListedItems bounds what a listing keeps, whatever the pages hold
+	// (a page may carry more than the limit asked for).
+	maxListedItems = authenticationsPageSize * maxAuthenticationsPages
 )
 
 // Authentication is one of a user's app connections, as listed by
@@ -92,6 +95,10 @@ func (c *Client) ListAuthentications(ctx context.Context, apiURL, accessToken, a
 				IsExpired: item.IsExpired == nil || *item.IsExpired,
 				Title:     title,
 			})
+		}
+		if len(out) > maxListedItems {
+			return nil, &Error{Kind: KindFailed, Op: "list authentications",
+				Err: fmt.Errorf("more than %d authentications", maxListedItems)}
 		}
 		offset += len(p.Data)
 		more := !isNull(p.Links.Next) || (p.Meta.Count != nil && offset < *p.Meta.Count)

@@ -398,7 +398,7 @@ func TestRateLimited(t *testing.T) {
 		{"date in the past", t0.Add(-time.Minute).Format(http.TimeFormat), 0},
 		{"garbage", "soon", 0},
 		{"negative", "-3", 0},
-		{"huge", "99999999999999", 24 * time.Hour},
+		{"huge", "99999999999999", MaxRetryAfter},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFake(t, func(w http.ResponseWriter, _ *http.Request, _ int) {

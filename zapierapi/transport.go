@@ -184,10 +184,15 @@ func transportError(ctx, actx context.Context, err error) (*Error, bool) {
 	return &Error{Kind: KindFailed, Err: err}, true
 }
 
+// MaxRetryAfter caps a Retry-After Zapier sends: its documented cooldown is
+// 60 s, so a value of hours is a fault, not an instruction to stop for that
+// long.
+const MaxRetryAfter = 10 * time.Minute
+
 // RetryAfter parses Retry-After (delta-seconds or HTTP-date); 0 when absent,
 // invalid or already past. It never makes a value up.
 func (c *Client) RetryAfter(v string) time.Duration {
-	const limit = 24 * time.Hour
+	const limit = MaxRetryAfter
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0

@@ -1,0 +1,158 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Fuzz targets for what parses untrusted bytes in the Caddy adapter (more
+// are next to the code they test: FuzzDecodeState, FuzzExtractIdentity,
+// FuzzParseCallbackQuery, FuzzCheckReturnTo). `make -f xcaddy.mk fuzz`
+// runs each; `test` runs the seeds and testdata/fuzz.
+
+// FuzzNonceEntries: the connect cookie parser never panics and keeps only
+// well-formed entries.
+func FuzzNonceEntries(f *testing.F) {
+	f.Add("zapier_connect=abcdefghijklmnopqrstuv~bm9uY2U.x~y")
+	f.Add("zapier_connect=; other=1; zapier_connect=~~..~")
+	f.Add("zapier_connect=" + strings.Repeat("a~b.", 1000))
+	f.Fuzz(func(t *testing.T, cookie string) {
+		r, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+		r.Header.Set("Cookie", cookie)
+		for _, e := range nonceEntries(r) {
+			if !isStateID(e.id) || !isBase64URL(e.nonce) {
+				t.Fatalf("malformed entry kept: %+v", e)
+			}
+		}
+	})
+}
+
+// FuzzConnectionIDFromJSON: an accepted id is a valid connection id and
+// reads back the same from its JSON string form.
+func FuzzConnectionIDFromJSON(f *testing.F) {
+	for _, s := range []string{`"123"`, `123`, `"abc_1"`, `-1`, `1e3`, `"\u0000"`, `null`, `""`, ` 42 `, `"` + strings.Repeat("9", 300) + `"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		id, ok := connectionIDFromJSON(raw)
+		if !ok {
+			return
+		}
+		if !validConnectionID(id) {
+			t.Fatalf("accepted invalid id %q", id)
+		}
+		quoted, _ := json.Marshal(id)
+		if again, ok := connectionIDFromJSON(quoted); !ok || again != id {
+			t.Fatalf("%q does not round-trip: %q %v", id, again, ok)
+		}
+	})
+}
+
+// FuzzParseWait: a wait is accepted only within [0, maxRunWait].
+func FuzzParseWait(f *testing.F) {
+	for _, s := range []string{`"30s"`, `30`, `0.05`, `"0s"`, `null`, `-1`, `1e308`, `"1d"`, `"-5s"`, `NaN`, `"9223372036s"`, `120.0000001`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		d, err := parseWait(raw)
+		if err != nil {
+			if err.Status != http.StatusBadRequest || err.Code != "bad_request" {
+				t.Fatalf("error %+v", err)
+			}
+			return
+		}
+		if d < 0 || d > maxRunWait {
+			t.Fatalf("accepted wait %v", d)
+		}
+	})
+}
+
+// FuzzStorageKeyPart: every id gives one safe key part, and two ids never
+// share one (injectivity).
+func FuzzStorageKeyPart(f *testing.F) {
+	f.Add("a", "b")
+	f.Add("..", "/")
+	f.Add(strings.Repeat("x", 61), strings.Repeat("x", 62))
+	f.Add("Alice", "alice")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		pa, pb := storageKeyPart(a), storageKeyPart(b)
+		for _, p := range []string{pa, pb} {
+			if !isKeyPart(p) || len(p) > maxKeyPart || strings.ContainsAny(p, "/\\.") {
+				t.Fatalf("unsafe key part %q", p)
+			}
+		}
+		if (a == b) != (pa == pb) {
+			t.Fatalf("%q and %q: key parts %q and %q", a, b, pa, pb)
+		}
+	})
+}
+
+// FuzzEtagMatches: never panics; the exact tag and * always match, an
+// unrelated header never does.
+func FuzzEtagMatches(f *testing.F) {
+	f.Add(`"abc"`, `"abc"`)
+	f.Add(`W/"abc", "def"`, `"def"`)
+	f.Add(`*`, `"x"`)
+	f.Add(`,,,`, `""`)
+	f.Fuzz(func(t *testing.T, header, etag string) {
+		got := etagMatches(header, etag)
+		if strings.TrimSpace(etag) == etag && etag != "" && !strings.Contains(etag, ",") && !etagMatches(etag, etag) {
+			t.Fatalf("%q does not match itself", etag)
+		}
+		if !strings.Contains(header, "*") && !strings.Contains(header, strings.TrimPrefix(etag, "W/")) && got {
+			t.Fatalf("%q matched %q", header, etag)
+		}
+	})
+}
+
+// FuzzParseTrustedSources: never panics; what it accepts is one masked
+// prefix per source.
+func FuzzParseTrustedSources(f *testing.F) {
+	f.Add("127.0.0.0/8 ::1/128")
+	f.Add("10.0.0.1")
+	f.Add("0.0.0.0/0 ::/0")
+	f.Add("1.2.3.4/33 fe80::1%eth0")
+	f.Fuzz(func(t *testing.T, list string) {
+		sources := strings.Fields(list)
+		prefixes, err := parseTrustedSources(sources)
+		if err != nil {
+			return
+		}
+		if len(prefixes) != len(sources) {
+			t.Fatalf("%d prefixes for %d sources", len(prefixes), len(sources))
+		}
+		for _, p := range prefixes {
+			if !p.IsValid() || p != p.Masked() {
+				t.Fatalf("prefix %v", p)
+			}
+		}
+	})
+}
+
+// FuzzSanitizeZapierText: what Zapier sends comes out valid UTF-8, without
+// control characters, within the limit; error codes come out as a token.
+func FuzzSanitizeZapierText(f *testing.F) {
+	f.Add("Authentication is expired.", 200)
+	f.Add("a\x00b\r\nc\u202e", 3)
+	f.Add("\xff\xfe", 1)
+	f.Fuzz(func(t *testing.T, s string, limit int) {
+		limit = max(0, limit%1000)
+		out := sanitizeZapierText(s, limit)
+		if !utf8.ValidString(out) || len(out) > limit {
+			t.Fatalf("sanitizeZapierText(%q, %d) = %q", s, limit, out)
+		}
+		for _, r := range out {
+			if unicode.IsControl(r) || !unicode.IsPrint(r) && r != ' ' {
+				t.Fatalf("control or unprintable rune %q in %q", r, out)
+			}
+		}
+		code := sanitizeErrorCode(s)
+		if code == "" || len(code) > maxErrorCode || strings.ContainsAny(code, " <>\"'&\x00") {
+			t.Fatalf("sanitizeErrorCode(%q) = %q", s, code)
+		}
+	})
+}
