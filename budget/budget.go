@@ -68,8 +68,9 @@ type Config struct {
 	MaxWait time.Duration
 	// Margin lengthens every window, so requests granted at the edge of a
 	// window cannot reach Zapier inside the previous one after network
-	// delay. Default (0): a fiftieth of the window, at least 10ms;
-	// negative: none.
+	// delay. Default (0): a fiftieth of the window, at least 250ms (the
+	// spread between a request on a warm connection and one that must
+	// connect first); negative: none.
 	Margin time.Duration
 	// Shared, when set, holds the partner window for every process.
 	Shared Shared
@@ -178,7 +179,7 @@ func (b *Budget) margin(l Limit) time.Duration {
 	if b.cfg.Margin > 0 {
 		return b.cfg.Margin
 	}
-	return max(l.Per/50, 10*time.Millisecond)
+	return max(l.Per/50, 250*time.Millisecond)
 }
 
 // Close stops the budget; queued requests are refused.
@@ -199,24 +200,50 @@ func (b *Budget) Close() {
 	}
 }
 
-// Acquire takes room for one request to Zapier on behalf of tenant,
-// waiting (fairly across tenants) at most MaxWait. It returns nil when the
-// request may go, an *ExhaustedError when it may not, or ctx's error when
-// the caller went away while queued (its place is freed).
+// Request is what Acquire asks for.
+type Request struct {
+	Tenant string
+	// Units is how many requests to Zapier are granted together (default
+	// 1): a multi-call operation gets all its calls or none, so it never
+	// spends part of the budget on calls that cannot finish it.
+	Units int
+	// Urgent requests go ahead of their tenant's others (for example the
+	// polls of a run already created, which finish work already paid for).
+	Urgent bool
+}
+
+// Acquire takes room for one request to Zapier on behalf of tenant; see
+// AcquireRequest.
 func (b *Budget) Acquire(ctx context.Context, tenant string) error {
+	return b.AcquireRequest(ctx, Request{Tenant: tenant})
+}
+
+// AcquireRequest takes room for req.Units requests to Zapier on behalf of
+// req.Tenant, waiting (fairly across tenants) at most MaxWait. It returns
+// nil when the requests may go, an *ExhaustedError when they may not, or
+// ctx's error when the caller went away while queued (its place is freed).
+func (b *Budget) AcquireRequest(ctx context.Context, req Request) error {
+	units := max(req.Units, 1)
+	if limit := b.maxUnits(); units > limit {
+		return fmt.Errorf("budget: %d requests at once exceed the limit of %d", units, limit)
+	}
 	now := b.clock.Now()
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return &ExhaustedError{RetryAfter: time.Second, Reason: ShedClosed}
 	}
-	if b.queue.n == 0 && b.cfg.Shared == nil && !b.nextLocal(now).After(now) {
-		b.takeLocal(now)
+	if b.queue.n == 0 && b.cfg.Shared == nil && !b.nextLocal(now, units).After(now) {
+		b.takeLocal(now, units)
 		b.mu.Unlock()
 		b.cfg.Observer.Granted(0)
 		return nil
 	}
-	if eta := b.eta(now, b.queue.position(tenant)); eta.Sub(now) > b.cfg.MaxWait {
+	position := b.queue.position(req.Tenant)
+	if req.Urgent {
+		position = b.queue.urgentPosition(req.Tenant)
+	}
+	if eta := b.eta(now, position-1+units); eta.Sub(now) > b.cfg.MaxWait {
 		b.mu.Unlock()
 		b.cfg.Observer.Shed(ShedQueueFull)
 		return &ExhaustedError{RetryAfter: eta.Sub(now), Reason: ShedQueueFull}
@@ -225,8 +252,8 @@ func (b *Budget) Acquire(ctx context.Context, tenant string) error {
 	if b.cfg.Shared != nil {
 		deadline = deadline.Add(b.cfg.SharedTimeout) // the store's answer is not the caller's wait
 	}
-	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: deadline}
-	b.queue.push(tenant, w)
+	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: deadline, units: units}
+	b.queue.push(req.Tenant, w, req.Urgent)
 	b.mu.Unlock()
 	b.kick()
 
@@ -288,7 +315,7 @@ func (b *Budget) Snapshot() Snapshot {
 			s.PartnerMode = ModeFallback
 		}
 	}
-	if t := b.nextLocal(now); t.After(now) {
+	if t := b.nextLocal(now, 1); t.After(now) {
 		s.BlockedFor = t.Sub(now)
 	}
 	return s
@@ -301,14 +328,28 @@ func (b *Budget) kick() {
 	}
 }
 
-// nextLocal is when the windows held here have room for one more grant.
-func (b *Budget) nextLocal(now time.Time) time.Time {
+// maxUnits is the most requests one Acquire may take: the smallest limit.
+func (b *Budget) maxUnits() int {
+	n := 0
+	for _, l := range []Limit{b.cfg.PerIP, b.cfg.Partner} {
+		if !l.Off() && (n == 0 || l.Requests < n) {
+			n = l.Requests
+		}
+	}
+	if b.cfg.Shared != nil { // the fallback share may be smaller
+		n = min(n, max(1, b.cfg.Partner.Requests/max(1, b.peers)))
+	}
+	return n
+}
+
+// nextLocal is when the windows held here have room for units more grants.
+func (b *Budget) nextLocal(now time.Time, units int) time.Time {
 	t := now
 	if b.perIP != nil {
-		t = later(t, b.perIP.next(now))
+		t = later(t, b.perIP.next(now, units))
 	}
 	if b.partner != nil && (b.cfg.Shared == nil || !b.sharedOK) {
-		t = later(t, b.partner.next(now))
+		t = later(t, b.partner.next(now, min(units, len(b.partner.times))))
 	}
 	if b.cfg.Shared != nil && b.sharedOK {
 		t = later(t, b.sharedBlockedUntil)
@@ -316,7 +357,13 @@ func (b *Budget) nextLocal(now time.Time) time.Time {
 	return t
 }
 
-func (b *Budget) takeLocal(now time.Time) {
+func (b *Budget) takeLocal(now time.Time, units int) {
+	for range units {
+		b.takeOne(now)
+	}
+}
+
+func (b *Budget) takeOne(now time.Time) {
 	if b.perIP != nil {
 		b.perIP.take(now)
 	}
@@ -347,10 +394,10 @@ func (b *Budget) eta(now time.Time, position int) time.Time {
 	for range position {
 		t = now
 		if ip != nil {
-			t = later(t, ip.next(now))
+			t = later(t, ip.next(now, 1))
 		}
 		if partner != nil {
-			t = later(t, partner.next(now))
+			t = later(t, partner.next(now, 1))
 		}
 		if b.cfg.Shared != nil && b.sharedOK {
 			t = later(t, b.sharedBlockedUntil)

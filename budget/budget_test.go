@@ -283,7 +283,7 @@ type memShared struct {
 
 var errDown = errors.New("store down")
 
-func (m *memShared) Take(_ context.Context, l Limit) (time.Duration, error) {
+func (m *memShared) Take(_ context.Context, l Limit, units int) (time.Duration, error) {
 	if m.down.Load() {
 		return 0, errDown
 	}
@@ -297,11 +297,13 @@ func (m *memShared) Take(_ context.Context, l Limit) (time.Duration, error) {
 		}
 	}
 	m.grants = kept
-	if len(m.grants) < l.Requests {
-		m.grants = append(m.grants, now)
-		return 0, nil
+	if over := len(m.grants) + units - l.Requests; over > 0 {
+		return m.grants[over-1].Add(l.Per).Sub(now), nil
 	}
-	return m.grants[0].Add(l.Per).Sub(now), nil
+	for range units {
+		m.grants = append(m.grants, now)
+	}
+	return 0, nil
 }
 
 func (m *memShared) Absorb(_ context.Context, _ Limit, ages []time.Duration) error {
@@ -396,5 +398,45 @@ func TestSharedStoreDownFallsBackToShareAndRecovers(t *testing.T) {
 	}
 	if obs.ups.Load() != 1 {
 		t.Fatalf("ups %d", obs.ups.Load())
+	}
+}
+
+func TestUnitsAreGrantedTogetherOrNotAtAll(t *testing.T) {
+	clk := newFakeClock()
+	b := mustNew(t, Config{PerIP: Limit{3, time.Second}, Margin: -1, Clock: clk})
+	if err := b.AcquireRequest(context.Background(), Request{Tenant: "t", Units: 2}); err != nil {
+		t.Fatal(err)
+	}
+	// One left: two at once do not fit, and none is spent trying.
+	exhausted(t, b.AcquireRequest(context.Background(), Request{Tenant: "t", Units: 2}), ShedQueueFull)
+	if s := b.Snapshot(); s.PerIP.Used != 2 {
+		t.Fatalf("used %d after a refused pair", s.PerIP.Used)
+	}
+	if err := b.Acquire(context.Background(), "t"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AcquireRequest(context.Background(), Request{Tenant: "t", Units: 4}); err == nil {
+		t.Fatal("4 at once under a limit of 3 accepted")
+	}
+}
+
+func TestUrgentGoesAheadOfItsTenant(t *testing.T) {
+	clk := newFakeClock()
+	b := mustNew(t, Config{PerIP: Limit{1, time.Second}, Margin: -1, MaxWait: time.Minute, Clock: clk})
+	if err := b.Acquire(context.Background(), "t"); err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan result, 3)
+	go func() { out <- result{"new", b.Acquire(context.Background(), "t")} }()
+	waitFor(t, "new queued", queued(b, 1))
+	go func() { out <- result{"new2", b.Acquire(context.Background(), "t")} }()
+	waitFor(t, "new2 queued", queued(b, 2))
+	go func() {
+		out <- result{"urgent", b.AcquireRequest(context.Background(), Request{Tenant: "t", Urgent: true})}
+	}()
+	waitFor(t, "urgent queued", queued(b, 3))
+	clk.Advance(time.Second)
+	if r := <-out; r.tenant != "urgent" || r.err != nil {
+		t.Fatalf("first grant went to %s (%v)", r.tenant, r.err)
 	}
 }

@@ -7,9 +7,9 @@ import (
 
 // Shared holds the partner window for every process of the partner.
 type Shared interface {
-	// Take grants one request if the window has room (0), or says how long
-	// until it has (> 0).
-	Take(ctx context.Context, l Limit) (time.Duration, error)
+	// Take grants units requests together if the window has room for them
+	// (0), or says how long until it has (> 0).
+	Take(ctx context.Context, l Limit, units int) (time.Duration, error)
 	// Absorb records grants this process made while the store was away,
 	// each given by how long ago it was made.
 	Absorb(ctx context.Context, l Limit, ages []time.Duration) error
@@ -49,7 +49,8 @@ func (b *Budget) dispatch() {
 				return
 			}
 		}
-		if t := b.nextLocal(now); t.After(now) {
+		head := b.queue.peek()
+		if t := b.nextLocal(now, head.units); t.After(now) {
 			until := t
 			// Wake just past the soonest deadline: a request may wait
 			// exactly MaxWait, not longer.
@@ -62,17 +63,17 @@ func (b *Budget) dispatch() {
 			}
 			continue
 		}
-		if b.cfg.Shared != nil && b.sharedOK && !b.takeShared() { // unlocks and locks again
+		if b.cfg.Shared != nil && b.sharedOK && !b.takeShared(head.units) { // unlocks and locks again
 			b.mu.Unlock()
 			continue
 		}
 		now = b.clock.Now()
 		w := b.queue.pop()
-		if w == nil { // the waiter left while the store answered: its slot is lost, conservatively
+		if w == nil { // the waiter left while the store answered: its slots are lost, conservatively
 			b.mu.Unlock()
 			continue
 		}
-		b.takeLocal(now)
+		b.takeLocal(now, w.units)
 		w.ready <- nil
 		b.mu.Unlock()
 		b.cfg.Observer.Granted(now.Sub(w.enqueued))
@@ -81,10 +82,10 @@ func (b *Budget) dispatch() {
 
 // takeShared asks the shared store for one grant, with b.mu held (released
 // during the call). It reports whether the head of the queue may go now.
-func (b *Budget) takeShared() bool {
+func (b *Budget) takeShared(units int) bool {
 	b.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.SharedTimeout)
-	wait, err := b.cfg.Shared.Take(ctx, b.cfg.Partner)
+	wait, err := b.cfg.Shared.Take(ctx, b.cfg.Partner, units)
 	cancel()
 	b.mu.Lock()
 	now := b.clock.Now()
@@ -198,7 +199,7 @@ func (b *Budget) shedBefore(now, until time.Time, reason string) {
 	if len(shed) == 0 {
 		return
 	}
-	retry := max(later(until, b.nextLocal(now)).Sub(now), time.Second)
+	retry := max(later(until, b.nextLocal(now, 1)).Sub(now), time.Second)
 	for _, w := range shed {
 		w.ready <- &ExhaustedError{RetryAfter: retry, Reason: reason}
 	}

@@ -8,6 +8,7 @@ import (
 // waiter is one queued request.
 type waiter struct {
 	ready    chan error // buffered: nil when granted, *ExhaustedError when refused
+	units    int
 	enqueued time.Time
 	deadline time.Time
 	tenant   *tenantQueue
@@ -30,7 +31,9 @@ type fairQueue struct {
 
 func (q *fairQueue) init() { q.byName = map[string]*tenantQueue{} }
 
-func (q *fairQueue) push(tenant string, w *waiter) {
+// push queues w at the back of its tenant's requests, or at the front when
+// urgent.
+func (q *fairQueue) push(tenant string, w *waiter, urgent bool) {
 	tq := q.byName[tenant]
 	if tq == nil {
 		tq = &tenantQueue{name: tenant}
@@ -46,8 +49,35 @@ func (q *fairQueue) push(tenant string, w *waiter) {
 		}
 	}
 	w.tenant = tq
-	w.elem = tq.waiters.PushBack(w)
+	if urgent {
+		w.elem = tq.waiters.PushFront(w)
+	} else {
+		w.elem = tq.waiters.PushBack(w)
+	}
 	q.n++
+}
+
+// urgentPosition is position for a newcomer of tenant that goes ahead of
+// its tenant's other requests.
+func (q *fairQueue) urgentPosition(tenant string) int {
+	// Served at its tenant's next turn: after at most one request of
+	// every other waiting tenant.
+	return 1 + len(q.ring) - boolInt(q.byName[tenant] != nil)
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// peek returns the request pop would return, or nil.
+func (q *fairQueue) peek() *waiter {
+	if len(q.ring) == 0 {
+		return nil
+	}
+	return q.ring[q.next%len(q.ring)].waiters.Front().Value.(*waiter)
 }
 
 // position is how many requests, a newcomer of tenant included, round-robin

@@ -35,14 +35,18 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 `
 
 var takeScript = redis.NewScript(luaNow + `
-local per, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local per, n, units = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - per)
-if redis.call('ZCARD', KEYS[1]) < n then
-	redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. redis.call('INCR', KEYS[2]))
+local over = redis.call('ZCARD', KEYS[1]) + units - n
+if over <= 0 then
+	for i = 1, units do
+		redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. redis.call('INCR', KEYS[2]))
+	end
 	redis.call('PEXPIRE', KEYS[1], math.ceil(per / 1000) + 1000)
 	return 0
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+-- The over-th oldest grant must leave the window first.
+local oldest = redis.call('ZRANGE', KEYS[1], over - 1, over - 1, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + per - now)
 `)
 
@@ -67,8 +71,8 @@ return redis.call('ZCARD', KEYS[1])
 `)
 
 // Take implements Shared.
-func (r *RedisShared) Take(ctx context.Context, l Limit) (time.Duration, error) {
-	wait, err := takeScript.Run(ctx, r.client, []string{r.grants, r.seq}, l.Per.Microseconds(), l.Requests, r.id).Int64()
+func (r *RedisShared) Take(ctx context.Context, l Limit, units int) (time.Duration, error) {
+	wait, err := takeScript.Run(ctx, r.client, []string{r.grants, r.seq}, l.Per.Microseconds(), l.Requests, r.id, max(units, 1)).Int64()
 	if err != nil {
 		return 0, err
 	}

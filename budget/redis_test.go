@@ -28,7 +28,7 @@ func TestRedisSharedNeverOverGrants(t *testing.T) {
 			defer wg.Done()
 			store := stores[i%2]
 			for range 40 {
-				wait, err := store.Take(context.Background(), limit)
+				wait, err := store.Take(context.Background(), limit, 1)
 				if err != nil {
 					t.Error(err)
 					return
@@ -61,8 +61,20 @@ func TestRedisSharedNeverOverGrants(t *testing.T) {
 	if err := stores[0].Absorb(context.Background(), limit, []time.Duration{0, 0, 0, 0, 0}); err != nil {
 		t.Fatal(err)
 	}
-	if wait, err := stores[1].Take(context.Background(), limit); err != nil || wait == 0 {
+	if wait, err := stores[1].Take(context.Background(), limit, 1); err != nil || wait == 0 {
 		t.Fatalf("after absorbing a full window: wait %v, err %v", wait, err)
+	}
+	// Units are taken together or not at all.
+	pair := Limit{Requests: 3, Per: time.Minute}
+	two := NewRedisShared(client, "t3:")
+	if wait, err := two.Take(context.Background(), pair, 2); err != nil || wait != 0 {
+		t.Fatalf("first pair: %v %v", wait, err)
+	}
+	if wait, err := two.Take(context.Background(), pair, 2); err != nil || wait == 0 {
+		t.Fatalf("second pair under 3: %v %v", wait, err)
+	}
+	if wait, err := two.Take(context.Background(), pair, 1); err != nil || wait != 0 {
+		t.Fatalf("the one left was spent by a refused pair: %v %v", wait, err)
 	}
 	n, err := stores[0].Peers(context.Background(), time.Second)
 	if err != nil || n != 1 {

@@ -65,11 +65,13 @@ func newWindow(l Limit, margin time.Duration) *window {
 	return &window{limit: l, span: l.Per + margin, times: make([]time.Time, l.Requests)}
 }
 
-// next is the earliest time at or after now when one more grant fits.
-func (w *window) next(now time.Time) time.Time {
+// next is the earliest time at or after now when units more grants fit
+// (units is at most the limit).
+func (w *window) next(now time.Time, units int) time.Time {
 	t := now
-	if w.n == len(w.times) {
-		if free := w.times[w.head].Add(w.span); free.After(t) {
+	if over := w.n + units - len(w.times); over > 0 {
+		// The over-th oldest grant must leave the window first.
+		if free := w.times[(w.head+over-1)%len(w.times)].Add(w.span); free.After(t) {
 			t = free
 		}
 	}

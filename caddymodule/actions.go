@@ -426,12 +426,18 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 	if err != nil {
 		return fail(err)
 	}
-	actionID, err := h.freshActionID(ctx, key, ids, req.Action, req.ActionType)
+	// The fresh action id and the create are paid for together: under
+	// load a run either gets both calls or fails before spending any.
+	paid, err := h.app.prepay(ctx, key.Tenant, 2)
+	if err != nil {
+		return fail(budgetError(err))
+	}
+	actionID, err := h.freshActionID(paid, key, ids, req.Action, req.ActionType)
 	if err != nil {
 		return fail(err)
 	}
 	var runID string
-	err = h.app.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
+	err = h.app.callAPI(paid, key, func(ctx context.Context, access string) (err error) {
 		runID, err = h.app.client.CreateActionRun(ctx, h.app.APIURL, access, zapierapi.ActionRunRequest{
 			Action: actionID, Authentication: rec.ConnectionID, Inputs: req.Inputs, CallbackURL: h.RunCallbackURL,
 		})
@@ -520,7 +526,8 @@ func (h *Actions) await(ctx context.Context, key tokencache.Key, runID string, d
 
 func (h *Actions) poll(ctx context.Context, key tokencache.Key, runID string) (zapierapi.ActionRun, error) {
 	var run zapierapi.ActionRun
-	err := h.app.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
+	// A poll finishes a run already created: it goes ahead of new work.
+	err := h.app.callAPI(urgent(ctx), key, func(ctx context.Context, access string) (err error) {
 		run, err = h.app.client.GetActionRun(ctx, h.app.APIURL, access, runID)
 		return err
 	})

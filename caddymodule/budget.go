@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -159,14 +160,58 @@ func (a *App) cleanupBudget() error {
 	return err
 }
 
-// spend takes budget for one API request of tenant. nil when the budget is
-// off.
+// spend takes budget for one API request of tenant (from what the
+// context's claim prepaid, if any). nil when the budget is off.
 func (a *App) spend(ctx context.Context, tenant string) error {
 	if a.budget == nil {
 		return nil
 	}
-	return a.budget.Acquire(ctx, tenant)
+	claim, _ := ctx.Value(budgetClaimKey{}).(*budgetClaim)
+	if claim != nil && claim.prepaid.Add(-1) >= 0 {
+		return nil
+	}
+	return a.budget.AcquireRequest(ctx, budget.Request{Tenant: tenant, Urgent: claim != nil && claim.urgent})
 }
+
+// prepay takes budget for units API calls of tenant at once, before the
+// first is made: an operation of several calls (a run: the fresh action id
+// and the create) gets all of them or fails before spending any. The calls
+// made with the returned context draw from it.
+func (a *App) prepay(ctx context.Context, tenant string, units int) (context.Context, error) {
+	if a.budget == nil {
+		return ctx, nil
+	}
+	if err := a.budget.AcquireRequest(ctx, budget.Request{Tenant: tenant, Units: units}); err != nil {
+		return ctx, err
+	}
+	claim := &budgetClaim{}
+	claim.prepaid.Store(int32(units))
+	return context.WithValue(ctx, budgetClaimKey{}, claim), nil
+}
+
+// budgetError answers a budget refusal as the gateway's 503, and passes any
+// other error (the caller went away) on.
+func budgetError(err error) error {
+	var ee *budget.ExhaustedError
+	if errors.As(err, &ee) {
+		return budgetExhaustedError(ee.RetryAfter)
+	}
+	return err
+}
+
+// urgent marks the API calls made with ctx as finishing work already paid
+// for (the polls of a created run): they go ahead of their tenant's others.
+func urgent(ctx context.Context) context.Context {
+	return context.WithValue(ctx, budgetClaimKey{}, &budgetClaim{urgent: true})
+}
+
+// budgetClaim is what a context says about its API calls' budget.
+type budgetClaim struct {
+	prepaid atomic.Int32
+	urgent  bool
+}
+
+type budgetClaimKey struct{}
 
 // rateLimited records a 429 from Zapier's API: its cooldown holds the
 // budget (queued requests that cannot wait it out are refused now) and the
@@ -236,11 +281,7 @@ func (a *App) admitProxied(ctx context.Context, tenant string) error {
 	}
 	if err := a.spend(ctx, tenant); err != nil {
 		b.After(&zapierapi.Error{Kind: zapierapi.KindUnavailable}) // nothing learnt
-		var ee *budget.ExhaustedError
-		if errors.As(err, &ee) {
-			return budgetExhaustedError(ee.RetryAfter)
-		}
-		return err // the caller went away
+		return budgetError(err)
 	}
 	return nil
 }
