@@ -62,7 +62,10 @@ type budgetOptions struct {
 	Arrivals        string // poisson or uniform
 	Seed            uint64
 	PortBase        int
-	Tree            string
+	// The gateway's end-user rate limits (rate_limit identity/tenant), per
+	// Zapier minute and scaled like the rest; 0 turns one off.
+	IdentityLimit, TenantLimit int
+	Tree                       string
 }
 
 func (o budgetOptions) scaled(d time.Duration) time.Duration {
@@ -114,7 +117,7 @@ func runBudgetSection(ctx context.Context, b *bench, o budgetOptions) error {
 		MaxWaitScaledMS: ms(o.scaled(o.MaxWait)), APILatencyMS: ms(o.Latency), DelayScaledMS: ms(o.scaled(o.Delay)),
 		WaitScaledMS: ms(o.scaled(o.Wait)), PollScaledMS: []float64{ms(o.scaled(o.PollInterval)), ms(o.scaled(o.MaxPollInterval))},
 		CallbackTimeout: ms(o.scaled(o.CallbackTimeout)), Users: o.Users, Tenants: o.Tenants, Weights: o.Weights,
-		Windows: o.Windows, Loads: o.Loads, Arrivals: o.Arrivals,
+		Windows: o.Windows, Loads: o.Loads, Arrivals: o.Arrivals, IdentityLimit: o.IdentityLimit, TenantLimit: o.TenantLimit,
 		WaitSource: "caddy_zapier_budget_wait_seconds from the gateway's /metrics (admin endpoint), difference over each level, " +
 			"interpolated within its buckets (…, 500 ms, 1 s, 2.5 s, …) as Prometheus's histogram_quantile does; it observes granted requests only",
 	}
@@ -290,6 +293,10 @@ func (r *budgetRun) caddyfile(callbacks bool, httpsAddr, httpAddr, adminAddr, fa
 			partner %[11]d/%[10]s
 			max_wait %[12]s
 		}
+		rate_limit {
+			identity %[18]s
+			tenant %[19]s
+		}
 	}
 }
 
@@ -312,7 +319,15 @@ func (r *budgetRun) caddyfile(callbacks bool, httpsAddr, httpAddr, adminAddr, fa
 }
 `, adminAddr, httpPort, httpsPort, benchClientID, benchClientSecret, benchIssuer, fakeAddr, base,
 		o.GatewayPerIP, o.window(), o.GatewayPartner, o.scaled(o.MaxWait), budgetApp, budgetAppUUID,
-		o.scaled(o.PollInterval), o.scaled(o.MaxPollInterval), cb)
+		o.scaled(o.PollInterval), o.scaled(o.MaxPollInterval), cb, perWindow(o.IdentityLimit, o.window()), perWindow(o.TenantLimit, o.window()))
+}
+
+// perWindow is a rate_limit value: "<n> <window>", or off for 0.
+func perWindow(n int, window time.Duration) string {
+	if n <= 0 {
+		return "off"
+	}
+	return fmt.Sprintf("%d %s", n, window)
 }
 
 type budgetUser struct{ tenant, user string }

@@ -44,6 +44,8 @@ type budgetConfig struct {
 	Windows         int       `json:"measured_windows"` // per level, after one warm-up window
 	Loads           []float64 `json:"loads"`
 	Arrivals        string    `json:"arrivals"`
+	IdentityLimit   int       `json:"rate_limit_identity,omitempty"` // per window; 0: off (or not set, before it existed)
+	TenantLimit     int       `json:"rate_limit_tenant,omitempty"`
 	WaitSource      string    `json:"queue_wait_source"`
 }
 
@@ -342,12 +344,12 @@ func (r *budgetResults) markdown() string {
 	fmt.Fprintf(&b, "The fake Zapier enforces the documented limits (%d/IP, %d/partner per minute, 60 s cooldown after a 429) "+
 		"with time scaled by %g (one Zapier minute = %.0f ms here), %.0f ms latency on every `/v2` answer and a %.0f ms "+
 		"action (10 s at Zapier's pace). The gateway (the real Caddy binary) runs with `api_budget { per_ip %d/%s partner %d/%s max_wait %s }`. "+
-		"%d users in %d tenants (weights %v, round robin over each tenant's users), each with a connection stored by the redirect "+
+		"%s%d users in %d tenants (weights %v, round robin over each tenant's users), each with a connection stored by the redirect "+
 		"Connect flow, send `POST run` with `wait` %s as %s arrivals at each offered load (× the ideal run rate); "+
 		"one warm-up window, then %d measured windows. All rates below are per Zapier minute (per %.0f ms window here).\n\n",
 		c.PerIP, c.Partner, c.Factor, c.WindowScaledMS, c.APILatencyMS, c.DelayScaledMS,
 		c.GatewayPerIP, msDur(c.WindowScaledMS), c.GatewayPartner, msDur(c.WindowScaledMS), msDur(c.MaxWaitScaledMS),
-		c.Users, c.Tenants, c.Weights, msDur(c.WaitScaledMS), c.Arrivals, c.Windows, c.WindowScaledMS)
+		rateLimitNote(c), c.Users, c.Tenants, c.Weights, msDur(c.WaitScaledMS), c.Arrivals, c.Windows, c.WindowScaledMS)
 	fmt.Fprintf(&b, "Ideal = budget ÷ Zapier calls per run; the binding limit is per_ip (%d). Queue wait: %s.\n\n", min(c.PerIP, c.Partner), c.WaitSource)
 
 	for _, m := range r.Modes {
@@ -399,6 +401,19 @@ func (r *budgetResults) markdown() string {
 	b.WriteString(r.ascii())
 	b.WriteString("```\n")
 	return b.String()
+}
+
+func rateLimitNote(c budgetConfig) string {
+	if c.IdentityLimit == 0 && c.TenantLimit == 0 {
+		return ""
+	}
+	lim := func(n int) string {
+		if n <= 0 {
+			return "off"
+		}
+		return fmt.Sprintf("%d %s", n, msDur(c.WindowScaledMS))
+	}
+	return fmt.Sprintf("Its end-user `rate_limit` is scaled alike (identity %s, tenant %s). ", lim(c.IdentityLimit), lim(c.TenantLimit))
 }
 
 func dupNote(l budgetLevel) string {

@@ -155,6 +155,8 @@ func main() {
 	flag.IntVar(&bo.Tenants, "budget-tenants", 5, "budget section: tenants")
 	flag.StringVar(&weights, "budget-weights", "8,4,2,1,1", "budget section: each tenant's share of the offered load")
 	flag.StringVar(&bo.Arrivals, "budget-arrivals", "poisson", "budget section: arrival process, poisson or uniform")
+	flag.IntVar(&bo.IdentityLimit, "budget-identity-limit", 20, "budget section: the gateway's rate_limit identity per Zapier minute, scaled (its default 20/1m); 0: off")
+	flag.IntVar(&bo.TenantLimit, "budget-tenant-limit", 200, "budget section: the gateway's rate_limit tenant per Zapier minute, scaled (its default 200/1m); 0: off")
 	flag.Uint64Var(&bo.Seed, "budget-seed", 1, "budget section: seed of the arrival process")
 	flag.StringVar(&bo.Tree, "budget-tree", "", "budget section: the source the Caddy binary was built from, when not -root's checkout (recorded in budget.md)")
 	rerenderBudgetJSON := flag.String("rerender-budget", "", "only rewrite budget.md and budget.svg in -out from this budget.json")
