@@ -181,6 +181,13 @@ func (a *App) prepay(ctx context.Context, tenant string, units int) (context.Con
 	if a.budget == nil {
 		return ctx, nil
 	}
+	// During Zapier's cooldown (or with the breaker open) the answer is
+	// Zapier's unavailability, not the budget's.
+	b := a.tokens.apiBreaker
+	if err := b.Before(); err != nil {
+		return ctx, err
+	}
+	b.After(&zapierapi.Error{Kind: zapierapi.KindUnavailable}) // only asked; nothing learnt
 	if err := a.budget.AcquireRequest(ctx, budget.Request{Tenant: tenant, Units: units}); err != nil {
 		return ctx, err
 	}
