@@ -224,11 +224,12 @@ func (b *Budget) Acquire(ctx context.Context, tenant string) error {
 // ctx's error when the caller went away while queued (its place is freed).
 func (b *Budget) AcquireRequest(ctx context.Context, req Request) error {
 	units := max(req.Units, 1)
-	if limit := b.maxUnits(); units > limit {
-		return fmt.Errorf("budget: %d requests at once exceed the limit of %d", units, limit)
-	}
 	now := b.clock.Now()
 	b.mu.Lock()
+	if limit := b.maxUnits(); units > limit {
+		b.mu.Unlock()
+		return fmt.Errorf("budget: %d requests at once exceed the limit of %d", units, limit)
+	}
 	if b.closed {
 		b.mu.Unlock()
 		return &ExhaustedError{RetryAfter: time.Second, Reason: ShedClosed}
@@ -329,6 +330,7 @@ func (b *Budget) kick() {
 }
 
 // maxUnits is the most requests one Acquire may take: the smallest limit.
+// b.mu must be held.
 func (b *Budget) maxUnits() int {
 	n := 0
 	for _, l := range []Limit{b.cfg.PerIP, b.cfg.Partner} {
