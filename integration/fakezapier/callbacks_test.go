@@ -52,7 +52,8 @@ func newReceiver(t *testing.T, statuses ...int) *receiver {
 			select {
 			case <-hold:
 			case <-r.Context().Done():
-				return
+				// Abort: returning would send an implicit 200.
+				panic(http.ErrAbortHandler)
 			}
 		}
 		if status == http.StatusFound {
