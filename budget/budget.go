@@ -66,6 +66,9 @@ type Config struct {
 	Partner Limit
 	// MaxWait is the longest a request waits for room. 0 never waits.
 	MaxWait time.Duration
+	// Burst paces the local windows: at most Burst grants at once, then
+	// one per Per/Requests. 0 (or the limit) does not pace.
+	Burst int
 	// Margin lengthens every window, so requests granted at the edge of a
 	// window cannot reach Zapier inside the previous one after network
 	// delay. Default (0): a fiftieth of the window, at least 250ms (the
@@ -157,10 +160,10 @@ func New(cfg Config) (*Budget, error) {
 	}
 	b := &Budget{cfg: cfg, clock: cfg.Clock, wake: make(chan struct{}, 1), stop: make(chan struct{}), peers: 1, sharedOK: true}
 	if !cfg.PerIP.Off() {
-		b.perIP = newWindow(cfg.PerIP, b.margin(cfg.PerIP))
+		b.perIP = newWindow(cfg.PerIP, b.margin(cfg.PerIP), cfg.Burst)
 	}
 	if !cfg.Partner.Off() {
-		b.partner = newWindow(cfg.Partner, b.margin(cfg.Partner))
+		b.partner = newWindow(cfg.Partner, b.margin(cfg.Partner), cfg.Burst)
 	}
 	b.queue.init()
 	b.done.Add(1)

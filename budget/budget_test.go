@@ -440,3 +440,23 @@ func TestUrgentGoesAheadOfItsTenant(t *testing.T) {
 		t.Fatalf("first grant went to %s (%v)", r.tenant, r.err)
 	}
 }
+
+func TestBurstPacesTheRest(t *testing.T) {
+	clk := newFakeClock()
+	b := mustNew(t, Config{PerIP: Limit{10, 10 * time.Second}, Burst: 3, Margin: -1, Clock: clk})
+	for i := range 3 {
+		if err := b.Acquire(context.Background(), "t"); err != nil {
+			t.Fatalf("burst grant %d: %v", i, err)
+		}
+	}
+	// Then one per second (10 per 10s), not the 7 left at once.
+	ee := exhausted(t, b.Acquire(context.Background(), "t"), ShedQueueFull)
+	if ee.RetryAfter != time.Second {
+		t.Fatalf("paced RetryAfter %v, want 1s", ee.RetryAfter)
+	}
+	clk.Advance(time.Second)
+	if err := b.Acquire(context.Background(), "t"); err != nil {
+		t.Fatal(err)
+	}
+	exhausted(t, b.Acquire(context.Background(), "t"), ShedQueueFull)
+}

@@ -53,16 +53,30 @@ func ParseLimit(s string, parseDuration func(string) (time.Duration, error)) (Li
 // when fewer than Requests grants happened in the last Per (plus a safety
 // margin). A sliding log is stricter than any fixed window of the same
 // length, so it stays inside Zapier's limit however Zapier counts.
+//
+// Grants are also paced (GCRA) when burst is below the limit: after burst
+// grants at once, one per Per/Requests. Unpaced, a saturated window refills
+// in bursts as the previous window's grants expire, and each burst goes to
+// the tenants that happen to be queued at that instant; paced, a tenant
+// that arrives finds its turn within a short wait.
 type window struct {
 	limit        Limit
 	span         time.Duration // limit.Per plus the safety margin
 	times        []time.Time   // ring of the last grants, oldest at head
 	head, n      int
 	blockedUntil time.Time // after a 429: nothing before this
+
+	interval time.Duration // Per/Requests
+	burst    int           // the limit: no pacing
+	tat      time.Time     // GCRA theoretical arrival time of the next grant
 }
 
-func newWindow(l Limit, margin time.Duration) *window {
-	return &window{limit: l, span: l.Per + margin, times: make([]time.Time, l.Requests)}
+func newWindow(l Limit, margin time.Duration, burst int) *window {
+	if burst <= 0 || burst > l.Requests {
+		burst = l.Requests
+	}
+	return &window{limit: l, span: l.Per + margin, times: make([]time.Time, l.Requests),
+		interval: l.Per / time.Duration(l.Requests), burst: burst}
 }
 
 // next is the earliest time at or after now when units more grants fit
@@ -78,11 +92,17 @@ func (w *window) next(now time.Time, units int) time.Time {
 	if w.blockedUntil.After(t) {
 		t = w.blockedUntil
 	}
+	if w.burst < w.limit.Requests {
+		if paced := w.tat.Add(time.Duration(units-w.burst) * w.interval); paced.After(t) {
+			t = paced
+		}
+	}
 	return t
 }
 
 // take records a grant at t (t must not be before earlier grants).
 func (w *window) take(t time.Time) {
+	w.tat = later(w.tat, t).Add(w.interval)
 	if w.n == len(w.times) {
 		w.times[w.head] = t
 		w.head = (w.head + 1) % len(w.times)
@@ -116,8 +136,12 @@ func (w *window) since(now time.Time) []time.Time {
 
 // resized returns a window for l holding this one's most recent grants.
 func (w *window) resized(l Limit, margin time.Duration) *window {
-	nw := newWindow(l, margin)
-	nw.blockedUntil = w.blockedUntil
+	burst := w.burst
+	if burst >= w.limit.Requests {
+		burst = 0 // unpaced stays unpaced
+	}
+	nw := newWindow(l, margin, min(burst, l.Requests))
+	nw.blockedUntil, nw.tat = w.blockedUntil, w.tat
 	skip := max(0, w.n-len(nw.times))
 	for i := skip; i < w.n; i++ {
 		nw.take(w.times[(w.head+i)%len(w.times)])

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,11 @@ type APIBudgetConfig struct {
 	// Longest a request waits for budget; past it, 503
 	// zapier_budget_exhausted with Retry-After. Default 10s; 0 never waits.
 	MaxWait *caddy.Duration `json:"max_wait,omitempty"`
+	// Requests granted at once before the rest are paced, one per
+	// window/requests: a saturated budget then serves every tenant's
+	// arrivals in turn instead of in bursts. Default a quarter of per_ip's
+	// requests; per_ip's requests turn pacing off.
+	Burst int `json:"burst,omitempty"`
 }
 
 // budgetPool keeps budgets across reloads: a reload must not forget what
@@ -96,6 +102,13 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 	if *c.MaxWait < 0 {
 		return errors.New("zapier: api_budget max_wait must not be negative")
 	}
+	burst := c.Burst
+	if burst == 0 {
+		burst = max(1, perIP.Requests/4)
+	}
+	if burst < 0 {
+		return errors.New("zapier: api_budget burst must be positive")
+	}
 	var redisURL, redisPrefix string
 	var redisTimeout time.Duration
 	if r := a.Cache.Redis; r != nil {
@@ -103,10 +116,10 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 		redisPrefix, redisTimeout = r.Prefix, time.Duration(r.Timeout)
 	}
 	// The pool key holds the Redis URL only hashed (it may carry a password).
-	a.budgetKey = strings.Join([]string{perIP.String(), partner.String(), time.Duration(*c.MaxWait).String(),
+	a.budgetKey = strings.Join([]string{perIP.String(), partner.String(), time.Duration(*c.MaxWait).String(), strconv.Itoa(burst),
 		hashHex(redisURL), redisPrefix, a.ClientID, a.APIURL}, "|")
 	val, _, err := budgetPool.LoadOrNew(a.budgetKey, func() (caddy.Destructor, error) {
-		cfg := budget.Config{PerIP: perIP, Partner: partner, MaxWait: time.Duration(*c.MaxWait), Observer: budgetObserver{}}
+		cfg := budget.Config{PerIP: perIP, Partner: partner, MaxWait: time.Duration(*c.MaxWait), Burst: burst, Observer: budgetObserver{}}
 		p := new(pooledBudget)
 		if redisURL != "" {
 			p.redis, err = sharedtokens.NewClient(redisURL, redisTimeout)
@@ -316,6 +329,7 @@ func (a *App) proxied(r *http.Request, status int, header http.Header, err error
 //		per_ip   60/1m
 //		partner  150/1m
 //		max_wait 10s
+//		burst    15
 //	}
 func (a *App) parseAPIBudget(d *caddyfile.Dispenser) error {
 	if a.APIBudget == nil {
@@ -352,6 +366,12 @@ func (a *App) parseAPIBudget(d *caddyfile.Dispenser) error {
 			} else {
 				c.Partner = val
 			}
+		case "burst":
+			n, err := strconv.Atoi(val)
+			if err != nil || n <= 0 {
+				return d.Errf("api_budget burst: %q is not a positive integer", val)
+			}
+			c.Burst = n
 		case "max_wait":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {
@@ -360,7 +380,7 @@ func (a *App) parseAPIBudget(d *caddyfile.Dispenser) error {
 			wait := caddy.Duration(dur)
 			c.MaxWait = &wait
 		default:
-			return d.Errf("api_budget: unknown option %q (per_ip, partner, max_wait)", opt)
+			return d.Errf("api_budget: unknown option %q (per_ip, partner, max_wait, burst)", opt)
 		}
 	}
 	return nil

@@ -59,7 +59,7 @@ func burst(t *testing.T, base int, tenant string, n int) burstResult {
 // The budget answers what it cannot serve with 503 and a computed
 // Retry-After, and the fake (with Zapier's limits) never answers 429.
 func TestBudgetShedsInsteadOfDrawingA429(t *testing.T) {
-	g := startGateway(t, gatewayOptions{budget: "api_budget {\n\t\t\tper_ip 10/2s\n\t\t\tmax_wait 0s\n\t\t}",
+	g := startGateway(t, gatewayOptions{budget: "api_budget {\n\t\t\tper_ip 10/2s\n\t\t\tmax_wait 0s\n\t\t\tburst 10\n\t\t}",
 		fake: fakezapier.Config{RateLimits: &testRateLimits}})
 	g.echoAs("warm", "up") // the token exchange does not spend the API budget
 	start := time.Now()
