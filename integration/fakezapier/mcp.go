@@ -147,8 +147,8 @@ func (s *Server) RevokeMCPAuthorization(tenant, user, app string) {
 	}
 }
 
-// ReleaseMCPStep lets the gated streaming tool send its next progress
-// notification.
+// ReleaseMCPStep lets the gated streaming tool go on after the progress
+// notification it just sent.
 func (s *Server) ReleaseMCPStep() { s.mcp().steps <- struct{}{} }
 
 // MCPStats returns a snapshot of the MCP counters.
@@ -434,7 +434,7 @@ type echoArgs struct {
 
 type streamArgs struct {
 	Steps int  `json:"steps" jsonschema:"how many progress notifications to send"`
-	Gated bool `json:"gated,omitempty" jsonschema:"wait for ReleaseMCPStep before each step after the first"`
+	Gated bool `json:"gated,omitempty" jsonschema:"after each step, wait for ReleaseMCPStep"`
 }
 
 func (s *Server) newMCPHandler(app *mcpApp) http.Handler {
@@ -463,16 +463,16 @@ func (s *Server) newMCPHandler(app *mcpApp) http.Handler {
 			count()
 			tok := req.Params.GetProgressToken()
 			for i := 1; i <= in.Steps; i++ {
-				if in.Gated && i > 1 {
+				if tok != nil {
+					_ = req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{
+						ProgressToken: tok, Progress: float64(i), Total: float64(in.Steps), Message: fmt.Sprintf("step %d", i)})
+				}
+				if in.Gated {
 					select {
 					case <-s.mcp().steps:
 					case <-ctx.Done():
 						return nil, nil, ctx.Err()
 					}
-				}
-				if tok != nil {
-					_ = req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{
-						ProgressToken: tok, Progress: float64(i), Total: float64(in.Steps), Message: fmt.Sprintf("step %d", i)})
 				}
 			}
 			return text(fmt.Sprintf("streamed %d steps", in.Steps)), nil, nil
