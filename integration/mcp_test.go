@@ -28,9 +28,10 @@ const (
 
 var mcpCallbackURL = gatewayURL + "/zapier/mcp/callback"
 
-func startMCPGateway(t *testing.T, extra string) *gateway {
+func startMCPGateway(t *testing.T, extra string, grace ...string) *gateway {
 	t.Helper()
 	g := startGateway(t, gatewayOptions{
+		gracePeriod: strings.Join(grace, ""),
 		zapierExtra: "return_origins " + gatewayURL,
 		siteExtra: fmt.Sprintf(`handle_path /zapier/mcp/* {
 		zapier_mcp {
@@ -424,5 +425,76 @@ func TestMCPRefusals(t *testing.T) {
 	}
 	if status, _, _ := g.do(request{path: "/zapier/mcp/authorize?app=" + mcpSlack + "&return_to=https://evil.example/", tenant: "org", user: "alice"}); status != http.StatusBadRequest {
 		t.Fatalf("foreign return_to: %d", status)
+	}
+}
+
+// A config reload during a long SSE stream does not cut it: the stream
+// started on the old config finishes, and the session goes on on the new
+// one.
+func TestMCPReloadDuringStream(t *testing.T) {
+	g := startMCPGateway(t, "", "30s")
+	g.mcpAuthorize("org", "alice", mcpSlack)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	seen := make(chan string, 16)
+	client := mcp.NewClient(&mcp.Implementation{Name: "itest-agent", Version: "1.0.0"}, &mcp.ClientOptions{
+		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+			seen <- req.Params.Message
+		},
+	})
+	s, err := client.Connect(ctx, &mcp.StreamableClientTransport{
+		Endpoint:   gatewayURL + "/zapier/mcp/" + mcpSlack,
+		HTTPClient: &http.Client{Transport: identityTransport{"org", "alice"}},
+		MaxRetries: -1, DisableStandaloneSSE: true, // only the tool call's stream is open
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	type result struct {
+		text string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		params := &mcp.CallToolParams{Name: "stream", Arguments: map[string]any{"steps": 3, "gated": true}}
+		params.SetProgressToken("reload")
+		res, err := s.CallTool(ctx, params)
+		if err == nil && len(res.Content) == 1 {
+			if tc, ok := res.Content[0].(*mcp.TextContent); ok {
+				done <- result{text: tc.Text}
+				return
+			}
+		}
+		done <- result{err: fmt.Errorf("result %+v, %v", res, err)}
+	}()
+	reloaded := make(chan error, 1)
+	for step := 1; step <= 3; step++ {
+		select {
+		case msg := <-seen:
+			if msg != fmt.Sprintf("step %d", step) {
+				t.Fatalf("progress %q at step %d", msg, step)
+			}
+		case <-ctx.Done():
+			t.Fatal("no progress")
+		}
+		if step == 1 {
+			go func() { reloaded <- g.reload(g.opts.siteExtra + "\n\trespond /mcp-reloaded 204") }()
+			eventually(t, 20*time.Second, "the new config to serve", func() bool {
+				status, _, _, err := send(request{path: "/mcp-reloaded"})
+				return err == nil && status == http.StatusNoContent
+			})
+		}
+		g.fake.ReleaseMCPStep()
+	}
+	if r := <-done; r.err != nil || r.text != "streamed 3 steps" {
+		t.Fatalf("stream across the reload: %q %v", r.text, r.err)
+	}
+	if err := <-reloaded; err != nil {
+		t.Fatal(err)
+	}
+	// The same MCP session goes on through the new config.
+	if who := callText(t, ctx, s, &mcp.CallToolParams{Name: "whoami"}); who != "org/alice "+mcpSlack {
+		t.Fatalf("whoami after the reload = %q", who)
 	}
 }
