@@ -82,12 +82,18 @@ type MCP struct {
 	// Request bodies up to this size are buffered so they can be replayed
 	// after a token refresh. Default 1 MiB.
 	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
+	// How long the aggregate endpoint reuses a user's tool list. Default 30s.
+	AggregateListTTL caddy.Duration `json:"aggregate_list_ttl,omitempty"`
+	// Tool policy for every tenant, and per tenant (both apply).
+	Tools       *MCPToolPolicy            `json:"tools,omitempty"`
+	TenantTools map[string]*MCPToolPolicy `json:"tenant_tools,omitempty"`
 
 	app      *App
 	rules    identityRules
 	states   *stateKeeper
 	tokens   *mcpgateway.Tokens
 	proxy    *mcpgateway.Proxy
+	agg      *mcpgateway.Aggregator
 	catalog  *mcpCatalog
 	pkceKey  []byte
 	logger   *zap.Logger
@@ -152,9 +158,14 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 	m := hmac.New(sha256.New, []byte(secret))
 	m.Write([]byte("caddy-zapier mcp pkce"))
 	h.pkceKey = m.Sum(nil)
+	policy, err := h.provisionPolicy()
+	if err != nil {
+		return err
+	}
 	h.tokens = mcpgateway.NewTokens(store, h.refresh, mcpRefreshMargin, nil)
 	h.proxy = &mcpgateway.Proxy{Tokens: h.tokens, MaxReplayBody: h.MaxReplayBody, Observe: h.observe,
-		Client: &http.Client{Transport: mcpTransport}}
+		Client: &http.Client{Transport: mcpTransport}, Policy: policy}
+	h.provisionAggregate(policy)
 	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
 	h.catalog = &mcpCatalog{ttl: time.Duration(h.AppsCacheTTL)}
 	if base, ok := strings.CutSuffix(h.CallbackURL, "/callback"); ok {
@@ -183,9 +194,7 @@ func (h *MCP) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Hand
 			return h.serveForget(w, r, key, app)
 		})
 	case p == "":
-		writeError(w, &apiError{Status: http.StatusNotImplemented, Code: "not_implemented",
-			Message: "the aggregate MCP endpoint is not implemented yet; use <mount>/{app}"})
-		return nil
+		return h.withIdentity(w, r, []string{http.MethodPost, http.MethodGet, http.MethodDelete}, h.serveAggregate)
 	case !strings.Contains(p, "/") && validAppName(p):
 		return h.withIdentity(w, r, []string{http.MethodPost, http.MethodGet, http.MethodDelete}, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
 			return h.serveMCP(w, r, key, p)
@@ -220,6 +229,10 @@ func (h *MCP) serveMCP(w http.ResponseWriter, r *http.Request, key tokencache.Ke
 		return nil
 	case errors.Is(err, mcpgateway.ErrAuthorizationRequired):
 		h.writeAuthorizationRequired(w, app)
+		return nil
+	case errors.Is(err, mcpgateway.ErrToolDenied):
+		writeError(w, &apiError{Status: http.StatusForbidden, Code: "mcp_tool_denied",
+			Message: "the gateway's tool policy does not allow this tool"})
 		return nil
 	case errors.Is(err, mcpgateway.ErrRetry):
 		writeError(w, &apiError{Status: http.StatusServiceUnavailable, Code: "mcp_retry",
@@ -359,6 +372,7 @@ func (h *MCP) resource(app zapierapi.WhitelabelApp) string {
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*MCP)(nil)
+	_ caddy.CleanerUpper          = (*MCP)(nil)
 	_ caddyhttp.MiddlewareHandler = (*MCP)(nil)
 	_ caddyfile.Unmarshaler       = (*MCP)(nil)
 )

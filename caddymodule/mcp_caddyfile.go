@@ -18,6 +18,9 @@ import (
 //		apps_cache_ttl  <duration>                # default 10m
 //		audit_payloads  [on|off]                  # default off
 //		max_replay_body <bytes>                   # default 1048576
+//		aggregate_list_ttl <duration>             # default 30s
+//		tools        allow|deny <pattern...>      # every tenant; patterns on <app>__<tool>
+//		tenant_tools <tenant> allow|deny <pattern...>
 //	}
 func (h *MCP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -72,6 +75,32 @@ func (h *MCP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_replay_body must be a positive number of bytes")
 			}
 			h.MaxReplayBody = n
+		case "aggregate_list_ttl":
+			if err := oneDuration(d, &h.AggregateListTTL); err != nil {
+				return err
+			}
+		case "tools":
+			if h.Tools == nil {
+				h.Tools = new(MCPToolPolicy)
+			}
+			if err := policyLine(d, h.Tools); err != nil {
+				return err
+			}
+		case "tenant_tools":
+			var tenant string
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			tenant = d.Val()
+			if h.TenantTools == nil {
+				h.TenantTools = map[string]*MCPToolPolicy{}
+			}
+			if h.TenantTools[tenant] == nil {
+				h.TenantTools[tenant] = new(MCPToolPolicy)
+			}
+			if err := policyLine(d, h.TenantTools[tenant]); err != nil {
+				return err
+			}
 		default:
 			return d.Errf("unrecognized zapier_mcp option %q", opt)
 		}
@@ -91,6 +120,23 @@ func onOff(d *caddyfile.Dispenser, opt string, dst *bool) error {
 		*dst = false
 	default:
 		return d.Errf("%s takes on or off", opt)
+	}
+	return nil
+}
+
+// policyLine reads "allow|deny <pattern...>" into p.
+func policyLine(d *caddyfile.Dispenser, p *MCPToolPolicy) error {
+	args := d.RemainingArgs()
+	if len(args) < 2 {
+		return d.Errf("expected allow or deny and at least one tool pattern")
+	}
+	switch args[0] {
+	case "allow":
+		p.Allow = append(p.Allow, args[1:]...)
+	case "deny":
+		p.Deny = append(p.Deny, args[1:]...)
+	default:
+		return d.Errf("expected allow or deny, got %q", args[0])
 	}
 	return nil
 }

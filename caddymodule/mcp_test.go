@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
 func TestUnmarshalMCP(t *testing.T) {
@@ -117,5 +119,46 @@ func TestMethodClassIsBounded(t *testing.T) {
 		if got := methodClass(in); got != want {
 			t.Errorf("methodClass(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestMCPToolPolicy(t *testing.T) {
+	var h MCP
+	d := caddyfile.NewTestDispenser(`zapier_mcp {
+		callback_url https://app.example/zapier/mcp/callback
+		tools deny *__delete_*
+		tenant_tools acme allow Slack*__*
+		tenant_tools acme deny SlackCLIAPI__archive
+		aggregate_list_ttl 5s
+	}`)
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	policy, err := h.provisionPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		tenant, app, tool string
+		want              bool
+	}{
+		{"other", "Sheets", "read", true},
+		{"other", "Sheets", "delete_rows", false},
+		{"acme", "SlackCLIAPI", "send", true},
+		{"acme", "SlackCLIAPI", "archive", false},
+		{"acme", "SlackCLIAPI", "delete_all", false},
+		{"acme", "Sheets", "read", false},
+	} {
+		if got := policy(mcpIdentity(tokencache.Key{Tenant: tc.tenant, User: "u"}), tc.app, tc.tool); got != tc.want {
+			t.Errorf("%s %s__%s: %t, want %t", tc.tenant, tc.app, tc.tool, got, tc.want)
+		}
+	}
+	bad := MCP{Tools: &MCPToolPolicy{Deny: []string{"[unclosed"}}}
+	if _, err := bad.provisionPolicy(); err == nil {
+		t.Fatal("a malformed pattern was accepted")
+	}
+	none := MCP{}
+	if p, err := none.provisionPolicy(); p != nil || err != nil {
+		t.Fatal("no policy configured should mean none")
 	}
 }

@@ -498,3 +498,48 @@ func TestMCPReloadDuringStream(t *testing.T) {
 		t.Fatalf("whoami after the reload = %q", who)
 	}
 }
+
+// The mount's root is one MCP server with every authorized app's tools,
+// named <app>__<tool>, filtered by the tool policy, routed per call.
+func TestMCPAggregateEndpoint(t *testing.T) {
+	g := startMCPGateway(t, "tools deny GoogleSheetsV2API__echo\n\t\t\ttenant_tools org allow *__echo *__whoami")
+	g.mcpAuthorize("org", "alice", mcpSlack)
+	g.mcpAuthorize("org", "alice", mcpSheets)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := g.mustMCPSession(ctx, "org", "alice", "", nil)
+	res, err := s.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range res.Tools {
+		names = append(names, tool.Name)
+	}
+	if got, want := strings.Join(names, ","), "GoogleSheetsV2API__whoami,SlackCLIAPI__echo,SlackCLIAPI__whoami"; got != want {
+		t.Fatalf("aggregate tools %s, want %s", got, want)
+	}
+	for _, app := range []string{mcpSlack, mcpSheets} {
+		if who := callText(t, ctx, s, &mcp.CallToolParams{Name: app + "__whoami"}); who != "org/alice "+app {
+			t.Fatalf("%s__whoami = %q", app, who)
+		}
+	}
+	if got := callText(t, ctx, s, &mcp.CallToolParams{Name: mcpSlack + "__echo", Arguments: map[string]any{"text": "via root"}}); got != "via root" {
+		t.Fatalf("echo = %q", got)
+	}
+	// Denied tools are not callable, through the root or the app's route.
+	if r, err := s.CallTool(ctx, &mcp.CallToolParams{Name: mcpSheets + "__echo", Arguments: map[string]any{"text": "x"}}); err == nil && !r.IsError {
+		t.Fatal("a denied tool was callable through the aggregate endpoint")
+	}
+	status, _, body := g.do(request{method: http.MethodPost, path: "/zapier/mcp/" + mcpSheets, tenant: "org", user: "alice",
+		header: http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json, text/event-stream"}},
+		body:   `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}`})
+	if status != http.StatusForbidden || !strings.Contains(string(body), "mcp_tool_denied") {
+		t.Fatalf("denied tool on the app route: %d %s", status, body)
+	}
+	// Another user sees only his own (none).
+	bob := g.mustMCPSession(ctx, "org", "bob", "", nil)
+	if res, err := bob.ListTools(ctx, nil); err != nil || len(res.Tools) != 0 {
+		t.Fatalf("bob's aggregate tools: %v %v", res, err)
+	}
+}

@@ -54,7 +54,13 @@ type Proxy struct {
 	// Observe, if set, is called once per request after the body was
 	// copied (or the request failed).
 	Observe func(ctx context.Context, id Identity, c Call)
+	// Policy, if set, refuses a tools/call of a tool it does not allow
+	// (ErrToolDenied) before anything is sent.
+	Policy Policy
 }
+
+// ErrToolDenied is a tools/call the tool policy does not allow.
+var ErrToolDenied = errors.New("mcpgateway: the tool policy does not allow this tool")
 
 // NewTransport is the upstream transport: no compression (SSE must flow as
 // it comes), bounded dials and TLS handshakes, no overall timeout.
@@ -107,6 +113,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 			replayable, rest = false, r.Body
 		}
 		call.RPCMethod, call.Tool, call.Arguments = inspect(buffered)
+	}
+	if call.RPCMethod == "tools/call" && p.Policy != nil && !p.Policy(id, app, call.Tool) {
+		return ErrToolDenied
 	}
 	client := p.Client
 	if client == nil {
