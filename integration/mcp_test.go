@@ -493,6 +493,10 @@ func TestMCPReloadDuringStream(t *testing.T) {
 	if err := <-reloaded; err != nil {
 		t.Fatal(err)
 	}
+	// The old config's listener is gone once its last stream ended; drop
+	// the client's pooled connections to it (the old server closes them).
+	waitForSingleListener(t, gatewayPort)
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 	// The same MCP session goes on through the new config.
 	if who := callText(t, ctx, s, &mcp.CallToolParams{Name: "whoami"}); who != "org/alice "+mcpSlack {
 		t.Fatalf("whoami after the reload = %q", who)
