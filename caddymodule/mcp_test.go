@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -9,7 +11,11 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/zapgate/caddy-zapier/mcpgateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -160,5 +166,34 @@ func TestMCPToolPolicy(t *testing.T) {
 	none := MCP{}
 	if p, err := none.provisionPolicy(); p != nil || err != nil {
 		t.Fatal("no policy configured should mean none")
+	}
+}
+
+// The audit line names the identity only by its keyed hash, and carries
+// the arguments only with audit_payloads.
+func TestMCPAuditLine(t *testing.T) {
+	for _, payloads := range []bool{false, true} {
+		core, logs := observer.New(zapcore.InfoLevel)
+		h := &MCP{audit: zap.New(core), AuditPayloads: payloads}
+		id := mcpgateway.Identity{Tenant: "org", User: "alice@example.com"}
+		h.observe(context.Background(), id, mcpgateway.Call{App: "SlackCLIAPI", RPCMethod: "tools/call", Tool: "send",
+			Arguments: json.RawMessage(`{"text":"secret plans"}`), Status: 200, Duration: time.Second})
+		h.observe(context.Background(), id, mcpgateway.Call{App: "SlackCLIAPI", RPCMethod: "tools/list", Status: 200})
+		entries := logs.All()
+		if len(entries) != 1 {
+			t.Fatalf("%d audit lines, want 1 (tool calls only)", len(entries))
+		}
+		f := entries[0].ContextMap()
+		if f["identity"] != identityHash("org", "alice@example.com") || f["app"] != "SlackCLIAPI" || f["tool"] != "send" ||
+			f["outcome"] != "success" || f["duration"] != time.Second {
+			t.Fatalf("audit fields %v", f)
+		}
+		line := fmt.Sprint(f)
+		if strings.Contains(line, "alice") || strings.Contains(line, "org\x00") {
+			t.Fatalf("the audit line names the user: %s", line)
+		}
+		if got := strings.Contains(line, "secret plans"); got != payloads {
+			t.Fatalf("audit_payloads %t: arguments logged = %t", payloads, got)
+		}
 	}
 }
