@@ -84,6 +84,9 @@ type MCP struct {
 	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
 	// How long the aggregate endpoint reuses a user's tool list. Default 30s.
 	AggregateListTTL caddy.Duration `json:"aggregate_list_ttl,omitempty"`
+	// Cap on tool calls per user per minute (per-app routes and the
+	// aggregate endpoint together). 0, the default, is no cap.
+	ToolCallsPerMinute int `json:"tool_calls_per_minute,omitempty"`
 	// Tool policy for every tenant, and per tenant (both apply).
 	Tools       *MCPToolPolicy            `json:"tools,omitempty"`
 	TenantTools map[string]*MCPToolPolicy `json:"tenant_tools,omitempty"`
@@ -162,10 +165,14 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if h.ToolCallsPerMinute < 0 {
+		return errors.New("zapier_mcp: tool_calls_per_minute must not be negative")
+	}
+	limit := &mcpgateway.CallLimiter{PerMinute: h.ToolCallsPerMinute}
 	h.tokens = mcpgateway.NewTokens(store, h.refresh, mcpRefreshMargin, nil)
 	h.proxy = &mcpgateway.Proxy{Tokens: h.tokens, MaxReplayBody: h.MaxReplayBody, Observe: h.observe,
-		Client: &http.Client{Transport: mcpTransport}, Policy: policy}
-	h.provisionAggregate(policy)
+		Client: &http.Client{Transport: mcpTransport}, Policy: policy, Limit: limit}
+	h.provisionAggregate(policy, limit)
 	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
 	h.catalog = &mcpCatalog{ttl: time.Duration(h.AppsCacheTTL)}
 	if base, ok := strings.CutSuffix(h.CallbackURL, "/callback"); ok {
@@ -229,6 +236,15 @@ func (h *MCP) serveMCP(w http.ResponseWriter, r *http.Request, key tokencache.Ke
 		return nil
 	case errors.Is(err, mcpgateway.ErrAuthorizationRequired):
 		h.writeAuthorizationRequired(w, app)
+		return nil
+	case errors.Is(err, mcpgateway.ErrToolCallLimit):
+		var le *mcpgateway.LimitError
+		retry := time.Second
+		if errors.As(err, &le) {
+			retry = max(le.RetryAfter, time.Second)
+		}
+		writeError(w, &apiError{Status: http.StatusTooManyRequests, Code: "mcp_tool_call_limit",
+			Message: "the user's cap on tool calls per minute is reached; retry later", RetryAfter: retry})
 		return nil
 	case errors.Is(err, mcpgateway.ErrToolDenied):
 		writeError(w, &apiError{Status: http.StatusForbidden, Code: "mcp_tool_denied",

@@ -67,9 +67,9 @@ func (h *MCP) provisionPolicy() (mcpgateway.Policy, error) {
 	}, nil
 }
 
-func (h *MCP) provisionAggregate(policy mcpgateway.Policy) {
+func (h *MCP) provisionAggregate(policy mcpgateway.Policy, limit *mcpgateway.CallLimiter) {
 	h.agg = &mcpgateway.Aggregator{Tokens: h.tokens, Base: mcpTransport, ListTTL: time.Duration(h.AggregateListTTL),
-		Policy: policy, Observe: h.observe}
+		Policy: policy, Observe: h.observe, Limit: limit}
 }
 
 // serveAggregate is the mount's root: one MCP server with the tools of

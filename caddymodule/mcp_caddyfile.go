@@ -19,6 +19,7 @@ import (
 //		audit_payloads  [on|off]                  # default off
 //		max_replay_body <bytes>                   # default 1048576
 //		aggregate_list_ttl <duration>             # default 30s
+//		tool_calls_per_minute <n>                 # default 0: no cap
 //		tools        allow|deny <pattern...>      # every tenant; patterns on <app>__<tool>
 //		tenant_tools <tenant> allow|deny <pattern...>
 //	}
@@ -75,6 +76,10 @@ func (h *MCP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_replay_body must be a positive number of bytes")
 			}
 			h.MaxReplayBody = n
+		case "tool_calls_per_minute":
+			if err := oneInt(d, &h.ToolCallsPerMinute); err != nil {
+				return err
+			}
 		case "aggregate_list_ttl":
 			if err := oneDuration(d, &h.AggregateListTTL); err != nil {
 				return err

@@ -40,11 +40,14 @@ const (
 	mcpOutcomeAuthRequired  = "authorization_required" // 401 mcp_authorization_required
 	mcpOutcomeFailed        = "failed"                 // unreachable, refresh failed, storage
 	mcpOutcomeCanceled      = "canceled"               // the client went away
+	mcpOutcomeDenied        = "denied"                 // the tool policy refused the call
+	mcpOutcomeLimited       = "limited"                // over the user's tool-call cap
 )
 
 var (
 	mcpAuthOutcomes = []mcpAuthOutcome{mcpAuthSuccess, mcpAuthStateInvalid, mcpAuthError, mcpAuthFailed}
-	mcpOutcomes     = []string{mcpOutcomeSuccess, mcpOutcomeUpstreamError, mcpOutcomeAuthRequired, mcpOutcomeFailed, mcpOutcomeCanceled}
+	mcpOutcomes     = []string{mcpOutcomeSuccess, mcpOutcomeUpstreamError, mcpOutcomeAuthRequired, mcpOutcomeFailed, mcpOutcomeCanceled,
+		mcpOutcomeDenied, mcpOutcomeLimited}
 	// mcpMethodClasses bound the method label: anything else is "other".
 	mcpMethodClasses = []string{"initialize", "tools/list", "tools/call", "notification", "stream", "other"}
 )
@@ -124,6 +127,10 @@ func mcpOutcome(c mcpgateway.Call) string {
 		return mcpOutcomeCanceled
 	case errors.Is(c.Err, mcpgateway.ErrAuthorizationRequired):
 		return mcpOutcomeAuthRequired
+	case errors.Is(c.Err, mcpgateway.ErrToolDenied):
+		return mcpOutcomeDenied
+	case errors.Is(c.Err, mcpgateway.ErrToolCallLimit):
+		return mcpOutcomeLimited
 	case c.Err != nil:
 		return mcpOutcomeFailed
 	case c.Status >= 200 && c.Status < 300:
@@ -146,7 +153,7 @@ func (h *MCP) observe(ctx context.Context, id mcpgateway.Identity, c mcpgateway.
 		return
 	}
 	app := c.App
-	if outcome == mcpOutcomeAuthRequired || (c.Status == 0 && c.Err != nil) {
+	if outcome == mcpOutcomeAuthRequired || outcome == mcpOutcomeDenied || outcome == mcpOutcomeLimited || (c.Status == 0 && c.Err != nil) {
 		app = "none" // never reached a server: the name is the caller's, unbounded
 	}
 	m.toolCalls.WithLabelValues(app, outcome).Inc()

@@ -547,3 +547,31 @@ func TestMCPAggregateEndpoint(t *testing.T) {
 		t.Fatalf("bob's aggregate tools: %v %v", res, err)
 	}
 }
+
+// tool_calls_per_minute caps a user's tool calls across the app routes
+// and the root endpoint; other users are not affected.
+func TestMCPToolCallCap(t *testing.T) {
+	g := startMCPGateway(t, "tool_calls_per_minute 2")
+	g.mcpAuthorize("org", "alice", mcpSlack)
+	g.mcpAuthorize("org", "bob", mcpSlack)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := g.mustMCPSession(ctx, "org", "alice", mcpSlack, nil)
+	for range 2 {
+		callText(t, ctx, s, &mcp.CallToolParams{Name: "whoami"})
+	}
+	status, hdr, body := g.do(request{method: http.MethodPost, path: "/zapier/mcp/" + mcpSlack, tenant: "org", user: "alice",
+		header: http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json, text/event-stream"}},
+		body:   `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"whoami"}}`})
+	if status != http.StatusTooManyRequests || hdr.Get("Retry-After") == "" || !strings.Contains(string(body), "mcp_tool_call_limit") {
+		t.Fatalf("third call: %d %v %s", status, hdr, body)
+	}
+	root := g.mustMCPSession(ctx, "org", "alice", "", nil)
+	if r, err := root.CallTool(ctx, &mcp.CallToolParams{Name: mcpSlack + "__whoami"}); err != nil || !r.IsError {
+		t.Fatalf("a capped call through the root endpoint: %+v %v", r, err)
+	}
+	bobs := g.mustMCPSession(ctx, "org", "bob", mcpSlack, nil)
+	if who := callText(t, ctx, bobs, &mcp.CallToolParams{Name: "whoami"}); who != "org/bob "+mcpSlack {
+		t.Fatalf("bob: %q", who)
+	}
+}

@@ -57,6 +57,8 @@ type Proxy struct {
 	// Policy, if set, refuses a tools/call of a tool it does not allow
 	// (ErrToolDenied) before anything is sent.
 	Policy Policy
+	// Limit, if set, caps tools/call per user (a *LimitError).
+	Limit *CallLimiter
 }
 
 // ErrToolDenied is a tools/call the tool policy does not allow.
@@ -116,6 +118,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	}
 	if call.RPCMethod == "tools/call" && p.Policy != nil && !p.Policy(id, app, call.Tool) {
 		return ErrToolDenied
+	}
+	if call.RPCMethod == "tools/call" {
+		if err := p.Limit.Allow(id); err != nil {
+			return err
+		}
 	}
 	client := p.Client
 	if client == nil {
