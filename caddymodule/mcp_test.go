@@ -31,13 +31,14 @@ func TestUnmarshalMCP(t *testing.T) {
 		state_ttl 5m
 		apps_cache_ttl 1m
 		max_replay_body 4096
+		tool_calls_per_minute 30
 	}`)
 	if err := h.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
 	if h.CallbackURL != "https://app.example/zapier/mcp/callback" || h.Resource != mcpResourceAuthorize || !h.PKCE || h.AuditPayloads ||
 		strings.Join(h.Scopes, " ") != "connection:write mcp:run" || h.TokenKey != "{env.MCP_KEY}" ||
-		time.Duration(h.StateTTL) != 5*time.Minute || time.Duration(h.AppsCacheTTL) != time.Minute || h.MaxReplayBody != 4096 {
+		time.Duration(h.StateTTL) != 5*time.Minute || time.Duration(h.AppsCacheTTL) != time.Minute || h.MaxReplayBody != 4096 || h.ToolCallsPerMinute != 30 {
 		t.Fatalf("parsed %+v", h)
 	}
 	for _, bad := range []string{
