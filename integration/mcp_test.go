@@ -575,3 +575,33 @@ func TestMCPToolCallCap(t *testing.T) {
 		t.Fatalf("bob: %q", who)
 	}
 }
+
+// A streamed tool call through the root endpoint: the app's progress
+// notifications reach the caller under its own progress token, each before
+// the app sends the next.
+func TestMCPAggregateStreamsProgress(t *testing.T) {
+	g := startMCPGateway(t, "")
+	g.mcpAuthorize("org", "alice", mcpSlack)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var progress []string
+	s := g.mustMCPSession(ctx, "org", "alice", "", &mcp.ClientOptions{
+		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+			mu.Lock()
+			progress = append(progress, fmt.Sprintf("%v:%s", req.Params.ProgressToken, req.Params.Message))
+			mu.Unlock()
+			g.fake.ReleaseMCPStep()
+		},
+	})
+	params := &mcp.CallToolParams{Name: mcpSlack + "__stream", Arguments: map[string]any{"steps": 3, "gated": true}}
+	params.SetProgressToken("mine")
+	if got := callText(t, ctx, s, params); got != "streamed 3 steps" {
+		t.Fatalf("result %q", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(progress, ",") != "mine:step 1,mine:step 2,mine:step 3" {
+		t.Fatalf("progress %v", progress)
+	}
+}

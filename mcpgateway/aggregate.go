@@ -65,6 +65,17 @@ type userAgg struct {
 	sessions map[string]*mcp.ClientSession // by app
 	routes   map[string]toolRoute          // exposed name → upstream
 	listed   time.Time
+
+	pmu      sync.Mutex
+	progress map[string]progressTarget // upstream progress token → the caller's
+	nextTok  uint64
+}
+
+// progressTarget is where an upstream call's progress notifications go:
+// the calling session, under the token the caller chose.
+type progressTarget struct {
+	session *mcp.ServerSession
+	token   any
 }
 
 type identityKey struct{}
@@ -131,7 +142,7 @@ func (a *Aggregator) user(id Identity) *userAgg {
 		delete(a.users, k)
 		go old.closeSessions()
 	}
-	u := &userAgg{a: a, id: id, sessions: map[string]*mcp.ClientSession{}, routes: map[string]toolRoute{}}
+	u := &userAgg{a: a, id: id, sessions: map[string]*mcp.ClientSession{}, routes: map[string]toolRoute{}, progress: map[string]progressTarget{}}
 	u.server = mcp.NewServer(&mcp.Implementation{Name: "caddy-zapier", Title: "Zapier (all apps)", Version: "1.0.0"},
 		&mcp.ServerOptions{Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}}})
 	u.server.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
@@ -273,7 +284,20 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 			return errResult("mcp_tool_call_limit: the user's cap on tool calls per minute is reached; retry later"), nil
 		}
 		call := Call{App: route.app, RPCMethod: "tools/call", Tool: route.tool, Arguments: req.Params.Arguments}
-		res, err := u.callUpstream(ctx, route, req.Params.Arguments)
+		var progressToken string
+		if tok := req.Params.GetProgressToken(); tok != nil && req.Session != nil {
+			u.pmu.Lock()
+			u.nextTok++
+			progressToken = fmt.Sprintf("agg-%d", u.nextTok)
+			u.progress[progressToken] = progressTarget{session: req.Session, token: tok}
+			u.pmu.Unlock()
+			defer func() {
+				u.pmu.Lock()
+				delete(u.progress, progressToken)
+				u.pmu.Unlock()
+			}()
+		}
+		res, err := u.callUpstream(ctx, route, req.Params.Arguments, progressToken)
 		call.Duration, call.Err = time.Since(start), err
 		if err == nil {
 			call.Status = http.StatusOK
@@ -291,7 +315,23 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 	}
 }
 
-func (u *userAgg) callUpstream(ctx context.Context, route toolRoute, args any) (*mcp.CallToolResult, error) {
+// forwardProgress passes an upstream progress notification to the caller.
+func (u *userAgg) forwardProgress(ctx context.Context, r *mcp.ProgressNotificationClientRequest) {
+	key, ok := r.Params.ProgressToken.(string)
+	if !ok {
+		return
+	}
+	u.pmu.Lock()
+	target, ok := u.progress[key]
+	u.pmu.Unlock()
+	if !ok {
+		return
+	}
+	_ = target.session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: target.token,
+		Progress: r.Params.Progress, Total: r.Params.Total, Message: r.Params.Message})
+}
+
+func (u *userAgg) callUpstream(ctx context.Context, route toolRoute, args any, progressToken string) (*mcp.CallToolResult, error) {
 	for attempt := 0; ; attempt++ {
 		u.mu.Lock()
 		s, err := u.sessionLocked(ctx, route.app)
@@ -299,7 +339,11 @@ func (u *userAgg) callUpstream(ctx context.Context, route toolRoute, args any) (
 		if err != nil {
 			return nil, err
 		}
-		res, err := s.CallTool(ctx, &mcp.CallToolParams{Name: route.tool, Arguments: args})
+		params := &mcp.CallToolParams{Name: route.tool, Arguments: args}
+		if progressToken != "" {
+			params.SetProgressToken(progressToken)
+		}
+		res, err := s.CallTool(ctx, params)
 		if err != nil && attempt == 0 && ctx.Err() == nil && !errors.Is(err, ErrAuthorizationRequired) {
 			u.mu.Lock()
 			if u.sessions[route.app] == s {
@@ -333,7 +377,8 @@ func (u *userAgg) sessionLocked(ctx context.Context, app string) (*mcp.ClientSes
 	if base == nil {
 		base = NewTransport()
 	}
-	client := mcp.NewClient(&mcp.Implementation{Name: "caddy-zapier", Version: "1.0.0"}, nil)
+	client := mcp.NewClient(&mcp.Implementation{Name: "caddy-zapier", Version: "1.0.0"},
+		&mcp.ClientOptions{ProgressNotificationHandler: u.forwardProgress})
 	// The upstream session outlives this request.
 	s, err := client.Connect(context.WithoutCancel(ctx), &mcp.StreamableClientTransport{
 		Endpoint:             rec.ServerURL,
