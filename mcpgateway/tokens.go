@@ -103,7 +103,10 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 	t.stats.Lock()
 	t.stats.refreshes++
 	t.stats.Unlock()
-	next, err := t.refresh(ctx, id, *rec)
+	// Not tied to this caller: others wait for the result, and a refresh
+	// token Zapier rotated must not be lost to a client that went away.
+	// The refresh call bounds itself (the client's per-attempt timeout).
+	next, err := t.refresh(context.WithoutCancel(ctx), id, *rec)
 	if errors.Is(err, ErrAuthorizationRequired) {
 		_, _ = t.store.Delete(context.WithoutCancel(ctx), id, app)
 		return nil, ErrAuthorizationRequired
