@@ -128,7 +128,7 @@ func decodeState(k stateKeys, raw string, now time.Time) (*connectState, error) 
 		return nil, refuseState("malformed")
 	}
 	if st.ID == "" || st.Subject == "" || st.App == "" || st.AppUUID == "" || st.NonceHash == "" ||
-		(st.Flow != connectFlowPopup && st.Flow != connectFlowRedirect) {
+		(st.Flow != connectFlowPopup && st.Flow != connectFlowRedirect && st.Flow != connectFlowMCP) {
 		return nil, refuseState("malformed")
 	}
 	if now.UnixMilli() >= st.Expires {

@@ -43,8 +43,8 @@ func TestEveryLabelCombinationExistsBeforeItIsObserved(t *testing.T) {
 	}
 	want := map[string]int{
 		"caddy_zapier_token_lookups_total":       len(lookupCounters),
-		"caddy_zapier_exchanges_total":           2 * len(exchangeOutcomes),
-		"caddy_zapier_exchange_duration_seconds": 2,
+		"caddy_zapier_exchanges_total":           5 * len(exchangeOutcomes), // access, connect and the three MCP kinds (mcp_metrics.go)
+		"caddy_zapier_exchange_duration_seconds": 5,
 		"caddy_zapier_cache_evictions_total":     1,
 		"caddy_zapier_key_rotations_total":       1,
 		"caddy_zapier_identity_refusals_total":   3,

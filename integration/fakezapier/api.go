@@ -129,6 +129,10 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	if s.throttled(rec, r, tenant != "" || user != "") {
 		return
 	}
+	if r.URL.Path == "/v2/whitelabel/apps" { // public: no Authorization (MCP, mcp.go)
+		s.serveWhitelabelApps(rec, r)
+		return
+	}
 	// Authentication comes before everything else, as in Zapier's API.
 	var at *accessToken
 	why := "Authentication credentials were not provided."

@@ -104,6 +104,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	cfg := &s.cfg
 	switch gt := form.Get("grant_type"); gt {
 	case cfg.GrantType:
+	case "authorization_code", "refresh_token": // MCP (mcp.go)
+		s.serveMCPGrant(w, form)
+		return
 	case "":
 		s.refuse(w, http.StatusBadRequest, "invalid_request", "grant_type missing")
 		return
@@ -124,9 +127,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	case subjectType == cfg.SubjectTokenType && requested == cfg.AccessTokenType:
 		s.exchangeJWT(w, form)
 	case subjectType == cfg.SubjectTokenType && requested == cfg.ConnectTokenType:
-		// The MCP pattern (JWT → connect token directly) is not emulated yet.
-		s.refuse(w, http.StatusBadRequest, "invalid_request",
-			"exchanging a partner JWT directly for a connect token is not supported by the fake")
+		s.exchangeJWTForMCPConnect(w, form) // the MCP pattern (mcp.go)
 	case subjectType == cfg.AccessTokenType && requested == cfg.ConnectTokenType:
 		s.exchangeConnect(w, form)
 	case subjectType != cfg.SubjectTokenType && subjectType != cfg.AccessTokenType:

@@ -496,12 +496,12 @@ func TestTokenRequestShape(t *testing.T) {
 			return f
 		}, 400, "invalid_request"},
 		{"missing requested type", func() url.Values { f := valid(); f.Del("requested_token_type"); return f }, 400, "invalid_request"},
-		{"JWT to connect token (MCP) not supported", func() url.Values {
+		{"JWT to connect token (MCP) needs an MCP resource", func() url.Values {
 			f := valid()
 			f.Set("requested_token_type", DefaultConnectTokenType)
 			f.Set("resource", "https://connect.zapier.com/to/SlackCLIAPI")
 			return f
-		}, 400, "invalid_request"},
+		}, 400, "invalid_target"},
 		{"unknown scope", func() url.Values { f := valid(); f.Set("scope", "zap everything"); return f }, 400, "invalid_scope"},
 		{"repeated parameter", func() url.Values { f := valid(); f.Add("scope", "zap"); return f }, 400, "invalid_request"},
 	}

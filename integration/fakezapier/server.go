@@ -234,6 +234,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveCallbackJWKS(w, r)
 	case p == "/oauth/token" || p == "/oauth/token/":
 		s.serveToken(w, r)
+	case p == "/oauth/authorize":
+		s.serveMCPAuthorize(w, r)
+	case strings.HasPrefix(p, "/mcp/"):
+		s.serveMCP(w, r)
 	case p == "/v2" || strings.HasPrefix(p, "/v2/"):
 		s.serveAPI(w, r)
 	case strings.HasPrefix(p, "/to/"):

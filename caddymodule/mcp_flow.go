@@ -1,0 +1,267 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/zapgate/caddy-zapier/mcpgateway"
+	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
+)
+
+// serveAuthorize starts the MCP authorize flow (zapier-api-2026.md §1.2):
+// the partner JWT traded for a connect token bound to the app's MCP
+// resource, a single-use state bound to this browser, the user, the app and
+// return_to, and a 302 to the app's mcp_authorize_url.
+func (h *MCP) serveAuthorize(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	q := r.URL.Query()
+	for _, name := range []string{"app", "return_to"} {
+		if len(q[name]) > 1 {
+			return failConnect(w, r, badRequest(name+" must appear at most once"))
+		}
+	}
+	returnTo := q.Get("return_to")
+	if returnTo == "" {
+		returnTo = "/"
+	}
+	if err := checkReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
+		return failConnect(w, r, badRequest(err.Error()))
+	}
+	ctx := r.Context()
+	app, err := h.resolveApp(ctx, key, q.Get("app"))
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	resource := h.resource(app)
+	tok, err := h.connectToken(ctx, key, resource)
+	if err != nil {
+		return h.redirectOutcome(w, r, returnTo, app.ID, err)
+	}
+	st := &connectState{App: app.ID, AppUUID: app.ID, Flow: connectFlowMCP, ReturnTo: returnTo}
+	state, nonce, err := h.states.issue(ctx, st, key.Tenant, key.User)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	setNonceCookie(w, r, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	u, err := url.Parse(app.Links.MCPAuthorizeURL)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	params := u.Query() // keep what Zapier put there
+	params.Set("token", tok.AccessToken)
+	params.Set("redirect_uri", h.CallbackURL)
+	params.Set("state", state)
+	params.Set("response_type", "code")
+	if params.Get("resource") == "" {
+		params.Set("resource", resource)
+	}
+	if h.PKCE {
+		params.Set("code_challenge", pkceChallenge(h.pkceVerifier(st.ID)))
+		params.Set("code_challenge_method", "S256")
+	}
+	u.RawQuery = params.Encode()
+	redirectTo(w, u.String())
+	return nil
+}
+
+// connectToken mints the partner JWT and trades it directly for an MCP
+// connect token (no access token in between), as one limited, counted
+// exchange. Connect tokens are never cached.
+func (h *MCP) connectToken(ctx context.Context, key tokencache.Key, resource string) (zapierapi.Token, error) {
+	tok, err := h.app.limitedExchange(ctx, key, exchangeKindMCPConnect, func(ctx context.Context) (zapierapi.Token, error) {
+		if err := h.app.ensureKeys(ctx); err != nil {
+			return zapierapi.Token{}, err
+		}
+		jwt, err := h.app.signJWT(ctx, key)
+		if err != nil {
+			return zapierapi.Token{}, err
+		}
+		return h.app.client.ExchangeJWTForMCPConnect(ctx, jwt, resource, h.Scopes)
+	})
+	if err != nil {
+		return zapierapi.Token{}, exchangeAPIError(err)
+	}
+	return tok, nil
+}
+
+// mcpCallback is what the authorize step sends back.
+type mcpCallback struct {
+	code, state, errCode, errDesc string
+	hasError                      bool
+}
+
+// parseMCPCallback reads the callback query strictly: each known parameter
+// at most once, exactly one of code and error.
+func parseMCPCallback(raw string) (mcpCallback, error) {
+	bad := errors.New("the callback needs exactly one code or error, at most one state and error_description")
+	if len(raw) > maxCallbackQuery {
+		return mcpCallback{}, bad
+	}
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return mcpCallback{}, bad
+	}
+	for _, name := range []string{"code", "state", "error", "error_description"} {
+		if len(q[name]) > 1 {
+			return mcpCallback{}, bad
+		}
+	}
+	_, hasCode := q["code"]
+	_, hasError := q["error"]
+	if hasCode == hasError {
+		return mcpCallback{}, bad
+	}
+	p := mcpCallback{code: q.Get("code"), state: q.Get("state"), hasError: hasError}
+	if hasCode && (p.code == "" || len(p.code) > maxMCPCode || !visibleASCII(p.code)) {
+		return mcpCallback{}, errors.New("code is not an authorization code")
+	}
+	if hasError {
+		p.errCode = sanitizeErrorCode(q.Get("error"))
+		p.errDesc = sanitizeZapierText(q.Get("error_description"), maxErrorDesc)
+	}
+	return p, nil
+}
+
+func visibleASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// serveCallback finishes the flow: state checked and spent first, then
+// the code exchanged and the tokens stored for (tenant, user, app), then
+// back to return_to with the outcome.
+func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	p, err := parseMCPCallback(r.URL.RawQuery)
+	if err != nil {
+		h.observeAuthorization(mcpAuthFailed)
+		return failConnect(w, r, badRequest(err.Error()))
+	}
+	ctx := r.Context()
+	st, err := h.states.open(ctx, r, p.state, connectFlowMCP, key.Tenant, key.User)
+	if err == nil {
+		err = h.states.spend(ctx, st)
+	}
+	var serr *stateError
+	if errors.As(err, &serr) {
+		h.observeAuthorization(mcpAuthStateInvalid)
+		h.logger.Info("mcp state refused", zap.String("identity", identityHash(key.Tenant, key.User)), zap.String("reason", serr.reason))
+		return failConnect(w, r, &apiError{Status: http.StatusBadRequest, Code: "connect_state_invalid",
+			Message: "the MCP authorize state is invalid (" + serr.reason + "); start again at authorize"})
+	}
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	clearNonceCookie(w, r, st, time.Duration(h.StateTTL), h.secureCookie(r))
+	if err := checkReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
+		return failConnect(w, r, badRequest(err.Error()))
+	}
+	if p.hasError {
+		h.observeAuthorization(mcpAuthError)
+		params := url.Values{"zapier_mcp": {"error"}, "zapier_app": {st.App}, "zapier_error": {p.errCode}}
+		if p.errDesc != "" {
+			params.Set("zapier_error_description", p.errDesc)
+		}
+		redirectTo(w, withOutcome(st.ReturnTo, params))
+		return nil
+	}
+	app, err := h.resolveApp(ctx, key, st.App)
+	if err != nil {
+		h.observeAuthorization(mcpAuthFailed)
+		return h.redirectOutcome(w, r, st.ReturnTo, st.App, err)
+	}
+	resource := h.resource(app)
+	var verifier string
+	if h.PKCE {
+		verifier = h.pkceVerifier(st.ID)
+	}
+	var out zapierapi.MCPToken
+	_, err = h.app.limitedExchange(ctx, key, exchangeKindMCPCode, func(ctx context.Context) (zapierapi.Token, error) {
+		var err error
+		out, err = h.app.client.ExchangeMCPCode(ctx, p.code, h.CallbackURL, verifier, resource)
+		return out.Token, err
+	})
+	if err != nil {
+		h.observeAuthorization(mcpAuthFailed)
+		return h.redirectOutcome(w, r, st.ReturnTo, app.ID, exchangeAPIError(err))
+	}
+	now := time.Now()
+	rec := &mcpgateway.Record{App: app.ID, Title: app.Title, ServerURL: app.Links.MCPServerURL, Resource: resource,
+		AccessToken: out.AccessToken, RefreshToken: out.RefreshToken, Scope: out.Scope, Expiry: out.Expiry,
+		Created: now, Updated: now}
+	if err := h.tokens.Save(ctx, mcpIdentity(key), rec); err != nil {
+		h.observeAuthorization(mcpAuthFailed)
+		return failConnect(w, r, err)
+	}
+	h.observeAuthorization(mcpAuthSuccess)
+	redirectTo(w, withOutcome(st.ReturnTo, url.Values{"zapier_mcp": {"success"}, "zapier_app": {app.ID}}))
+	return nil
+}
+
+// redirectOutcome sends the browser back to a validated return_to with the
+// error code of err; an internal error stays internal.
+func (h *MCP) redirectOutcome(w http.ResponseWriter, r *http.Request, returnTo, app string, err error) error {
+	var aerr *apiError
+	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
+		return failConnect(w, r, err)
+	}
+	redirectTo(w, withOutcome(returnTo, url.Values{"zapier_mcp": {"error"}, "zapier_app": {app}, "zapier_error": {aerr.Code}}))
+	return nil
+}
+
+// secureCookie: as for zapier_connect, with this handler's callback URL.
+func (h *MCP) secureCookie(r *http.Request) bool {
+	return r.TLS != nil || (len(h.CallbackURL) > 8 && h.CallbackURL[:8] == "https://") ||
+		(r.Header.Get("X-Forwarded-Proto") == "https" && h.rules.isTrusted(r.RemoteAddr))
+}
+
+// mcpAppView is one authorized app as GET apps shows it: never a token.
+type mcpAppView struct {
+	App          string    `json:"app"`
+	Title        string    `json:"title,omitempty"`
+	AuthorizedAt time.Time `json:"authorized_at"`
+	UpdatedAt    time.Time `json:"updated_at"`
+	Refreshable  bool      `json:"refreshable"`
+}
+
+func (h *MCP) serveApps(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	recs, err := h.tokens.Store().List(r.Context(), mcpIdentity(key))
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	views := make([]mcpAppView, 0, len(recs))
+	for _, rec := range recs {
+		views = append(views, mcpAppView{App: rec.App, Title: rec.Title, AuthorizedAt: rec.Created, UpdatedAt: rec.Updated, Refreshable: rec.RefreshToken != ""})
+	}
+	writeConnectJSON(w, http.StatusOK, struct {
+		Data []mcpAppView `json:"data"`
+	}{views})
+	return nil
+}
+
+// serveForget forgets the caller's MCP tokens for app (the authorization at
+// Zapier stays until it expires or the user revokes it there).
+func (h *MCP) serveForget(w http.ResponseWriter, r *http.Request, key tokencache.Key, app string) error {
+	if !validAppName(app) {
+		return failConnect(w, r, badRequest("app must be an app id or key"))
+	}
+	found, err := h.tokens.Forget(r.Context(), mcpIdentity(key), app)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	if !found {
+		return failConnect(w, r, &apiError{Status: http.StatusNotFound, Code: "mcp_authorization_missing",
+			Message: "no MCP authorization stored for app " + app})
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

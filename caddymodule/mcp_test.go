@@ -1,0 +1,200 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/zapgate/caddy-zapier/mcpgateway"
+	"github.com/zapgate/caddy-zapier/tokencache"
+)
+
+func TestUnmarshalMCP(t *testing.T) {
+	var h MCP
+	d := caddyfile.NewTestDispenser(`zapier_mcp {
+		callback_url https://app.example/zapier/mcp/callback
+		resource authorize_url
+		pkce
+		audit_payloads off
+		scopes connection:write mcp:run
+		token_key {env.MCP_KEY}
+		state_ttl 5m
+		apps_cache_ttl 1m
+		max_replay_body 4096
+		tool_calls_per_minute 30
+	}`)
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	if h.CallbackURL != "https://app.example/zapier/mcp/callback" || h.Resource != mcpResourceAuthorize || !h.PKCE || h.AuditPayloads ||
+		strings.Join(h.Scopes, " ") != "connection:write mcp:run" || h.TokenKey != "{env.MCP_KEY}" ||
+		time.Duration(h.StateTTL) != 5*time.Minute || time.Duration(h.AppsCacheTTL) != time.Minute || h.MaxReplayBody != 4096 || h.ToolCallsPerMinute != 30 {
+		t.Fatalf("parsed %+v", h)
+	}
+	for _, bad := range []string{
+		"zapier_mcp extra",
+		"zapier_mcp {\n resource elsewhere\n}",
+		"zapier_mcp {\n pkce maybe\n}",
+		"zapier_mcp {\n max_replay_body -1\n}",
+		"zapier_mcp {\n nonsense 1\n}",
+		"zapier_mcp {\n scopes\n}",
+	} {
+		var h MCP
+		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func TestParseMCPCallback(t *testing.T) {
+	for raw, ok := range map[string]bool{
+		"code=abc&state=s":                   true,
+		"error=access_denied&state=s":        true,
+		"code=abc&error=x&state=s":           false, // both
+		"state=s":                            false, // neither
+		"code=a&code=b&state=s":              false, // repeated
+		"code=a%20b&state=s":                 false, // not visible ASCII
+		"code=" + strings.Repeat("a", 3000):  false,
+		"error=%3Cscript%3E&state=s&extra=1": true, // sanitised, unknown ignored
+	} {
+		p, err := parseMCPCallback(raw)
+		if (err == nil) != ok {
+			t.Errorf("%q: err %v, want ok=%t", raw, err, ok)
+		}
+		if err == nil && p.hasError && p.errCode != "access_denied" && p.errCode != unknownErrorCode {
+			t.Errorf("%q: error code %q not sanitised", raw, p.errCode)
+		}
+	}
+}
+
+// An MCP authorize state is refused by the Connect flows and the reverse.
+func TestMCPStateIsItsOwnFlow(t *testing.T) {
+	ctx := context.Background()
+	k := newStateKeeper(ctx, fileStorage(t), 10*time.Minute)
+	st := &connectState{App: "SlackCLIAPI", AppUUID: "SlackCLIAPI", Flow: connectFlowMCP, ReturnTo: "/done"}
+	raw, nonce, err := k.issue(ctx, st, "org", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	setNonceCookie(rec, httptest.NewRequest(http.MethodGet, "/authorize", nil), st, nonce, k.ttl, false)
+	req := httptest.NewRequest(http.MethodGet, "/callback", nil)
+	for _, c := range rec.Result().Cookies() {
+		req.AddCookie(c)
+	}
+	for _, flow := range []connectFlow{connectFlowRedirect, connectFlowPopup} {
+		if _, err := k.open(ctx, req, raw, flow, "org", "alice"); refusal(err) != "issued for the mcp flow" {
+			t.Errorf("%s flow: %v", flow, err)
+		}
+	}
+	if _, err := k.open(ctx, req, raw, connectFlowMCP, "org", "alice"); err != nil {
+		t.Fatalf("mcp flow: %v", err)
+	}
+	raw2, req2 := issueFlow(t, k, "org", "alice")
+	if _, err := k.open(ctx, req2, raw2, connectFlowMCP, "org", "alice"); refusal(err) != "issued for the popup flow" {
+		t.Errorf("popup state on the mcp flow: %v", err)
+	}
+}
+
+func TestPKCEVerifierIsDerivedPerState(t *testing.T) {
+	h := &MCP{pkceKey: []byte("0123456789abcdef0123456789abcdef")}
+	a, b := h.pkceVerifier("state-a"), h.pkceVerifier("state-b")
+	if a == b || a != h.pkceVerifier("state-a") || len(a) < 43 {
+		t.Fatalf("verifiers %q %q", a, b)
+	}
+	// RFC 7636 appendix B.
+	if got := pkceChallenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"); got != "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM" {
+		t.Fatalf("challenge %q", got)
+	}
+}
+
+func TestMethodClassIsBounded(t *testing.T) {
+	for in, want := range map[string]string{
+		"": "stream", "initialize": "initialize", "tools/call": "tools/call", "tools/list": "tools/list",
+		"notifications/initialized": "notification", "resources/read": "other", strings.Repeat("x", 500): "other",
+	} {
+		if got := methodClass(in); got != want {
+			t.Errorf("methodClass(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestMCPToolPolicy(t *testing.T) {
+	var h MCP
+	d := caddyfile.NewTestDispenser(`zapier_mcp {
+		callback_url https://app.example/zapier/mcp/callback
+		tools deny *__delete_*
+		tenant_tools acme allow Slack*__*
+		tenant_tools acme deny SlackCLIAPI__archive
+		aggregate_list_ttl 5s
+	}`)
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	policy, err := h.provisionPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		tenant, app, tool string
+		want              bool
+	}{
+		{"other", "Sheets", "read", true},
+		{"other", "Sheets", "delete_rows", false},
+		{"acme", "SlackCLIAPI", "send", true},
+		{"acme", "SlackCLIAPI", "archive", false},
+		{"acme", "SlackCLIAPI", "delete_all", false},
+		{"acme", "Sheets", "read", false},
+	} {
+		if got := policy(mcpIdentity(tokencache.Key{Tenant: tc.tenant, User: "u"}), tc.app, tc.tool); got != tc.want {
+			t.Errorf("%s %s__%s: %t, want %t", tc.tenant, tc.app, tc.tool, got, tc.want)
+		}
+	}
+	bad := MCP{Tools: &MCPToolPolicy{Deny: []string{"[unclosed"}}}
+	if _, err := bad.provisionPolicy(); err == nil {
+		t.Fatal("a malformed pattern was accepted")
+	}
+	none := MCP{}
+	if p, err := none.provisionPolicy(); p != nil || err != nil {
+		t.Fatal("no policy configured should mean none")
+	}
+}
+
+// The audit line names the identity only by its keyed hash, and carries
+// the arguments only with audit_payloads.
+func TestMCPAuditLine(t *testing.T) {
+	for _, payloads := range []bool{false, true} {
+		core, logs := observer.New(zapcore.InfoLevel)
+		h := &MCP{audit: zap.New(core), AuditPayloads: payloads}
+		id := mcpgateway.Identity{Tenant: "org", User: "alice@example.com"}
+		h.observe(context.Background(), id, mcpgateway.Call{App: "SlackCLIAPI", RPCMethod: "tools/call", Tool: "send",
+			Arguments: json.RawMessage(`{"text":"secret plans"}`), Status: 200, Duration: time.Second})
+		h.observe(context.Background(), id, mcpgateway.Call{App: "SlackCLIAPI", RPCMethod: "tools/list", Status: 200})
+		entries := logs.All()
+		if len(entries) != 1 {
+			t.Fatalf("%d audit lines, want 1 (tool calls only)", len(entries))
+		}
+		f := entries[0].ContextMap()
+		if f["identity"] != identityHash("org", "alice@example.com") || f["app"] != "SlackCLIAPI" || f["tool"] != "send" ||
+			f["outcome"] != "success" || f["duration"] != time.Second {
+			t.Fatalf("audit fields %v", f)
+		}
+		line := fmt.Sprint(f)
+		if strings.Contains(line, "alice") || strings.Contains(line, "org\x00") {
+			t.Fatalf("the audit line names the user: %s", line)
+		}
+		if got := strings.Contains(line, "secret plans"); got != payloads {
+			t.Fatalf("audit_payloads %t: arguments logged = %t", payloads, got)
+		}
+	}
+}

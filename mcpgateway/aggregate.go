@@ -1,0 +1,457 @@
+package mcpgateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/auth"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// DefaultListTTL is how long a user's aggregated tool list is reused.
+const DefaultListTTL = 30 * time.Second
+
+// DefaultMaxUsers bounds the users whose aggregate state is kept.
+const DefaultMaxUsers = 10000
+
+// Policy says whether a tool of an app may be listed and called for an
+// identity. nil allows everything.
+type Policy func(id Identity, app, tool string) bool
+
+// Aggregator is one MCP server per user (built on the official SDK) whose
+// tools are the tools of every app the user authorized, named
+// <app>__<tool>. A tools/call is routed to an upstream session with the
+// app's MCP server, made with the user's token (refreshed and replayed on
+// a 401 like the proxy's requests).
+type Aggregator struct {
+	Tokens *Tokens
+	// Base sends the upstream requests; default NewTransport().
+	Base http.RoundTripper
+	// ListTTL: default DefaultListTTL.
+	ListTTL time.Duration
+	// Policy filters tools; nil allows all.
+	Policy Policy
+	// Observe, if set, sees each routed tool call.
+	Observe func(ctx context.Context, id Identity, c Call)
+	// MaxUsers: default DefaultMaxUsers.
+	MaxUsers int
+	// Limit, if set, caps tool calls per user.
+	Limit *CallLimiter
+
+	once    sync.Once
+	handler http.Handler
+
+	mu    sync.Mutex
+	users map[string]*userAgg // by subject
+}
+
+type toolRoute struct{ app, tool string }
+
+type userAgg struct {
+	a  *Aggregator
+	id Identity
+
+	server *mcp.Server
+
+	mu       sync.Mutex
+	sessions map[string]*mcp.ClientSession // by app
+	routes   map[string]toolRoute          // exposed name → upstream
+	listed   time.Time
+
+	pmu      sync.Mutex
+	progress map[string]progressTarget // upstream progress token → the caller's
+	nextTok  uint64
+}
+
+// progressTarget is where an upstream call's progress notifications go:
+// the calling session, under the token the caller chose.
+type progressTarget struct {
+	session *mcp.ServerSession
+	token   any
+}
+
+type identityKey struct{}
+
+// WithIdentity puts the caller's identity in ctx for ServeHTTP.
+func WithIdentity(ctx context.Context, id Identity) context.Context {
+	return context.WithValue(ctx, identityKey{}, id)
+}
+
+// ServeHTTP serves the aggregate Streamable HTTP endpoint for the identity
+// in the request's context (WithIdentity). A session belongs to the
+// identity that created it: another identity's requests for it are refused.
+func (a *Aggregator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id, ok := r.Context().Value(identityKey{}).(Identity)
+	if !ok {
+		http.Error(w, "no identity", http.StatusUnauthorized)
+		return
+	}
+	a.once.Do(func() {
+		h := mcp.NewStreamableHTTPHandler(func(r *http.Request) *mcp.Server {
+			id, _ := r.Context().Value(identityKey{}).(Identity)
+			return a.user(id).server
+		}, &mcp.StreamableHTTPOptions{DisableLocalhostProtection: true, SessionTimeout: 30 * time.Minute})
+		// The SDK binds a session to TokenInfo.UserID: the identity's
+		// subject hash, passed as a bearer token the handler alone sees.
+		a.handler = auth.RequireBearerToken(func(_ context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
+			return &auth.TokenInfo{UserID: token, Expiration: time.Now().Add(24 * time.Hour)}, nil
+		}, nil)(h)
+	})
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+a.Tokens.Store().Subject(id))
+	a.handler.ServeHTTP(w, r)
+}
+
+// Close ends every upstream session.
+func (a *Aggregator) Close() {
+	a.mu.Lock()
+	users := a.users
+	a.users = nil
+	a.mu.Unlock()
+	for _, u := range users {
+		u.closeSessions()
+	}
+}
+
+func (a *Aggregator) user(id Identity) *userAgg {
+	subject := a.Tokens.Store().Subject(id)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.users == nil {
+		a.users = map[string]*userAgg{}
+	}
+	if u, ok := a.users[subject]; ok {
+		return u
+	}
+	limit := a.MaxUsers
+	if limit <= 0 {
+		limit = DefaultMaxUsers
+	}
+	for k, old := range a.users { // over the bound: drop one (its sessions reconnect on demand)
+		if len(a.users) < limit {
+			break
+		}
+		delete(a.users, k)
+		go old.closeSessions()
+	}
+	u := &userAgg{a: a, id: id, sessions: map[string]*mcp.ClientSession{}, routes: map[string]toolRoute{}, progress: map[string]progressTarget{}}
+	u.server = mcp.NewServer(&mcp.Implementation{Name: "caddy-zapier", Title: "Zapier (all apps)", Version: "1.0.0"},
+		&mcp.ServerOptions{Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}}})
+	u.server.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
+		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+			if method == "tools/list" || method == "tools/call" {
+				u.sync(ctx, method == "tools/list")
+			}
+			return next(ctx, method, req)
+		}
+	})
+	a.users[subject] = u
+	return u
+}
+
+func (u *userAgg) closeSessions() {
+	u.mu.Lock()
+	sessions := u.sessions
+	u.sessions = map[string]*mcp.ClientSession{}
+	u.mu.Unlock()
+	for _, s := range sessions {
+		_ = s.Close()
+	}
+}
+
+// exposedName is <app>__<tool> with characters outside [A-Za-z0-9_.-]
+// replaced, so the name is a valid MCP tool name.
+func exposedName(app, tool string) string {
+	clean := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.' {
+				return r
+			}
+			return '_'
+		}, s)
+	}
+	return clean(app) + "__" + clean(tool)
+}
+
+// sync rebuilds the user's tool set when it is older than ListTTL (or
+// force and older than a second): every authorized app's tools/list, the
+// policy applied, names made unique.
+func (u *userAgg) sync(ctx context.Context, force bool) {
+	ttl := u.a.ListTTL
+	if ttl <= 0 {
+		ttl = DefaultListTTL
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	age := time.Since(u.listed)
+	if age < ttl && !(force && age > time.Second) {
+		return
+	}
+	recs, err := u.a.Tokens.Store().List(ctx, u.id)
+	if err != nil {
+		return
+	}
+	type entry struct {
+		name  string
+		route toolRoute
+		tool  *mcp.Tool
+	}
+	var entries []entry
+	for _, rec := range recs {
+		s, err := u.sessionLocked(ctx, rec.App)
+		if err != nil {
+			continue // not reachable now (or not authorized any more): its tools are not listed
+		}
+		res, err := s.ListTools(ctx, nil)
+		if err != nil {
+			u.dropLocked(rec.App)
+			continue
+		}
+		for _, t := range res.Tools {
+			if u.a.Policy != nil && !u.a.Policy(u.id, rec.App, t.Name) {
+				continue
+			}
+			entries = append(entries, entry{name: exposedName(rec.App, t.Name), route: toolRoute{rec.App, t.Name}, tool: t})
+		}
+	}
+	sort.Slice(entries, func(i, j int) bool {
+		if entries[i].name != entries[j].name {
+			return entries[i].name < entries[j].name
+		}
+		return entries[i].route.app+"\x00"+entries[i].route.tool < entries[j].route.app+"\x00"+entries[j].route.tool
+	})
+	routes := map[string]toolRoute{}
+	var tools []*mcp.Tool
+	for _, e := range entries {
+		name := e.name
+		for n := 2; ; n++ { // collisions: <name>_2, <name>_3, … in a stable order
+			if _, taken := routes[name]; !taken {
+				break
+			}
+			name = fmt.Sprintf("%s_%d", e.name, n)
+		}
+		schema := e.tool.InputSchema
+		if m, ok := schema.(map[string]any); !ok || m["type"] != "object" {
+			schema = map[string]any{"type": "object"}
+		}
+		routes[name] = e.route
+		tools = append(tools, &mcp.Tool{Name: name, Title: e.tool.Title, Annotations: e.tool.Annotations, InputSchema: schema,
+			Description: "[" + e.route.app + "] " + e.tool.Description})
+	}
+	var stale []string
+	for name := range u.routes {
+		if _, ok := routes[name]; !ok {
+			stale = append(stale, name)
+		}
+	}
+	if len(stale) > 0 {
+		u.server.RemoveTools(stale...)
+	}
+	for _, t := range tools {
+		u.addTool(t)
+	}
+	u.routes, u.listed = routes, time.Now()
+}
+
+// addTool adds t; a tool the SDK refuses (its schema) is left out.
+func (u *userAgg) addTool(t *mcp.Tool) {
+	defer func() { _ = recover() }()
+	u.server.AddTool(t, u.callHandler(t.Name))
+}
+
+// callHandler routes one exposed tool to its upstream session.
+func (u *userAgg) callHandler(name string) mcp.ToolHandler {
+	return func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		start := time.Now()
+		u.mu.Lock()
+		route, ok := u.routes[name]
+		u.mu.Unlock()
+		errResult := func(msg string) *mcp.CallToolResult {
+			return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: msg}}}
+		}
+		if !ok || (u.a.Policy != nil && !u.a.Policy(u.id, route.app, route.tool)) {
+			return errResult("tool " + name + " is not available"), nil
+		}
+		if err := u.a.Limit.Allow(u.id); err != nil {
+			return errResult("mcp_tool_call_limit: the user's cap on tool calls per minute is reached; retry later"), nil
+		}
+		call := Call{App: route.app, RPCMethod: "tools/call", Tool: route.tool, Arguments: req.Params.Arguments}
+		var progressToken string
+		if tok := req.Params.GetProgressToken(); tok != nil && req.Session != nil {
+			u.pmu.Lock()
+			u.nextTok++
+			progressToken = fmt.Sprintf("agg-%d", u.nextTok)
+			u.progress[progressToken] = progressTarget{session: req.Session, token: tok}
+			u.pmu.Unlock()
+			defer func() {
+				u.pmu.Lock()
+				delete(u.progress, progressToken)
+				u.pmu.Unlock()
+			}()
+		}
+		res, err := u.callUpstream(ctx, route, req.Params.Arguments, progressToken)
+		call.Duration, call.Err = time.Since(start), err
+		if err == nil {
+			call.Status = http.StatusOK
+		}
+		if u.a.Observe != nil {
+			u.a.Observe(ctx, u.id, call)
+		}
+		if errors.Is(err, ErrAuthorizationRequired) {
+			return errResult("mcp_authorization_required: the user must authorize " + route.app + " again"), nil
+		}
+		if err != nil {
+			return errResult("the call to " + route.app + " failed"), nil
+		}
+		return res, nil
+	}
+}
+
+// forwardProgress passes an upstream progress notification to the caller.
+func (u *userAgg) forwardProgress(ctx context.Context, r *mcp.ProgressNotificationClientRequest) {
+	key, ok := r.Params.ProgressToken.(string)
+	if !ok {
+		return
+	}
+	u.pmu.Lock()
+	target, ok := u.progress[key]
+	u.pmu.Unlock()
+	if !ok {
+		return
+	}
+	_ = target.session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: target.token,
+		Progress: r.Params.Progress, Total: r.Params.Total, Message: r.Params.Message})
+}
+
+func (u *userAgg) callUpstream(ctx context.Context, route toolRoute, args any, progressToken string) (*mcp.CallToolResult, error) {
+	for attempt := 0; ; attempt++ {
+		u.mu.Lock()
+		s, err := u.sessionLocked(ctx, route.app)
+		u.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		params := &mcp.CallToolParams{Name: route.tool, Arguments: args}
+		if progressToken != "" {
+			params.SetProgressToken(progressToken)
+		}
+		res, err := s.CallTool(ctx, params)
+		if err != nil && attempt == 0 && ctx.Err() == nil && !errors.Is(err, ErrAuthorizationRequired) {
+			u.mu.Lock()
+			if u.sessions[route.app] == s {
+				u.dropLocked(route.app) // the session broke: one new session, one more try
+			}
+			u.mu.Unlock()
+			continue
+		}
+		return res, err
+	}
+}
+
+func (u *userAgg) dropLocked(app string) {
+	if s, ok := u.sessions[app]; ok {
+		delete(u.sessions, app)
+		go s.Close()
+	}
+}
+
+// sessionLocked returns the user's session with app's MCP server,
+// connecting one on first use. Called with u.mu held.
+func (u *userAgg) sessionLocked(ctx context.Context, app string) (*mcp.ClientSession, error) {
+	if s, ok := u.sessions[app]; ok {
+		return s, nil
+	}
+	rec, err := u.a.Tokens.Current(ctx, u.id, app)
+	if err != nil {
+		return nil, err
+	}
+	base := u.a.Base
+	if base == nil {
+		base = NewTransport()
+	}
+	client := mcp.NewClient(&mcp.Implementation{Name: "caddy-zapier", Version: "1.0.0"},
+		&mcp.ClientOptions{ProgressNotificationHandler: u.forwardProgress})
+	// The upstream session outlives this request.
+	s, err := client.Connect(context.WithoutCancel(ctx), &mcp.StreamableClientTransport{
+		Endpoint:             rec.ServerURL,
+		HTTPClient:           &http.Client{Transport: &tokenTransport{tokens: u.a.Tokens, id: u.id, app: app, base: base}},
+		MaxRetries:           -1,
+		DisableStandaloneSSE: true,
+	}, nil)
+	if err != nil {
+		var tt *authErr
+		if errors.As(err, &tt) {
+			return nil, ErrAuthorizationRequired
+		}
+		return nil, err
+	}
+	u.sessions[app] = s
+	return s, nil
+}
+
+type authErr struct{}
+
+func (*authErr) Error() string { return ErrAuthorizationRequired.Error() }
+
+func (*authErr) Unwrap() error { return ErrAuthorizationRequired }
+
+// tokenTransport injects the user's MCP token and, on a 401, refreshes it
+// (coalesced in Tokens) and replays the request once.
+type tokenTransport struct {
+	tokens *Tokens
+	id     Identity
+	app    string
+	base   http.RoundTripper
+}
+
+func (t *tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	ctx := r.Context()
+	rec, err := t.tokens.Current(ctx, t.id, t.app)
+	if err != nil {
+		return nil, wrapAuth(err)
+	}
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		body, err = io.ReadAll(io.LimitReader(r.Body, DefaultMaxReplayBody))
+		r.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		req := r.Clone(ctx)
+		if body != nil {
+			req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		}
+		req.Header.Set("Authorization", "Bearer "+rec.AccessToken)
+		resp, err := t.base.RoundTrip(req)
+		if err != nil || resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
+			if err == nil && resp.StatusCode == http.StatusUnauthorized {
+				resp.Body.Close()
+				_, _ = t.tokens.Forget(context.WithoutCancel(ctx), t.id, t.app)
+				return nil, &authErr{}
+			}
+			return resp, err
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		if rec, err = t.tokens.Refresh(ctx, t.id, t.app, rec.AccessToken); err != nil {
+			return nil, wrapAuth(err)
+		}
+	}
+}
+
+func wrapAuth(err error) error {
+	if errors.Is(err, ErrAuthorizationRequired) {
+		return &authErr{}
+	}
+	return err
+}

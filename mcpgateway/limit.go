@@ -1,0 +1,77 @@
+package mcpgateway
+
+import (
+	"errors"
+	"sync"
+	"time"
+)
+
+// ErrToolCallLimit is a tools/call over the per-user cap.
+var ErrToolCallLimit = errors.New("mcpgateway: the user's tool-call cap is reached")
+
+// LimitError carries when the next call would be allowed.
+type LimitError struct{ RetryAfter time.Duration }
+
+func (e *LimitError) Error() string { return ErrToolCallLimit.Error() }
+
+func (e *LimitError) Unwrap() error { return ErrToolCallLimit }
+
+// CallLimiter caps tool calls per identity: a token bucket of PerMinute
+// calls, refilled continuously at PerMinute per minute.
+type CallLimiter struct {
+	PerMinute int
+	Now       func() time.Time // default time.Now
+
+	mu      sync.Mutex
+	buckets map[Identity]*bucket
+}
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+const maxLimiterEntries = 100000
+
+// Allow takes one call for id, or returns a *LimitError.
+func (l *CallLimiter) Allow(id Identity) error {
+	if l == nil || l.PerMinute <= 0 {
+		return nil
+	}
+	now := time.Now()
+	if l.Now != nil {
+		now = l.Now()
+	}
+	rate := float64(l.PerMinute) / float64(time.Minute)
+	capacity := float64(l.PerMinute)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.buckets == nil {
+		l.buckets = map[Identity]*bucket{}
+	}
+	b := l.buckets[id]
+	if b == nil {
+		if len(l.buckets) >= maxLimiterEntries {
+			l.pruneLocked(now, rate, capacity)
+		}
+		b = &bucket{tokens: capacity, at: now}
+		l.buckets[id] = b
+	}
+	b.tokens = min(capacity, b.tokens+float64(now.Sub(b.at))*rate)
+	b.at = now
+	if b.tokens < 1 {
+		return &LimitError{RetryAfter: time.Duration((1 - b.tokens) / rate)}
+	}
+	b.tokens--
+	return nil
+}
+
+// pruneLocked drops the buckets that are full again (their users are
+// idle): a new bucket starts full anyway.
+func (l *CallLimiter) pruneLocked(now time.Time, rate, capacity float64) {
+	for id, b := range l.buckets {
+		if b.tokens+float64(now.Sub(b.at))*rate >= capacity {
+			delete(l.buckets, id)
+		}
+	}
+}

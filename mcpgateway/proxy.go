@@ -1,0 +1,247 @@
+package mcpgateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// DefaultMaxReplayBody is how much of a request body is buffered so the
+// request can be replayed after a token refresh.
+const DefaultMaxReplayBody = 1 << 20
+
+// Request headers passed to the MCP server; everything else (Authorization,
+// Cookie, identity headers, hop-by-hop headers) is dropped.
+var passRequest = []string{"Content-Type", "Accept", "Mcp-Session-Id", "Mcp-Protocol-Version", "Last-Event-Id"}
+
+// Response headers passed back to the client.
+var passResponse = []string{"Content-Type", "Mcp-Session-Id", "Mcp-Protocol-Version", "Cache-Control", "Allow"}
+
+// ErrUpstream wraps a failure to reach the MCP server.
+var ErrUpstream = errors.New("mcpgateway: the MCP server could not be reached")
+
+// ErrRetry means the token was refreshed but the request, too large to
+// buffer, cannot be replayed: the client should send it again.
+var ErrRetry = errors.New("mcpgateway: the MCP token was refreshed; send the request again")
+
+// Call describes one proxied request, for metrics and audit.
+type Call struct {
+	App       string
+	RPCMethod string // the JSON-RPC method of a single request ("" otherwise)
+	Tool      string // for tools/call
+	Arguments json.RawMessage
+	Status    int           // upstream status (0 when none)
+	Refreshed bool          // a 401 caused a refresh and a replay
+	Duration  time.Duration // until the response body ended
+	Err       error
+}
+
+// Proxy is a Streamable HTTP proxy to each app's MCP server.
+type Proxy struct {
+	Tokens *Tokens
+	// Client sends upstream requests; default NewTransport in a client
+	// without a timeout (SSE streams are long; the caller's context bounds
+	// them).
+	Client *http.Client
+	// MaxReplayBody: default DefaultMaxReplayBody.
+	MaxReplayBody int64
+	// Observe, if set, is called once per request after the body was
+	// copied (or the request failed).
+	Observe func(ctx context.Context, id Identity, c Call)
+	// Policy, if set, refuses a tools/call of a tool it does not allow
+	// (ErrToolDenied) before anything is sent.
+	Policy Policy
+	// Limit, if set, caps tools/call per user (a *LimitError).
+	Limit *CallLimiter
+}
+
+// ErrToolDenied is a tools/call the tool policy does not allow.
+var ErrToolDenied = errors.New("mcpgateway: the tool policy does not allow this tool")
+
+// NewTransport is the upstream transport: no compression (SSE must flow as
+// it comes), bounded dials and TLS handshakes, no overall timeout.
+func NewTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// Serve proxies r for id to app's MCP server. It returns an error only when
+// nothing was written yet (ErrAuthorizationRequired, ErrUpstream, ErrRetry,
+// or a storage failure), so the caller can answer it; once the response has
+// started it returns nil.
+func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, id Identity, app string) error {
+	start := time.Now()
+	call := Call{App: app}
+	err := p.serve(w, r, id, app, &call)
+	call.Err, call.Duration = err, time.Since(start)
+	if p.Observe != nil {
+		p.Observe(r.Context(), id, call)
+	}
+	return err
+}
+
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app string, call *Call) error {
+	ctx := r.Context()
+	rec, err := p.Tokens.Current(ctx, id, app)
+	if err != nil {
+		return err
+	}
+	limit := p.MaxReplayBody
+	if limit <= 0 {
+		limit = DefaultMaxReplayBody
+	}
+	var buffered []byte
+	replayable := true
+	var rest io.Reader
+	if r.Body != nil && r.Body != http.NoBody {
+		buffered, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
+		if err != nil {
+			return err
+		}
+		if int64(len(buffered)) > limit {
+			replayable, rest = false, r.Body
+		}
+		call.RPCMethod, call.Tool, call.Arguments = inspect(buffered)
+	}
+	if call.RPCMethod == "tools/call" && p.Policy != nil && !p.Policy(id, app, call.Tool) {
+		return ErrToolDenied
+	}
+	if call.RPCMethod == "tools/call" {
+		if err := p.Limit.Allow(id); err != nil {
+			return err
+		}
+	}
+	client := p.Client
+	if client == nil {
+		client = &http.Client{Transport: NewTransport()}
+	}
+	for attempt := 0; ; attempt++ {
+		var body io.Reader
+		if buffered != nil {
+			body = bytes.NewReader(buffered)
+			if rest != nil {
+				body = io.MultiReader(body, rest)
+			}
+		}
+		req, err := http.NewRequestWithContext(ctx, r.Method, rec.ServerURL, body)
+		if err != nil {
+			return errors.Join(ErrUpstream, err)
+		}
+		if buffered != nil && rest == nil {
+			req.ContentLength = int64(len(buffered))
+		}
+		for _, h := range passRequest {
+			if v := r.Header.Values(h); len(v) > 0 {
+				req.Header[h] = append([]string(nil), v...)
+			}
+		}
+		req.Header.Set("Authorization", "Bearer "+rec.AccessToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return errors.Join(ErrUpstream, err)
+		}
+		call.Status = resp.StatusCode
+		if resp.StatusCode == http.StatusUnauthorized {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			if attempt > 0 {
+				// A freshly refreshed token refused too: authorize again.
+				_, _ = p.Tokens.Forget(context.WithoutCancel(ctx), id, app)
+				return ErrAuthorizationRequired
+			}
+			rec, err = p.Tokens.Refresh(ctx, id, app, rec.AccessToken)
+			if err != nil {
+				return err
+			}
+			call.Refreshed = true
+			if !replayable {
+				return ErrRetry
+			}
+			continue
+		}
+		defer resp.Body.Close()
+		copyResponse(w, resp)
+		return nil
+	}
+}
+
+// copyResponse writes the upstream answer through, flushing after every
+// read so SSE events reach the client as they come, with the server's own
+// write deadline lifted for long streams.
+func copyResponse(w http.ResponseWriter, resp *http.Response) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.SetReadDeadline(time.Time{})
+	for _, h := range passResponse {
+		if v := resp.Header.Values(h); len(v) > 0 {
+			w.Header()[h] = append([]string(nil), v...)
+		}
+	}
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(resp.StatusCode)
+	_ = rc.Flush()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// inspect reads the JSON-RPC method (and tool name and arguments of a
+// tools/call) of a single message. Batches and non-JSON yield "".
+func inspect(body []byte) (method, tool string, args json.RawMessage) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return "", "", nil
+	}
+	var msg struct {
+		Method string `json:"method"`
+		Params struct {
+			Name      string          `json:"name"`
+			Arguments json.RawMessage `json:"arguments"`
+		} `json:"params"`
+	}
+	if json.Unmarshal(trimmed, &msg) != nil {
+		return "", "", nil
+	}
+	if len(msg.Method) > 128 {
+		msg.Method = msg.Method[:128]
+	}
+	if msg.Method == "tools/call" {
+		return msg.Method, boundedName(msg.Params.Name), msg.Params.Arguments
+	}
+	return msg.Method, "", nil
+}
+
+func boundedName(s string) string {
+	if len(s) > 128 {
+		s = s[:128]
+	}
+	return strings.ToValidUTF8(s, "?")
+}

@@ -1,0 +1,172 @@
+package mcpgateway
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// ErrAuthorizationRequired means the user has to (re-)authorize the app:
+// there is no record, or its tokens were refused and cannot be refreshed.
+var ErrAuthorizationRequired = errors.New("mcpgateway: MCP authorization required")
+
+// RefreshFunc trades rec's refresh token for new tokens. It returns the
+// updated record, or an error wrapping ErrAuthorizationRequired when Zapier
+// refused the refresh token (any other error is transient).
+type RefreshFunc func(ctx context.Context, id Identity, rec Record) (Record, error)
+
+// Tokens hands out a user's MCP token for an app and refreshes it at most
+// once at a time per (tenant, user, app): of many calls that found the same
+// token refused, one refreshes and the others use its result.
+type Tokens struct {
+	store   *Store
+	refresh RefreshFunc
+	now     func() time.Time
+	// Margin: a token expiring within it is refreshed before use.
+	margin time.Duration
+
+	mu    sync.Mutex
+	locks map[string]*keyLock
+	stats struct {
+		sync.Mutex
+		refreshes int
+	}
+}
+
+type keyLock struct {
+	ch   chan struct{}
+	refs int
+}
+
+// NewTokens returns a Tokens over store. now is time.Now when nil.
+func NewTokens(store *Store, refresh RefreshFunc, margin time.Duration, now func() time.Time) *Tokens {
+	if now == nil {
+		now = time.Now
+	}
+	return &Tokens{store: store, refresh: refresh, now: now, margin: margin, locks: map[string]*keyLock{}}
+}
+
+// Store is the record store.
+func (t *Tokens) Store() *Store { return t.store }
+
+// Refreshes counts refresh calls made (for tests and status).
+func (t *Tokens) Refreshes() int {
+	t.stats.Lock()
+	defer t.stats.Unlock()
+	return t.stats.refreshes
+}
+
+func (t *Tokens) usable(rec *Record) bool {
+	return rec.Expiry.IsZero() || t.now().Add(t.margin).Before(rec.Expiry)
+}
+
+// Current returns the record to use now, refreshing an expired token first.
+func (t *Tokens) Current(ctx context.Context, id Identity, app string) (*Record, error) {
+	rec, err := t.store.Get(ctx, id, app)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return nil, ErrAuthorizationRequired
+	}
+	if t.usable(rec) {
+		return rec, nil
+	}
+	return t.Refresh(ctx, id, app, rec.AccessToken)
+}
+
+// Refresh replaces the token stale that Zapier refused (or that expired).
+// Under the key's lock it reloads the record: when another call already
+// replaced stale, that result is used without calling Zapier again.
+func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*Record, error) {
+	k := t.store.storageKey(id, app)
+	unlock, err := t.lock(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	rec, err := t.store.Get(ctx, id, app)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return nil, ErrAuthorizationRequired
+	}
+	if rec.AccessToken != stale && t.usable(rec) {
+		return rec, nil // refreshed meanwhile
+	}
+	if rec.RefreshToken == "" {
+		_, _ = t.store.Delete(context.WithoutCancel(ctx), id, app)
+		return nil, ErrAuthorizationRequired
+	}
+	t.stats.Lock()
+	t.stats.refreshes++
+	t.stats.Unlock()
+	// Not tied to this caller: others wait for the result, and a refresh
+	// token Zapier rotated must not be lost to a client that went away.
+	// The refresh call bounds itself (the client's per-attempt timeout).
+	next, err := t.refresh(context.WithoutCancel(ctx), id, *rec)
+	if errors.Is(err, ErrAuthorizationRequired) {
+		_, _ = t.store.Delete(context.WithoutCancel(ctx), id, app)
+		return nil, ErrAuthorizationRequired
+	}
+	if err != nil {
+		return nil, err
+	}
+	if next.RefreshToken == "" {
+		next.RefreshToken = rec.RefreshToken // not rotated
+	}
+	next.App, next.Created, next.Updated = rec.App, rec.Created, t.now()
+	if err := t.store.Put(context.WithoutCancel(ctx), id, &next); err != nil {
+		return nil, err
+	}
+	return &next, nil
+}
+
+// Forget deletes a record under the key's lock.
+func (t *Tokens) Forget(ctx context.Context, id Identity, app string) (bool, error) {
+	unlock, err := t.lock(ctx, t.store.storageKey(id, app))
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	return t.store.Delete(ctx, id, app)
+}
+
+// Save stores a newly authorized record under the key's lock.
+func (t *Tokens) Save(ctx context.Context, id Identity, rec *Record) error {
+	unlock, err := t.lock(ctx, t.store.storageKey(id, rec.App))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return t.store.Put(ctx, id, rec)
+}
+
+// lock takes the per-key lock, giving up when ctx ends.
+func (t *Tokens) lock(ctx context.Context, k string) (func(), error) {
+	t.mu.Lock()
+	l := t.locks[k]
+	if l == nil {
+		l = &keyLock{ch: make(chan struct{}, 1)}
+		t.locks[k] = l
+	}
+	l.refs++
+	t.mu.Unlock()
+	release := func() {
+		t.mu.Lock()
+		l.refs--
+		if l.refs == 0 {
+			delete(t.locks, k)
+		}
+		t.mu.Unlock()
+	}
+	select {
+	case l.ch <- struct{}{}:
+		return func() { <-l.ch; release() }, nil
+	case <-ctx.Done():
+		release()
+		return nil, ctx.Err()
+	}
+}
