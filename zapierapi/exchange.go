@@ -45,8 +45,9 @@ func (c *Client) ExchangeConnectToken(ctx context.Context, accessToken, resource
 	return c.exchange(ctx, "connect token exchange", form, accessToken)
 }
 
-// exchange POSTs form (plus client authentication) to the token endpoint.
-func (c *Client) exchange(ctx context.Context, op string, form url.Values, subject string) (Token, error) {
+// authenticate adds the client's credentials to a token-endpoint request:
+// HTTP Basic, or form fields. It returns the request's header.
+func (c *Client) authenticate(form url.Values) http.Header {
 	h := http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}
 	if c.basicAuth != "" {
 		h.Set("Authorization", c.basicAuth)
@@ -54,6 +55,12 @@ func (c *Client) exchange(ctx context.Context, op string, form url.Values, subje
 		form.Set("client_id", c.cfg.ClientID)
 		form.Set("client_secret", c.cfg.ClientSecret)
 	}
+	return h
+}
+
+// exchange POSTs form (plus client authentication) to the token endpoint.
+func (c *Client) exchange(ctx context.Context, op string, form url.Values, subject string) (Token, error) {
+	h := c.authenticate(form)
 	var tok Token
 	cl := &call{
 		op:      op,

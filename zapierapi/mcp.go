@@ -102,13 +102,7 @@ func (c *Client) RefreshMCPToken(ctx context.Context, refresh, resource string) 
 }
 
 func (c *Client) mcpGrant(ctx context.Context, op string, form url.Values, secrets []string) (MCPToken, error) {
-	h := http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}
-	if c.basicAuth != "" {
-		h.Set("Authorization", c.basicAuth)
-	} else {
-		form.Set("client_id", c.cfg.ClientID)
-		form.Set("client_secret", c.cfg.ClientSecret)
-	}
+	h := c.authenticate(form)
 	var out MCPToken
 	cl := &call{
 		op:      op,
