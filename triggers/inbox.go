@@ -36,6 +36,9 @@ type InboxAPI struct {
 	Client  *zapierapi.Client
 	BaseURL string // API URL + prefix, e.g. https://api.zapier.com/trigger-inbox/api/v1
 	Call    CallFunc
+	// ClientFunc, when set, is asked for the client at each call instead of
+	// Client (the gateway's client changes with each config reload).
+	ClientFunc func() *zapierapi.Client
 }
 
 // Subscription is what an inbox is subscribed to (§3.4).
@@ -125,7 +128,11 @@ func (a *InboxAPI) url(parts ...string) string {
 
 func (a *InboxAPI) do(ctx context.Context, id Identity, op, method, u string, in, out any) error {
 	return a.Call(ctx, id, func(ctx context.Context, access string) error {
-		return a.Client.DoJSON(ctx, op, method, u, access, in, out)
+		c := a.Client
+		if a.ClientFunc != nil {
+			c = a.ClientFunc()
+		}
+		return c.DoJSON(ctx, op, method, u, access, in, out)
 	})
 }
 
