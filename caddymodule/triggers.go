@@ -209,6 +209,7 @@ func (h *Triggers) newPooled(storage certmagic.Storage, notifyURL string, logger
 	if err != nil {
 		return nil, err
 	}
+	p.mgr = mgr
 	p.app.Store(h.app)
 	// The loop outlives this config (a reload hands it on), so it runs on
 	// its own context; Destruct stops it when the last config lets go.
