@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -157,18 +158,21 @@ func (rc *receiver) all() []delivery {
 }
 
 type env struct {
-	t     *testing.T
-	fz    *fakezapier.Server
-	mgr   *Manager
-	store *memStorage
-	recv  *receiver
-	id    Identity
-	conn  string
+	t      *testing.T
+	offset atomic.Int64 // the fake's clock offset, in ns
+	fz     *fakezapier.Server
+	mgr    *Manager
+	store  *memStorage
+	recv   *receiver
+	id     Identity
+	conn   string
 }
 
 func newEnv(t *testing.T, mutate ...func(*Config)) *env {
 	t.Helper()
-	fz := fakezapier.New(fakezapier.Config{ClientID: "c", ClientSecret: "s"})
+	e := &env{t: t}
+	fz := fakezapier.New(fakezapier.Config{ClientID: "c", ClientSecret: "s",
+		Now: func() time.Time { return time.Now().Add(time.Duration(e.offset.Load())) }})
 	srv := httptest.NewServer(fz)
 	t.Cleanup(srv.Close)
 	t.Cleanup(fz.Close)
@@ -208,8 +212,10 @@ func newEnv(t *testing.T, mutate ...func(*Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(mgr.Stop)
-	id := Identity{Tenant: "org", User: "alice"}
-	return &env{t: t, fz: fz, mgr: mgr, store: store, recv: recv, id: id, conn: fz.AddConnection("org", "alice", "app-uuid", "Slack")}
+	e.fz, e.mgr, e.store, e.recv = fz, mgr, store, recv
+	e.id = Identity{Tenant: "org", User: "alice"}
+	e.conn = fz.AddConnection("org", "alice", "app-uuid", "Slack")
+	return e
 }
 
 func (e *env) subscribe(name string) View {
@@ -494,5 +500,83 @@ func TestNotifyFindsSubscriptionsOfAnotherGateway(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("no delivery")
+	}
+}
+
+// A gateway that dies after the partner accepted a message but before the
+// ack: Zapier's lease runs out and another gateway delivers the message
+// again, under the same webhook-id and flagged possible_duplicate.
+func TestCrashMidDeliveryIsRedeliveredByAnother(t *testing.T) {
+	e := newEnv(t)
+	v := e.subscribe("s1")
+	ids := e.inject(v.InboxID, 1)
+
+	// Gateway A: once the partner has the message, A "dies": every later
+	// call it makes to Zapier (the ack) fails.
+	var dead atomic.Bool
+	e.recv.setStatus(func(int) int { dead.Store(true); return http.StatusOK })
+	cfgA := e.mgr.cfg
+	apiA := *cfgA.API
+	apiA.Call = func(ctx context.Context, id Identity, call func(context.Context, string) error) error {
+		if dead.Load() {
+			return errors.New("gateway A is gone")
+		}
+		return e.mgr.cfg.API.Call(ctx, id, call)
+	}
+	cfgA.API = &apiA
+	a, err := NewManager(cfgA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Drain(context.Background(), e.id, "s1") // its next lease fails too: it is gone
+	if msgs := e.fz.InboxMessages(v.InboxID); msgs[0].Status != "leased" {
+		t.Fatalf("after the crash: %+v", msgs)
+	}
+	// The lease runs out at Zapier; gateway B (e.mgr) drains.
+	e.offset.Add(int64(time.Duration(a.leaseSeconds(a.cfg.LeaseLimit)+1) * time.Second))
+	e.drain("s1")
+	got := e.recv.all()
+	if len(got) != 2 || got[0].ID != ids[0] || got[1].ID != ids[0] {
+		t.Fatalf("deliveries: %+v", got)
+	}
+	if got[0].Body["possible_duplicate"] != false || got[1].Body["possible_duplicate"] != true {
+		t.Fatalf("possible_duplicate: %v then %v", got[0].Body["possible_duplicate"], got[1].Body["possible_duplicate"])
+	}
+	if msgs := e.fz.InboxMessages(v.InboxID); msgs[0].Status != "acked" || msgs[0].Acks != 1 {
+		t.Fatalf("after redelivery: %+v", msgs)
+	}
+}
+
+// Two gateways draining one subscription at once never deliver a message
+// twice: the storage lock lets one drain, the other leaves it the work.
+func TestConcurrentDrainsDeliverOnce(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.LeaseLimit = 2; c.LockWait = time.Millisecond })
+	v := e.subscribe("s1")
+	e.inject(v.InboxID, 20)
+	other, err := NewManager(e.mgr.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for _, m := range []*Manager{e.mgr, other, e.mgr, other} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = m.Drain(context.Background(), e.id, "s1")
+		}()
+	}
+	wg.Wait()
+	e.drain("s1") // whatever a skipped drain left
+	seen := map[string]int{}
+	for _, d := range e.recv.all() {
+		seen[d.ID]++
+	}
+	if len(seen) != 20 {
+		t.Fatalf("%d distinct messages delivered, want 20", len(seen))
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("message %s delivered %d times", id, n)
+		}
 	}
 }
