@@ -101,7 +101,7 @@ func (rc *trgReceiver) next(t *testing.T) trgDelivery {
 // startTriggersGateway mounts zapier_connect (to store connections) and
 // zapier_triggers delivering to rc, with Zapier's notifications pointed at
 // the gateway's notify route and fast retries.
-func startTriggersGateway(t *testing.T, rc *trgReceiver) *gateway {
+func startTriggersGateway(t *testing.T, rc *trgReceiver, extra ...string) *gateway {
 	t.Helper()
 	site := fmt.Sprintf(`
 	handle_path /zapier/connect/* {
@@ -119,9 +119,10 @@ func startTriggersGateway(t *testing.T, rc *trgReceiver) *gateway {
 			retry_base 10ms
 			retry_max 20ms
 			drain_interval 1h
+			%[7]s
 		}
 	}
-`, actApp, actAppUUID, rc.url, trgEventsSecret, gatewayURL, trgConnSecret)
+`, actApp, actAppUUID, rc.url, trgEventsSecret, gatewayURL, trgConnSecret, strings.Join(extra, "\n\t\t\t"))
 	g := startGateway(t, gatewayOptions{
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", gatewayURL, gatewayURL),
 		siteExtra:   site,
@@ -382,5 +383,47 @@ func TestTriggerConnectionWebhooks(t *testing.T) {
 		if v := scrapeMetric(t, "caddy_zapier_connection_webhooks_total", `outcome="`+outcome+`"`); v < want {
 			t.Errorf("connection_webhooks_total{%s} = %v", outcome, v)
 		}
+	}
+}
+
+func TestTriggerDeadLetterAndReplay(t *testing.T) {
+	rc := newTrgReceiver(t)
+	rc.setStatus(func(int) int { return http.StatusInternalServerError })
+	g := startTriggersGateway(t, rc, "max_leases 2")
+	g.actConnect("org", "alice")
+	_, body := g.trgDo(http.MethodPut, "subscriptions/s1", "alice", trgSub)
+	sub := trgDecode(t, body)
+	id := g.fake.InjectTriggerEvent(sub.InboxID, map[string]any{"n": 1})
+	// Two leases of three attempts each, then the dead letter (acked at Zapier).
+	eventually(t, 20*time.Second, "the message given up on", func() bool {
+		msgs := g.fake.InboxMessages(sub.InboxID)
+		return len(msgs) == 1 && msgs[0].Status == "acked"
+	})
+	if n := len(rc.deliveries()); n != 6 {
+		t.Fatalf("%d attempts, want 6 (3 per lease, 2 leases)", n)
+	}
+	status, body := admin(t, http.MethodGet, "/zapier/deliveries")
+	var dls struct {
+		DeadLetters []struct {
+			ID, Subscription string
+			Attempts         int
+		} `json:"dead_letters"`
+	}
+	if err := json.Unmarshal(body, &dls); status != http.StatusOK || err != nil || len(dls.DeadLetters) != 1 ||
+		dls.DeadLetters[0].ID != id || dls.DeadLetters[0].Attempts != 6 || dls.DeadLetters[0].Subscription != "s1" {
+		t.Fatalf("GET /zapier/deliveries: %d %s", status, body)
+	}
+	if v := scrapeMetric(t, "caddy_zapier_trigger_deliveries_total", `outcome="dead_lettered"`); v < 1 {
+		t.Errorf("trigger_deliveries_total{dead_lettered} = %v", v)
+	}
+	rc.setStatus(func(int) int { return http.StatusOK })
+	if status, body := admin(t, http.MethodPost, "/zapier/deliveries/replay?id="+id); status != http.StatusOK {
+		t.Fatalf("replay: %d %s", status, body)
+	}
+	if d := rc.next(t); d.ID != id || d.Body["message_id"] != id {
+		t.Fatalf("replayed: %s %v", d.ID, d.Body)
+	}
+	if _, body := admin(t, http.MethodGet, "/zapier/deliveries"); !strings.Contains(string(body), `"dead_letters":[]`) {
+		t.Fatalf("after replay: %s", body)
 	}
 }
