@@ -105,7 +105,7 @@ type delivery struct {
 }
 
 type receiver struct {
-	t      *testing.T
+	t      testing.TB
 	url    string
 	mu     sync.Mutex
 	got    []delivery
@@ -113,7 +113,7 @@ type receiver struct {
 	ch     chan delivery
 }
 
-func newReceiver(t *testing.T) *receiver {
+func newReceiver(t testing.TB) *receiver {
 	rc := &receiver{t: t, status: func(int) int { return http.StatusNoContent }, ch: make(chan delivery, 1000)}
 	wh, err := standardwebhooks.NewWebhook(testSecret)
 	if err != nil {
@@ -158,7 +158,7 @@ func (rc *receiver) all() []delivery {
 }
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	offset atomic.Int64 // the fake's clock offset, in ns
 	fz     *fakezapier.Server
 	mgr    *Manager
@@ -168,7 +168,7 @@ type env struct {
 	conn   string
 }
 
-func newEnv(t *testing.T, mutate ...func(*Config)) *env {
+func newEnv(t testing.TB, mutate ...func(*Config)) *env {
 	t.Helper()
 	e := &env{t: t}
 	fz := fakezapier.New(fakezapier.Config{ClientID: "c", ClientSecret: "s",
