@@ -81,15 +81,16 @@ type Triggers struct {
 	RetryBase caddy.Duration `json:"retry_base,omitempty"`
 	RetryMax  caddy.Duration `json:"retry_max,omitempty"`
 
-	app      *App
-	rules    identityRules
-	conns    *Actions // its app and connection lookups, reused
-	pooled   *pooledTriggers
-	poolKey  string
-	sender   *triggers.Sender
-	verifier *webhooksig.Verifier
-	seen     *webhookSeen
-	logger   *zap.Logger
+	app       *App
+	rules     identityRules
+	conns     *Actions // its app and connection lookups, reused
+	pooled    *pooledTriggers
+	poolKey   string
+	sender    *triggers.Sender
+	verifier  *webhooksig.Verifier
+	seen      *webhookSeen
+	notifyKey []byte
+	logger    *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -169,6 +170,11 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 	h.app, h.rules, h.logger = app, app.identityRules(), logger
 	h.conns = &Actions{app: app, apps: apps, store: newConnectionStore(storage), logger: logger}
 	h.sender = &triggers.Sender{URL: deliverTo, Signer: signer, Timeout: time.Duration(h.DeliveryTimeout)}
+	// The per-inbox token in notification URLs is keyed by the signing
+	// secret (hashed apart from it), so it is stable across restarts and
+	// the same on every sidecar.
+	nk := sha256.Sum256([]byte("caddy-zapier inbox notifications\x00" + secret))
+	h.notifyKey = nk[:]
 	h.seen = &webhookSeen{storage: storage, now: time.Now}
 
 	sum := sha256.New()
@@ -200,7 +206,7 @@ func (h *Triggers) newPooled(storage certmagic.Storage, notifyURL string, logger
 		},
 	}
 	mgr, err := triggers.NewManager(triggers.Config{
-		API: api, Sender: h.sender, Storage: storage, NotificationURL: notifyURL,
+		API: api, Sender: h.sender, Storage: storage, NotificationURL: notifyURL, NotifyKey: h.notifyKey,
 		LeaseLimit: h.LeaseLimit, Attempts: h.Attempts, MaxLeases: h.MaxLeases, MaxConcurrent: h.MaxConcurrent,
 		DrainInterval: time.Duration(h.DrainInterval), RetryBase: time.Duration(h.RetryBase), RetryMax: time.Duration(h.RetryMax),
 		Observer: triggerObserver{}, Logger: logger,
@@ -420,8 +426,9 @@ func (h *Triggers) fail(w http.ResponseWriter, r *http.Request, err error) error
 }
 
 // serveNotify takes Zapier's availability notification (§3.8) as a hint
-// only: the inbox id is looked up among known subscriptions, the count is
-// never trusted, and the answer is 200 whatever the id.
+// only: the inbox id is looked up among known subscriptions and must come
+// with the inbox's own ?inbox_token= (registered in its notification URL),
+// the count is never trusted, and the answer is 200 whatever the id.
 func (h *Triggers) serveNotify(w http.ResponseWriter, r *http.Request) error {
 	if !connectMethodAllowed(w, r, http.MethodPost) {
 		return nil
@@ -433,7 +440,7 @@ func (h *Triggers) serveNotify(w http.ResponseWriter, r *http.Request) error {
 		writeError(w, badRequest("expected {\"inbox_id\": …}"))
 		return nil
 	}
-	known := h.pooled.mgr.Notify(r.Context(), body.InboxID)
+	known := h.pooled.mgr.Notify(r.Context(), body.InboxID, r.URL.Query().Get("inbox_token"))
 	triggerNotifications.WithLabelValues(fmt.Sprint(known)).Inc()
 	writeConnectJSON(w, http.StatusOK, struct {
 		OK bool `json:"ok"`

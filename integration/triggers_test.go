@@ -191,7 +191,7 @@ func TestTriggerDeliveryEndToEnd(t *testing.T) {
 	}
 	inboxes := g.fake.Inboxes()
 	if len(inboxes) != 1 || inboxes[0].ID != sub.InboxID || inboxes[0].Tenant != "org" || inboxes[0].User != "alice" ||
-		*inboxes[0].Subscription.ConnectionID != conn || inboxes[0].NotificationURL != gatewayURL+"/zapier/triggers/notify" {
+		*inboxes[0].Subscription.ConnectionID != conn || !strings.HasPrefix(inboxes[0].NotificationURL, gatewayURL+"/zapier/triggers/notify?inbox_token=") {
 		t.Fatalf("inboxes at Zapier: %+v", inboxes)
 	}
 
@@ -316,10 +316,22 @@ func TestTriggerPausedByZapier(t *testing.T) {
 	_, body := g.trgDo(http.MethodPut, "subscriptions/s1", "alice", trgSub)
 	sub := trgDecode(t, body)
 	g.fake.PauseInbox(sub.InboxID, "authentication")
-	// Zapier sends no notification for a pause; any wake-up finds it.
-	if status, _, _, _ := send(request{method: http.MethodPost, path: "/zapier/triggers/notify", body: `{"inbox_id":"` + sub.InboxID + `"}`}); status != http.StatusOK {
-		t.Fatalf("notify: %d", status)
+	// Zapier sends no notification for a pause; any wake-up finds it. A
+	// notification without the inbox's token is ignored.
+	notify := func(url string) {
+		t.Helper()
+		resp, err := plainClient.Post(url, "application/json", strings.NewReader(`{"inbox_id":"`+sub.InboxID+`"}`))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("notify: %v %v", resp, err)
+		}
+		resp.Body.Close()
 	}
+	before := scrapeMetric(t, "caddy_zapier_trigger_notifications_total", `known="false"`)
+	notify(gatewayURL + "/zapier/triggers/notify")
+	if after := scrapeMetric(t, "caddy_zapier_trigger_notifications_total", `known="false"`); after != before+1 {
+		t.Fatalf("a notification without the inbox token was not ignored (%v → %v)", before, after)
+	}
+	notify(g.fake.Inboxes()[0].NotificationURL)
 	d := rc.next(t)
 	if d.Body["type"] != "trigger.paused" || d.Body["reason"] != "authentication" || d.Body["reconnect"] != true {
 		t.Fatalf("pause notice: %v", d.Body)

@@ -63,7 +63,7 @@ func BenchmarkDeliver1000Across50Users(b *testing.B) {
 				queued[id] = time.Now()
 				mu.Unlock()
 			}
-			e.mgr.Notify(ctx, inbox)
+			e.mgr.Notify(ctx, inbox, "")
 		}
 		for range users * perUser {
 			select {

@@ -3,11 +3,13 @@ package triggers
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"path"
 	"regexp"
 	"strconv"
@@ -37,6 +39,10 @@ type Config struct {
 	Storage Storage
 	// NotificationURL is registered on every inbox (§3.8); "" for none.
 	NotificationURL string
+	// NotifyKey, when set, adds a per-inbox token (an HMAC of the inbox key)
+	// to the registered notification URL as ?inbox_token=, and Notify
+	// ignores notifications without the right one.
+	NotifyKey []byte
 	// LeaseLimit is the batch size of one lease. Default 10.
 	LeaseLimit int
 	// Attempts is how many times one message is POSTed within one lease
@@ -85,6 +91,14 @@ func (nopObserver) Delivery(string, time.Duration) {}
 func (nopObserver) Ack(string)                     {}
 func (nopObserver) Lease(string)                   {}
 
+// Subscription statuses.
+const (
+	StatusActive = "active"
+	StatusPaused = "paused"
+	// StatusGone: Zapier no longer has the inbox; PUT it again to recreate.
+	StatusGone = "gone"
+)
+
 // Errors of the subscription calls.
 var (
 	ErrInvalidName          = errors.New("triggers: a subscription name is 1-64 of A-Z a-z 0-9 . _ -")
@@ -131,6 +145,9 @@ type subState struct {
 type Manager struct {
 	cfg Config
 
+	// writeMu orders writes and deletes of subscription records, so a
+	// drain updating a status never brings back a record Delete removed.
+	writeMu    sync.Mutex
 	mu         sync.Mutex
 	subs       map[string]*subState // by storage key
 	byInbox    map[string]string    // inbox id → storage key
@@ -293,7 +310,7 @@ func (m *Manager) WakeAll() {
 
 // Notify is Zapier's availability notification for an inbox (§3.8), an
 // untrusted hint: an unknown inbox is ignored (false), a known one drained.
-func (m *Manager) Notify(ctx context.Context, inboxID string) bool {
+func (m *Manager) Notify(ctx context.Context, inboxID, token string) bool {
 	m.mu.Lock()
 	key, ok := m.byInbox[inboxID]
 	stale := m.cfg.Now().Sub(m.lastReload) > time.Second
@@ -304,10 +321,38 @@ func (m *Manager) Notify(ctx context.Context, inboxID string) bool {
 		key, ok = m.byInbox[inboxID]
 		m.mu.Unlock()
 	}
+	if ok && m.cfg.NotifyKey != nil {
+		m.mu.Lock()
+		inboxKey := m.subs[key].rec.InboxKey
+		m.mu.Unlock()
+		ok = hmac.Equal([]byte(token), []byte(m.notifyToken(inboxKey)))
+	}
 	if ok {
 		m.wake(key)
 	}
 	return ok
+}
+
+// notifyToken is the inbox's token in its notification URL.
+func (m *Manager) notifyToken(inboxKey string) string {
+	h := hmac.New(sha256.New, m.cfg.NotifyKey)
+	h.Write([]byte(inboxKey))
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// notificationURL is the URL registered on the inbox with inboxKey.
+func (m *Manager) notificationURL(inboxKey string) string {
+	if m.cfg.NotificationURL == "" || m.cfg.NotifyKey == nil {
+		return m.cfg.NotificationURL
+	}
+	u, err := url.Parse(m.cfg.NotificationURL)
+	if err != nil {
+		return m.cfg.NotificationURL
+	}
+	q := u.Query()
+	q.Set("inbox_token", m.notifyToken(inboxKey))
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // wake drains a subscription in the background, at most once at a time;
@@ -325,7 +370,7 @@ func (m *Manager) wake(key string) {
 		return
 	}
 	st.running, st.again = true, false
-	ctx := m.ctx
+	ctx, rec := m.ctx, st.rec
 	m.wg.Add(1)
 	m.mu.Unlock()
 	go func() {
@@ -341,8 +386,8 @@ func (m *Manager) wake(key string) {
 		defer func() { <-m.sem }()
 		for {
 			if err := m.drain(ctx, key); err != nil && ctx.Err() == nil {
-				m.cfg.Logger.Info("draining a trigger inbox", zap.String("identity", m.cfg.IdentityHash(st.rec.Identity())),
-					zap.String("subscription", st.rec.Name), zap.Error(err))
+				m.cfg.Logger.Info("draining a trigger inbox", zap.String("identity", m.cfg.IdentityHash(rec.Identity())),
+					zap.String("subscription", rec.Name), zap.Error(err))
 			}
 			m.mu.Lock()
 			if !st.again || ctx.Err() != nil {
@@ -422,8 +467,13 @@ func (m *Manager) drain(ctx context.Context, key string) error {
 			m.paused(ctx, key, reason)
 			return nil
 		case IsNotFound(err):
+			// Deleted at Zapier (or with the user's connection): shown in
+			// GET; a PUT with the same configuration makes a new inbox.
 			m.cfg.Observer.Lease("gone")
-			return fmt.Errorf("the inbox is gone at Zapier: %w", err)
+			if rec.Status != StatusGone {
+				_, _ = m.setStatus(ctx, key, StatusGone, "", "")
+			}
+			return nil
 		case err != nil:
 			m.cfg.Observer.Lease("failed")
 			return err
@@ -619,6 +669,8 @@ func (m *Manager) paused(ctx context.Context, key, reason string) {
 }
 
 func (m *Manager) setStatus(ctx context.Context, key, status, reason, by string) (Record, error) {
+	m.writeMu.Lock()
+	defer m.writeMu.Unlock()
 	m.mu.Lock()
 	st := m.subs[key]
 	if st == nil {
@@ -651,7 +703,7 @@ func (m *Manager) Ensure(ctx context.Context, id Identity, name string, spec Spe
 	if err != nil {
 		return View{}, false, err
 	}
-	if old != nil {
+	if old != nil && old.Status != StatusGone {
 		if old.App != spec.App || old.Trigger != spec.Trigger || old.ConnectionID != spec.ConnectionID || !jsonEqual(old.Inputs, inputs) {
 			return View{}, false, ErrSubscriptionConflict
 		}
@@ -663,7 +715,7 @@ func (m *Manager) Ensure(ctx context.Context, id Identity, name string, spec Spe
 		sub.ConnectionID = &c
 	}
 	inboxKey := InboxKey(id, name)
-	ib, err := m.cfg.API.Ensure(ctx, id, inboxKey, sub, m.cfg.NotificationURL)
+	ib, err := m.cfg.API.Ensure(ctx, id, inboxKey, sub, m.notificationURL(inboxKey))
 	if err != nil {
 		return View{}, false, err
 	}
@@ -792,14 +844,13 @@ func (m *Manager) Delete(ctx context.Context, id Identity, name string) error {
 	if err := m.cfg.API.Delete(ctx, id, rec.InboxID); err != nil {
 		return err
 	}
-	if err := m.cfg.Storage.Delete(ctx, key); err != nil {
-		return err
-	}
+	m.writeMu.Lock()
+	defer m.writeMu.Unlock()
 	m.mu.Lock()
 	delete(m.byInbox, rec.InboxID)
 	delete(m.subs, key)
 	m.mu.Unlock()
-	return nil
+	return m.cfg.Storage.Delete(ctx, key)
 }
 
 // DeadLetters lists the dead letters.

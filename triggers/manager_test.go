@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -447,7 +448,7 @@ func TestPauseResumeDelete(t *testing.T) {
 	if _, err := e.mgr.Get(ctx, e.id, "s1"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get after Delete: %v", err)
 	}
-	if e.mgr.Notify(ctx, v.InboxID) {
+	if e.mgr.Notify(ctx, v.InboxID, "") {
 		t.Fatal("a deleted inbox's notification was honoured")
 	}
 }
@@ -458,11 +459,11 @@ func TestNotifyWakesTheDeliveryLoop(t *testing.T) {
 	defer cancel()
 	e.mgr.Start(ctx)
 	v := e.subscribe("s1") // Ensure drains once: nothing yet
-	if e.mgr.Notify(ctx, "00000000-0000-4000-8000-000000000000") {
+	if e.mgr.Notify(ctx, "00000000-0000-4000-8000-000000000000", "") {
 		t.Fatal("an unknown inbox id was honoured")
 	}
 	ids := e.inject(v.InboxID, 2)
-	if !e.mgr.Notify(ctx, v.InboxID) {
+	if !e.mgr.Notify(ctx, v.InboxID, "") {
 		t.Fatal("a known inbox id was ignored")
 	}
 	for _, want := range ids {
@@ -490,7 +491,7 @@ func TestNotifyFindsSubscriptionsOfAnotherGateway(t *testing.T) {
 	other.Start(ctx)
 	defer other.Stop()
 	ids := e.inject(v.InboxID, 1)
-	if !other.Notify(ctx, v.InboxID) {
+	if !other.Notify(ctx, v.InboxID, "") {
 		t.Fatal("the second gateway does not know the subscription")
 	}
 	select {
@@ -578,5 +579,51 @@ func TestConcurrentDrainsDeliverOnce(t *testing.T) {
 		if n != 1 {
 			t.Errorf("message %s delivered %d times", id, n)
 		}
+	}
+}
+
+func TestNotifyTokenGuardsWakeUps(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		c.NotificationURL = "https://app.example.com/zapier/triggers/notify?x=1"
+		c.NotifyKey = []byte("notify-key")
+	})
+	v := e.subscribe("s1")
+	u, err := url.Parse(e.fz.Inboxes()[0].NotificationURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := u.Query().Get("inbox_token")
+	if token == "" || u.Query().Get("x") != "1" || u.Host != "app.example.com" {
+		t.Fatalf("registered notification URL: %s", u)
+	}
+	ctx := context.Background()
+	if e.mgr.Notify(ctx, v.InboxID, "") || e.mgr.Notify(ctx, v.InboxID, strings.Repeat("0", len(token))) {
+		t.Fatal("a notification without the inbox's token was honoured")
+	}
+	if !e.mgr.Notify(ctx, v.InboxID, token) {
+		t.Fatal("the inbox's own token was refused")
+	}
+}
+
+func TestInboxGoneAtZapierIsShownAndRecreated(t *testing.T) {
+	e := newEnv(t)
+	v := e.subscribe("s1")
+	tok := e.fz.IssueAccessToken("org", "alice", "external")
+	req, _ := http.NewRequest(http.MethodDelete, strings.TrimSuffix(e.mgr.cfg.API.BaseURL, "/")+"/inboxes/"+v.InboxID, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("deleting at the fake: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	e.drain("s1")
+	got, _ := e.mgr.Get(context.Background(), e.id, "s1")
+	if got.Status != StatusGone {
+		t.Fatalf("status after the inbox vanished: %q", got.Status)
+	}
+	again, created, err := e.mgr.Ensure(context.Background(), e.id, "s1", Spec{App: "SlackCLIAPI", Trigger: "new_message",
+		Inputs: json.RawMessage(`{"channel":"C1"}`), ConnectionID: e.conn})
+	if err != nil || !created || again.InboxID == v.InboxID || again.Status != StatusActive {
+		t.Fatalf("re-Ensure: %+v created=%v %v", again.Record, created, err)
 	}
 }
