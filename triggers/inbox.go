@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -198,6 +199,20 @@ func (a *InboxAPI) Lease(ctx context.Context, id Identity, inboxID string, secon
 		return Lease{}, ErrPausedDrained
 	}
 	return l, err
+}
+
+// Events holds the inbox's events stream open (§3.9) and calls onData
+// with each data frame, until the stream ends (nil), goes silent for idle
+// (nil), ctx ends, or Zapier refuses it (an error).
+func (a *InboxAPI) Events(ctx context.Context, id Identity, inboxID string, idle time.Duration, onData func([]byte)) error {
+	u := a.url(inboxID, "events")
+	return a.Call(ctx, id, func(ctx context.Context, access string) error {
+		c := a.Client
+		if a.ClientFunc != nil {
+			c = a.ClientFunc()
+		}
+		return c.Stream(ctx, "trigger inbox events", u, access, idle, onData)
+	})
 }
 
 // Ack acknowledges messages of a lease: they are gone for good.

@@ -13,10 +13,13 @@ import (
 	"path"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 // Defaults of Config.
@@ -43,6 +46,14 @@ type Config struct {
 	// to the registered notification URL as ?inbox_token=, and Notify
 	// ignores notifications without the right one.
 	NotifyKey []byte
+	// Stream watches every subscription's inbox events stream (§3.9): a
+	// drain on each (re)connect and each frame. One connection per
+	// subscription; reconnects back off 0.5s, 1s, 2s, 5s; a refused
+	// stream (4xx) falls back to notifications and the safety drain.
+	Stream bool
+	// StreamIdle: a stream silent this long (no frame, no keep-alive) is
+	// dead and reopened. Default 60s.
+	StreamIdle time.Duration
 	// LeaseLimit is the batch size of one lease. Default 10.
 	LeaseLimit int
 	// Attempts is how many times one message is POSTed within one lease
@@ -155,6 +166,7 @@ type Manager struct {
 	stopped    bool
 	lastReload time.Time
 	sem        chan struct{}
+	watchers   map[string]*watcher // by storage key, when cfg.Stream
 	wg         sync.WaitGroup
 	cancel     context.CancelFunc
 }
@@ -184,6 +196,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	defD(&cfg.BackoffMax, DefaultBackoffMax)
 	defD(&cfg.DrainInterval, DefaultDrainInterval)
 	defD(&cfg.LockWait, DefaultLockWait)
+	defD(&cfg.StreamIdle, 60*time.Second)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -199,7 +212,8 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.IdentityHash == nil {
 		cfg.IdentityHash = func(Identity) string { return "" }
 	}
-	return &Manager{cfg: cfg, subs: map[string]*subState{}, byInbox: map[string]string{}, sem: make(chan struct{}, cfg.MaxConcurrent)}, nil
+	return &Manager{cfg: cfg, subs: map[string]*subState{}, byInbox: map[string]string{}, watchers: map[string]*watcher{},
+		sem: make(chan struct{}, cfg.MaxConcurrent)}, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -277,6 +291,7 @@ func (m *Manager) reload(ctx context.Context) {
 		if !seen[key] {
 			delete(m.byInbox, st.rec.InboxID)
 			delete(m.subs, key)
+			m.unwatchLocked(key)
 		}
 	}
 }
@@ -292,7 +307,83 @@ func (m *Manager) indexLocked(key string, rec Record) *subState {
 	}
 	st.rec = rec
 	m.byInbox[rec.InboxID] = key
+	m.watchLocked(key, rec)
 	return st
+}
+
+// watcher is one subscription's events-stream goroutine.
+type watcher struct {
+	inboxID string
+	cancel  context.CancelFunc
+}
+
+// watchLocked starts watching the subscription's events stream, once per
+// inbox, when streams are on and the manager runs.
+func (m *Manager) watchLocked(key string, rec Record) {
+	if !m.cfg.Stream || m.ctx == nil || m.stopped || rec.Status == StatusGone {
+		return
+	}
+	if w := m.watchers[key]; w != nil {
+		if w.inboxID == rec.InboxID {
+			return
+		}
+		w.cancel() // the inbox was recreated
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	w := &watcher{inboxID: rec.InboxID, cancel: cancel}
+	m.watchers[key] = w
+	m.wg.Add(1)
+	go m.runWatch(ctx, key, rec, w)
+}
+
+func (m *Manager) unwatchLocked(key string) {
+	if w := m.watchers[key]; w != nil {
+		w.cancel()
+		delete(m.watchers, key)
+	}
+}
+
+var streamBackoff = []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 5 * time.Second}
+
+func (m *Manager) runWatch(ctx context.Context, key string, rec Record, w *watcher) {
+	defer m.wg.Done()
+	defer func() {
+		m.mu.Lock()
+		if m.watchers[key] == w {
+			delete(m.watchers, key)
+		}
+		m.mu.Unlock()
+		w.cancel()
+	}()
+	fails := 0
+	for ctx.Err() == nil {
+		m.wake(key) // drain on every (re)connect: the stream has no replay
+		start := m.cfg.Now()
+		err := m.cfg.API.Events(ctx, rec.Identity(), rec.InboxID, m.cfg.StreamIdle, func(data []byte) {
+			var f struct {
+				InboxID string `json:"inbox_id"`
+			}
+			if json.Unmarshal(data, &f) == nil && strings.EqualFold(f.InboxID, rec.InboxID) {
+				m.wake(key)
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		if zapierapi.IsPermanent(err) {
+			m.cfg.Logger.Info("the inbox events stream was refused; notifications and the safety drain remain",
+				zap.String("subscription", rec.Name), zap.Error(err))
+			return
+		}
+		if m.cfg.Now().Sub(start) >= 5*time.Second {
+			fails = 0
+		}
+		pause := streamBackoff[min(fails, len(streamBackoff)-1)]
+		fails++
+		if sleep(ctx, pause) != nil {
+			return
+		}
+	}
 }
 
 // WakeAll schedules a drain of every subscription.
@@ -849,6 +940,7 @@ func (m *Manager) Delete(ctx context.Context, id Identity, name string) error {
 	m.mu.Lock()
 	delete(m.byInbox, rec.InboxID)
 	delete(m.subs, key)
+	m.unwatchLocked(key)
 	m.mu.Unlock()
 	return m.cfg.Storage.Delete(ctx, key)
 }

@@ -177,6 +177,7 @@ func newEnv(t testing.TB, mutate ...func(*Config)) *env {
 	srv := httptest.NewServer(fz)
 	t.Cleanup(srv.Close)
 	t.Cleanup(fz.Close)
+	t.Cleanup(fz.CloseInboxStreams) // before srv.Close, which waits for open streams
 	client, err := zapierapi.New(zapierapi.Config{ClientID: "c", ClientSecret: "s", TokenURL: srv.URL + "/oauth/token"})
 	if err != nil {
 		t.Fatal(err)
@@ -625,5 +626,43 @@ func TestInboxGoneAtZapierIsShownAndRecreated(t *testing.T) {
 		Inputs: json.RawMessage(`{"channel":"C1"}`), ConnectionID: e.conn})
 	if err != nil || !created || again.InboxID == v.InboxID || again.Status != StatusActive {
 		t.Fatalf("re-Ensure: %+v created=%v %v", again.Record, created, err)
+	}
+}
+
+func TestEventsStreamWakesTheLoop(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Stream = true; c.DrainInterval = time.Hour; c.StreamIdle = 5 * time.Second })
+	e.fz.SetInboxHeartbeat(20 * time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e.mgr.Start(ctx)
+	v := e.subscribe("s1")
+	deadline := time.Now().Add(30 * time.Second) // a hang guard, not a timing assertion
+	for open, _ := e.fz.InboxStreams(); open != 1; open, _ = e.fz.InboxStreams() {
+		if time.Now().After(deadline) {
+			t.Fatal("no events stream was opened")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// No notification, no safety drain: only the stream's frame wakes it.
+	ids := e.inject(v.InboxID, 2)
+	for _, want := range ids {
+		select {
+		case d := <-e.recv.ch:
+			if d.ID != want {
+				t.Fatalf("delivered %s, want %s", d.ID, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the stream frame did not lead to a delivery")
+		}
+	}
+	// Deleting the subscription closes its stream.
+	if err := e.mgr.Delete(ctx, e.id, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	for open, _ := e.fz.InboxStreams(); open != 0; open, _ = e.fz.InboxStreams() {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream stayed open after Delete")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -7,7 +7,7 @@ package fakezapier
 // they reach the per-message lease limit (default 5, SetInboxLeaseLimit).
 //
 // Simplifications, stated: a new or resumed inbox is active at once (no
-// initializing phase), and the SSE events route is not served.
+// initializing phase). The events stream is in inbox_events.go.
 
 import (
 	"bytes"
@@ -41,6 +41,7 @@ type inboxState struct {
 	releases   int // messages released
 	notified   []InboxNotification
 	wg         sync.WaitGroup // notification POSTs in flight
+	streams    inboxStreams   // events streams (inbox_events.go); own lock
 }
 
 type fakeInbox struct {
@@ -155,12 +156,25 @@ func (s *Server) serveInbox(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := &s.inbox
+	parts := strings.Split(strings.Trim(rest, "/"), "/")
+	if len(parts) == 3 && parts[0] == "inboxes" && parts[2] == "events" && r.Method == http.MethodGet {
+		st.mu.Lock()
+		st.init()
+		ib := st.inboxes[parts[1]]
+		ok := ib != nil && ib.tenant == at.tenant && ib.user == at.user
+		st.mu.Unlock()
+		if !ok {
+			inboxError(w, http.StatusNotFound, "not_found", "No such inbox.")
+			return
+		}
+		s.serveInboxEvents(w, r, parts[1], at.expires) // inbox_events.go
+		return
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.init()
 	s.expireLeasesLocked()
 
-	parts := strings.Split(strings.Trim(rest, "/"), "/")
 	if len(parts) == 0 || parts[0] != "inboxes" {
 		inboxError(w, http.StatusNotFound, "not_found", "Not found.")
 		return
@@ -517,6 +531,7 @@ func (s *Server) InjectTriggerEvent(inboxID string, payload any) string {
 	ib.msgs = append(ib.msgs, m)
 	notify := ib.notificationURL
 	st.mu.Unlock()
+	s.publishInboxEvent(inboxID)
 	if notify != "" {
 		st.wg.Add(1)
 		go func() {
