@@ -80,6 +80,9 @@ type Triggers struct {
 	// First pause between two attempts (doubling up to retry_max). Default 500ms.
 	RetryBase caddy.Duration `json:"retry_base,omitempty"`
 	RetryMax  caddy.Duration `json:"retry_max,omitempty"`
+	// Watch each inbox's events stream (one connection per subscription)
+	// as a wake-up. Default: on when notification_url is not set.
+	EventsStream *bool `json:"events_stream,omitempty"`
 
 	app       *App
 	rules     identityRules
@@ -179,7 +182,7 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 
 	sum := sha256.New()
 	for _, part := range []string{deliverTo, secret, notifyURL, app.APIURL, h.InboxPrefix,
-		fmt.Sprint(h.DeliveryTimeout, h.Attempts, h.MaxLeases, h.LeaseLimit, h.MaxConcurrent, h.DrainInterval, h.RetryBase, h.RetryMax)} {
+		fmt.Sprint(h.DeliveryTimeout, h.Attempts, h.MaxLeases, h.LeaseLimit, h.MaxConcurrent, h.DrainInterval, h.RetryBase, h.RetryMax, h.stream(notifyURL))} {
 		sum.Write([]byte(part))
 		sum.Write([]byte{0})
 	}
@@ -206,7 +209,7 @@ func (h *Triggers) newPooled(storage certmagic.Storage, notifyURL string, logger
 		},
 	}
 	mgr, err := triggers.NewManager(triggers.Config{
-		API: api, Sender: h.sender, Storage: storage, NotificationURL: notifyURL, NotifyKey: h.notifyKey,
+		API: api, Sender: h.sender, Storage: storage, NotificationURL: notifyURL, NotifyKey: h.notifyKey, Stream: h.stream(notifyURL),
 		LeaseLimit: h.LeaseLimit, Attempts: h.Attempts, MaxLeases: h.MaxLeases, MaxConcurrent: h.MaxConcurrent,
 		DrainInterval: time.Duration(h.DrainInterval), RetryBase: time.Duration(h.RetryBase), RetryMax: time.Duration(h.RetryMax),
 		Observer: triggerObserver{}, Logger: logger,
@@ -232,6 +235,15 @@ func (h *Triggers) Cleanup() error {
 	return err
 }
 
+// stream reports whether to watch events streams: as configured, else
+// when Zapier has no notification URL to push to.
+func (h *Triggers) stream(notifyURL string) bool {
+	if h.EventsStream != nil {
+		return *h.EventsStream
+	}
+	return notifyURL == ""
+}
+
 func checkHTTPURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -249,6 +261,7 @@ func checkHTTPURL(raw string) error {
 //		connection_webhook_secret <whsec_…>
 //		app                       <implementation id> <app UUID>
 //		inbox_prefix              <path>
+//		events_stream             on|off
 //		delivery_timeout|drain_interval|retry_base|retry_max <duration>
 //		attempts|max_leases|lease_limit|max_concurrent       <n>
 //	}
@@ -266,6 +279,13 @@ func (h *Triggers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			*map[string]*string{"deliver_to": &h.DeliverTo, "signing_secret": &h.SigningSecret, "notification_url": &h.NotificationURL,
 				"connection_webhook_secret": &h.ConnectionWebhookSecret, "inbox_prefix": &h.InboxPrefix}[opt] = v
+		case "events_stream":
+			var v string
+			if !d.AllArgs(&v) || (v != "on" && v != "off") {
+				return d.Err("events_stream takes on or off")
+			}
+			on := v == "on"
+			h.EventsStream = &on
 		case "app":
 			if err := parseAppMapping(d, &h.Apps); err != nil {
 				return err

@@ -34,6 +34,7 @@ func TestTriggersCaddyfile(t *testing.T) {
 		max_leases 2
 		lease_limit 20
 		max_concurrent 3
+		events_stream off
 	}`)
 	var h Triggers
 	if err := h.UnmarshalCaddyfile(d); err != nil {
@@ -43,7 +44,7 @@ func TestTriggersCaddyfile(t *testing.T) {
 		NotificationURL: "https://app.example.com/zapier/triggers/notify", ConnectionWebhookSecret: "{env.ZAPIER_CONNECTION_WEBHOOK_SECRET}",
 		Apps: map[string]string{"SlackCLIAPI": "81f613aa-c98a-4383-a5fc-195e68647217"}, InboxPrefix: "/trigger-inbox/v1",
 		DeliveryTimeout: caddy.Duration(5 * time.Second), DrainInterval: caddy.Duration(time.Minute), RetryBase: caddy.Duration(100 * time.Millisecond),
-		RetryMax: caddy.Duration(2 * time.Second), Attempts: 4, MaxLeases: 2, LeaseLimit: 20, MaxConcurrent: 3}
+		RetryMax: caddy.Duration(2 * time.Second), Attempts: 4, MaxLeases: 2, LeaseLimit: 20, MaxConcurrent: 3, EventsStream: new(bool)}
 	got, _ := json.Marshal(h)
 	exp, _ := json.Marshal(want)
 	if string(got) != string(exp) {
@@ -55,6 +56,7 @@ func TestTriggersCaddyfile(t *testing.T) {
 		"zapier_triggers {\n deliver_to\n}",
 		"zapier_triggers {\n attempts x\n}",
 		"zapier_triggers {\n drain_interval soon\n}",
+		"zapier_triggers {\n events_stream maybe\n}",
 	} {
 		var h Triggers
 		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {

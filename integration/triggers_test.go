@@ -103,6 +103,16 @@ func (rc *trgReceiver) next(t *testing.T) trgDelivery {
 // the gateway's notify route and fast retries.
 func startTriggersGateway(t *testing.T, rc *trgReceiver, extra ...string) *gateway {
 	t.Helper()
+	return startTriggersGatewayNotify(t, rc, gatewayURL+"/zapier/triggers/notify", extra...)
+}
+
+// startTriggersGatewayNotify is startTriggersGateway with another
+// notification_url ("" for none).
+func startTriggersGatewayNotify(t *testing.T, rc *trgReceiver, notifyURL string, extra ...string) *gateway {
+	t.Helper()
+	if notifyURL != "" {
+		extra = append(extra, "notification_url "+notifyURL)
+	}
 	site := fmt.Sprintf(`
 	handle_path /zapier/connect/* {
 		zapier_connect {
@@ -114,15 +124,14 @@ func startTriggersGateway(t *testing.T, rc *trgReceiver, extra ...string) *gatew
 			app %[1]s %[2]s
 			deliver_to %[3]s
 			signing_secret %[4]s
-			notification_url %[5]s/zapier/triggers/notify
-			connection_webhook_secret %[6]s
+			connection_webhook_secret %[5]s
 			retry_base 10ms
 			retry_max 20ms
 			drain_interval 1h
-			%[7]s
+			%[6]s
 		}
 	}
-`, actApp, actAppUUID, rc.url, trgEventsSecret, gatewayURL, trgConnSecret, strings.Join(extra, "\n\t\t\t"))
+`, actApp, actAppUUID, rc.url, trgEventsSecret, trgConnSecret, strings.Join(extra, "\n\t\t\t"))
 	g := startGateway(t, gatewayOptions{
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", gatewayURL, gatewayURL),
 		siteExtra:   site,
@@ -438,4 +447,38 @@ func TestTriggerDeadLetterAndReplay(t *testing.T) {
 	if _, body := admin(t, http.MethodGet, "/zapier/deliveries"); !strings.Contains(string(body), `"dead_letters":[]`) {
 		t.Fatalf("after replay: %s", body)
 	}
+}
+
+// Without a notification URL the gateway watches each inbox's events
+// stream: an event queued at Zapier reaches the partner with no
+// notification and no safety drain (drain_interval is 1h).
+func TestTriggerEventsStream(t *testing.T) {
+	rc := newTrgReceiver(t)
+	g := startTriggersGatewayNotify(t, rc, "")
+	t.Cleanup(g.fake.CloseInboxStreams) // before the fake's server closes: it waits for open streams
+	g.fake.SetInboxHeartbeat(100 * time.Millisecond)
+	g.actConnect("org", "alice")
+	status, body := g.trgDo(http.MethodPut, "subscriptions/s1", "alice", trgSub)
+	if status != http.StatusCreated {
+		t.Fatalf("PUT: %d %s", status, body)
+	}
+	sub := trgDecode(t, body)
+	if n := g.fake.Inboxes()[0].NotificationURL; n != "" {
+		t.Fatalf("a notification URL was registered: %q", n)
+	}
+	eventually(t, 10*time.Second, "the events stream open", func() bool {
+		open, _ := g.fake.InboxStreams()
+		return open == 1
+	})
+	id := g.fake.InjectTriggerEvent(sub.InboxID, map[string]any{"n": 1})
+	if d := rc.next(t); d.ID != id {
+		t.Fatalf("delivered %s, want %s", d.ID, id)
+	}
+	if status, _ := g.trgDo(http.MethodDelete, "subscriptions/s1", "alice", ""); status != http.StatusNoContent {
+		t.Fatalf("DELETE: %d", status)
+	}
+	eventually(t, 10*time.Second, "the events stream closed", func() bool {
+		open, _ := g.fake.InboxStreams()
+		return open == 0
+	})
 }
