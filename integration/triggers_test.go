@@ -482,3 +482,31 @@ func TestTriggerEventsStream(t *testing.T) {
 		return open == 0
 	})
 }
+
+// A config reload with the same zapier_triggers settings keeps the delivery
+// loop, which then calls Zapier through the new config's app.
+func TestTriggerSurvivesReload(t *testing.T) {
+	rc := newTrgReceiver(t)
+	g := startTriggersGateway(t, rc)
+	g.actConnect("org", "alice")
+	_, body := g.trgDo(http.MethodPut, "subscriptions/s1", "alice", trgSub)
+	sub := trgDecode(t, body)
+	first := g.fake.InjectTriggerEvent(sub.InboxID, map[string]any{"n": 1})
+	if d := rc.next(t); d.ID != first {
+		t.Fatalf("delivered %s", d.ID)
+	}
+	// A real reload: the config differs (one more route), the triggers block does not.
+	if err := g.reload(g.opts.siteExtra + "\n\trespond /reload-marker 204"); err != nil {
+		t.Fatal(err)
+	}
+	waitForSingleListener(t, gatewayPort)
+	second := g.fake.InjectTriggerEvent(sub.InboxID, map[string]any{"n": 2})
+	if d := rc.next(t); d.ID != second {
+		t.Fatalf("delivered %s after the reload", d.ID)
+	}
+	// The counts live in the loop, so they survived too.
+	_, body = g.trgDo(http.MethodGet, "subscriptions/s1", "alice", "")
+	if n := trgDecode(t, body).Counts.Delivered; n != 2 {
+		t.Fatalf("delivered count after the reload: %d", n)
+	}
+}

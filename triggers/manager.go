@@ -524,7 +524,9 @@ func (m *Manager) leaseSeconds(limit int) int {
 }
 
 func (m *Manager) drain(ctx context.Context, key string) error {
-	lockName := path.Join(locksPrefix, path.Base(path.Dir(path.Dir(key)))+"-"+path.Base(path.Dir(key))+"-"+path.Base(key))
+	// Hashed: encoded ids can make names too long for a lock file.
+	sum := sha256.Sum256([]byte(key))
+	lockName := locksPrefix + "-" + hex.EncodeToString(sum[:16])
 	lctx, cancel := context.WithTimeout(ctx, m.cfg.LockWait)
 	err := m.cfg.Storage.Lock(lctx, lockName)
 	cancel()
