@@ -126,7 +126,7 @@ func (h *Triggers) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := registerTriggerMetrics(ctx); err != nil {
+	if err := registerTriggerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
 	return h.provision(app, ctx.Storage(), ctx.Logger())
@@ -195,7 +195,11 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 	}
 	h.pooled = val.(*pooledTriggers)
 	h.pooled.app.Store(app) // calls go through the newest config's app
-	_ = loaded
+	if loaded {
+		logger.Info("zapier_triggers: kept the running delivery loop")
+	} else {
+		logger.Info("zapier_triggers: started a delivery loop")
+	}
 	return nil
 }
 

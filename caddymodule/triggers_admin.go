@@ -35,6 +35,12 @@ func (triggersAdminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
+// Provision registers the events metrics: admin modules are provisioned on
+// every config load, so the series exist whatever the config.
+func (triggersAdminAPI) Provision(ctx caddy.Context) error {
+	return registerTriggerMetrics(ctx.GetMetricsRegistry())
+}
+
 // Routes returns the admin routes.
 func (triggersAdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
@@ -157,4 +163,7 @@ func cmdZapierDeliveries(fl caddycmd.Flags) (int, error) {
 }
 
 // Interface guards.
-var _ caddy.AdminRouter = triggersAdminAPI{}
+var (
+	_ caddy.AdminRouter = triggersAdminAPI{}
+	_ caddy.Provisioner = triggersAdminAPI{}
+)

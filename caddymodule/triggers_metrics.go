@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -26,7 +25,10 @@ var (
 		"Connection webhooks received from Zapier, by outcome (forwarded, unknown_connection, duplicate, signature_invalid, stale, malformed, partner_failed).", "outcome")
 )
 
-func registerTriggerMetrics(ctx caddy.Context) error {
+// registerTriggerMetrics registers the events collectors into a config's
+// registry; the admin module does it on every config load, so every series
+// is on /metrics (at 0) even without a zapier_triggers handler.
+func registerTriggerMetrics(reg *prometheus.Registry) error {
 	for _, o := range []string{"delivered", "failed", "dead_lettered"} {
 		triggerDeliveries.WithLabelValues(o)
 	}
@@ -42,7 +44,6 @@ func registerTriggerMetrics(ctx caddy.Context) error {
 	for _, o := range []string{"forwarded", "unknown_connection", "duplicate", "signature_invalid", "stale", "malformed", "partner_failed"} {
 		connectionWebhooks.WithLabelValues(o)
 	}
-	reg := ctx.GetMetricsRegistry()
 	for _, c := range []prometheus.Collector{triggerDeliveries, triggerDeliverySeconds, triggerAcks, triggerLeases, triggerNotifications, connectionWebhooks} {
 		if err := registerOrExisting(reg, c); err != nil {
 			return err

@@ -239,10 +239,11 @@ func TestTriggerDeliveryEndToEnd(t *testing.T) {
 	if n := len(rc.deliveries()); n != len(ids) {
 		t.Errorf("the partner got %d POSTs for %d messages", n, len(ids))
 	}
-	status, body = g.trgDo(http.MethodGet, "subscriptions/slack-new", "alice", "")
-	if status != http.StatusOK || trgDecode(t, body).Counts.Delivered != 5 {
-		t.Fatalf("GET: %d %s", status, body)
-	}
+	// Counted once the ack returned, a moment after Zapier marked it.
+	eventually(t, 10*time.Second, "five deliveries counted", func() bool {
+		status, body := g.trgDo(http.MethodGet, "subscriptions/slack-new", "alice", "")
+		return status == http.StatusOK && trgDecode(t, body).Counts.Delivered == 5
+	})
 	if status, _ := g.trgDo(http.MethodGet, "subscriptions/slack-new", "bob", ""); status != http.StatusNotFound {
 		t.Fatalf("bob reads alice's subscription: %d", status)
 	}
@@ -504,9 +505,10 @@ func TestTriggerSurvivesReload(t *testing.T) {
 	if d := rc.next(t); d.ID != second {
 		t.Fatalf("delivered %s after the reload", d.ID)
 	}
-	// The counts live in the loop, so they survived too.
-	_, body = g.trgDo(http.MethodGet, "subscriptions/s1", "alice", "")
-	if n := trgDecode(t, body).Counts.Delivered; n != 2 {
-		t.Fatalf("delivered count after the reload: %d", n)
-	}
+	// The counts live in the loop, so they survived too (counted once the
+	// ack is done, just after the partner's answer).
+	eventually(t, 10*time.Second, "both deliveries counted", func() bool {
+		_, body := g.trgDo(http.MethodGet, "subscriptions/s1", "alice", "")
+		return trgDecode(t, body).Counts.Delivered == 2
+	})
 }
