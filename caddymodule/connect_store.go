@@ -123,6 +123,12 @@ func (s *connectionStore) put(ctx context.Context, tenant, user string, rec conn
 	if err := s.storage.Store(ctx, connectionKey(tenant, user, rec.AppUUID), data); err != nil {
 		return nil, fmt.Errorf("storing connection: %w", err)
 	}
+	if old == nil || old.ConnectionID != rec.ConnectionID { // events for zapier_triggers (triggers_connevents.go)
+		if old != nil {
+			connectionChanged(eventConnectionDeleted, tenant, user, *old)
+		}
+		connectionChanged(eventConnectionCreated, tenant, user, rec)
+	}
 	return &rec, nil
 }
 
@@ -170,11 +176,15 @@ func (s *connectionStore) list(ctx context.Context, tenant, user string) ([]conn
 // was one.
 func (s *connectionStore) remove(ctx context.Context, tenant, user, appUUID string) (bool, error) {
 	key := connectionKey(tenant, user, appUUID)
-	if !s.storage.Exists(ctx, key) {
+	old, gerr := s.get(ctx, tenant, user, appUUID) // for the connection.deleted event
+	if gerr == nil && old == nil || gerr != nil && !s.storage.Exists(ctx, key) {
 		return false, nil
 	}
 	if err := s.storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("deleting connection: %w", err)
+	}
+	if old != nil {
+		connectionChanged(eventConnectionDeleted, tenant, user, *old) // triggers_connevents.go
 	}
 	return true, nil
 }

@@ -34,11 +34,14 @@ type trgDelivery struct {
 // POST with the reference library (not the gateway's webhooksig), answers
 // status(n) to the n-th, and hands accepted deliveries to ch.
 type trgReceiver struct {
-	url    string
-	mu     sync.Mutex
-	all    []trgDelivery
-	status func(n int) int
-	ch     chan trgDelivery
+	url string
+	// lifecycle keeps connection.created/deleted events; otherwise they
+	// are accepted and dropped (every test stores a connection first).
+	lifecycle bool
+	mu        sync.Mutex
+	all       []trgDelivery
+	status    func(n int) int
+	ch        chan trgDelivery
 }
 
 func newTrgReceiver(t *testing.T) *trgReceiver {
@@ -60,6 +63,11 @@ func newTrgReceiver(t *testing.T) *trgReceiver {
 			t.Errorf("delivery body: %v", err)
 		}
 		rc.mu.Lock()
+		if typ := d.Body["type"]; !rc.lifecycle && (typ == "connection.created" || typ == "connection.deleted") {
+			rc.mu.Unlock()
+			w.WriteHeader(http.StatusOK)
+			return
+		}
 		rc.all = append(rc.all, d)
 		status := rc.status(len(rc.all))
 		rc.mu.Unlock()
@@ -511,4 +519,28 @@ func TestTriggerSurvivesReload(t *testing.T) {
 		_, body := g.trgDo(http.MethodGet, "subscriptions/s1", "alice", "")
 		return trgDecode(t, body).Counts.Delivered == 2
 	})
+}
+
+// Storing and forgetting a connection through zapier_connect reaches the
+// partner as connection.created and connection.deleted.
+func TestTriggerConnectionLifecycleEvents(t *testing.T) {
+	rc := newTrgReceiver(t)
+	rc.mu.Lock()
+	rc.lifecycle = true
+	rc.mu.Unlock()
+	g := startTriggersGateway(t, rc)
+	conn := g.actConnect("org", "alice")
+	d := rc.next(t)
+	if d.Body["type"] != "connection.created" || d.Body["tenant"] != "org" || d.Body["user"] != "alice" ||
+		d.Body["app"] != actApp || d.Body["connection_id"] != conn || !strings.HasPrefix(d.ID, "evt_") {
+		t.Fatalf("created: %s %v", d.ID, d.Body)
+	}
+	status, _, _ := g.do(request{method: http.MethodDelete, path: "/zapier/connect/connections/" + actApp, tenant: "org", user: "alice"})
+	if status != http.StatusNoContent {
+		t.Fatalf("DELETE connection: %d", status)
+	}
+	d = rc.next(t)
+	if d.Body["type"] != "connection.deleted" || d.Body["connection_id"] != conn || d.Body["user"] != "alice" {
+		t.Fatalf("deleted: %s %v", d.ID, d.Body)
+	}
 }

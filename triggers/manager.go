@@ -947,6 +947,37 @@ func (m *Manager) Delete(ctx context.Context, id Identity, name string) error {
 	return m.cfg.Storage.Delete(ctx, key)
 }
 
+// Publish delivers an event of the gateway's own (not an inbox message)
+// in the background: Attempts POSTs with backoff, then a dead letter,
+// replayable like the others. It does nothing once the manager stopped.
+func (m *Manager) Publish(id string, who Identity, body []byte) {
+	m.mu.Lock()
+	ctx := m.ctx
+	if ctx == nil || m.stopped {
+		m.mu.Unlock()
+		return
+	}
+	m.wg.Add(1)
+	m.mu.Unlock()
+	go func() {
+		defer m.wg.Done()
+		attempts, err := m.deliver(ctx, "", id, body)
+		if err == nil {
+			return
+		}
+		// Also when shutting down: recorded, it can be replayed.
+		dl := DeadLetter{ID: id, Tenant: who.Tenant, User: who.User, Body: body, Attempts: attempts,
+			LastError: err.Error(), Created: m.cfg.Now().UTC()}
+		if serr := storeJSON(context.WithoutCancel(ctx), m.cfg.Storage, deadKey(id), dl); serr != nil {
+			m.cfg.Logger.Error("recording a dead letter; the event is lost", zap.String("webhook_id", id), zap.Error(serr))
+			return
+		}
+		m.cfg.Observer.Delivery("dead_lettered", 0)
+		m.cfg.Logger.Warn("a gateway event went to the dead letters", zap.String("identity", m.cfg.IdentityHash(who)),
+			zap.String("webhook_id", id), zap.Error(err))
+	}()
+}
+
 // DeadLetters lists the dead letters.
 func (m *Manager) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
 	return listJSON[DeadLetter](ctx, m.cfg.Storage, deadPrefix)

@@ -666,3 +666,41 @@ func TestEventsStreamWakesTheLoop(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// chanObserver hands every delivery outcome to a channel.
+type chanObserver chan string
+
+func (c chanObserver) Delivery(outcome string, _ time.Duration) { c <- outcome }
+func (chanObserver) Ack(string)                                 {}
+func (chanObserver) Lease(string)                               {}
+
+func TestPublishDeliversOrDeadLetters(t *testing.T) {
+	outcomes := make(chanObserver, 100)
+	e := newEnv(t, func(c *Config) { c.Observer = outcomes })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e.mgr.Start(ctx)
+	e.mgr.Publish("evt_1", e.id, []byte(`{"type":"connection.created"}`))
+	if o := <-outcomes; o != "delivered" {
+		t.Fatalf("first publication: %s", o)
+	}
+	if d := e.recv.all(); len(d) != 1 || d[0].ID != "evt_1" || d[0].Body["type"] != "connection.created" {
+		t.Fatalf("published: %+v", d)
+	}
+	e.recv.setStatus(func(int) int { return http.StatusBadGateway })
+	e.mgr.Publish("evt_2", e.id, []byte(`{"type":"connection.deleted"}`))
+	for range e.mgr.cfg.Attempts {
+		if o := <-outcomes; o != "failed" {
+			t.Fatalf("outcome %s, want failed", o)
+		}
+	}
+	e.mgr.Stop() // waits for the dead letter to be recorded
+	dls, err := e.mgr.DeadLetters(context.Background())
+	if err != nil || len(dls) != 1 || dls[0].ID != "evt_2" || dls[0].User != "alice" || dls[0].Attempts != e.mgr.cfg.Attempts {
+		t.Fatalf("dead letters: %+v %v", dls, err)
+	}
+	e.mgr.Publish("evt_3", e.id, []byte(`{}`)) // after Stop: nothing
+	if n := len(e.recv.all()); n != 1+e.mgr.cfg.Attempts {
+		t.Fatalf("%d POSTs", n)
+	}
+}
