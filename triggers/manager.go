@@ -32,7 +32,9 @@ const (
 	DefaultBackoffMax    = time.Minute
 	DefaultDrainInterval = 5 * time.Minute
 	DefaultMaxConcurrent = 8
-	DefaultLockWait      = 2 * time.Second
+	// DefaultLockWait is above the 2s after which Caddy's file storage
+	// treats an empty lock file (its holder died mid-update) as stale.
+	DefaultLockWait = 3 * time.Second
 )
 
 // Config configures a Manager.
