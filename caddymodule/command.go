@@ -21,7 +21,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "zapier",
-		Usage: "status|rotate|purge|deliveries [--address <admin>] [--config <path> [--adapter <name>]]",
+		Usage: "status|rotate|purge|deliveries|webhooks [--address <admin>] [--config <path> [--adapter <name>]]",
 		Short: "Shows and operates the zapier app of a running Caddy",
 		Long: `
 Calls the zapier routes of a running Caddy's admin API:
@@ -30,6 +30,7 @@ Calls the zapier routes of a running Caddy's admin API:
   caddy zapier rotate [--immediate]          publish a next signing key (or make one sign now)
   caddy zapier purge [--tenant T --user U]   drop one identity's access token, or all of them
   caddy zapier deliveries [--replay ID]      trigger events the partner never accepted; replay one
+  caddy zapier webhooks register|list|test|delete   connection-webhook registrations at Zapier
 
 The admin address is --address, else the one in --config, else ` + caddy.DefaultAdminListen + `.
 No command ever prints a token. The exit status is non-zero when the call failed.`,
@@ -68,7 +69,7 @@ use it when a private key may have leaked.`,
 			purge.Flags().String("tenant", "", "Tenant id of the identity to purge")
 			purge.Flags().String("user", "", "User id of the identity to purge")
 
-			cmd.AddCommand(status, rotate, purge, deliveriesCommand()) // deliveries: triggers_admin.go
+			cmd.AddCommand(status, rotate, purge, deliveriesCommand(), webhooksCommand()) // triggers_admin.go, triggers_webhooks_cmd.go
 		},
 	})
 }

@@ -544,3 +544,35 @@ func TestTriggerConnectionLifecycleEvents(t *testing.T) {
 		t.Fatalf("deleted: %s %v", d.ID, d.Body)
 	}
 }
+
+// caddy zapier webhooks manages the registrations at Zapier (the fake).
+func TestTriggerWebhooksCommand(t *testing.T) {
+	fake := fakezapier.New(fakezapier.Config{ClientID: testClientID, ClientSecret: testSecret})
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	fake.SetConnectionWebhooksToken("hooks-token", false)
+	env := []string{"ZAPIER_WEBHOOKS_TOKEN=hooks-token"}
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := runCaddy(t, env, append([]string{"zapier", "webhooks"}, append(args, "--api-url", srv.URL)...)...)
+		if err != nil {
+			t.Fatalf("caddy zapier webhooks %s: %v\n%s", args[0], err, out)
+		}
+		return out
+	}
+	out := run("register", "--callback-url", "https://app.example.com/zapier/triggers/connection-webhooks")
+	if !strings.Contains(out, "Secret (shown once") || !strings.Contains(out, "whsec_") {
+		t.Fatalf("register: %s", out)
+	}
+	id := strings.Fields(strings.TrimPrefix(out, "Registered "))[0]
+	if out := run("list"); !strings.Contains(out, id) || strings.Contains(out, "whsec_") {
+		t.Fatalf("list: %s", out)
+	}
+	run("delete", "--id", id)
+	if out := run("list"); !strings.Contains(out, "No registrations.") {
+		t.Fatalf("list after delete: %s", out)
+	}
+	if out, err := runCaddy(t, []string{"ZAPIER_WEBHOOKS_TOKEN=wrong"}, "zapier", "webhooks", "list", "--api-url", srv.URL); err == nil || strings.Contains(out, "wrong") { // refused, and the token never printed
+		t.Fatalf("a wrong token: %v %s", err, out)
+	}
+}

@@ -40,8 +40,9 @@ type inboxState struct {
 	acks       int // messages acked
 	releases   int // messages released
 	notified   []InboxNotification
-	wg         sync.WaitGroup // notification POSTs in flight
-	streams    inboxStreams   // events streams (inbox_events.go); own lock
+	wg         sync.WaitGroup    // notification POSTs in flight
+	streams    inboxStreams      // events streams (inbox_events.go); own lock
+	connHooks  connWebhooksState // connection webhooks registration (connwebhooks.go); own lock
 }
 
 type fakeInbox struct {

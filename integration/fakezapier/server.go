@@ -239,6 +239,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveAPI(w, r)
 	case strings.HasPrefix(p, "/trigger-inbox/"):
 		s.serveInbox(w, r) // inbox.go
+	case strings.HasPrefix(p, "/connections/v1/"):
+		s.serveConnWebhooks(w, r) // connwebhooks.go
 	case strings.HasPrefix(p, "/to/"):
 		s.serveConnectUI(w, r)
 	case p == "/healthz":
