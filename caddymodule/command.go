@@ -21,7 +21,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "zapier",
-		Usage: "status|rotate|keys revoke|purge [--address <admin>] [--config <path> [--adapter <name>]]",
+		Usage: "status|rotate|keys revoke|purge|deliveries|webhooks [--address <admin>] [--config <path> [--adapter <name>]]",
 		Short: "Shows and operates the zapier app of a running Caddy",
 		Long: `
 Calls the zapier routes of a running Caddy's admin API:
@@ -30,6 +30,8 @@ Calls the zapier routes of a running Caddy's admin API:
   caddy zapier rotate [--immediate]          publish a next signing key (or make one sign now)
   caddy zapier keys revoke <kid>             remove a leaked key from the JWKS now, purge every token
   caddy zapier purge [--tenant T --user U]   drop one identity's access token, or all of them
+  caddy zapier deliveries [--replay ID]      trigger events the partner never accepted; replay one
+  caddy zapier webhooks register|list|test|delete   connection-webhook registrations at Zapier
 
 The admin address is --address, else the one in --config, else ` + caddy.DefaultAdminListen + `.
 No command ever prints a token. The exit status is non-zero when the call failed.`,
@@ -80,7 +82,7 @@ it was signing, and purges every cached access token, the Redis tier's too.`,
 				RunE: caddycmd.WrapCommandFuncForCobra(cmdZapierRevoke),
 			})
 
-			cmd.AddCommand(status, rotate, keys, purge)
+			cmd.AddCommand(status, rotate, keys, purge, deliveriesCommand(), webhooksCommand()) // triggers_admin.go, triggers_webhooks_cmd.go
 		},
 	})
 }

@@ -15,6 +15,9 @@ func (h *Connect) serveList(w http.ResponseWriter, r *http.Request, key tokencac
 	if err != nil {
 		return failConnect(w, r, err)
 	}
+	for i := range recs {
+		recs[i] = recs[i].public()
+	}
 	writeConnectJSON(w, http.StatusOK, struct {
 		Data []connectionRecord `json:"data"`
 	}{recs})
@@ -33,7 +36,7 @@ func (h *Connect) serveGet(w http.ResponseWriter, r *http.Request, key tokencach
 	if rec == nil {
 		return failConnect(w, r, errNoConnection(ids))
 	}
-	writeConnectJSON(w, http.StatusOK, rec)
+	writeConnectJSON(w, http.StatusOK, rec.public())
 	return nil
 }
 

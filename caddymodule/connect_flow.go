@@ -212,7 +212,7 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	writeConnectJSON(w, http.StatusOK, rec)
+	writeConnectJSON(w, http.StatusOK, rec.public())
 	return nil
 }
 

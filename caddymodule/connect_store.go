@@ -69,6 +69,9 @@ type connectionRecord struct {
 	Title        string    `json:"title,omitempty"`
 	Created      time.Time `json:"created"`
 	LastVerified time.Time `json:"last_verified"`
+	// Owner is (tenant, user), sealed (connect_owner.go): connection
+	// webhooks name only the connection.
+	Owner string `json:"owner,omitempty"`
 }
 
 // connectionStore keeps one record per (tenant, user, app) in Caddy
@@ -133,6 +136,9 @@ func (s *connectionStore) put(ctx context.Context, tenant, user string, rec conn
 	if old != nil && old.ConnectionID == rec.ConnectionID && !old.Created.IsZero() {
 		rec.Created = old.Created
 	}
+	if err := s.sealOwner(ctx, &rec, tenant, user); err != nil {
+		return nil, fmt.Errorf("sealing the connection's owner: %w", err)
+	}
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return nil, fmt.Errorf("encoding connection: %w", err)
@@ -143,6 +149,12 @@ func (s *connectionStore) put(ctx context.Context, tenant, user string, rec conn
 	}
 	if err := s.storage.Store(ctx, key, data); err != nil {
 		return nil, fmt.Errorf("storing connection: %w", err)
+	}
+	if old == nil || old.ConnectionID != rec.ConnectionID { // events for zapier_triggers (triggers_connevents.go)
+		if old != nil {
+			connectionChanged(eventConnectionDeleted, tenant, user, *old)
+		}
+		connectionChanged(eventConnectionCreated, tenant, user, rec)
 	}
 	return &rec, nil
 }
@@ -204,11 +216,15 @@ func (s *connectionStore) remove(ctx context.Context, tenant, user, appUUID stri
 	if _, err := s.migrate(ctx, legacyConnectionKey(tenant, user, appUUID), key); err != nil {
 		return false, err
 	}
+	old, _ := s.get(ctx, tenant, user, appUUID) // for the connection.deleted event
 	if !s.storage.Exists(ctx, key) {
 		return false, nil
 	}
 	if err := s.storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("deleting connection: %w", err)
+	}
+	if old != nil {
+		connectionChanged(eventConnectionDeleted, tenant, user, *old) // triggers_connevents.go
 	}
 	return true, nil
 }

@@ -198,6 +198,7 @@ type Server struct {
 	calls      callCounter   // CallCounts (counts.go)
 	apiLatency atomic.Int64  // SetAPILatency, in ns
 	cb         callbackState // action-run callbacks (callbacks.go)
+	inbox      inboxState    // Trigger Inbox (inbox.go)
 }
 
 type identity struct{ tenant, user string }
@@ -240,6 +241,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveMCP(w, r)
 	case p == "/v2" || strings.HasPrefix(p, "/v2/"):
 		s.serveAPI(w, r)
+	case strings.HasPrefix(p, "/trigger-inbox/"):
+		s.serveInbox(w, r) // inbox.go
+	case strings.HasPrefix(p, "/connections/v1/"):
+		s.serveConnWebhooks(w, r) // connwebhooks.go
 	case strings.HasPrefix(p, "/to/"):
 		s.serveConnectUI(w, r)
 	case p == "/healthz":

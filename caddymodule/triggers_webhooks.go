@@ -1,0 +1,174 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"path"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
+
+	"github.com/zapgate/caddy-zapier/webhooksig"
+)
+
+const (
+	maxWebhookBody = 1 << 20
+	// seenWebhooksPrefix remembers Zapier's webhook-ids already forwarded,
+	// for seenWebhookRetention (zapier-api-2026.md §7 #24: at least 24h).
+	seenWebhooksPrefix   = "zapier/events/connection-webhooks"
+	seenWebhookRetention = 48 * time.Hour
+)
+
+// webhookSeen de-duplicates Zapier's connection webhooks by webhook-id in
+// Caddy storage, so every gateway sharing it forwards a delivery once.
+type webhookSeen struct {
+	storage certmagic.Storage
+	now     func() time.Time
+	sweeper sweeper
+}
+
+func (s *webhookSeen) key(id string) string { return path.Join(seenWebhooksPrefix, storageKeyPart(id)) }
+
+func (s *webhookSeen) seen(ctx context.Context, id string) bool {
+	return s.storage.Exists(ctx, s.key(id))
+}
+
+func (s *webhookSeen) mark(ctx context.Context, id string) {
+	_ = s.storage.Store(ctx, s.key(id), []byte(s.now().UTC().Format(time.RFC3339)))
+	s.sweeper.maybe(context.WithoutCancel(ctx), s.now(), time.Hour, func(ctx context.Context) {
+		keys, err := s.storage.List(ctx, seenWebhooksPrefix, false)
+		if err != nil {
+			return
+		}
+		cutoff := s.now().Add(-seenWebhookRetention)
+		for _, k := range keys {
+			if info, err := s.storage.Stat(ctx, k); err == nil && info.Modified.Before(cutoff) {
+				_ = s.storage.Delete(ctx, k)
+			}
+		}
+	})
+}
+
+// connectionEvent is what the partner receives for a connection webhook.
+type connectionEvent struct {
+	Type         string          `json:"type"`
+	Tenant       string          `json:"tenant"`
+	User         string          `json:"user"`
+	App          string          `json:"app"`
+	ConnectionID string          `json:"connection_id"`
+	ExpiresAt    string          `json:"expires_at,omitempty"`
+	Test         bool            `json:"test,omitempty"`
+	ZapierType   string          `json:"zapier_type"`
+	Data         json.RawMessage `json:"data,omitempty"`
+}
+
+// serveConnectionWebhook verifies a connection webhook from Zapier (raw
+// body, timestamp tolerance, webhook-id de-duplication), maps the
+// connection to its user, and forwards it to deliver_to under the same
+// webhook-id, re-signed with signing_secret. An unknown connection is
+// acknowledged and logged, never forwarded. When the partner fails, Zapier
+// gets a 502 and retries.
+func (h *Triggers) serveConnectionWebhook(w http.ResponseWriter, r *http.Request) error {
+	if h.verifier == nil {
+		writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found", Message: "connection webhooks are not configured (connection_webhook_secret)"})
+		return nil
+	}
+	if !connectMethodAllowed(w, r, http.MethodPost) {
+		return nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWebhookBody))
+	if err != nil {
+		connectionWebhooks.WithLabelValues("malformed").Inc()
+		writeError(w, badRequest("the body is too large or unreadable"))
+		return nil
+	}
+	id, err := h.verifier.Verify(body, r.Header)
+	if err != nil {
+		outcome := "signature_invalid"
+		if errors.Is(err, webhooksig.ErrTooOld) || errors.Is(err, webhooksig.ErrTooNew) {
+			outcome = "stale"
+		}
+		connectionWebhooks.WithLabelValues(outcome).Inc()
+		h.logger.Info("refused a connection webhook", zap.String("reason", outcome), zap.String("remote", r.RemoteAddr))
+		writeError(w, &apiError{Status: http.StatusUnauthorized, Code: "signature_invalid",
+			Message: "the Standard Webhooks signature is missing, wrong or outside the timestamp tolerance"})
+		return nil
+	}
+	ctx := r.Context()
+	ok := func(status string) {
+		writeConnectJSON(w, http.StatusOK, struct {
+			Status string `json:"status"`
+		}{status})
+	}
+	if h.seen.seen(ctx, id) {
+		connectionWebhooks.WithLabelValues("duplicate").Inc()
+		ok("duplicate")
+		return nil
+	}
+	var in struct {
+		Type      string          `json:"type"`
+		ExpiresAt string          `json:"expires_at"`
+		Data      json.RawMessage `json:"data"`
+	}
+	var data map[string]json.RawMessage
+	if json.Unmarshal(body, &in) != nil || in.Type == "" || json.Unmarshal(in.Data, &data) != nil {
+		connectionWebhooks.WithLabelValues("malformed").Inc()
+		writeError(w, badRequest("expected {\"type\",\"data\":{…}}"))
+		return nil
+	}
+	var connID string
+	for _, field := range []string{"connection_id", "authentication_id", "id"} {
+		if v, found := idStringField(data[field]); found {
+			connID = v
+			break
+		}
+	}
+	owner, err := h.conns.store.owner(ctx, connID) // connect_owner.go
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if connID == "" || owner == nil {
+		connectionWebhooks.WithLabelValues("unknown_connection").Inc()
+		h.logger.Info("a connection webhook for a connection no user stored; acknowledged, not forwarded",
+			zap.String("type", in.Type), zap.String("webhook_id", id))
+		h.seen.mark(ctx, id)
+		ok("unknown_connection")
+		return nil
+	}
+	typ := in.Type
+	if typ == "connection.expiry_scheduled" {
+		typ = "connection.expiring"
+	}
+	out, _ := json.Marshal(connectionEvent{Type: typ, Tenant: owner.tenant, User: owner.user, App: owner.rec.App,
+		ConnectionID: connID, ExpiresAt: in.ExpiresAt, Test: r.Header.Get("webhook-test") == "true", ZapierType: in.Type, Data: in.Data})
+	if err := h.sender.Send(ctx, id, out); err != nil {
+		connectionWebhooks.WithLabelValues("partner_failed").Inc()
+		h.logger.Warn("forwarding a connection webhook to deliver_to failed; Zapier will retry",
+			zap.String("identity", identityHash(owner.tenant, owner.user)), zap.Error(err))
+		writeError(w, &apiError{Status: http.StatusBadGateway, Code: "delivery_failed", Message: "the partner did not accept the event; retry later"})
+		return nil
+	}
+	h.seen.mark(ctx, id)
+	connectionWebhooks.WithLabelValues("forwarded").Inc()
+	ok("forwarded")
+	return nil
+}
+
+// idStringField reads an id that may be a JSON string or number.
+func idStringField(raw json.RawMessage) (string, bool) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil && s != "" {
+		return s, true
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil && n != "" {
+		return n.String(), true
+	}
+	return "", false
+}

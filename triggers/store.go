@@ -1,0 +1,130 @@
+package triggers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"time"
+)
+
+// Storage is the part of certmagic.Storage the manager uses, so Caddy's
+// storage (file system, Redis, …) plugs in as is and sidecars sharing it
+// share subscriptions, dead letters and drain locks.
+type Storage interface {
+	Store(ctx context.Context, key string, value []byte) error
+	Load(ctx context.Context, key string) ([]byte, error) // fs.ErrNotExist when missing
+	Delete(ctx context.Context, key string) error
+	List(ctx context.Context, prefix string, recursive bool) ([]string, error)
+	Lock(ctx context.Context, name string) error
+	Unlock(ctx context.Context, name string) error
+}
+
+// Storage layout.
+const (
+	subsPrefix  = "zapier/triggers/subscriptions" // /<tenant>/<user>/<name>
+	deadPrefix  = "zapier/triggers/dead-letters"  // /<message id>
+	locksPrefix = "zapier/triggers/drain"         // lock names
+)
+
+var keyPartEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
+
+// keyPart encodes any id as one safe storage key part (the scheme of the
+// gateway's connection store: "b" + base32, or "h" + sha256 when long).
+func keyPart(id string) string {
+	if enc := keyPartEncoding.EncodeToString([]byte(id)); len(enc) < 100 {
+		return "b" + enc
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "h" + hex.EncodeToString(sum[:])
+}
+
+// Record is a subscription as stored.
+type Record struct {
+	Tenant       string          `json:"tenant"`
+	User         string          `json:"user"`
+	Name         string          `json:"name"`
+	App          string          `json:"app"`     // Zapier's app key (Connect implementation id)
+	Trigger      string          `json:"trigger"` // the trigger's action key
+	Inputs       json.RawMessage `json:"inputs"`
+	ConnectionID string          `json:"connection_id,omitempty"`
+	InboxID      string          `json:"inbox_id"`
+	InboxKey     string          `json:"inbox_key"`
+	// Status is active or paused; PausedBy is "user" when paused through
+	// the gateway, "zapier" when Zapier paused it (PausedReason says why).
+	Status       string    `json:"status"`
+	PausedReason string    `json:"paused_reason,omitempty"`
+	PausedBy     string    `json:"paused_by,omitempty"`
+	Created      time.Time `json:"created"`
+	Updated      time.Time `json:"updated"`
+}
+
+// Identity of the record's user.
+func (r *Record) Identity() Identity { return Identity{Tenant: r.Tenant, User: r.User} }
+
+func subKey(id Identity, name string) string {
+	return path.Join(subsPrefix, keyPart(id.Tenant), keyPart(id.User), keyPart(name))
+}
+
+func loadJSON[T any](ctx context.Context, s Storage, key string) (*T, error) {
+	data, err := s.Load(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading %s: %w", path.Dir(key), err)
+	}
+	v := new(T)
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", path.Dir(key), err)
+	}
+	return v, nil
+}
+
+func storeJSON(ctx context.Context, s Storage, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return s.Store(ctx, key, data)
+}
+
+// listJSON loads every record under prefix (recursively).
+func listJSON[T any](ctx context.Context, s Storage, prefix string) ([]T, error) {
+	keys, err := s.List(ctx, prefix, true)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	for _, k := range keys {
+		v, err := loadJSON[T](ctx, s, k)
+		if err != nil || v == nil {
+			continue // a directory, a temporary file, or deleted meanwhile
+		}
+		out = append(out, *v)
+	}
+	return out, nil
+}
+
+// DeadLetter is a message the partner never accepted: the exact body
+// delivered, under its webhook-id, replayable.
+type DeadLetter struct {
+	ID           string          `json:"id"` // Zapier's message id = webhook-id
+	Tenant       string          `json:"tenant"`
+	User         string          `json:"user"`
+	Subscription string          `json:"subscription"`
+	Body         json.RawMessage `json:"body"`
+	Attempts     int             `json:"attempts"`
+	LastError    string          `json:"last_error"`
+	Created      time.Time       `json:"created"`
+}
+
+func deadKey(msgID string) string { return path.Join(deadPrefix, keyPart(msgID)) }
