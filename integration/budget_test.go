@@ -98,7 +98,7 @@ func TestBudgetShedsInsteadOfDrawingA429(t *testing.T) {
 // tenant gets at least as much as the heavy one (its whole demand when that
 // is less than half), and only the heavy tenant's excess is shed.
 func TestBudgetIsFairAcrossTenants(t *testing.T) {
-	g := startGateway(t, gatewayOptions{budget: "api_budget {\n\t\t\tper_ip 10/1s\n\t\t\tmax_wait 2s\n\t\t}",
+	g := startGateway(t, gatewayOptions{budget: "api_budget {\n\t\t\tper_ip 10/1s\n\t\t\tmax_wait 4s\n\t\t}",
 		fake: fakezapier.Config{RateLimits: &testRateLimits}})
 	for _, tenant := range []string{"heavy", "light"} {
 		for u := range 5 {
