@@ -227,19 +227,7 @@ func (h *Actions) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // withIdentity checks the method, then reads the identity exactly as
 // zapier_auth does (same refusals, same metric and log).
 func (h *Actions) withIdentity(w http.ResponseWriter, r *http.Request, method string, next identityHandler) error {
-	if !connectMethodAllowed(w, r, method) {
-		return nil
-	}
-	tenant, user, ierr := h.rules.extract(r)
-	if ierr != nil {
-		refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
-		return nil
-	}
-	key := tokencache.Key{Tenant: tenant, User: user}
-	if !h.app.allowEndUser(w, key) { // ratelimit.go
-		return nil
-	}
-	return next(w, r, key)
+	return serveWithIdentity(w, r, h.app, h.rules, h.logger, []string{method}, true, next)
 }
 
 // actionRequest is the body of POST inputs.

@@ -170,16 +170,25 @@ type identityHandler func(w http.ResponseWriter, r *http.Request, key tokencache
 // withIdentity checks the method, then reads the identity exactly as
 // zapier_auth does (same refusals, same metric and log).
 func (h *Connect) withIdentity(w http.ResponseWriter, r *http.Request, method string, next identityHandler) error {
-	if !connectMethodAllowed(w, r, method) {
+	return serveWithIdentity(w, r, h.app, h.rules, h.logger, []string{method}, true, next)
+}
+
+// serveWithIdentity is how every end-user route starts: it checks the
+// method, reads the identity exactly as zapier_auth does (same refusals,
+// same metric and log), applies the end-user rate limit when limited
+// (ratelimit.go), and calls next with the identity.
+func serveWithIdentity(w http.ResponseWriter, r *http.Request, app *App, rules identityRules, logger *zap.Logger,
+	methods []string, limited bool, next identityHandler) error {
+	if !connectMethodAllowed(w, r, methods...) {
 		return nil
 	}
-	tenant, user, ierr := h.rules.extract(r)
+	tenant, user, ierr := rules.extract(r)
 	if ierr != nil {
-		refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
+		refuseIdentity(w, r, app.metrics, logger, ierr)
 		return nil
 	}
 	key := tokencache.Key{Tenant: tenant, User: user}
-	if !h.app.allowEndUser(w, key) { // ratelimit.go
+	if limited && !app.allowEndUser(w, key) {
 		return nil
 	}
 	return next(w, r, key)

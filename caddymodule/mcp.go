@@ -212,16 +212,11 @@ func (h *MCP) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Hand
 	return nil
 }
 
+// withIdentity serves an MCP route for the caller's identity. The end-user
+// rate limit does not apply: an agent's MCP traffic is chatty by nature
+// (a message per request), and tool calls have their own cap.
 func (h *MCP) withIdentity(w http.ResponseWriter, r *http.Request, methods []string, next identityHandler) error {
-	if !connectMethodAllowed(w, r, methods...) {
-		return nil
-	}
-	tenant, user, ierr := h.rules.extract(r)
-	if ierr != nil {
-		refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
-		return nil
-	}
-	return next(w, r, tokencache.Key{Tenant: tenant, User: user})
+	return serveWithIdentity(w, r, h.app, h.rules, h.logger, methods, false, next)
 }
 
 func mcpIdentity(key tokencache.Key) mcpgateway.Identity {

@@ -359,15 +359,7 @@ func (h *Triggers) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 }
 
 func (h *Triggers) withIdentity(w http.ResponseWriter, r *http.Request, methods []string, next identityHandler) error {
-	if !connectMethodAllowed(w, r, methods...) {
-		return nil
-	}
-	tenant, user, ierr := h.rules.extract(r)
-	if ierr != nil {
-		refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
-		return nil
-	}
-	return next(w, r, tokencache.Key{Tenant: tenant, User: user})
+	return serveWithIdentity(w, r, h.app, h.rules, h.logger, methods, true, next)
 }
 
 // subscriptionRequest is the body of PUT subscriptions/{name}.
