@@ -68,11 +68,11 @@ func (b *Budget) dispatch() {
 			continue
 		}
 		now = b.clock.Now()
-		w := b.queue.pop()
-		if w == nil { // the waiter left while the store answered: its slots are lost, conservatively
+		if b.queue.peek() != head { // the head left while the store answered: its slots are lost, conservatively
 			b.mu.Unlock()
 			continue
 		}
+		w := b.queue.pop()
 		b.takeLocal(now, w.units)
 		w.ready <- nil
 		b.mu.Unlock()
