@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -122,17 +123,21 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 		cfg := budget.Config{PerIP: perIP, Partner: partner, MaxWait: time.Duration(*c.MaxWait), Burst: burst, Observer: budgetObserver{}}
 		p := new(pooledBudget)
 		if redisURL != "" {
-			p.redis, err = sharedtokens.NewClient(redisURL, redisTimeout)
+			client, err := sharedtokens.NewClient(redisURL, redisTimeout)
 			if err != nil {
 				return nil, fmt.Errorf("zapier: api_budget: %w", err)
 			}
+			p.redis = client
 			// One partner limit per Zapier client: partners sharing a
 			// Redis do not share a budget.
-			cfg.Shared = budget.NewRedisShared(p.redis, redisPrefixOr(redisPrefix)+hashHex(a.ClientID)[:16]+":")
-			cfg.SharedTimeout = cmpDuration(redisTimeout, sharedtokens.DefaultTimeout)
+			cfg.Shared = budget.NewRedisShared(client, cmp.Or(redisPrefix, sharedtokens.DefaultPrefix)+hashHex(a.ClientID)[:16]+":")
+			cfg.SharedTimeout = cmp.Or(redisTimeout, sharedtokens.DefaultTimeout)
 		}
 		b, err := budget.New(cfg)
 		if err != nil {
+			if p.redis != nil {
+				_ = p.redis.Close()
+			}
 			return nil, fmt.Errorf("zapier: api_budget: %w", err)
 		}
 		p.Budget = b
@@ -149,20 +154,6 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 func hashHex(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])
-}
-
-func redisPrefixOr(p string) string {
-	if p == "" {
-		return sharedtokens.DefaultPrefix
-	}
-	return p
-}
-
-func cmpDuration(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
 }
 
 func (a *App) cleanupBudget() error {

@@ -95,21 +95,32 @@ func observeAPICall(method, path string, code int) {
 }
 
 // apiEndpoint reduces an API path to a pattern with a bounded set of
-// values: known resources and sub-resources are kept, ids become {id}.
+// values: known resources and sub-resources are kept, ids become {id}. It
+// runs for every proxied request, so it walks the path without splitting it.
 func apiEndpoint(path string) string {
-	segs := strings.Split(strings.Trim(path, "/"), "/")
-	if len(segs) < 2 || segs[0] != "v2" || !apiResources[segs[1]] {
+	rest := strings.Trim(path, "/")
+	version, rest, _ := strings.Cut(rest, "/")
+	resource, rest, _ := strings.Cut(rest, "/")
+	if version != "v2" || !apiResources[resource] {
 		return "other"
 	}
-	out := segs[:2]
-	for _, s := range segs[2:min(len(segs), 6)] {
-		if apiSubResources[s] {
-			out = append(out, s)
+	if rest == "" {
+		return "/v2/" + resource
+	}
+	var b strings.Builder
+	b.WriteString("/v2/")
+	b.WriteString(resource)
+	for n := 0; rest != "" && n < 4; n++ {
+		var seg string
+		seg, rest, _ = strings.Cut(rest, "/")
+		b.WriteByte('/')
+		if apiSubResources[seg] {
+			b.WriteString(seg)
 		} else {
-			out = append(out, "{id}")
+			b.WriteString("{id}")
 		}
 	}
-	return "/" + strings.Join(out, "/")
+	return b.String()
 }
 
 var (

@@ -495,3 +495,9 @@ func TestStatusIsPrintedForPeople(t *testing.T) {
 		t.Errorf("next key line %q should show - for retires and deleted", f)
 	}
 }
+
+// tracedHTTPClient is a client over zapierTransport without the request
+// budget (the App's client adds it: budget.go).
+func tracedHTTPClient() *http.Client {
+	return &http.Client{Transport: zapierTransport()}
+}

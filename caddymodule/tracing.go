@@ -118,9 +118,3 @@ func annotateLookup(ctx context.Context, res tokencache.Result) {
 var zapierTransport = sync.OnceValue(func() http.RoundTripper {
 	return otelhttp.NewTransport(zapierapi.NewTransport(), otelhttp.WithPropagators(autoprop.NewTextMapPropagator()))
 })
-
-// tracedHTTPClient is a client over zapierTransport without the request
-// budget (the App's client adds it: budget.go).
-func tracedHTTPClient() *http.Client {
-	return &http.Client{Transport: zapierTransport()}
-}
