@@ -123,7 +123,7 @@ test: build vet test-deps
 	$(GO) test -count=1 -run 'Allocs|Bounded' ./tokencache/ ./jwks/ ./caddymodule/
 	log="$(BUILD_DIR)/integration.log"
 	$(GO) test -race -count=1 -v -timeout 15m ./integration/ 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
-	if ! grep -q '^ok' "$$log"; then echo "integration tests failed (full log: $$log)"; tail -80 "$$log"; exit 1; fi
+	if ! grep -q '^ok' "$$log"; then echo "integration tests failed (full log: $$log)"; awk -f .ci/failed-tests.awk "$$log" | cut -c1-2000 | tail -200; exit 1; fi
 	if grep -q -- '--- SKIP' "$$log"; then echo "integration tests were skipped:"; grep -- '--- SKIP' "$$log"; exit 1; fi
 	echo "integration: $$(grep -c -- '--- PASS' "$$log") passed, none skipped"
 
