@@ -559,7 +559,7 @@ func (r *results) markdown() string {
 	return b.String()
 }
 
-// mainTable is the comparison (medians), also pasted into the README.
+// mainTable is the comparison (medians), also pasted into docs/performance.md.
 func (r *results) mainTable() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "| median of %d rounds |", r.roundsPer())

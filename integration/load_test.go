@@ -72,7 +72,7 @@ func runLoad(ctx context.Context, clients int, identity func(c, n int) (string, 
 // SO_REUSEPORT listener to its successor (net.ipv4.tcp_migrate_req). Caddy
 // binds a new socket per config and closes the old one after a reload;
 // without this, a connection that lands on the old socket in that instant
-// is reset. See the README's operations section.
+// is reset. See docs/operations.md.
 func enableReloadMigration(t *testing.T) {
 	const knob = "/proc/sys/net/ipv4/tcp_migrate_req"
 	if b, err := os.ReadFile(knob); err == nil && strings.TrimSpace(string(b)) == "1" {
