@@ -73,9 +73,9 @@
       $("who-tenant").textContent = res.data.tenant;
       $("who").hidden = false;
       $("integrations").hidden = false;
-      showRedirectOutcome();
       return fetch("/apps.json").then(function (r) { return r.json(); }).then(function (c) {
         catalog = c.apps;
+        showRedirectOutcome();
         return loadConnections();
       });
     }, function () {
@@ -148,7 +148,7 @@
   function renderConnection(app, c) {
     var id = c.id || c.connection_id;
     var meta = ["connection " + id];
-    if (c.created) meta.push("created " + c.created);
+    if (c.created) meta.push("created " + new Date(c.created).toLocaleString());
     var status = c.status ? el("span", {className: "status" + (c.status === "valid" || c.status === "active" ? "" : " bad"), text: c.status}) : null;
     var disconnect = el("button", {className: "disconnect", text: "Disconnect"});
     disconnect.addEventListener("click", function () { disconnectOne(app, c); });
