@@ -83,7 +83,8 @@ demo: build fake
 	export ZAPIER_GATEWAY_PORT="$(GATEWAY_PORT)" DEMO_PORT="$(DEMO_PORT)" DEMO_GATEWAY="127.0.0.1:$(GATEWAY_PORT)"
 	export DEMO_PARTNER="$(PARTNER_ADDR)" DEMO_SITE="$(ROOT)/demo/site"
 	# The browser reaches the Connect callback through the partner's ingress.
-	export ZAPIER_CALLBACK_URL="http://localhost:$(DEMO_PORT)/zapier/connect/callback" ZAPIER_RETURN_ORIGIN="http://localhost:$(DEMO_PORT)"
+	export ZAPIER_CALLBACK_URL="$${ZAPIER_CALLBACK_URL:-http://localhost:$(DEMO_PORT)/zapier/connect/callback}"
+	export ZAPIER_RETURN_ORIGIN="$${ZAPIER_RETURN_ORIGIN:-http://localhost:$(DEMO_PORT)}"
 	pids=""
 	trap 'kill $$pids 2>/dev/null || true' EXIT
 	if [ -z "$${ZAPIER_CLIENT_ID:-}" ]; then
