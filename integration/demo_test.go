@@ -295,3 +295,42 @@ func TestDemoIngressTakesTheIdentityFromTheSession(t *testing.T) {
 		t.Errorf("GET /identity through the ingress: %s, want 404", s)
 	}
 }
+
+// `make -f xcaddy.mk demo` runs the built Caddy on demo/Caddyfile as it is,
+// its import of Caddyfile.example included (which the tests above replace
+// with the harness's gateway): it must adapt to the ingress on DEMO_PORT,
+// deleting the browser's identity headers before anything else, beside the
+// gateway on ZAPIER_GATEWAY_PORT.
+func TestDemoCaddyfileImportsTheGateway(t *testing.T) {
+	out, err := runCaddy(t, []string{"ZAPIER_CLIENT_ID=demo-client", "ZAPIER_CLIENT_SECRET=demo-secret",
+		"ZAPIER_GATEWAY_PORT=8081", "DEMO_PORT=8080"}, "adapt", "--config", filepath.Join("..", "demo", "Caddyfile"))
+	if err != nil {
+		t.Fatalf("caddy adapt demo/Caddyfile: %v\n%s", err, out)
+	}
+	var cfg struct {
+		Apps struct {
+			Zapier json.RawMessage `json:"zapier"`
+			HTTP   struct {
+				Servers map[string]struct {
+					Listen []string          `json:"listen"`
+					Routes []json.RawMessage `json:"routes"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	// adapt prints warnings before the JSON.
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "\n{")+1:]), &cfg); err != nil {
+		t.Fatalf("decoding %s: %v", out, err)
+	}
+	listens := map[string][]json.RawMessage{}
+	for _, srv := range cfg.Apps.HTTP.Servers {
+		listens[strings.Join(srv.Listen, ",")] = srv.Routes
+	}
+	ingress, ok := listens[":8080"]
+	if _, gw := listens[":8081"]; !ok || !gw || len(cfg.Apps.Zapier) == 0 || len(listens) != 2 {
+		t.Fatalf("servers %v, zapier app %s: want the ingress on :8080 and the gateway on :8081", listens, cfg.Apps.Zapier)
+	}
+	if first := string(ingress[0]); !strings.Contains(first, `"delete":["X-Zapier-*"]`) || strings.Contains(first, `"match"`) {
+		t.Errorf("the ingress's first route is %s, want the X-Zapier-* headers deleted from every request", first)
+	}
+}
