@@ -149,7 +149,8 @@
     var id = c.id || c.connection_id;
     var meta = ["connection " + id];
     if (c.created) meta.push("created " + new Date(c.created).toLocaleString());
-    var status = c.status ? el("span", {className: "status" + (c.status === "valid" || c.status === "active" ? "" : " bad"), text: c.status}) : null;
+    var bad = /expired|invalid|error|revoked|disconnected/i.test(c.status || "");
+    var status = c.status ? el("span", {className: "status" + (bad ? " bad" : ""), text: c.status}) : null;
     var disconnect = el("button", {className: "disconnect", text: "Disconnect"});
     disconnect.addEventListener("click", function () { disconnectOne(app, c); });
     return el("li", {className: "connection", "data-connection": id}, [
