@@ -1,6 +1,7 @@
 # caddy-zapier build, demo and test targets.
 #
-#   make -f xcaddy.mk demo    run the gateway (against a bundled fake Zapier unless ZAPIER_CLIENT_ID is set)
+#   make -f xcaddy.mk demo    run the demo partner app on :8080 and the gateway on :8081
+#                             (against a bundled fake Zapier unless ZAPIER_CLIENT_ID is set)
 #   make -f xcaddy.mk test    run every test, installing what they need
 #   make -f xcaddy.mk build   build Caddy with the plugin into .build/caddy
 #   make -f xcaddy.mk bench   measure the gateway against bare Caddy and nginx (results in bench/results/)
@@ -21,7 +22,10 @@ BUILD_DIR     := $(ROOT)/.build
 CADDY_BIN     := $(BUILD_DIR)/caddy
 FAKE_BIN      := $(BUILD_DIR)/fakezapier
 GO            ?= go
-GATEWAY_PORT  ?= 8080
+GATEWAY_PORT  ?= 8081
+DEMO_PORT     ?= 8080
+PARTNER_ADDR  ?= 127.0.0.1:8082
+PARTNER_BIN   := $(BUILD_DIR)/demopartner
 FAKE_ADDR     ?= 127.0.0.1:9900
 FUZZTIME      ?= 10s
 
@@ -68,34 +72,48 @@ smoke: build
 	"$(CADDY_BIN)" validate --config Caddyfile.example
 	"$(CADDY_BIN)" fmt Caddyfile.example >/dev/null
 
-# demo runs the gateway in the foreground. Without ZAPIER_CLIENT_ID it starts
-# the bundled fake Zapier and points Caddyfile.example at it.
+# demo runs, in the foreground, the demo partner app on DEMO_PORT (its page,
+# its login backend and its ingress: demo/) in front of the gateway
+# (Caddyfile.example) on GATEWAY_PORT. Without ZAPIER_CLIENT_ID it also
+# starts the bundled fake Zapier and points the gateway at it.
 demo: build fake
-	@export XDG_DATA_HOME="$(BUILD_DIR)/demo/data" XDG_CONFIG_HOME="$(BUILD_DIR)/demo/config"
-	export ZAPIER_GATEWAY_PORT="$(GATEWAY_PORT)"
+	@mkdir -p "$(BUILD_DIR)"
+	$(GO) build -o "$(PARTNER_BIN)" ./demo/partner/cmd/demopartner
+	export XDG_DATA_HOME="$(BUILD_DIR)/demo/data" XDG_CONFIG_HOME="$(BUILD_DIR)/demo/config"
+	export ZAPIER_GATEWAY_PORT="$(GATEWAY_PORT)" DEMO_PORT="$(DEMO_PORT)" DEMO_GATEWAY="127.0.0.1:$(GATEWAY_PORT)"
+	export DEMO_PARTNER="$(PARTNER_ADDR)" DEMO_SITE="$(ROOT)/demo/site"
+	# The browser reaches the Connect callback through the partner's ingress.
+	export ZAPIER_CALLBACK_URL="$${ZAPIER_CALLBACK_URL:-http://localhost:$(DEMO_PORT)/zapier/connect/callback}"
+	export ZAPIER_RETURN_ORIGIN="$${ZAPIER_RETURN_ORIGIN:-http://localhost:$(DEMO_PORT)}"
+	pids=""
+	trap 'kill $$pids 2>/dev/null || true' EXIT
 	if [ -z "$${ZAPIER_CLIENT_ID:-}" ]; then
 		export ZAPIER_CLIENT_ID=demo-client ZAPIER_CLIENT_SECRET=demo-secret
 		export ZAPIER_ISSUER=https://accounts.example.com
 		export ZAPIER_TOKEN_URL="http://$(FAKE_ADDR)/oauth/token" ZAPIER_API_URL="http://$(FAKE_ADDR)" ZAPIER_CONNECT_URL="http://$(FAKE_ADDR)"
 		"$(FAKE_BIN)" -listen "$(FAKE_ADDR)" -client-id demo-client -client-secret demo-secret \
 			-issuer https://accounts.example.com -jwks-url "http://127.0.0.1:$(GATEWAY_PORT)/.well-known/jwks.json" &
-		fake_pid=$$!
-		trap 'kill $$fake_pid 2>/dev/null || true' EXIT
+		pids="$$pids $$!"
 		example="/zapier/api/v2/echo"
 		echo "demo: fake Zapier on http://$(FAKE_ADDR) (no ZAPIER_CLIENT_ID given)"
 	else
 		example="/zapier/api/v2/authentications?app=<app uuid>"
 		echo "demo: using the real Zapier with client id $$ZAPIER_CLIENT_ID"
 	fi
+	"$(PARTNER_BIN)" -listen "$(PARTNER_ADDR)" &
+	pids="$$pids $$!"
 	echo
-	echo "In another terminal, call Zapier as user_123 of org_456:"
+	echo "Open the demo partner app: log in, connect an app, run an action:"
+	echo "  http://localhost:$(DEMO_PORT)/"
+	echo
+	echo "In another terminal, call Zapier as user_123 of org_456, as the partner's backend does:"
 	echo "  curl -s -H 'X-Zapier-Tenant: org_456' -H 'X-Zapier-User: user_123' 'http://localhost:$(GATEWAY_PORT)$$example'"
 	echo "The JWKS Zapier verifies with:"
-	echo "  curl -s http://localhost:$(GATEWAY_PORT)/.well-known/jwks.json"
+	echo "  curl -s http://localhost:$(DEMO_PORT)/.well-known/jwks.json"
 	echo "Gateway status:"
 	echo "  curl -s http://localhost:2019/zapier/status"
 	echo
-	"$(CADDY_BIN)" run --config Caddyfile.example --adapter caddyfile
+	"$(CADDY_BIN)" run --config demo/Caddyfile --adapter caddyfile
 
 test-deps:
 	@missing=""

@@ -1,0 +1,336 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/zapgate/caddy-zapier/demo/partner"
+	"github.com/zapgate/caddy-zapier/integration/fakezapier"
+)
+
+// The demo partner app (demo/) as `make -f xcaddy.mk demo` serves it: its
+// own Caddyfile (the partner's ingress), its page and its login backend, in
+// front of the harness's gateway and fake Zapier.
+
+// demoPort is the demo's ingress; clear of other offsets' gateway ports
+// (9080+100k).
+var demoPort = 9070 + portOffset
+
+// The apps of demo/site/apps.json.
+const (
+	demoSlack  = "81f613aa-c98a-4383-a5fc-195e68647217"
+	demoSheets = "5f3e2d1c-0b9a-4876-8543-21fedcba9876"
+)
+
+// demoApp is the demo partner app in front of a gateway.
+type demoApp struct {
+	g      *gateway
+	origin string // http://localhost:<demoPort>, as the person opens it
+}
+
+// startDemo loads demo/Caddyfile into the harness's Caddy, with the
+// addresses its {$DEMO_*} placeholders read from the environment set to
+// this test's, beside a gateway that has the routes Caddyfile.example has.
+func startDemo(t *testing.T) *demoApp {
+	t.Helper()
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	backend := httptest.NewServer(partner.New(key))
+	t.Cleanup(backend.Close)
+
+	site, err := filepath.Abs(filepath.Join("..", "demo", "site"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DEMO_PORT", fmt.Sprint(demoPort))
+	t.Setenv("DEMO_GATEWAY", fmt.Sprintf("127.0.0.1:%d", gatewayPort))
+	t.Setenv("DEMO_PARTNER", strings.TrimPrefix(backend.URL, "http://"))
+	t.Setenv("DEMO_SITE", site)
+
+	raw, err := os.ReadFile(filepath.Join("..", "demo", "Caddyfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The harness supplies the gateway that `make demo` imports from
+	// Caddyfile.example.
+	const importLine = "import ../Caddyfile.example\n"
+	if !strings.Contains(string(raw), importLine) {
+		t.Fatalf("demo/Caddyfile no longer has %q", importLine)
+	}
+	ingress := strings.Replace(string(raw), importLine, "", 1)
+
+	origin := fmt.Sprintf("http://localhost:%d", demoPort)
+	g := startGateway(t, gatewayOptions{
+		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", origin, origin),
+		siteExtra:   "handle_path /zapier/connect/* {\n\t\tzapier_connect\n\t}\n\thandle_path /zapier/actions/* {\n\t\tzapier_actions\n\t}",
+		extraSites:  ingress,
+	})
+	// Nothing is registered with the fake Connect UI, as in `make demo`:
+	// it posts to the opener's origin and accepts any redirect_uri.
+	return &demoApp{g: g, origin: origin}
+}
+
+// demoBrowser is Chromium on the demo page.
+type demoBrowser struct {
+	t   *testing.T
+	ctx context.Context
+	n   int // screenshots taken
+}
+
+func (b *demoBrowser) do(actions ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	if err := chromedp.Do(b.ctx, actions...); err != nil {
+		b.t.Fatalf("browser: %v", err)
+	}
+}
+
+// until waits for a JavaScript condition on the page, across navigations
+// (the redirect flow leaves the page and comes back to it): while the tab
+// is between documents, evaluating fails and is tried again.
+func (b *demoBrowser) until(what, expr string) {
+	b.t.Helper()
+	eventually(b.t, 30*time.Second, what+" ("+expr+")", func() bool {
+		ok, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](expr))
+		return err == nil && ok
+	})
+}
+
+func (b *demoBrowser) eval(expr string) string {
+	b.t.Helper()
+	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](expr))
+	if err != nil {
+		b.t.Fatalf("%s: %v", expr, err)
+	}
+	return v
+}
+
+// screenshot saves the whole page as NN-name.png in the test's artifact
+// directory (kept with `go test -artifacts`) and returns the PNG.
+func (b *demoBrowser) screenshot(name string) []byte {
+	b.t.Helper()
+	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	b.n++
+	path := filepath.Join(b.t.ArtifactDir(), fmt.Sprintf("%02d-%s.png", b.n, name))
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Logf("screenshot: %s", path)
+	return png
+}
+
+// appCard is the CSS selector of an app's card on the page.
+func appCard(app string) string { return `li.app[data-app="` + app + `"]` }
+
+// connectionsShown counts the connections the page lists under an app.
+func (b *demoBrowser) connectionsShown(app string) string {
+	return fmt.Sprintf("document.querySelectorAll(%q).length", appCard(app)+" li.connection")
+}
+
+// A person's whole visit, clicked in Chromium: log in, connect Slack in a
+// popup and Google Sheets by redirect, run a Slack action from the form its
+// input fields make, see the result, disconnect Sheets.
+func TestDemoPartnerPageEndToEnd(t *testing.T) {
+	d := startDemo(t)
+	fake := d.g.fake
+	b := &demoBrowser{t: t, ctx: newChromium(t)}
+	b.do(chromedp.EmulateViewport(1100, 800))
+
+	// Log in: the partner's form, not the gateway's.
+	b.do(chromedp.Navigate(d.origin+"/"), chromedp.WaitVisible(chromedp.CSS("#login-submit")))
+	b.screenshot("login")
+	b.do(chromedp.SetValue(chromedp.CSS("#login-tenant"), "org_acme"), chromedp.SetValue(chromedp.CSS("#login-user"), "alice"),
+		chromedp.Click(chromedp.CSS("#login-submit")), chromedp.WaitVisible(chromedp.CSS(appCard(demoSlack))))
+	if who := b.eval(`document.getElementById("who-user").textContent + "/" + document.getElementById("who-tenant").textContent`); who != "alice/org_acme" {
+		t.Fatalf("logged in as %q", who)
+	}
+	if cookie := b.eval(`document.cookie`); cookie != "" {
+		t.Errorf("the page can read cookies %q: the session cookie must be HttpOnly", cookie)
+	}
+
+	// Connect Slack in a popup: connect.js opens it, Connect approves.
+	fake.QueueConnectOutcomes(fakezapier.ConnectOutcome{Title: "alice@acme.example"})
+	b.do(chromedp.Click(chromedp.CSS(appCard(demoSlack) + " .connect-popup")))
+	b.until("Slack's connection on the page", b.connectionsShown(demoSlack)+" === 1")
+	slack := fake.Connections("org_acme", "alice", demoSlack)
+	if len(slack) != 1 {
+		t.Fatalf("connections at Zapier after the popup: %+v", slack)
+	}
+	if shown := b.eval(fmt.Sprintf(`document.querySelector(%q).dataset.connection + " " + document.querySelector(%q).textContent`,
+		appCard(demoSlack)+" li.connection", appCard(demoSlack)+" li.connection .title")); shown != slack[0].ID+" alice@acme.example" {
+		t.Errorf("the page shows %q, want connection %s titled alice@acme.example", shown, slack[0].ID)
+	}
+
+	// Connect Google Sheets by redirect: the page's link leaves for the
+	// Connect UI, which redirects to the callback through the ingress, which
+	// returns to the page with the outcome.
+	fake.QueueConnectOutcomes(fakezapier.ConnectOutcome{Title: "alice's spreadsheets"})
+	b.do(chromedp.Click(chromedp.CSS(appCard(demoSheets) + " .connect-redirect")))
+	b.until("Sheets' connection on the page", b.connectionsShown(demoSheets)+" === 1")
+	sheets := fake.Connections("org_acme", "alice", demoSheets)
+	if len(sheets) != 1 {
+		t.Fatalf("connections at Zapier after the redirect: %+v", sheets)
+	}
+	if notice := b.eval(`document.getElementById("notice").textContent`); !strings.Contains(notice, "by redirect (connection "+sheets[0].ID+")") {
+		t.Errorf("notice after the redirect: %q", notice)
+	}
+	if loc, err := chromedp.Run(b.ctx, chromedp.Location()); err != nil || loc != d.origin+"/" {
+		t.Errorf("the page is at %q (%v), want the outcome gone from the address", loc, err)
+	}
+	b.screenshot("connected")
+
+	// Run Slack's send_message from the form of its input fields.
+	runs := fake.ActionStats().RunsCreated
+	b.do(chromedp.Click(chromedp.CSS(appCard(demoSlack)+" .show-actions")),
+		chromedp.Click(chromedp.CSS(`#action-list button[data-action="send_message"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#fields input[name="text"]`)))
+	if fields := b.eval(`Array.from(document.querySelectorAll("#fields input")).map(i => i.name + (i.required ? "*" : "")).join(",")`); fields != "channel*,text*" {
+		t.Errorf("input fields on the form: %q, want the fake's channel and text, both required", fields)
+	}
+	b.do(chromedp.SendKeys(chromedp.CSS(`#fields input[name="channel"]`), "#general"),
+		chromedp.SendKeys(chromedp.CSS(`#fields input[name="text"]`), "Hello from the demo"),
+		chromedp.Click(chromedp.CSS("#run-submit")))
+	b.until("the run's result", `document.getElementById("run-status").textContent === "success"`)
+	var run struct {
+		ID      string `json:"id"`
+		Results []struct {
+			Action string            `json:"action"`
+			Inputs map[string]string `json:"inputs"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(b.eval(`document.getElementById("run-output").textContent`)), &run); err != nil {
+		t.Fatal(err)
+	}
+	if len(run.Results) != 1 || run.Results[0].Action != "send_message" ||
+		run.Results[0].Inputs["channel"] != "#general" || run.Results[0].Inputs["text"] != "Hello from the demo" {
+		t.Errorf("the page shows the run %+v", run)
+	}
+	if n := fake.ActionStats().RunsCreated - runs; n != 1 {
+		t.Errorf("one click made %d runs", n)
+	}
+	png := b.screenshot("run")
+	if os.Getenv("DEMO_UPDATE_SCREENSHOT") != "" { // refreshes the README's picture
+		if err := os.WriteFile(filepath.Join("..", "docs", "img", "demo.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Disconnect Sheets: gone from the page and from the gateway; Slack stays.
+	b.do(chromedp.Click(chromedp.CSS(appCard(demoSheets) + " .disconnect")))
+	b.until("Sheets' connection gone from the page", b.connectionsShown(demoSheets)+" === 0")
+	if n := b.eval(b.connectionsShown(demoSlack) + ".toString()"); n != "1" {
+		t.Errorf("Slack shows %s connections after disconnecting Sheets", n)
+	}
+	status, _, raw := newHTTPBrowser(d.g, "org_acme", "alice").call(http.MethodGet, "connections", nil)
+	var stored struct{ Data []storedConnection }
+	if err := json.Unmarshal(raw, &stored); status != http.StatusOK || err != nil ||
+		len(stored.Data) != 1 || stored.Data[0].ConnectionID != slack[0].ID {
+		t.Errorf("the gateway stores %d %s, want only Slack's %s", status, raw, slack[0].ID)
+	}
+	b.screenshot("disconnected")
+}
+
+// The ingress takes the identity from the session only: without one the
+// gateway is never called, and headers the browser sends are dropped.
+func TestDemoIngressTakesTheIdentityFromTheSession(t *testing.T) {
+	d := startDemo(t)
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar, Timeout: 30 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(path string, forged bool) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, d.origin+path, nil)
+		if forged {
+			req.Header.Set("X-Zapier-Tenant", "org_globex")
+			req.Header.Set("x-zapier-user", "mallory")
+		}
+		resp, err := browser.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, resp.Status
+	}
+	actions := "/zapier/actions/actions?app=" + demoSlack
+
+	before := d.g.fake.Stats()
+	if status, s := get(actions, true); status != http.StatusUnauthorized {
+		t.Fatalf("forged identity, no session: %s, want 401", s)
+	}
+	if after := d.g.fake.Stats(); after.Exchanges != before.Exchanges || after.APIRequests != before.APIRequests {
+		t.Errorf("a request without a session reached Zapier: %+v → %+v", before, after)
+	}
+
+	resp, err := browser.PostForm(d.origin+"/partner/login", url.Values{"tenant": {"org_acme"}, "user": {"alice"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login: %s", resp.Status)
+	}
+	if status, s := get(actions, true); status != http.StatusOK {
+		t.Fatalf("logged in with forged headers: %s", s)
+	}
+	reqs := d.g.fake.Requests()
+	if last := reqs[len(reqs)-1]; !strings.HasPrefix(last.Path, "/v2/actions") || last.Tenant != "org_acme" || last.User != "alice" {
+		t.Errorf("Zapier was called as %s/%s (%s), want the session's org_acme/alice", last.Tenant, last.User, last.Path)
+	}
+	// The partner backend's identity route is not reachable from the browser.
+	if status, s := get("/identity", false); status != http.StatusNotFound {
+		t.Errorf("GET /identity through the ingress: %s, want 404", s)
+	}
+}
+
+// `make -f xcaddy.mk demo` runs the built Caddy on demo/Caddyfile as it is,
+// its import of Caddyfile.example included (which the tests above replace
+// with the harness's gateway): it must adapt to the ingress on DEMO_PORT,
+// deleting the browser's identity headers before anything else, beside the
+// gateway on ZAPIER_GATEWAY_PORT.
+func TestDemoCaddyfileImportsTheGateway(t *testing.T) {
+	out, err := runCaddy(t, []string{"ZAPIER_CLIENT_ID=demo-client", "ZAPIER_CLIENT_SECRET=demo-secret",
+		"ZAPIER_GATEWAY_PORT=8081", "DEMO_PORT=8080"}, "adapt", "--config", filepath.Join("..", "demo", "Caddyfile"))
+	if err != nil {
+		t.Fatalf("caddy adapt demo/Caddyfile: %v\n%s", err, out)
+	}
+	var cfg struct {
+		Apps struct {
+			Zapier json.RawMessage `json:"zapier"`
+			HTTP   struct {
+				Servers map[string]struct {
+					Listen []string          `json:"listen"`
+					Routes []json.RawMessage `json:"routes"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	// adapt prints warnings before the JSON.
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "\n{")+1:]), &cfg); err != nil {
+		t.Fatalf("decoding %s: %v", out, err)
+	}
+	listens := map[string][]json.RawMessage{}
+	for _, srv := range cfg.Apps.HTTP.Servers {
+		listens[strings.Join(srv.Listen, ",")] = srv.Routes
+	}
+	ingress, ok := listens[":8080"]
+	if _, gw := listens[":8081"]; !ok || !gw || len(cfg.Apps.Zapier) == 0 || len(listens) != 2 {
+		t.Fatalf("servers %v, zapier app %s: want the ingress on :8080 and the gateway on :8081", listens, cfg.Apps.Zapier)
+	}
+	if first := string(ingress[0]); !strings.Contains(first, `"delete":["X-Zapier-*"]`) || strings.Contains(first, `"match"`) {
+		t.Errorf("the ingress's first route is %s, want the X-Zapier-* headers deleted from every request", first)
+	}
+}
