@@ -300,7 +300,7 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 		res, err := u.callUpstream(ctx, route, req.Params.Arguments, progressToken)
 		call.Duration, call.Err = time.Since(start), err
 		if err == nil {
-			call.Status = http.StatusOK
+			call.Status, call.ToolError = http.StatusOK, res != nil && res.IsError
 		}
 		if u.a.Observe != nil {
 			u.a.Observe(ctx, u.id, call)

@@ -33,6 +33,8 @@ type bucket struct {
 
 const maxLimiterEntries = 100000
 
+func (l *CallLimiter) active() bool { return l != nil && l.PerMinute > 0 }
+
 // Allow takes one call for id, or returns a *LimitError.
 func (l *CallLimiter) Allow(id Identity) error {
 	if l == nil || l.PerMinute <= 0 {

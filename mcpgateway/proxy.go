@@ -37,6 +37,7 @@ type Call struct {
 	Tool      string // for tools/call
 	Arguments json.RawMessage
 	Status    int           // upstream status (0 when none)
+	ToolError bool          // a tools/call result said isError: true
 	Refreshed bool          // a 401 caused a refresh and a replay
 	Duration  time.Duration // until the response body ended
 	Err       error
@@ -55,11 +56,16 @@ type Proxy struct {
 	// copied (or the request failed).
 	Observe func(ctx context.Context, id Identity, c Call)
 	// Policy, if set, refuses a tools/call of a tool it does not allow
-	// (ErrToolDenied) before anything is sent.
+	// (ErrToolDenied) before anything is sent, and removes such tools
+	// from tools/list responses.
 	Policy Policy
 	// Limit, if set, caps tools/call per user (a *LimitError).
 	Limit *CallLimiter
 }
+
+// ErrBodyTooLarge is a request body over MaxReplayBody while a tool policy
+// or cap is configured: it cannot be checked, so it is not sent.
+var ErrBodyTooLarge = errors.New("mcpgateway: the request body is too large to check against the tool policy")
 
 // ErrToolDenied is a tools/call the tool policy does not allow.
 var ErrToolDenied = errors.New("mcpgateway: the tool policy does not allow this tool")
@@ -114,16 +120,32 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 		if int64(len(buffered)) > limit {
 			replayable, rest = false, r.Body
 		}
-		call.RPCMethod, call.Tool, call.Arguments = inspect(buffered)
 	}
-	if call.RPCMethod == "tools/call" && p.Policy != nil && !p.Policy(id, app, call.Tool) {
-		return ErrToolDenied
+	// A body too large to read whole cannot be checked against the tool
+	// policy or the cap: it is refused rather than let through unchecked.
+	if !replayable && (p.Policy != nil || p.Limit.active()) {
+		return ErrBodyTooLarge
 	}
-	if call.RPCMethod == "tools/call" {
+	// A batch's messages are checked too: a denied tool is not callable
+	// in any form.
+	rpc := parseRPC(buffered)
+	call.RPCMethod, call.Tool, call.Arguments = rpc.method, rpc.tool, rpc.arguments
+	for _, tool := range rpc.tools {
+		if p.Policy != nil && !p.Policy(id, app, tool) {
+			return ErrToolDenied
+		}
+	}
+	for range rpc.tools {
 		if err := p.Limit.Allow(id); err != nil {
 			return err
 		}
 	}
+	var allowed func(string) bool
+	if p.Policy != nil {
+		allowed = func(tool string) bool { return p.Policy(id, app, tool) }
+	}
+	// A GET with Last-Event-ID replays responses to earlier requests.
+	resumed := r.Method == http.MethodGet && r.Header.Get("Last-Event-Id") != ""
 	client := p.Client
 	if client == nil {
 		client = &http.Client{Transport: NewTransport()}
@@ -176,15 +198,19 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 			continue
 		}
 		defer resp.Body.Close()
-		copyResponse(w, resp)
+		insp := newResponseInspector(resp, rpc, allowed, resumed)
+		copyResponse(w, resp, insp)
+		call.ToolError = insp != nil && insp.toolError
 		return nil
 	}
 }
 
 // copyResponse writes the upstream answer through, flushing after every
 // read so SSE events reach the client as they come, with the server's own
-// write deadline lifted for long streams.
-func copyResponse(w http.ResponseWriter, resp *http.Response) {
+// write deadline lifted for long streams. insp, when set, sees every byte
+// and decides what goes on when; when it fails (a tools/list response it
+// cannot filter) the response is cut rather than passed unfiltered.
+func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInspector) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.SetReadDeadline(time.Time{})
@@ -196,47 +222,39 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(resp.StatusCode)
 	_ = rc.Flush()
+	write := func(p []byte) error {
+		if _, err := w.Write(p); err != nil {
+			return err
+		}
+		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+		return nil
+	}
+	if insp != nil {
+		insp.out = write
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
+			werr := error(nil)
+			if insp != nil {
+				werr = insp.Write(buf[:n])
+			} else {
+				werr = write(buf[:n])
+			}
+			if werr != nil {
 				return
 			}
-			if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
-				return
-			}
+		}
+		if errors.Is(err, io.EOF) && insp != nil {
+			_ = insp.Close()
 		}
 		if err != nil {
 			return
 		}
 	}
-}
-
-// inspect reads the JSON-RPC method (and tool name and arguments of a
-// tools/call) of a single message. Batches and non-JSON yield "".
-func inspect(body []byte) (method, tool string, args json.RawMessage) {
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return "", "", nil
-	}
-	var msg struct {
-		Method string `json:"method"`
-		Params struct {
-			Name      string          `json:"name"`
-			Arguments json.RawMessage `json:"arguments"`
-		} `json:"params"`
-	}
-	if json.Unmarshal(trimmed, &msg) != nil {
-		return "", "", nil
-	}
-	if len(msg.Method) > 128 {
-		msg.Method = msg.Method[:128]
-	}
-	if msg.Method == "tools/call" {
-		return msg.Method, boundedName(msg.Params.Name), msg.Params.Arguments
-	}
-	return msg.Method, "", nil
 }
 
 func boundedName(s string) string {
