@@ -106,11 +106,11 @@ type responseInspector struct {
 
 	toolError bool // a tools/call result had isError: true
 
-	scan    jsonScanner
-	holding bool // the current message or event is held back
+	scan         jsonScanner
+	holding      bool // the current message or event is held back
 	untilDecided bool // holding only until the scanner decides
-	held    []byte
-	pending []byte // bytes of the current write to send
+	held         []byte
+	pending      []byte // bytes of the current write to send
 
 	// SSE framing
 	lineStart bool

@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,15 +66,12 @@ func TestProxyFiltersToolsListAndSeesToolErrors(t *testing.T) {
 	}{{"sse", false}, {"json", true}} {
 		t.Run(mode.name, func(t *testing.T) {
 			ctx := context.Background()
-			var mu sync.Mutex
-			var calls []Call
+			calls := make(chan Call, 16)
 			front := proxyFront(t, policyServer(t, mode.json).URL,
 				func(_ Identity, app, tool string) bool { return app+"__"+tool != "A__delete_all" },
 				func(c Call) {
 					if c.RPCMethod == "tools/call" {
-						mu.Lock()
-						calls = append(calls, c)
-						mu.Unlock()
+						calls <- c
 					}
 				})
 			c := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil)
@@ -105,13 +101,19 @@ func TestProxyFiltersToolsListAndSeesToolErrors(t *testing.T) {
 			if _, err := s.CallTool(ctx, &mcp.CallToolParams{Name: "delete_all"}); err == nil {
 				t.Fatal("a denied tool was callable")
 			}
-			mu.Lock()
-			defer mu.Unlock()
+			// A call is observed when its response stream ended, which may
+			// be after the client saw the result.
 			var got []string
-			for _, c := range calls {
-				got = append(got, fmt.Sprintf("%s:%v:%v", c.Tool, c.ToolError, c.Err != nil))
+			for range 3 {
+				select {
+				case c := <-calls:
+					got = append(got, fmt.Sprintf("%s:%v:%v", c.Tool, c.ToolError, c.Err != nil))
+				case <-time.After(10 * time.Second):
+					t.Fatalf("observed only %v", got)
+				}
 			}
-			if want := []string{"echo:false:false", "fail:true:false", "delete_all:false:true"}; !slices.Equal(got, want) {
+			slices.Sort(got)
+			if want := []string{"delete_all:false:true", "echo:false:false", "fail:true:false"}; !slices.Equal(got, want) {
 				t.Fatalf("observed %v, want %v", got, want)
 			}
 		})
