@@ -16,7 +16,9 @@ type lockingKV struct {
 	locks map[string]chan struct{}
 }
 
-func newLockingKV() *lockingKV { return &lockingKV{memKV: newMemKV(), locks: map[string]chan struct{}{}} }
+func newLockingKV() *lockingKV {
+	return &lockingKV{memKV: newMemKV(), locks: map[string]chan struct{}{}}
+}
 
 func (k *lockingKV) lockCh(name string) chan struct{} {
 	k.mu.Lock()
