@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -101,7 +102,8 @@ type MCP struct {
 	pkceKey  []byte
 	logger   *zap.Logger
 	audit    *zap.Logger
-	authBase string // <mount>/authorize, from callback_url
+	authBase string        // <mount>/authorize, from callback_url
+	redis    *redis.Client // the shared tool-call cap's; nil without cache.redis
 }
 
 // CaddyModule returns the Caddy module information.
@@ -169,6 +171,9 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 		return errors.New("zapier_mcp: tool_calls_per_minute must not be negative")
 	}
 	limit := &mcpgateway.CallLimiter{PerMinute: h.ToolCallsPerMinute}
+	if err := h.shareToolCallCap(limit, store); err != nil {
+		return err
+	}
 	h.tokens = mcpgateway.NewTokens(store, h.refresh, mcpRefreshMargin, nil)
 	h.proxy = &mcpgateway.Proxy{Tokens: h.tokens, MaxReplayBody: h.MaxReplayBody, Observe: h.observe,
 		Client: &http.Client{Transport: mcpTransport}, Policy: policy, Limit: limit}

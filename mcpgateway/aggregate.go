@@ -280,7 +280,7 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 		if !ok || (u.a.Policy != nil && !u.a.Policy(u.id, route.app, route.tool)) {
 			return errResult("tool " + name + " is not available"), nil
 		}
-		if err := u.a.Limit.Allow(u.id); err != nil {
+		if err := u.a.Limit.Allow(ctx, u.id); err != nil {
 			return errResult("mcp_tool_call_limit: the user's cap on tool calls per minute is reached; retry later"), nil
 		}
 		call := Call{App: route.app, RPCMethod: "tools/call", Tool: route.tool, Arguments: req.Params.Arguments}

@@ -136,7 +136,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 		}
 	}
 	for range rpc.tools {
-		if err := p.Limit.Allow(id); err != nil {
+		if err := p.Limit.Allow(ctx, id); err != nil {
 			return err
 		}
 	}
