@@ -81,14 +81,18 @@ type MCP struct {
 	// Log tool-call arguments in the audit log. Default off.
 	AuditPayloads bool `json:"audit_payloads,omitempty"`
 	// Request bodies up to this size are buffered so they can be replayed
-	// after a token refresh. Default 1 MiB.
+	// after a token refresh (and checked against the tool policy and cap:
+	// with either configured, a larger body is refused). Default 1 MiB.
 	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
 	// How long the aggregate endpoint reuses a user's tool list. Default 30s.
 	AggregateListTTL caddy.Duration `json:"aggregate_list_ttl,omitempty"`
 	// Cap on tool calls per user per minute (per-app routes and the
-	// aggregate endpoint together). 0, the default, is no cap.
+	// aggregate endpoint together). 0, the default, is no cap. With the
+	// zapier app's cache.redis it is one window for every gateway sharing
+	// that Redis; otherwise (and while Redis is away) each gateway's own.
 	ToolCallsPerMinute int `json:"tool_calls_per_minute,omitempty"`
-	// Tool policy for every tenant, and per tenant (both apply).
+	// Tool policy for every tenant, and per tenant (both apply): a denied
+	// tool is neither listed nor callable, on every route.
 	Tools       *MCPToolPolicy            `json:"tools,omitempty"`
 	TenantTools map[string]*MCPToolPolicy `json:"tenant_tools,omitempty"`
 
