@@ -318,13 +318,15 @@ func filterSSEEvent(event []byte, allowed func(string) bool, listIDs map[string]
 }
 
 // filterToolsList removes the tools allowed refuses from every tools/list
-// response in doc (one message or a batch). Other messages are unchanged.
+// response in doc (one message or a batch). Other messages are unchanged,
+// and so is what does not parse as one: a client cannot read a tools list
+// from it either.
 func filterToolsList(doc []byte, allowed func(string) bool, listIDs map[string]bool, anyList bool) ([]byte, bool, error) {
 	trimmed := bytes.TrimSpace(doc)
 	if len(trimmed) > 0 && trimmed[0] == '[' {
 		var msgs []json.RawMessage
 		if err := json.Unmarshal(trimmed, &msgs); err != nil {
-			return nil, false, errors.New("mcpgateway: a held response batch is not JSON")
+			return doc, false, nil // no JSON client reads it as a tools list either
 		}
 		changed := false
 		for i, m := range msgs {
@@ -352,7 +354,7 @@ func filterToolsList(doc []byte, allowed func(string) bool, listIDs map[string]b
 func filterToolsListMessage(raw json.RawMessage, allowed func(string) bool, listIDs map[string]bool, anyList bool) (json.RawMessage, bool, error) {
 	var msg map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &msg); err != nil {
-		return nil, false, errors.New("mcpgateway: a held response is not a JSON-RPC message")
+		return nil, false, nil
 	}
 	_, hasMethod := msg["method"]
 	result, hasResult := msg["result"]
@@ -361,7 +363,7 @@ func filterToolsListMessage(raw json.RawMessage, allowed func(string) bool, list
 	}
 	var res map[string]json.RawMessage
 	if err := json.Unmarshal(result, &res); err != nil {
-		return nil, false, errors.New("mcpgateway: a tools/list result is not an object")
+		return nil, false, nil
 	}
 	toolsRaw, ok := res["tools"]
 	if !ok {
@@ -369,7 +371,7 @@ func filterToolsListMessage(raw json.RawMessage, allowed func(string) bool, list
 	}
 	var tools []json.RawMessage
 	if err := json.Unmarshal(toolsRaw, &tools); err != nil {
-		return nil, false, errors.New("mcpgateway: a tools/list result's tools is not an array")
+		return nil, false, nil
 	}
 	kept := tools[:0]
 	for _, t := range tools {

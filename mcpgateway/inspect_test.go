@@ -284,3 +284,41 @@ func TestProxyFilterDoesNotHoldOtherEvents(t *testing.T) {
 		t.Fatalf("the list came through as %q", rest)
 	}
 }
+
+// What is not JSON in a stream answering a tools/list passes unchanged:
+// no client reads a tools list from it, and the stream goes on.
+func TestInspectorPassesNonJSONEvents(t *testing.T) {
+	ri := inspectorFor(t, "text/event-stream", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, denyDelete)
+	in := ": keep-alive\n\ndata: not json\n\nretry: 100\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"delete_all\"}]}}\n\n"
+	out := strings.Join(feed(t, ri, in, 2), "")
+	want := ": keep-alive\n\ndata: not json\n\nretry: 100\n\ndata: {\"id\":1,\"jsonrpc\":\"2.0\",\"result\":{\"tools\":[]}}\n\n"
+	if out != want {
+		t.Fatalf("got %q\nwant %q", out, want)
+	}
+}
+
+// Whatever the MCP server sends, in whatever chunks, the inspector does
+// not panic.
+func FuzzInspector(f *testing.F) {
+	f.Add([]byte("data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"delete_all\"}],\"isError\":true}}\n\n"), true, 3)
+	f.Add([]byte(`[{"id":1,"result":{"isError":true}},{"method":"x","id":1}]`), false, 1)
+	f.Add([]byte("data: {\"a\":[[[{\"id\":\"\\\"1\"}]]]}\r\n\r\n"), true, 5)
+	f.Fuzz(func(t *testing.T, body []byte, sse bool, chunk int) {
+		ct := "application/json"
+		if sse {
+			ct = "text/event-stream"
+		}
+		ri := newResponseInspector(&http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {ct}}},
+			parseRPC([]byte(`[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":"1","method":"tools/call","params":{"name":"x"}}]`)), denyDelete, false)
+		ri.out = func([]byte) error { return nil }
+		chunk = max(1, chunk%64)
+		for len(body) > 0 {
+			k := min(chunk, len(body))
+			if ri.Write(body[:k]) != nil {
+				return
+			}
+			body = body[k:]
+		}
+		_ = ri.Close()
+	})
+}
