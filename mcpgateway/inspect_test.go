@@ -322,3 +322,40 @@ func FuzzInspector(f *testing.F) {
 		_ = ri.Close()
 	})
 }
+
+// With a policy, a body too large to read whole is refused, not sent
+// unchecked; a tools/list response too large to filter is cut, and the
+// request observed as failed.
+func TestProxyRefusesWhatItCannotCheck(t *testing.T) {
+	var upstreamCalls int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstreamCalls++
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, `data: {"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"delete_all","description":"`)
+		_, _ = io.WriteString(w, strings.Repeat("z", maxHeldMessage))
+		_, _ = io.WriteString(w, "\"}]}}\n\n")
+	}))
+	defer srv.Close()
+	observed := make(chan Call, 2)
+	front := proxyFront(t, srv.URL, func(_ Identity, _, tool string) bool { return tool != "delete_all" }, func(c Call) { observed <- c })
+
+	big := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_all","arguments":{"pad":"` + strings.Repeat(" ", DefaultMaxReplayBody) + `"}}}`
+	resp, err := http.Post(front.URL, "application/json", strings.NewReader(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if c := <-observed; resp.StatusCode != http.StatusBadGateway || !errors.Is(c.Err, ErrBodyTooLarge) || upstreamCalls != 0 {
+		t.Fatalf("a body too large to check: %d, %v, %d upstream calls", resp.StatusCode, c.Err, upstreamCalls)
+	}
+
+	resp, err = http.Post(front.URL, "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if c := <-observed; strings.Contains(string(body), "delete_all") || !errors.Is(c.Err, errHeldTooLarge) || c.Status != 200 {
+		t.Fatalf("an unfilterable list: %d bytes through, observed %v", len(body), c.Err)
+	}
+}

@@ -40,7 +40,7 @@ type Call struct {
 	ToolError bool          // a tools/call result said isError: true
 	Refreshed bool          // a 401 caused a refresh and a replay
 	Duration  time.Duration // until the response body ended
-	Err       error
+	Err       error // why it failed; for a response the gateway cut (a tools/list too large to filter), set with Status
 }
 
 // Proxy is a Streamable HTTP proxy to each app's MCP server.
@@ -92,7 +92,10 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	start := time.Now()
 	call := Call{App: app}
 	err := p.serve(w, r, id, app, &call)
-	call.Err, call.Duration = err, time.Since(start)
+	if err != nil {
+		call.Err = err
+	}
+	call.Duration = time.Since(start)
 	if p.Observe != nil {
 		p.Observe(r.Context(), id, call)
 	}
@@ -199,7 +202,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 		}
 		defer resp.Body.Close()
 		insp := newResponseInspector(resp, rpc, allowed, resumed)
-		copyResponse(w, resp, insp)
+		call.Err = copyResponse(w, resp, insp) // the response has started: observed, not returned
 		call.ToolError = insp != nil && insp.toolError
 		return nil
 	}
@@ -209,8 +212,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 // read so SSE events reach the client as they come, with the server's own
 // write deadline lifted for long streams. insp, when set, sees every byte
 // and decides what goes on when; when it fails (a tools/list response it
-// cannot filter) the response is cut rather than passed unfiltered.
-func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInspector) {
+// cannot filter) the response is cut rather than passed unfiltered, and
+// that error is returned (not the client's going away).
+func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInspector) error {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.SetReadDeadline(time.Time{})
@@ -231,28 +235,35 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInsp
 		}
 		return nil
 	}
+	var clientErr error
 	if insp != nil {
-		insp.out = write
+		insp.out = func(p []byte) error {
+			clientErr = write(p)
+			return clientErr
+		}
 	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
-			werr := error(nil)
-			if insp != nil {
-				werr = insp.Write(buf[:n])
-			} else {
-				werr = write(buf[:n])
-			}
-			if werr != nil {
-				return
+			if insp == nil {
+				if write(buf[:n]) != nil {
+					return nil
+				}
+			} else if ierr := insp.Write(buf[:n]); ierr != nil {
+				if clientErr != nil {
+					return nil
+				}
+				return ierr
 			}
 		}
 		if errors.Is(err, io.EOF) && insp != nil {
-			_ = insp.Close()
+			if ierr := insp.Close(); ierr != nil && clientErr == nil {
+				return ierr
+			}
 		}
 		if err != nil {
-			return
+			return nil
 		}
 	}
 }
