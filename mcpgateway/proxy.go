@@ -40,7 +40,7 @@ type Call struct {
 	ToolError bool          // a tools/call result said isError: true
 	Refreshed bool          // a 401 caused a refresh and a replay
 	Duration  time.Duration // until the response body ended
-	Err       error // why it failed; for a response the gateway cut (a tools/list too large to filter), set with Status
+	Err       error         // why it failed; for a response the gateway cut (a tools/list too large to filter), set with Status
 }
 
 // Proxy is a Streamable HTTP proxy to each app's MCP server.
