@@ -254,6 +254,9 @@ func (h *MCP) serveMCP(w http.ResponseWriter, r *http.Request, key tokencache.Ke
 		writeError(w, &apiError{Status: http.StatusRequestEntityTooLarge, Code: "mcp_request_too_large",
 			Message: "the request body is larger than max_replay_body, so the tool policy cannot check it"})
 		return nil
+	case errors.Is(err, mcpgateway.ErrBodyUnreadable):
+		writeError(w, badRequest("the request body is not JSON-RPC, so the tool policy cannot check it"))
+		return nil
 	case errors.Is(err, mcpgateway.ErrToolDenied):
 		writeError(w, &apiError{Status: http.StatusForbidden, Code: "mcp_tool_denied",
 			Message: "the gateway's tool policy does not allow this tool"})

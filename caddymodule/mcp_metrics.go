@@ -43,13 +43,13 @@ const (
 	mcpOutcomeCanceled      = "canceled"               // the client went away
 	mcpOutcomeDenied        = "denied"                 // the tool policy refused the call
 	mcpOutcomeLimited       = "limited"                // over the user's tool-call cap
-	mcpOutcomeTooLarge      = "too_large"              // a body too large to check against the policy
+	mcpOutcomeUnchecked     = "unchecked"              // a body the policy cannot check (too large, not JSON-RPC)
 )
 
 var (
 	mcpAuthOutcomes = []mcpAuthOutcome{mcpAuthSuccess, mcpAuthStateInvalid, mcpAuthError, mcpAuthFailed}
 	mcpOutcomes     = []string{mcpOutcomeSuccess, mcpOutcomeUpstreamError, mcpOutcomeAuthRequired, mcpOutcomeFailed, mcpOutcomeCanceled,
-		mcpOutcomeDenied, mcpOutcomeLimited, mcpOutcomeToolError, mcpOutcomeTooLarge}
+		mcpOutcomeDenied, mcpOutcomeLimited, mcpOutcomeToolError, mcpOutcomeUnchecked}
 	// mcpMethodClasses bound the method label: anything else is "other".
 	mcpMethodClasses = []string{"initialize", "tools/list", "tools/call", "notification", "stream", "other"}
 )
@@ -133,8 +133,8 @@ func mcpOutcome(c mcpgateway.Call) string {
 		return mcpOutcomeDenied
 	case errors.Is(c.Err, mcpgateway.ErrToolCallLimit):
 		return mcpOutcomeLimited
-	case errors.Is(c.Err, mcpgateway.ErrBodyTooLarge):
-		return mcpOutcomeTooLarge
+	case errors.Is(c.Err, mcpgateway.ErrBodyTooLarge), errors.Is(c.Err, mcpgateway.ErrBodyUnreadable):
+		return mcpOutcomeUnchecked
 	case c.Err != nil:
 		return mcpOutcomeFailed
 	case c.Status >= 200 && c.Status < 300 && c.ToolError:
@@ -159,7 +159,7 @@ func (h *MCP) observe(ctx context.Context, id mcpgateway.Identity, c mcpgateway.
 		return
 	}
 	app := c.App
-	if outcome == mcpOutcomeAuthRequired || outcome == mcpOutcomeDenied || outcome == mcpOutcomeLimited || outcome == mcpOutcomeTooLarge ||
+	if outcome == mcpOutcomeAuthRequired || outcome == mcpOutcomeDenied || outcome == mcpOutcomeLimited || outcome == mcpOutcomeUnchecked ||
 		(c.Status == 0 && c.Err != nil) {
 		app = "none" // never reached a server: the name is the caller's, unbounded
 	}

@@ -200,7 +200,7 @@ func TestMCPAuditLine(t *testing.T) {
 }
 
 // A tool result with isError is audited and counted as tool_error, not
-// success; a body too large to check is too_large, for app "none".
+// success; a body the policy cannot check is unchecked, for app "none".
 func TestMCPToolErrorOutcome(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	h := &MCP{audit: zap.New(core)}
@@ -213,8 +213,10 @@ func TestMCPToolErrorOutcome(t *testing.T) {
 	if f := logs.All()[0].ContextMap(); f["outcome"] != "tool_error" {
 		t.Fatalf("audit outcome %v", f["outcome"])
 	}
-	if o := mcpOutcome(mcpgateway.Call{Err: mcpgateway.ErrBodyTooLarge}); o != mcpOutcomeTooLarge {
-		t.Fatalf("outcome %s", o)
+	for _, err := range []error{mcpgateway.ErrBodyTooLarge, mcpgateway.ErrBodyUnreadable} {
+		if o := mcpOutcome(mcpgateway.Call{Err: err}); o != mcpOutcomeUnchecked {
+			t.Fatalf("outcome %s", o)
+		}
 	}
 	// An upstream error status is not made a tool error.
 	if o := mcpOutcome(mcpgateway.Call{Status: 500, ToolError: true}); o != mcpOutcomeUpstreamError {

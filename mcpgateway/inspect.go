@@ -19,46 +19,48 @@ var errHeldTooLarge = errors.New("mcpgateway: a tools/list response is too large
 // messages it carries, the tool calls in it, and the ids whose responses
 // must be inspected.
 type rpcRequest struct {
+	ok        bool   // the body was empty, or JSON-RPC messages the proxy could read
 	method    string // of a single message ("" for a batch or none)
-	tool      string // of a single tools/call
+	tool      string // of a single tools/call, bounded for logs and metrics
 	arguments json.RawMessage
-	tools     []string        // every tools/call's tool name (batches too)
+	tools     []string        // every tools/call's tool name, whole (batches too)
 	listIDs   map[string]bool // ids of tools/list requests
 	callIDs   map[string]bool // ids of tools/call requests
 }
 
 // parseRPC reads the JSON-RPC messages of a request body: one object, or
-// a batch (an array) of them. Anything else yields an empty rpcRequest.
+// a batch (an array) of them. Member names are matched exactly, as the MCP
+// server matches them (encoding/json's struct decoding would also take
+// "NAME" for "name", and a {"name":"denied","NAME":"allowed"} call would
+// pass the policy as "allowed" and run as "denied").
 func parseRPC(body []byte) rpcRequest {
-	var out rpcRequest
+	out := rpcRequest{ok: true}
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return out
 	}
-	type message struct {
-		ID     json.RawMessage `json:"id"`
-		Method string          `json:"method"`
-		Params struct {
-			Name      string          `json:"name"`
-			Arguments json.RawMessage `json:"arguments"`
-		} `json:"params"`
-	}
-	var msgs []message
+	var raws []json.RawMessage
 	batch := trimmed[0] == '['
 	if batch {
-		if json.Unmarshal(trimmed, &msgs) != nil {
-			return out
+		if json.Unmarshal(trimmed, &raws) != nil {
+			return rpcRequest{}
 		}
 	} else {
-		var m message
-		if trimmed[0] != '{' || json.Unmarshal(trimmed, &m) != nil {
-			return out
-		}
-		msgs = []message{m}
+		raws = []json.RawMessage{trimmed}
 	}
-	for _, m := range msgs {
-		id := canonicalID(m.ID)
-		switch m.Method {
+	str := func(m map[string]json.RawMessage, key string) string {
+		var v string
+		_ = json.Unmarshal(m[key], &v)
+		return v
+	}
+	for i, raw := range raws {
+		var m, params map[string]json.RawMessage
+		if json.Unmarshal(raw, &m) != nil || m == nil {
+			return rpcRequest{}
+		}
+		_ = json.Unmarshal(m["params"], &params)
+		id, method := canonicalID(m["id"]), str(m, "method")
+		switch method {
 		case "tools/list":
 			if id != "" {
 				if out.listIDs == nil {
@@ -67,7 +69,7 @@ func parseRPC(body []byte) rpcRequest {
 				out.listIDs[id] = true
 			}
 		case "tools/call":
-			out.tools = append(out.tools, boundedName(m.Params.Name))
+			out.tools = append(out.tools, str(params, "name"))
 			if id != "" {
 				if out.callIDs == nil {
 					out.callIDs = map[string]bool{}
@@ -75,15 +77,14 @@ func parseRPC(body []byte) rpcRequest {
 				out.callIDs[id] = true
 			}
 		}
-	}
-	if !batch {
-		m := msgs[0]
-		out.method = m.Method
-		if len(out.method) > 128 {
-			out.method = out.method[:128]
-		}
-		if m.Method == "tools/call" {
-			out.tool, out.arguments = boundedName(m.Params.Name), m.Params.Arguments
+		if !batch && i == 0 {
+			out.method = method
+			if len(out.method) > 128 {
+				out.method = out.method[:128]
+			}
+			if method == "tools/call" {
+				out.tool, out.arguments = boundedName(str(params, "name")), params["arguments"]
+			}
 		}
 	}
 	return out
@@ -375,10 +376,9 @@ func filterToolsListMessage(raw json.RawMessage, allowed func(string) bool, list
 	}
 	kept := tools[:0]
 	for _, t := range tools {
-		var named struct {
-			Name string `json:"name"`
-		}
-		if json.Unmarshal(t, &named) == nil && allowed(named.Name) {
+		var tool map[string]json.RawMessage
+		var name string
+		if json.Unmarshal(t, &tool) == nil && json.Unmarshal(tool["name"], &name) == nil && allowed(name) {
 			kept = append(kept, t)
 		}
 	}

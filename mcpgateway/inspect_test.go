@@ -122,6 +122,7 @@ func TestProxyFiltersToolsListAndSeesToolErrors(t *testing.T) {
 
 // A batch cannot smuggle a denied tools/call past the policy.
 func TestProxyChecksEveryMessageOfABatch(t *testing.T) {
+	// The test front answers 403 for a denied tool, 502 for other refusals.
 	front := proxyFront(t, policyServer(t, true).URL, func(_ Identity, _, tool string) bool { return tool != "delete_all" }, nil)
 	body := `[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}},` +
 		`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_all"}}]`
@@ -357,5 +358,37 @@ func TestProxyRefusesWhatItCannotCheck(t *testing.T) {
 	resp.Body.Close()
 	if c := <-observed; strings.Contains(string(body), "delete_all") || !errors.Is(c.Err, errHeldTooLarge) || c.Status != 200 {
 		t.Fatalf("an unfilterable list: %d bytes through, observed %v", len(body), c.Err)
+	}
+}
+
+// Names are read as the MCP server reads them: exactly. A call that names
+// a denied tool under "name" and an allowed one under "NAME" is denied;
+// a long denied name is checked whole; a body that is not JSON-RPC is
+// refused while a policy is set.
+func TestProxyReadsCallsAsTheServerDoes(t *testing.T) {
+	long := "delete_" + strings.Repeat("x", 200)
+	// The test front answers 403 for a denied tool, 502 for other refusals.
+	front := proxyFront(t, policyServer(t, true).URL, func(_ Identity, _, tool string) bool {
+		return tool != "delete_all" && tool != long
+	}, nil)
+	for _, c := range []struct {
+		body string
+		want int
+	}{
+		{`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_all","NAME":"echo"}}`, http.StatusForbidden},
+		{`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"NAME":"delete_all","name":"echo"}}`, 0}, // echo: passed on
+		{`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + long + `"}}`, http.StatusForbidden},
+		{`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_all"}} trailing`, http.StatusBadGateway},
+		{`"tools/call"`, http.StatusBadGateway},
+	} {
+		resp, err := http.Post(front.URL, "application/json", strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		passedOn := resp.StatusCode != http.StatusForbidden && resp.StatusCode != http.StatusBadGateway
+		if c.want == 0 && !passedOn || c.want != 0 && resp.StatusCode != c.want {
+			t.Errorf("%.60s: %d, want %d (0: passed on to the server)", c.body, resp.StatusCode, c.want)
+		}
 	}
 }

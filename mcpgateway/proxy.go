@@ -67,6 +67,10 @@ type Proxy struct {
 // or cap is configured: it cannot be checked, so it is not sent.
 var ErrBodyTooLarge = errors.New("mcpgateway: the request body is too large to check against the tool policy")
 
+// ErrBodyUnreadable is a request body that is not JSON-RPC while a tool
+// policy or cap is configured: it cannot be checked, so it is not sent.
+var ErrBodyUnreadable = errors.New("mcpgateway: the request body is not JSON-RPC, so the tool policy cannot check it")
+
 // ErrToolDenied is a tools/call the tool policy does not allow.
 var ErrToolDenied = errors.New("mcpgateway: the tool policy does not allow this tool")
 
@@ -124,14 +128,20 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 			replayable, rest = false, r.Body
 		}
 	}
-	// A body too large to read whole cannot be checked against the tool
-	// policy or the cap: it is refused rather than let through unchecked.
-	if !replayable && (p.Policy != nil || p.Limit.active()) {
+	// A body too large to read whole, or that is not JSON-RPC, cannot be
+	// checked against the tool policy or the cap: it is refused rather
+	// than let through unchecked (the MCP server's parser might read
+	// something in it).
+	checking := p.Policy != nil || p.Limit.active()
+	if !replayable && checking {
 		return ErrBodyTooLarge
 	}
 	// A batch's messages are checked too: a denied tool is not callable
 	// in any form.
 	rpc := parseRPC(buffered)
+	if !rpc.ok && checking {
+		return ErrBodyUnreadable
+	}
 	call.RPCMethod, call.Tool, call.Arguments = rpc.method, rpc.tool, rpc.arguments
 	for _, tool := range rpc.tools {
 		if p.Policy != nil && !p.Policy(id, app, tool) {
