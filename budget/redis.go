@@ -24,10 +24,16 @@ type RedisShared struct {
 // NewRedisShared uses client with keys under prefix (one hash tag, so the
 // keys live on one Redis Cluster slot).
 func NewRedisShared(client redis.Scripter, prefix string) *RedisShared {
+	return NewRedisWindow(client, prefix, "partner")
+}
+
+// NewRedisWindow is NewRedisShared for the window named name: several
+// windows under one prefix (one per user, say) share the other keys.
+func NewRedisWindow(client redis.Scripter, prefix, name string) *RedisShared {
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	base := prefix + "{budget}:"
-	return &RedisShared{client: client, grants: base + "partner", seq: base + "seq", peers: base + "peers", id: hex.EncodeToString(id[:])}
+	return &RedisShared{client: client, grants: base + name, seq: base + "seq", peers: base + "peers", id: hex.EncodeToString(id[:])}
 }
 
 const luaNow = `local t = redis.call('TIME')

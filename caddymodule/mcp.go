@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -80,14 +81,18 @@ type MCP struct {
 	// Log tool-call arguments in the audit log. Default off.
 	AuditPayloads bool `json:"audit_payloads,omitempty"`
 	// Request bodies up to this size are buffered so they can be replayed
-	// after a token refresh. Default 1 MiB.
+	// after a token refresh (and checked against the tool policy and cap:
+	// with either configured, a larger body is refused). Default 1 MiB.
 	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
 	// How long the aggregate endpoint reuses a user's tool list. Default 30s.
 	AggregateListTTL caddy.Duration `json:"aggregate_list_ttl,omitempty"`
 	// Cap on tool calls per user per minute (per-app routes and the
-	// aggregate endpoint together). 0, the default, is no cap.
+	// aggregate endpoint together). 0, the default, is no cap. With the
+	// zapier app's cache.redis it is one window for every gateway sharing
+	// that Redis; otherwise (and while Redis is away) each gateway's own.
 	ToolCallsPerMinute int `json:"tool_calls_per_minute,omitempty"`
-	// Tool policy for every tenant, and per tenant (both apply).
+	// Tool policy for every tenant, and per tenant (both apply): a denied
+	// tool is neither listed nor callable, on every route.
 	Tools       *MCPToolPolicy            `json:"tools,omitempty"`
 	TenantTools map[string]*MCPToolPolicy `json:"tenant_tools,omitempty"`
 
@@ -101,7 +106,8 @@ type MCP struct {
 	pkceKey  []byte
 	logger   *zap.Logger
 	audit    *zap.Logger
-	authBase string // <mount>/authorize, from callback_url
+	authBase string        // <mount>/authorize, from callback_url
+	redis    *redis.Client // the shared tool-call cap's; nil without cache.redis
 }
 
 // CaddyModule returns the Caddy module information.
@@ -169,6 +175,9 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 		return errors.New("zapier_mcp: tool_calls_per_minute must not be negative")
 	}
 	limit := &mcpgateway.CallLimiter{PerMinute: h.ToolCallsPerMinute}
+	if err := h.shareToolCallCap(limit, store); err != nil {
+		return err
+	}
 	h.tokens = mcpgateway.NewTokens(store, h.refresh, mcpRefreshMargin, nil)
 	h.proxy = &mcpgateway.Proxy{Tokens: h.tokens, MaxReplayBody: h.MaxReplayBody, Observe: h.observe,
 		Client: &http.Client{Transport: mcpTransport}, Policy: policy, Limit: limit}
@@ -240,6 +249,13 @@ func (h *MCP) serveMCP(w http.ResponseWriter, r *http.Request, key tokencache.Ke
 		}
 		writeError(w, &apiError{Status: http.StatusTooManyRequests, Code: "mcp_tool_call_limit",
 			Message: "the user's cap on tool calls per minute is reached; retry later", RetryAfter: retry})
+		return nil
+	case errors.Is(err, mcpgateway.ErrBodyTooLarge):
+		writeError(w, &apiError{Status: http.StatusRequestEntityTooLarge, Code: "mcp_request_too_large",
+			Message: "the request body is larger than max_replay_body, so the tool policy cannot check it"})
+		return nil
+	case errors.Is(err, mcpgateway.ErrBodyUnreadable):
+		writeError(w, badRequest("the request body is not JSON-RPC, so the tool policy cannot check it"))
 		return nil
 	case errors.Is(err, mcpgateway.ErrToolDenied):
 		writeError(w, &apiError{Status: http.StatusForbidden, Code: "mcp_tool_denied",

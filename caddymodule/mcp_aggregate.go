@@ -1,12 +1,18 @@
 package caddymodule
 
 import (
+	"cmp"
+	"context"
 	"fmt"
 	"net/http"
 	"path"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/zapgate/caddy-zapier/budget"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
+	"github.com/zapgate/caddy-zapier/sharedtokens"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -79,10 +85,39 @@ func (h *MCP) serveAggregate(w http.ResponseWriter, r *http.Request, key tokenca
 	return nil
 }
 
+// shareToolCallCap makes tool_calls_per_minute one window per user for
+// every gateway sharing the Redis of cache.redis, with the api_budget's
+// Redis window (a sorted set per user, under the same prefix and
+// timeout). No network I/O here: the client connects on first use.
+func (h *MCP) shareToolCallCap(limit *mcpgateway.CallLimiter, store *mcpgateway.Store) error {
+	r := h.app.Cache.Redis
+	if limit.PerMinute <= 0 || r == nil {
+		return nil
+	}
+	client, err := sharedtokens.NewClient(caddy.NewReplacer().ReplaceKnown(r.URL, ""), time.Duration(r.Timeout))
+	if err != nil {
+		return fmt.Errorf("zapier_mcp: tool_calls_per_minute: %w", err)
+	}
+	h.redis = client
+	prefix := cmp.Or(r.Prefix, sharedtokens.DefaultPrefix) + hashHex(h.app.ClientID)[:16] + ":"
+	timeout := cmp.Or(time.Duration(r.Timeout), sharedtokens.DefaultTimeout)
+	limit.Shared = func(ctx context.Context, id mcpgateway.Identity, perMinute int) (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		// The user is named by the store's keyed hash, never in clear.
+		window := budget.NewRedisWindow(client, prefix, "mcp_tool_calls:"+store.Subject(id))
+		return window.Take(ctx, budget.Limit{Requests: perMinute, Per: time.Minute}, 1)
+	}
+	return nil
+}
+
 // Cleanup ends the aggregate endpoint's upstream sessions.
 func (h *MCP) Cleanup() error {
 	if h.agg != nil {
 		h.agg.Close()
+	}
+	if h.redis != nil {
+		return h.redis.Close()
 	}
 	return nil
 }

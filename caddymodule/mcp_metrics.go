@@ -36,18 +36,20 @@ const (
 // MCP request outcomes (closed set).
 const (
 	mcpOutcomeSuccess       = "success"                // 2xx from the MCP server
+	mcpOutcomeToolError     = "tool_error"             // 2xx, but a tool result with isError: true
 	mcpOutcomeUpstreamError = "upstream_error"         // another status from the MCP server
 	mcpOutcomeAuthRequired  = "authorization_required" // 401 mcp_authorization_required
 	mcpOutcomeFailed        = "failed"                 // unreachable, refresh failed, storage
 	mcpOutcomeCanceled      = "canceled"               // the client went away
 	mcpOutcomeDenied        = "denied"                 // the tool policy refused the call
 	mcpOutcomeLimited       = "limited"                // over the user's tool-call cap
+	mcpOutcomeUnchecked     = "unchecked"              // a body the policy cannot check (too large, not JSON-RPC)
 )
 
 var (
 	mcpAuthOutcomes = []mcpAuthOutcome{mcpAuthSuccess, mcpAuthStateInvalid, mcpAuthError, mcpAuthFailed}
 	mcpOutcomes     = []string{mcpOutcomeSuccess, mcpOutcomeUpstreamError, mcpOutcomeAuthRequired, mcpOutcomeFailed, mcpOutcomeCanceled,
-		mcpOutcomeDenied, mcpOutcomeLimited}
+		mcpOutcomeDenied, mcpOutcomeLimited, mcpOutcomeToolError, mcpOutcomeUnchecked}
 	// mcpMethodClasses bound the method label: anything else is "other".
 	mcpMethodClasses = []string{"initialize", "tools/list", "tools/call", "notification", "stream", "other"}
 )
@@ -131,8 +133,12 @@ func mcpOutcome(c mcpgateway.Call) string {
 		return mcpOutcomeDenied
 	case errors.Is(c.Err, mcpgateway.ErrToolCallLimit):
 		return mcpOutcomeLimited
+	case errors.Is(c.Err, mcpgateway.ErrBodyTooLarge), errors.Is(c.Err, mcpgateway.ErrBodyUnreadable):
+		return mcpOutcomeUnchecked
 	case c.Err != nil:
 		return mcpOutcomeFailed
+	case c.Status >= 200 && c.Status < 300 && c.ToolError:
+		return mcpOutcomeToolError
 	case c.Status >= 200 && c.Status < 300:
 		return mcpOutcomeSuccess
 	}
@@ -153,7 +159,8 @@ func (h *MCP) observe(ctx context.Context, id mcpgateway.Identity, c mcpgateway.
 		return
 	}
 	app := c.App
-	if outcome == mcpOutcomeAuthRequired || outcome == mcpOutcomeDenied || outcome == mcpOutcomeLimited || (c.Status == 0 && c.Err != nil) {
+	if outcome == mcpOutcomeAuthRequired || outcome == mcpOutcomeDenied || outcome == mcpOutcomeLimited || outcome == mcpOutcomeUnchecked ||
+		(c.Status == 0 && c.Err != nil) {
 		app = "none" // never reached a server: the name is the caller's, unbounded
 	}
 	m.toolCalls.WithLabelValues(app, outcome).Inc()

@@ -198,3 +198,28 @@ func TestMCPAuditLine(t *testing.T) {
 		}
 	}
 }
+
+// A tool result with isError is audited and counted as tool_error, not
+// success; a body the policy cannot check is unchecked, for app "none".
+func TestMCPToolErrorOutcome(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	h := &MCP{audit: zap.New(core)}
+	id := mcpgateway.Identity{Tenant: "org", User: "alice"}
+	before := counterValue(t, sharedMCPMetrics.toolCalls.WithLabelValues("SlackCLIAPI", mcpOutcomeToolError))
+	h.observe(context.Background(), id, mcpgateway.Call{App: "SlackCLIAPI", RPCMethod: "tools/call", Tool: "send", Status: 200, ToolError: true})
+	if got := counterValue(t, sharedMCPMetrics.toolCalls.WithLabelValues("SlackCLIAPI", mcpOutcomeToolError)); got-before != 1 {
+		t.Fatalf("tool_error count grew by %v", got-before)
+	}
+	if f := logs.All()[0].ContextMap(); f["outcome"] != "tool_error" {
+		t.Fatalf("audit outcome %v", f["outcome"])
+	}
+	for _, err := range []error{mcpgateway.ErrBodyTooLarge, mcpgateway.ErrBodyUnreadable} {
+		if o := mcpOutcome(mcpgateway.Call{Err: err}); o != mcpOutcomeUnchecked {
+			t.Fatalf("outcome %s", o)
+		}
+	}
+	// An upstream error status is not made a tool error.
+	if o := mcpOutcome(mcpgateway.Call{Status: 500, ToolError: true}); o != mcpOutcomeUpstreamError {
+		t.Fatalf("outcome %s", o)
+	}
+}

@@ -221,7 +221,7 @@ func TestMCPAuthorizeListAndCallPerApp(t *testing.T) {
 		for _, tool := range tools.Tools {
 			names = append(names, tool.Name)
 		}
-		if strings.Join(names, ",") != "echo,stream,whoami" {
+		if strings.Join(names, ",") != "echo,fail,stream,whoami" {
 			t.Fatalf("%s tools %v", app, names)
 		}
 		who := callText(t, ctx, s, &mcp.CallToolParams{Name: "whoami"})

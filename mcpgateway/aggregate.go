@@ -277,13 +277,25 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 		errResult := func(msg string) *mcp.CallToolResult {
 			return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: msg}}}
 		}
-		if !ok || (u.a.Policy != nil && !u.a.Policy(u.id, route.app, route.tool)) {
-			return errResult("tool " + name + " is not available"), nil
-		}
-		if err := u.a.Limit.Allow(u.id); err != nil {
-			return errResult("mcp_tool_call_limit: the user's cap on tool calls per minute is reached; retry later"), nil
-		}
 		call := Call{App: route.app, RPCMethod: "tools/call", Tool: route.tool, Arguments: req.Params.Arguments}
+		// Refusals are observed too, as on the per-app routes.
+		refuse := func(err error, msg string) (*mcp.CallToolResult, error) {
+			call.Err, call.Duration = err, time.Since(start)
+			if u.a.Observe != nil {
+				u.a.Observe(ctx, u.id, call)
+			}
+			return errResult(msg), nil
+		}
+		if !ok {
+			call.Tool = boundedName(name)
+			return refuse(ErrToolDenied, "tool "+name+" is not available")
+		}
+		if u.a.Policy != nil && !u.a.Policy(u.id, route.app, route.tool) {
+			return refuse(ErrToolDenied, "tool "+name+" is not available")
+		}
+		if err := u.a.Limit.Allow(ctx, u.id); err != nil {
+			return refuse(err, "mcp_tool_call_limit: the user's cap on tool calls per minute is reached; retry later")
+		}
 		var progressToken string
 		if tok := req.Params.GetProgressToken(); tok != nil && req.Session != nil {
 			u.pmu.Lock()
@@ -300,7 +312,7 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 		res, err := u.callUpstream(ctx, route, req.Params.Arguments, progressToken)
 		call.Duration, call.Err = time.Since(start), err
 		if err == nil {
-			call.Status = http.StatusOK
+			call.Status, call.ToolError = http.StatusOK, res != nil && res.IsError
 		}
 		if u.a.Observe != nil {
 			u.a.Observe(ctx, u.id, call)

@@ -1,6 +1,7 @@
 package mcpgateway
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"time"
@@ -16,11 +17,20 @@ func (e *LimitError) Error() string { return ErrToolCallLimit.Error() }
 
 func (e *LimitError) Unwrap() error { return ErrToolCallLimit }
 
+// SharedWindow takes one of id's perMinute tool calls in a window every
+// gateway shares (in Redis): it returns 0 when the call may go, or how
+// long until it may.
+type SharedWindow func(ctx context.Context, id Identity, perMinute int) (time.Duration, error)
+
 // CallLimiter caps tool calls per identity: a token bucket of PerMinute
-// calls, refilled continuously at PerMinute per minute.
+// calls, refilled continuously at PerMinute per minute; or, with Shared,
+// a window of PerMinute calls per minute shared by every gateway.
 type CallLimiter struct {
 	PerMinute int
 	Now       func() time.Time // default time.Now
+	// Shared, if set, decides; while it fails (Redis away) this gateway's
+	// own bucket does, so calls go on at no more than the cap per gateway.
+	Shared SharedWindow
 
 	mu      sync.Mutex
 	buckets map[Identity]*bucket
@@ -33,10 +43,21 @@ type bucket struct {
 
 const maxLimiterEntries = 100000
 
+func (l *CallLimiter) active() bool { return l != nil && l.PerMinute > 0 }
+
 // Allow takes one call for id, or returns a *LimitError.
-func (l *CallLimiter) Allow(id Identity) error {
+func (l *CallLimiter) Allow(ctx context.Context, id Identity) error {
 	if l == nil || l.PerMinute <= 0 {
 		return nil
+	}
+	if l.Shared != nil {
+		wait, err := l.Shared(ctx, id, l.PerMinute)
+		if err == nil && wait > 0 {
+			return &LimitError{RetryAfter: wait}
+		}
+		if err == nil {
+			return nil
+		}
 	}
 	now := time.Now()
 	if l.Now != nil {

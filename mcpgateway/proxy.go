@@ -37,9 +37,10 @@ type Call struct {
 	Tool      string // for tools/call
 	Arguments json.RawMessage
 	Status    int           // upstream status (0 when none)
+	ToolError bool          // a tools/call result said isError: true
 	Refreshed bool          // a 401 caused a refresh and a replay
 	Duration  time.Duration // until the response body ended
-	Err       error
+	Err       error         // why it failed; for a response the gateway cut (a tools/list too large to filter), set with Status
 }
 
 // Proxy is a Streamable HTTP proxy to each app's MCP server.
@@ -55,11 +56,20 @@ type Proxy struct {
 	// copied (or the request failed).
 	Observe func(ctx context.Context, id Identity, c Call)
 	// Policy, if set, refuses a tools/call of a tool it does not allow
-	// (ErrToolDenied) before anything is sent.
+	// (ErrToolDenied) before anything is sent, and removes such tools
+	// from tools/list responses.
 	Policy Policy
 	// Limit, if set, caps tools/call per user (a *LimitError).
 	Limit *CallLimiter
 }
+
+// ErrBodyTooLarge is a request body over MaxReplayBody while a tool policy
+// or cap is configured: it cannot be checked, so it is not sent.
+var ErrBodyTooLarge = errors.New("mcpgateway: the request body is too large to check against the tool policy")
+
+// ErrBodyUnreadable is a request body that is not JSON-RPC while a tool
+// policy or cap is configured: it cannot be checked, so it is not sent.
+var ErrBodyUnreadable = errors.New("mcpgateway: the request body is not JSON-RPC, so the tool policy cannot check it")
 
 // ErrToolDenied is a tools/call the tool policy does not allow.
 var ErrToolDenied = errors.New("mcpgateway: the tool policy does not allow this tool")
@@ -86,7 +96,10 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	start := time.Now()
 	call := Call{App: app}
 	err := p.serve(w, r, id, app, &call)
-	call.Err, call.Duration = err, time.Since(start)
+	if err != nil {
+		call.Err = err
+	}
+	call.Duration = time.Since(start)
 	if p.Observe != nil {
 		p.Observe(r.Context(), id, call)
 	}
@@ -114,16 +127,38 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 		if int64(len(buffered)) > limit {
 			replayable, rest = false, r.Body
 		}
-		call.RPCMethod, call.Tool, call.Arguments = inspect(buffered)
 	}
-	if call.RPCMethod == "tools/call" && p.Policy != nil && !p.Policy(id, app, call.Tool) {
-		return ErrToolDenied
+	// A body too large to read whole, or that is not JSON-RPC, cannot be
+	// checked against the tool policy or the cap: it is refused rather
+	// than let through unchecked (the MCP server's parser might read
+	// something in it).
+	checking := p.Policy != nil || p.Limit.active()
+	if !replayable && checking {
+		return ErrBodyTooLarge
 	}
-	if call.RPCMethod == "tools/call" {
-		if err := p.Limit.Allow(id); err != nil {
+	// A batch's messages are checked too: a denied tool is not callable
+	// in any form.
+	rpc := parseRPC(buffered)
+	if !rpc.ok && checking {
+		return ErrBodyUnreadable
+	}
+	call.RPCMethod, call.Tool, call.Arguments = rpc.method, rpc.tool, rpc.arguments
+	for _, tool := range rpc.tools {
+		if p.Policy != nil && !p.Policy(id, app, tool) {
+			return ErrToolDenied
+		}
+	}
+	for range rpc.tools {
+		if err := p.Limit.Allow(ctx, id); err != nil {
 			return err
 		}
 	}
+	var allowed func(string) bool
+	if p.Policy != nil {
+		allowed = func(tool string) bool { return p.Policy(id, app, tool) }
+	}
+	// A GET with Last-Event-ID replays responses to earlier requests.
+	resumed := r.Method == http.MethodGet && r.Header.Get("Last-Event-Id") != ""
 	client := p.Client
 	if client == nil {
 		client = &http.Client{Transport: NewTransport()}
@@ -176,15 +211,20 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 			continue
 		}
 		defer resp.Body.Close()
-		copyResponse(w, resp)
+		insp := newResponseInspector(resp, rpc, allowed, resumed)
+		call.Err = copyResponse(w, resp, insp) // the response has started: observed, not returned
+		call.ToolError = insp != nil && insp.toolError
 		return nil
 	}
 }
 
 // copyResponse writes the upstream answer through, flushing after every
 // read so SSE events reach the client as they come, with the server's own
-// write deadline lifted for long streams.
-func copyResponse(w http.ResponseWriter, resp *http.Response) {
+// write deadline lifted for long streams. insp, when set, sees every byte
+// and decides what goes on when; when it fails (a tools/list response it
+// cannot filter) the response is cut rather than passed unfiltered, and
+// that error is returned (not the client's going away).
+func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInspector) error {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	_ = rc.SetReadDeadline(time.Time{})
@@ -196,47 +236,46 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) {
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(resp.StatusCode)
 	_ = rc.Flush()
+	write := func(p []byte) error {
+		if _, err := w.Write(p); err != nil {
+			return err
+		}
+		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+		return nil
+	}
+	var clientErr error
+	if insp != nil {
+		insp.out = func(p []byte) error {
+			clientErr = write(p)
+			return clientErr
+		}
+	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
+			if insp == nil {
+				if write(buf[:n]) != nil {
+					return nil
+				}
+			} else if ierr := insp.Write(buf[:n]); ierr != nil {
+				if clientErr != nil {
+					return nil
+				}
+				return ierr
 			}
-			if ferr := rc.Flush(); ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
-				return
+		}
+		if errors.Is(err, io.EOF) && insp != nil {
+			if ierr := insp.Close(); ierr != nil && clientErr == nil {
+				return ierr
 			}
 		}
 		if err != nil {
-			return
+			return nil
 		}
 	}
-}
-
-// inspect reads the JSON-RPC method (and tool name and arguments of a
-// tools/call) of a single message. Batches and non-JSON yield "".
-func inspect(body []byte) (method, tool string, args json.RawMessage) {
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return "", "", nil
-	}
-	var msg struct {
-		Method string `json:"method"`
-		Params struct {
-			Name      string          `json:"name"`
-			Arguments json.RawMessage `json:"arguments"`
-		} `json:"params"`
-	}
-	if json.Unmarshal(trimmed, &msg) != nil {
-		return "", "", nil
-	}
-	if len(msg.Method) > 128 {
-		msg.Method = msg.Method[:128]
-	}
-	if msg.Method == "tools/call" {
-		return msg.Method, boundedName(msg.Params.Name), msg.Params.Arguments
-	}
-	return msg.Method, "", nil
 }
 
 func boundedName(s string) string {

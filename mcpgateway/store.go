@@ -36,6 +36,14 @@ type KV interface {
 	List(ctx context.Context, prefix string, recursive bool) ([]string, error)
 }
 
+// Locker is a lock shared by every gateway that uses the same storage
+// (certmagic.Storage has it). Lock blocks until the named lock is held or
+// ctx ends.
+type Locker interface {
+	Lock(ctx context.Context, name string) error
+	Unlock(ctx context.Context, name string) error
+}
+
 // Record is what the gateway keeps for one (tenant, user, app): the MCP
 // tokens and where to use them. It is stored only encrypted.
 type Record struct {
@@ -106,6 +114,11 @@ func (s *Store) Subject(id Identity) string {
 }
 
 func (s *Store) userPrefix(id Identity) string { return s.prefix + "/" + s.Subject(id) }
+
+// lockName names the storage lock of (id, app)'s record.
+func (s *Store) lockName(id Identity, app string) string {
+	return "zapier_mcp_token_" + s.Subject(id) + "_" + app
+}
 
 // storageKey is <prefix>/<subject>/<app>; app names are validated by the
 // caller (letters, digits and _-.@:), so they are path-safe.

@@ -3,6 +3,7 @@ package mcpgateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -18,7 +19,11 @@ type RefreshFunc func(ctx context.Context, id Identity, rec Record) (Record, err
 
 // Tokens hands out a user's MCP token for an app and refreshes it at most
 // once at a time per (tenant, user, app): of many calls that found the same
-// token refused, one refreshes and the others use its result.
+// token refused, one refreshes and the others use its result. When the
+// store's KV is a Locker (Caddy storage is), that holds across every
+// gateway sharing the storage: Zapier rotates refresh tokens, so a second
+// refresh with the same refresh token would be refused and the user sent
+// to authorize again.
 type Tokens struct {
 	store   *Store
 	refresh RefreshFunc
@@ -77,11 +82,11 @@ func (t *Tokens) Current(ctx context.Context, id Identity, app string) (*Record,
 }
 
 // Refresh replaces the token stale that Zapier refused (or that expired).
-// Under the key's lock it reloads the record: when another call already
-// replaced stale, that result is used without calling Zapier again.
+// Under the key's lock it reloads the record: when another call (here or
+// on another gateway) already replaced stale, that result is used without
+// calling Zapier again.
 func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*Record, error) {
-	k := t.store.storageKey(id, app)
-	unlock, err := t.lock(ctx, k)
+	unlock, err := t.lock(ctx, id, app)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +131,7 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 
 // Forget deletes a record under the key's lock.
 func (t *Tokens) Forget(ctx context.Context, id Identity, app string) (bool, error) {
-	unlock, err := t.lock(ctx, t.store.storageKey(id, app))
+	unlock, err := t.lock(ctx, id, app)
 	if err != nil {
 		return false, err
 	}
@@ -136,7 +141,7 @@ func (t *Tokens) Forget(ctx context.Context, id Identity, app string) (bool, err
 
 // Save stores a newly authorized record under the key's lock.
 func (t *Tokens) Save(ctx context.Context, id Identity, rec *Record) error {
-	unlock, err := t.lock(ctx, t.store.storageKey(id, rec.App))
+	unlock, err := t.lock(ctx, id, rec.App)
 	if err != nil {
 		return err
 	}
@@ -144,8 +149,34 @@ func (t *Tokens) Save(ctx context.Context, id Identity, rec *Record) error {
 	return t.store.Put(ctx, id, rec)
 }
 
-// lock takes the per-key lock, giving up when ctx ends.
-func (t *Tokens) lock(ctx context.Context, k string) (func(), error) {
+// lock takes (id, app)'s lock: in this process, then in the storage when
+// it has locks, so one writer at a time changes a record. It gives up
+// when ctx ends.
+func (t *Tokens) lock(ctx context.Context, id Identity, app string) (func(), error) {
+	unlock, err := t.localLock(ctx, t.store.storageKey(id, app))
+	if err != nil {
+		return nil, err
+	}
+	locker, ok := t.store.kv.(Locker)
+	if !ok {
+		return unlock, nil
+	}
+	name := t.store.lockName(id, app)
+	if err := locker.Lock(ctx, name); err != nil {
+		unlock()
+		return nil, fmt.Errorf("locking the MCP token record: %w", err)
+	}
+	return func() {
+		// Even when ctx ended: a lock left behind would stall the other
+		// gateways until the storage expires it.
+		_ = locker.Unlock(context.WithoutCancel(ctx), name)
+		unlock()
+	}, nil
+}
+
+// localLock takes the per-key lock in this process, so the calls that
+// wait here do not each poll the storage lock.
+func (t *Tokens) localLock(ctx context.Context, k string) (func(), error) {
 	t.mu.Lock()
 	l := t.locks[k]
 	if l == nil {

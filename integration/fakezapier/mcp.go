@@ -45,6 +45,7 @@ type MCPStats struct {
 
 type mcpApp struct {
 	id, title string
+	json      bool // answers POSTs with application/json rather than SSE
 	handler   http.Handler
 }
 
@@ -89,13 +90,20 @@ func (s *Server) mcp() *mcpState {
 }
 
 // RegisterMCPApp lists an app in GET /v2/whitelabel/apps and serves its MCP
-// server at /mcp/<id>.
-func (s *Server) RegisterMCPApp(id, title string) {
+// server at /mcp/<id>, answering with SSE streams.
+func (s *Server) RegisterMCPApp(id, title string) { s.registerMCPApp(&mcpApp{id: id, title: title}) }
+
+// RegisterMCPAppJSON is RegisterMCPApp for a server that answers POSTs
+// with single JSON responses (Streamable HTTP allows either).
+func (s *Server) RegisterMCPAppJSON(id, title string) {
+	s.registerMCPApp(&mcpApp{id: id, title: title, json: true})
+}
+
+func (s *Server) registerMCPApp(app *mcpApp) {
 	st := s.mcp()
-	app := &mcpApp{id: id, title: title}
 	app.handler = s.newMCPHandler(app)
 	st.mu.Lock()
-	st.apps[id] = app
+	st.apps[app.id] = app
 	st.mu.Unlock()
 }
 
@@ -458,6 +466,11 @@ func (s *Server) newMCPHandler(app *mcpApp) http.Handler {
 			count()
 			return text(in.Text), nil, nil
 		})
+	mcp.AddTool(server, &mcp.Tool{Name: "fail", Description: "always fails: a result with isError"},
+		func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
+			count()
+			return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: "the app refused"}}}, nil, nil
+		})
 	mcp.AddTool(server, &mcp.Tool{Name: "stream", Description: "sends progress notifications over SSE"},
 		func(ctx context.Context, req *mcp.CallToolRequest, in streamArgs) (*mcp.CallToolResult, any, error) {
 			count()
@@ -477,7 +490,8 @@ func (s *Server) newMCPHandler(app *mcpApp) http.Handler {
 			}
 			return text(fmt.Sprintf("streamed %d steps", in.Steps)), nil, nil
 		})
-	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
+		&mcp.StreamableHTTPOptions{JSONResponse: app.json})
 	verify := func(_ context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
 		st := s.mcp()
 		st.mu.Lock()
