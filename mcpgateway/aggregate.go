@@ -356,12 +356,18 @@ func (u *userAgg) callUpstream(ctx context.Context, route toolRoute, args any, p
 			params.SetProgressToken(progressToken)
 		}
 		res, err := s.CallTool(ctx, params)
-		if err != nil && attempt == 0 && ctx.Err() == nil && !errors.Is(err, ErrAuthorizationRequired) {
-			u.mu.Lock()
-			if u.sessions[route.app] == s {
-				u.dropLocked(route.app) // the session broke: one new session, one more try
-			}
-			u.mu.Unlock()
+		if err == nil || ctx.Err() != nil || errors.Is(err, ErrAuthorizationRequired) {
+			return res, err
+		}
+		u.mu.Lock()
+		if u.sessions[route.app] == s {
+			u.dropLocked(route.app) // the session broke: the next call opens a new one
+		}
+		u.mu.Unlock()
+		// Only a session the server no longer knows (404) proves the tool did
+		// not run; after any other failure it may have (a message sent, a
+		// side effect done), and a tool call is at most once.
+		if attempt == 0 && errors.Is(err, mcp.ErrSessionMissing) {
 			continue
 		}
 		return res, err

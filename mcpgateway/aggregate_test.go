@@ -2,10 +2,12 @@ package mcpgateway
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,5 +139,96 @@ func TestAggregatorListsRoutesAndFilters(t *testing.T) {
 func TestExposedNamesAreValid(t *testing.T) {
 	if got := exposedName("App@v2:x", "send message"); got != "App_v2_x__send_message" || strings.ContainsAny(got, "@: ") {
 		t.Fatalf("exposedName = %q", got)
+	}
+}
+
+// countingApp is an app server whose echo tool counts its runs, and whose
+// transport can forget every session or break after a tool ran.
+type countingApp struct {
+	runs       atomic.Int64
+	handler    atomic.Pointer[http.Handler]
+	breakAfter atomic.Bool // abort the response of the next tools/call, after the tool ran
+	newHandler func() http.Handler
+}
+
+func newCountingApp(t *testing.T) (*countingApp, *httptest.Server) {
+	t.Helper()
+	a := &countingApp{}
+	a.newHandler = func() http.Handler {
+		s := mcp.NewServer(&mcp.Implementation{Name: "Slack", Version: "1"}, nil)
+		mcp.AddTool(s, &mcp.Tool{Name: "echo"}, func(_ context.Context, _ *mcp.CallToolRequest, in textIn) (*mcp.CallToolResult, any, error) {
+			a.runs.Add(1)
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: in.Text}}}, nil, nil
+		})
+		var h http.Handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil)
+		return h
+	}
+	a.forgetSessions()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := *a.handler.Load()
+		if r.Method == http.MethodPost && a.breakAfter.Load() {
+			body, _ := io.ReadAll(r.Body)
+			if strings.Contains(string(body), `"tools/call"`) {
+				a.breakAfter.Store(false)
+				r.Body = io.NopCloser(strings.NewReader(string(body)))
+				h.ServeHTTP(httptest.NewRecorder(), r) // the tool runs
+				panic(http.ErrAbortHandler)            // and the answer is lost
+			}
+			r.Body = io.NopCloser(strings.NewReader(string(body)))
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return a, srv
+}
+
+// forgetSessions replaces the server's handler: every session id it gave
+// out is unknown from now on (404), as after a restart of the app's server.
+func (a *countingApp) forgetSessions() {
+	h := a.newHandler()
+	a.handler.Store(&h)
+}
+
+// TestAggregatorCallsAToolAtMostOnce: a session the app's server no longer
+// knows is reopened and the call made on it (the tool had not run); a call
+// whose answer was lost after it was sent is not made again (it may have
+// run, with its side effects).
+func TestAggregatorCallsAToolAtMostOnce(t *testing.T) {
+	ctx := context.Background()
+	app, srv := newCountingApp(t)
+	store := newStore(t, newMemKV(), "0123456789abcdef-secret")
+	tokens := NewTokens(store, nil, time.Second, nil)
+	_ = tokens.Save(ctx, alice, &Record{App: "Slack", ServerURL: srv.URL, AccessToken: "at", Expiry: time.Now().Add(time.Hour)})
+	agg := &Aggregator{Tokens: tokens}
+	defer agg.Close()
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		agg.ServeHTTP(w, r.WithContext(WithIdentity(r.Context(), alice)))
+	}))
+	defer front.Close()
+	s := aggregateClient(t, front, "alice")
+	call := func() (*mcp.CallToolResult, error) {
+		return s.CallTool(ctx, &mcp.CallToolParams{Name: "Slack__echo", Arguments: map[string]any{"text": "hi"}})
+	}
+	if r, err := call(); err != nil || r.IsError {
+		t.Fatalf("first call: %v %+v", err, r)
+	}
+
+	app.forgetSessions()
+	if r, err := call(); err != nil || r.IsError {
+		t.Fatalf("call after the app forgot the session: %v %+v", err, r)
+	}
+	if n := app.runs.Load(); n != 2 {
+		t.Fatalf("tool ran %d times after two calls", n)
+	}
+
+	app.breakAfter.Store(true)
+	if r, err := call(); err == nil && !r.IsError {
+		t.Fatalf("a call whose answer was lost succeeded: %+v", r)
+	}
+	if n := app.runs.Load(); n != 3 {
+		t.Fatalf("tool ran %d times after three calls: a call whose answer was lost was made again", n)
+	}
+	if r, err := call(); err != nil || r.IsError {
+		t.Fatalf("call after a broken one: %v %+v", err, r)
 	}
 }
