@@ -89,6 +89,10 @@ type Config struct {
 	HeartbeatEvery time.Duration
 	Clock          Clock
 	Observer       Observer
+
+	// manual leaves dispatch to the caller (due and grant): simulations
+	// drive the budget on a fake clock without a goroutine.
+	manual bool
 }
 
 // Snapshot is the budget's state, for status pages and metrics.
@@ -166,8 +170,10 @@ func New(cfg Config) (*Budget, error) {
 		b.partner = newWindow(cfg.Partner, b.margin(cfg.Partner), cfg.Burst)
 	}
 	b.queue.init()
-	b.done.Add(1)
-	go b.dispatch()
+	if !cfg.manual {
+		b.done.Add(1)
+		go b.dispatch()
+	}
 	if cfg.Shared != nil {
 		b.done.Add(1)
 		go b.heartbeat()
@@ -226,39 +232,10 @@ func (b *Budget) Acquire(ctx context.Context, tenant string) error {
 // nil when the requests may go, an *ExhaustedError when they may not, or
 // ctx's error when the caller went away while queued (its place is freed).
 func (b *Budget) AcquireRequest(ctx context.Context, req Request) error {
-	units := max(req.Units, 1)
-	now := b.clock.Now()
-	b.mu.Lock()
-	if limit := b.maxUnits(); units > limit {
-		b.mu.Unlock()
-		return fmt.Errorf("budget: %d requests at once exceed the limit of %d", units, limit)
+	w, err := b.admit(b.clock.Now(), req)
+	if w == nil {
+		return err
 	}
-	if b.closed {
-		b.mu.Unlock()
-		return &ExhaustedError{RetryAfter: time.Second, Reason: ShedClosed}
-	}
-	if b.queue.n == 0 && b.cfg.Shared == nil && !b.nextLocal(now, units).After(now) {
-		b.takeLocal(now, units)
-		b.mu.Unlock()
-		b.cfg.Observer.Granted(0)
-		return nil
-	}
-	position := b.queue.position(req.Tenant)
-	if req.Urgent {
-		position = b.queue.urgentPosition(req.Tenant)
-	}
-	if eta := b.eta(now, position-1+units); eta.Sub(now) > b.cfg.MaxWait {
-		b.mu.Unlock()
-		b.cfg.Observer.Shed(ShedQueueFull)
-		return &ExhaustedError{RetryAfter: eta.Sub(now), Reason: ShedQueueFull}
-	}
-	deadline := now.Add(b.cfg.MaxWait)
-	if b.cfg.Shared != nil {
-		deadline = deadline.Add(b.cfg.SharedTimeout) // the store's answer is not the caller's wait
-	}
-	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: deadline, units: units}
-	b.queue.push(req.Tenant, w, req.Urgent)
-	b.mu.Unlock()
 	b.kick()
 
 	select {
@@ -278,6 +255,44 @@ func (b *Budget) AcquireRequest(ctx context.Context, req Request) error {
 		return err
 	}
 	return ctx.Err()
+}
+
+// admit grants req at now if it may go at once (nil, nil), refuses it
+// (nil, err), or queues it (the waiter, nil) for dispatch.
+func (b *Budget) admit(now time.Time, req Request) (*waiter, error) {
+	units := max(req.Units, 1)
+	b.mu.Lock()
+	if limit := b.maxUnits(); units > limit {
+		b.mu.Unlock()
+		return nil, fmt.Errorf("budget: %d requests at once exceed the limit of %d", units, limit)
+	}
+	if b.closed {
+		b.mu.Unlock()
+		return nil, &ExhaustedError{RetryAfter: time.Second, Reason: ShedClosed}
+	}
+	if b.queue.n == 0 && b.cfg.Shared == nil && !b.nextLocal(now, units).After(now) {
+		b.takeLocal(now, units)
+		b.mu.Unlock()
+		b.cfg.Observer.Granted(0)
+		return nil, nil
+	}
+	position := b.queue.position(req.Tenant)
+	if req.Urgent {
+		position = b.queue.urgentPosition(req.Tenant)
+	}
+	if eta := b.eta(now, position-1+units); eta.Sub(now) > b.cfg.MaxWait {
+		b.mu.Unlock()
+		b.cfg.Observer.Shed(ShedQueueFull)
+		return nil, &ExhaustedError{RetryAfter: eta.Sub(now), Reason: ShedQueueFull}
+	}
+	deadline := now.Add(b.cfg.MaxWait)
+	if b.cfg.Shared != nil {
+		deadline = deadline.Add(b.cfg.SharedTimeout) // the store's answer is not the caller's wait
+	}
+	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: deadline, units: units}
+	b.queue.push(req.Tenant, w, req.Urgent)
+	b.mu.Unlock()
+	return w, nil
 }
 
 // Exhaust records that Zapier answered 429: nothing is granted before
