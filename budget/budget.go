@@ -169,7 +169,7 @@ func New(cfg Config) (*Budget, error) {
 	if !cfg.Partner.Off() {
 		b.partner = newWindow(cfg.Partner, b.margin(cfg.Partner), cfg.Burst)
 	}
-	b.queue.init()
+	b.queue.init(b.fairSpan(), b.maxUnits())
 	if !cfg.manual {
 		b.done.Add(1)
 		go b.dispatch()
@@ -189,6 +189,18 @@ func (b *Budget) margin(l Limit) time.Duration {
 		return b.cfg.Margin
 	}
 	return max(l.Per/50, 250*time.Millisecond)
+}
+
+// fairSpan is how far back the queue looks at what each tenant was granted:
+// the longest window.
+func (b *Budget) fairSpan() time.Duration {
+	var span time.Duration
+	for _, w := range []*window{b.perIP, b.partner} {
+		if w != nil {
+			span = max(span, w.span)
+		}
+	}
+	return span
 }
 
 // Close stops the budget; queued requests are refused.
@@ -272,13 +284,14 @@ func (b *Budget) admit(now time.Time, req Request) (*waiter, error) {
 	}
 	if b.queue.n == 0 && b.cfg.Shared == nil && !b.nextLocal(now, units).After(now) {
 		b.takeLocal(now, units)
+		b.queue.charge(req.Tenant, now, units)
 		b.mu.Unlock()
 		b.cfg.Observer.Granted(0)
 		return nil, nil
 	}
-	position := b.queue.position(req.Tenant)
+	position := b.queue.position(req.Tenant, now)
 	if req.Urgent {
-		position = b.queue.urgentPosition(req.Tenant)
+		position = b.queue.urgentPosition(req.Tenant, now)
 	}
 	if eta := b.eta(now, position-1+units); eta.Sub(now) > b.cfg.MaxWait {
 		b.mu.Unlock()
@@ -289,7 +302,7 @@ func (b *Budget) admit(now time.Time, req Request) (*waiter, error) {
 	if b.cfg.Shared != nil {
 		deadline = deadline.Add(b.cfg.SharedTimeout) // the store's answer is not the caller's wait
 	}
-	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: deadline, units: units}
+	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: deadline, units: units, urgent: req.Urgent}
 	b.queue.push(req.Tenant, w, req.Urgent)
 	b.mu.Unlock()
 	return w, nil

@@ -60,7 +60,7 @@ func (b *Budget) dispatch() {
 			continue
 		}
 		now = b.clock.Now()
-		if b.queue.peek() != head { // the head left while the store answered: its slots are lost, conservatively
+		if b.queue.peek(now) != head { // the head left while the store answered: its slots are lost, conservatively
 			b.mu.Unlock()
 			continue
 		}
@@ -78,7 +78,7 @@ func (b *Budget) due(now time.Time) (*waiter, time.Time) {
 	if b.queue.n == 0 {
 		return nil, time.Time{}
 	}
-	head := b.queue.peek()
+	head := b.queue.peek(now)
 	if t := b.nextLocal(now, head.units); t.After(now) {
 		// Wake just past the soonest deadline: a request may wait exactly
 		// MaxWait, not longer.
@@ -92,7 +92,7 @@ func (b *Budget) due(now time.Time) (*waiter, time.Time) {
 
 // grant pops the head of the queue and grants it at now, with b.mu held.
 func (b *Budget) grant(now time.Time) *waiter {
-	w := b.queue.pop()
+	w := b.queue.pop(now)
 	b.takeLocal(now, w.units)
 	w.ready <- nil
 	return w

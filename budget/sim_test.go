@@ -2,6 +2,7 @@ package budget
 
 import (
 	"container/heap"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -230,6 +231,7 @@ func (s *sim) postRun(res *simResult, tenant int, measured bool) {
 			left := deadline.Sub(now)
 			if left <= 0 {
 				res.pending[tenant]++
+				res.shed[tenant]["poll:wait over"]++
 				return
 			}
 			s.b.mu.Lock()
@@ -243,6 +245,12 @@ func (s *sim) postRun(res *simResult, tenant int, measured bool) {
 				s.acquireSeq(Request{Tenant: name, Urgent: true}, func(err error) {
 					if err != nil {
 						res.shed[tenant]["poll:"+reason(err)]++
+						var ee *ExhaustedError
+						if simRetryPolls && errors.As(err, &ee) && s.clk.Now().Add(ee.RetryAfter).Before(deadline) {
+							pause = max(pause, ee.RetryAfter)
+							await()
+							return
+						}
 						res.pending[tenant]++
 						return
 					}
@@ -294,6 +302,8 @@ func jainIndex(x []float64) float64 {
 	}
 	return sum * sum / (float64(len(x)) * sq)
 }
+
+var simRetryPolls = true
 
 // TestPollingRunsSharedFairly is the bench's polling mode at 5× load: the
 // tenants' completed runs must be shared fairly (Jain ≥ 0.95) although
