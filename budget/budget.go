@@ -4,11 +4,13 @@
 // partner (Zapier's per-partner limit, optionally shared through Redis), so
 // the gateway never draws the 429 that starts Zapier's 60-second cooldown.
 //
-// A request that finds no room waits in a queue that serves tenants in turn
-// (round robin), so a tenant sending ten times another's load cannot push
-// the other below its fair share. A request whose wait would pass MaxWait is
-// refused at once with the time the budget would have had room for it, and
-// one that waited MaxWait without its turn coming is refused then.
+// A request that finds no room waits in a queue that serves first the
+// tenants granted the least in the last window (see fairQueue), so a tenant
+// sending ten times another's load cannot push the other below its fair
+// share, even when the other is not waiting at every instant. A request
+// whose wait would pass MaxWait is refused at once with the time the budget
+// would have had room for it, and one that waited MaxWait without its turn
+// coming is refused then.
 package budget
 
 import (
@@ -228,8 +230,10 @@ type Request struct {
 	// 1): a multi-call operation gets all its calls or none, so it never
 	// spends part of the budget on calls that cannot finish it.
 	Units int
-	// Urgent requests go ahead of their tenant's others (for example the
-	// polls of a run already created, which finish work already paid for).
+	// Urgent requests go ahead of their tenant's others, and of the
+	// other tenants' requests once those tenants had their share of the
+	// window (for example the polls of a run already created, which
+	// finish work already paid for).
 	Urgent bool
 }
 

@@ -11,12 +11,14 @@ import (
 
 // The simulation drives a real Budget (admission, fair queue, windows,
 // deadlines) on a fake clock, without its dispatch goroutine, against a
-// model of what the gateway's POST run does with it: prepay the fresh
-// action id and the create as 2 units, then poll the created run (urgent
-// requests) with backoff until it ends or the caller's wait is over. It is
-// the bench's budget section (bench/budget.go) at the same scale: a Zapier
-// minute is 6s, 60/6s per IP, 150/6s partner, max_wait 1s, burst 15, 50ms
-// on every API call, a 1s action, wait 6s, polls 50ms doubling to 500ms.
+// model of what the gateway's POST run does with it (caddymodule's
+// Actions.run and await): prepay the fresh action id and the create as 2
+// units, then poll the created run (urgent requests) with backoff until it
+// ends or the caller's wait is over; a poll the budget refuses is tried
+// again after its Retry-After while the wait lasts. It is the bench's
+// budget section (bench/budget.go) at the same scale: a Zapier minute is
+// 6s, 60/6s per IP, 150/6s partner, max_wait 1s, burst 15, 50ms on every
+// API call, a 1s action, wait 6s, polls 50ms doubling to 500ms.
 type simConfig struct {
 	Load    float64 // × the ideal run rate
 	Weights []int
@@ -246,7 +248,7 @@ func (s *sim) postRun(res *simResult, tenant int, measured bool) {
 					if err != nil {
 						res.shed[tenant]["poll:"+reason(err)]++
 						var ee *ExhaustedError
-						if simRetryPolls && errors.As(err, &ee) && s.clk.Now().Add(ee.RetryAfter).Before(deadline) {
+						if errors.As(err, &ee) && s.clk.Now().Add(ee.RetryAfter).Before(deadline) {
 							pause = max(pause, ee.RetryAfter)
 							await()
 							return
@@ -302,8 +304,6 @@ func jainIndex(x []float64) float64 {
 	}
 	return sum * sum / (float64(len(x)) * sq)
 }
-
-var simRetryPolls = true
 
 // TestPollingRunsSharedFairly is the bench's polling mode at 5× load: the
 // tenants' completed runs must be shared fairly (Jain ≥ 0.95) although
