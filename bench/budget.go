@@ -66,6 +66,7 @@ type budgetOptions struct {
 	// Zapier minute and scaled like the rest; 0 turns one off.
 	IdentityLimit, TenantLimit int
 	Tree                       string
+	Keep                       string // an earlier budget.json whose other modes are kept
 }
 
 func (o budgetOptions) scaled(d time.Duration) time.Duration {
@@ -131,6 +132,11 @@ func runBudgetSection(ctx context.Context, b *bench, o budgetOptions) error {
 	}
 	keep = false
 	res.Env.LoadEnd = loadAvg()
+	if o.Keep != "" {
+		if err := res.keepModes(o.Keep); err != nil {
+			return err
+		}
+	}
 	if err := res.write(b.outDir); err != nil {
 		return err
 	}

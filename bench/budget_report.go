@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,6 +59,9 @@ type budgetMode struct {
 	IdealPerMin   float64       `json:"ideal_runs_per_min"` // budget ÷ calls per run
 	ConnectCalls  int           `json:"connect_v2_calls"`   // /v2 calls the 50 connect flows cost
 	Levels        []budgetLevel `json:"levels"`
+	// Env is set on a mode kept from an earlier run (-budget-keep): the
+	// run that measured it, when not the one in the header.
+	Env *envInfo `json:"env,omitempty"`
 }
 
 // budgetLevel is one offered load.
@@ -316,16 +320,59 @@ func (r *budgetResults) write(dir string) error {
 	return nil
 }
 
-func rerenderBudget(jsonPath, dir string) error {
-	data, err := os.ReadFile(jsonPath)
+func rerenderBudget(jsonPath, keep, dir string) error {
+	r, err := readBudget(jsonPath)
 	if err != nil {
 		return err
 	}
-	var r budgetResults
-	if err := json.Unmarshal(data, &r); err != nil {
-		return fmt.Errorf("%s: %w", jsonPath, err)
+	if keep != "" {
+		if err := r.keepModes(keep); err != nil {
+			return err
+		}
 	}
 	return r.write(dir)
+}
+
+func readBudget(path string) (*budgetResults, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r budgetResults
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &r, nil
+}
+
+// keepModes adds the modes of an earlier run's budget.json (path) that r
+// did not measure, each marked with the run that measured it, so a run of
+// one mode does not drop the other's results. The setups must match.
+func (r *budgetResults) keepModes(path string) error {
+	old, err := readBudget(path)
+	if err != nil {
+		return err
+	}
+	if !reflect.DeepEqual(old.Config, r.Config) {
+		return fmt.Errorf("-budget-keep %s: its setup differs from this run's; measure every mode instead", path)
+	}
+	have := map[string]bool{}
+	for _, m := range r.Modes {
+		have[m.Name] = true
+	}
+	for _, m := range old.Modes {
+		if have[m.Name] {
+			continue
+		}
+		if m.Env == nil {
+			env := old.Env
+			m.Env = &env
+		}
+		r.Modes = append(r.Modes, m)
+	}
+	// Callbacks first, as a run of both writes them.
+	sort.SliceStable(r.Modes, func(i, j int) bool { return r.Modes[i].Callbacks && !r.Modes[j].Callbacks })
+	return nil
 }
 
 func yes(met bool) string {
@@ -354,6 +401,10 @@ func (r *budgetResults) markdown() string {
 
 	for _, m := range r.Modes {
 		fmt.Fprintf(&b, "## %s\n\n", modeTitle(m))
+		if m.Env != nil {
+			fmt.Fprintf(&b, "*Kept from an earlier run with the same setup (-budget-keep), not measured with the header's tree: "+
+				"%s · tree %s · load average %s → %s.*\n\n", m.Env.Date, m.Env.Tree, m.Env.LoadStart, m.Env.LoadEnd)
+		}
 		fmt.Fprintf(&b, "Ideal: %d ÷ %g calls per run = **%.1f runs/min**. The 50 connect flows before the levels cost %d `/v2` calls.\n\n",
 			min(c.PerIP, c.Partner), m.CallsPerRun, m.IdealPerMin, m.ConnectCalls)
 		b.WriteString("| load | offered/min | completed/min | vs ideal | 429s | calls/run | Jain | p99 queue wait | 200 / 202 / 503 | lost | created = answered | goals |\n")

@@ -228,3 +228,35 @@ func TestPeakIn(t *testing.T) {
 		t.Errorf("peak of nothing = %d", got)
 	}
 }
+
+func TestKeepModesFromAnEarlierRun(t *testing.T) {
+	dir := t.TempDir()
+	cfg := budgetConfig{Factor: 10, PerIP: 60, Partner: 150, Weights: []int{8, 4, 2, 1, 1}}
+	earlier := &budgetResults{Env: envInfo{Date: "earlier", Tree: "aaa"}, Config: cfg,
+		Modes: []budgetMode{{Name: "callbacks", Callbacks: true}, {Name: "polling"}}}
+	if err := earlier.write(dir); err != nil {
+		t.Fatal(err)
+	}
+	path := dir + "/budget.json"
+
+	now := &budgetResults{Env: envInfo{Date: "now", Tree: "bbb"}, Config: cfg, Modes: []budgetMode{{Name: "polling"}}}
+	if err := now.keepModes(path); err != nil {
+		t.Fatal(err)
+	}
+	if len(now.Modes) != 2 || now.Modes[0].Name != "callbacks" || now.Modes[1].Name != "polling" {
+		t.Fatalf("modes %+v, want callbacks (kept) then polling (measured)", now.Modes)
+	}
+	if now.Modes[0].Env == nil || now.Modes[0].Env.Tree != "aaa" || now.Modes[1].Env != nil {
+		t.Fatalf("kept mode not marked with the earlier run: %+v / %+v", now.Modes[0].Env, now.Modes[1].Env)
+	}
+	if md := now.markdown(); !strings.Contains(md, "Kept from an earlier run") || !strings.Contains(md, "tree aaa") {
+		t.Fatalf("budget.md does not say which mode was kept:\n%s", md)
+	}
+
+	other := cfg
+	other.Factor = 5
+	diff := &budgetResults{Config: other, Modes: []budgetMode{{Name: "polling"}}}
+	if err := diff.keepModes(path); err == nil {
+		t.Fatal("kept modes measured with another setup")
+	}
+}

@@ -160,6 +160,7 @@ func main() {
 	flag.Uint64Var(&bo.Seed, "budget-seed", 1, "budget section: seed of the arrival process")
 	flag.StringVar(&bo.Tree, "budget-tree", "", "budget section: the source the Caddy binary was built from, when not -root's checkout (recorded in budget.md)")
 	rerenderBudgetJSON := flag.String("rerender-budget", "", "only rewrite budget.md and budget.svg in -out from this budget.json")
+	flag.StringVar(&bo.Keep, "budget-keep", "", "budget section (and -rerender-budget): keep the modes this run does not measure from this earlier budget.json (same setup), marked with the run that measured them")
 	flag.Parse()
 	if *rerender != "" {
 		if err := rerenderResults(*rerender, b.outDir); err != nil {
@@ -168,7 +169,7 @@ func main() {
 		return
 	}
 	if *rerenderBudgetJSON != "" {
-		if err := rerenderBudget(*rerenderBudgetJSON, b.outDir); err != nil {
+		if err := rerenderBudget(*rerenderBudgetJSON, bo.Keep, b.outDir); err != nil {
 			log.Fatal(err)
 		}
 		return

@@ -4,11 +4,13 @@
 // partner (Zapier's per-partner limit, optionally shared through Redis), so
 // the gateway never draws the 429 that starts Zapier's 60-second cooldown.
 //
-// A request that finds no room waits in a queue that serves tenants in turn
-// (round robin), so a tenant sending ten times another's load cannot push
-// the other below its fair share. A request whose wait would pass MaxWait is
-// refused at once with the time the budget would have had room for it, and
-// one that waited MaxWait without its turn coming is refused then.
+// A request that finds no room waits in a queue that serves first the
+// tenants granted the least in the last window (see fairQueue), so a tenant
+// sending ten times another's load cannot push the other below its fair
+// share, even when the other is not waiting at every instant. A request
+// whose wait would pass MaxWait is refused at once with the time the budget
+// would have had room for it, and one that waited MaxWait without its turn
+// coming is refused then.
 package budget
 
 import (
@@ -89,6 +91,10 @@ type Config struct {
 	HeartbeatEvery time.Duration
 	Clock          Clock
 	Observer       Observer
+
+	// manual leaves dispatch to the caller (due and grant): simulations
+	// drive the budget on a fake clock without a goroutine.
+	manual bool
 }
 
 // Snapshot is the budget's state, for status pages and metrics.
@@ -165,9 +171,11 @@ func New(cfg Config) (*Budget, error) {
 	if !cfg.Partner.Off() {
 		b.partner = newWindow(cfg.Partner, b.margin(cfg.Partner), cfg.Burst)
 	}
-	b.queue.init()
-	b.done.Add(1)
-	go b.dispatch()
+	b.queue.init(b.fairSpan(), b.maxUnits())
+	if !cfg.manual {
+		b.done.Add(1)
+		go b.dispatch()
+	}
 	if cfg.Shared != nil {
 		b.done.Add(1)
 		go b.heartbeat()
@@ -183,6 +191,18 @@ func (b *Budget) margin(l Limit) time.Duration {
 		return b.cfg.Margin
 	}
 	return max(l.Per/50, 250*time.Millisecond)
+}
+
+// fairSpan is how far back the queue looks at what each tenant was granted:
+// the longest window.
+func (b *Budget) fairSpan() time.Duration {
+	var span time.Duration
+	for _, w := range []*window{b.perIP, b.partner} {
+		if w != nil {
+			span = max(span, w.span)
+		}
+	}
+	return span
 }
 
 // Close stops the budget; queued requests are refused.
@@ -210,8 +230,10 @@ type Request struct {
 	// 1): a multi-call operation gets all its calls or none, so it never
 	// spends part of the budget on calls that cannot finish it.
 	Units int
-	// Urgent requests go ahead of their tenant's others (for example the
-	// polls of a run already created, which finish work already paid for).
+	// Urgent requests go ahead of their tenant's others, and of the
+	// other tenants' requests once those tenants had their share of the
+	// window (for example the polls of a run already created, which
+	// finish work already paid for).
 	Urgent bool
 }
 
@@ -226,39 +248,10 @@ func (b *Budget) Acquire(ctx context.Context, tenant string) error {
 // nil when the requests may go, an *ExhaustedError when they may not, or
 // ctx's error when the caller went away while queued (its place is freed).
 func (b *Budget) AcquireRequest(ctx context.Context, req Request) error {
-	units := max(req.Units, 1)
-	now := b.clock.Now()
-	b.mu.Lock()
-	if limit := b.maxUnits(); units > limit {
-		b.mu.Unlock()
-		return fmt.Errorf("budget: %d requests at once exceed the limit of %d", units, limit)
+	w, err := b.admit(b.clock.Now(), req)
+	if w == nil {
+		return err
 	}
-	if b.closed {
-		b.mu.Unlock()
-		return &ExhaustedError{RetryAfter: time.Second, Reason: ShedClosed}
-	}
-	if b.queue.n == 0 && b.cfg.Shared == nil && !b.nextLocal(now, units).After(now) {
-		b.takeLocal(now, units)
-		b.mu.Unlock()
-		b.cfg.Observer.Granted(0)
-		return nil
-	}
-	position := b.queue.position(req.Tenant)
-	if req.Urgent {
-		position = b.queue.urgentPosition(req.Tenant)
-	}
-	if eta := b.eta(now, position-1+units); eta.Sub(now) > b.cfg.MaxWait {
-		b.mu.Unlock()
-		b.cfg.Observer.Shed(ShedQueueFull)
-		return &ExhaustedError{RetryAfter: eta.Sub(now), Reason: ShedQueueFull}
-	}
-	deadline := now.Add(b.cfg.MaxWait)
-	if b.cfg.Shared != nil {
-		deadline = deadline.Add(b.cfg.SharedTimeout) // the store's answer is not the caller's wait
-	}
-	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: deadline, units: units}
-	b.queue.push(req.Tenant, w, req.Urgent)
-	b.mu.Unlock()
 	b.kick()
 
 	select {
@@ -278,6 +271,45 @@ func (b *Budget) AcquireRequest(ctx context.Context, req Request) error {
 		return err
 	}
 	return ctx.Err()
+}
+
+// admit grants req at now if it may go at once (nil, nil), refuses it
+// (nil, err), or queues it (the waiter, nil) for dispatch.
+func (b *Budget) admit(now time.Time, req Request) (*waiter, error) {
+	units := max(req.Units, 1)
+	b.mu.Lock()
+	if limit := b.maxUnits(); units > limit {
+		b.mu.Unlock()
+		return nil, fmt.Errorf("budget: %d requests at once exceed the limit of %d", units, limit)
+	}
+	if b.closed {
+		b.mu.Unlock()
+		return nil, &ExhaustedError{RetryAfter: time.Second, Reason: ShedClosed}
+	}
+	if b.queue.n == 0 && b.cfg.Shared == nil && !b.nextLocal(now, units).After(now) {
+		b.takeLocal(now, units)
+		b.queue.charge(req.Tenant, now, units)
+		b.mu.Unlock()
+		b.cfg.Observer.Granted(0)
+		return nil, nil
+	}
+	position := b.queue.position(req.Tenant, now)
+	if req.Urgent {
+		position = b.queue.urgentPosition(req.Tenant, now)
+	}
+	if eta := b.eta(now, position-1+units); eta.Sub(now) > b.cfg.MaxWait {
+		b.mu.Unlock()
+		b.cfg.Observer.Shed(ShedQueueFull)
+		return nil, &ExhaustedError{RetryAfter: eta.Sub(now), Reason: ShedQueueFull}
+	}
+	deadline := now.Add(b.cfg.MaxWait)
+	if b.cfg.Shared != nil {
+		deadline = deadline.Add(b.cfg.SharedTimeout) // the store's answer is not the caller's wait
+	}
+	w := &waiter{ready: make(chan error, 1), enqueued: now, deadline: deadline, units: units, urgent: req.Urgent}
+	b.queue.push(req.Tenant, w, req.Urgent)
+	b.mu.Unlock()
+	return w, nil
 }
 
 // Exhaust records that Zapier answered 429: nothing is granted before

@@ -39,26 +39,18 @@ func (b *Budget) dispatch() {
 	for {
 		b.mu.Lock()
 		now := b.clock.Now()
-		b.shedExpired(now)
-		if b.queue.n == 0 {
+		head, wake := b.due(now)
+		if head == nil {
 			b.mu.Unlock()
-			select {
-			case <-b.wake:
-				continue
-			case <-b.stop:
-				return
+			if wake.IsZero() {
+				select {
+				case <-b.wake:
+					continue
+				case <-b.stop:
+					return
+				}
 			}
-		}
-		head := b.queue.peek()
-		if t := b.nextLocal(now, head.units); t.After(now) {
-			until := t
-			// Wake just past the soonest deadline: a request may wait
-			// exactly MaxWait, not longer.
-			if d := b.queue.earliestDeadline().Add(time.Nanosecond); d.Before(until) {
-				until = d
-			}
-			b.mu.Unlock()
-			if !b.sleep(until) {
+			if !b.sleep(wake) {
 				return
 			}
 			continue
@@ -68,16 +60,42 @@ func (b *Budget) dispatch() {
 			continue
 		}
 		now = b.clock.Now()
-		if b.queue.peek() != head { // the head left while the store answered: its slots are lost, conservatively
+		if b.queue.peek(now) != head { // the head left while the store answered: its slots are lost, conservatively
 			b.mu.Unlock()
 			continue
 		}
-		w := b.queue.pop()
-		b.takeLocal(now, w.units)
-		w.ready <- nil
+		w := b.grant(now)
 		b.mu.Unlock()
 		b.cfg.Observer.Granted(now.Sub(w.enqueued))
 	}
+}
+
+// due refuses, with b.mu held, the queued requests that waited MaxWait,
+// then returns the head of the queue if the windows held here let it go at
+// now; else (nil) when to look again, zero when nothing is queued.
+func (b *Budget) due(now time.Time) (*waiter, time.Time) {
+	b.shedExpired(now)
+	if b.queue.n == 0 {
+		return nil, time.Time{}
+	}
+	head := b.queue.peek(now)
+	if t := b.nextLocal(now, head.units); t.After(now) {
+		// Wake just past the soonest deadline: a request may wait exactly
+		// MaxWait, not longer.
+		if d := b.queue.earliestDeadline().Add(time.Nanosecond); d.Before(t) {
+			t = d
+		}
+		return nil, t
+	}
+	return head, time.Time{}
+}
+
+// grant pops the head of the queue and grants it at now, with b.mu held.
+func (b *Budget) grant(now time.Time) *waiter {
+	w := b.queue.pop(now)
+	b.takeLocal(now, w.units)
+	w.ready <- nil
+	return w
 }
 
 // takeShared asks the shared store for one grant, with b.mu held (released

@@ -498,6 +498,13 @@ func (h *Actions) await(ctx context.Context, key tokencache.Key, runID string, d
 		}
 		pause = min(2*pause, time.Duration(h.MaxPollInterval))
 		run, err := h.poll(ctx, key, runID)
+		if d, ok := budgetDeferred(err); ok {
+			// The budget had no room for this poll within max_wait: poll
+			// again when it has, while the caller still waits, rather than
+			// give up a run already paid for.
+			pause = max(pause, d)
+			continue
+		}
 		if err != nil {
 			var retryAfter time.Duration
 			if zerr, ok := zapierapi.AsError(err); ok && (zerr.Kind == zapierapi.KindRateLimited || zerr.Kind == zapierapi.KindUnavailable) {
