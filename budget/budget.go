@@ -248,7 +248,7 @@ func (b *Budget) Acquire(ctx context.Context, tenant string) error {
 // nil when the requests may go, an *ExhaustedError when they may not, or
 // ctx's error when the caller went away while queued (its place is freed).
 func (b *Budget) AcquireRequest(ctx context.Context, req Request) error {
-	w, err := b.admit(b.clock.Now(), req)
+	w, err := b.admit(req)
 	if w == nil {
 		return err
 	}
@@ -273,11 +273,15 @@ func (b *Budget) AcquireRequest(ctx context.Context, req Request) error {
 	return ctx.Err()
 }
 
-// admit grants req at now if it may go at once (nil, nil), refuses it
+// admit grants req now if it may go at once (nil, nil), refuses it
 // (nil, err), or queues it (the waiter, nil) for dispatch.
-func (b *Budget) admit(now time.Time, req Request) (*waiter, error) {
+func (b *Budget) admit(req Request) (*waiter, error) {
 	units := max(req.Units, 1)
 	b.mu.Lock()
+	// The clock is read under the lock: a grant logged earlier than one
+	// logged before it would leave the window early, and let one request
+	// too many through.
+	now := b.clock.Now()
 	if limit := b.maxUnits(); units > limit {
 		b.mu.Unlock()
 		return nil, fmt.Errorf("budget: %d requests at once exceed the limit of %d", units, limit)

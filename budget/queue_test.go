@@ -21,7 +21,7 @@ func manualBudget(t *testing.T, cfg Config) (*Budget, *fakeClock) {
 
 func mustAdmit(t *testing.T, b *Budget, req Request) *waiter {
 	t.Helper()
-	w, err := b.admit(b.clock.Now(), req)
+	w, err := b.admit(req)
 	if err != nil {
 		t.Fatalf("%+v refused: %v", req, err)
 	}
@@ -101,7 +101,7 @@ func TestAdmissionCountsOnlyWhoGoesFirst(t *testing.T) {
 			t.Fatal("granted with the window full")
 		}
 	}
-	if _, err := b.admit(clk.Now(), Request{Tenant: "heavy"}); err == nil {
+	if _, err := b.admit(Request{Tenant: "heavy"}); err == nil {
 		t.Fatal("a third queued heavy request admitted past max_wait")
 	}
 	// A light tenant (nothing granted, below its share) goes before both:

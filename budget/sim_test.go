@@ -277,7 +277,7 @@ func (s *sim) postRun(res *simResult, tenant int, measured bool) {
 // acquireSeq asks the budget as AcquireRequest would, answering then
 // (granted at once or refused) or when dispatch grants or refuses it.
 func (s *sim) acquireSeq(req Request, then func(error)) {
-	w, err := s.b.admit(s.clk.Now(), req)
+	w, err := s.b.admit(req)
 	if w == nil {
 		then(err)
 		return
