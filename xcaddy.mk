@@ -121,7 +121,7 @@ demo: build fake
 	echo "The JWKS Zapier verifies with:"
 	echo "  curl -s http://localhost:$(DEMO_PORT)/.well-known/jwks.json"
 	echo "Gateway status:"
-	echo "  curl -s http://localhost:2019/zapier/status"
+	echo "  curl -s http://$${ZAPIER_ADMIN:-localhost:2019}/zapier/status"
 	echo
 	"$(CADDY_BIN)" run --config demo/Caddyfile --adapter caddyfile
 

@@ -363,7 +363,12 @@ func TestDemoPartnerPageAgentsAndEvents(t *testing.T) {
 	if html := b.eval(`document.documentElement.outerHTML + document.cookie`); strings.Contains(html, "fzmat_") || strings.Contains(html, "fzmrt_") || strings.Contains(html, "whsec_") {
 		t.Errorf("a token or secret reached the page")
 	}
-	b.screenshot("events")
+	png := b.screenshot("events")
+	if os.Getenv("DEMO_UPDATE_SCREENSHOT") != "" { // refreshes docs/demo.md's picture
+		if err := os.WriteFile(filepath.Join("..", "docs", "img", "demo-agents-events.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // The ingress takes the identity from the session only: without one the
