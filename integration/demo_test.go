@@ -101,6 +101,9 @@ func startDemo(t *testing.T) *demoApp {
 	// it posts to the opener's origin and accepts any redirect_uri. MCP is
 	// set up as the fakezapier command's -mcp-apps and -mcp-redirect-uris
 	// do, and its -demo-hooks is served beside the fake.
+	// The events site watches each inbox's events stream (no
+	// notification_url); end them before the fake's server closes.
+	t.Cleanup(g.fake.CloseInboxStreams)
 	g.fake.RegisterMCPApp(demoSlackMCP, "Slack")
 	g.fake.RegisterMCPApp(demoSheetsMCP, "Google Sheets")
 	g.fake.SetMCPRedirectURIs(mcpCallback)

@@ -298,6 +298,14 @@
           el("span", {className: "meta", text: "authorized " + new Date(a.authorized_at).toLocaleString()})
         ]));
       });
+      // Nothing authorized, no tools: the agent is not asked. (The
+      // gateway keeps a user's tool list at least a second, so asking now
+      // could show an empty list just after the first authorization.)
+      if (apps.length === 0) {
+        $("mcp-tools").textContent = "";
+        $("mcp-tools").appendChild(el("li", {className: "empty", text: "No tools: authorize an app first"}));
+        return;
+      }
       return loadTools();
     }).catch(function (e) { notify(e.message, true); });
   }
