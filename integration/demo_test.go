@@ -372,6 +372,14 @@ func TestDemoPartnerPageAgentsAndEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+
+	// Forget Slack for AI agents: gone from the page and from the gateway.
+	b.do(chromedp.Click(chromedp.CSS(`#mcp-apps li.mcp-app[data-app="` + demoSlackMCP + `"] .mcp-forget`)))
+	b.until("no authorized app on the page", `document.querySelectorAll("#mcp-apps li.mcp-app").length === 0 && document.querySelectorAll("#mcp-tools li.tool").length === 0`)
+	status, _, raw := d.g.do(request{method: http.MethodGet, path: "/zapier/mcp/apps", tenant: "org_acme", user: "alice"})
+	if status != http.StatusOK || strings.TrimSpace(string(raw)) != `{"data":[]}` {
+		t.Errorf("the gateway's MCP apps after Forget: %d %s", status, raw)
+	}
 }
 
 // The ingress takes the identity from the session only: without one the

@@ -10,6 +10,7 @@
 //   GET    /zapier/actions/runs/{id}      a run that outlasted "wait"
 //   /zapier/mcp/authorize?app=&return_to= authorize an app for AI agents
 //   GET    /zapier/mcp/apps               the user's authorized apps
+//   DELETE /zapier/mcp/apps/{app}         forget one
 //   PUT    /zapier/triggers/subscriptions/{name}, GET …/subscriptions,
 //   DELETE /zapier/triggers/subscriptions/{name}
 //
@@ -287,15 +288,26 @@
     $("agents").hidden = false;
     $("mcp-refresh").addEventListener("click", loadTools);
     $("mcp-call-form").addEventListener("submit", callTool);
-    api("GET", "/zapier/mcp/apps").then(function (res) {
+    loadAgents();
+  }
+
+  function loadAgents() {
+    return api("GET", "/zapier/mcp/apps").then(function (res) {
       var list = $("mcp-apps");
       list.textContent = "";
       var apps = (res.data && res.data.data) || [];
       if (apps.length === 0) list.appendChild(el("li", {className: "empty", text: "None yet"}));
       apps.forEach(function (a) {
+        var forget = el("button", {className: "mcp-forget", type: "button", text: "Forget"});
+        forget.addEventListener("click", function () {
+          api("DELETE", "/zapier/mcp/apps/" + encodeURIComponent(a.app)).then(function () {
+            notify("AI agents no longer use " + (a.title || a.app) + ".");
+            return loadAgents();
+          }).catch(function (e) { notify(e.message, true); });
+        });
         list.appendChild(el("li", {className: "mcp-app", "data-app": a.app}, [
           el("strong", {text: a.title || appName(a.app)}),
-          el("span", {className: "meta", text: "authorized " + new Date(a.authorized_at).toLocaleString()})
+          el("span", {className: "meta", text: "authorized " + new Date(a.authorized_at).toLocaleString()}), forget
         ]));
       });
       // Nothing authorized, no tools: the agent is not asked. (The
