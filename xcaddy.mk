@@ -25,6 +25,7 @@ GO            ?= go
 GATEWAY_PORT  ?= 8081
 DEMO_PORT     ?= 8080
 PARTNER_ADDR  ?= 127.0.0.1:8082
+EVENTS_PORT   ?= 8083
 PARTNER_BIN   := $(BUILD_DIR)/demopartner
 FAKE_ADDR     ?= 127.0.0.1:9900
 FUZZTIME      ?= 10s
@@ -74,17 +75,23 @@ smoke: build
 
 # demo runs, in the foreground, the demo partner app on DEMO_PORT (its page,
 # its login backend and its ingress: demo/) in front of the gateway
-# (Caddyfile.example) on GATEWAY_PORT. Without ZAPIER_CLIENT_ID it also
-# starts the bundled fake Zapier and points the gateway at it.
+# (Caddyfile.example) on GATEWAY_PORT, with the demo's events site
+# (zapier_triggers) on EVENTS_PORT. Without ZAPIER_CLIENT_ID it also starts
+# the bundled fake Zapier and points the gateway at it.
 demo: build fake
 	@mkdir -p "$(BUILD_DIR)"
 	$(GO) build -o "$(PARTNER_BIN)" ./demo/partner/cmd/demopartner
 	export XDG_DATA_HOME="$(BUILD_DIR)/demo/data" XDG_CONFIG_HOME="$(BUILD_DIR)/demo/config"
 	export ZAPIER_GATEWAY_PORT="$(GATEWAY_PORT)" DEMO_PORT="$(DEMO_PORT)" DEMO_GATEWAY="127.0.0.1:$(GATEWAY_PORT)"
-	export DEMO_PARTNER="$(PARTNER_ADDR)" DEMO_SITE="$(ROOT)/demo/site"
-	# The browser reaches the Connect callback through the partner's ingress.
+	export DEMO_PARTNER="$(PARTNER_ADDR)" DEMO_SITE="$(ROOT)/demo/site" DEMO_EVENTS_PORT="$(EVENTS_PORT)"
+	# The browser reaches the Connect and MCP callbacks through the partner's ingress.
 	export ZAPIER_CALLBACK_URL="$${ZAPIER_CALLBACK_URL:-http://localhost:$(DEMO_PORT)/zapier/connect/callback}"
+	export ZAPIER_MCP_CALLBACK_URL="$${ZAPIER_MCP_CALLBACK_URL:-http://localhost:$(DEMO_PORT)/zapier/mcp/callback}"
 	export ZAPIER_RETURN_ORIGIN="$${ZAPIER_RETURN_ORIGIN:-http://localhost:$(DEMO_PORT)}"
+	# The events' signing secret, shared by the gateway and the partner's
+	# receiver: a fresh one each run unless given.
+	export ZAPIER_EVENTS_SECRET="$${ZAPIER_EVENTS_SECRET:-whsec_$$(head -c 32 /dev/urandom | base64)}"
+	partner_flags="-gateway http://127.0.0.1:$(GATEWAY_PORT)"
 	pids=""
 	trap 'kill $$pids 2>/dev/null || true' EXIT
 	if [ -z "$${ZAPIER_CLIENT_ID:-}" ]; then
@@ -92,18 +99,21 @@ demo: build fake
 		export ZAPIER_ISSUER=https://accounts.example.com
 		export ZAPIER_TOKEN_URL="http://$(FAKE_ADDR)/oauth/token" ZAPIER_API_URL="http://$(FAKE_ADDR)" ZAPIER_CONNECT_URL="http://$(FAKE_ADDR)"
 		"$(FAKE_BIN)" -listen "$(FAKE_ADDR)" -client-id demo-client -client-secret demo-secret \
-			-issuer https://accounts.example.com -jwks-url "http://127.0.0.1:$(GATEWAY_PORT)/.well-known/jwks.json" &
+			-issuer https://accounts.example.com -jwks-url "http://127.0.0.1:$(GATEWAY_PORT)/.well-known/jwks.json" \
+			-mcp-apps "SlackCLIAPI=Slack,GoogleSheetsV2API=Google Sheets" -mcp-redirect-uris "$$ZAPIER_MCP_CALLBACK_URL" -demo-hooks &
 		pids="$$pids $$!"
+		# The page's "fire your triggers" button asks the fake.
+		partner_flags="$$partner_flags -fake-zapier http://$(FAKE_ADDR)"
 		example="/zapier/api/v2/echo"
 		echo "demo: fake Zapier on http://$(FAKE_ADDR) (no ZAPIER_CLIENT_ID given)"
 	else
 		example="/zapier/api/v2/authentications?app=<app uuid>"
 		echo "demo: using the real Zapier with client id $$ZAPIER_CLIENT_ID"
 	fi
-	"$(PARTNER_BIN)" -listen "$(PARTNER_ADDR)" &
+	"$(PARTNER_BIN)" -listen "$(PARTNER_ADDR)" $$partner_flags &
 	pids="$$pids $$!"
 	echo
-	echo "Open the demo partner app: log in, connect an app, run an action:"
+	echo "Open the demo partner app: log in, connect an app, run an action, authorize it for AI agents, subscribe to a trigger:"
 	echo "  http://localhost:$(DEMO_PORT)/"
 	echo
 	echo "In another terminal, call Zapier as user_123 of org_456, as the partner's backend does:"
@@ -111,7 +121,7 @@ demo: build fake
 	echo "The JWKS Zapier verifies with:"
 	echo "  curl -s http://localhost:$(DEMO_PORT)/.well-known/jwks.json"
 	echo "Gateway status:"
-	echo "  curl -s http://localhost:2019/zapier/status"
+	echo "  curl -s http://$${ZAPIER_ADMIN:-localhost:2019}/zapier/status"
 	echo
 	"$(CADDY_BIN)" run --config demo/Caddyfile --adapter caddyfile
 

@@ -25,14 +25,20 @@ import (
 // own Caddyfile (the partner's ingress), its page and its login backend, in
 // front of the harness's gateway and fake Zapier.
 
-// demoPort is the demo's ingress; clear of other offsets' gateway ports
-// (9080+100k).
-var demoPort = 9070 + portOffset
+// demoPort is the demo's ingress and demoEventsPort its events site
+// (zapier_triggers); clear of other offsets' gateway ports (9080+100k).
+var (
+	demoPort       = 9070 + portOffset
+	demoEventsPort = 9071 + portOffset
+)
 
 // The apps of demo/site/apps.json.
 const (
 	demoSlack  = "81f613aa-c98a-4383-a5fc-195e68647217"
 	demoSheets = "5f3e2d1c-0b9a-4876-8543-21fedcba9876"
+	// Their implementation ids, which MCP names them by.
+	demoSlackMCP  = "SlackCLIAPI"
+	demoSheetsMCP = "GoogleSheetsV2API"
 )
 
 // demoApp is the demo partner app in front of a gateway.
@@ -44,11 +50,21 @@ type demoApp struct {
 // startDemo loads demo/Caddyfile into the harness's Caddy, with the
 // addresses its {$DEMO_*} placeholders read from the environment set to
 // this test's, beside a gateway that has the routes Caddyfile.example has.
+// The partner backend runs as `make demo` runs it: its agent speaks MCP to
+// the gateway, its receiver takes the events site's deliveries, and its
+// "fire" button asks the fake Zapier's demo hook.
 func startDemo(t *testing.T) *demoApp {
 	t.Helper()
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
-	backend := httptest.NewServer(partner.New(key))
+	secret := fakezapier.NewWebhookSecret()
+	t.Setenv("ZAPIER_EVENTS_SECRET", secret)
+	p := partner.New(key)
+	p.EnableAgents(gatewayURL)
+	if err := p.EnableEvents(secret); err != nil {
+		t.Fatal(err)
+	}
+	backend := httptest.NewServer(p)
 	t.Cleanup(backend.Close)
 
 	site, err := filepath.Abs(filepath.Join("..", "demo", "site"))
@@ -59,6 +75,7 @@ func startDemo(t *testing.T) *demoApp {
 	t.Setenv("DEMO_GATEWAY", fmt.Sprintf("127.0.0.1:%d", gatewayPort))
 	t.Setenv("DEMO_PARTNER", strings.TrimPrefix(backend.URL, "http://"))
 	t.Setenv("DEMO_SITE", site)
+	t.Setenv("DEMO_EVENTS_PORT", fmt.Sprint(demoEventsPort))
 
 	raw, err := os.ReadFile(filepath.Join("..", "demo", "Caddyfile"))
 	if err != nil {
@@ -73,13 +90,26 @@ func startDemo(t *testing.T) *demoApp {
 	ingress := strings.Replace(string(raw), importLine, "", 1)
 
 	origin := fmt.Sprintf("http://localhost:%d", demoPort)
+	mcpCallback := origin + "/zapier/mcp/callback"
 	g := startGateway(t, gatewayOptions{
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", origin, origin),
-		siteExtra:   "handle_path /zapier/connect/* {\n\t\tzapier_connect\n\t}\n\thandle_path /zapier/actions/* {\n\t\tzapier_actions\n\t}",
-		extraSites:  ingress,
+		siteExtra: "handle_path /zapier/connect/* {\n\t\tzapier_connect\n\t}\n\thandle_path /zapier/actions/* {\n\t\tzapier_actions\n\t}\n" +
+			"\thandle_path /zapier/mcp/* {\n\t\tzapier_mcp {\n\t\t\tcallback_url " + mcpCallback + "\n\t\t}\n\t}",
+		extraSites: ingress,
 	})
 	// Nothing is registered with the fake Connect UI, as in `make demo`:
-	// it posts to the opener's origin and accepts any redirect_uri.
+	// it posts to the opener's origin and accepts any redirect_uri. MCP is
+	// set up as the fakezapier command's -mcp-apps and -mcp-redirect-uris
+	// do, and its -demo-hooks is served beside the fake.
+	// The events site watches each inbox's events stream (no
+	// notification_url); end them before the fake's server closes.
+	t.Cleanup(g.fake.CloseInboxStreams)
+	g.fake.RegisterMCPApp(demoSlackMCP, "Slack")
+	g.fake.RegisterMCPApp(demoSheetsMCP, "Google Sheets")
+	g.fake.SetMCPRedirectURIs(mcpCallback)
+	hooks := httptest.NewServer(g.fake.DemoHooks())
+	t.Cleanup(hooks.Close)
+	p.EnableFakeTrigger(hooks.URL)
 	return &demoApp{g: g, origin: origin}
 }
 
@@ -245,6 +275,113 @@ func TestDemoPartnerPageEndToEnd(t *testing.T) {
 	b.screenshot("disconnected")
 }
 
+// The AI agents and trigger events parts of the page, clicked in Chromium:
+// authorize Slack for AI agents by redirect and see the tools the
+// partner's agent gets from the gateway's aggregate MCP endpoint, call one;
+// subscribe to Slack's new_message, have the fake Zapier fire it, and see
+// the partner backend's receiver show the delivery.
+func TestDemoPartnerPageAgentsAndEvents(t *testing.T) {
+	d := startDemo(t)
+	fake := d.g.fake
+	b := &demoBrowser{t: t, ctx: newChromium(t)}
+	b.do(chromedp.EmulateViewport(1100, 900))
+	b.do(chromedp.Navigate(d.origin+"/"), chromedp.WaitVisible(chromedp.CSS("#login-submit")),
+		chromedp.SetValue(chromedp.CSS("#login-tenant"), "org_acme"), chromedp.SetValue(chromedp.CSS("#login-user"), "alice"),
+		chromedp.Click(chromedp.CSS("#login-submit")), chromedp.WaitVisible(chromedp.CSS(appCard(demoSlack)+" .mcp-authorize")))
+	b.until("no tools before authorizing", `document.querySelectorAll("#mcp-tools li.empty").length === 1`)
+
+	// Authorize Slack for AI agents: a link to the gateway's authorize,
+	// Zapier's step (the fake approves), the callback through the ingress,
+	// back on the page.
+	b.do(chromedp.Click(chromedp.CSS(appCard(demoSlack) + " .mcp-authorize")))
+	b.until("Slack among the authorized apps", `document.querySelectorAll('#mcp-apps li.mcp-app[data-app="`+demoSlackMCP+`"]').length === 1`)
+	if st := fake.MCPStats(); st.Authorizations != 1 || st.CodeExchanges != 1 {
+		t.Errorf("MCP at Zapier after one authorization: %+v", st)
+	}
+	if notice := b.eval(`document.getElementById("notice").textContent`); notice != "Authorized Slack for AI agents." {
+		t.Errorf("notice after authorizing: %q", notice)
+	}
+	if loc, err := chromedp.Run(b.ctx, chromedp.Location()); err != nil || loc != d.origin+"/" {
+		t.Errorf("the page is at %q (%v), want the outcome gone from the address", loc, err)
+	}
+	// The agent's tools: Slack's, through the aggregate endpoint, nothing of Sheets.
+	b.until("Slack's tools listed", `document.querySelectorAll("#mcp-tools li.tool").length > 0`)
+	tools := b.eval(`Array.from(document.querySelectorAll("#mcp-tools li.tool")).map(li => li.dataset.tool).sort().join(",")`)
+	if tools != "SlackCLIAPI__echo,SlackCLIAPI__stream,SlackCLIAPI__whoami" {
+		t.Errorf("tools on the page: %q, want the fake's three Slack tools", tools)
+	}
+	// Call whoami: the agent calls it as the session's user.
+	calls := fake.MCPStats().ToolCalls
+	b.do(chromedp.Click(chromedp.CSS(`#mcp-tools button[data-tool="SlackCLIAPI__whoami"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#mcp-call")), chromedp.Click(chromedp.CSS("#mcp-call")))
+	b.until("whoami's result", `document.getElementById("mcp-result").textContent !== ""`)
+	if got := b.eval(`document.getElementById("mcp-result").textContent`); got != "org_acme/alice "+demoSlackMCP {
+		t.Errorf("whoami on the page: %q", got)
+	}
+	if n := fake.MCPStats().ToolCalls - calls; n != 1 {
+		t.Errorf("one click made %d tool calls at Zapier", n)
+	}
+	b.screenshot("agents")
+
+	// A trigger needs a connection to the app: connect Slack (popup).
+	b.do(chromedp.Click(chromedp.CSS(appCard(demoSlack) + " .connect-popup")))
+	b.until("Slack's connection on the page", b.connectionsShown(demoSlack)+" === 1")
+
+	// Subscribe to Slack's new_message.
+	b.do(chromedp.SetValue(chromedp.CSS("#sub-app"), demoSlack),
+		chromedp.SetValue(chromedp.CSS("#sub-trigger"), "new_message"), chromedp.SetValue(chromedp.CSS("#sub-name"), "slack-new"),
+		chromedp.Click(chromedp.CSS("#sub-submit")))
+	b.until("the subscription listed", `document.querySelectorAll('#subscriptions li.subscription[data-name="slack-new"] .status').length === 1`)
+	inboxes := fake.Inboxes()
+	if len(inboxes) != 1 || inboxes[0].Tenant != "org_acme" || inboxes[0].User != "alice" ||
+		inboxes[0].Subscription.AppKey != demoSlack || inboxes[0].Subscription.ActionKey != "new_message" || inboxes[0].Status != "active" {
+		t.Fatalf("inboxes at Zapier after subscribing: %+v", inboxes)
+	}
+
+	// The fake fires it; the gateway delivers it, signed, to the partner
+	// backend, whose list the page shows.
+	b.do(chromedp.Click(chromedp.CSS("#fire-trigger")))
+	b.until("the delivery on the page", `document.querySelectorAll('#deliveries li.delivery[data-type="trigger.event"]').length === 1`)
+	msgs := fake.InboxMessages(inboxes[0].ID)
+	if len(msgs) != 1 {
+		t.Fatalf("messages at Zapier: %+v", msgs)
+	}
+	if id := b.eval(`document.querySelector('#deliveries li.delivery[data-type="trigger.event"]').dataset.id`); id != msgs[0].ID {
+		t.Errorf("the page shows delivery %q, want Zapier's message %s", id, msgs[0].ID)
+	}
+	var payload map[string]any
+	if err := json.Unmarshal([]byte(b.eval(`document.querySelector('#deliveries li.delivery[data-type="trigger.event"] pre').textContent`)), &payload); err != nil ||
+		payload["text"] != "Hello from the fake Zapier" {
+		t.Errorf("the delivery's payload on the page: %v %v", payload, err)
+	}
+	eventually(t, 30*time.Second, "the message acknowledged at Zapier", func() bool {
+		m := fake.InboxMessages(inboxes[0].ID)
+		return len(m) == 1 && m[0].Status == "acked" && m[0].Acks == 1
+	})
+	b.until("the subscription's count", `document.querySelector('#subscriptions li.subscription[data-name="slack-new"] .meta').textContent === "1 delivered"`)
+	// Connecting Slack was delivered too (connection.created), as alice's.
+	if n := b.eval(`document.querySelectorAll('#deliveries li.delivery[data-type="connection.created"]').length.toString()`); n != "1" {
+		t.Errorf("%s connection.created deliveries on the page, want 1", n)
+	}
+	if html := b.eval(`document.documentElement.outerHTML + document.cookie`); strings.Contains(html, "fzmat_") || strings.Contains(html, "fzmrt_") || strings.Contains(html, "whsec_") {
+		t.Errorf("a token or secret reached the page")
+	}
+	png := b.screenshot("events")
+	if os.Getenv("DEMO_UPDATE_SCREENSHOT") != "" { // refreshes docs/demo.md's picture
+		if err := os.WriteFile(filepath.Join("..", "docs", "img", "demo-agents-events.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Forget Slack for AI agents: gone from the page and from the gateway.
+	b.do(chromedp.Click(chromedp.CSS(`#mcp-apps li.mcp-app[data-app="` + demoSlackMCP + `"] .mcp-forget`)))
+	b.until("no authorized app on the page", `document.querySelectorAll("#mcp-apps li.mcp-app").length === 0 && document.querySelectorAll("#mcp-tools li.tool").length === 0`)
+	status, _, raw := d.g.do(request{method: http.MethodGet, path: "/zapier/mcp/apps", tenant: "org_acme", user: "alice"})
+	if status != http.StatusOK || strings.TrimSpace(string(raw)) != `{"data":[]}` {
+		t.Errorf("the gateway's MCP apps after Forget: %d %s", status, raw)
+	}
+}
+
 // The ingress takes the identity from the session only: without one the
 // gateway is never called, and headers the browser sends are dropped.
 func TestDemoIngressTakesTheIdentityFromTheSession(t *testing.T) {
@@ -327,8 +464,10 @@ func TestDemoCaddyfileImportsTheGateway(t *testing.T) {
 		listens[strings.Join(srv.Listen, ",")] = srv.Routes
 	}
 	ingress, ok := listens[":8080"]
-	if _, gw := listens[":8081"]; !ok || !gw || len(cfg.Apps.Zapier) == 0 || len(listens) != 2 {
-		t.Fatalf("servers %v, zapier app %s: want the ingress on :8080 and the gateway on :8081", listens, cfg.Apps.Zapier)
+	_, gw := listens[":8081"]
+	_, events := listens["127.0.0.1:8083"]
+	if !ok || !gw || !events || len(cfg.Apps.Zapier) == 0 || len(listens) != 3 {
+		t.Fatalf("servers %v, zapier app %s: want the ingress on :8080, the gateway on :8081 and the events site on 127.0.0.1:8083", listens, cfg.Apps.Zapier)
 	}
 	if first := string(ingress[0]); !strings.Contains(first, `"delete":["X-Zapier-*"]`) || strings.Contains(first, `"match"`) {
 		t.Errorf("the ingress's first route is %s, want the X-Zapier-* headers deleted from every request", first)

@@ -38,10 +38,17 @@ var validID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 //	GET  /identity        forward_auth: 200 with X-Zapier-Tenant and
 //	                      X-Zapier-User, or 401; the ingress never routes
 //	                      the browser here.
+//
+// EnableAgents (agents.go), EnableEvents and EnableFakeTrigger (events.go)
+// add the routes of the AI agents and the events parts of the page.
 type Server struct {
 	key []byte // HMAC-SHA256 key of the session cookies
 	now func() time.Time
 	mux *http.ServeMux
+
+	mcpEndpoint string  // the gateway's aggregate MCP endpoint (EnableAgents)
+	events      *events // the deliveries received (EnableEvents)
+	fakeZapier  string  // the fake Zapier with -demo-hooks (EnableFakeTrigger)
 }
 
 // New returns the backend; key signs its session cookies (32 random bytes).
@@ -92,9 +99,9 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "login_required", "log in first")
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(w).Encode(sess)
+	// What the page may offer besides Connect and Actions.
+	writeJSON(w, map[string]any{"tenant": sess.Tenant, "user": sess.User, "exp": sess.Expires,
+		"agents": s.mcpEndpoint != "", "events": s.events != nil, "fake_trigger": s.fakeZapier != ""})
 }
 
 // identity answers the ingress's forward_auth: the headers of a 2xx answer

@@ -8,9 +8,17 @@
 //   POST   /zapier/actions/inputs         an action's input fields
 //   POST   /zapier/actions/run            run it and wait for the result
 //   GET    /zapier/actions/runs/{id}      a run that outlasted "wait"
+//   /zapier/mcp/authorize?app=&return_to= authorize an app for AI agents
+//   GET    /zapier/mcp/apps               the user's authorized apps
+//   DELETE /zapier/mcp/apps/{app}         forget one
+//   PUT    /zapier/triggers/subscriptions/{name}, GET …/subscriptions,
+//   DELETE /zapier/triggers/subscriptions/{name}
 //
-// and the partner's own /partner/session. No framework, no build step; data
-// reaches the DOM only as text.
+// and the partner backend's own routes: /partner/session, its AI agent
+// (/partner/mcp/tools, /partner/mcp/call: MCP to the gateway), the
+// deliveries its event receiver got (/partner/deliveries) and, against the
+// fake Zapier, /partner/demo/trigger-event. No framework, no build step;
+// data reaches the DOM only as text.
 (function () {
   "use strict";
 
@@ -18,17 +26,18 @@
   var catalog = [];     // the apps this partner offers (apps.json)
   var connections = []; // the user's connections, as the gateway lists them
   var chosen = null;    // {app, action} whose form is shown
+  var features = {};    // what the partner backend offers: agents, events, fake_trigger
 
   // api calls a route on this origin and resolves with {status, data};
   // an error answer rejects with the gateway's (or the partner's) message.
-  function api(method, path, body) {
+  function api(method, path, body, quiet) {
     var init = {method: method, credentials: "same-origin", headers: {"Accept": "application/json"}};
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
     return fetch(path, init).then(function (resp) {
-      logCall(method, path, resp.status);
+      if (!quiet) logCall(method, path, resp.status);
       return resp.text().then(function (text) {
         var data = null;
         try { data = text ? JSON.parse(text) : null; } catch (e) { /* not JSON */ }
@@ -73,9 +82,12 @@
       $("who-tenant").textContent = res.data.tenant;
       $("who").hidden = false;
       $("integrations").hidden = false;
+      features = res.data;
       return fetch("/apps.json").then(function (r) { return r.json(); }).then(function (c) {
         catalog = c.apps;
         showRedirectOutcome();
+        if (features.agents) startAgents();
+        if (features.events) startEvents();
         return loadConnections();
       });
     }, function () {
@@ -85,6 +97,13 @@
 
   // A redirect flow comes back here with its outcome in the query.
   function showRedirectOutcome() {
+    var q = new URLSearchParams(window.location.search);
+    if (q.get("zapier_mcp")) { // the MCP authorize flow, back from Zapier
+      if (q.get("zapier_mcp") === "success") notify("Authorized " + appName(q.get("zapier_app")) + " for AI agents.");
+      else notify("Not authorized for AI agents: " + q.get("zapier_error") + " " + (q.get("zapier_error_description") || ""), true);
+      history.replaceState(null, "", window.location.pathname);
+      return;
+    }
     var outcome = ZapierConnect.outcome();
     if (!outcome) return;
     if (outcome.status === "success") {
@@ -104,7 +123,9 @@
 
   function findApp(id) {
     id = String(id || "").toLowerCase();
-    return catalog.find(function (a) { return a.app.toLowerCase() === id; });
+    return catalog.find(function (a) {
+      return a.app.toLowerCase() === id || String(a.mcp_app || "").toLowerCase() === id;
+    });
   }
 
   function connectionsOf(app) {
@@ -135,10 +156,14 @@
         href: "/zapier/connect/start?" + new URLSearchParams({app: app.app, return_to: "/"})});
       var actions = el("button", {className: "show-actions", text: "Actions"});
       actions.addEventListener("click", function () { showActions(app); });
+      // AI agents: another plain link, to the MCP authorize flow. MCP names
+      // an app by its implementation id (GET /v2/whitelabel/apps).
+      var agents = features.agents && app.mcp_app ? el("a", {className: "button mcp-authorize", text: "Authorize for AI agents",
+        href: "/zapier/mcp/authorize?" + new URLSearchParams({app: app.mcp_app, return_to: "/"})}) : null;
       list.appendChild(el("li", {className: "app", "data-app": app.app}, [
         el("h3", {text: app.name}),
         el("ul", {className: "connections"}, items),
-        el("div", {className: "buttons"}, [popup, redirect, actions])
+        el("div", {className: "buttons"}, [popup, redirect, actions, agents])
       ]));
     });
   }
@@ -255,6 +280,156 @@
     $("result").hidden = false;
     $("run-status").textContent = run.status;
     $("run-output").textContent = JSON.stringify(run, null, 2);
+  }
+
+  // --- AI agents -------------------------------------------------------------
+
+  function startAgents() {
+    $("agents").hidden = false;
+    $("mcp-refresh").addEventListener("click", loadTools);
+    $("mcp-call-form").addEventListener("submit", callTool);
+    loadAgents();
+  }
+
+  function loadAgents() {
+    return api("GET", "/zapier/mcp/apps").then(function (res) {
+      var list = $("mcp-apps");
+      list.textContent = "";
+      var apps = (res.data && res.data.data) || [];
+      if (apps.length === 0) list.appendChild(el("li", {className: "empty", text: "None yet"}));
+      apps.forEach(function (a) {
+        var forget = el("button", {className: "mcp-forget", type: "button", text: "Forget"});
+        forget.addEventListener("click", function () {
+          api("DELETE", "/zapier/mcp/apps/" + encodeURIComponent(a.app)).then(function () {
+            notify("AI agents no longer use " + (a.title || a.app) + ".");
+            return loadAgents();
+          }).catch(function (e) { notify(e.message, true); });
+        });
+        list.appendChild(el("li", {className: "mcp-app", "data-app": a.app}, [
+          el("strong", {text: a.title || appName(a.app)}),
+          el("span", {className: "meta", text: "authorized " + new Date(a.authorized_at).toLocaleString()}), forget
+        ]));
+      });
+      // Nothing authorized, no tools: the agent is not asked. (The
+      // gateway keeps a user's tool list at least a second, so asking now
+      // could show an empty list just after the first authorization.)
+      if (apps.length === 0) {
+        $("mcp-tools").textContent = "";
+        $("mcp-tools").appendChild(el("li", {className: "empty", text: "No tools: authorize an app first"}));
+        return;
+      }
+      return loadTools();
+    }).catch(function (e) { notify(e.message, true); });
+  }
+
+  // loadTools asks the partner's agent which tools it sees: the gateway's
+  // aggregate MCP endpoint, named <app>__<tool>.
+  function loadTools() {
+    return api("GET", "/partner/mcp/tools").then(function (res) {
+      var list = $("mcp-tools");
+      list.textContent = "";
+      if (res.data.tools.length === 0) list.appendChild(el("li", {className: "empty", text: "No tools: authorize an app first"}));
+      res.data.tools.forEach(function (t) {
+        var use = el("button", {className: "use-tool", type: "button", text: "Call…", "data-tool": t.name});
+        use.addEventListener("click", function () {
+          $("mcp-tool").value = t.name;
+          $("mcp-call-form").hidden = false;
+        });
+        list.appendChild(el("li", {className: "tool", "data-tool": t.name}, [
+          use, el("code", {text: t.name}), el("span", {text: t.description || ""})
+        ]));
+      });
+    }).catch(function (e) { notify(e.message, true); });
+  }
+
+  function callTool(event) {
+    event.preventDefault();
+    var args;
+    try { args = JSON.parse($("mcp-args").value || "{}"); } catch (e) { notify("Arguments: " + e.message, true); return; }
+    var out = $("mcp-result");
+    api("POST", "/partner/mcp/call", {name: $("mcp-tool").value, arguments: args}).then(function (res) {
+      out.className = res.data.is_error ? "error" : "";
+      out.textContent = res.data.text;
+      out.hidden = false;
+    }).catch(function (e) { notify(e.message, true); });
+  }
+
+  // --- Trigger events ----------------------------------------------------------
+
+  var shownDeliveries = null; // the ids of the deliveries shown
+
+  function startEvents() {
+    $("events").hidden = false;
+    catalog.forEach(function (a) { $("sub-app").appendChild(el("option", {value: a.app, text: a.name})); });
+    $("sub-form").addEventListener("submit", subscribe);
+    if (features.fake_trigger) {
+      $("fire-trigger").hidden = false;
+      $("fire-trigger").addEventListener("click", fireTrigger);
+    }
+    loadSubscriptions();
+    loadDeliveries();
+    // The receiver is the partner backend; the page asks it for news.
+    setInterval(loadDeliveries, 2000);
+  }
+
+  function subscribe(event) {
+    event.preventDefault();
+    var name = $("sub-name").value;
+    api("PUT", "/zapier/triggers/subscriptions/" + encodeURIComponent(name), {app: $("sub-app").value, trigger: $("sub-trigger").value}).then(function (res) {
+      notify((res.status === 201 ? "Subscribed: " : "Already subscribed: ") + name + ".");
+      return loadSubscriptions();
+    }).catch(function (e) { notify(e.message, true); });
+  }
+
+  function loadSubscriptions() {
+    return api("GET", "/zapier/triggers/subscriptions").then(function (res) {
+      var list = $("subscriptions");
+      list.textContent = "";
+      var subs = (res.data && res.data.data) || [];
+      if (subs.length === 0) list.appendChild(el("li", {className: "empty", text: "None yet"}));
+      subs.forEach(function (s) {
+        var del = el("button", {className: "unsubscribe", type: "button", text: "Delete"});
+        del.addEventListener("click", function () {
+          api("DELETE", "/zapier/triggers/subscriptions/" + encodeURIComponent(s.name)).then(loadSubscriptions)
+            .catch(function (e) { notify(e.message, true); });
+        });
+        var counts = s.counts || {};
+        list.appendChild(el("li", {className: "subscription", "data-name": s.name}, [
+          el("strong", {text: s.name}), el("span", {text: appName(s.app) + " · " + s.trigger}),
+          el("span", {className: "status" + (s.status === "active" ? "" : " bad"), text: s.status}),
+          el("span", {className: "meta", text: (counts.delivered || 0) + " delivered"}), del
+        ]));
+      });
+    });
+  }
+
+  function fireTrigger() {
+    api("POST", "/partner/demo/trigger-event").then(function (res) {
+      var n = res.data.fired.length;
+      notify(n ? "The fake Zapier fired " + n + " event(s); the gateway delivers them." : "No active subscription to fire.", n === 0);
+    }).catch(function (e) { notify(e.message, true); });
+  }
+
+  function loadDeliveries() {
+    api("GET", "/partner/deliveries", undefined, true).then(function (res) {
+      var ds = res.data.data;
+      var key = ds.map(function (d) { return d.id; }).join(" ");
+      if (key === shownDeliveries) return;
+      if (shownDeliveries !== null) loadSubscriptions(); // their counts moved
+      shownDeliveries = key;
+      var list = $("deliveries");
+      list.textContent = "";
+      if (ds.length === 0) list.appendChild(el("li", {className: "empty", text: "None yet"}));
+      ds.forEach(function (d) {
+        var payload = d.body.payload !== undefined ? d.body.payload : d.body;
+        list.appendChild(el("li", {className: "delivery", "data-id": d.id, "data-type": d.type}, [
+          el("strong", {text: d.type}),
+          el("span", {text: [d.subscription, appName(d.app), d.trigger].filter(Boolean).join(" · ")}),
+          el("span", {className: "meta", text: "received " + new Date(d.received_at).toLocaleTimeString() + " · " + d.id}),
+          el("pre", {text: JSON.stringify(payload, null, 2)})
+        ]));
+      });
+    }).catch(function () { /* logged out or the backend restarted: try again */ });
   }
 
   $("run-form").addEventListener("submit", run);

@@ -2,11 +2,14 @@
 // api.zapier.com/v2 and connect.zapier.com) for demos and manual testing of
 // the gateway. Zapier's documented /v2 rate limits are on unless
 // -rate-limits=off; -rate-scale shortens their window and cooldown.
+// -mcp-apps and -mcp-redirect-uris set up White Label MCP; -demo-hooks adds
+// the demo partner app's way to fire a trigger (POST /_demo/trigger-events).
 //
 //	go run ./integration/cmd/fakezapier -jwks-url http://127.0.0.1:8080/.well-known/jwks.json
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -45,6 +48,9 @@ func run(args []string) error {
 	rateScale := fs.Float64("rate-scale", 1, "divide the rate-limit window and cooldown by this factor (≥ 1), e.g. 60 for 60 per second per IP with a 1 s cooldown")
 	allowHosts := fs.String("callback-allow-hosts", "", "comma-separated callback_url hosts (names or IP literals) exempt from the public-address rule, e.g. 127.0.0.1,localhost")
 	insecure := fs.Bool("callback-insecure-skip-verify", false, "do not verify callback receivers' TLS certificates (demos with self-signed gateways only)")
+	mcpApps := fs.String("mcp-apps", "", "comma-separated MCP apps, id=Title (e.g. SlackCLIAPI=Slack), listed in /v2/whitelabel/apps with an MCP server each")
+	mcpRedirects := fs.String("mcp-redirect-uris", "", "comma-separated MCP redirect URIs the authorize step accepts (exact match)")
+	demoHooks := fs.Bool("demo-hooks", false, "serve POST "+fakezapier.DemoHooksPath+` {"tenant","user"}: fire a trigger event in the user's inboxes (demos only)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -63,12 +69,7 @@ func run(args []string) error {
 	default:
 		return fmt.Errorf(`-rate-limits %q: want "documented" or "off"`, *rateLimits)
 	}
-	var hosts []string
-	for h := range strings.SplitSeq(*allowHosts, ",") {
-		if h = strings.TrimSpace(h); h != "" {
-			hosts = append(hosts, h)
-		}
-	}
+	hosts := splitList(*allowHosts)
 	var callbackClient *http.Client
 	if *insecure {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -92,13 +93,27 @@ func run(args []string) error {
 		CallbackHTTPClient: callbackClient,
 	})
 	defer srv.Close() // stops callback deliveries
+	for _, a := range splitList(*mcpApps) {
+		id, title, _ := strings.Cut(a, "=")
+		srv.RegisterMCPApp(id, cmp.Or(title, id))
+	}
+	if uris := splitList(*mcpRedirects); len(uris) > 0 {
+		srv.SetMCPRedirectURIs(uris...)
+	}
+	var handler http.Handler = srv
+	if *demoHooks {
+		mux := http.NewServeMux()
+		mux.Handle(fakezapier.DemoHooksPath, srv.DemoHooks())
+		mux.Handle("/", srv)
+		handler = mux
+	}
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
 	}
 	hs := &http.Server{
-		Handler:           srv,
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          logger,
 	}
@@ -133,4 +148,15 @@ func run(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// splitList splits a comma-separated flag, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for v := range strings.SplitSeq(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
