@@ -201,6 +201,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 		h.observeAuthorization(mcpAuthFailed)
 		return failConnect(w, r, err)
 	}
+	h.agg.Invalidate(mcpIdentity(key))
 	h.observeAuthorization(mcpAuthSuccess)
 	redirectTo(w, withOutcome(st.ReturnTo, url.Values{"zapier_mcp": {"success"}, "zapier_app": {app.ID}}))
 	return nil
@@ -261,6 +262,7 @@ func (h *MCP) serveForget(w http.ResponseWriter, r *http.Request, key tokencache
 		return failConnect(w, r, &apiError{Status: http.StatusNotFound, Code: "mcp_authorization_missing",
 			Message: "no MCP authorization stored for app " + app})
 	}
+	h.agg.Invalidate(mcpIdentity(key))
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -121,6 +121,22 @@ func (a *Aggregator) Close() {
 	}
 }
 
+// Invalidate makes the next tools/list or tools/call of id rebuild its
+// tool set: an app was just authorized or forgotten, and the agent should
+// see it at once, not after ListTTL.
+func (a *Aggregator) Invalidate(id Identity) {
+	subject := a.Tokens.Store().Subject(id)
+	a.mu.Lock()
+	u := a.users[subject]
+	a.mu.Unlock()
+	if u == nil {
+		return
+	}
+	u.mu.Lock()
+	u.listed = time.Time{}
+	u.mu.Unlock()
+}
+
 func (a *Aggregator) user(id Identity) *userAgg {
 	subject := a.Tokens.Store().Subject(id)
 	a.mu.Lock()
@@ -192,7 +208,7 @@ func (u *userAgg) sync(ctx context.Context, force bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	age := time.Since(u.listed)
-	if age < ttl && !(force && age > time.Second) {
+	if !u.listed.IsZero() && age < ttl && !(force && age > time.Second) {
 		return
 	}
 	recs, err := u.a.Tokens.Store().List(ctx, u.id)

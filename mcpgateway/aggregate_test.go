@@ -232,3 +232,40 @@ func TestAggregatorCallsAToolAtMostOnce(t *testing.T) {
 		t.Fatalf("call after a broken one: %v %+v", err, r)
 	}
 }
+
+// TestAggregatorInvalidateShowsANewAppAtOnce: an app authorized right after
+// a tools/list is listed by the next one once the gateway invalidates the
+// user's tool set, not ListTTL later.
+func TestAggregatorInvalidateShowsANewAppAtOnce(t *testing.T) {
+	ctx := context.Background()
+	tok := "at"
+	srv := appServer(t, "Slack", &tok)
+	store := newStore(t, newMemKV(), "0123456789abcdef-secret")
+	tokens := NewTokens(store, nil, time.Second, nil)
+	agg := &Aggregator{Tokens: tokens, ListTTL: time.Hour}
+	defer agg.Close()
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		agg.ServeHTTP(w, r.WithContext(WithIdentity(r.Context(), alice)))
+	}))
+	defer front.Close()
+	s := aggregateClient(t, front, "alice")
+	count := func() int {
+		res, err := s.ListTools(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(res.Tools)
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("%d tools before any authorization", n)
+	}
+	_ = tokens.Save(ctx, alice, &Record{App: "Slack", ServerURL: srv.URL, AccessToken: "at", Expiry: time.Now().Add(time.Hour)})
+	if n := count(); n != 0 {
+		t.Fatalf("%d tools: the list was rebuilt without an invalidation (this test needs the cached one)", n)
+	}
+	agg.Invalidate(alice)
+	if n := count(); n != 2 {
+		t.Fatalf("%d tools after the invalidation, want Slack's 2", n)
+	}
+	agg.Invalidate(Identity{Tenant: "org", User: "nobody"}) // no state: nothing to do
+}
