@@ -307,8 +307,8 @@ func TestDemoPartnerPageAgentsAndEvents(t *testing.T) {
 	// The agent's tools: Slack's, through the aggregate endpoint, nothing of Sheets.
 	b.until("Slack's tools listed", `document.querySelectorAll("#mcp-tools li.tool").length > 0`)
 	tools := b.eval(`Array.from(document.querySelectorAll("#mcp-tools li.tool")).map(li => li.dataset.tool).sort().join(",")`)
-	if tools != "SlackCLIAPI__echo,SlackCLIAPI__stream,SlackCLIAPI__whoami" {
-		t.Errorf("tools on the page: %q, want the fake's three Slack tools", tools)
+	if tools != "SlackCLIAPI__echo,SlackCLIAPI__fail,SlackCLIAPI__stream,SlackCLIAPI__whoami" {
+		t.Errorf("tools on the page: %q, want the fake's four Slack tools", tools)
 	}
 	// Call whoami: the agent calls it as the session's user.
 	calls := fake.MCPStats().ToolCalls
