@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -20,6 +22,7 @@ import (
 type loadResult struct {
 	requests atomic.Int64
 	failures atomic.Int64
+	resent   atomic.Int64 // closed without an answer, sent again
 	mu       sync.Mutex
 	samples  []string // the first failures, for the report
 	// bodies the gateway answered itself (errors), scanned for secrets; the
@@ -50,7 +53,16 @@ func runLoad(ctx context.Context, clients int, identity func(c, n int) (string, 
 			defer wg.Done()
 			for n := 0; ctx.Err() == nil; n++ {
 				tenant, user := identity(c, n)
-				status, _, body, err := send(request{path: "/zapier/api/v2/echo", tenant: tenant, user: user, client: client})
+				req := request{path: "/zapier/api/v2/echo", tenant: tenant, user: user, client: client}
+				status, _, body, err := send(req)
+				if err != nil && closedWithoutAnswer(err) {
+					// A connection the old config's server accepted in the
+					// instant it shut down can be closed before it read the
+					// request; HTTP clients resend an idempotent request
+					// then, and so does this one, once, counted.
+					res.resent.Add(1)
+					status, _, body, err = send(req)
+				}
 				res.requests.Add(1)
 				switch {
 				case err != nil:
@@ -66,6 +78,13 @@ func runLoad(ctx context.Context, clients int, identity func(c, n int) (string, 
 	}
 	wg.Wait()
 	return res
+}
+
+// closedWithoutAnswer reports a connection closed (EOF, reset) before any
+// response byte: the request may not have been read, and an idempotent one
+// may be sent again.
+func closedWithoutAnswer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // enableReloadMigration asks Linux to hand connections queued on a closing
@@ -121,10 +140,15 @@ func TestReloadsUnderLoadLoseNothing(t *testing.T) {
 	})
 
 	st := g.fake.Stats()
-	t.Logf("reloads under load: %d reloads, %d requests, %d failed, %d exchanges for %d identities, %d JWT failures",
-		reloads.Load(), res.requests.Load(), res.failures.Load(), st.Exchanges, identities, st.JWTFailures)
+	t.Logf("reloads under load: %d reloads, %d requests, %d failed, %d sent again after a connection closed unanswered, %d exchanges for %d identities, %d JWT failures",
+		reloads.Load(), res.requests.Load(), res.failures.Load(), res.resent.Load(), st.Exchanges, identities, st.JWTFailures)
 	if res.failures.Load() != 0 {
 		t.Errorf("%d of %d requests failed during reloads; first: %q", res.failures.Load(), res.requests.Load(), res.samples)
+	}
+	// Resending is for the rare connection caught in a server's shutdown,
+	// not a way to hide a broken reload: at most one request in a thousand.
+	if res.resent.Load()*1000 > res.requests.Load() {
+		t.Errorf("%d of %d requests had their connection closed unanswered", res.resent.Load(), res.requests.Load())
 	}
 	// One a second is asked for; a busy CI machine (race detector, 50
 	// clients) may stretch some reloads past a tick, which skips it. The
