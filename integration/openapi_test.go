@@ -222,10 +222,17 @@ func init() {
 	}
 }
 
-var validationOptions = &openapi3filter.Options{
-	IncludeResponseStatus:             true, // an undocumented status fails
-	RejectWhenRequestBodyNotSpecified: true,
-}
+var validationOptions = func() *openapi3filter.Options {
+	opts := &openapi3filter.Options{
+		IncludeResponseStatus:             true, // an undocumented status fails
+		RejectWhenRequestBodyNotSpecified: true,
+	}
+	// One line per schema error (where and why), not the schema and value.
+	opts.WithCustomSchemaErrorFunc(func(e *openapi3.SchemaError) string {
+		return fmt.Sprintf("%s (at /%s)", e.Reason, strings.Join(e.JSONPointer(), "/"))
+	})
+	return opts
+}()
 
 // contractError names the route, the status and the validator's reason.
 type contractError struct {
@@ -240,7 +247,12 @@ func (e *contractError) Error() string {
 
 func (c *apiContract) check(l listener, req *http.Request, reqBody []byte, resp *http.Response, respBody []byte, streaming bool) error {
 	fail := func(format string, args ...any) error {
-		return &contractError{method: req.Method, path: req.URL.Path, status: resp.StatusCode, reason: fmt.Sprintf(format, args...)}
+		reason := fmt.Sprintf(format, args...)
+		if len(respBody) > 0 {
+			const most = 400
+			reason += fmt.Sprintf("; body: %.*s", most, respBody)
+		}
+		return &contractError{method: req.Method, path: req.URL.Path, status: resp.StatusCode, reason: reason}
 	}
 	route, pathParams, err := c.router.FindRoute(req)
 	if err != nil {
