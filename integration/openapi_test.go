@@ -364,10 +364,24 @@ func TestMain(m *testing.M) {
 		}
 		slices.Sort(keys)
 		fmt.Printf("openapi contract: %d route/status pairs validated\n", len(keys))
+		seen := map[string]bool{}
 		for _, k := range keys {
 			fmt.Printf("  %-70s %d\n", k, contract.checked[k])
+			method, rest, _ := strings.Cut(k, " ")
+			path, _, _ := strings.Cut(rest, " ")
+			seen[method+" "+path] = true
 		}
 		contract.mu.Unlock()
+		var unexercised []string
+		for path, item := range contract.doc.Paths.Map() {
+			for method := range item.Operations() {
+				if !seen[method+" "+path] {
+					unexercised = append(unexercised, method+" "+path)
+				}
+			}
+		}
+		slices.Sort(unexercised)
+		fmt.Printf("openapi contract: %d documented operations no test reached:\n  %s\n", len(unexercised), strings.Join(unexercised, "\n  "))
 	}
 	os.Exit(code)
 }
