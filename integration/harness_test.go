@@ -120,6 +120,9 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	cfg.ClientID, cfg.ClientSecret, cfg.Issuer = testClientID, testSecret, testIssuer
 	cfg.JWKSURL = gatewayURL + "/.well-known/jwks.json"
 	cfg.Logf = t.Logf
+	if cfg.CallbackHTTPClient == nil { // what the fake POSTs to the gateway is validated too
+		cfg.CallbackHTTPClient = &http.Client{Transport: validating(nil)}
+	}
 	if cfg.RateLimits == nil && !opts.noLimits {
 		cfg.RateLimits = &testRateLimits
 	}

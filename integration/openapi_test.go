@@ -53,6 +53,10 @@ import (
 //     opaque in the document and never end in some tests; their status and
 //     headers are still validated;
 //   - requests made by the headless browser (through the partner's proxy).
+//
+// What the fake Zapier POSTs to the gateway (run callbacks, connection
+// webhooks, inbox notifications) goes through Config.CallbackHTTPClient,
+// which startGateway makes validating.
 var contract = mustLoadContract()
 
 // validating wraps next (nil: http.DefaultTransport, looked up per request)
@@ -97,7 +101,7 @@ func listenerOf(u *url.URL) listener {
 		return notGateway
 	}
 	switch {
-	case port == gatewayPort, port == binaryGatewayPort:
+	case port == gatewayPort, port == httpsPort, port == binaryGatewayPort:
 		return gatewayListener
 	case port == adminPort, port == binaryAdminPort:
 		return adminListener
