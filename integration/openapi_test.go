@@ -339,11 +339,16 @@ func (c *apiContract) failureCount() int {
 	return len(c.failures)
 }
 
+var watchedTests sync.Map // *testing.T → true
+
 // watchContract fails t, when it ends, with every contract failure its
 // traffic caused (the failing request also got an error, but a test may
 // have expected errors, or retried until a timeout).
 func watchContract(t *testing.T) {
 	t.Helper()
+	if _, already := watchedTests.LoadOrStore(t, true); already {
+		return // a test that starts a second gateway
+	}
 	from := contract.failureCount()
 	t.Cleanup(func() {
 		for _, f := range contract.failuresSince(from) {

@@ -74,8 +74,8 @@ func (b *syncBuffer) String() string {
 // startFleet starts the sidecars all at once on fresh shared storage and
 // waits until each serves its JWKS. The fake's JWKS URL is sidecar 0's.
 func startFleet(t *testing.T, opts fleetOptions) *fleet {
-	watchContract(t) // openapi_test.go
 	t.Helper()
+	watchContract(t) // openapi_test.go
 	n := opts.n
 	if n == 0 {
 		n = 3
