@@ -153,6 +153,9 @@ test: build vet test-deps
 	$(GO) test -race -count=1 -v -timeout 15m ./integration/ 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
 	if ! grep -q '^ok' "$$log"; then echo "integration tests failed (full log: $$log)"; awk -f .ci/failed-tests.awk "$$log" | cut -c1-2000 | tail -200; exit 1; fi
 	if grep -q -- '--- SKIP' "$$log"; then echo "integration tests were skipped:"; grep -- '--- SKIP' "$$log"; exit 1; fi
+	# Every request the integration tests made to the gateway was validated
+	# against openapi/openapi.yaml (integration/openapi_test.go).
+	grep -E '^openapi contract: [0-9]+ ' "$$log" || { echo "the OpenAPI contract validated nothing"; exit 1; }
 	echo "integration: $$(grep -c -- '--- PASS' "$$log") passed, none skipped"
 
 # fuzz runs every Go fuzz target for FUZZTIME each (the seeds alone run in

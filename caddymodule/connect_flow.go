@@ -63,7 +63,8 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 		return failConnect(w, r, err)
 	}
 	if reused != nil {
-		writeConnectJSON(w, http.StatusOK, reusedResponse{Connection: reused})
+		public := reused.public() // as GET connections shows it: no owner hash
+		writeConnectJSON(w, http.StatusOK, reusedResponse{Connection: &public})
 		return nil
 	}
 	tok, err := h.connectToken(ctx, key, ids)

@@ -71,7 +71,7 @@ func (g *gateway) actConnect(tenant, user string) string {
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	browser := &http.Client{Jar: jar, Timeout: 10 * time.Second,
+	browser := &http.Client{Jar: jar, Timeout: 10 * time.Second, Transport: validating(nil),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	ids := http.Header{"X-Zapier-Tenant": {tenant}, "X-Zapier-User": {user}}
 	get := func(rawURL string, withIdentity bool) string {

@@ -120,6 +120,9 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	cfg.ClientID, cfg.ClientSecret, cfg.Issuer = testClientID, testSecret, testIssuer
 	cfg.JWKSURL = gatewayURL + "/.well-known/jwks.json"
 	cfg.Logf = t.Logf
+	if cfg.CallbackHTTPClient == nil { // what the fake POSTs to the gateway is validated too
+		cfg.CallbackHTTPClient = &http.Client{Transport: validating(nil)}
+	}
 	if cfg.RateLimits == nil && !opts.noLimits {
 		cfg.RateLimits = &testRateLimits
 	}
@@ -140,6 +143,7 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 	if opts.preStart != nil {
 		opts.preStart(srv.URL)
 	}
+	watchContract(t) // openapi_test.go
 	g.tester = caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
 	g.tester.InitServer(g.caddyfile(opts), "caddyfile")
 	if t.Failed() {
@@ -253,7 +257,9 @@ type request struct {
 	base         int // port of another gateway than the in-process one
 }
 
-var plainClient = &http.Client{Timeout: 30 * time.Second}
+// plainClient validates its traffic to the gateway against the OpenAPI
+// document (openapi_test.go), as send does for every client.
+var plainClient = &http.Client{Timeout: 30 * time.Second, Transport: validating(nil)}
 
 // do sends a request to the gateway and returns the status and body.
 func (g *gateway) do(r request) (int, http.Header, []byte) {
@@ -296,7 +302,7 @@ func send(r request) (int, http.Header, []byte, error) {
 	if client == nil {
 		client = plainClient
 	}
-	resp, err := client.Do(req)
+	resp, err := validatingClient(client).Do(req)
 	if err != nil {
 		return 0, nil, nil, err
 	}

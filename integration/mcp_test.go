@@ -59,7 +59,7 @@ func (g *gateway) mcpBrowser(tenant, user string) *mcpBrowser {
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	return &mcpBrowser{g: g, tenant: tenant, user: user, client: &http.Client{Jar: jar, Timeout: 10 * time.Second,
+	return &mcpBrowser{g: g, tenant: tenant, user: user, client: &http.Client{Jar: jar, Timeout: 10 * time.Second, Transport: validating(nil),
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
@@ -125,7 +125,7 @@ func (it identityTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("X-Zapier-Tenant", it.tenant)
 	r.Header.Set("X-Zapier-User", it.user)
-	return http.DefaultTransport.RoundTrip(r)
+	return validating(nil).RoundTrip(r)
 }
 
 // mcpSession connects the SDK's client to <mount>/<app> as (tenant, user).

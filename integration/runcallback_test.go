@@ -28,7 +28,7 @@ func startCallbackGateway(t *testing.T, callbackTimeout string, specs ...fakezap
 			CallbackAllowHosts: []string{"localhost"},
 			// The test trusts Caddy's internal CA blindly; what is under
 			// test is the signature, not the TLS chain.
-			CallbackHTTPClient: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}},
+			CallbackHTTPClient: &http.Client{Transport: validating(&http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}})},
 			CallbackRetryBase:  50 * time.Millisecond,
 			RateLimits:         &testRateLimits,
 		},

@@ -75,6 +75,7 @@ func (b *syncBuffer) String() string {
 // waits until each serves its JWKS. The fake's JWKS URL is sidecar 0's.
 func startFleet(t *testing.T, opts fleetOptions) *fleet {
 	t.Helper()
+	watchContract(t) // openapi_test.go
 	n := opts.n
 	if n == 0 {
 		n = 3

@@ -80,7 +80,7 @@ func (s *Server) SendConnectionWebhook(d ConnectionWebhook) (int, string, error)
 	if d.Test {
 		req.Header.Set("webhook-test", "true")
 	}
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	resp, err := s.partnerClient(10 * time.Second).Do(req)
 	if err != nil {
 		return 0, d.ID, err
 	}
@@ -190,4 +190,15 @@ func (s *Server) serveConnWebhooks(w http.ResponseWriter, r *http.Request) {
 	default:
 		inboxError(w, http.StatusMethodNotAllowed, "method_not_allowed", "Method not allowed.")
 	}
+}
+
+// partnerClient is a copy of Config.CallbackHTTPClient (or a plain client)
+// with timeout, for the POSTs the fake makes to the partner's routes.
+func (s *Server) partnerClient(timeout time.Duration) *http.Client {
+	var c http.Client
+	if s.cfg.CallbackHTTPClient != nil {
+		c = *s.cfg.CallbackHTTPClient
+	}
+	c.Timeout = timeout
+	return &c
 }

@@ -546,7 +546,7 @@ func (s *Server) InjectTriggerEvent(inboxID string, payload any) string {
 // postInboxNotification POSTs §3.8's body once, plus 2 retries on failure.
 func (s *Server) postInboxNotification(url, inboxID string) {
 	body, _ := json.Marshal(map[string]any{"inbox_id": inboxID, "received_message_count": 1, "redelivery": false})
-	client := &http.Client{Timeout: 5 * time.Second}
+	client := s.partnerClient(5 * time.Second)
 	for attempt := 0; attempt < 3; attempt++ {
 		status := 0
 		resp, err := client.Post(url, "application/json", bytes.NewReader(body))

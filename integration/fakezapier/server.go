@@ -105,8 +105,10 @@ type Config struct {
 	CallbackRetryBase time.Duration
 	// CallbackTimeout bounds each attempt; default 10s.
 	CallbackTimeout time.Duration
-	// CallbackHTTPClient sends callbacks; default a plain client. Whatever
-	// the client, redirects are not followed and CallbackTimeout applies.
+	// CallbackHTTPClient sends callbacks, connection webhooks and inbox
+	// notifications (everything the fake POSTs to the partner); default a
+	// plain client. Whatever the client, callbacks follow no redirects and
+	// CallbackTimeout applies.
 	CallbackHTTPClient *http.Client
 }
 
