@@ -29,6 +29,7 @@ var docSections = map[string]string{
 	"http.handlers.zapier_actions":  "zapier_actions",
 	"http.handlers.zapier_mcp":      "zapier_mcp",
 	"http.handlers.zapier_triggers": "zapier_triggers",
+	"http.handlers.zapier_openapi":  "zapier_openapi",
 }
 
 // caddyfileParsers maps each function that reads Caddyfile options (by
@@ -49,6 +50,7 @@ var caddyfileParsers = map[string]string{
 	"MCP":             "http.handlers.zapier_mcp",
 	"policyLine":      "http.handlers.zapier_mcp",
 	"Triggers":        "http.handlers.zapier_triggers",
+	"OpenAPI":         "http.handlers.zapier_openapi",
 }
 
 // TestEveryOptionIsDocumented fails when a Caddyfile subdirective or a JSON
