@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -145,41 +146,6 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	return nil
 }
 
-// serveCallback finishes the redirect flow. Without a valid state there is
-// no trusted return_to, so those refusals are JSON; after it, the outcome
-// goes back to return_to.
-func (h *Connect) serveCallback(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-	p, err := parseCallbackQuery(r.URL.RawQuery)
-	if err != nil {
-		h.app.metrics.observeConnectCompletion(connectFlowRedirect, connectFailed)
-		return failConnect(w, r, badRequest(err.Error()))
-	}
-	st, err := h.takeState(w, r, key, p.state, connectFlowRedirect)
-	if err != nil {
-		return failConnect(w, r, err)
-	}
-	if err := checkReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
-		// Signed by us, but return_origins may have changed since.
-		return failConnect(w, r, badRequest(err.Error()))
-	}
-	ids := appIDs{connect: st.App, uuid: st.AppUUID}
-	if p.hasError {
-		h.app.metrics.observeConnectCompletion(connectFlowRedirect, connectAuthError)
-		params := url.Values{"zapier_connect": {"error"}, "zapier_app": {ids.connect}, "zapier_error": {p.errCode}}
-		if p.errDesc != "" {
-			params.Set("zapier_error_description", p.errDesc)
-		}
-		redirectTo(w, withOutcome(st.ReturnTo, params))
-		return nil
-	}
-	rec, err := h.verifyAndStore(r.Context(), key, ids, p.authID, connectFlowRedirect)
-	if err != nil {
-		return h.redirectFailure(w, r, st.ReturnTo, ids, err)
-	}
-	redirectTo(w, withOutcome(st.ReturnTo, successParams(rec)))
-	return nil
-}
-
 type completeRequest struct {
 	App    string          `json:"app"`
 	AuthID json.RawMessage `json:"auth_id"`
@@ -204,7 +170,12 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
 		return failConnect(w, r, aerr)
 	}
-	st, err := h.takeState(w, r, key, req.State, connectFlowPopup, ids)
+	st, err := h.takeState(w, r, key, req.State, connectFlowPopup, func(st *connectState) error {
+		if st.AppUUID != ids.uuid {
+			return refuseState("issued for another app")
+		}
+		return nil
+	})
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -216,38 +187,12 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 	return nil
 }
 
-// takeState opens the state for the caller (and, for the popup flow, checks
-// it was issued for the app named in the request), spends it and clears
-// the browser's cookie. Every refusal is 400 connect_state_invalid.
-func (h *Connect) takeState(w http.ResponseWriter, r *http.Request, key tokencache.Key, raw string, flow connectFlow, want ...appIDs) (*connectState, error) {
-	ctx := r.Context()
-	st, err := h.states.open(ctx, r, raw, flow, key.Tenant, key.User)
-	if err == nil && len(want) > 0 && st.AppUUID != want[0].uuid {
-		err = refuseState("issued for another app")
-	}
-	if err == nil {
-		err = h.states.spend(ctx, st)
-	}
-	var serr *stateError
-	if errors.As(err, &serr) {
-		h.app.metrics.observeConnectCompletion(flow, connectStateInvalid)
-		h.logRefusal("connect state refused", key, zap.String("flow", string(flow)), zap.String("reason", serr.reason))
-		return nil, &apiError{Status: http.StatusBadRequest, Code: "connect_state_invalid",
-			Message: "the connect state is invalid (" + serr.reason + "); start the connect flow again"}
-	}
-	if err != nil {
-		return nil, err
-	}
-	clearNonceCookie(w, r, st, time.Duration(h.StateTTL), h.secureCookie(r))
-	return st, nil
-}
-
 // plan decides how a connect request proceeds: reuse a stored connection
 // Zapier still reports valid, re-authorize one (explicitly, or because
 // Zapier reports it expired), or create a new one.
 func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect bool) (string, *connectionRecord, error) {
 	if reconnectID != "" {
-		if !validConnectionID(reconnectID) {
+		if !connect.ValidConnectionID(reconnectID) {
 			return "", nil, badRequest("reconnect_id is not a connection id")
 		}
 		return reconnectID, nil, nil
@@ -436,5 +381,5 @@ func connectionIDFromJSON(raw json.RawMessage) (string, bool) {
 			}
 		}
 	}
-	return id, validConnectionID(id)
+	return id, connect.ValidConnectionID(id)
 }

@@ -93,6 +93,12 @@ type Config struct {
 	// Zapier's documented limits.
 	RateLimits *RateLimits
 
+	// EchoStateOnSuccess makes the Connect UI's redirect pattern echo
+	// state on success too. Zapier documents the success redirect as
+	// ?authentication_id=12345&service=SlackAPI, and state as echoed on
+	// errors only (zapier-api.md §3.3, §3.5), so by default it does not.
+	EchoStateOnSuccess bool
+
 	// Action-run callbacks (zapier-api-2026.md §2; callbacks.go).
 
 	// CallbackAllowHosts exempts these callback_url hosts (names or IP
