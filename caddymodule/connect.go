@@ -43,7 +43,8 @@ const maxConnectBody = 64 << 10
 //	GET    callback?authentication_id=|error=&state=  → verifies, stores, 302 to return_to with the outcome
 //	POST   complete           {"app","auth_id","state"} → the stored connection (popup flow)
 //	GET    connections        → {"data":[…]} the caller's connections
-//	GET    connections/{app}  → one of them;  DELETE connections/{app} forgets it
+//	GET    connections/{app}  → one of them
+//	DELETE connections/{app}  → deletes the authentication at Zapier (unless keep_upstream) and forgets it
 //	GET    connect.js         → the browser helper (ZapierConnect.connect / .start)
 //
 // Every route but connect.js needs the identity headers, exactly as
@@ -58,6 +59,10 @@ type Connect struct {
 	Apps map[string]string `json:"apps,omitempty"`
 	// How long a started flow may take to complete. Default 10m.
 	StateTTL caddy.Duration `json:"state_ttl,omitempty"`
+	// KeepUpstream makes DELETE connections/{app} only forget the
+	// gateway's record and leave the authentication at Zapier. Default
+	// false: the authentication is deleted at Zapier too.
+	KeepUpstream bool `json:"keep_upstream,omitempty"`
 
 	app         *App
 	rules       identityRules
@@ -107,6 +112,7 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 //	zapier_connect {
 //		app       <implementation id> <app UUID>
 //		state_ttl <duration>
+//		keep_upstream
 //	}
 func (h *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -123,6 +129,11 @@ func (h *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneDuration(d, &h.StateTTL); err != nil {
 				return err
 			}
+		case "keep_upstream":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.KeepUpstream = true
 		default:
 			return d.Errf("unrecognized zapier_connect option %q", opt)
 		}

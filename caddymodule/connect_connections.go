@@ -1,9 +1,11 @@
 package caddymodule
 
 import (
+	"context"
 	"net/http"
 
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 // The connection routes only ever touch the caller's own records: the
@@ -40,23 +42,74 @@ func (h *Connect) serveGet(w http.ResponseWriter, r *http.Request, key tokencach
 	return nil
 }
 
-// serveDelete forgets the caller's connection; the authentication itself
-// stays at Zapier.
+// disconnectAnswer is DELETE connections/{app}'s answer: what was
+// forgotten, and what became of the authentication at Zapier.
+type disconnectAnswer struct {
+	Deleted      bool   `json:"deleted"`
+	ConnectionID string `json:"connection_id"`
+	App          string `json:"app"`
+	// Upstream is deleted (Zapier deleted the authentication),
+	// already_gone (Zapier did not have it any more) or kept
+	// (keep_upstream: only the gateway's record was forgotten).
+	Upstream string `json:"upstream"`
+}
+
+// serveDelete disconnects the caller's connection: it deletes the
+// authentication at Zapier (unless keep_upstream), then forgets the record.
+// When Zapier fails, the record stays, so the same DELETE finishes the job
+// later.
 func (h *Connect) serveDelete(w http.ResponseWriter, r *http.Request, key tokencache.Key, app string) error {
 	ids, aerr := h.apps.resolve(app)
 	if aerr != nil {
 		return failConnect(w, r, aerr)
 	}
-	found, err := h.store.remove(r.Context(), key.Tenant, key.User, ids.uuid)
+	ctx := r.Context()
+	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	if !found {
+	if rec == nil {
 		return failConnect(w, r, errNoConnection(ids))
 	}
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusNoContent)
+	upstream := upstreamKept
+	if !h.KeepUpstream {
+		if upstream, err = h.app.deleteAuthentication(ctx, key, rec.ConnectionID); err != nil {
+			return failConnect(w, r, err)
+		}
+	}
+	found, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	writeConnectJSON(w, http.StatusOK, disconnectAnswer{Deleted: found, ConnectionID: rec.ConnectionID, App: rec.App, Upstream: upstream})
 	return nil
+}
+
+// What became of an authentication at Zapier.
+const (
+	upstreamDeleted     = "deleted"
+	upstreamAlreadyGone = "already_gone"
+	upstreamKept        = "kept"
+)
+
+// deleteAuthentication deletes one of the identity's authentications at
+// Zapier with its own access token.
+func (a *App) deleteAuthentication(ctx context.Context, key tokencache.Key, id string) (string, error) {
+	var gone bool
+	err := a.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
+		gone, err = a.client.DeleteAuthentication(ctx, a.APIURL, access, id)
+		return err
+	})
+	if _, ok := zapierapi.AsError(err); ok {
+		return "", apiCallError(err)
+	}
+	if err != nil {
+		return "", err
+	}
+	if gone {
+		return upstreamAlreadyGone, nil
+	}
+	return upstreamDeleted, nil
 }
 
 func errNoConnection(ids appIDs) *apiError {

@@ -520,7 +520,7 @@ func TestConnectDeleteRemovesOnlyTheCallersRecord(t *testing.T) {
 	alice.connectPopup(unmappedUUID)
 
 	status, _, raw := alice.call(http.MethodDelete, "connections/"+slackApp, nil)
-	if status != http.StatusNoContent || len(raw) != 0 {
+	if status != http.StatusOK || !strings.Contains(string(raw), `"upstream":"deleted"`) {
 		t.Fatalf("DELETE: %d %s", status, raw)
 	}
 	status, hdr, raw := alice.call(http.MethodGet, "connections/"+slackApp, nil)
@@ -541,9 +541,10 @@ func TestConnectDeleteRemovesOnlyTheCallersRecord(t *testing.T) {
 	if status != http.StatusOK || len(list.Data) != 1 || list.Data[0].AppUUID != unmappedUUID {
 		t.Errorf("alice's remaining connections: %s", raw)
 	}
-	// Zapier still has the connection: forgetting is the gateway's business.
-	if n := len(g.fake.Connections("org_1", "alice", slackUUID)); n != 1 {
-		t.Errorf("connections at the fake = %d", n)
+	// Zapier deleted alice's, and only hers.
+	if n := len(g.fake.Connections("org_1", "alice", slackUUID)); n != 0 || g.fake.AuthenticationDeletes() != 1 ||
+		len(g.fake.Connections("org_1", "bob", slackUUID)) != 1 || len(g.fake.Connections("org_2", "alice", slackUUID)) != 1 {
+		t.Errorf("connections at the fake = %d, deletes %d", n, g.fake.AuthenticationDeletes())
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,5 +170,55 @@ func TestIDString(t *testing.T) {
 		if got, ok := idString([]byte(raw)); ok {
 			t.Errorf("idString(%s) = %q, want no id", raw, got)
 		}
+	}
+}
+
+func TestDeleteAuthentication(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	var seen []string
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.EscapedPath())
+		mu.Unlock()
+		if r.Header.Get("Authorization") != "Bearer "+testAccess {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		switch r.URL.Path {
+		case "/v2/authentications/12345", "/v2/authentications/a/b":
+			w.WriteHeader(http.StatusNoContent)
+		case "/v2/authentications/gone":
+			writeJSON(w, http.StatusNotFound, map[string]any{"errors": []map[string]any{{"status": 404, "code": "not_found", "detail": "Not found."}}})
+		case "/v2/authentications/flaky":
+			if n%2 == 1 { // every first try fails
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	})
+	c := newTestClient(t, f.URL+"/oauth/token")
+	for id, wantGone := range map[string]bool{"12345": false, "a/b": false, "gone": true, "flaky": false} {
+		gone, err := c.DeleteAuthentication(ctx, f.URL, testAccess, id)
+		if err != nil || gone != wantGone {
+			t.Errorf("DeleteAuthentication(%q) = %v, %v; want %v", id, gone, err, wantGone)
+		}
+	}
+	mu.Lock()
+	if !slices.Contains(seen, "DELETE /v2/authentications/a%2Fb") {
+		t.Errorf("the id is not one path segment: %q", seen)
+	}
+	mu.Unlock()
+	c = newTestClient(t, f.URL+"/oauth/token", func(cfg *Config) { cfg.MaxAttempts = 1 })
+	if _, err := c.DeleteAuthentication(ctx, f.URL, testAccess, "broken"); err == nil {
+		t.Error("a 500: no error")
+	} else {
+		wantError(t, err, KindFailed)
+	}
+	if _, err := c.DeleteAuthentication(ctx, f.URL, testAccess, ""); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("empty id: %v", err)
 	}
 }

@@ -187,14 +187,18 @@ type Server struct {
 	connect         map[string]*connectToken
 	connections     map[string]*connection // by id
 	nextConnID      int
-	issued          int // tokens issued since the last sweep of expired ones
-	recorded        []RecordedRequest
-	recNext         int
-	recFull         bool
-	faults          faults
-	userClaim       string // Config.UserClaim, changeable by SetClaimNames
-	tenantClaim     string
-	jwtLog          []VerifiedJWT
+	authDeletes     int // authentications deleted by DELETE /v2/authentications/{id}
+	// The next deleteFaults DELETE /v2/authentications/{id} answer
+	// deleteFaultStatus (FailNextAuthenticationDeletes).
+	deleteFaults, deleteFaultStatus int
+	issued                          int // tokens issued since the last sweep of expired ones
+	recorded                        []RecordedRequest
+	recNext                         int
+	recFull                         bool
+	faults                          faults
+	userClaim                       string // Config.UserClaim, changeable by SetClaimNames
+	tenantClaim                     string
+	jwtLog                          []VerifiedJWT
 
 	ui      connectUI    // the Connect UI's partner registration and outcomes (connect.go)
 	actions actionsState // actions and action runs (actions.go, runs.go)
