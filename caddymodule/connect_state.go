@@ -34,10 +34,15 @@ const (
 	// not echo the state, so the callback finds it from the id in the
 	// browser's flow cookie.
 	pendingStatesPrefix = "zapier/connect/pending-states"
-	defaultStateTTL     = 10 * time.Minute
-	maxStateTTL         = 24 * time.Hour
-	maxStateLen         = 8 << 10
-	stateVersion        = "v1"
+	// forgottenPrefix marks offboarded users (u<subject>) and tenants
+	// (t<tenant hash>) with the time they were offboarded: a state issued
+	// to them before that is refused on every gateway sharing the storage.
+	// Marks go after maxStateTTL, when no such state can be open.
+	forgottenPrefix = "zapier/connect/forgotten"
+	defaultStateTTL = 10 * time.Minute
+	maxStateTTL     = 24 * time.Hour
+	maxStateLen     = 8 << 10
+	stateVersion    = "v1"
 )
 
 // connectState is what a connect flow carries from its start to its
@@ -52,6 +57,11 @@ type connectState struct {
 	Flow      connectFlow `json:"flow"` // popup or redirect
 	NonceHash string      `json:"nh"`   // SHA-256 of the browser cookie's nonce
 	Expires   int64       `json:"exp"`  // Unix milliseconds
+	// Tenant is a keyed hash of the tenant, and Issued the issue time
+	// (Unix milliseconds), for offboarding (forgottenPrefix). States
+	// issued before they were added have neither.
+	Tenant string `json:"ten,omitempty"`
+	Issued int64  `json:"iat,omitempty"`
 }
 
 // stateError is a refused state; reason is for logs and the message.
@@ -84,6 +94,15 @@ func (k stateKeys) subjectHash(tenant, user string) string {
 	m.Write([]byte(tenant))
 	m.Write([]byte{0})
 	m.Write([]byte(user))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// tenantHash names a tenant in states and offboarding marks. The label
+// keeps it apart from subjectHash (identity values cannot contain NUL).
+func (k stateKeys) tenantHash(tenant string) string {
+	m := hmac.New(sha256.New, k.subject)
+	m.Write([]byte("\x00tenant\x00"))
+	m.Write([]byte(tenant))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
@@ -222,8 +241,11 @@ func (k *stateKeeper) issue(ctx context.Context, st *connectState, tenant, user 
 	nonce = base64.RawURLEncoding.EncodeToString(n)
 	st.ID = hex.EncodeToString(id)
 	st.Subject = keys.subjectHash(tenant, user)
+	st.Tenant = keys.tenantHash(tenant)
 	st.NonceHash = nonceHash(nonce)
-	st.Expires = k.now().Add(k.ttl).UnixMilli()
+	now := k.now()
+	st.Issued = now.UnixMilli()
+	st.Expires = now.Add(k.ttl).UnixMilli()
 	state, err = encodeState(keys, st)
 	if err != nil {
 		return "", "", err
@@ -326,6 +348,11 @@ func (k *stateKeeper) spend(ctx context.Context, st *connectState) error {
 	if k.storage.Exists(ctx, key) {
 		return refuseState("already used")
 	}
+	if forgotten, err := k.offboardedSince(ctx, st); err != nil {
+		return err
+	} else if forgotten {
+		return refuseState("its user was offboarded")
+	}
 	if err := k.storage.Store(ctx, key, []byte(strconv.FormatInt(st.Expires, 10))); err != nil {
 		return fmt.Errorf("recording the connect state as used: %w", err)
 	}
@@ -346,6 +373,7 @@ func (k *stateKeeper) maybeSweep() {
 func (k *stateKeeper) sweep(ctx context.Context) {
 	k.sweepUsed(ctx)
 	k.sweepPending(ctx)
+	k.sweepForgotten(ctx) // connect_forget.go
 }
 
 // sweepPending deletes the pending states of flows never finished once
