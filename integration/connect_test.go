@@ -33,6 +33,7 @@ type connectOptions struct {
 	returnOrigin string // default partnerOrigin
 	storageDir   string // default a new one
 	zapierExtra  string // extra lines inside the zapier global option
+	globalExtra  string // extra lines in the global options block
 	fake         fakezapier.Config
 }
 
@@ -47,8 +48,9 @@ func startConnectGateway(t *testing.T, o connectOptions) *gateway {
 		zapierExtra: fmt.Sprintf("callback_url %s\n\t\treturn_origins %s\n\t\t%s", callback, origin, o.zapierExtra),
 		siteExtra: fmt.Sprintf("handle_path /zapier/connect/* {\n\t\tzapier_connect {\n\t\t\tapp %s %s\n\t\t\t%s\n\t\t}\n\t}",
 			slackApp, slackUUID, o.connectExtra),
-		fake:       o.fake,
-		storageDir: o.storageDir,
+		fake:        o.fake,
+		storageDir:  o.storageDir,
+		globalExtra: o.globalExtra,
 	})
 	g.fake.RegisterPartner(origin, callback)
 	g.fake.RegisterApp(slackApp, slackUUID)
