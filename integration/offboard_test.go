@@ -197,3 +197,31 @@ func TestOffboardingATenant(t *testing.T) {
 		t.Errorf("GET: %d", status)
 	}
 }
+
+// TestZapierForgetCommand offboards a user with `caddy zapier forget`; a
+// Zapier failure exits non-zero with the report, and the same command
+// finishes the job.
+func TestZapierForgetCommand(t *testing.T) {
+	caddyBinary(t) // build first, outside the gateway's lifetime
+	g := startConnectGateway(t, connectOptions{})
+	address := fmt.Sprintf("localhost:%d", adminPort)
+	conn := newHTTPBrowser(g, "org_1", "cli-user").connectPopup(slackApp)
+
+	g.fake.FailNextAuthenticationDeletes(100, http.StatusServiceUnavailable)
+	out, err := runZapierCommand(t, "forget", "--tenant", "org_1", "--user", "cli-user", "--address", address)
+	if err == nil || !strings.Contains(out, "HTTP 502") || !strings.Contains(out, `\"complete\":false`) {
+		t.Fatalf("forget with Zapier failing: %v\n%s", err, out)
+	}
+	g.fake.FailNextAuthenticationDeletes(0, 0)
+	out, err = runZapierCommand(t, "forget", "--tenant", "org_1", "--user", "cli-user", "--address", address)
+	if err != nil || !strings.Contains(out, "cli-user "+slackApp+" "+conn.ConnectionID+": deleted") || !strings.Contains(out, "Offboarded: 1 connections") {
+		t.Fatalf("forget: %v\n%s", err, out)
+	}
+	if n := len(g.fake.Connections("org_1", "cli-user", slackUUID)); n != 0 {
+		t.Errorf("at Zapier: %d connections", n)
+	}
+	out, err = runZapierCommand(t, "forget", "--user", "cli-user", "--address", address)
+	if err == nil || !strings.Contains(out, "give --tenant") {
+		t.Errorf("forget without a tenant: %v\n%s", err, out)
+	}
+}
