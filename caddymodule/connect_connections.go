@@ -2,8 +2,10 @@ package caddymodule
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -26,12 +28,18 @@ func (h *Connect) serveList(w http.ResponseWriter, r *http.Request, key tokencac
 	return nil
 }
 
+// serveGet answers one of the caller's accounts of the app: the one
+// ?connection_id= names, else the default (most recently verified).
 func (h *Connect) serveGet(w http.ResponseWriter, r *http.Request, key tokencache.Key, app string) error {
 	ids, aerr := h.apps.resolve(app)
 	if aerr != nil {
 		return failConnect(w, r, aerr)
 	}
-	rec, err := h.store.get(r.Context(), key.Tenant, key.User, ids.uuid)
+	connID, aerr := connectionIDParam(r)
+	if aerr != nil {
+		return failConnect(w, r, aerr)
+	}
+	rec, err := h.store.get(r.Context(), key.Tenant, key.User, ids.uuid, connID)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -40,6 +48,20 @@ func (h *Connect) serveGet(w http.ResponseWriter, r *http.Request, key tokencach
 	}
 	writeConnectJSON(w, http.StatusOK, rec.public())
 	return nil
+}
+
+// connectionIDParam reads the optional ?connection_id= naming one of
+// several accounts of an app.
+func connectionIDParam(r *http.Request) (string, *apiError) {
+	q := r.URL.Query()
+	if len(q["connection_id"]) > 1 {
+		return "", badRequest("connection_id must appear at most once")
+	}
+	id := q.Get("connection_id")
+	if id != "" && !connect.ValidConnectionID(id) {
+		return "", badRequest("connection_id is not a connection id")
+	}
+	return id, nil
 }
 
 // disconnectAnswer is DELETE connections/{app}'s answer: what was
@@ -54,7 +76,8 @@ type disconnectAnswer struct {
 	Upstream string `json:"upstream"`
 }
 
-// serveDelete disconnects the caller's connection: it deletes the
+// serveDelete disconnects one of the caller's accounts of the app (the one
+// ?connection_id= names; without it, the app's only one): it deletes the
 // authentication at Zapier (unless keep_upstream), then forgets the record.
 // When Zapier fails, the record stays, so the same DELETE finishes the job
 // later.
@@ -63,10 +86,25 @@ func (h *Connect) serveDelete(w http.ResponseWriter, r *http.Request, key tokenc
 	if aerr != nil {
 		return failConnect(w, r, aerr)
 	}
+	connID, aerr := connectionIDParam(r)
+	if aerr != nil {
+		return failConnect(w, r, aerr)
+	}
 	ctx := r.Context()
-	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid)
+	recs, err := h.store.accounts(ctx, key.Tenant, key.User, ids.uuid)
 	if err != nil {
 		return failConnect(w, r, err)
+	}
+	if connID == "" && len(recs) > 1 {
+		return failConnect(w, r, &apiError{Status: http.StatusConflict, Code: "connection_ambiguous",
+			Message: fmt.Sprintf("the user has %d accounts of app %s: name one with ?connection_id=", len(recs), ids.connect)})
+	}
+	var rec *connectionRecord
+	for i := range recs {
+		if connID == "" || recs[i].ConnectionID == connID {
+			rec = &recs[i]
+			break
+		}
 	}
 	if rec == nil {
 		return failConnect(w, r, errNoConnection(ids))
@@ -77,11 +115,11 @@ func (h *Connect) serveDelete(w http.ResponseWriter, r *http.Request, key tokenc
 			return failConnect(w, r, err)
 		}
 	}
-	found, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid)
+	removed, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid, rec.ConnectionID)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	writeConnectJSON(w, http.StatusOK, disconnectAnswer{Deleted: found, ConnectionID: rec.ConnectionID, App: rec.App, Upstream: upstream})
+	writeConnectJSON(w, http.StatusOK, disconnectAnswer{Deleted: len(removed) > 0, ConnectionID: rec.ConnectionID, App: rec.App, Upstream: upstream})
 	return nil
 }
 

@@ -31,6 +31,11 @@ type tokenRequest struct {
 	ReconnectID string `json:"reconnect_id,omitempty"`
 	// Reconnect re-authorizes the caller's stored connection for the app.
 	Reconnect bool `json:"reconnect,omitempty"`
+	// NewAccount connects another account of the app even when one is
+	// stored and valid (a work and a personal Slack).
+	NewAccount bool `json:"new_account,omitempty"`
+	// Theme is passed to Connect (partner-specific branding).
+	Theme string `json:"theme,omitempty"`
 }
 
 type tokenResponse struct {
@@ -58,8 +63,11 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 	if aerr != nil {
 		return failConnect(w, r, aerr)
 	}
+	if req.Theme != "" && !validTheme(req.Theme) {
+		return failConnect(w, r, badRequest(themeRule))
+	}
 	ctx := r.Context()
-	reconnectID, reused, err := h.plan(ctx, key, ids, req.ReconnectID, req.Reconnect)
+	reconnectID, reused, err := h.plan(ctx, key, ids, req.ReconnectID, req.Reconnect, req.NewAccount)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -81,6 +89,9 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
 	}
+	if req.Theme != "" {
+		extra.Set("theme", req.Theme)
+	}
 	writeConnectJSON(w, http.StatusOK, tokenResponse{
 		URL:       h.connectURL(ids.connect, tok.AccessToken, extra),
 		Token:     tok.AccessToken,
@@ -97,7 +108,7 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 // failure, goes back to it.
 func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
 	q := r.URL.Query()
-	for _, name := range []string{"app", "return_to", "reconnect_id", "reconnect"} {
+	for _, name := range []string{"app", "return_to", "reconnect_id", "reconnect", "new_account", "theme"} {
 		if len(q[name]) > 1 {
 			return failConnect(w, r, badRequest(name+" must appear at most once"))
 		}
@@ -117,10 +128,15 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	if aerr != nil {
 		return failConnect(w, r, aerr)
 	}
+	theme := q.Get("theme")
+	if theme != "" && !validTheme(theme) {
+		return failConnect(w, r, badRequest(themeRule))
+	}
 	reconnectID := q.Get("reconnect_id")
 	reconnect := q.Get("reconnect") == "1" || q.Get("reconnect") == "true"
+	newAccount := q.Get("new_account") == "1" || q.Get("new_account") == "true"
 	ctx := r.Context()
-	reconnectID, reused, err := h.plan(ctx, key, ids, reconnectID, reconnect)
+	reconnectID, reused, err := h.plan(ctx, key, ids, reconnectID, reconnect, newAccount)
 	if err != nil {
 		return h.redirectFailure(w, r, returnTo, ids, err)
 	}
@@ -141,6 +157,9 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	extra := url.Values{"redirect_uri": {h.app.CallbackURL}, "state": {state}}
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
+	}
+	if theme != "" {
+		extra.Set("theme", theme)
 	}
 	redirectTo(w, h.connectURL(ids.connect, tok.AccessToken, extra))
 	return nil
@@ -187,15 +206,19 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 	return nil
 }
 
-// plan decides how a connect request proceeds: reuse a stored connection
-// Zapier still reports valid, re-authorize one (explicitly, or because
-// Zapier reports it expired), or create a new one.
-func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect bool) (string, *connectionRecord, error) {
+// plan decides how a connect request proceeds: reuse the default stored
+// connection when Zapier still reports it valid, re-authorize one
+// (explicitly, or because Zapier reports it expired), or create a new one
+// (also when another account is asked for).
+func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect, newAccount bool) (string, *connectionRecord, error) {
 	if reconnectID != "" {
 		if !connect.ValidConnectionID(reconnectID) {
 			return "", nil, badRequest("reconnect_id is not a connection id")
 		}
 		return reconnectID, nil, nil
+	}
+	if newAccount {
+		return "", nil, nil
 	}
 	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid)
 	if err != nil || rec == nil {
@@ -209,7 +232,7 @@ func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reco
 	case err != nil:
 		return "", nil, err
 	case auth == nil: // gone at Zapier: forget it and connect anew
-		_, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid)
+		_, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid, rec.ConnectionID)
 		return "", nil, err
 	case auth.IsExpired:
 		return rec.ConnectionID, nil, nil
@@ -382,4 +405,14 @@ func connectionIDFromJSON(raw json.RawMessage) (string, bool) {
 		}
 	}
 	return id, connect.ValidConnectionID(id)
+}
+
+const themeRule = "theme must be 1-64 letters, digits, _ or - (a Connect theme name)"
+
+// validTheme accepts a Connect theme name.
+func validTheme(t string) bool {
+	if len(t) > 64 {
+		return false
+	}
+	return validAppName(t) && !strings.ContainsAny(t, ".@:")
 }

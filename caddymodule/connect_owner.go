@@ -135,13 +135,18 @@ func (s *connectionStore) eachOwned(ctx context.Context, fn func(*connectionOwne
 		if err != nil {
 			continue
 		}
-		var rec connectionRecord
-		if json.Unmarshal(data, &rec) != nil || rec.Owner == "" || (pre != nil && !pre(&rec)) {
+		recs, err := decodeConnectionFile(data)
+		if err != nil {
 			continue
 		}
-		if tenant, user, ok := openOwner(aead, &rec); ok {
-			if !fn(&connectionOwner{tenant: tenant, user: user, rec: rec}) {
-				return nil
+		for _, rec := range recs {
+			if rec.Owner == "" || (pre != nil && !pre(&rec)) {
+				continue
+			}
+			if tenant, user, ok := openOwner(aead, &rec); ok {
+				if !fn(&connectionOwner{tenant: tenant, user: user, rec: rec}) {
+					return nil
+				}
 			}
 		}
 	}

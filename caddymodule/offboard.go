@@ -126,7 +126,7 @@ func (g *offboardGateway) DeleteUpstream(ctx context.Context, c connect.Connecti
 }
 
 func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) error {
-	_, err := g.store.remove(ctx, c.Tenant, c.User, c.AppUUID)
+	_, err := g.store.remove(ctx, c.Tenant, c.User, c.AppUUID, c.ConnectionID)
 	return err
 }
 

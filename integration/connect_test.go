@@ -624,7 +624,7 @@ func TestConnectAppIdentifiersAndRequests(t *testing.T) {
 		code          string
 	}{
 		"not JSON":          {http.MethodPost, "token", "app=x", http.StatusBadRequest, "bad_request"},
-		"unknown field":     {http.MethodPost, "token", `{"app":"SlackCLIAPI","theme":"dark"}`, http.StatusBadRequest, "bad_request"},
+		"unknown field":     {http.MethodPost, "token", `{"app":"SlackCLIAPI","colour":"dark"}`, http.StatusBadRequest, "bad_request"},
 		"two objects":       {http.MethodPost, "token", `{"app":"SlackCLIAPI"}{}`, http.StatusBadRequest, "bad_request"},
 		"float auth_id":     {http.MethodPost, "complete", `{"app":"SlackCLIAPI","auth_id":1.5,"state":"x"}`, http.StatusBadRequest, "bad_request"},
 		"GET token":         {http.MethodGet, "token", nil, http.StatusMethodNotAllowed, "method_not_allowed"},
