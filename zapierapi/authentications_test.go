@@ -222,3 +222,42 @@ func TestDeleteAuthentication(t *testing.T) {
 		t.Errorf("empty id: %v", err)
 	}
 }
+
+func TestListApps(t *testing.T) {
+	var mu sync.Mutex
+	var queries []string
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		mu.Lock()
+		queries = append(queries, r.URL.RawQuery)
+		mu.Unlock()
+		q := r.URL.Query()
+		offset, _ := strconv.Atoi(q.Get("offset"))
+		w.Header().Set("Content-Type", "application/json")
+		if q.Get("ids") != "" {
+			fmt.Fprintf(w, `{"links":{"next":null},"data":[{"id":%q,"key":"SlackCLIAPI","title":"Slack"}]}`, q.Get("ids"))
+			return
+		}
+		var items []string
+		for i := offset; i < min(offset+100, 150); i++ {
+			items = append(items, fmt.Sprintf(`{"id":"uuid-%d","key":"App%dAPI","title":"App %d"}`, i, i, i))
+		}
+		if offset == 0 {
+			items = append(items, `{"key":"NoID"}`, `{"id":"uuid-nokey","title":"No key"}`)
+		}
+		fmt.Fprintf(w, `{"meta":{"count":152},"links":{"next":null},"data":[%s]}`, strings.Join(items, ","))
+	})
+	c := newTestClient(t, f.URL+"/oauth/token")
+	apps, err := c.ListApps(context.Background(), f.URL, testAccess)
+	if err != nil || len(apps) != 149 || apps[0] != (App{ID: "uuid-0", Key: "App0API", Title: "App 0"}) || apps[100].Key != "" {
+		t.Fatalf("ListApps = %d apps %v", len(apps), err)
+	}
+	one, err := c.ListApps(context.Background(), f.URL, testAccess, "81f613aa-c98a-4383-a5fc-195e68647217")
+	if err != nil || len(one) != 1 || one[0].Key != "SlackCLIAPI" {
+		t.Errorf("ListApps(ids) = %+v, %v", one, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(queries) != 4 || !strings.Contains(queries[0], "limit=100") || !strings.Contains(queries[1], "offset=102") {
+		t.Errorf("queries %q", queries)
+	}
+}

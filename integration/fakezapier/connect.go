@@ -57,6 +57,8 @@ type connectUI struct {
 	partnerOrigins []string
 	redirectURIs   []string
 	apps           map[string]string // implementation id → app UUID
+	titles         map[string]string // implementation id → title in GET /v2/apps
+	appListings    int
 	outcomes       []ConnectOutcome
 	sessions       int
 }
