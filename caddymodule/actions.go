@@ -591,16 +591,16 @@ func earliest(a, b time.Time) time.Time {
 	return a
 }
 
-// resolveApp accepts an app named in zapier_actions' app lines, an app
-// UUID, or an implementation id the caller has connected through
-// zapier_connect (its stored connection carries the UUID).
+// resolveApp accepts an app named in zapier_actions' app lines, a key
+// the caller has connected through zapier_connect (its stored connection
+// carries the UUID), or any app of Zapier's catalog by key or UUID.
 func (h *Actions) resolveApp(ctx context.Context, key tokencache.Key, name string) (appIDs, error) {
-	ids, aerr := h.apps.resolve(name)
-	if aerr == nil {
-		return ids, nil
-	}
-	if !validAppName(name) {
+	ids, ok, aerr := h.apps.resolve(name)
+	if aerr != nil {
 		return appIDs{}, aerr
+	}
+	if ok {
+		return ids, nil
 	}
 	recs, err := h.store.list(ctx, key.Tenant, key.User)
 	if err != nil {
@@ -611,7 +611,7 @@ func (h *Actions) resolveApp(ctx context.Context, key tokencache.Key, name strin
 			return appIDs{connect: rec.App, uuid: rec.AppUUID}, nil
 		}
 	}
-	return appIDs{}, badRequest(fmt.Sprintf("app %q has no UUID mapping: name it by its UUID, or add `app %s <app UUID>` to the zapier_actions block", name, name))
+	return h.app.resolveApp(ctx, key, h.apps, name)
 }
 
 // connection returns the caller's stored account of the app named connID,

@@ -31,9 +31,9 @@ func (h *Connect) serveList(w http.ResponseWriter, r *http.Request, key tokencac
 // serveGet answers one of the caller's accounts of the app: the one
 // ?connection_id= names, else the default (most recently verified).
 func (h *Connect) serveGet(w http.ResponseWriter, r *http.Request, key tokencache.Key, app string) error {
-	ids, aerr := h.apps.resolve(app)
-	if aerr != nil {
-		return failConnect(w, r, aerr)
+	ids, err := h.app.resolveApp(r.Context(), key, h.apps, app)
+	if err != nil {
+		return failConnect(w, r, err)
 	}
 	connID, aerr := connectionIDParam(r)
 	if aerr != nil {
@@ -82,9 +82,9 @@ type disconnectAnswer struct {
 // When Zapier fails, the record stays, so the same DELETE finishes the job
 // later.
 func (h *Connect) serveDelete(w http.ResponseWriter, r *http.Request, key tokencache.Key, app string) error {
-	ids, aerr := h.apps.resolve(app)
-	if aerr != nil {
-		return failConnect(w, r, aerr)
+	ids, err := h.app.resolveApp(r.Context(), key, h.apps, app)
+	if err != nil {
+		return failConnect(w, r, err)
 	}
 	connID, aerr := connectionIDParam(r)
 	if aerr != nil {

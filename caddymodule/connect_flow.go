@@ -59,9 +59,9 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
 		return failConnect(w, r, aerr)
 	}
-	ids, aerr := h.apps.resolve(req.App)
-	if aerr != nil {
-		return failConnect(w, r, aerr)
+	ids, err := h.app.resolveApp(r.Context(), key, h.apps, req.App)
+	if err != nil {
+		return failConnect(w, r, err)
 	}
 	if req.Theme != "" && !validTheme(req.Theme) {
 		return failConnect(w, r, badRequest(themeRule))
@@ -124,9 +124,9 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	if err := checkReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
 		return failConnect(w, r, badRequest(err.Error()))
 	}
-	ids, aerr := h.apps.resolve(q.Get("app"))
-	if aerr != nil {
-		return failConnect(w, r, aerr)
+	ids, err := h.app.resolveApp(r.Context(), key, h.apps, q.Get("app"))
+	if err != nil {
+		return failConnect(w, r, err)
 	}
 	theme := q.Get("theme")
 	if theme != "" && !validTheme(theme) {
@@ -184,10 +184,10 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
 		return failConnect(w, r, badRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
 	}
-	ids, aerr := h.apps.resolve(req.App)
-	if aerr != nil {
+	ids, err := h.app.resolveApp(r.Context(), key, h.apps, req.App)
+	if err != nil {
 		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
-		return failConnect(w, r, aerr)
+		return failConnect(w, r, err)
 	}
 	st, err := h.takeState(w, r, key, req.State, connectFlowPopup, func(st *connectState) error {
 		if st.AppUUID != ids.uuid {

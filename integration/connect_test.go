@@ -602,11 +602,9 @@ func TestConnectAppIdentifiersAndRequests(t *testing.T) {
 	g := startConnectGateway(t, connectOptions{})
 	alice := newHTTPBrowser(g, "org_1", "alice")
 
+	// An app neither configured nor in Zapier's catalog is not found.
 	status, hdr, raw := alice.call(http.MethodPost, "token", map[string]any{"app": "GoogleSheetsV2API"})
-	expectError(t, status, hdr, raw, http.StatusBadRequest, "bad_request")
-	if !strings.Contains(string(raw), "`app GoogleSheetsV2API APP_UUID`") {
-		t.Errorf("unmapped app: %s, want the line to add", raw)
-	}
+	expectError(t, status, hdr, raw, http.StatusNotFound, "app_not_found")
 	// The mapped app named by its UUID still goes to Connect by its
 	// implementation id; an unmapped UUID is used in both places.
 	if tok := alice.token(map[string]any{"app": slackUUID}); !strings.HasPrefix(tok.URL, g.fakeURL+"/to/"+slackApp+"?") {
