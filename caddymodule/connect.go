@@ -63,6 +63,10 @@ type Connect struct {
 	// gateway's record and leave the authentication at Zapier. Default
 	// false: the authentication is deleted at Zapier too.
 	KeepUpstream bool `json:"keep_upstream,omitempty"`
+	// How often stored connections are re-checked at Zapier and marked ok,
+	// expired or missing (connect_health.go). Default 1h; negative (off in
+	// the Caddyfile) turns the sweep off.
+	HealthCheck caddy.Duration `json:"health_check,omitempty"`
 
 	app         *App
 	rules       identityRules
@@ -104,6 +108,15 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
 	h.connectBase = strings.TrimRight(app.ConnectURL, "/")
 	h.logger = ctx.Logger()
+	if h.HealthCheck == 0 {
+		h.HealthCheck = caddy.Duration(defaultHealthCheck)
+	}
+	if h.HealthCheck > 0 {
+		if time.Duration(h.HealthCheck) < minHealthCheck {
+			return fmt.Errorf("zapier_connect: health_check must be at least %s, or off", minHealthCheck)
+		}
+		go h.healthLoop(ctx) // ends with the config
+	}
 	return nil
 }
 
@@ -113,6 +126,7 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 //		app       <implementation id> <app UUID>
 //		state_ttl <duration>
 //		keep_upstream
+//		health_check <duration>|off
 //	}
 func (h *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -128,6 +142,22 @@ func (h *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "state_ttl":
 			if err := oneDuration(d, &h.StateTTL); err != nil {
 				return err
+			}
+		case "health_check":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if d.Val() == "off" {
+				h.HealthCheck = -1
+			} else {
+				dur, err := caddy.ParseDuration(d.Val())
+				if err != nil {
+					return d.Errf("health_check: %v", err)
+				}
+				h.HealthCheck = caddy.Duration(dur)
+			}
+			if d.NextArg() {
+				return d.ArgErr()
 			}
 		case "keep_upstream":
 			if d.NextArg() {

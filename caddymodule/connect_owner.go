@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+
+	"github.com/zapgate/caddy-zapier/connect"
 )
 
 // A stored connection's path names its owner only by a keyed hash
@@ -156,5 +158,8 @@ func (s *connectionStore) eachOwned(ctx context.Context, fn func(*connectionOwne
 // public is the record as the partner sees it: without the sealed owner.
 func (r connectionRecord) public() connectionRecord {
 	r.Owner = ""
+	if r.Status == "" {
+		r.Status = connect.StatusOK
+	}
 	return r
 }

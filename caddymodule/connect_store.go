@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+
+	"github.com/zapgate/caddy-zapier/connect"
 )
 
 // connectionsPrefix is where stored connections live in Caddy storage:
@@ -72,6 +74,11 @@ type connectionRecord struct {
 	// Owner is (tenant, user), sealed (connect_owner.go): connection
 	// webhooks name only the connection.
 	Owner string `json:"owner,omitempty"`
+	// Status is what the health sweep last found at Zapier (ok, expired,
+	// missing; connect_health.go), Checked when. Records stored before the
+	// sweep existed have neither and read as ok.
+	Status  string    `json:"status,omitempty"`
+	Checked time.Time `json:"checked,omitzero"`
 }
 
 // connectionStore keeps a user's accounts of each app (a work and a
@@ -220,6 +227,7 @@ func (s *connectionStore) update(ctx context.Context, tenant, user, appUUID stri
 func (s *connectionStore) put(ctx context.Context, tenant, user string, rec connectionRecord) (*connectionRecord, error) {
 	now := s.now().UTC()
 	rec.Created, rec.LastVerified = now, now
+	rec.Status, rec.Checked = connect.StatusOK, now // just verified
 	if err := s.sealOwner(ctx, &rec, tenant, user); err != nil {
 		return nil, fmt.Errorf("sealing the connection's owner: %w", err)
 	}
