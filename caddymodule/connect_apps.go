@@ -123,25 +123,7 @@ func validAppName(app string) bool {
 }
 
 // isAppUUID accepts the 8-4-4-4-12 hex form.
-func isAppUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
-}
+func isAppUUID(s string) bool { return connect.IsUUID(s) }
 
 // parseAppMapping reads one `app <implementation id> <app UUID>` line of a
 // zapier_connect or zapier_actions block.

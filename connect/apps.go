@@ -59,7 +59,7 @@ func (d *AppDirectory) now() time.Time {
 // UUID). A UUID the catalog does not know is used as both, as Zapier's API
 // will judge it; a key it does not know is ErrAppNotFound.
 func (d *AppDirectory) Resolve(ctx context.Context, name string, catalog Catalog) (key, uuid string, err error) {
-	if isUUID(name) {
+	if IsUUID(name) {
 		return d.resolveUUID(ctx, strings.ToLower(name), catalog)
 	}
 	key, _, _ = strings.Cut(name, "@") // SlackCLIAPI@1.0.0 names SlackCLIAPI

@@ -27,7 +27,7 @@ type PendingFlow struct {
 // flow only knows the app's UUID there is no key to compare: the
 // server-side lookup, which checks the connection's app UUID, decides.
 func ServiceNames(service, app string) bool {
-	if service == "" || isUUID(app) {
+	if service == "" || IsUUID(app) {
 		return true
 	}
 	key, _, _ := strings.Cut(service, "@")
@@ -79,8 +79,8 @@ func Choose(ctx context.Context, candidates []PendingFlow, owns func(ctx context
 	return candidates[0], true, nil
 }
 
-// isUUID accepts the 8-4-4-4-12 hex form.
-func isUUID(s string) bool {
+// IsUUID accepts the 8-4-4-4-12 hex form of an app UUID.
+func IsUUID(s string) bool {
 	if len(s) != 36 {
 		return false
 	}
