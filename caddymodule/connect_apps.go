@@ -58,8 +58,9 @@ func (m appMap) resolve(name string) (ids appIDs, ok bool, aerr *apiError) {
 		return appIDs{}, false, &apiError{Status: http.StatusBadRequest, Code: "bad_request",
 			Message: fmt.Sprintf("app must be 1-%d letters, digits or _-.@: (the app's key, e.g. SlackCLIAPI, or its UUID)", maxAppID)}
 	}
-	if uuid, ok := m.byID[name]; ok {
-		return appIDs{connect: name, uuid: uuid}, true, nil
+	key, _, _ := strings.Cut(name, "@") // SlackCLIAPI@1.0.0 names SlackCLIAPI
+	if uuid, ok := m.byID[key]; ok {
+		return appIDs{connect: key, uuid: uuid}, true, nil
 	}
 	if isAppUUID(name) {
 		if id, ok := m.byUUID[strings.ToLower(name)]; ok {
