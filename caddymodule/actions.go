@@ -232,10 +232,13 @@ func (h *Actions) withIdentity(w http.ResponseWriter, r *http.Request, method st
 
 // actionRequest is the body of POST inputs.
 type actionRequest struct {
-	App        string          `json:"app"`
-	Action     string          `json:"action"`
-	ActionType string          `json:"action_type,omitempty"`
-	Inputs     json.RawMessage `json:"inputs,omitempty"`
+	App string `json:"app"`
+	// ConnectionID names one of the user's accounts of the app (a string
+	// or an integer); default the most recently verified one.
+	ConnectionID json.RawMessage `json:"connection_id,omitempty"`
+	Action       string          `json:"action"`
+	ActionType   string          `json:"action_type,omitempty"`
+	Inputs       json.RawMessage `json:"inputs,omitempty"`
 }
 
 // runRequest is the body of POST run.
@@ -255,7 +258,18 @@ func (req *actionRequest) check() *apiError {
 	case !isJSONObjectOrNull(req.Inputs):
 		return badRequest("inputs must be a JSON object keyed by input field id")
 	}
+	if len(req.ConnectionID) > 0 {
+		if _, ok := connectionIDFromJSON(req.ConnectionID); !ok {
+			return badRequest("connection_id must be one of the user's connection ids (a string or an integer)")
+		}
+	}
 	return nil
+}
+
+// connectionID is the account the request names, or "" for the default.
+func (req *actionRequest) connectionID() string {
+	id, _ := connectionIDFromJSON(req.ConnectionID) // checked by check
+	return id
 }
 
 func isJSONObjectOrNull(raw json.RawMessage) bool {
@@ -341,7 +355,7 @@ func (h *Actions) serveInputs(w http.ResponseWriter, r *http.Request, key tokenc
 		return h.fail(w, r, aerr)
 	}
 	ctx := r.Context()
-	ids, rec, err := h.connection(ctx, key, req.App)
+	ids, rec, err := h.connection(ctx, key, req.App, req.connectionID())
 	if err != nil {
 		return h.fail(w, r, err)
 	}
@@ -410,7 +424,7 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 	}
 	deadline := time.Now().Add(wait)
 	ctx := r.Context()
-	ids, rec, err := h.connection(ctx, key, req.App)
+	ids, rec, err := h.connection(ctx, key, req.App, req.connectionID())
 	if err != nil {
 		return fail(err)
 	}
@@ -584,16 +598,16 @@ func earliest(a, b time.Time) time.Time {
 	return a
 }
 
-// resolveApp accepts an app named in zapier_actions' app lines, an app
-// UUID, or an implementation id the caller has connected through
-// zapier_connect (its stored connection carries the UUID).
+// resolveApp accepts an app named in zapier_actions' app lines, a key
+// the caller has connected through zapier_connect (its stored connection
+// carries the UUID), or any app of Zapier's catalog by key or UUID.
 func (h *Actions) resolveApp(ctx context.Context, key tokencache.Key, name string) (appIDs, error) {
-	ids, aerr := h.apps.resolve(name)
-	if aerr == nil {
-		return ids, nil
-	}
-	if !validAppName(name) {
+	ids, ok, aerr := h.apps.resolve(name)
+	if aerr != nil {
 		return appIDs{}, aerr
+	}
+	if ok {
+		return ids, nil
 	}
 	recs, err := h.store.list(ctx, key.Tenant, key.User)
 	if err != nil {
@@ -604,18 +618,23 @@ func (h *Actions) resolveApp(ctx context.Context, key tokencache.Key, name strin
 			return appIDs{connect: rec.App, uuid: rec.AppUUID}, nil
 		}
 	}
-	return appIDs{}, badRequest(fmt.Sprintf("app %q has no UUID mapping: name it by its UUID, or add `app %s <app UUID>` to the zapier_actions block", name, name))
+	return h.app.resolveApp(ctx, key, h.apps, name)
 }
 
-// connection returns the caller's stored connection for the app.
-func (h *Actions) connection(ctx context.Context, key tokencache.Key, app string) (appIDs, *connectionRecord, error) {
+// connection returns the caller's stored account of the app named connID,
+// or with connID empty the default one (most recently verified).
+func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connID string) (appIDs, *connectionRecord, error) {
 	ids, err := h.resolveApp(ctx, key, app)
 	if err != nil {
 		return appIDs{}, nil, err
 	}
-	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid)
+	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid, connID)
 	if err != nil {
 		return appIDs{}, nil, err
+	}
+	if rec == nil && connID != "" {
+		return appIDs{}, nil, &apiError{Status: http.StatusConflict, Code: "connection_missing",
+			Message: "connection_id is not one of the user's stored connections for app " + ids.connect}
 	}
 	if rec == nil {
 		return appIDs{}, nil, &apiError{Status: http.StatusConflict, Code: "connection_missing",

@@ -24,6 +24,7 @@ func init() {
 //	POST   /zapier/keys/rotate[?immediate=1]  schedule a next key (or, immediately, replace a compromised one)
 //	POST   /zapier/keys/revoke?kid=…          remove a leaked key from the JWKS now and purge every token
 //	DELETE /zapier/tokens[?tenant=…&user=…]   purge one identity's access token, or all
+//	POST   /zapier/forget?tenant=…[&user=…][&keep_upstream=1]  offboard a user or a tenant (offboard.go)
 type adminAPI struct {
 	ctx    caddy.Context
 	logger *zap.Logger
@@ -52,6 +53,7 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/zapier/keys/rotate", Handler: caddy.AdminHandlerFunc(a.handleRotate)},
 		{Pattern: "/zapier/keys/revoke", Handler: caddy.AdminHandlerFunc(a.handleRevoke)}, // revoke.go
 		{Pattern: "/zapier/tokens", Handler: caddy.AdminHandlerFunc(a.handleTokens)},
+		{Pattern: "/zapier/forget", Handler: caddy.AdminHandlerFunc(a.handleForget)}, // offboard.go
 	}
 }
 

@@ -16,12 +16,14 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	"github.com/zapgate/caddy-zapier/connect"
 )
 
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "zapier",
-		Usage: "status|rotate|keys revoke|purge|deliveries|webhooks [--address <admin>] [--config <path> [--adapter <name>]]",
+		Usage: "status|rotate|keys revoke|purge|forget|deliveries|webhooks [--address <admin>] [--config <path> [--adapter <name>]]",
 		Short: "Shows and operates the zapier app of a running Caddy",
 		Long: `
 Calls the zapier routes of a running Caddy's admin API:
@@ -30,6 +32,9 @@ Calls the zapier routes of a running Caddy's admin API:
   caddy zapier rotate [--immediate]          publish a next signing key (or make one sign now)
   caddy zapier keys revoke <kid>             remove a leaked key from the JWKS now, purge every token
   caddy zapier purge [--tenant T --user U]   drop one identity's access token, or all of them
+  caddy zapier forget --tenant T [--user U] [--keep-upstream]
+                                             offboard a user or a tenant: connections (at Zapier too),
+                                             tokens on every gateway, pending flows and runs
   caddy zapier deliveries [--replay ID]      trigger events the partner never accepted; replay one
   caddy zapier webhooks register|list|test|delete   connection-webhook registrations at Zapier
 
@@ -70,6 +75,22 @@ use it when a private key may have leaked.`,
 			purge.Flags().String("tenant", "", "Tenant id of the identity to purge")
 			purge.Flags().String("user", "", "User id of the identity to purge")
 
+			forget := &cobra.Command{
+				Use:   "forget --tenant <tenant> [--user <user>] [--keep-upstream]",
+				Short: "Offboards a user, or a whole tenant",
+				Long: `Offboards a user (or, without --user, every user of the tenant): deletes each
+stored connection and its authentication at Zapier (--keep-upstream leaves
+those at Zapier), purges the cached access tokens on every gateway sharing the
+storage and the Redis tier, and forgets pending connect flows and action runs.
+A partial failure is reported and the exit status is non-zero; running the
+same command again finishes the job.`,
+				Args: cobra.NoArgs,
+				RunE: caddycmd.WrapCommandFuncForCobra(cmdZapierForget),
+			}
+			forget.Flags().String("tenant", "", "Tenant id to offboard (required)")
+			forget.Flags().String("user", "", "User id to offboard (default: every user of the tenant)")
+			forget.Flags().Bool("keep-upstream", false, "Leave the authentications at Zapier")
+
 			keys := &cobra.Command{Use: "keys", Short: "Operates on signing keys"}
 			keys.AddCommand(&cobra.Command{
 				Use:   "revoke <kid>",
@@ -82,7 +103,7 @@ it was signing, and purges every cached access token, the Redis tier's too.`,
 				RunE: caddycmd.WrapCommandFuncForCobra(cmdZapierRevoke),
 			})
 
-			cmd.AddCommand(status, rotate, keys, purge, deliveriesCommand(), webhooksCommand()) // triggers_admin.go, triggers_webhooks_cmd.go
+			cmd.AddCommand(status, rotate, keys, purge, forget, deliveriesCommand(), webhooksCommand()) // triggers_admin.go, triggers_webhooks_cmd.go
 		},
 	})
 }
@@ -206,6 +227,34 @@ func cmdZapierPurge(fl caddycmd.Flags) (int, error) {
 	default:
 		fmt.Println("Purged the identity's access token.")
 	}
+	return caddy.ExitCodeSuccess, nil
+}
+
+func cmdZapierForget(fl caddycmd.Flags) (int, error) {
+	tenant, user := fl.String("tenant"), fl.String("user")
+	if tenant == "" {
+		return caddy.ExitCodeFailedStartup, errors.New("give --tenant (and --user to offboard only that user)")
+	}
+	q := url.Values{"tenant": {tenant}}
+	if user != "" {
+		q.Set("user", user)
+	}
+	if fl.Bool("keep-upstream") {
+		q.Set("keep_upstream", "1")
+	}
+	body, err := callZapierAdmin(fl, http.MethodPost, "/zapier/forget?"+q.Encode())
+	if err != nil { // a partial failure carries the report: run it again
+		return caddy.ExitCodeFailedStartup, err
+	}
+	var rep connect.OffboardReport
+	if err := json.Unmarshal(body, &rep); err != nil {
+		return caddy.ExitCodeFailedStartup, fmt.Errorf("decoding the report: %w", err)
+	}
+	for _, c := range rep.Connections {
+		fmt.Printf("%s %s %s: %s\n", c.User, c.App, c.ConnectionID, c.Upstream)
+	}
+	fmt.Printf("Offboarded: %d connections, %d tokens purged, %d pending flows and %d runs forgotten.\n",
+		len(rep.Connections), rep.TokensPurged, rep.PendingFlows, rep.Runs)
 	return caddy.ExitCodeSuccess, nil
 }
 

@@ -43,7 +43,8 @@ const maxConnectBody = 64 << 10
 //	GET    callback?authentication_id=|error=&state=  → verifies, stores, 302 to return_to with the outcome
 //	POST   complete           {"app","auth_id","state"} → the stored connection (popup flow)
 //	GET    connections        → {"data":[…]} the caller's connections
-//	GET    connections/{app}  → one of them;  DELETE connections/{app} forgets it
+//	GET    connections/{app}  → one of them
+//	DELETE connections/{app}  → deletes the authentication at Zapier (unless keep_upstream) and forgets it
 //	GET    connect.js         → the browser helper (ZapierConnect.connect / .start)
 //
 // Every route but connect.js needs the identity headers, exactly as
@@ -58,6 +59,14 @@ type Connect struct {
 	Apps map[string]string `json:"apps,omitempty"`
 	// How long a started flow may take to complete. Default 10m.
 	StateTTL caddy.Duration `json:"state_ttl,omitempty"`
+	// KeepUpstream makes DELETE connections/{app} only forget the
+	// gateway's record and leave the authentication at Zapier. Default
+	// false: the authentication is deleted at Zapier too.
+	KeepUpstream bool `json:"keep_upstream,omitempty"`
+	// How often stored connections are re-checked at Zapier and marked ok,
+	// expired or missing (connect_health.go). Default 1h; negative (off in
+	// the Caddyfile) turns the sweep off.
+	HealthCheck caddy.Duration `json:"health_check,omitempty"`
 
 	app         *App
 	rules       identityRules
@@ -99,6 +108,15 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
 	h.connectBase = strings.TrimRight(app.ConnectURL, "/")
 	h.logger = ctx.Logger()
+	if h.HealthCheck == 0 {
+		h.HealthCheck = caddy.Duration(defaultHealthCheck)
+	}
+	if h.HealthCheck > 0 {
+		if time.Duration(h.HealthCheck) < minHealthCheck {
+			return fmt.Errorf("zapier_connect: health_check must be at least %s, or off", minHealthCheck)
+		}
+		go h.healthLoop(ctx) // ends with the config
+	}
 	return nil
 }
 
@@ -107,6 +125,8 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 //	zapier_connect {
 //		app       <implementation id> <app UUID>
 //		state_ttl <duration>
+//		keep_upstream
+//		health_check <duration>|off
 //	}
 func (h *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -123,6 +143,27 @@ func (h *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneDuration(d, &h.StateTTL); err != nil {
 				return err
 			}
+		case "health_check":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if d.Val() == "off" {
+				h.HealthCheck = -1
+			} else {
+				dur, err := caddy.ParseDuration(d.Val())
+				if err != nil {
+					return d.Errf("health_check: %v", err)
+				}
+				h.HealthCheck = caddy.Duration(dur)
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "keep_upstream":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.KeepUpstream = true
 		default:
 			return d.Errf("unrecognized zapier_connect option %q", opt)
 		}

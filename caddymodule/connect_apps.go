@@ -1,11 +1,17 @@
 package caddymodule
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 // maxAppID bounds an app identifier.
@@ -44,26 +50,64 @@ func newAppMap(apps map[string]string) (appMap, error) {
 	return m, nil
 }
 
-// resolve accepts a configured implementation id, a configured UUID, or an
-// unmapped UUID (then used in both places). An unmapped implementation id
-// is refused with the line to add.
-func (m appMap) resolve(name string) (appIDs, *apiError) {
+// resolve finds an app the configuration names, by key or by UUID (ok),
+// or refuses a malformed name; any other app is for Zapier's catalog
+// (App.resolveApp).
+func (m appMap) resolve(name string) (ids appIDs, ok bool, aerr *apiError) {
 	if !validAppName(name) {
-		return appIDs{}, &apiError{Status: http.StatusBadRequest, Code: "bad_request",
-			Message: fmt.Sprintf("app must be 1-%d letters, digits or _-.@: (Connect's implementation id or the app UUID)", maxAppID)}
+		return appIDs{}, false, &apiError{Status: http.StatusBadRequest, Code: "bad_request",
+			Message: fmt.Sprintf("app must be 1-%d letters, digits or _-.@: (the app's key, e.g. SlackCLIAPI, or its UUID)", maxAppID)}
 	}
-	if uuid, ok := m.byID[name]; ok {
-		return appIDs{connect: name, uuid: uuid}, nil
+	key, _, _ := strings.Cut(name, "@") // SlackCLIAPI@1.0.0 names SlackCLIAPI
+	if uuid, ok := m.byID[key]; ok {
+		return appIDs{connect: key, uuid: uuid}, true, nil
 	}
 	if isAppUUID(name) {
-		uuid := strings.ToLower(name)
-		if id, ok := m.byUUID[uuid]; ok {
-			return appIDs{connect: id, uuid: uuid}, nil
+		if id, ok := m.byUUID[strings.ToLower(name)]; ok {
+			return appIDs{connect: id, uuid: strings.ToLower(name)}, true, nil
 		}
-		return appIDs{connect: uuid, uuid: uuid}, nil
 	}
-	return appIDs{}, &apiError{Status: http.StatusBadRequest, Code: "bad_request",
-		Message: fmt.Sprintf("app %q has no UUID mapping: add the line `app %s APP_UUID` (the app's id in GET /v2/apps) to the zapier_connect block", name, name)}
+	return appIDs{}, false, nil
+}
+
+// unprovisionedAppDir serves Apps built without Provision (unit tests).
+var unprovisionedAppDir = &connect.AppDirectory{}
+
+// resolveApp resolves the app a request names: the handler's configured
+// overrides first, then Zapier's catalog (GET /v2/apps, with the caller's
+// token, cached: connect.AppDirectory). An unknown key is 404
+// app_not_found.
+func (a *App) resolveApp(ctx context.Context, key tokencache.Key, overrides appMap, name string) (appIDs, error) {
+	ids, ok, aerr := overrides.resolve(name)
+	if aerr != nil {
+		return appIDs{}, aerr
+	}
+	if ok {
+		return ids, nil
+	}
+	dir := a.appDir
+	if dir == nil {
+		dir = unprovisionedAppDir
+	}
+	appKey, uuid, err := dir.Resolve(ctx, name, func(ctx context.Context, ids ...string) ([]zapierapi.App, error) {
+		var apps []zapierapi.App
+		err := a.callAPI(ctx, key, func(ctx context.Context, access string) (err error) {
+			apps, err = a.client.ListApps(ctx, a.APIURL, access, ids...)
+			return err
+		})
+		return apps, err
+	})
+	if errors.Is(err, connect.ErrAppNotFound) {
+		return appIDs{}, &apiError{Status: http.StatusNotFound, Code: "app_not_found",
+			Message: fmt.Sprintf("Zapier's app catalog (GET /v2/apps) has no app %q: name it by its key (e.g. SlackCLIAPI) or its UUID", name)}
+	}
+	if _, isZapier := zapierapi.AsError(err); isZapier {
+		return appIDs{}, apiCallError(err)
+	}
+	if err != nil {
+		return appIDs{}, err
+	}
+	return appIDs{connect: appKey, uuid: uuid}, nil
 }
 
 func validAppName(app string) bool {
@@ -80,25 +124,7 @@ func validAppName(app string) bool {
 }
 
 // isAppUUID accepts the 8-4-4-4-12 hex form.
-func isAppUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
-}
+func isAppUUID(s string) bool { return connect.IsUUID(s) }
 
 // parseAppMapping reads one `app <implementation id> <app UUID>` line of a
 // zapier_connect or zapier_actions block.

@@ -1,132 +1,128 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
+	"net/http"
 	"net/url"
-	"strings"
-	"unicode"
-	"unicode/utf8"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
-// Bounds on what Connect sends back.
-const (
-	maxConnectionID   = 256
-	maxErrorCode      = 64
-	maxErrorDesc      = 300
-	maxCallbackQuery  = 16 << 10
-	unknownErrorCode  = "server_error"
-	callbackParamAuth = "authentication_id"
-)
-
-// callbackParams is the outcome Connect's redirect reports
-// (zapier-api.md §3.3, §3.5): a connection id, or an error code with an
-// optional description; the state either way.
-type callbackParams struct {
-	authID   string
-	state    string
-	errCode  string
-	errDesc  string
-	hasError bool
-}
-
-var errCallbackQuery = errors.New("the callback needs exactly one authentication_id or error, at most one state and error_description")
-
-// parseCallbackQuery reads the callback's query strictly: each known
-// parameter at most once, exactly one of authentication_id and error. The
-// connection id must be a plain id; Zapier's error text is sanitised (it is
-// shown to the user), never refused. Unknown parameters are ignored: Zapier
-// may add some.
-func parseCallbackQuery(raw string) (callbackParams, error) {
-	if len(raw) > maxCallbackQuery {
-		return callbackParams{}, errCallbackQuery
-	}
-	q, err := url.ParseQuery(raw)
+// serveCallback finishes the redirect flow. Zapier's documented success
+// callback is ?authentication_id=…&service=<app key>, without state, so the
+// flow is found from the browser's flow cookie unless a state came back
+// (callbackFlow). Without a flow there is no trusted return_to, so those
+// refusals are JSON; after it, the outcome goes back to return_to.
+func (h *Connect) serveCallback(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+	p, err := connect.ParseCallback(r.URL.RawQuery)
 	if err != nil {
-		return callbackParams{}, errCallbackQuery
+		h.app.metrics.observeConnectCompletion(connectFlowRedirect, connectFailed)
+		return failConnect(w, r, badRequest(err.Error()))
 	}
-	one := func(name string) (string, bool, bool) {
-		v, present := q[name]
-		if !present {
-			return "", false, true
+	st, err := h.callbackFlow(w, r, key, p)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	if err := checkReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
+		// Signed by us, but return_origins may have changed since.
+		return failConnect(w, r, badRequest(err.Error()))
+	}
+	ids := appIDs{connect: st.App, uuid: st.AppUUID}
+	if p.HasError {
+		h.app.metrics.observeConnectCompletion(connectFlowRedirect, connectAuthError)
+		params := url.Values{"zapier_connect": {"error"}, "zapier_app": {ids.connect}, "zapier_error": {p.ErrCode}}
+		if p.ErrDesc != "" {
+			params.Set("zapier_error_description", p.ErrDesc)
 		}
-		return v[0], true, len(v) == 1
+		redirectTo(w, withOutcome(st.ReturnTo, params))
+		return nil
 	}
-	var p callbackParams
-	var hasAuth, ok bool
-	if p.authID, hasAuth, ok = one(callbackParamAuth); !ok {
-		return callbackParams{}, errCallbackQuery
+	rec, err := h.verifyAndStore(r.Context(), key, ids, p.AuthID, connectFlowRedirect)
+	if err != nil {
+		return h.redirectFailure(w, r, st.ReturnTo, ids, err)
 	}
-	if p.errCode, p.hasError, ok = one("error"); !ok {
-		return callbackParams{}, errCallbackQuery
-	}
-	if p.state, _, ok = one("state"); !ok {
-		return callbackParams{}, errCallbackQuery
-	}
-	if p.errDesc, _, ok = one("error_description"); !ok {
-		return callbackParams{}, errCallbackQuery
-	}
-	if hasAuth == p.hasError {
-		return callbackParams{}, errCallbackQuery
-	}
-	if hasAuth && !validConnectionID(p.authID) {
-		return callbackParams{}, errors.New("authentication_id is not a connection id")
-	}
-	if p.hasError {
-		p.errCode = sanitizeErrorCode(p.errCode)
-		p.errDesc = sanitizeZapierText(p.errDesc, maxErrorDesc)
-	}
-	return p, nil
+	redirectTo(w, withOutcome(st.ReturnTo, successParams(rec)))
+	return nil
 }
 
-// validConnectionID accepts 1-256 visible ASCII characters: Zapier's ids are
-// numbers or short tokens like example_akLLd8kB.
-func validConnectionID(id string) bool {
-	if id == "" || len(id) > maxConnectionID {
-		return false
+// callbackFlow finds and spends the flow a callback completes. A state
+// Zapier echoed names it. Otherwise the candidates are the redirect flows
+// this browser holds in its flow cookie for the caller (unspent, unexpired,
+// the nonce matching), narrowed to the app service names; among several,
+// the one whose app the connection id belongs to (connect.Choose). Either
+// way the flow is spent once, and service, when present, must name its
+// app. The protections are the state's: only the browser that started the
+// flow, only its user, once, before it expires; and verifyAndStore still
+// checks the id against the user's own /v2/authentications.
+func (h *Connect) callbackFlow(w http.ResponseWriter, r *http.Request, key tokencache.Key, p connect.CallbackParams) (*connectState, error) {
+	if p.State != "" {
+		return h.takeState(w, r, key, p.State, connectFlowRedirect, func(st *connectState) error {
+			if !connect.ServiceNames(p.Service, st.App) {
+				return refuseState("issued for another app")
+			}
+			return nil
+		})
 	}
-	for i := 0; i < len(id); i++ {
-		if id[i] <= ' ' || id[i] >= 0x7f {
-			return false
+	ctx := r.Context()
+	open, err := h.states.openPending(ctx, r, key.Tenant, key.User)
+	if err != nil {
+		return h.spendState(w, r, key, connectFlowRedirect, nil, err)
+	}
+	flows := make([]connect.PendingFlow, len(open))
+	byID := make(map[string]*connectState, len(open))
+	for i, st := range open {
+		flows[i] = connect.PendingFlow{ID: st.ID, App: st.App, AppUUID: st.AppUUID}
+		byID[st.ID] = st
+	}
+	candidates := connect.Candidates(flows, p.Service)
+	if len(candidates) == 0 {
+		return h.spendState(w, r, key, connectFlowRedirect, nil, refuseState("no connect flow for app "+p.Service+" in this browser"))
+	}
+	chosen, _, err := connect.Choose(ctx, candidates, func(ctx context.Context, appUUID string) (bool, error) {
+		if p.HasError {
+			return true, nil // no id to tell the flows apart: the newest
 		}
+		auth, err := h.lookupConnection(ctx, key, appUUID, p.AuthID)
+		return auth != nil, err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return true
+	return h.spendState(w, r, key, connectFlowRedirect, byID[chosen.ID], nil)
 }
 
-// sanitizeErrorCode keeps an OAuth-style error code (invalid_request,
-// access_denied, server_error) and replaces anything else.
-func sanitizeErrorCode(code string) string {
-	if code == "" || len(code) > maxErrorCode {
-		return unknownErrorCode
+// takeState opens the state for the caller, applies check (e.g. that it
+// was issued for the app the request names) and spends it (spendState).
+func (h *Connect) takeState(w http.ResponseWriter, r *http.Request, key tokencache.Key, raw string, flow connectFlow, check func(*connectState) error) (*connectState, error) {
+	st, err := h.states.open(r.Context(), r, raw, flow, key.Tenant, key.User)
+	if err == nil && check != nil {
+		err = check(st)
 	}
-	for i := 0; i < len(code); i++ {
-		c := code[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
-			return unknownErrorCode
-		}
-	}
-	return code
+	return h.spendState(w, r, key, flow, st, err)
 }
 
-// sanitizeZapierText makes text from Zapier safe to pass on: valid UTF-8, no
-// control characters, bounded.
-func sanitizeZapierText(s string, limit int) string {
-	s = strings.ToValidUTF8(s, "?")
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsSpace(r) {
-			return ' '
-		}
-		if !unicode.IsPrint(r) {
-			return -1
-		}
-		return r
-	}, s)
-	s = strings.TrimSpace(s)
-	if len(s) > limit {
-		cut := limit
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut]
+// spendState spends an opened state and clears it from the browser's
+// cookie; given a refusal (err), it answers it instead. Every refusal is
+// 400 connect_state_invalid.
+func (h *Connect) spendState(w http.ResponseWriter, r *http.Request, key tokencache.Key, flow connectFlow, st *connectState, err error) (*connectState, error) {
+	if err == nil {
+		err = h.states.spend(r.Context(), st)
 	}
-	return s
+	var serr *stateError
+	if errors.As(err, &serr) {
+		h.app.metrics.observeConnectCompletion(flow, connectStateInvalid)
+		h.logRefusal("connect state refused", key, zap.String("flow", string(flow)), zap.String("reason", serr.reason))
+		return nil, &apiError{Status: http.StatusBadRequest, Code: "connect_state_invalid",
+			Message: "the connect state is invalid (" + serr.reason + "); start the connect flow again"}
+	}
+	if err != nil {
+		return nil, err
+	}
+	clearNonceCookie(w, r, st, time.Duration(h.StateTTL), h.secureCookie(r))
+	return st, nil
 }

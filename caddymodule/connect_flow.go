@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -30,6 +31,11 @@ type tokenRequest struct {
 	ReconnectID string `json:"reconnect_id,omitempty"`
 	// Reconnect re-authorizes the caller's stored connection for the app.
 	Reconnect bool `json:"reconnect,omitempty"`
+	// NewAccount connects another account of the app even when one is
+	// stored and valid (a work and a personal Slack).
+	NewAccount bool `json:"new_account,omitempty"`
+	// Theme is passed to Connect (partner-specific branding).
+	Theme string `json:"theme,omitempty"`
 }
 
 type tokenResponse struct {
@@ -53,12 +59,15 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
 		return failConnect(w, r, aerr)
 	}
-	ids, aerr := h.apps.resolve(req.App)
-	if aerr != nil {
-		return failConnect(w, r, aerr)
+	ids, err := h.app.resolveApp(r.Context(), key, h.apps, req.App)
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	if req.Theme != "" && !validTheme(req.Theme) {
+		return failConnect(w, r, badRequest(themeRule))
 	}
 	ctx := r.Context()
-	reconnectID, reused, err := h.plan(ctx, key, ids, req.ReconnectID, req.Reconnect)
+	reconnectID, reused, err := h.plan(ctx, key, ids, req.ReconnectID, req.Reconnect, req.NewAccount)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -81,6 +90,9 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
 	}
+	if req.Theme != "" {
+		extra.Set("theme", req.Theme)
+	}
 	writeConnectJSON(w, http.StatusOK, tokenResponse{
 		URL:       h.connectURL(ids.connect, tok.AccessToken, extra),
 		Token:     tok.AccessToken,
@@ -97,7 +109,7 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 // failure, goes back to it.
 func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
 	q := r.URL.Query()
-	for _, name := range []string{"app", "return_to", "reconnect_id", "reconnect"} {
+	for _, name := range []string{"app", "return_to", "reconnect_id", "reconnect", "new_account", "theme"} {
 		if len(q[name]) > 1 {
 			return failConnect(w, r, badRequest(name+" must appear at most once"))
 		}
@@ -113,14 +125,19 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	if err := checkReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
 		return failConnect(w, r, badRequest(err.Error()))
 	}
-	ids, aerr := h.apps.resolve(q.Get("app"))
-	if aerr != nil {
-		return failConnect(w, r, aerr)
+	ids, err := h.app.resolveApp(r.Context(), key, h.apps, q.Get("app"))
+	if err != nil {
+		return failConnect(w, r, err)
+	}
+	theme := q.Get("theme")
+	if theme != "" && !validTheme(theme) {
+		return failConnect(w, r, badRequest(themeRule))
 	}
 	reconnectID := q.Get("reconnect_id")
 	reconnect := q.Get("reconnect") == "1" || q.Get("reconnect") == "true"
+	newAccount := q.Get("new_account") == "1" || q.Get("new_account") == "true"
 	ctx := r.Context()
-	reconnectID, reused, err := h.plan(ctx, key, ids, reconnectID, reconnect)
+	reconnectID, reused, err := h.plan(ctx, key, ids, reconnectID, reconnect, newAccount)
 	if err != nil {
 		return h.redirectFailure(w, r, returnTo, ids, err)
 	}
@@ -142,42 +159,10 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
 	}
+	if theme != "" {
+		extra.Set("theme", theme)
+	}
 	redirectTo(w, h.connectURL(ids.connect, tok.AccessToken, extra))
-	return nil
-}
-
-// serveCallback finishes the redirect flow. Without a valid state there is
-// no trusted return_to, so those refusals are JSON; after it, the outcome
-// goes back to return_to.
-func (h *Connect) serveCallback(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-	p, err := parseCallbackQuery(r.URL.RawQuery)
-	if err != nil {
-		h.app.metrics.observeConnectCompletion(connectFlowRedirect, connectFailed)
-		return failConnect(w, r, badRequest(err.Error()))
-	}
-	st, err := h.takeState(w, r, key, p.state, connectFlowRedirect)
-	if err != nil {
-		return failConnect(w, r, err)
-	}
-	if err := checkReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
-		// Signed by us, but return_origins may have changed since.
-		return failConnect(w, r, badRequest(err.Error()))
-	}
-	ids := appIDs{connect: st.App, uuid: st.AppUUID}
-	if p.hasError {
-		h.app.metrics.observeConnectCompletion(connectFlowRedirect, connectAuthError)
-		params := url.Values{"zapier_connect": {"error"}, "zapier_app": {ids.connect}, "zapier_error": {p.errCode}}
-		if p.errDesc != "" {
-			params.Set("zapier_error_description", p.errDesc)
-		}
-		redirectTo(w, withOutcome(st.ReturnTo, params))
-		return nil
-	}
-	rec, err := h.verifyAndStore(r.Context(), key, ids, p.authID, connectFlowRedirect)
-	if err != nil {
-		return h.redirectFailure(w, r, st.ReturnTo, ids, err)
-	}
-	redirectTo(w, withOutcome(st.ReturnTo, successParams(rec)))
 	return nil
 }
 
@@ -200,12 +185,17 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
 		return failConnect(w, r, badRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
 	}
-	ids, aerr := h.apps.resolve(req.App)
-	if aerr != nil {
+	ids, err := h.app.resolveApp(r.Context(), key, h.apps, req.App)
+	if err != nil {
 		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
-		return failConnect(w, r, aerr)
+		return failConnect(w, r, err)
 	}
-	st, err := h.takeState(w, r, key, req.State, connectFlowPopup, ids)
+	st, err := h.takeState(w, r, key, req.State, connectFlowPopup, func(st *connectState) error {
+		if st.AppUUID != ids.uuid {
+			return refuseState("issued for another app")
+		}
+		return nil
+	})
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -217,41 +207,19 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 	return nil
 }
 
-// takeState opens the state for the caller (and, for the popup flow, checks
-// it was issued for the app named in the request), spends it and clears
-// the browser's cookie. Every refusal is 400 connect_state_invalid.
-func (h *Connect) takeState(w http.ResponseWriter, r *http.Request, key tokencache.Key, raw string, flow connectFlow, want ...appIDs) (*connectState, error) {
-	ctx := r.Context()
-	st, err := h.states.open(ctx, r, raw, flow, key.Tenant, key.User)
-	if err == nil && len(want) > 0 && st.AppUUID != want[0].uuid {
-		err = refuseState("issued for another app")
-	}
-	if err == nil {
-		err = h.states.spend(ctx, st)
-	}
-	var serr *stateError
-	if errors.As(err, &serr) {
-		h.app.metrics.observeConnectCompletion(flow, connectStateInvalid)
-		h.logRefusal("connect state refused", key, zap.String("flow", string(flow)), zap.String("reason", serr.reason))
-		return nil, &apiError{Status: http.StatusBadRequest, Code: "connect_state_invalid",
-			Message: "the connect state is invalid (" + serr.reason + "); start the connect flow again"}
-	}
-	if err != nil {
-		return nil, err
-	}
-	clearNonceCookie(w, r, st, time.Duration(h.StateTTL), h.secureCookie(r))
-	return st, nil
-}
-
-// plan decides how a connect request proceeds: reuse a stored connection
-// Zapier still reports valid, re-authorize one (explicitly, or because
-// Zapier reports it expired), or create a new one.
-func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect bool) (string, *connectionRecord, error) {
+// plan decides how a connect request proceeds: reuse the default stored
+// connection when Zapier still reports it valid, re-authorize one
+// (explicitly, or because Zapier reports it expired), or create a new one
+// (also when another account is asked for).
+func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect, newAccount bool) (string, *connectionRecord, error) {
 	if reconnectID != "" {
-		if !validConnectionID(reconnectID) {
+		if !connect.ValidConnectionID(reconnectID) {
 			return "", nil, badRequest("reconnect_id is not a connection id")
 		}
 		return reconnectID, nil, nil
+	}
+	if newAccount {
+		return "", nil, nil
 	}
 	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid)
 	if err != nil || rec == nil {
@@ -265,7 +233,7 @@ func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reco
 	case err != nil:
 		return "", nil, err
 	case auth == nil: // gone at Zapier: forget it and connect anew
-		_, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid)
+		_, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid, rec.ConnectionID)
 		return "", nil, err
 	case auth.IsExpired:
 		return rec.ConnectionID, nil, nil
@@ -437,5 +405,15 @@ func connectionIDFromJSON(raw json.RawMessage) (string, bool) {
 			}
 		}
 	}
-	return id, validConnectionID(id)
+	return id, connect.ValidConnectionID(id)
+}
+
+const themeRule = "theme must be 1-64 letters, digits, _ or - (a Connect theme name)"
+
+// validTheme accepts a Connect theme name.
+func validTheme(t string) bool {
+	if len(t) > 64 {
+		return false
+	}
+	return validAppName(t) && !strings.ContainsAny(t, ".@:")
 }

@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+
+	"github.com/zapgate/caddy-zapier/connect"
 )
 
 // A stored connection's path names its owner only by a keyed hash
@@ -87,39 +89,77 @@ func (s *connectionStore) owner(ctx context.Context, connID string) (*connection
 	if connID == "" {
 		return nil, nil
 	}
+	var found *connectionOwner
+	err := s.eachOwned(ctx, func(o *connectionOwner) bool {
+		if o.rec.ConnectionID == connID {
+			found = o
+			return false
+		}
+		return true
+	}, func(rec *connectionRecord) bool { return rec.ConnectionID == connID })
+	return found, err
+}
+
+// ownedBy returns every stored connection of a tenant's users, by their
+// sealed owners (offboarding a tenant: storage names only hash identities).
+func (s *connectionStore) ownedBy(ctx context.Context, tenant string) ([]connectionOwner, error) {
+	var out []connectionOwner
+	err := s.eachOwned(ctx, func(o *connectionOwner) bool {
+		if o.tenant == tenant {
+			out = append(out, *o)
+		}
+		return true
+	}, nil)
+	return out, err
+}
+
+// eachOwned calls fn with every stored record whose owner opens (and, when
+// pre is given, that pre accepts before the owner is opened), until fn
+// returns false.
+func (s *connectionStore) eachOwned(ctx context.Context, fn func(*connectionOwner) bool, pre func(*connectionRecord) bool) error {
 	keys, err := s.keys.stateKeys(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	aead, err := ownerAEAD(keys)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	paths, err := s.storage.List(ctx, connectionsPrefix, true)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, p := range paths {
 		data, err := s.storage.Load(ctx, p)
 		if err != nil {
 			continue
 		}
-		var rec connectionRecord
-		if json.Unmarshal(data, &rec) != nil || rec.ConnectionID != connID || rec.Owner == "" {
+		recs, err := decodeConnectionFile(data)
+		if err != nil {
 			continue
 		}
-		if tenant, user, ok := openOwner(aead, &rec); ok {
-			return &connectionOwner{tenant: tenant, user: user, rec: rec}, nil
+		for _, rec := range recs {
+			if rec.Owner == "" || (pre != nil && !pre(&rec)) {
+				continue
+			}
+			if tenant, user, ok := openOwner(aead, &rec); ok {
+				if !fn(&connectionOwner{tenant: tenant, user: user, rec: rec}) {
+					return nil
+				}
+			}
 		}
 	}
-	return nil, nil
+	return nil
 }
 
 // public is the record as the partner sees it: without the sealed owner.
 func (r connectionRecord) public() connectionRecord {
 	r.Owner = ""
+	if r.Status == "" {
+		r.Status = connect.StatusOK
+	}
 	return r
 }

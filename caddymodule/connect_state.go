@@ -29,10 +29,20 @@ const (
 	// usedStatesPrefix records spent state ids until they expire, so a
 	// replay fails on every gateway sharing the storage.
 	usedStatesPrefix = "zapier/connect/used-states"
-	defaultStateTTL  = 10 * time.Minute
-	maxStateTTL      = 24 * time.Hour
-	maxStateLen      = 8 << 10
-	stateVersion     = "v1"
+	// pendingStatesPrefix keeps each open redirect flow's signed state by
+	// its id until it is spent or expires: Zapier's success callback does
+	// not echo the state, so the callback finds it from the id in the
+	// browser's flow cookie.
+	pendingStatesPrefix = "zapier/connect/pending-states"
+	// forgottenPrefix marks offboarded users (u<subject>) and tenants
+	// (t<tenant hash>) with the time they were offboarded: a state issued
+	// to them before that is refused on every gateway sharing the storage.
+	// Marks go after maxStateTTL, when no such state can be open.
+	forgottenPrefix = "zapier/connect/forgotten"
+	defaultStateTTL = 10 * time.Minute
+	maxStateTTL     = 24 * time.Hour
+	maxStateLen     = 8 << 10
+	stateVersion    = "v1"
 )
 
 // connectState is what a connect flow carries from its start to its
@@ -47,6 +57,11 @@ type connectState struct {
 	Flow      connectFlow `json:"flow"` // popup or redirect
 	NonceHash string      `json:"nh"`   // SHA-256 of the browser cookie's nonce
 	Expires   int64       `json:"exp"`  // Unix milliseconds
+	// Tenant is a keyed hash of the tenant, and Issued the issue time
+	// (Unix milliseconds), for offboarding (forgottenPrefix). States
+	// issued before they were added have neither.
+	Tenant string `json:"ten,omitempty"`
+	Issued int64  `json:"iat,omitempty"`
 }
 
 // stateError is a refused state; reason is for logs and the message.
@@ -79,6 +94,15 @@ func (k stateKeys) subjectHash(tenant, user string) string {
 	m.Write([]byte(tenant))
 	m.Write([]byte{0})
 	m.Write([]byte(user))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// tenantHash names a tenant in states and offboarding marks. The label
+// keeps it apart from subjectHash (identity values cannot contain NUL).
+func (k stateKeys) tenantHash(tenant string) string {
+	m := hmac.New(sha256.New, k.subject)
+	m.Write([]byte("\x00tenant\x00"))
+	m.Write([]byte(tenant))
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
@@ -217,10 +241,21 @@ func (k *stateKeeper) issue(ctx context.Context, st *connectState, tenant, user 
 	nonce = base64.RawURLEncoding.EncodeToString(n)
 	st.ID = hex.EncodeToString(id)
 	st.Subject = keys.subjectHash(tenant, user)
+	st.Tenant = keys.tenantHash(tenant)
 	st.NonceHash = nonceHash(nonce)
-	st.Expires = k.now().Add(k.ttl).UnixMilli()
+	now := k.now()
+	st.Issued = now.UnixMilli()
+	st.Expires = now.Add(k.ttl).UnixMilli()
 	state, err = encodeState(keys, st)
-	return state, nonce, err
+	if err != nil {
+		return "", "", err
+	}
+	if st.Flow == connectFlowRedirect {
+		if err := k.storage.Store(ctx, pendingStatesPrefix+"/"+st.ID, []byte(state)); err != nil {
+			return "", "", fmt.Errorf("storing the connect state: %w", err)
+		}
+	}
+	return state, nonce, nil
 }
 
 func nonceHash(nonce string) string {
@@ -239,17 +274,66 @@ func (k *stateKeeper) open(ctx context.Context, r *http.Request, raw string, flo
 	if err != nil {
 		return nil, err
 	}
+	if err := k.check(r, keys, st, flow, tenant, user); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// check binds an opened state to the request: the flow, the identity and
+// the browser's nonce cookie.
+func (k *stateKeeper) check(r *http.Request, keys stateKeys, st *connectState, flow connectFlow, tenant, user string) error {
 	if st.Flow != flow {
-		return nil, refuseState("issued for the " + string(st.Flow) + " flow")
+		return refuseState("issued for the " + string(st.Flow) + " flow")
 	}
 	if subtle.ConstantTimeCompare([]byte(st.Subject), []byte(keys.subjectHash(tenant, user))) != 1 {
-		return nil, refuseState("issued to another user")
+		return refuseState("issued to another user")
 	}
 	nonce, ok := flowNonce(r, st.ID)
 	if !ok || subtle.ConstantTimeCompare([]byte(nonceHash(nonce)), []byte(st.NonceHash)) != 1 {
-		return nil, refuseState("not started in this browser")
+		return refuseState("not started in this browser")
 	}
-	return st, nil
+	return nil
+}
+
+// openPending returns the redirect flows this browser has open for the
+// caller, oldest first, from the state ids in its flow cookie: each must be
+// stored as pending (so unspent), verify, be unexpired and the caller's,
+// and match the cookie's nonce. With none, the error says why the last
+// cookie entry was refused.
+func (k *stateKeeper) openPending(ctx context.Context, r *http.Request, tenant, user string) ([]*connectState, error) {
+	keys, err := k.stateKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*connectState
+	why := refuseState("no connect flow was started in this browser")
+	for _, e := range nonceEntries(r) {
+		data, err := k.storage.Load(ctx, pendingStatesPrefix+"/"+e.id)
+		if errors.Is(err, fs.ErrNotExist) {
+			why = refuseState("already used or unknown")
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("loading a connect state: %w", err)
+		}
+		st, err := decodeState(keys, string(data), k.now())
+		if err == nil && st.ID != e.id {
+			err = refuseState("malformed")
+		}
+		if err == nil {
+			err = k.check(r, keys, st, connectFlowRedirect, tenant, user)
+		}
+		if err != nil {
+			why = err
+			continue
+		}
+		out = append(out, st)
+	}
+	if len(out) == 0 {
+		return nil, why
+	}
+	return out, nil
 }
 
 // spend marks a state used. Under the storage lock, so of two gateways
@@ -264,8 +348,16 @@ func (k *stateKeeper) spend(ctx context.Context, st *connectState) error {
 	if k.storage.Exists(ctx, key) {
 		return refuseState("already used")
 	}
+	if forgotten, err := k.offboardedSince(ctx, st); err != nil {
+		return err
+	} else if forgotten {
+		return refuseState("its user was offboarded")
+	}
 	if err := k.storage.Store(ctx, key, []byte(strconv.FormatInt(st.Expires, 10))); err != nil {
 		return fmt.Errorf("recording the connect state as used: %w", err)
+	}
+	if err := k.storage.Delete(ctx, pendingStatesPrefix+"/"+st.ID); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("forgetting the spent connect state: %w", err)
 	}
 	k.maybeSweep()
 	return nil
@@ -279,6 +371,38 @@ func (k *stateKeeper) maybeSweep() {
 }
 
 func (k *stateKeeper) sweep(ctx context.Context) {
+	k.sweepUsed(ctx)
+	k.sweepPending(ctx)
+	k.sweepForgotten(ctx) // connect_forget.go
+}
+
+// sweepPending deletes the pending states of flows never finished once
+// they have expired.
+func (k *stateKeeper) sweepPending(ctx context.Context) {
+	keys, err := k.stateKeys(ctx)
+	if err != nil {
+		return
+	}
+	names, err := k.storage.List(ctx, pendingStatesPrefix, false)
+	if err != nil {
+		return
+	}
+	for _, name := range names {
+		if ctx.Err() != nil {
+			return
+		}
+		data, err := k.storage.Load(ctx, name)
+		if err != nil {
+			continue
+		}
+		var serr *stateError
+		if _, err := decodeState(keys, string(data), k.now()); errors.As(err, &serr) {
+			_ = k.storage.Delete(ctx, name)
+		}
+	}
+}
+
+func (k *stateKeeper) sweepUsed(ctx context.Context) {
 	keys, err := k.storage.List(ctx, usedStatesPrefix, false)
 	if err != nil {
 		return

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,11 +107,17 @@ func TestConnectionStoreUpsertListRemove(t *testing.T) {
 	if rec.Title != "Slack 2" {
 		t.Errorf("touch dropped the title: %+v", rec)
 	}
-	// Another connection replaces it (one record per app).
+	// Another account of the app is added, and becomes the default.
 	now = t0.Add(2 * time.Hour)
 	rec, _ = s.put(ctx, "org", "alice", connectionRecord{ConnectionID: "100002", App: "SlackCLIAPI", AppUUID: "uuid-slack"})
 	if !rec.Created.Equal(now) || rec.ConnectionID != "100002" {
-		t.Errorf("replacement: %+v", rec)
+		t.Errorf("second account: %+v", rec)
+	}
+	if rec, _ := s.get(ctx, "org", "alice", "uuid-slack"); rec == nil || rec.ConnectionID != "100002" {
+		t.Errorf("default account: %+v", rec)
+	}
+	if rec, _ := s.get(ctx, "org", "alice", "uuid-slack", "100001"); rec == nil || rec.Title != "Slack 2" {
+		t.Errorf("the first account by id: %+v", rec)
 	}
 	_, _ = s.put(ctx, "org", "alice", connectionRecord{ConnectionID: "7", App: "GoogleSheetsV2API", AppUUID: "uuid-sheets"})
 	_, _ = s.put(ctx, "org", "bob", connectionRecord{ConnectionID: "8", App: "SlackCLIAPI", AppUUID: "uuid-slack"})
@@ -125,18 +132,24 @@ func TestConnectionStoreUpsertListRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	list, err := s.list(ctx, "org", "alice")
-	if err != nil || len(list) != 2 || list[0].App != "GoogleSheetsV2API" || list[1].ConnectionID != "100002" {
+	if err != nil || len(list) != 3 || list[0].App != "GoogleSheetsV2API" || list[1].ConnectionID != "100002" || list[2].ConnectionID != "100001" {
 		t.Fatalf("list = %+v, %v", list, err)
 	}
 	if list, _ := s.list(ctx, "org", "carol"); list == nil || len(list) != 0 {
 		t.Errorf("list for a user without records = %#v, want empty", list)
 	}
 
-	found, err := s.remove(ctx, "org", "alice", "uuid-slack")
-	if !found || err != nil {
-		t.Fatalf("remove = %v, %v", found, err)
+	removed, err := s.remove(ctx, "org", "alice", "uuid-slack", "100002")
+	if len(removed) != 1 || err != nil {
+		t.Fatalf("remove one account = %v, %v", removed, err)
 	}
-	if found, _ := s.remove(ctx, "org", "alice", "uuid-slack"); found {
+	if rec, _ := s.get(ctx, "org", "alice", "uuid-slack"); rec == nil || rec.ConnectionID != "100001" {
+		t.Errorf("default after removing the newest: %+v", rec)
+	}
+	if removed, _ := s.remove(ctx, "org", "alice", "uuid-slack", ""); len(removed) != 1 {
+		t.Errorf("remove every account = %v", removed)
+	}
+	if removed, _ := s.remove(ctx, "org", "alice", "uuid-slack", ""); len(removed) != 0 {
 		t.Error("removed twice")
 	}
 	if rec, _ := s.get(ctx, "org", "bob", "uuid-slack"); rec == nil || rec.ConnectionID != "8" {
@@ -155,5 +168,47 @@ func TestConnectionStoreUpsertListRemove(t *testing.T) {
 	}
 	if _, err := s.get(ctx, "org", "dave", "uuid-slack"); err == nil {
 		t.Error("a corrupt record read without an error")
+	}
+}
+
+// TestConnectionStoreReadsSingleAccountRecords: a record stored before
+// several accounts were kept (one bare record per file) is read, listed and
+// mapped to its owner, and gains a second account without losing itself.
+func TestConnectionStoreReadsSingleAccountRecords(t *testing.T) {
+	ctx := context.Background()
+	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	s := newConnectionStore(storage)
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	now := t0
+	s.now = func() time.Time { return now }
+	old := connectionRecord{ConnectionID: "100001", App: "SlackCLIAPI", AppUUID: "uuid-slack", Title: "Work", Created: t0, LastVerified: t0}
+	if err := s.sealOwner(ctx, &old, "org", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	key, err := s.connectionKey(ctx, "org", "alice", "uuid-slack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(old)
+	if err := storage.Store(ctx, key, data); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := s.get(ctx, "org", "alice", "uuid-slack"); err != nil || rec == nil || rec.Title != "Work" {
+		t.Fatalf("get of a single-account record = %+v, %v", rec, err)
+	}
+	if o, err := s.owner(ctx, "100001"); err != nil || o == nil || o.user != "alice" {
+		t.Fatalf("owner = %+v, %v", o, err)
+	}
+	now = t0.Add(time.Hour)
+	if _, err := s.put(ctx, "org", "alice", connectionRecord{ConnectionID: "100002", App: "SlackCLIAPI", AppUUID: "uuid-slack", Title: "Personal"}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.list(ctx, "org", "alice")
+	if err != nil || len(list) != 2 || list[0].Title != "Personal" || list[1].Title != "Work" || !list[1].Created.Equal(t0) {
+		t.Errorf("after adding an account: %+v, %v", list, err)
+	}
+	owned, err := s.ownedBy(ctx, "org")
+	if err != nil || len(owned) != 2 {
+		t.Errorf("ownedBy = %+v, %v", owned, err)
 	}
 }

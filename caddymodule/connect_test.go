@@ -59,25 +59,29 @@ func TestAppMap(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, want := range map[string]appIDs{
-		"SlackCLIAPI":                          {connect: "SlackCLIAPI", uuid: slackUUID},
-		slackUUID:                              {connect: "SlackCLIAPI", uuid: slackUUID}, // by its UUID, any case
-		strings.ToUpper(slackUUID):             {connect: "SlackCLIAPI", uuid: slackUUID},
-		"11111111-2222-3333-4444-555555555555": {connect: "11111111-2222-3333-4444-555555555555", uuid: "11111111-2222-3333-4444-555555555555"},
+		"SlackCLIAPI":              {connect: "SlackCLIAPI", uuid: slackUUID},
+		slackUUID:                  {connect: "SlackCLIAPI", uuid: slackUUID}, // by its UUID, any case
+		strings.ToUpper(slackUUID): {connect: "SlackCLIAPI", uuid: slackUUID},
 	} {
-		got, aerr := m.resolve(name)
-		if aerr != nil || got != want {
+		got, ok, aerr := m.resolve(name)
+		if aerr != nil || !ok || got != want {
 			t.Errorf("resolve(%q) = %+v, %v; want %+v", name, got, aerr, want)
 		}
 	}
+	// Anything else is for Zapier's catalog.
+	for _, name := range []string{"GoogleSheetsV2API", "11111111-2222-3333-4444-555555555555"} {
+		if _, ok, aerr := m.resolve(name); ok || aerr != nil {
+			t.Errorf("resolve(%q) = %v, %v; want it left to the catalog", name, ok, aerr)
+		}
+	}
 	for name, want := range map[string]string{
-		"GoogleSheetsV2API":             "add the line `app GoogleSheetsV2API APP_UUID`",
 		"":                              "app must be",
 		"a/b":                           "app must be",
 		"..":                            "app must be",
 		"x y":                           "app must be",
 		strings.Repeat("a", maxAppID+1): "app must be",
 	} {
-		_, aerr := m.resolve(name)
+		_, _, aerr := m.resolve(name)
 		if aerr == nil || aerr.Code != "bad_request" || !strings.Contains(aerr.Message, want) {
 			t.Errorf("resolve(%q) = %v, want bad_request containing %q", name, aerr, want)
 		}

@@ -5,8 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"unicode"
-	"unicode/utf8"
+
+	"github.com/zapgate/caddy-zapier/connect"
 )
 
 // Fuzz targets for what parses untrusted bytes in the Caddy adapter (more
@@ -42,7 +42,7 @@ func FuzzConnectionIDFromJSON(f *testing.F) {
 		if !ok {
 			return
 		}
-		if !validConnectionID(id) {
+		if !connect.ValidConnectionID(id) {
 			t.Fatalf("accepted invalid id %q", id)
 		}
 		quoted, _ := json.Marshal(id)
@@ -133,26 +133,15 @@ func FuzzParseTrustedSources(f *testing.F) {
 	})
 }
 
-// FuzzSanitizeZapierText: what Zapier sends comes out valid UTF-8, without
-// control characters, within the limit; error codes come out as a token.
-func FuzzSanitizeZapierText(f *testing.F) {
-	f.Add("Authentication is expired.", 200)
-	f.Add("a\x00b\r\nc\u202e", 3)
-	f.Add("\xff\xfe", 1)
-	f.Fuzz(func(t *testing.T, s string, limit int) {
-		limit = max(0, limit%1000)
-		out := sanitizeZapierText(s, limit)
-		if !utf8.ValidString(out) || len(out) > limit {
-			t.Fatalf("sanitizeZapierText(%q, %d) = %q", s, limit, out)
+func TestConnectionIDFromJSON(t *testing.T) {
+	for raw, want := range map[string]string{`"100001"`: "100001", `100001`: "100001", ` 7 `: "7", `"example_akLLd8kB"`: "example_akLLd8kB"} {
+		if got, ok := connectionIDFromJSON([]byte(raw)); !ok || got != want {
+			t.Errorf("connectionIDFromJSON(%s) = %q, %v; want %q", raw, got, ok, want)
 		}
-		for _, r := range out {
-			if unicode.IsControl(r) || !unicode.IsPrint(r) && r != ' ' {
-				t.Fatalf("control or unprintable rune %q in %q", r, out)
-			}
+	}
+	for _, raw := range []string{``, `""`, `null`, `1.5`, `1e5`, `-1`, `true`, `{}`, `["1"]`, `"a b"`, `"\u0000"`, `"` + strings.Repeat("1", 257) + `"`} {
+		if got, ok := connectionIDFromJSON([]byte(raw)); ok {
+			t.Errorf("connectionIDFromJSON(%s) = %q, want refused", raw, got)
 		}
-		code := sanitizeErrorCode(s)
-		if code == "" || len(code) > maxErrorCode || strings.ContainsAny(code, " <>\"'&\x00") {
-			t.Fatalf("sanitizeErrorCode(%q) = %q", s, code)
-		}
-	})
+	}
 }

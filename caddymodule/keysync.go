@@ -7,7 +7,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// syncKeys re-reads the key set from storage every key_sync until ctx ends,
+// syncKeys re-reads the key set (and the forget log of offboardings) from
+// storage every key_sync until ctx ends,
 // so a rotation made by another gateway sharing the storage is published
 // here within key_sync. It reads without the storage lock: with several
 // gateways polling, a locked read would queue behind the others (the
@@ -25,6 +26,9 @@ func (a *App) syncKeys(ctx context.Context) {
 		}
 		if _, err := a.keys.Sync(ctx); err != nil && ctx.Err() == nil {
 			a.logger.Error("re-reading signing keys from storage", zap.Error(err))
+		}
+		if err := a.applyForgetLog(ctx); err != nil && ctx.Err() == nil { // offboard.go
+			a.logger.Error("applying the forget log", zap.Error(err))
 		}
 	}
 }

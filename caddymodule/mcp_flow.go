@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -99,7 +100,7 @@ type mcpCallback struct {
 // at most once, exactly one of code and error.
 func parseMCPCallback(raw string) (mcpCallback, error) {
 	bad := errors.New("the callback needs exactly one code or error, at most one state and error_description")
-	if len(raw) > maxCallbackQuery {
+	if len(raw) > connect.MaxCallbackQuery {
 		return mcpCallback{}, bad
 	}
 	q, err := url.ParseQuery(raw)
@@ -121,8 +122,8 @@ func parseMCPCallback(raw string) (mcpCallback, error) {
 		return mcpCallback{}, errors.New("code is not an authorization code")
 	}
 	if hasError {
-		p.errCode = sanitizeErrorCode(q.Get("error"))
-		p.errDesc = sanitizeZapierText(q.Get("error_description"), maxErrorDesc)
+		p.errCode = connect.SanitizeErrorCode(q.Get("error"))
+		p.errDesc = connect.SanitizeText(q.Get("error_description"), connect.MaxErrorDesc)
 	}
 	return p, nil
 }

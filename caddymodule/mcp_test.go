@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
@@ -71,7 +72,7 @@ func TestParseMCPCallback(t *testing.T) {
 		if (err == nil) != ok {
 			t.Errorf("%q: err %v, want ok=%t", raw, err, ok)
 		}
-		if err == nil && p.hasError && p.errCode != "access_denied" && p.errCode != unknownErrorCode {
+		if err == nil && p.hasError && p.errCode != "access_denied" && p.errCode != connect.UnknownErrorCode {
 			t.Errorf("%q: error code %q not sanitised", raw, p.errCode)
 		}
 	}

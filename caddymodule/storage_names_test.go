@@ -104,8 +104,8 @@ func TestLegacyRecordsStayReadableAndMove(t *testing.T) {
 	// A legacy record that is removed is gone from both layouts.
 	data, _ := json.Marshal(connectionRecord{ConnectionID: "c-3", App: "A3", AppUUID: "uuid-3"})
 	_ = storage.Store(ctx, legacyKey("uuid-3"), data)
-	if ok, err := s.remove(ctx, tenant, user, "uuid-3"); err != nil || !ok {
-		t.Fatalf("remove legacy: %v %v", ok, err)
+	if removed, err := s.remove(ctx, tenant, user, "uuid-3", "c-3"); err != nil || len(removed) != 1 {
+		t.Fatalf("remove legacy: %v %v", removed, err)
 	}
 	if rec, _ := s.get(ctx, tenant, user, "uuid-3"); rec != nil {
 		t.Fatal("removed legacy record still found")

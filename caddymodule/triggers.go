@@ -405,13 +405,19 @@ func (h *Triggers) serveSubscription(w http.ResponseWriter, r *http.Request, key
 	case !isJSONObjectOrNull(req.Inputs):
 		return h.fail(w, r, badRequest("inputs must be a JSON object"))
 	}
-	// The user's own stored connection: a connection_id given must be it,
-	// so nobody subscribes with someone else's connection.
-	ids, rec, err := h.conns.connection(ctx, key, req.App)
+	// The user's own stored connection: a connection_id given must be one
+	// of the user's accounts of the app, so nobody subscribes with someone
+	// else's connection.
+	ids, rec, err := h.conns.connection(ctx, key, req.App, "")
 	if err != nil {
 		return h.fail(w, r, err)
 	}
 	if req.ConnectionID != "" && req.ConnectionID != rec.ConnectionID {
+		if rec, err = h.conns.store.get(ctx, key.Tenant, key.User, ids.uuid, req.ConnectionID); err != nil {
+			return h.fail(w, r, err)
+		}
+	}
+	if rec == nil {
 		return h.fail(w, r, &apiError{Status: http.StatusBadRequest, Code: "connection_invalid",
 			Message: "connection_id is not this user's stored connection for app " + ids.connect})
 	}

@@ -452,3 +452,67 @@ func TestBrowserRedirectFlowReturnsToReturnTo(t *testing.T) {
 		t.Errorf("denied: %v %v", out, err)
 	}
 }
+
+// TestBrowserTwoRedirectFlowsInOneBrowser runs two redirect flows for two
+// apps in two tabs of one browser, finished in the other order than they
+// started, with Zapier's documented success redirect (no state): each
+// tab comes back to its own return_to with its own connection.
+func TestBrowserTwoRedirectFlowsInOneBrowser(t *testing.T) {
+	e := newBrowserEnv(t, fakezapier.Config{})
+	start := func(app, tab string) string {
+		return e.partner.origin + ingressPrefix + "start?" + url.Values{"app": {app}, "return_to": {"/done?tab=" + tab}}.Encode()
+	}
+	outcome := func(ctx context.Context) (string, map[string]string) {
+		t.Helper()
+		if err := chromedp.Do(ctx, chromedp.WaitReady(chromedp.CSS("#outcome"))); err != nil {
+			t.Fatal(err)
+		}
+		loc, err := chromedp.Run(ctx, chromedp.Location())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]string]("window.outcome"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, _ := url.Parse(loc)
+		return u.Query().Get("tab"), out
+	}
+
+	// Tab 1: Slack. The user has not finished at Zapier yet.
+	e.g.fake.QueueConnectOutcomes(fakezapier.ConnectOutcome{Kind: fakezapier.ConnectHold})
+	e.do(chromedp.Navigate(start(slackApp, "slack")))
+	connectLoc, err := chromedp.Run(e.ctx, chromedp.Location())
+	if err != nil || !strings.HasPrefix(connectLoc, e.g.fakeURL+"/to/"+slackApp+"?") {
+		t.Fatalf("tab 1 at %q (%v), want the Connect UI", connectLoc, err)
+	}
+	connectURL, _ := url.Parse(connectLoc)
+	callback := connectURL.Query().Get("redirect_uri")
+
+	// Tab 2: the other app, finished at once.
+	tab2, cancel := chromedp.NewContext(e.ctx)
+	defer cancel()
+	if err := chromedp.Do(tab2, chromedp.Navigate(start(unmappedUUID, "other"))); err != nil {
+		t.Fatal(err)
+	}
+	other := e.g.fake.Connections("org_1", "alice", unmappedUUID)
+	if tab, out := outcome(tab2); len(other) != 1 || tab != "other" || out["status"] != "success" || out["app"] != unmappedUUID || out["connectionId"] != other[0].ID {
+		t.Fatalf("tab 2 back at tab=%s with %v; connections at Zapier %+v", tab, out, other)
+	}
+
+	// Tab 1 finishes: Zapier sends it to the callback as documented.
+	slackID := e.g.fake.AddConnection("org_1", "alice", slackUUID, "Slack alice@acme")
+	e.do(chromedp.Navigate(callback + "?" + url.Values{"authentication_id": {slackID}, "service": {slackApp}}.Encode()))
+	if tab, out := outcome(e.ctx); tab != "slack" || out["status"] != "success" || out["app"] != slackApp || out["connectionId"] != slackID {
+		t.Fatalf("tab 1 back at tab=%s with %v", tab, out)
+	}
+	stored := e.storedConnections()
+	if len(stored) != 2 {
+		t.Fatalf("stored = %+v", stored)
+	}
+	for _, c := range stored {
+		if want := map[string]string{slackUUID: slackID, unmappedUUID: other[0].ID}[c.AppUUID]; c.ConnectionID != want {
+			t.Errorf("stored %+v, want connection %s", c, want)
+		}
+	}
+}

@@ -33,6 +33,7 @@ type connectOptions struct {
 	returnOrigin string // default partnerOrigin
 	storageDir   string // default a new one
 	zapierExtra  string // extra lines inside the zapier global option
+	globalExtra  string // extra lines in the global options block
 	fake         fakezapier.Config
 }
 
@@ -47,8 +48,9 @@ func startConnectGateway(t *testing.T, o connectOptions) *gateway {
 		zapierExtra: fmt.Sprintf("callback_url %s\n\t\treturn_origins %s\n\t\t%s", callback, origin, o.zapierExtra),
 		siteExtra: fmt.Sprintf("handle_path /zapier/connect/* {\n\t\tzapier_connect {\n\t\t\tapp %s %s\n\t\t\t%s\n\t\t}\n\t}",
 			slackApp, slackUUID, o.connectExtra),
-		fake:       o.fake,
-		storageDir: o.storageDir,
+		fake:        o.fake,
+		storageDir:  o.storageDir,
+		globalExtra: o.globalExtra,
 	})
 	g.fake.RegisterPartner(origin, callback)
 	g.fake.RegisterApp(slackApp, slackUUID)
@@ -520,7 +522,7 @@ func TestConnectDeleteRemovesOnlyTheCallersRecord(t *testing.T) {
 	alice.connectPopup(unmappedUUID)
 
 	status, _, raw := alice.call(http.MethodDelete, "connections/"+slackApp, nil)
-	if status != http.StatusNoContent || len(raw) != 0 {
+	if status != http.StatusOK || !strings.Contains(string(raw), `"upstream":"deleted"`) {
 		t.Fatalf("DELETE: %d %s", status, raw)
 	}
 	status, hdr, raw := alice.call(http.MethodGet, "connections/"+slackApp, nil)
@@ -541,9 +543,10 @@ func TestConnectDeleteRemovesOnlyTheCallersRecord(t *testing.T) {
 	if status != http.StatusOK || len(list.Data) != 1 || list.Data[0].AppUUID != unmappedUUID {
 		t.Errorf("alice's remaining connections: %s", raw)
 	}
-	// Zapier still has the connection: forgetting is the gateway's business.
-	if n := len(g.fake.Connections("org_1", "alice", slackUUID)); n != 1 {
-		t.Errorf("connections at the fake = %d", n)
+	// Zapier deleted alice's, and only hers.
+	if n := len(g.fake.Connections("org_1", "alice", slackUUID)); n != 0 || g.fake.AuthenticationDeletes() != 1 ||
+		len(g.fake.Connections("org_1", "bob", slackUUID)) != 1 || len(g.fake.Connections("org_2", "alice", slackUUID)) != 1 {
+		t.Errorf("connections at the fake = %d, deletes %d", n, g.fake.AuthenticationDeletes())
 	}
 }
 
@@ -599,11 +602,9 @@ func TestConnectAppIdentifiersAndRequests(t *testing.T) {
 	g := startConnectGateway(t, connectOptions{})
 	alice := newHTTPBrowser(g, "org_1", "alice")
 
+	// An app neither configured nor in Zapier's catalog is not found.
 	status, hdr, raw := alice.call(http.MethodPost, "token", map[string]any{"app": "GoogleSheetsV2API"})
-	expectError(t, status, hdr, raw, http.StatusBadRequest, "bad_request")
-	if !strings.Contains(string(raw), "`app GoogleSheetsV2API APP_UUID`") {
-		t.Errorf("unmapped app: %s, want the line to add", raw)
-	}
+	expectError(t, status, hdr, raw, http.StatusNotFound, "app_not_found")
 	// The mapped app named by its UUID still goes to Connect by its
 	// implementation id; an unmapped UUID is used in both places.
 	if tok := alice.token(map[string]any{"app": slackUUID}); !strings.HasPrefix(tok.URL, g.fakeURL+"/to/"+slackApp+"?") {
@@ -621,7 +622,7 @@ func TestConnectAppIdentifiersAndRequests(t *testing.T) {
 		code          string
 	}{
 		"not JSON":          {http.MethodPost, "token", "app=x", http.StatusBadRequest, "bad_request"},
-		"unknown field":     {http.MethodPost, "token", `{"app":"SlackCLIAPI","theme":"dark"}`, http.StatusBadRequest, "bad_request"},
+		"unknown field":     {http.MethodPost, "token", `{"app":"SlackCLIAPI","colour":"dark"}`, http.StatusBadRequest, "bad_request"},
 		"two objects":       {http.MethodPost, "token", `{"app":"SlackCLIAPI"}{}`, http.StatusBadRequest, "bad_request"},
 		"float auth_id":     {http.MethodPost, "complete", `{"app":"SlackCLIAPI","auth_id":1.5,"state":"x"}`, http.StatusBadRequest, "bad_request"},
 		"GET token":         {http.MethodGet, "token", nil, http.StatusMethodNotAllowed, "method_not_allowed"},

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -408,6 +409,29 @@ func (c *Cache) Evict(key Key) bool {
 	}
 	c.mu.Unlock()
 	return ok
+}
+
+// EvictTenant drops every token of tenant (offboarding a whole tenant)
+// and returns how many it dropped. It walks the whole table under the write
+// lock, so it is for operators, not for requests. Negative entries stay:
+// they hold no token.
+func (c *Cache) EvictTenant(tenant string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var keys []Key
+	for i := range c.tokens.slots {
+		if s := &c.tokens.slots[i]; s.expiry != 0 {
+			if k, _ := c.tokens.arena.view(s.rec); k.Tenant == tenant {
+				// view's strings share the arena's bytes: copy them before
+				// removals reuse it.
+				keys = append(keys, Key{Tenant: strings.Clone(k.Tenant), User: strings.Clone(k.User)})
+			}
+		}
+	}
+	for _, k := range keys {
+		c.removeLocked(c.tokens.hash(k), k)
+	}
+	return len(keys)
 }
 
 // EvictToken drops key's token only if it is still value, so that a 401 for

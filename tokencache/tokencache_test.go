@@ -827,3 +827,27 @@ func TestHitPathAllocs(t *testing.T) {
 		t.Fatalf("hit path allocates %.1f times", allocs)
 	}
 }
+
+func TestEvictTenant(t *testing.T) {
+	clk := newClock()
+	c, _ := newCache(t, Config{Now: clk.Now}, func(_ context.Context, k Key) (Token, error) {
+		return Token{Value: k.Tenant + "/" + k.User, Expiry: clk.Now().Add(time.Hour)}, nil
+	})
+	// Enough entries of two tenants that removals shift probe runs.
+	for i := range 500 {
+		mustGet(t, c, Key{Tenant: "gone", User: fmt.Sprint("u", i)}, Miss)
+		mustGet(t, c, Key{Tenant: "stays", User: fmt.Sprint("u", i)}, Miss)
+	}
+	mustGet(t, c, Key{Tenant: "gone-not", User: "x"}, Miss)
+	if n := c.EvictTenant("gone"); n != 500 || c.Len() != 501 {
+		t.Fatalf("EvictTenant = %d, Len %d", n, c.Len())
+	}
+	for i := range 500 {
+		mustGet(t, c, Key{Tenant: "stays", User: fmt.Sprint("u", i)}, Hit)
+	}
+	mustGet(t, c, Key{Tenant: "gone-not", User: "x"}, Hit)
+	mustGet(t, c, Key{Tenant: "gone", User: "u7"}, Miss)
+	if n := c.EvictTenant("nobody"); n != 0 {
+		t.Errorf("EvictTenant of an absent tenant = %d", n)
+	}
+}

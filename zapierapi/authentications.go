@@ -147,3 +147,21 @@ func isNull(raw json.RawMessage) bool {
 	raw = bytes.TrimSpace(raw)
 	return len(raw) == 0 || bytes.Equal(raw, []byte("null"))
 }
+
+// DeleteAuthentication deletes one of the user's authentications at Zapier
+// (DELETE /v2/authentications/{id}, zapier-api-2026.md §5.1), with the
+// user's own access token. gone reports a 404: the authentication is not
+// (or no longer) there for this user, which for a disconnect is as good as
+// deleted. Any other failure is an *Error; DELETE is idempotent, so the
+// client's bounded retries apply.
+func (c *Client) DeleteAuthentication(ctx context.Context, apiURL, accessToken, id string) (gone bool, err error) {
+	if id == "" {
+		return false, fmt.Errorf("%w: delete authentication: empty id", ErrInvalidInput)
+	}
+	u := strings.TrimRight(apiURL, "/") + "/v2/authentications/" + url.PathEscape(id)
+	err = c.doJSON(ctx, "delete authentication", http.MethodDelete, u, accessToken, nil, nil)
+	if e, ok := AsError(err); ok && e.Kind == KindRejected && e.StatusCode == http.StatusNotFound {
+		return true, nil
+	}
+	return false, err
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,5 +170,94 @@ func TestIDString(t *testing.T) {
 		if got, ok := idString([]byte(raw)); ok {
 			t.Errorf("idString(%s) = %q, want no id", raw, got)
 		}
+	}
+}
+
+func TestDeleteAuthentication(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	var seen []string
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.EscapedPath())
+		mu.Unlock()
+		if r.Header.Get("Authorization") != "Bearer "+testAccess {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		switch r.URL.Path {
+		case "/v2/authentications/12345", "/v2/authentications/a/b":
+			w.WriteHeader(http.StatusNoContent)
+		case "/v2/authentications/gone":
+			writeJSON(w, http.StatusNotFound, map[string]any{"errors": []map[string]any{{"status": 404, "code": "not_found", "detail": "Not found."}}})
+		case "/v2/authentications/flaky":
+			if n%2 == 1 { // every first try fails
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	})
+	c := newTestClient(t, f.URL+"/oauth/token")
+	for id, wantGone := range map[string]bool{"12345": false, "a/b": false, "gone": true, "flaky": false} {
+		gone, err := c.DeleteAuthentication(ctx, f.URL, testAccess, id)
+		if err != nil || gone != wantGone {
+			t.Errorf("DeleteAuthentication(%q) = %v, %v; want %v", id, gone, err, wantGone)
+		}
+	}
+	mu.Lock()
+	if !slices.Contains(seen, "DELETE /v2/authentications/a%2Fb") {
+		t.Errorf("the id is not one path segment: %q", seen)
+	}
+	mu.Unlock()
+	c = newTestClient(t, f.URL+"/oauth/token", func(cfg *Config) { cfg.MaxAttempts = 1 })
+	if _, err := c.DeleteAuthentication(ctx, f.URL, testAccess, "broken"); err == nil {
+		t.Error("a 500: no error")
+	} else {
+		wantError(t, err, KindFailed)
+	}
+	if _, err := c.DeleteAuthentication(ctx, f.URL, testAccess, ""); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("empty id: %v", err)
+	}
+}
+
+func TestListApps(t *testing.T) {
+	var mu sync.Mutex
+	var queries []string
+	f := newFake(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		mu.Lock()
+		queries = append(queries, r.URL.RawQuery)
+		mu.Unlock()
+		q := r.URL.Query()
+		offset, _ := strconv.Atoi(q.Get("offset"))
+		w.Header().Set("Content-Type", "application/json")
+		if q.Get("ids") != "" {
+			fmt.Fprintf(w, `{"links":{"next":null},"data":[{"id":%q,"key":"SlackCLIAPI","title":"Slack"}]}`, q.Get("ids"))
+			return
+		}
+		var items []string
+		for i := offset; i < min(offset+100, 150); i++ {
+			items = append(items, fmt.Sprintf(`{"id":"uuid-%d","key":"App%dAPI","title":"App %d"}`, i, i, i))
+		}
+		if offset == 0 {
+			items = append(items, `{"key":"NoID"}`, `{"id":"uuid-nokey","title":"No key"}`)
+		}
+		fmt.Fprintf(w, `{"meta":{"count":152},"links":{"next":null},"data":[%s]}`, strings.Join(items, ","))
+	})
+	c := newTestClient(t, f.URL+"/oauth/token")
+	apps, err := c.ListApps(context.Background(), f.URL, testAccess)
+	if err != nil || len(apps) != 149 || apps[0] != (App{ID: "uuid-0", Key: "App0API", Title: "App 0"}) || apps[100].Key != "" {
+		t.Fatalf("ListApps = %d apps %v", len(apps), err)
+	}
+	one, err := c.ListApps(context.Background(), f.URL, testAccess, "81f613aa-c98a-4383-a5fc-195e68647217")
+	if err != nil || len(one) != 1 || one[0].Key != "SlackCLIAPI" {
+		t.Errorf("ListApps(ids) = %+v, %v", one, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(queries) != 4 || !strings.Contains(queries[0], "limit=100") || !strings.Contains(queries[1], "offset=102") {
+		t.Errorf("queries %q", queries)
 	}
 }

@@ -168,6 +168,10 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		s.serveEcho(rec, req)
 	case p == "/v2/authentications" || p == "/v2/authentications/":
 		s.serveAuthentications(rec, req)
+	case p == "/v2/apps" || p == "/v2/apps/":
+		s.serveApps(rec, req)
+	case strings.HasPrefix(p, "/v2/authentications/"):
+		s.serveAuthentication(rec, req, strings.TrimPrefix(p, "/v2/authentications/"))
 	case p == "/v2/actions" || strings.HasPrefix(p, "/v2/actions/") || p == "/v2/action-runs" || strings.HasPrefix(p, "/v2/action-runs/"):
 		s.serveActions(rec, req)
 	default:

@@ -259,3 +259,39 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("JWKSFetches = %d", st.JWKSFetches)
 	}
 }
+
+func TestDeleteAuthentication(t *testing.T) {
+	e := newEnv(t)
+	k := e.key("ES256")
+	alice := e.exchange(k, "org", "alice")
+	mine := e.fz.AddConnection("org", "alice", "app-1", "Slack")
+	bobs := e.fz.AddConnection("org", "bob", "app-1", "Bob's")
+
+	for name, tc := range map[string]struct {
+		id     string
+		status int
+	}{
+		"another user's": {bobs, http.StatusNotFound},
+		"unknown":        {"999", http.StatusNotFound},
+	} {
+		if r := e.api(http.MethodDelete, "/v2/authentications/"+tc.id, alice, ""); r.status != tc.status {
+			t.Errorf("%s: HTTP %d %s", name, r.status, r.raw)
+		}
+	}
+	if r := e.api(http.MethodGet, "/v2/authentications/"+mine, alice, ""); r.status != http.StatusMethodNotAllowed {
+		t.Errorf("GET one: HTTP %d", r.status)
+	}
+	e.fz.FailNextAuthenticationDeletes(1, http.StatusServiceUnavailable)
+	if r := e.api(http.MethodDelete, "/v2/authentications/"+mine, alice, ""); r.status != http.StatusServiceUnavailable {
+		t.Errorf("injected failure: HTTP %d", r.status)
+	}
+	if r := e.api(http.MethodDelete, "/v2/authentications/"+mine, alice, ""); r.status != http.StatusNoContent || r.raw != "" {
+		t.Errorf("delete: HTTP %d %s", r.status, r.raw)
+	}
+	if r := e.api(http.MethodDelete, "/v2/authentications/"+mine, alice, ""); r.status != http.StatusNotFound {
+		t.Errorf("deleted twice: HTTP %d", r.status)
+	}
+	if n := len(e.fz.Connections("org", "alice", "app-1")); n != 0 || e.fz.AuthenticationDeletes() != 1 || len(e.fz.Connections("org", "bob", "app-1")) != 1 {
+		t.Errorf("after: alice %d, deletes %d", n, e.fz.AuthenticationDeletes())
+	}
+}

@@ -159,3 +159,55 @@ func pageURL(r *http.Request, limit, offset int) *string {
 	u := (&url.URL{Scheme: scheme, Host: r.Host, Path: r.URL.Path, RawQuery: q.Encode()}).String()
 	return &u
 }
+
+// FailNextAuthenticationDeletes makes the next n DELETE
+// /v2/authentications/{id} answer status (e.g. 503) without deleting.
+func (s *Server) FailNextAuthenticationDeletes(n, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.deleteFaults, s.deleteFaultStatus = max(n, 0), status
+}
+
+// AuthenticationDeletes returns how many authentications DELETE
+// /v2/authentications/{id} deleted.
+func (s *Server) AuthenticationDeletes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.authDeletes
+}
+
+// serveAuthentication is DELETE /v2/authentications/{id}
+// (zapier-api-2026.md §5.1, documented since July 2026): 204 when the
+// token's user owns the authentication; 404, as for an unknown id, when
+// not (the docs retrieved give neither status: these are the inferred
+// defaults). Scope connection:write.
+func (s *Server) serveAuthentication(w http.ResponseWriter, req *apiRequest, id string) {
+	r := req.r
+	if r.Method != http.MethodDelete {
+		methodNotAllowed(w, r, http.MethodDelete)
+		return
+	}
+	if !req.token.hasScope("connection:write") {
+		permissionDenied(w, "connection:write")
+		return
+	}
+	s.mu.Lock()
+	if s.deleteFaults > 0 {
+		s.deleteFaults--
+		status := s.deleteFaultStatus
+		s.mu.Unlock()
+		writeAPIError(w, status, "error", "ServiceUnavailable", "Injected failure.", nil)
+		return
+	}
+	c, ok := s.connections[id]
+	if !ok || c.tenant != req.token.tenant || c.user != req.token.user {
+		s.mu.Unlock()
+		notFound(w)
+		return
+	}
+	delete(s.connections, id)
+	s.authDeletes++
+	s.mu.Unlock()
+	s.logf("fakezapier: authentication %s deleted for tenant=%q user=%q", id, c.tenant, c.user)
+	w.WriteHeader(http.StatusNoContent)
+}

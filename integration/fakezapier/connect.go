@@ -57,6 +57,8 @@ type connectUI struct {
 	partnerOrigins []string
 	redirectURIs   []string
 	apps           map[string]string // implementation id → app UUID
+	titles         map[string]string // implementation id → title in GET /v2/apps
+	appListings    int
 	outcomes       []ConnectOutcome
 	sessions       int
 }
@@ -169,6 +171,7 @@ func (s *Server) checkRedirectURI(raw string) error {
 // connectResult is what a Connect UI session reports.
 type connectResult struct {
 	authID           string // on success
+	service          string // on success: the app's key
 	errCode, errDesc string // on failure
 }
 
@@ -189,7 +192,7 @@ func (s *Server) serveConnectUI(w http.ResponseWriter, r *http.Request) {
 	}
 	report := func(status int, res connectResult) {
 		if redirectURI != "" {
-			redirectBack(w, r, redirectURI, state, res)
+			s.redirectBack(w, r, redirectURI, state, res)
 			return
 		}
 		origin, ok := s.targetOrigin(r)
@@ -240,7 +243,7 @@ func (s *Server) serveConnectUI(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.logf("fakezapier: connect UI: connection %s for tenant=%q user=%q app=%q", id, grant.Tenant, grant.User, app)
-		report(http.StatusOK, connectResult{authID: id})
+		report(http.StatusOK, connectResult{authID: id, service: s.appKey(app)})
 	}
 }
 
@@ -270,12 +273,32 @@ func authIDValue(id string) any {
 	return id
 }
 
-// redirectBack is the redirect pattern's answer (zapier-api.md §3.3, §3.5).
-func redirectBack(w http.ResponseWriter, r *http.Request, redirectURI, state string, res connectResult) {
+// appKey is the app's key as the success redirect's service names it: the
+// implementation id, also when the Connect URL named the app by its UUID.
+func (s *Server) appKey(app string) string {
+	s.ui.mu.Lock()
+	defer s.ui.mu.Unlock()
+	for key, uuid := range s.ui.apps {
+		if strings.EqualFold(uuid, app) {
+			return key
+		}
+	}
+	return app
+}
+
+// redirectBack is the redirect pattern's answer (zapier-api.md §3.3, §3.5):
+// success is ?authentication_id=…&service=<app key>, with state only when
+// Config.EchoStateOnSuccess is set; an error echoes state when one was
+// given.
+func (s *Server) redirectBack(w http.ResponseWriter, r *http.Request, redirectURI, state string, res connectResult) {
 	u, _ := url.Parse(redirectURI) // checked by checkRedirectURI
 	q := u.Query()
 	if res.authID != "" {
 		q.Set("authentication_id", res.authID)
+		q.Set("service", res.service)
+		if !s.cfg.EchoStateOnSuccess {
+			state = ""
+		}
 	} else {
 		q.Set("error", res.errCode)
 		q.Set("error_description", res.errDesc)

@@ -173,7 +173,6 @@ func TestConnectTokenIsSingleUseAndBoundToItsResource(t *testing.T) {
 
 func TestConnectRedirectPattern(t *testing.T) {
 	e := newConnectEnv(t)
-	e.fz.QueueConnectOutcomes(ConnectOutcome{}, ConnectOutcome{Kind: ConnectDeny})
 
 	status, loc, _ := e.open(e.popupURL(slackID, e.connectToken(slackID), url.Values{"redirect_uri": {callback}, "state": {"st-1"}}))
 	if status != http.StatusFound {
@@ -181,10 +180,21 @@ func TestConnectRedirectPattern(t *testing.T) {
 	}
 	u, _ := url.Parse(loc)
 	conns := e.fz.Connections("org", "alice", slackUUID)
-	if u.Scheme+"://"+u.Host+u.Path != callback || len(conns) != 1 ||
-		u.Query().Get("authentication_id") != conns[0].ID || u.Query().Get("state") != "st-1" {
+	// As Zapier documents it: authentication_id and service, no state.
+	if u.Scheme+"://"+u.Host+u.Path != callback || len(conns) != 1 || len(u.Query()) != 2 ||
+		u.Query().Get("authentication_id") != conns[0].ID || u.Query().Get("service") != slackID {
 		t.Errorf("redirected to %s; connections %+v", loc, conns)
 	}
+	// Asked to, the fake echoes state on success too; the service is the
+	// app's key also when the Connect URL named the app by its UUID.
+	e.fz.cfg.EchoStateOnSuccess = true
+	_, loc, _ = e.open(e.popupURL(slackID, e.connectToken(slackID), url.Values{"redirect_uri": {callback}, "state": {"st-2"}}))
+	u, _ = url.Parse(loc)
+	if q := u.Query(); q.Get("state") != "st-2" || q.Get("service") != slackID || q.Get("authentication_id") == "" {
+		t.Errorf("echoing state: redirected to %s", loc)
+	}
+	e.fz.cfg.EchoStateOnSuccess = false
+	e.fz.QueueConnectOutcomes(ConnectOutcome{Kind: ConnectDeny})
 
 	// Denied, and without state: error and description, no state.
 	_, loc, _ = e.open(e.popupURL(slackID, e.connectToken(slackID), url.Values{"redirect_uri": {callback}}))

@@ -93,6 +93,12 @@ type Config struct {
 	// Zapier's documented limits.
 	RateLimits *RateLimits
 
+	// EchoStateOnSuccess makes the Connect UI's redirect pattern echo
+	// state on success too. Zapier documents the success redirect as
+	// ?authentication_id=12345&service=SlackAPI, and state as echoed on
+	// errors only (zapier-api.md §3.3, §3.5), so by default it does not.
+	EchoStateOnSuccess bool
+
 	// Action-run callbacks (zapier-api-2026.md §2; callbacks.go).
 
 	// CallbackAllowHosts exempts these callback_url hosts (names or IP
@@ -183,14 +189,18 @@ type Server struct {
 	connect         map[string]*connectToken
 	connections     map[string]*connection // by id
 	nextConnID      int
-	issued          int // tokens issued since the last sweep of expired ones
-	recorded        []RecordedRequest
-	recNext         int
-	recFull         bool
-	faults          faults
-	userClaim       string // Config.UserClaim, changeable by SetClaimNames
-	tenantClaim     string
-	jwtLog          []VerifiedJWT
+	authDeletes     int // authentications deleted by DELETE /v2/authentications/{id}
+	// The next deleteFaults DELETE /v2/authentications/{id} answer
+	// deleteFaultStatus (FailNextAuthenticationDeletes).
+	deleteFaults, deleteFaultStatus int
+	issued                          int // tokens issued since the last sweep of expired ones
+	recorded                        []RecordedRequest
+	recNext                         int
+	recFull                         bool
+	faults                          faults
+	userClaim                       string // Config.UserClaim, changeable by SetClaimNames
+	tenantClaim                     string
+	jwtLog                          []VerifiedJWT
 
 	ui      connectUI    // the Connect UI's partner registration and outcomes (connect.go)
 	actions actionsState // actions and action runs (actions.go, runs.go)

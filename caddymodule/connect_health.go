@@ -1,0 +1,167 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
+)
+
+// The connection health sweep: every health_check, one gateway of those
+// sharing the storage re-checks every stored connection at Zapier (one
+// GET /v2/authentications per user and app, one at a time, through the
+// request budget like every call), marks each record ok, expired or
+// missing, and announces a connection that expired or disappeared: a Caddy
+// event, and connection.expired / connection.missing to zapier_triggers'
+// deliver_to, so the partner can ask the user to reconnect before a run
+// fails.
+
+const (
+	defaultHealthCheck = time.Hour
+	minHealthCheck     = time.Second
+	// healthSweepKey records when the last sweep started, healthSweepLock
+	// guards claiming one.
+	healthSweepKey  = "zapier/connect/health-sweep"
+	healthSweepLock = "zapier_connect_health_sweep"
+
+	// Caddy events. Data: identity (keyed hash), app, connection_id.
+	eventConnectionExpiredCaddy = "zapier_connection_expired"
+	eventConnectionMissingCaddy = "zapier_connection_missing"
+	// zapier_triggers lifecycle events (triggers_connevents.go).
+	eventConnectionExpired = "connection.expired"
+	eventConnectionMissing = "connection.missing"
+)
+
+// healthLoop runs the sweep every health_check until ctx ends, looking
+// several times per interval whether this gateway should run it.
+func (h *Connect) healthLoop(ctx context.Context) {
+	every := time.Duration(h.HealthCheck)
+	t := time.NewTicker(min(max(every/4, 100*time.Millisecond), time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		claimed, err := h.claimHealthSweep(ctx, every)
+		if err == nil && claimed {
+			err = h.sweepHealth(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
+			h.logger.Warn("connection health sweep", zap.Error(err))
+		}
+	}
+}
+
+// claimHealthSweep reports whether this gateway runs the sweep now: none
+// ran within every, on any gateway sharing the storage (and the storage
+// has seen a gateway start at least every ago).
+func (h *Connect) claimHealthSweep(ctx context.Context, every time.Duration) (bool, error) {
+	storage := h.store.storage
+	if err := storage.Lock(ctx, healthSweepLock); err != nil {
+		return false, err
+	}
+	defer func() { _ = storage.Unlock(context.WithoutCancel(ctx), healthSweepLock) }()
+	now := time.Now()
+	stamp := []byte(strconv.FormatInt(now.UnixNano(), 10))
+	data, err := storage.Load(ctx, healthSweepKey)
+	if errors.Is(err, fs.ErrNotExist) { // the first gateway starts the clock: the first sweep is one interval on
+		return false, storage.Store(ctx, healthSweepKey, stamp)
+	}
+	if err != nil {
+		return false, err
+	}
+	if last, perr := strconv.ParseInt(string(data), 10, 64); perr == nil && now.Sub(time.Unix(0, last)) < every {
+		return false, nil
+	}
+	return true, storage.Store(ctx, healthSweepKey, stamp)
+}
+
+type healthGroup struct {
+	key     tokencache.Key
+	appUUID string
+	app     string
+	ids     []string
+}
+
+// sweepHealth checks every stored connection once.
+func (h *Connect) sweepHealth(ctx context.Context) error {
+	groups := map[[3]string]*healthGroup{}
+	var order [][3]string
+	err := h.store.eachOwned(ctx, func(o *connectionOwner) bool {
+		g := [3]string{o.tenant, o.user, o.rec.AppUUID}
+		if groups[g] == nil {
+			groups[g] = &healthGroup{key: tokencache.Key{Tenant: o.tenant, User: o.user}, appUUID: o.rec.AppUUID, app: o.rec.App}
+			order = append(order, g)
+		}
+		groups[g].ids = append(groups[g].ids, o.rec.ConnectionID)
+		return ctx.Err() == nil
+	}, nil)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, g := range order {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		errs = append(errs, h.checkHealth(ctx, groups[g]))
+	}
+	return errors.Join(errs...)
+}
+
+// checkHealth checks one user's accounts of one app and records changes.
+func (h *Connect) checkHealth(ctx context.Context, g *healthGroup) error {
+	var auths []zapierapi.Authentication
+	err := h.app.callAPI(ctx, g.key, func(ctx context.Context, access string) (err error) {
+		auths, err = h.app.client.ListAuthentications(ctx, h.app.APIURL, access, g.appUUID)
+		return err
+	})
+	if err != nil {
+		return err // checked again next time; nothing is marked on a failure
+	}
+	status := connect.Health(g.ids, auths, g.appUUID)
+	now := time.Now().UTC()
+	var changed []connectionRecord
+	err = h.store.update(ctx, g.key.Tenant, g.key.User, g.appUUID, func(recs []connectionRecord) ([]connectionRecord, error) {
+		for i := range recs {
+			after, ok := status[recs[i].ConnectionID]
+			if !ok {
+				continue // stored since the listing
+			}
+			if connect.Transition(recs[i].Status, after) != "" {
+				changed = append(changed, recs[i])
+				changed[len(changed)-1].Status = after
+			}
+			recs[i].Status, recs[i].Checked = after, now
+		}
+		return recs, nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, rec := range changed {
+		h.announceHealth(g.key, rec)
+	}
+	return nil
+}
+
+func (h *Connect) announceHealth(key tokencache.Key, rec connectionRecord) {
+	caddyEvent, lifecycle := eventConnectionExpiredCaddy, eventConnectionExpired
+	if rec.Status == connect.StatusMissing {
+		caddyEvent, lifecycle = eventConnectionMissingCaddy, eventConnectionMissing
+	}
+	h.logger.Info("stored connection "+rec.Status, zap.String("identity", identityHash(key.Tenant, key.User)), zap.String("app", rec.App))
+	h.app.emit(caddyEvent, func() map[string]any {
+		return map[string]any{"identity": identityHash(key.Tenant, key.User), "app": rec.App, "connection_id": rec.ConnectionID}
+	})
+	connectionChanged(lifecycle, key.Tenant, key.User, rec) // triggers_connevents.go
+}

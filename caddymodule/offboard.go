@@ -1,0 +1,352 @@
+package caddymodule
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+
+	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/tokencache"
+)
+
+// Offboarding (admin API POST /zapier/forget, `caddy zapier forget`): the
+// logic is connect.Offboard; this is the gateway it works on.
+
+// eventIdentityForgotten: a user or a tenant was offboarded. Data:
+// identity (keyed hash, as in logs; of the tenant alone for a tenant),
+// scope (user or tenant), connections, failed, complete.
+const eventIdentityForgotten = "zapier_identity_forgotten"
+
+// forgetLogPrefix holds one sealed entry per offboarding, which every
+// gateway sharing the storage applies to its own token cache within
+// key_sync; entries go after forgetLogRetention (longer than any token
+// lives).
+const (
+	forgetLogPrefix    = "zapier/forget-log"
+	forgetLogRetention = 24 * time.Hour
+)
+
+func (a *adminAPI) handleForget(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return methodNotAllowed(r, http.MethodPost)
+	}
+	app, err := a.app()
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	req := connect.OffboardRequest{Tenant: q.Get("tenant"), User: q.Get("user")}
+	switch q.Get("keep_upstream") {
+	case "", "0", "false":
+	case "1", "true":
+		req.KeepUpstream = true
+	default:
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("keep_upstream is true or false")}
+	}
+	if req.Tenant == "" {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("give tenant, and user to offboard only that user")}
+	}
+	rep, err := connect.Offboard(r.Context(), app.offboarding(), req)
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
+	}
+	scope := "user"
+	if req.User == "" {
+		scope = "tenant"
+	}
+	a.logger.Info("offboarded", zap.String("scope", scope), zap.String("identity", identityHash(req.Tenant, req.User)),
+		zap.Int("connections", len(rep.Connections)), zap.Int("failed", rep.Failed), zap.Bool("complete", rep.Complete))
+	app.emit(eventIdentityForgotten, func() map[string]any {
+		return map[string]any{"identity": identityHash(req.Tenant, req.User), "scope": scope,
+			"connections": len(rep.Connections), "failed": rep.Failed, "complete": rep.Complete}
+	})
+	status := http.StatusOK
+	if !rep.Complete {
+		status = http.StatusBadGateway // run it again to finish
+	}
+	return writeJSON(w, status, rep)
+}
+
+// offboardGateway is connect.Gateway over this gateway's storage, token
+// cache and Zapier client.
+type offboardGateway struct {
+	app     *App
+	storage certmagic.Storage
+	store   *connectionStore
+	states  *stateKeeper
+}
+
+func (a *App) offboarding() *offboardGateway {
+	s := a.ctx.Storage()
+	return &offboardGateway{app: a, storage: s, store: newConnectionStore(s), states: newStateKeeper(a.ctx, s, defaultStateTTL)}
+}
+
+func (g *offboardGateway) Connections(ctx context.Context, tenant, user string) ([]connect.Connection, error) {
+	var out []connect.Connection
+	if user != "" {
+		recs, err := g.store.list(ctx, tenant, user)
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range recs {
+			out = append(out, connect.Connection{Tenant: tenant, User: user, App: rec.App, AppUUID: rec.AppUUID, ConnectionID: rec.ConnectionID})
+		}
+		return out, nil
+	}
+	owned, err := g.store.ownedBy(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range owned {
+		out = append(out, connect.Connection{Tenant: o.tenant, User: o.user, App: o.rec.App, AppUUID: o.rec.AppUUID, ConnectionID: o.rec.ConnectionID})
+	}
+	return out, nil
+}
+
+func (g *offboardGateway) DeleteUpstream(ctx context.Context, c connect.Connection) (bool, error) {
+	upstream, err := g.app.deleteAuthentication(ctx, tokencache.Key{Tenant: c.Tenant, User: c.User}, c.ConnectionID)
+	return upstream == upstreamAlreadyGone, err
+}
+
+func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) error {
+	_, err := g.store.remove(ctx, c.Tenant, c.User, c.AppUUID, c.ConnectionID)
+	return err
+}
+
+// ForgetIdentities refuses the open connect states (marks) and deletes the
+// pending flows, deletes the identities' run records, and purges their
+// tokens: here and in Redis at once, on the other gateways through the
+// forget log.
+func (g *offboardGateway) ForgetIdentities(ctx context.Context, tenant, user string, ids []connect.Identity) (connect.Forgotten, error) {
+	var f connect.Forgotten
+	var errs []error
+	n, err := g.states.forget(ctx, tenant, user)
+	f.PendingFlows = n
+	errs = append(errs, err)
+	f.Runs, err = forgetRuns(ctx, g.storage, g.states, ids)
+	errs = append(errs, err)
+	for _, id := range ids {
+		if g.app.tokens.evict(ctx, tokencache.Key{Tenant: id.Tenant, User: id.User}) {
+			f.TokensPurged++
+		}
+	}
+	entry := forgetEntry{Tenant: tenant}
+	if user == "" {
+		entry.All = true
+		f.TokensPurged += g.app.tokens.cache.EvictTenant(tenant)
+	} else {
+		entry.Users = []string{user}
+	}
+	for _, id := range ids {
+		if id.User != user {
+			entry.Users = append(entry.Users, id.User)
+		}
+	}
+	errs = append(errs, g.app.tokens.logForget(ctx, g.storage, g.states, entry))
+	return f, errors.Join(errs...)
+}
+
+// forgetRuns deletes the run records (actions.go) the identities started.
+func forgetRuns(ctx context.Context, storage certmagic.Storage, keys *stateKeeper, ids []connect.Identity) (int, error) {
+	owners := map[string]bool{}
+	for _, id := range ids {
+		key := tokencache.Key{Tenant: id.Tenant, User: id.User}
+		owner, err := runOwner(ctx, keys, key)
+		if err != nil {
+			return 0, err
+		}
+		owners[owner], owners[legacyOwnerHash(key)] = true, true
+	}
+	if len(owners) == 0 {
+		return 0, nil
+	}
+	names, err := storage.List(ctx, runsPrefix, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("listing runs: %w", err)
+	}
+	n := 0
+	for _, name := range names {
+		if !isKeyPart(path.Base(name)) {
+			continue
+		}
+		data, err := storage.Load(ctx, name)
+		if err != nil {
+			continue
+		}
+		var rec runRecord
+		if json.Unmarshal(data, &rec) != nil || !owners[rec.Owner] {
+			continue
+		}
+		if err := storage.Delete(ctx, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return n, fmt.Errorf("deleting a run record: %w", err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// forgetEntry is one offboarding as the other gateways apply it: the
+// tenant's tokens (All), or its users'. Sealed in storage.
+type forgetEntry struct {
+	Tenant string   `json:"t"`
+	Users  []string `json:"u,omitempty"`
+	All    bool     `json:"all,omitempty"`
+}
+
+// forgetLog is what this gateway process has applied of the forget log.
+// It lives with the token cache, which outlives config reloads.
+type forgetLog struct {
+	mu      sync.Mutex
+	applied map[string]bool
+	since   time.Time // entries older than the cache hold nothing it has
+}
+
+var forgetLogAAD = []byte("caddy-zapier forget log v1")
+
+// logForget appends an entry to the forget log.
+func (pc *pooledCache) logForget(ctx context.Context, storage certmagic.Storage, keys *stateKeeper, e forgetEntry) error {
+	sk, err := keys.stateKeys(ctx)
+	if err != nil {
+		return err
+	}
+	aead, err := ownerAEAD(sk)
+	if err != nil {
+		return err
+	}
+	plain, _ := json.Marshal(e)
+	nonce := make([]byte, aead.NonceSize())
+	suffix := make([]byte, 4)
+	if _, err := rand.Read(nonce); err != nil {
+		return err
+	}
+	if _, err := rand.Read(suffix); err != nil {
+		return err
+	}
+	name := fmt.Sprintf("%s/%020d-%s", forgetLogPrefix, time.Now().UnixNano(), hex.EncodeToString(suffix))
+	sealed := base64.RawURLEncoding.EncodeToString(aead.Seal(nonce, nonce, plain, forgetLogAAD))
+	if err := storage.Store(ctx, name, []byte(sealed)); err != nil {
+		return fmt.Errorf("writing the forget log: %w", err)
+	}
+	pc.forgets.mu.Lock()
+	if pc.forgets.applied == nil {
+		pc.forgets.applied = map[string]bool{}
+	}
+	pc.forgets.applied[name] = true // applied here already
+	pc.forgets.mu.Unlock()
+	return nil
+}
+
+// applyForgetLog evicts from this gateway's cache the tokens of the
+// offboardings other gateways logged, and deletes entries past retention.
+// It runs on every key_sync tick (keysync.go).
+func (a *App) applyForgetLog(ctx context.Context) error {
+	storage := a.ctx.Storage()
+	names, err := storage.List(ctx, forgetLogPrefix, false)
+	if errors.Is(err, fs.ErrNotExist) || len(names) == 0 {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listing the forget log: %w", err)
+	}
+	sort.Strings(names)
+	pc := a.tokens
+	pc.forgets.mu.Lock()
+	defer pc.forgets.mu.Unlock()
+	if pc.forgets.applied == nil {
+		pc.forgets.applied = map[string]bool{}
+	}
+	var aeadErr error
+	now := time.Now()
+	for _, name := range names {
+		at, ok := forgetLogTime(name)
+		if !ok {
+			continue
+		}
+		if now.Sub(at) > forgetLogRetention {
+			_ = storage.Delete(ctx, name)
+			delete(pc.forgets.applied, name)
+			continue
+		}
+		if pc.forgets.applied[name] {
+			continue
+		}
+		pc.forgets.applied[name] = true
+		if at.Before(pc.forgets.since.Add(-time.Minute)) { // a minute for clock skew between gateways
+			continue
+		}
+		e, err := a.openForgetEntry(ctx, storage, name)
+		if err != nil {
+			aeadErr = err
+			continue
+		}
+		n := 0
+		if e.All {
+			n += pc.cache.EvictTenant(e.Tenant)
+		}
+		for _, u := range e.Users {
+			if pc.cache.Evict(tokencache.Key{Tenant: e.Tenant, User: u}) {
+				n++
+			}
+		}
+		a.logger.Info("applied an offboarding from the forget log", zap.String("identity", identityHash(e.Tenant, "")), zap.Int("tokens_purged", n))
+	}
+	return aeadErr
+}
+
+func (a *App) openForgetEntry(ctx context.Context, storage certmagic.Storage, name string) (forgetEntry, error) {
+	var e forgetEntry
+	data, err := storage.Load(ctx, name)
+	if err != nil {
+		return e, err
+	}
+	sk, err := newStateKeeper(ctx, storage, 0).stateKeys(ctx)
+	if err != nil {
+		return e, err
+	}
+	aead, err := ownerAEAD(sk)
+	if err != nil {
+		return e, err
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(string(data))
+	if err != nil || len(raw) < aead.NonceSize() {
+		return e, errors.New("a malformed forget log entry")
+	}
+	plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], forgetLogAAD)
+	if err != nil || json.Unmarshal(plain, &e) != nil {
+		return e, errors.New("a forget log entry that does not open")
+	}
+	return e, nil
+}
+
+// forgetLogTime reads the time in an entry's name.
+func forgetLogTime(name string) (time.Time, bool) {
+	stamp, _, ok := strings.Cut(path.Base(name), "-")
+	if !ok {
+		return time.Time{}, false
+	}
+	ns, err := strconv.ParseInt(stamp, 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(0, ns), true
+}

@@ -1,0 +1,131 @@
+package connect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"testing"
+)
+
+// fakeGateway is an in-memory Gateway.
+type fakeGateway struct {
+	stored     []Connection
+	upstream   map[string]bool // connection id → still at Zapier
+	failDelete map[string]int  // connection id → failures left
+	forgotIDs  [][]Identity
+	calls      []string
+}
+
+func (g *fakeGateway) Connections(_ context.Context, tenant, user string) ([]Connection, error) {
+	var out []Connection
+	for _, c := range g.stored {
+		if c.Tenant == tenant && (user == "" || c.User == user) {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+func (g *fakeGateway) DeleteUpstream(_ context.Context, c Connection) (bool, error) {
+	g.calls = append(g.calls, "delete "+c.ConnectionID)
+	if g.failDelete[c.ConnectionID] > 0 {
+		g.failDelete[c.ConnectionID]--
+		return false, errors.New("Zapier's API failed (delete authentication): 503")
+	}
+	gone := !g.upstream[c.ConnectionID]
+	delete(g.upstream, c.ConnectionID)
+	return gone, nil
+}
+
+func (g *fakeGateway) Forget(_ context.Context, c Connection) error {
+	g.calls = append(g.calls, "forget "+c.ConnectionID)
+	for i, s := range g.stored {
+		if s == c {
+			g.stored = append(g.stored[:i], g.stored[i+1:]...)
+			return nil
+		}
+	}
+	return fmt.Errorf("no record %s", c.ConnectionID)
+}
+
+func (g *fakeGateway) ForgetIdentities(_ context.Context, tenant, user string, ids []Identity) (Forgotten, error) {
+	g.calls = append(g.calls, "identities")
+	g.forgotIDs = append(g.forgotIDs, ids)
+	return Forgotten{TokensPurged: len(ids)}, nil
+}
+
+func newFakeGateway() *fakeGateway {
+	g := &fakeGateway{upstream: map[string]bool{}, failDelete: map[string]int{}}
+	for _, c := range []Connection{
+		{"t1", "alice", "SlackCLIAPI", slackUUID, "1"},
+		{"t1", "alice", "GoogleSheetsV2API", sheetUUID, "2"},
+		{"t1", "bob", "SlackCLIAPI", slackUUID, "3"},
+		{"t2", "alice", "SlackCLIAPI", slackUUID, "4"},
+	} {
+		g.stored = append(g.stored, c)
+		g.upstream[c.ConnectionID] = true
+	}
+	return g
+}
+
+func TestOffboardAUserIsIdempotentAcrossAFailure(t *testing.T) {
+	ctx := context.Background()
+	g := newFakeGateway()
+	g.failDelete["2"] = 1
+	delete(g.upstream, "1") // already deleted at Zapier by the user
+
+	rep, err := Offboard(ctx, g, OffboardRequest{Tenant: "t1", User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []ConnectionOutcome{ // by user, then app UUID
+		{User: "alice", App: "GoogleSheetsV2API", ConnectionID: "2", Error: "Zapier's API failed (delete authentication): 503"},
+		{User: "alice", App: "SlackCLIAPI", ConnectionID: "1", Upstream: UpstreamAlreadyGone},
+	}
+	if rep.Complete || rep.Failed != 1 || !reflect.DeepEqual(rep.Connections, want) {
+		t.Fatalf("first run: %+v", rep)
+	}
+	// The failed connection's record stays for the retry; nothing else of
+	// alice's is left, and others are untouched.
+	if got := fmt.Sprint(g.Connections(ctx, "t1", "alice")); got != fmt.Sprint([]Connection{{"t1", "alice", "GoogleSheetsV2API", sheetUUID, "2"}}, nil) {
+		t.Errorf("left after the first run: %s", got)
+	}
+	rep, _ = Offboard(ctx, g, OffboardRequest{Tenant: "t1", User: "alice"})
+	if !rep.Complete || len(rep.Connections) != 1 || rep.Connections[0].Upstream != UpstreamDeleted {
+		t.Fatalf("second run: %+v", rep)
+	}
+	rep, _ = Offboard(ctx, g, OffboardRequest{Tenant: "t1", User: "alice"})
+	if !rep.Complete || len(rep.Connections) != 0 || rep.TokensPurged != 1 {
+		t.Errorf("third run: %+v", rep)
+	}
+	if len(g.stored) != 2 || !g.upstream["3"] || !g.upstream["4"] {
+		t.Errorf("others touched: %+v %v", g.stored, g.upstream)
+	}
+	// Zapier before the record; identities last.
+	if got := fmt.Sprint(g.calls[:5]); got != "[delete 2 delete 1 forget 1 identities delete 2]" {
+		t.Errorf("order: %s", got)
+	}
+}
+
+func TestOffboardATenant(t *testing.T) {
+	g := newFakeGateway()
+	rep, err := Offboard(context.Background(), g, OffboardRequest{Tenant: "t1", KeepUpstream: true})
+	if err != nil || !rep.Complete || len(rep.Connections) != 3 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	for _, c := range rep.Connections {
+		if c.Upstream != UpstreamKept {
+			t.Errorf("keep_upstream: %+v", c)
+		}
+	}
+	if want := []Identity{{"t1", "alice"}, {"t1", "bob"}}; !reflect.DeepEqual(g.forgotIDs[0], want) {
+		t.Errorf("identities = %v, want %v", g.forgotIDs[0], want)
+	}
+	if len(g.stored) != 1 || len(g.upstream) != 4 {
+		t.Errorf("left: %+v, upstream %v", g.stored, g.upstream)
+	}
+	if _, err := Offboard(context.Background(), g, OffboardRequest{}); !errors.Is(err, ErrNoTenant) {
+		t.Errorf("no tenant: %v", err)
+	}
+}
