@@ -137,7 +137,7 @@ func TestTriggerSidecarKilledMidDelivery(t *testing.T) {
 	var p2 post
 	select {
 	case p2 = <-acceptedCh:
-	case <-time.After(60 * time.Second): // a hang guard: the dead sidecar's drain lock goes stale after ~10s
+	case <-time.After(60 * time.Second): // a hang guard: the dead sidecar's drain lock expires 10s after its last renewal
 		for _, s := range f.sidecars {
 			if s != killed {
 				_, _, b, _ := send(request{path: "/zapier/triggers/subscriptions/s1", base: s.port, tenant: "org", user: "alice"})

@@ -35,6 +35,7 @@ const (
 	// DefaultLockWait is above the 2s after which Caddy's file storage
 	// treats an empty lock file (its holder died mid-update) as stale.
 	DefaultLockWait = 3 * time.Second
+	DefaultLockTTL  = 10 * time.Second
 )
 
 // Config configures a Manager.
@@ -75,10 +76,16 @@ type Config struct {
 	// MaxConcurrent bounds the subscriptions drained at once; within one
 	// subscription messages are delivered one at a time, in order.
 	MaxConcurrent int
-	// LockWait is how long a drain waits for the subscription's storage
-	// lock; a drain that cannot get it leaves the work to its holder.
+	// LockWait is how long a drain waits for the subscription's drain
+	// lock (drainlock.go); a drain that cannot get it leaves the work to
+	// its holder.
 	LockWait time.Duration
-	Now      func() time.Time
+	// LockTTL: a drain holds the subscription's drain lock as a lease in
+	// storage that it renews every LockTTL/3; the lease of a gateway that
+	// died holding it is taken over LockTTL after its last renewal.
+	// Default 10s.
+	LockTTL time.Duration
+	Now     func() time.Time
 	// Sleep waits between attempts (tests make it instant).
 	Sleep    func(ctx context.Context, d time.Duration) error
 	Observer Observer
@@ -198,6 +205,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	defD(&cfg.BackoffMax, DefaultBackoffMax)
 	defD(&cfg.DrainInterval, DefaultDrainInterval)
 	defD(&cfg.LockWait, DefaultLockWait)
+	defD(&cfg.LockTTL, DefaultLockTTL)
 	defD(&cfg.StreamIdle, 60*time.Second)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -526,16 +534,12 @@ func (m *Manager) leaseSeconds(limit int) int {
 }
 
 func (m *Manager) drain(ctx context.Context, key string) error {
-	// Hashed: encoded ids can make names too long for a lock file.
-	sum := sha256.Sum256([]byte(key))
-	lockName := locksPrefix + "-" + hex.EncodeToString(sum[:16])
-	lctx, cancel := context.WithTimeout(ctx, m.cfg.LockWait)
-	err := m.cfg.Storage.Lock(lctx, lockName)
-	cancel()
-	if err != nil {
+	parent := ctx
+	ctx, unlock := m.lockDrain(ctx, key)
+	if ctx == nil {
 		return nil // another gateway (or drain) holds it and delivers
 	}
-	defer func() { _ = m.cfg.Storage.Unlock(context.WithoutCancel(ctx), lockName) }()
+	defer unlock()
 
 	for ctx.Err() == nil {
 		m.mu.Lock()
@@ -587,7 +591,7 @@ func (m *Manager) drain(ctx context.Context, key string) error {
 			return nil
 		}
 	}
-	return ctx.Err()
+	return parent.Err() // not when the drain lock was lost: that was logged
 }
 
 // triggerEvent is the body POSTed to the partner for one message.

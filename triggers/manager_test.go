@@ -18,6 +18,8 @@ import (
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
+	"go.uber.org/zap/zaptest"
+
 	"github.com/zapgate/caddy-zapier/integration/fakezapier"
 	"github.com/zapgate/caddy-zapier/webhooksig"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -702,5 +704,105 @@ func TestPublishDeliversOrDeadLetters(t *testing.T) {
 	e.mgr.Publish("evt_3", e.id, []byte(`{}`)) // after Stop: nothing
 	if n := len(e.recv.all()); n != 1+e.mgr.cfg.Attempts {
 		t.Fatalf("%d POSTs", n)
+	}
+}
+
+// deadStorage is one gateway's view of the shared storage; once dead is
+// set the gateway is gone (SIGKILLed): nothing it does reaches the storage
+// any more, and a storage lock it holds stays held, as a lock file does
+// that another process's certmagic goroutine keeps fresh.
+type deadStorage struct {
+	Storage
+	dead *atomic.Bool
+}
+
+var errGone = errors.New("this gateway is gone")
+
+func (s deadStorage) Store(ctx context.Context, key string, v []byte) error {
+	if s.dead.Load() {
+		return errGone
+	}
+	return s.Storage.Store(ctx, key, v)
+}
+
+func (s deadStorage) Delete(ctx context.Context, key string) error {
+	if s.dead.Load() {
+		return errGone
+	}
+	return s.Storage.Delete(ctx, key)
+}
+
+func (s deadStorage) Lock(ctx context.Context, name string) error {
+	if s.dead.Load() {
+		return errGone
+	}
+	return s.Storage.Lock(ctx, name)
+}
+
+func (s deadStorage) Unlock(ctx context.Context, name string) error {
+	if s.dead.Load() {
+		return errGone
+	}
+	return s.Storage.Unlock(ctx, name)
+}
+
+// A gateway killed while the partner holds its POST leaves its drain lock
+// behind; once Zapier's lease and the drain lock's run out, another
+// gateway takes the subscription over and delivers the message again. The
+// storage lock itself must not be what keeps the others out: a dead
+// holder's storage lock may never go stale.
+func TestGatewayKilledHoldingTheDrainLockIsTakenOver(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.LockWait = 50 * time.Millisecond; c.Attempts = 1 })
+	e.mgr.cfg.Now = func() time.Time { return time.Now().Add(time.Duration(e.offset.Load())) }
+	e.mgr.cfg.Logger = zaptest.NewLogger(t)
+	v := e.subscribe("s1")
+	ids := e.inject(v.InboxID, 1)
+
+	// Gateway A's partner holds its POST until the test ends.
+	held, hold := make(chan struct{}, 1), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		held <- struct{}{}
+		<-hold
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(hold) })
+	var dead atomic.Bool
+	cfgA := e.mgr.cfg
+	cfgA.Storage = deadStorage{Storage: e.store, dead: &dead}
+	sender := *cfgA.Sender
+	sender.URL, sender.Timeout = srv.URL, time.Minute
+	cfgA.Sender = &sender
+	a, err := NewManager(cfgA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctxA, cancelA := context.WithCancel(context.Background())
+	doneA := make(chan struct{})
+	go func() {
+		defer close(doneA)
+		_ = a.Drain(ctxA, e.id, "s1")
+	}()
+	t.Cleanup(func() { cancelA(); <-doneA })
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second): // a hang guard
+		t.Fatal("gateway A did not deliver")
+	}
+	dead.Store(true) // A is killed mid-POST
+
+	// While A's drain lock is fresh, B leaves the subscription alone.
+	e.drain("s1")
+	if got := e.recv.all(); len(got) != 0 {
+		t.Fatalf("delivered while A's drain lock was fresh: %+v", got)
+	}
+	// Zapier's lease (and A's drain lock) run out; B (e.mgr) drains.
+	e.offset.Add(int64(time.Duration(a.leaseSeconds(a.cfg.LeaseLimit)+1) * time.Second))
+	e.drain("s1")
+	got := e.recv.all()
+	if len(got) != 1 || got[0].ID != ids[0] || got[0].Body["possible_duplicate"] != true {
+		t.Fatalf("deliveries after A died: %+v", got)
+	}
+	if msgs := e.fz.InboxMessages(v.InboxID); msgs[0].Status != "acked" || msgs[0].LeaseCount != 2 {
+		t.Fatalf("after redelivery: %+v", msgs)
 	}
 }

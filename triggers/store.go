@@ -29,7 +29,9 @@ type Storage interface {
 const (
 	subsPrefix  = "zapier/triggers/subscriptions" // /<tenant>/<user>/<name>
 	deadPrefix  = "zapier/triggers/dead-letters"  // /<message id>
-	locksPrefix = "zapier/triggers/drain"         // lock names
+	locksPrefix = "zapier/triggers/drain"         // storage lock names
+	// drainLeasePrefix holds the drain locks' lease records (drainlock.go).
+	drainLeasePrefix = "zapier/triggers/drain-leases" // /<hashed subscription key>
 )
 
 var keyPartEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
