@@ -28,7 +28,7 @@ func (h *Connect) serveCallback(w http.ResponseWriter, r *http.Request, key toke
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	if err := checkReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
+	if err := connect.CheckReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
 		// Signed by us, but return_origins may have changed since.
 		return failConnect(w, r, badRequest(err.Error()))
 	}
@@ -39,14 +39,14 @@ func (h *Connect) serveCallback(w http.ResponseWriter, r *http.Request, key toke
 		if p.ErrDesc != "" {
 			params.Set("zapier_error_description", p.ErrDesc)
 		}
-		redirectTo(w, withOutcome(st.ReturnTo, params))
+		redirectTo(w, connect.WithOutcome(st.ReturnTo, params))
 		return nil
 	}
 	rec, err := h.verifyAndStore(r.Context(), key, ids, p.AuthID, connectFlowRedirect)
 	if err != nil {
 		return h.redirectFailure(w, r, st.ReturnTo, ids, err)
 	}
-	redirectTo(w, withOutcome(st.ReturnTo, successParams(rec)))
+	redirectTo(w, connect.WithOutcome(st.ReturnTo, successParams(rec)))
 	return nil
 }
 
@@ -123,6 +123,6 @@ func (h *Connect) spendState(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return nil, err
 	}
-	clearNonceCookie(w, r, st, time.Duration(h.StateTTL), h.secureCookie(r))
+	connect.ClearFlowCookie(w, r, st.ID, time.Duration(h.StateTTL), h.secureCookie(r))
 	return st, nil
 }

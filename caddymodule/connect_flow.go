@@ -85,7 +85,7 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	setNonceCookie(w, r, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	connect.SetFlowCookie(w, r, st.ID, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
 	extra := url.Values{}
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
@@ -122,7 +122,7 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	if returnTo == "" {
 		returnTo = "/"
 	}
-	if err := checkReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
+	if err := connect.CheckReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
 		return failConnect(w, r, badRequest(err.Error()))
 	}
 	ids, err := h.app.resolveApp(r.Context(), key, h.apps, q.Get("app"))
@@ -142,7 +142,7 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 		return h.redirectFailure(w, r, returnTo, ids, err)
 	}
 	if reused != nil {
-		redirectTo(w, withOutcome(returnTo, successParams(reused)))
+		redirectTo(w, connect.WithOutcome(returnTo, successParams(reused)))
 		return nil
 	}
 	tok, err := h.connectToken(ctx, key, ids)
@@ -154,7 +154,7 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	setNonceCookie(w, r, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	connect.SetFlowCookie(w, r, st.ID, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
 	extra := url.Values{"redirect_uri": {h.app.CallbackURL}, "state": {state}}
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
@@ -364,7 +364,7 @@ func (h *Connect) redirectFailure(w http.ResponseWriter, r *http.Request, return
 	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
 		return failConnect(w, r, err)
 	}
-	redirectTo(w, withOutcome(returnTo, url.Values{
+	redirectTo(w, connect.WithOutcome(returnTo, url.Values{
 		"zapier_connect": {"error"}, "zapier_app": {ids.connect}, "zapier_error": {aerr.Code},
 	}))
 	return nil

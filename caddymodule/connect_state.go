@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/zapgate/caddy-zapier/connect"
 )
 
 const (
@@ -289,7 +290,7 @@ func (k *stateKeeper) check(r *http.Request, keys stateKeys, st *connectState, f
 	if subtle.ConstantTimeCompare([]byte(st.Subject), []byte(keys.subjectHash(tenant, user))) != 1 {
 		return refuseState("issued to another user")
 	}
-	nonce, ok := flowNonce(r, st.ID)
+	nonce, ok := connect.FlowNonce(r, st.ID)
 	if !ok || subtle.ConstantTimeCompare([]byte(nonceHash(nonce)), []byte(st.NonceHash)) != 1 {
 		return refuseState("not started in this browser")
 	}
@@ -308,8 +309,8 @@ func (k *stateKeeper) openPending(ctx context.Context, r *http.Request, tenant, 
 	}
 	var out []*connectState
 	why := refuseState("no connect flow was started in this browser")
-	for _, e := range nonceEntries(r) {
-		data, err := k.storage.Load(ctx, pendingStatesPrefix+"/"+e.id)
+	for _, e := range connect.FlowCookieEntries(r) {
+		data, err := k.storage.Load(ctx, pendingStatesPrefix+"/"+e.ID)
 		if errors.Is(err, fs.ErrNotExist) {
 			why = refuseState("already used or unknown")
 			continue
@@ -318,7 +319,7 @@ func (k *stateKeeper) openPending(ctx context.Context, r *http.Request, tenant, 
 			return nil, fmt.Errorf("loading a connect state: %w", err)
 		}
 		st, err := decodeState(keys, string(data), k.now())
-		if err == nil && st.ID != e.id {
+		if err == nil && st.ID != e.ID {
 			err = refuseState("malformed")
 		}
 		if err == nil {

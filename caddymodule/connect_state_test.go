@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/zapgate/caddy-zapier/connect"
 )
 
 // fuzzStateKeys and fuzzNow are fixed so committed seeds stay valid.
@@ -130,7 +131,7 @@ func issueFlow(t *testing.T, k *stateKeeper, tenant, user string) (string, *http
 		t.Fatal(err)
 	}
 	rec := httptest.NewRecorder()
-	setNonceCookie(rec, httptest.NewRequest(http.MethodPost, "/token", nil), st, nonce, k.ttl, false)
+	connect.SetFlowCookie(rec, httptest.NewRequest(http.MethodPost, "/token", nil), st.ID, nonce, k.ttl, false)
 	req := httptest.NewRequest(http.MethodPost, "/complete", nil)
 	for _, c := range rec.Result().Cookies() {
 		req.AddCookie(c)
@@ -180,7 +181,7 @@ func TestStateKeeperBindingsAndSingleUseAcrossGateways(t *testing.T) {
 		"split identity":  {req, connectFlowPopup, "orga", "lice", "issued to another user"},
 		"no cookie":       {httptest.NewRequest(http.MethodPost, "/complete", nil), connectFlowPopup, "org", "alice", "not started in this browser"},
 		"other flow":      {req, connectFlowRedirect, "org", "alice", "issued for the popup flow"},
-		"another flow's":  {withCookie(req, nonceCookieName, strings.Repeat("0", 32)+"~x"), connectFlowPopup, "org", "alice", "not started in this browser"},
+		"another flow's":  {withCookie(req, connect.FlowCookieName, strings.Repeat("0", 32)+"~x"), connectFlowPopup, "org", "alice", "not started in this browser"},
 		"the right owner": {req, connectFlowPopup, "org", "alice", ""},
 	} {
 		_, err := a.open(ctx, tc.req, raw, tc.flow, tc.tenant, tc.user)
@@ -192,7 +193,7 @@ func TestStateKeeperBindingsAndSingleUseAcrossGateways(t *testing.T) {
 	// A wrong nonce in the right cookie.
 	st, _ = decodeState(mustKeys(t, a), raw, time.Now())
 	forged := httptest.NewRequest(http.MethodPost, "/complete", nil)
-	forged.AddCookie(&http.Cookie{Name: nonceCookieName, Value: st.ID + "~guessed"})
+	forged.AddCookie(&http.Cookie{Name: connect.FlowCookieName, Value: st.ID + "~guessed"})
 	if _, err := a.open(ctx, forged, raw, connectFlowPopup, "org", "alice"); refusal(err) != "not started in this browser" {
 		t.Errorf("wrong nonce: %v", err)
 	}

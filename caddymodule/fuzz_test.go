@@ -11,25 +11,9 @@ import (
 
 // Fuzz targets for what parses untrusted bytes in the Caddy adapter (more
 // are next to the code they test: FuzzDecodeState, FuzzExtractIdentity,
-// FuzzParseCallbackQuery, FuzzCheckReturnTo). `make -f xcaddy.mk fuzz`
-// runs each; `test` runs the seeds and testdata/fuzz.
-
-// FuzzNonceEntries: the connect cookie parser never panics and keeps only
-// well-formed entries.
-func FuzzNonceEntries(f *testing.F) {
-	f.Add("zapier_connect=abcdefghijklmnopqrstuv~bm9uY2U.x~y")
-	f.Add("zapier_connect=; other=1; zapier_connect=~~..~")
-	f.Add("zapier_connect=" + strings.Repeat("a~b.", 1000))
-	f.Fuzz(func(t *testing.T, cookie string) {
-		r, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
-		r.Header.Set("Cookie", cookie)
-		for _, e := range nonceEntries(r) {
-			if !isStateID(e.id) || !isBase64URL(e.nonce) {
-				t.Fatalf("malformed entry kept: %+v", e)
-			}
-		}
-	})
-}
+// and connect/'s FuzzParseCallbackQuery, FuzzCheckReturnTo and
+// FuzzFlowCookieEntries). `make -f xcaddy.mk fuzz` runs each; `test` runs
+// the seeds and testdata/fuzz.
 
 // FuzzConnectionIDFromJSON: an accepted id is a valid connection id and
 // reads back the same from its JSON string form.

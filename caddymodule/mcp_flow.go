@@ -30,7 +30,7 @@ func (h *MCP) serveAuthorize(w http.ResponseWriter, r *http.Request, key tokenca
 	if returnTo == "" {
 		returnTo = "/"
 	}
-	if err := checkReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
+	if err := connect.CheckReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
 		return failConnect(w, r, badRequest(err.Error()))
 	}
 	ctx := r.Context()
@@ -48,7 +48,7 @@ func (h *MCP) serveAuthorize(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	setNonceCookie(w, r, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	connect.SetFlowCookie(w, r, st.ID, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
 	u, err := url.Parse(app.Links.MCPAuthorizeURL)
 	if err != nil {
 		return failConnect(w, r, err)
@@ -161,8 +161,8 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	clearNonceCookie(w, r, st, time.Duration(h.StateTTL), h.secureCookie(r))
-	if err := checkReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
+	connect.ClearFlowCookie(w, r, st.ID, time.Duration(h.StateTTL), h.secureCookie(r))
+	if err := connect.CheckReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
 		return failConnect(w, r, badRequest(err.Error()))
 	}
 	if p.hasError {
@@ -171,7 +171,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 		if p.errDesc != "" {
 			params.Set("zapier_error_description", p.errDesc)
 		}
-		redirectTo(w, withOutcome(st.ReturnTo, params))
+		redirectTo(w, connect.WithOutcome(st.ReturnTo, params))
 		return nil
 	}
 	app, err := h.resolveApp(ctx, key, st.App)
@@ -204,7 +204,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 	}
 	h.agg.Invalidate(mcpIdentity(key))
 	h.observeAuthorization(mcpAuthSuccess)
-	redirectTo(w, withOutcome(st.ReturnTo, url.Values{"zapier_mcp": {"success"}, "zapier_app": {app.ID}}))
+	redirectTo(w, connect.WithOutcome(st.ReturnTo, url.Values{"zapier_mcp": {"success"}, "zapier_app": {app.ID}}))
 	return nil
 }
 
@@ -215,7 +215,7 @@ func (h *MCP) redirectOutcome(w http.ResponseWriter, r *http.Request, returnTo, 
 	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
 		return failConnect(w, r, err)
 	}
-	redirectTo(w, withOutcome(returnTo, url.Values{"zapier_mcp": {"error"}, "zapier_app": {app}, "zapier_error": {aerr.Code}}))
+	redirectTo(w, connect.WithOutcome(returnTo, url.Values{"zapier_mcp": {"error"}, "zapier_app": {app}, "zapier_error": {aerr.Code}}))
 	return nil
 }
 

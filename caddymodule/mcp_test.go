@@ -88,7 +88,7 @@ func TestMCPStateIsItsOwnFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := httptest.NewRecorder()
-	setNonceCookie(rec, httptest.NewRequest(http.MethodGet, "/authorize", nil), st, nonce, k.ttl, false)
+	connect.SetFlowCookie(rec, httptest.NewRequest(http.MethodGet, "/authorize", nil), st.ID, nonce, k.ttl, false)
 	req := httptest.NewRequest(http.MethodGet, "/callback", nil)
 	for _, c := range rec.Result().Cookies() {
 		req.AddCookie(c)
