@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -775,7 +776,7 @@ type runRecord struct {
 	Result *runResult `json:"result,omitempty"`
 }
 
-func runKey(runID string) string { return path.Join(runsPrefix, storageKeyPart(runID)) }
+func runKey(runID string) string { return path.Join(runsPrefix, connect.StorageKeyPart(runID)) }
 
 func (s *runStore) put(ctx context.Context, runID string, key tokencache.Key, appUUID, action string) error {
 	owner, err := runOwner(ctx, s.keys, key)
@@ -823,7 +824,7 @@ func (s *runStore) sweep(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if !isKeyPart(path.Base(k)) {
+		if !connect.IsKeyPart(path.Base(k)) {
 			continue
 		}
 		info, err := s.storage.Stat(ctx, k)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"strconv"
+
+	"github.com/zapgate/caddy-zapier/connect"
 )
 
 // Offboarding's part of the connect states (connect_state.go): marks that
@@ -13,11 +15,11 @@ import (
 // pending redirect flows.
 
 func forgottenUserMark(keys stateKeys, tenant, user string) string {
-	return forgottenPrefix + "/u" + storageKeyPart(keys.subjectHash(tenant, user))
+	return forgottenPrefix + "/u" + connect.StorageKeyPart(keys.subjectHash(tenant, user))
 }
 
 func forgottenTenantMark(keys stateKeys, tenant string) string {
-	return forgottenPrefix + "/t" + storageKeyPart(keys.tenantHash(tenant))
+	return forgottenPrefix + "/t" + connect.StorageKeyPart(keys.tenantHash(tenant))
 }
 
 // offboardedSince reports whether st's user or tenant was offboarded after
@@ -25,9 +27,9 @@ func forgottenTenantMark(keys stateKeys, tenant string) string {
 // are named as forgottenUserMark and forgottenTenantMark name them, from
 // the hashes the state carries.
 func (k *stateKeeper) offboardedSince(ctx context.Context, st *connectState) (bool, error) {
-	marks := []string{forgottenPrefix + "/u" + storageKeyPart(st.Subject)}
+	marks := []string{forgottenPrefix + "/u" + connect.StorageKeyPart(st.Subject)}
 	if st.Tenant != "" {
-		marks = append(marks, forgottenPrefix+"/t"+storageKeyPart(st.Tenant))
+		marks = append(marks, forgottenPrefix+"/t"+connect.StorageKeyPart(st.Tenant))
 	}
 	for _, mark := range marks {
 		data, err := k.storage.Load(ctx, mark)

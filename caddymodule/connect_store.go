@@ -2,9 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base32"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,43 +18,10 @@ import (
 
 // connectionsPrefix is where stored connections live in Caddy storage:
 // zapier/connections/k<keyed hash of tenant and user>/<app UUID encoded by
-// storageKeyPart> (storage_names.go). Records written before the keyed
-// names, under <tenant>/<user> encoded by storageKeyPart, are moved there
+// connect.StorageKeyPart> (storage_names.go). Records written before the keyed
+// names, under <tenant>/<user> encoded by connect.StorageKeyPart, are moved there
 // when read.
 const connectionsPrefix = "zapier/connections"
-
-// maxKeyPart is the longest encoded key part; longer ids are hashed so that
-// every part stays a valid file name on every storage backend.
-const maxKeyPart = 100
-
-// keyPartEncoding is lower-case base32 (hex alphabet, no padding): only
-// [0-9a-v], so parts are the same on case-insensitive file systems and can
-// never be "." or "..", or contain "/".
-var keyPartEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
-
-// storageKeyPart encodes an arbitrary id (slashes, "..", unicode, kilobytes)
-// as one safe storage key part. The "b" and "h" prefixes keep the plain and
-// hashed forms apart, so the encoding stays injective.
-func storageKeyPart(id string) string {
-	if enc := keyPartEncoding.EncodeToString([]byte(id)); len(enc) < maxKeyPart {
-		return "b" + enc
-	}
-	sum := sha256.Sum256([]byte(id))
-	return "h" + hex.EncodeToString(sum[:])
-}
-
-// isKeyPart reports whether name is an output of storageKeyPart.
-func isKeyPart(name string) bool {
-	if len(name) < 1 || (name[0] != 'b' && name[0] != 'h') {
-		return false
-	}
-	for i := 1; i < len(name); i++ {
-		if c := name[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'v') {
-			return false
-		}
-	}
-	return true
-}
 
 // connectionRecord is what the gateway remembers about a user's connection
 // to one app.
@@ -146,7 +110,7 @@ func (s *connectionStore) connectionKey(ctx context.Context, tenant, user, appUU
 	if err != nil {
 		return "", err
 	}
-	return path.Join(prefix, storageKeyPart(appUUID)), nil
+	return path.Join(prefix, connect.StorageKeyPart(appUUID)), nil
 }
 
 // accounts returns the caller's accounts of the app, most recently
@@ -281,7 +245,7 @@ func (s *connectionStore) list(ctx context.Context, tenant, user string) ([]conn
 	}
 	out := make([]connectionRecord, 0, len(keys))
 	for _, k := range keys {
-		if !isKeyPart(path.Base(k)) {
+		if !connect.IsKeyPart(path.Base(k)) {
 			continue // e.g. a file storage's temporary file during a write
 		}
 		data, err := s.storage.Load(ctx, k)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/zapgate/caddy-zapier/connect"
 )
 
 // awkwardIDs are ids a storage key must survive.
@@ -25,19 +26,19 @@ var awkwardIDs = []string{
 func TestStorageKeyPartIsSafeAndInjective(t *testing.T) {
 	seen := map[string]string{}
 	for _, id := range awkwardIDs {
-		part := storageKeyPart(id)
-		if !isKeyPart(part) || len(part) > maxKeyPart || part == "." || part == ".." {
-			t.Errorf("storageKeyPart(%.20q) = %q is not a safe key part", id, part)
+		part := connect.StorageKeyPart(id)
+		if !connect.IsKeyPart(part) || len(part) > connect.MaxKeyPart || part == "." || part == ".." {
+			t.Errorf("connect.StorageKeyPart(%.20q) = %q is not a safe key part", id, part)
 		}
 		if strings.ContainsAny(part, "/\\.") || part != strings.ToLower(part) {
-			t.Errorf("storageKeyPart(%.20q) = %q", id, part)
+			t.Errorf("connect.StorageKeyPart(%.20q) = %q", id, part)
 		}
 		if prev, dup := seen[part]; dup {
 			t.Errorf("%.20q and %.20q share the key part %q", prev, id, part)
 		}
 		seen[part] = id
 	}
-	if storageKeyPart(strings.Repeat("é", 5000)) == storageKeyPart(strings.Repeat("é", 5000)+"x") {
+	if connect.StorageKeyPart(strings.Repeat("é", 5000)) == connect.StorageKeyPart(strings.Repeat("é", 5000)+"x") {
 		t.Error("long ids that differ share a key")
 	}
 }

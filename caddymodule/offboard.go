@@ -186,7 +186,7 @@ func forgetRuns(ctx context.Context, storage certmagic.Storage, keys *stateKeepe
 	}
 	n := 0
 	for _, name := range names {
-		if !isKeyPart(path.Base(name)) {
+		if !connect.IsKeyPart(path.Base(name)) {
 			continue
 		}
 		data, err := storage.Load(ctx, name)

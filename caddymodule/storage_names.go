@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"path"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -20,7 +21,7 @@ import (
 // sharing the storage computes the same names, and reading the storage
 // without that key does not tell who is connected or who ran what.
 //
-// Before keyed names, connection paths were the reversible storageKeyPart
+// Before keyed names, connection paths were the reversible connect.StorageKeyPart
 // of tenant and user and run owners an unkeyed SHA-256. Those records stay
 // readable: a connection found under its old path is moved to the new one,
 // and a run record's old owner hash is still accepted (run records expire
@@ -41,7 +42,7 @@ func identityHMAC(ctx context.Context, keys *stateKeeper, tenant, user string) (
 }
 
 // identityStorageName is the identity's storage key part: "k" and 64
-// lower-case hex digits, apart from storageKeyPart's "b"/"h" forms.
+// lower-case hex digits, apart from connect.StorageKeyPart's "b"/"h" forms.
 func identityStorageName(ctx context.Context, keys *stateKeeper, tenant, user string) (string, error) {
 	sum, err := identityHMAC(ctx, keys, tenant, user)
 	if err != nil {
@@ -51,11 +52,11 @@ func identityStorageName(ctx context.Context, keys *stateKeeper, tenant, user st
 }
 
 func legacyUserPrefix(tenant, user string) string {
-	return path.Join(connectionsPrefix, storageKeyPart(tenant), storageKeyPart(user))
+	return path.Join(connectionsPrefix, connect.StorageKeyPart(tenant), connect.StorageKeyPart(user))
 }
 
 func legacyConnectionKey(tenant, user, appUUID string) string {
-	return path.Join(legacyUserPrefix(tenant, user), storageKeyPart(appUUID))
+	return path.Join(legacyUserPrefix(tenant, user), connect.StorageKeyPart(appUUID))
 }
 
 // migrate moves a record from its legacy key to key, unless key already has
@@ -95,7 +96,7 @@ func (s *connectionStore) migrateAll(ctx context.Context, legacyPrefix, prefix s
 		return fmt.Errorf("listing connections: %w", err)
 	}
 	for _, k := range keys {
-		if !isKeyPart(path.Base(k)) {
+		if !connect.IsKeyPart(path.Base(k)) {
 			continue
 		}
 		if _, err := s.migrate(ctx, k, path.Join(prefix, path.Base(k))); err != nil {

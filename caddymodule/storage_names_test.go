@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -36,7 +37,7 @@ func TestStorageRevealsNoIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	unkeyed := sha256.Sum256([]byte(tenant + "\x00" + user))
-	forbidden := []string{tenant, user, storageKeyPart(tenant), storageKeyPart(user), hex.EncodeToString(unkeyed[:])}
+	forbidden := []string{tenant, user, connect.StorageKeyPart(tenant), connect.StorageKeyPart(user), hex.EncodeToString(unkeyed[:])}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -72,7 +73,7 @@ func TestLegacyRecordsStayReadableAndMove(t *testing.T) {
 	storage := &certmagic.FileStorage{Path: dir}
 	const tenant, user = "acme", "alice"
 	legacyKey := func(app string) string {
-		return path.Join(connectionsPrefix, storageKeyPart(tenant), storageKeyPart(user), storageKeyPart(app))
+		return path.Join(connectionsPrefix, connect.StorageKeyPart(tenant), connect.StorageKeyPart(user), connect.StorageKeyPart(app))
 	}
 	for _, app := range []string{"uuid-1", "uuid-2"} {
 		data, _ := json.Marshal(connectionRecord{ConnectionID: "c-" + app, App: "App-" + app, AppUUID: app})
@@ -95,8 +96,8 @@ func TestLegacyRecordsStayReadableAndMove(t *testing.T) {
 	if storage.Exists(ctx, legacyKey("uuid-2")) {
 		t.Error("list left a record under its old path")
 	}
-	if _, err := os.Stat(filepath.Join(dir, connectionsPrefix, storageKeyPart(tenant))); err == nil {
-		entries, _ := os.ReadDir(filepath.Join(dir, connectionsPrefix, storageKeyPart(tenant), storageKeyPart(user)))
+	if _, err := os.Stat(filepath.Join(dir, connectionsPrefix, connect.StorageKeyPart(tenant))); err == nil {
+		entries, _ := os.ReadDir(filepath.Join(dir, connectionsPrefix, connect.StorageKeyPart(tenant), connect.StorageKeyPart(user)))
 		if len(entries) != 0 {
 			t.Errorf("old user directory still holds %d entries", len(entries))
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/webhooksig"
 )
 
@@ -33,7 +34,9 @@ type webhookSeen struct {
 	sweeper sweeper
 }
 
-func (s *webhookSeen) key(id string) string { return path.Join(seenWebhooksPrefix, storageKeyPart(id)) }
+func (s *webhookSeen) key(id string) string {
+	return path.Join(seenWebhooksPrefix, connect.StorageKeyPart(id))
+}
 
 func (s *webhookSeen) seen(ctx context.Context, id string) bool {
 	return s.storage.Exists(ctx, s.key(id))
