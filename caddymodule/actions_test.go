@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -607,4 +608,8 @@ func TestRunOwnershipSurvivesAnotherGateway(t *testing.T) {
 	if e.h.runs.storage.Exists(context.Background(), runKey("run-1")) {
 		t.Error("sweep kept an expired record")
 	}
+}
+
+func fileStorage(t *testing.T) certmagic.Storage {
+	return &certmagic.FileStorage{Path: t.TempDir()}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -88,10 +89,10 @@ func (Connect) CaddyModule() caddy.ModuleInfo {
 // Provision finds the zapier app, fills defaults and checks the app map.
 func (h *Connect) Provision(ctx caddy.Context) error {
 	if h.StateTTL == 0 {
-		h.StateTTL = caddy.Duration(defaultStateTTL)
+		h.StateTTL = caddy.Duration(connect.DefaultStateTTL)
 	}
-	if h.StateTTL < 0 || time.Duration(h.StateTTL) > maxStateTTL {
-		return fmt.Errorf("zapier_connect: state_ttl must be between 0 and %s", maxStateTTL)
+	if h.StateTTL < 0 || time.Duration(h.StateTTL) > connect.MaxStateTTL {
+		return fmt.Errorf("zapier_connect: state_ttl must be between 0 and %s", connect.MaxStateTTL)
 	}
 	apps, err := newAppMap(h.Apps)
 	if err != nil {

@@ -80,8 +80,8 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	st := &connectState{App: ids.connect, AppUUID: ids.uuid, Flow: connectFlowPopup}
-	state, nonce, err := h.states.issue(ctx, st, key.Tenant, key.User)
+	st := &connect.State{App: ids.connect, AppUUID: ids.uuid, Flow: connect.FlowPopup}
+	state, nonce, err := h.states.Issue(ctx, st, key.Tenant, key.User)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -149,8 +149,8 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return h.redirectFailure(w, r, returnTo, ids, err)
 	}
-	st := &connectState{App: ids.connect, AppUUID: ids.uuid, Flow: connectFlowRedirect, ReturnTo: returnTo}
-	state, nonce, err := h.states.issue(ctx, st, key.Tenant, key.User)
+	st := &connect.State{App: ids.connect, AppUUID: ids.uuid, Flow: connect.FlowRedirect, ReturnTo: returnTo}
+	state, nonce, err := h.states.Issue(ctx, st, key.Tenant, key.User)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -177,29 +177,29 @@ type completeRequest struct {
 func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
 	var req completeRequest
 	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
-		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
+		h.app.metrics.observeConnectCompletion(connect.FlowPopup, connectFailed)
 		return failConnect(w, r, aerr)
 	}
 	authID, ok := connectionIDFromJSON(req.AuthID)
 	if !ok {
-		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
+		h.app.metrics.observeConnectCompletion(connect.FlowPopup, connectFailed)
 		return failConnect(w, r, badRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
 	}
 	ids, err := h.app.resolveApp(r.Context(), key, h.apps, req.App)
 	if err != nil {
-		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
+		h.app.metrics.observeConnectCompletion(connect.FlowPopup, connectFailed)
 		return failConnect(w, r, err)
 	}
-	st, err := h.takeState(w, r, key, req.State, connectFlowPopup, func(st *connectState) error {
+	st, err := h.takeState(w, r, key, req.State, connect.FlowPopup, func(st *connect.State) error {
 		if st.AppUUID != ids.uuid {
-			return refuseState("issued for another app")
+			return connect.RefuseState("issued for another app")
 		}
 		return nil
 	})
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	rec, err := h.verifyAndStore(r.Context(), key, appIDs{connect: st.App, uuid: st.AppUUID}, authID, connectFlowPopup)
+	rec, err := h.verifyAndStore(r.Context(), key, appIDs{connect: st.App, uuid: st.AppUUID}, authID, connect.FlowPopup)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -244,7 +244,7 @@ func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reco
 
 // verifyAndStore checks that the connection id is one of the user's own,
 // live authentications for the app, then stores it.
-func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids appIDs, authID string, flow connectFlow) (rec *connectionRecord, err error) {
+func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids appIDs, authID string, flow connect.Flow) (rec *connectionRecord, err error) {
 	ctx, span := startConnectSpan(ctx, flow)
 	outcome := connectFailed
 	defer func() {

@@ -33,8 +33,8 @@ type sealedOwner struct {
 	User   string `json:"u"`
 }
 
-func ownerAEAD(keys stateKeys) (cipher.AEAD, error) {
-	m := hmac.New(sha256.New, keys.names)
+func ownerAEAD(keys connect.StateKeys) (cipher.AEAD, error) {
+	m := hmac.New(sha256.New, keys.NamesKey())
 	m.Write([]byte("caddy-zapier connection owner v1"))
 	block, err := aes.NewCipher(m.Sum(nil))
 	if err != nil {
@@ -49,7 +49,7 @@ func ownerAAD(rec *connectionRecord) []byte {
 
 // sealOwner sets rec.Owner to (tenant, user), sealed.
 func (s *connectionStore) sealOwner(ctx context.Context, rec *connectionRecord, tenant, user string) error {
-	keys, err := s.keys.stateKeys(ctx)
+	keys, err := s.keys.Keys(ctx)
 	if err != nil {
 		return err
 	}
@@ -117,7 +117,7 @@ func (s *connectionStore) ownedBy(ctx context.Context, tenant string) ([]connect
 // pre is given, that pre accepts before the owner is opened), until fn
 // returns false.
 func (s *connectionStore) eachOwned(ctx context.Context, fn func(*connectionOwner) bool, pre func(*connectionRecord) bool) error {
-	keys, err := s.keys.stateKeys(ctx)
+	keys, err := s.keys.Keys(ctx)
 	if err != nil {
 		return err
 	}

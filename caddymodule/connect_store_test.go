@@ -74,7 +74,7 @@ func TestConnectionStoreWithAwkwardIdentities(t *testing.T) {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, p)
-		if !info.IsDir() && !strings.HasPrefix(filepath.ToSlash(rel), connectionsPrefix+"/") && filepath.ToSlash(rel) != stateKeyStorageKey {
+		if !info.IsDir() && !strings.HasPrefix(filepath.ToSlash(rel), connectionsPrefix+"/") && filepath.ToSlash(rel) != connect.StateKeyStorageKey {
 			t.Errorf("a file outside %s: %s", connectionsPrefix, rel)
 		}
 		return nil

@@ -43,8 +43,8 @@ func (h *MCP) serveAuthorize(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return h.redirectOutcome(w, r, returnTo, app.ID, err)
 	}
-	st := &connectState{App: app.ID, AppUUID: app.ID, Flow: connectFlowMCP, ReturnTo: returnTo}
-	state, nonce, err := h.states.issue(ctx, st, key.Tenant, key.User)
+	st := &connect.State{App: app.ID, AppUUID: app.ID, Flow: connect.FlowMCP, ReturnTo: returnTo}
+	state, nonce, err := h.states.Issue(ctx, st, key.Tenant, key.User)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -147,16 +147,16 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 		return failConnect(w, r, badRequest(err.Error()))
 	}
 	ctx := r.Context()
-	st, err := h.states.open(ctx, r, p.state, connectFlowMCP, key.Tenant, key.User)
+	st, err := h.states.Open(ctx, r, p.state, connect.FlowMCP, key.Tenant, key.User)
 	if err == nil {
 		err = h.states.spend(ctx, st)
 	}
-	var serr *stateError
+	var serr *connect.StateError
 	if errors.As(err, &serr) {
 		h.observeAuthorization(mcpAuthStateInvalid)
-		h.logger.Info("mcp state refused", zap.String("identity", identityHash(key.Tenant, key.User)), zap.String("reason", serr.reason))
+		h.logger.Info("mcp state refused", zap.String("identity", identityHash(key.Tenant, key.User)), zap.String("reason", serr.Reason))
 		return failConnect(w, r, &apiError{Status: http.StatusBadRequest, Code: "connect_state_invalid",
-			Message: "the MCP authorize state is invalid (" + serr.reason + "); start again at authorize"})
+			Message: "the MCP authorize state is invalid (" + serr.Reason + "); start again at authorize"})
 	}
 	if err != nil {
 		return failConnect(w, r, err)

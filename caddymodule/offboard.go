@@ -95,7 +95,7 @@ type offboardGateway struct {
 
 func (a *App) offboarding() *offboardGateway {
 	s := a.ctx.Storage()
-	return &offboardGateway{app: a, storage: s, store: newConnectionStore(s), states: newStateKeeper(a.ctx, s, defaultStateTTL)}
+	return &offboardGateway{app: a, storage: s, store: newConnectionStore(s), states: newStateKeeper(a.ctx, s, connect.DefaultStateTTL)}
 }
 
 func (g *offboardGateway) Connections(ctx context.Context, tenant, user string) ([]connect.Connection, error) {
@@ -137,7 +137,7 @@ func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) erro
 func (g *offboardGateway) ForgetIdentities(ctx context.Context, tenant, user string, ids []connect.Identity) (connect.Forgotten, error) {
 	var f connect.Forgotten
 	var errs []error
-	n, err := g.states.forget(ctx, tenant, user)
+	n, err := g.states.Forget(ctx, tenant, user)
 	f.PendingFlows = n
 	errs = append(errs, err)
 	f.Runs, err = forgetRuns(ctx, g.storage, g.states, ids)
@@ -225,7 +225,7 @@ var forgetLogAAD = []byte("caddy-zapier forget log v1")
 
 // logForget appends an entry to the forget log.
 func (pc *pooledCache) logForget(ctx context.Context, storage certmagic.Storage, keys *stateKeeper, e forgetEntry) error {
-	sk, err := keys.stateKeys(ctx)
+	sk, err := keys.Keys(ctx)
 	if err != nil {
 		return err
 	}
@@ -319,7 +319,7 @@ func (a *App) openForgetEntry(ctx context.Context, storage certmagic.Storage, na
 	if err != nil {
 		return e, err
 	}
-	sk, err := newStateKeeper(ctx, storage, 0).stateKeys(ctx)
+	sk, err := newStateKeeper(ctx, storage, 0).Keys(ctx)
 	if err != nil {
 		return e, err
 	}

@@ -30,11 +30,11 @@ import (
 // identityHMAC is the keyed hash of an identity. Identity values cannot
 // contain NUL, so the join is unambiguous.
 func identityHMAC(ctx context.Context, keys *stateKeeper, tenant, user string) ([]byte, error) {
-	k, err := keys.stateKeys(ctx)
+	k, err := keys.Keys(ctx)
 	if err != nil {
 		return nil, err
 	}
-	m := hmac.New(sha256.New, k.names)
+	m := hmac.New(sha256.New, k.NamesKey())
 	m.Write([]byte(tenant))
 	m.Write([]byte{0})
 	m.Write([]byte(user))

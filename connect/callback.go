@@ -1,5 +1,6 @@
 // Package connect holds the logic of Zapier's Connect flows that does not
-// depend on Caddy: where a finished flow may send the browser (return-to
+// depend on Caddy: the signed single-use state a flow carries (and its
+// offboarding), where a finished flow may send the browser (return-to
 // rules), the cookie binding flows to the browser that started them,
 // reading what Connect sends back to the callback, and choosing which of
 // the flows a browser has open that answer belongs to. The zapier_connect
