@@ -97,7 +97,7 @@ type Actions struct {
 	app       *App
 	rules     identityRules
 	apps      appMap
-	store     *connectionStore
+	store     *connect.Store
 	runs      *runStore
 	logger    *zap.Logger
 }
@@ -610,7 +610,7 @@ func (h *Actions) resolveApp(ctx context.Context, key tokencache.Key, name strin
 	if ok {
 		return ids, nil
 	}
-	recs, err := h.store.list(ctx, key.Tenant, key.User)
+	recs, err := h.store.List(ctx, key.Tenant, key.User)
 	if err != nil {
 		return appIDs{}, err
 	}
@@ -624,12 +624,12 @@ func (h *Actions) resolveApp(ctx context.Context, key tokencache.Key, name strin
 
 // connection returns the caller's stored account of the app named connID,
 // or with connID empty the default one (most recently verified).
-func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connID string) (appIDs, *connectionRecord, error) {
+func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connID string) (appIDs, *connect.Record, error) {
 	ids, err := h.resolveApp(ctx, key, app)
 	if err != nil {
 		return appIDs{}, nil, err
 	}
-	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid, connID)
+	rec, err := h.store.Get(ctx, key.Tenant, key.User, ids.uuid, connID)
 	if err != nil {
 		return appIDs{}, nil, err
 	}
@@ -683,7 +683,7 @@ func (h *Actions) freshActionID(ctx context.Context, key tokencache.Key, ids app
 // rejection explains Zapier refusing a run or an inputs request. The
 // likeliest cause is the stored connection (expired, or gone), so that is
 // checked with Zapier; otherwise the refusal is the caller's request.
-func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs, rec *connectionRecord, err error) error {
+func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs, rec *connect.Record, err error) error {
 	zerr, ok := zapierapi.AsError(err)
 	if !ok || zerr.Kind != zapierapi.KindRejected || zerr.StatusCode == http.StatusUnauthorized || zerr.StatusCode == http.StatusForbidden {
 		return err

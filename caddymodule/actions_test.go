@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -193,7 +194,7 @@ func newActionsEnv(t *testing.T) *actionsEnv {
 
 func (e *actionsEnv) connect(user, id string) {
 	e.t.Helper()
-	if _, err := e.h.store.put(context.Background(), "org", user, connectionRecord{ConnectionID: id, App: "SlackCLIAPI", AppUUID: slackUUID}); err != nil {
+	if _, err := e.h.store.Put(context.Background(), "org", user, connect.Record{ConnectionID: id, App: "SlackCLIAPI", AppUUID: slackUUID}); err != nil {
 		e.t.Fatal(err)
 	}
 }

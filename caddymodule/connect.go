@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
@@ -72,7 +73,8 @@ type Connect struct {
 	app         *App
 	rules       identityRules
 	apps        appMap
-	store       *connectionStore
+	storage     certmagic.Storage // shared by the gateways; the health sweep's clock
+	store       *connect.Store
 	states      *stateKeeper
 	connectBase string
 	logger      *zap.Logger
@@ -105,7 +107,8 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 	h.app = app
 	h.rules = app.identityRules()
 	h.apps = apps
-	h.store = newConnectionStore(ctx.Storage())
+	h.storage = ctx.Storage()
+	h.store = newConnectionStore(h.storage)
 	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
 	h.connectBase = strings.TrimRight(app.ConnectURL, "/")
 	h.logger = ctx.Logger()

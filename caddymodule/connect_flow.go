@@ -49,7 +49,7 @@ type tokenResponse struct {
 // reusedResponse answers a connect request when the stored connection is
 // still valid: no flow is needed.
 type reusedResponse struct {
-	Connection *connectionRecord `json:"connection"`
+	Connection *connect.Record `json:"connection"`
 }
 
 // serveToken starts the popup flow: a connect token for
@@ -72,7 +72,7 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 		return failConnect(w, r, err)
 	}
 	if reused != nil {
-		public := reused.public() // as GET connections shows it: no owner hash
+		public := reused.Public() // as GET connections shows it: no owner hash
 		writeConnectJSON(w, http.StatusOK, reusedResponse{Connection: &public})
 		return nil
 	}
@@ -203,7 +203,7 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	writeConnectJSON(w, http.StatusOK, rec.public())
+	writeConnectJSON(w, http.StatusOK, rec.Public())
 	return nil
 }
 
@@ -211,7 +211,7 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 // connection when Zapier still reports it valid, re-authorize one
 // (explicitly, or because Zapier reports it expired), or create a new one
 // (also when another account is asked for).
-func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect, newAccount bool) (string, *connectionRecord, error) {
+func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect, newAccount bool) (string, *connect.Record, error) {
 	if reconnectID != "" {
 		if !connect.ValidConnectionID(reconnectID) {
 			return "", nil, badRequest("reconnect_id is not a connection id")
@@ -221,7 +221,7 @@ func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reco
 	if newAccount {
 		return "", nil, nil
 	}
-	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid)
+	rec, err := h.store.Get(ctx, key.Tenant, key.User, ids.uuid)
 	if err != nil || rec == nil {
 		return "", nil, err
 	}
@@ -233,18 +233,18 @@ func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reco
 	case err != nil:
 		return "", nil, err
 	case auth == nil: // gone at Zapier: forget it and connect anew
-		_, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid, rec.ConnectionID)
+		_, err := h.store.Remove(ctx, key.Tenant, key.User, ids.uuid, rec.ConnectionID)
 		return "", nil, err
 	case auth.IsExpired:
 		return rec.ConnectionID, nil, nil
 	}
-	rec, err = h.store.touch(ctx, key.Tenant, key.User, rec, auth.Title)
+	rec, err = h.store.Touch(ctx, key.Tenant, key.User, rec, auth.Title)
 	return "", rec, err
 }
 
 // verifyAndStore checks that the connection id is one of the user's own,
 // live authentications for the app, then stores it.
-func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids appIDs, authID string, flow connect.Flow) (rec *connectionRecord, err error) {
+func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids appIDs, authID string, flow connect.Flow) (rec *connect.Record, err error) {
 	ctx, span := startConnectSpan(ctx, flow)
 	outcome := connectFailed
 	defer func() {
@@ -265,7 +265,7 @@ func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids ap
 		return nil, &apiError{Status: http.StatusBadRequest, Code: "connection_invalid",
 			Message: "the connection is not one of this user's live connections for the app (" + reason + ")"}
 	}
-	rec, err = h.store.put(ctx, key.Tenant, key.User, connectionRecord{
+	rec, err = h.store.Put(ctx, key.Tenant, key.User, connect.Record{
 		ConnectionID: authID, App: ids.connect, AppUUID: ids.uuid, Title: auth.Title,
 	})
 	if err != nil {
@@ -370,7 +370,7 @@ func (h *Connect) redirectFailure(w http.ResponseWriter, r *http.Request, return
 	return nil
 }
 
-func successParams(rec *connectionRecord) url.Values {
+func successParams(rec *connect.Record) url.Values {
 	return url.Values{"zapier_connect": {"success"}, "zapier_app": {rec.App}, "zapier_connection_id": {rec.ConnectionID}}
 }
 

@@ -89,7 +89,7 @@ func (a *adminAPI) handleForget(w http.ResponseWriter, r *http.Request) error {
 type offboardGateway struct {
 	app     *App
 	storage certmagic.Storage
-	store   *connectionStore
+	store   *connect.Store
 	states  *stateKeeper
 }
 
@@ -101,7 +101,7 @@ func (a *App) offboarding() *offboardGateway {
 func (g *offboardGateway) Connections(ctx context.Context, tenant, user string) ([]connect.Connection, error) {
 	var out []connect.Connection
 	if user != "" {
-		recs, err := g.store.list(ctx, tenant, user)
+		recs, err := g.store.List(ctx, tenant, user)
 		if err != nil {
 			return nil, err
 		}
@@ -110,12 +110,12 @@ func (g *offboardGateway) Connections(ctx context.Context, tenant, user string) 
 		}
 		return out, nil
 	}
-	owned, err := g.store.ownedBy(ctx, tenant)
+	owned, err := g.store.OwnedBy(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
 	for _, o := range owned {
-		out = append(out, connect.Connection{Tenant: o.tenant, User: o.user, App: o.rec.App, AppUUID: o.rec.AppUUID, ConnectionID: o.rec.ConnectionID})
+		out = append(out, connect.Connection{Tenant: o.Tenant, User: o.User, App: o.Record.App, AppUUID: o.Record.AppUUID, ConnectionID: o.Record.ConnectionID})
 	}
 	return out, nil
 }
@@ -126,7 +126,7 @@ func (g *offboardGateway) DeleteUpstream(ctx context.Context, c connect.Connecti
 }
 
 func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) error {
-	_, err := g.store.remove(ctx, c.Tenant, c.User, c.AppUUID, c.ConnectionID)
+	_, err := g.store.Remove(ctx, c.Tenant, c.User, c.AppUUID, c.ConnectionID)
 	return err
 }
 
@@ -229,7 +229,7 @@ func (pc *pooledCache) logForget(ctx context.Context, storage certmagic.Storage,
 	if err != nil {
 		return err
 	}
-	aead, err := ownerAEAD(sk)
+	aead, err := connect.OwnerAEAD(sk)
 	if err != nil {
 		return err
 	}
@@ -323,7 +323,7 @@ func (a *App) openForgetEntry(ctx context.Context, storage certmagic.Storage, na
 	if err != nil {
 		return e, err
 	}
-	aead, err := ownerAEAD(sk)
+	aead, err := connect.OwnerAEAD(sk)
 	if err != nil {
 		return e, err
 	}

@@ -24,3 +24,23 @@ func FuzzStorageKeyPart(f *testing.F) {
 		}
 	})
 }
+
+func TestStorageKeyPartIsSafeAndInjective(t *testing.T) {
+	seen := map[string]string{}
+	for _, id := range awkwardIDs {
+		part := StorageKeyPart(id)
+		if !IsKeyPart(part) || len(part) > MaxKeyPart || part == "." || part == ".." {
+			t.Errorf("StorageKeyPart(%.20q) = %q is not a safe key part", id, part)
+		}
+		if strings.ContainsAny(part, "/\\.") || part != strings.ToLower(part) {
+			t.Errorf("StorageKeyPart(%.20q) = %q", id, part)
+		}
+		if prev, dup := seen[part]; dup {
+			t.Errorf("%.20q and %.20q share the key part %q", prev, id, part)
+		}
+		seen[part] = id
+	}
+	if StorageKeyPart(strings.Repeat("é", 5000)) == StorageKeyPart(strings.Repeat("é", 5000)+"x") {
+		t.Error("long ids that differ share a key")
+	}
+}
