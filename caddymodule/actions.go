@@ -260,7 +260,7 @@ func (req *actionRequest) check() *apiError {
 		return badRequest("inputs must be a JSON object keyed by input field id")
 	}
 	if len(req.ConnectionID) > 0 {
-		if _, ok := connectionIDFromJSON(req.ConnectionID); !ok {
+		if _, ok := connect.ConnectionIDFromJSON(req.ConnectionID); !ok {
 			return badRequest("connection_id must be one of the user's connection ids (a string or an integer)")
 		}
 	}
@@ -269,7 +269,7 @@ func (req *actionRequest) check() *apiError {
 
 // connectionID is the account the request names, or "" for the default.
 func (req *actionRequest) connectionID() string {
-	id, _ := connectionIDFromJSON(req.ConnectionID) // checked by check
+	id, _ := connect.ConnectionIDFromJSON(req.ConnectionID) // checked by check
 	return id
 }
 
@@ -695,7 +695,7 @@ func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs,
 	})
 	if lerr == nil {
 		reason := "not found"
-		if a := findConnection(auths, rec.ConnectionID, ids.uuid); a != nil { // the app too (connect_flow.go)
+		if a := connect.FindConnection(auths, rec.ConnectionID, ids.uuid); a != nil { // the app too (connect_flow.go)
 			reason = ""
 			if a.IsExpired {
 				reason = "expired"

@@ -180,7 +180,7 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 		h.app.metrics.observeConnectCompletion(connect.FlowPopup, connectFailed)
 		return failConnect(w, r, aerr)
 	}
-	authID, ok := connectionIDFromJSON(req.AuthID)
+	authID, ok := connect.ConnectionIDFromJSON(req.AuthID)
 	if !ok {
 		h.app.metrics.observeConnectCompletion(connect.FlowPopup, connectFailed)
 		return failConnect(w, r, badRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
@@ -290,20 +290,7 @@ func (h *Connect) lookupConnection(ctx context.Context, key tokencache.Key, appU
 	if err != nil {
 		return nil, err
 	}
-	return findConnection(auths, id, appUUID), nil
-}
-
-// findConnection returns the authentication with id for the app, or nil:
-// the same id listed under another app is not the user's connection to
-// this one (Zapier is asked for one app's list, but it is not trusted to
-// have filtered it).
-func findConnection(auths []zapierapi.Authentication, id, appUUID string) *zapierapi.Authentication {
-	for i := range auths {
-		if auths[i].ID == id && auths[i].App == appUUID {
-			return &auths[i]
-		}
-	}
-	return nil
+	return connect.FindConnection(auths, id, appUUID), nil
 }
 
 // connectToken exchanges the user's access token for a single-use connect
@@ -386,26 +373,6 @@ func redirectTo(w http.ResponseWriter, location string) {
 
 func badRequest(msg string) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: "bad_request", Message: msg}
-}
-
-// connectionIDFromJSON reads auth_id as a string or an integer: Connect's
-// postMessage carries a number, the API a string; both compare as strings.
-func connectionIDFromJSON(raw json.RawMessage) (string, bool) {
-	raw = json.RawMessage(strings.TrimSpace(string(raw)))
-	var id string
-	if len(raw) > 0 && raw[0] == '"' {
-		if json.Unmarshal(raw, &id) != nil {
-			return "", false
-		}
-	} else {
-		id = string(raw)
-		for i := 0; i < len(id); i++ {
-			if id[i] < '0' || id[i] > '9' {
-				return "", false
-			}
-		}
-	}
-	return id, connect.ValidConnectionID(id)
 }
 
 const themeRule = "theme must be 1-64 letters, digits, _ or - (a Connect theme name)"
