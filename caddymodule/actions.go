@@ -695,7 +695,7 @@ func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs,
 	})
 	if lerr == nil {
 		reason := "not found"
-		if a := connect.FindConnection(auths, rec.ConnectionID, ids.uuid); a != nil { // the app too (connect_flow.go)
+		if a := connect.FindConnection(auths, rec.ConnectionID, ids.uuid); a != nil { // the app too
 			reason = ""
 			if a.IsExpired {
 				reason = "expired"
