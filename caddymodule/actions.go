@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -96,7 +97,7 @@ type Actions struct {
 	app       *App
 	rules     identityRules
 	apps      appMap
-	store     *connectionStore
+	store     *connect.Store
 	runs      *runStore
 	logger    *zap.Logger
 }
@@ -259,7 +260,7 @@ func (req *actionRequest) check() *apiError {
 		return badRequest("inputs must be a JSON object keyed by input field id")
 	}
 	if len(req.ConnectionID) > 0 {
-		if _, ok := connectionIDFromJSON(req.ConnectionID); !ok {
+		if _, ok := connect.ConnectionIDFromJSON(req.ConnectionID); !ok {
 			return badRequest("connection_id must be one of the user's connection ids (a string or an integer)")
 		}
 	}
@@ -268,7 +269,7 @@ func (req *actionRequest) check() *apiError {
 
 // connectionID is the account the request names, or "" for the default.
 func (req *actionRequest) connectionID() string {
-	id, _ := connectionIDFromJSON(req.ConnectionID) // checked by check
+	id, _ := connect.ConnectionIDFromJSON(req.ConnectionID) // checked by check
 	return id
 }
 
@@ -609,7 +610,7 @@ func (h *Actions) resolveApp(ctx context.Context, key tokencache.Key, name strin
 	if ok {
 		return ids, nil
 	}
-	recs, err := h.store.list(ctx, key.Tenant, key.User)
+	recs, err := h.store.List(ctx, key.Tenant, key.User)
 	if err != nil {
 		return appIDs{}, err
 	}
@@ -623,12 +624,12 @@ func (h *Actions) resolveApp(ctx context.Context, key tokencache.Key, name strin
 
 // connection returns the caller's stored account of the app named connID,
 // or with connID empty the default one (most recently verified).
-func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connID string) (appIDs, *connectionRecord, error) {
+func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connID string) (appIDs, *connect.Record, error) {
 	ids, err := h.resolveApp(ctx, key, app)
 	if err != nil {
 		return appIDs{}, nil, err
 	}
-	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid, connID)
+	rec, err := h.store.Get(ctx, key.Tenant, key.User, ids.uuid, connID)
 	if err != nil {
 		return appIDs{}, nil, err
 	}
@@ -682,7 +683,7 @@ func (h *Actions) freshActionID(ctx context.Context, key tokencache.Key, ids app
 // rejection explains Zapier refusing a run or an inputs request. The
 // likeliest cause is the stored connection (expired, or gone), so that is
 // checked with Zapier; otherwise the refusal is the caller's request.
-func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs, rec *connectionRecord, err error) error {
+func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs, rec *connect.Record, err error) error {
 	zerr, ok := zapierapi.AsError(err)
 	if !ok || zerr.Kind != zapierapi.KindRejected || zerr.StatusCode == http.StatusUnauthorized || zerr.StatusCode == http.StatusForbidden {
 		return err
@@ -694,7 +695,7 @@ func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs,
 	})
 	if lerr == nil {
 		reason := "not found"
-		if a := findConnection(auths, rec.ConnectionID, ids.uuid); a != nil { // the app too (connect_flow.go)
+		if a := connect.FindConnection(auths, rec.ConnectionID, ids.uuid); a != nil { // the app too
 			reason = ""
 			if a.IsExpired {
 				reason = "expired"
@@ -775,7 +776,7 @@ type runRecord struct {
 	Result *runResult `json:"result,omitempty"`
 }
 
-func runKey(runID string) string { return path.Join(runsPrefix, storageKeyPart(runID)) }
+func runKey(runID string) string { return path.Join(runsPrefix, connect.StorageKeyPart(runID)) }
 
 func (s *runStore) put(ctx context.Context, runID string, key tokencache.Key, appUUID, action string) error {
 	owner, err := runOwner(ctx, s.keys, key)
@@ -823,7 +824,7 @@ func (s *runStore) sweep(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if !isKeyPart(path.Base(k)) {
+		if !connect.IsKeyPart(path.Base(k)) {
 			continue
 		}
 		info, err := s.storage.Stat(ctx, k)

@@ -18,7 +18,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -192,7 +194,7 @@ func newActionsEnv(t *testing.T) *actionsEnv {
 
 func (e *actionsEnv) connect(user, id string) {
 	e.t.Helper()
-	if _, err := e.h.store.put(context.Background(), "org", user, connectionRecord{ConnectionID: id, App: "SlackCLIAPI", AppUUID: slackUUID}); err != nil {
+	if _, err := e.h.store.Put(context.Background(), "org", user, connect.Record{ConnectionID: id, App: "SlackCLIAPI", AppUUID: slackUUID}); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -607,4 +609,8 @@ func TestRunOwnershipSurvivesAnotherGateway(t *testing.T) {
 	if e.h.runs.storage.Exists(context.Background(), runKey("run-1")) {
 		t.Error("sweep kept an expired record")
 	}
+}
+
+func fileStorage(t *testing.T) certmagic.Storage {
+	return &certmagic.FileStorage{Path: t.TempDir()}
 }

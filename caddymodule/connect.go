@@ -18,7 +18,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -71,7 +73,8 @@ type Connect struct {
 	app         *App
 	rules       identityRules
 	apps        appMap
-	store       *connectionStore
+	storage     certmagic.Storage // shared by the gateways; the health sweep's clock
+	store       *connect.Store
 	states      *stateKeeper
 	connectBase string
 	logger      *zap.Logger
@@ -88,10 +91,10 @@ func (Connect) CaddyModule() caddy.ModuleInfo {
 // Provision finds the zapier app, fills defaults and checks the app map.
 func (h *Connect) Provision(ctx caddy.Context) error {
 	if h.StateTTL == 0 {
-		h.StateTTL = caddy.Duration(defaultStateTTL)
+		h.StateTTL = caddy.Duration(connect.DefaultStateTTL)
 	}
-	if h.StateTTL < 0 || time.Duration(h.StateTTL) > maxStateTTL {
-		return fmt.Errorf("zapier_connect: state_ttl must be between 0 and %s", maxStateTTL)
+	if h.StateTTL < 0 || time.Duration(h.StateTTL) > connect.MaxStateTTL {
+		return fmt.Errorf("zapier_connect: state_ttl must be between 0 and %s", connect.MaxStateTTL)
 	}
 	apps, err := newAppMap(h.Apps)
 	if err != nil {
@@ -104,7 +107,8 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 	h.app = app
 	h.rules = app.identityRules()
 	h.apps = apps
-	h.store = newConnectionStore(ctx.Storage())
+	h.storage = ctx.Storage()
+	h.store = newConnectionStore(h.storage)
 	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
 	h.connectBase = strings.TrimRight(app.ConnectURL, "/")
 	h.logger = ctx.Logger()

@@ -15,15 +15,15 @@ import (
 // another user's record could be named.
 
 func (h *Connect) serveList(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-	recs, err := h.store.list(r.Context(), key.Tenant, key.User)
+	recs, err := h.store.List(r.Context(), key.Tenant, key.User)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
 	for i := range recs {
-		recs[i] = recs[i].public()
+		recs[i] = recs[i].Public()
 	}
 	writeConnectJSON(w, http.StatusOK, struct {
-		Data []connectionRecord `json:"data"`
+		Data []connect.Record `json:"data"`
 	}{recs})
 	return nil
 }
@@ -39,14 +39,14 @@ func (h *Connect) serveGet(w http.ResponseWriter, r *http.Request, key tokencach
 	if aerr != nil {
 		return failConnect(w, r, aerr)
 	}
-	rec, err := h.store.get(r.Context(), key.Tenant, key.User, ids.uuid, connID)
+	rec, err := h.store.Get(r.Context(), key.Tenant, key.User, ids.uuid, connID)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
 	if rec == nil {
 		return failConnect(w, r, errNoConnection(ids))
 	}
-	writeConnectJSON(w, http.StatusOK, rec.public())
+	writeConnectJSON(w, http.StatusOK, rec.Public())
 	return nil
 }
 
@@ -91,7 +91,7 @@ func (h *Connect) serveDelete(w http.ResponseWriter, r *http.Request, key tokenc
 		return failConnect(w, r, aerr)
 	}
 	ctx := r.Context()
-	recs, err := h.store.accounts(ctx, key.Tenant, key.User, ids.uuid)
+	recs, err := h.store.Accounts(ctx, key.Tenant, key.User, ids.uuid)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
@@ -99,7 +99,7 @@ func (h *Connect) serveDelete(w http.ResponseWriter, r *http.Request, key tokenc
 		return failConnect(w, r, &apiError{Status: http.StatusConflict, Code: "connection_ambiguous",
 			Message: fmt.Sprintf("the user has %d accounts of app %s: name one with ?connection_id=", len(recs), ids.connect)})
 	}
-	var rec *connectionRecord
+	var rec *connect.Record
 	for i := range recs {
 		if connID == "" || recs[i].ConnectionID == connID {
 			rec = &recs[i]
@@ -115,7 +115,7 @@ func (h *Connect) serveDelete(w http.ResponseWriter, r *http.Request, key tokenc
 			return failConnect(w, r, err)
 		}
 	}
-	removed, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid, rec.ConnectionID)
+	removed, err := h.store.Remove(ctx, key.Tenant, key.User, ids.uuid, rec.ConnectionID)
 	if err != nil {
 		return failConnect(w, r, err)
 	}

@@ -49,7 +49,7 @@ type tokenResponse struct {
 // reusedResponse answers a connect request when the stored connection is
 // still valid: no flow is needed.
 type reusedResponse struct {
-	Connection *connectionRecord `json:"connection"`
+	Connection *connect.Record `json:"connection"`
 }
 
 // serveToken starts the popup flow: a connect token for
@@ -72,7 +72,7 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 		return failConnect(w, r, err)
 	}
 	if reused != nil {
-		public := reused.public() // as GET connections shows it: no owner hash
+		public := reused.Public() // as GET connections shows it: no owner hash
 		writeConnectJSON(w, http.StatusOK, reusedResponse{Connection: &public})
 		return nil
 	}
@@ -80,12 +80,12 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	st := &connectState{App: ids.connect, AppUUID: ids.uuid, Flow: connectFlowPopup}
-	state, nonce, err := h.states.issue(ctx, st, key.Tenant, key.User)
+	st := &connect.State{App: ids.connect, AppUUID: ids.uuid, Flow: connect.FlowPopup}
+	state, nonce, err := h.states.Issue(ctx, st, key.Tenant, key.User)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	setNonceCookie(w, r, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	connect.SetFlowCookie(w, r, st.ID, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
 	extra := url.Values{}
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
@@ -122,7 +122,7 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	if returnTo == "" {
 		returnTo = "/"
 	}
-	if err := checkReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
+	if err := connect.CheckReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
 		return failConnect(w, r, badRequest(err.Error()))
 	}
 	ids, err := h.app.resolveApp(r.Context(), key, h.apps, q.Get("app"))
@@ -142,19 +142,19 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 		return h.redirectFailure(w, r, returnTo, ids, err)
 	}
 	if reused != nil {
-		redirectTo(w, withOutcome(returnTo, successParams(reused)))
+		redirectTo(w, connect.WithOutcome(returnTo, successParams(reused)))
 		return nil
 	}
 	tok, err := h.connectToken(ctx, key, ids)
 	if err != nil {
 		return h.redirectFailure(w, r, returnTo, ids, err)
 	}
-	st := &connectState{App: ids.connect, AppUUID: ids.uuid, Flow: connectFlowRedirect, ReturnTo: returnTo}
-	state, nonce, err := h.states.issue(ctx, st, key.Tenant, key.User)
+	st := &connect.State{App: ids.connect, AppUUID: ids.uuid, Flow: connect.FlowRedirect, ReturnTo: returnTo}
+	state, nonce, err := h.states.Issue(ctx, st, key.Tenant, key.User)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	setNonceCookie(w, r, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	connect.SetFlowCookie(w, r, st.ID, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
 	extra := url.Values{"redirect_uri": {h.app.CallbackURL}, "state": {state}}
 	if reconnectID != "" {
 		extra.Set("reconnect_id", reconnectID)
@@ -177,33 +177,33 @@ type completeRequest struct {
 func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
 	var req completeRequest
 	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
-		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
+		h.app.metrics.observeConnectCompletion(connect.FlowPopup, connectFailed)
 		return failConnect(w, r, aerr)
 	}
-	authID, ok := connectionIDFromJSON(req.AuthID)
+	authID, ok := connect.ConnectionIDFromJSON(req.AuthID)
 	if !ok {
-		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
+		h.app.metrics.observeConnectCompletion(connect.FlowPopup, connectFailed)
 		return failConnect(w, r, badRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
 	}
 	ids, err := h.app.resolveApp(r.Context(), key, h.apps, req.App)
 	if err != nil {
-		h.app.metrics.observeConnectCompletion(connectFlowPopup, connectFailed)
+		h.app.metrics.observeConnectCompletion(connect.FlowPopup, connectFailed)
 		return failConnect(w, r, err)
 	}
-	st, err := h.takeState(w, r, key, req.State, connectFlowPopup, func(st *connectState) error {
+	st, err := h.takeState(w, r, key, req.State, connect.FlowPopup, func(st *connect.State) error {
 		if st.AppUUID != ids.uuid {
-			return refuseState("issued for another app")
+			return connect.RefuseState("issued for another app")
 		}
 		return nil
 	})
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	rec, err := h.verifyAndStore(r.Context(), key, appIDs{connect: st.App, uuid: st.AppUUID}, authID, connectFlowPopup)
+	rec, err := h.verifyAndStore(r.Context(), key, appIDs{connect: st.App, uuid: st.AppUUID}, authID, connect.FlowPopup)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	writeConnectJSON(w, http.StatusOK, rec.public())
+	writeConnectJSON(w, http.StatusOK, rec.Public())
 	return nil
 }
 
@@ -211,7 +211,7 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 // connection when Zapier still reports it valid, re-authorize one
 // (explicitly, or because Zapier reports it expired), or create a new one
 // (also when another account is asked for).
-func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect, newAccount bool) (string, *connectionRecord, error) {
+func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect, newAccount bool) (string, *connect.Record, error) {
 	if reconnectID != "" {
 		if !connect.ValidConnectionID(reconnectID) {
 			return "", nil, badRequest("reconnect_id is not a connection id")
@@ -221,7 +221,7 @@ func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reco
 	if newAccount {
 		return "", nil, nil
 	}
-	rec, err := h.store.get(ctx, key.Tenant, key.User, ids.uuid)
+	rec, err := h.store.Get(ctx, key.Tenant, key.User, ids.uuid)
 	if err != nil || rec == nil {
 		return "", nil, err
 	}
@@ -233,18 +233,18 @@ func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reco
 	case err != nil:
 		return "", nil, err
 	case auth == nil: // gone at Zapier: forget it and connect anew
-		_, err := h.store.remove(ctx, key.Tenant, key.User, ids.uuid, rec.ConnectionID)
+		_, err := h.store.Remove(ctx, key.Tenant, key.User, ids.uuid, rec.ConnectionID)
 		return "", nil, err
 	case auth.IsExpired:
 		return rec.ConnectionID, nil, nil
 	}
-	rec, err = h.store.touch(ctx, key.Tenant, key.User, rec, auth.Title)
+	rec, err = h.store.Touch(ctx, key.Tenant, key.User, rec, auth.Title)
 	return "", rec, err
 }
 
 // verifyAndStore checks that the connection id is one of the user's own,
 // live authentications for the app, then stores it.
-func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids appIDs, authID string, flow connectFlow) (rec *connectionRecord, err error) {
+func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids appIDs, authID string, flow connect.Flow) (rec *connect.Record, err error) {
 	ctx, span := startConnectSpan(ctx, flow)
 	outcome := connectFailed
 	defer func() {
@@ -265,7 +265,7 @@ func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids ap
 		return nil, &apiError{Status: http.StatusBadRequest, Code: "connection_invalid",
 			Message: "the connection is not one of this user's live connections for the app (" + reason + ")"}
 	}
-	rec, err = h.store.put(ctx, key.Tenant, key.User, connectionRecord{
+	rec, err = h.store.Put(ctx, key.Tenant, key.User, connect.Record{
 		ConnectionID: authID, App: ids.connect, AppUUID: ids.uuid, Title: auth.Title,
 	})
 	if err != nil {
@@ -290,20 +290,7 @@ func (h *Connect) lookupConnection(ctx context.Context, key tokencache.Key, appU
 	if err != nil {
 		return nil, err
 	}
-	return findConnection(auths, id, appUUID), nil
-}
-
-// findConnection returns the authentication with id for the app, or nil:
-// the same id listed under another app is not the user's connection to
-// this one (Zapier is asked for one app's list, but it is not trusted to
-// have filtered it).
-func findConnection(auths []zapierapi.Authentication, id, appUUID string) *zapierapi.Authentication {
-	for i := range auths {
-		if auths[i].ID == id && auths[i].App == appUUID {
-			return &auths[i]
-		}
-	}
-	return nil
+	return connect.FindConnection(auths, id, appUUID), nil
 }
 
 // connectToken exchanges the user's access token for a single-use connect
@@ -364,13 +351,13 @@ func (h *Connect) redirectFailure(w http.ResponseWriter, r *http.Request, return
 	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
 		return failConnect(w, r, err)
 	}
-	redirectTo(w, withOutcome(returnTo, url.Values{
+	redirectTo(w, connect.WithOutcome(returnTo, url.Values{
 		"zapier_connect": {"error"}, "zapier_app": {ids.connect}, "zapier_error": {aerr.Code},
 	}))
 	return nil
 }
 
-func successParams(rec *connectionRecord) url.Values {
+func successParams(rec *connect.Record) url.Values {
 	return url.Values{"zapier_connect": {"success"}, "zapier_app": {rec.App}, "zapier_connection_id": {rec.ConnectionID}}
 }
 
@@ -386,26 +373,6 @@ func redirectTo(w http.ResponseWriter, location string) {
 
 func badRequest(msg string) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: "bad_request", Message: msg}
-}
-
-// connectionIDFromJSON reads auth_id as a string or an integer: Connect's
-// postMessage carries a number, the API a string; both compare as strings.
-func connectionIDFromJSON(raw json.RawMessage) (string, bool) {
-	raw = json.RawMessage(strings.TrimSpace(string(raw)))
-	var id string
-	if len(raw) > 0 && raw[0] == '"' {
-		if json.Unmarshal(raw, &id) != nil {
-			return "", false
-		}
-	} else {
-		id = string(raw)
-		for i := 0; i < len(id); i++ {
-			if id[i] < '0' || id[i] > '9' {
-				return "", false
-			}
-		}
-	}
-	return id, connect.ValidConnectionID(id)
 }
 
 const themeRule = "theme must be 1-64 letters, digits, _ or - (a Connect theme name)"

@@ -65,7 +65,7 @@ func (h *Connect) healthLoop(ctx context.Context) {
 // ran within every, on any gateway sharing the storage (and the storage
 // has seen a gateway start at least every ago).
 func (h *Connect) claimHealthSweep(ctx context.Context, every time.Duration) (bool, error) {
-	storage := h.store.storage
+	storage := h.storage
 	if err := storage.Lock(ctx, healthSweepLock); err != nil {
 		return false, err
 	}
@@ -96,13 +96,13 @@ type healthGroup struct {
 func (h *Connect) sweepHealth(ctx context.Context) error {
 	groups := map[[3]string]*healthGroup{}
 	var order [][3]string
-	err := h.store.eachOwned(ctx, func(o *connectionOwner) bool {
-		g := [3]string{o.tenant, o.user, o.rec.AppUUID}
+	err := h.store.EachOwned(ctx, func(o *connect.OwnedRecord) bool {
+		g := [3]string{o.Tenant, o.User, o.Record.AppUUID}
 		if groups[g] == nil {
-			groups[g] = &healthGroup{key: tokencache.Key{Tenant: o.tenant, User: o.user}, appUUID: o.rec.AppUUID, app: o.rec.App}
+			groups[g] = &healthGroup{key: tokencache.Key{Tenant: o.Tenant, User: o.User}, appUUID: o.Record.AppUUID, app: o.Record.App}
 			order = append(order, g)
 		}
-		groups[g].ids = append(groups[g].ids, o.rec.ConnectionID)
+		groups[g].ids = append(groups[g].ids, o.Record.ConnectionID)
 		return ctx.Err() == nil
 	}, nil)
 	if err != nil {
@@ -130,8 +130,8 @@ func (h *Connect) checkHealth(ctx context.Context, g *healthGroup) error {
 	}
 	status := connect.Health(g.ids, auths, g.appUUID)
 	now := time.Now().UTC()
-	var changed []connectionRecord
-	err = h.store.update(ctx, g.key.Tenant, g.key.User, g.appUUID, func(recs []connectionRecord) ([]connectionRecord, error) {
+	var changed []connect.Record
+	err = h.store.Update(ctx, g.key.Tenant, g.key.User, g.appUUID, func(recs []connect.Record) ([]connect.Record, error) {
 		for i := range recs {
 			after, ok := status[recs[i].ConnectionID]
 			if !ok {
@@ -154,7 +154,7 @@ func (h *Connect) checkHealth(ctx context.Context, g *healthGroup) error {
 	return nil
 }
 
-func (h *Connect) announceHealth(key tokencache.Key, rec connectionRecord) {
+func (h *Connect) announceHealth(key tokencache.Key, rec connect.Record) {
 	caddyEvent, lifecycle := eventConnectionExpiredCaddy, eventConnectionExpired
 	if rec.Status == connect.StatusMissing {
 		caddyEvent, lifecycle = eventConnectionMissingCaddy, eventConnectionMissing

@@ -1,56 +1,17 @@
 package caddymodule
 
 import (
-	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
-
-	"github.com/zapgate/caddy-zapier/connect"
 )
 
 // Fuzz targets for what parses untrusted bytes in the Caddy adapter (more
-// are next to the code they test: FuzzDecodeState, FuzzExtractIdentity,
-// FuzzParseCallbackQuery, FuzzCheckReturnTo). `make -f xcaddy.mk fuzz`
-// runs each; `test` runs the seeds and testdata/fuzz.
-
-// FuzzNonceEntries: the connect cookie parser never panics and keeps only
-// well-formed entries.
-func FuzzNonceEntries(f *testing.F) {
-	f.Add("zapier_connect=abcdefghijklmnopqrstuv~bm9uY2U.x~y")
-	f.Add("zapier_connect=; other=1; zapier_connect=~~..~")
-	f.Add("zapier_connect=" + strings.Repeat("a~b.", 1000))
-	f.Fuzz(func(t *testing.T, cookie string) {
-		r, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
-		r.Header.Set("Cookie", cookie)
-		for _, e := range nonceEntries(r) {
-			if !isStateID(e.id) || !isBase64URL(e.nonce) {
-				t.Fatalf("malformed entry kept: %+v", e)
-			}
-		}
-	})
-}
-
-// FuzzConnectionIDFromJSON: an accepted id is a valid connection id and
-// reads back the same from its JSON string form.
-func FuzzConnectionIDFromJSON(f *testing.F) {
-	for _, s := range []string{`"123"`, `123`, `"abc_1"`, `-1`, `1e3`, `"\u0000"`, `null`, `""`, ` 42 `, `"` + strings.Repeat("9", 300) + `"`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		id, ok := connectionIDFromJSON(raw)
-		if !ok {
-			return
-		}
-		if !connect.ValidConnectionID(id) {
-			t.Fatalf("accepted invalid id %q", id)
-		}
-		quoted, _ := json.Marshal(id)
-		if again, ok := connectionIDFromJSON(quoted); !ok || again != id {
-			t.Fatalf("%q does not round-trip: %q %v", id, again, ok)
-		}
-	})
-}
+// are next to the code they test: FuzzExtractIdentity in identity_test.go,
+// and connect/'s FuzzDecodeState, FuzzParseCallbackQuery,
+// FuzzCheckReturnTo, FuzzFlowCookieEntries, FuzzConnectionIDFromJSON and
+// FuzzStorageKeyPart). `make -f xcaddy.mk fuzz` runs each; `test` runs the
+// seeds and testdata/fuzz.
 
 // FuzzParseWait: a wait is accepted only within [0, maxRunWait].
 func FuzzParseWait(f *testing.F) {
@@ -67,26 +28,6 @@ func FuzzParseWait(f *testing.F) {
 		}
 		if d < 0 || d > maxRunWait {
 			t.Fatalf("accepted wait %v", d)
-		}
-	})
-}
-
-// FuzzStorageKeyPart: every id gives one safe key part, and two ids never
-// share one (injectivity).
-func FuzzStorageKeyPart(f *testing.F) {
-	f.Add("a", "b")
-	f.Add("..", "/")
-	f.Add(strings.Repeat("x", 61), strings.Repeat("x", 62))
-	f.Add("Alice", "alice")
-	f.Fuzz(func(t *testing.T, a, b string) {
-		pa, pb := storageKeyPart(a), storageKeyPart(b)
-		for _, p := range []string{pa, pb} {
-			if !isKeyPart(p) || len(p) > maxKeyPart || strings.ContainsAny(p, "/\\.") {
-				t.Fatalf("unsafe key part %q", p)
-			}
-		}
-		if (a == b) != (pa == pb) {
-			t.Fatalf("%q and %q: key parts %q and %q", a, b, pa, pb)
 		}
 	})
 }
@@ -131,17 +72,4 @@ func FuzzParseTrustedSources(f *testing.F) {
 			}
 		}
 	})
-}
-
-func TestConnectionIDFromJSON(t *testing.T) {
-	for raw, want := range map[string]string{`"100001"`: "100001", `100001`: "100001", ` 7 `: "7", `"example_akLLd8kB"`: "example_akLLd8kB"} {
-		if got, ok := connectionIDFromJSON([]byte(raw)); !ok || got != want {
-			t.Errorf("connectionIDFromJSON(%s) = %q, %v; want %q", raw, got, ok, want)
-		}
-	}
-	for _, raw := range []string{``, `""`, `null`, `1.5`, `1e5`, `-1`, `true`, `{}`, `["1"]`, `"a b"`, `"\u0000"`, `"` + strings.Repeat("1", 257) + `"`} {
-		if got, ok := connectionIDFromJSON([]byte(raw)); ok {
-			t.Errorf("connectionIDFromJSON(%s) = %q, want refused", raw, got)
-		}
-	}
 }

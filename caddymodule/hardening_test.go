@@ -17,24 +17,6 @@ import (
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
-// A connection id is only the user's connection to the app asked about:
-// the same id listed under another app does not count.
-func TestFindConnectionChecksTheApp(t *testing.T) {
-	auths := []zapierapi.Authentication{
-		{ID: "1", App: "other-app"},
-		{ID: "2", App: "app-uuid"},
-	}
-	if a := findConnection(auths, "1", "app-uuid"); a != nil {
-		t.Fatalf("found %+v under another app", a)
-	}
-	if a := findConnection(auths, "2", "app-uuid"); a == nil || a.ID != "2" {
-		t.Fatalf("did not find the app's own connection: %+v", a)
-	}
-	if a := findConnection(auths, "3", "app-uuid"); a != nil {
-		t.Fatalf("found an unknown id: %+v", a)
-	}
-}
-
 // A Retry-After Zapier sends is passed on only up to maxRetryAfter: a day
 // would make clients give up on the gateway for a day.
 func TestRetryAfterIsCapped(t *testing.T) {

@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -31,10 +32,6 @@ func init() {
 	httpcaddyfile.RegisterHandlerDirective("zapier_mcp", parseHandler[MCP])
 	httpcaddyfile.RegisterDirectiveOrder("zapier_mcp", httpcaddyfile.Before, "respond")
 }
-
-// connectFlowMCP is the MCP authorize flow's state kind; a state issued for
-// it is refused by the Connect routes and the reverse.
-const connectFlowMCP connectFlow = "mcp"
 
 const (
 	mcpTokensPrefix      = "zapier/mcp/tokens"
@@ -137,10 +134,10 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 		h.Scopes = zapierapi.DefaultMCPConnectScopes
 	}
 	if h.StateTTL == 0 {
-		h.StateTTL = caddy.Duration(defaultStateTTL)
+		h.StateTTL = caddy.Duration(connect.DefaultStateTTL)
 	}
-	if h.StateTTL < 0 || time.Duration(h.StateTTL) > maxStateTTL {
-		return fmt.Errorf("zapier_mcp: state_ttl must be between 0 and %s", maxStateTTL)
+	if h.StateTTL < 0 || time.Duration(h.StateTTL) > connect.MaxStateTTL {
+		return fmt.Errorf("zapier_mcp: state_ttl must be between 0 and %s", connect.MaxStateTTL)
 	}
 	if h.AppsCacheTTL <= 0 {
 		h.AppsCacheTTL = caddy.Duration(defaultMCPAppsTTL)

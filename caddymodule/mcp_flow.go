@@ -30,7 +30,7 @@ func (h *MCP) serveAuthorize(w http.ResponseWriter, r *http.Request, key tokenca
 	if returnTo == "" {
 		returnTo = "/"
 	}
-	if err := checkReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
+	if err := connect.CheckReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
 		return failConnect(w, r, badRequest(err.Error()))
 	}
 	ctx := r.Context()
@@ -43,12 +43,12 @@ func (h *MCP) serveAuthorize(w http.ResponseWriter, r *http.Request, key tokenca
 	if err != nil {
 		return h.redirectOutcome(w, r, returnTo, app.ID, err)
 	}
-	st := &connectState{App: app.ID, AppUUID: app.ID, Flow: connectFlowMCP, ReturnTo: returnTo}
-	state, nonce, err := h.states.issue(ctx, st, key.Tenant, key.User)
+	st := &connect.State{App: app.ID, AppUUID: app.ID, Flow: connect.FlowMCP, ReturnTo: returnTo}
+	state, nonce, err := h.states.Issue(ctx, st, key.Tenant, key.User)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	setNonceCookie(w, r, st, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
+	connect.SetFlowCookie(w, r, st.ID, nonce, time.Duration(h.StateTTL), h.secureCookie(r))
 	u, err := url.Parse(app.Links.MCPAuthorizeURL)
 	if err != nil {
 		return failConnect(w, r, err)
@@ -147,22 +147,22 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 		return failConnect(w, r, badRequest(err.Error()))
 	}
 	ctx := r.Context()
-	st, err := h.states.open(ctx, r, p.state, connectFlowMCP, key.Tenant, key.User)
+	st, err := h.states.Open(ctx, r, p.state, connect.FlowMCP, key.Tenant, key.User)
 	if err == nil {
 		err = h.states.spend(ctx, st)
 	}
-	var serr *stateError
+	var serr *connect.StateError
 	if errors.As(err, &serr) {
 		h.observeAuthorization(mcpAuthStateInvalid)
-		h.logger.Info("mcp state refused", zap.String("identity", identityHash(key.Tenant, key.User)), zap.String("reason", serr.reason))
+		h.logger.Info("mcp state refused", zap.String("identity", identityHash(key.Tenant, key.User)), zap.String("reason", serr.Reason))
 		return failConnect(w, r, &apiError{Status: http.StatusBadRequest, Code: "connect_state_invalid",
-			Message: "the MCP authorize state is invalid (" + serr.reason + "); start again at authorize"})
+			Message: "the MCP authorize state is invalid (" + serr.Reason + "); start again at authorize"})
 	}
 	if err != nil {
 		return failConnect(w, r, err)
 	}
-	clearNonceCookie(w, r, st, time.Duration(h.StateTTL), h.secureCookie(r))
-	if err := checkReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
+	connect.ClearFlowCookie(w, r, st.ID, time.Duration(h.StateTTL), h.secureCookie(r))
+	if err := connect.CheckReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
 		return failConnect(w, r, badRequest(err.Error()))
 	}
 	if p.hasError {
@@ -171,7 +171,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 		if p.errDesc != "" {
 			params.Set("zapier_error_description", p.errDesc)
 		}
-		redirectTo(w, withOutcome(st.ReturnTo, params))
+		redirectTo(w, connect.WithOutcome(st.ReturnTo, params))
 		return nil
 	}
 	app, err := h.resolveApp(ctx, key, st.App)
@@ -204,7 +204,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 	}
 	h.agg.Invalidate(mcpIdentity(key))
 	h.observeAuthorization(mcpAuthSuccess)
-	redirectTo(w, withOutcome(st.ReturnTo, url.Values{"zapier_mcp": {"success"}, "zapier_app": {app.ID}}))
+	redirectTo(w, connect.WithOutcome(st.ReturnTo, url.Values{"zapier_mcp": {"success"}, "zapier_app": {app.ID}}))
 	return nil
 }
 
@@ -215,7 +215,7 @@ func (h *MCP) redirectOutcome(w http.ResponseWriter, r *http.Request, returnTo, 
 	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
 		return failConnect(w, r, err)
 	}
-	redirectTo(w, withOutcome(returnTo, url.Values{"zapier_mcp": {"error"}, "zapier_app": {app}, "zapier_error": {aerr.Code}}))
+	redirectTo(w, connect.WithOutcome(returnTo, url.Values{"zapier_mcp": {"error"}, "zapier_app": {app}, "zapier_error": {aerr.Code}}))
 	return nil
 }
 

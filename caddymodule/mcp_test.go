@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -75,35 +73,6 @@ func TestParseMCPCallback(t *testing.T) {
 		if err == nil && p.hasError && p.errCode != "access_denied" && p.errCode != connect.UnknownErrorCode {
 			t.Errorf("%q: error code %q not sanitised", raw, p.errCode)
 		}
-	}
-}
-
-// An MCP authorize state is refused by the Connect flows and the reverse.
-func TestMCPStateIsItsOwnFlow(t *testing.T) {
-	ctx := context.Background()
-	k := newStateKeeper(ctx, fileStorage(t), 10*time.Minute)
-	st := &connectState{App: "SlackCLIAPI", AppUUID: "SlackCLIAPI", Flow: connectFlowMCP, ReturnTo: "/done"}
-	raw, nonce, err := k.issue(ctx, st, "org", "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := httptest.NewRecorder()
-	setNonceCookie(rec, httptest.NewRequest(http.MethodGet, "/authorize", nil), st, nonce, k.ttl, false)
-	req := httptest.NewRequest(http.MethodGet, "/callback", nil)
-	for _, c := range rec.Result().Cookies() {
-		req.AddCookie(c)
-	}
-	for _, flow := range []connectFlow{connectFlowRedirect, connectFlowPopup} {
-		if _, err := k.open(ctx, req, raw, flow, "org", "alice"); refusal(err) != "issued for the mcp flow" {
-			t.Errorf("%s flow: %v", flow, err)
-		}
-	}
-	if _, err := k.open(ctx, req, raw, connectFlowMCP, "org", "alice"); err != nil {
-		t.Fatalf("mcp flow: %v", err)
-	}
-	raw2, req2 := issueFlow(t, k, "org", "alice")
-	if _, err := k.open(ctx, req2, raw2, connectFlowMCP, "org", "alice"); refusal(err) != "issued for the popup flow" {
-		t.Errorf("popup state on the mcp flow: %v", err)
 	}
 }
 

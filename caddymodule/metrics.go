@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -26,14 +27,6 @@ const (
 // exchangeOutcomes are "success" and the zapierapi.Kind names.
 var exchangeOutcomes = []string{"success", "rejected", "failed", "timeout", "rate_limited", "unavailable"}
 
-// connectFlow is how a Connect flow came back to the gateway.
-type connectFlow string
-
-const (
-	connectFlowPopup    connectFlow = "popup"    // POST complete from connect.js
-	connectFlowRedirect connectFlow = "redirect" // GET callback from the Connect UI
-)
-
 // connectOutcome is how a connect completion ended.
 type connectOutcome string
 
@@ -46,7 +39,7 @@ const (
 )
 
 var (
-	connectFlows    = []connectFlow{connectFlowPopup, connectFlowRedirect}
+	connectFlows    = []connect.Flow{connect.FlowPopup, connect.FlowRedirect}
 	connectOutcomes = []connectOutcome{connectSuccess, connectStateInvalid, connectConnectionInvalid, connectAuthError, connectFailed}
 )
 
@@ -225,7 +218,7 @@ func (m *metrics) observeExchange(kind string, err error, took time.Duration) {
 
 // observeConnectCompletion counts one finished connect flow (the popup's
 // POST complete or the redirect's GET callback), whatever its outcome.
-func (m *metrics) observeConnectCompletion(flow connectFlow, outcome connectOutcome) {
+func (m *metrics) observeConnectCompletion(flow connect.Flow, outcome connectOutcome) {
 	m.connectCompletions.WithLabelValues(string(flow), string(outcome)).Inc()
 }
 

@@ -89,19 +89,19 @@ func (a *adminAPI) handleForget(w http.ResponseWriter, r *http.Request) error {
 type offboardGateway struct {
 	app     *App
 	storage certmagic.Storage
-	store   *connectionStore
+	store   *connect.Store
 	states  *stateKeeper
 }
 
 func (a *App) offboarding() *offboardGateway {
 	s := a.ctx.Storage()
-	return &offboardGateway{app: a, storage: s, store: newConnectionStore(s), states: newStateKeeper(a.ctx, s, defaultStateTTL)}
+	return &offboardGateway{app: a, storage: s, store: newConnectionStore(s), states: newStateKeeper(a.ctx, s, connect.DefaultStateTTL)}
 }
 
 func (g *offboardGateway) Connections(ctx context.Context, tenant, user string) ([]connect.Connection, error) {
 	var out []connect.Connection
 	if user != "" {
-		recs, err := g.store.list(ctx, tenant, user)
+		recs, err := g.store.List(ctx, tenant, user)
 		if err != nil {
 			return nil, err
 		}
@@ -110,12 +110,12 @@ func (g *offboardGateway) Connections(ctx context.Context, tenant, user string) 
 		}
 		return out, nil
 	}
-	owned, err := g.store.ownedBy(ctx, tenant)
+	owned, err := g.store.OwnedBy(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
 	for _, o := range owned {
-		out = append(out, connect.Connection{Tenant: o.tenant, User: o.user, App: o.rec.App, AppUUID: o.rec.AppUUID, ConnectionID: o.rec.ConnectionID})
+		out = append(out, connect.Connection{Tenant: o.Tenant, User: o.User, App: o.Record.App, AppUUID: o.Record.AppUUID, ConnectionID: o.Record.ConnectionID})
 	}
 	return out, nil
 }
@@ -126,7 +126,7 @@ func (g *offboardGateway) DeleteUpstream(ctx context.Context, c connect.Connecti
 }
 
 func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) error {
-	_, err := g.store.remove(ctx, c.Tenant, c.User, c.AppUUID, c.ConnectionID)
+	_, err := g.store.Remove(ctx, c.Tenant, c.User, c.AppUUID, c.ConnectionID)
 	return err
 }
 
@@ -137,7 +137,7 @@ func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) erro
 func (g *offboardGateway) ForgetIdentities(ctx context.Context, tenant, user string, ids []connect.Identity) (connect.Forgotten, error) {
 	var f connect.Forgotten
 	var errs []error
-	n, err := g.states.forget(ctx, tenant, user)
+	n, err := g.states.Forget(ctx, tenant, user)
 	f.PendingFlows = n
 	errs = append(errs, err)
 	f.Runs, err = forgetRuns(ctx, g.storage, g.states, ids)
@@ -186,7 +186,7 @@ func forgetRuns(ctx context.Context, storage certmagic.Storage, keys *stateKeepe
 	}
 	n := 0
 	for _, name := range names {
-		if !isKeyPart(path.Base(name)) {
+		if !connect.IsKeyPart(path.Base(name)) {
 			continue
 		}
 		data, err := storage.Load(ctx, name)
@@ -225,11 +225,11 @@ var forgetLogAAD = []byte("caddy-zapier forget log v1")
 
 // logForget appends an entry to the forget log.
 func (pc *pooledCache) logForget(ctx context.Context, storage certmagic.Storage, keys *stateKeeper, e forgetEntry) error {
-	sk, err := keys.stateKeys(ctx)
+	sk, err := keys.Keys(ctx)
 	if err != nil {
 		return err
 	}
-	aead, err := ownerAEAD(sk)
+	aead, err := connect.OwnerAEAD(sk)
 	if err != nil {
 		return err
 	}
@@ -319,11 +319,11 @@ func (a *App) openForgetEntry(ctx context.Context, storage certmagic.Storage, na
 	if err != nil {
 		return e, err
 	}
-	sk, err := newStateKeeper(ctx, storage, 0).stateKeys(ctx)
+	sk, err := newStateKeeper(ctx, storage, 0).Keys(ctx)
 	if err != nil {
 		return e, err
 	}
-	aead, err := ownerAEAD(sk)
+	aead, err := connect.OwnerAEAD(sk)
 	if err != nil {
 		return e, err
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -27,7 +28,7 @@ func TestStorageRevealsNoIdentity(t *testing.T) {
 	storage := &certmagic.FileStorage{Path: dir}
 	s := newConnectionStore(storage)
 	const tenant, user = "acme-tenant", "alice-user"
-	if _, err := s.put(ctx, tenant, user, connectionRecord{ConnectionID: "42", App: "SlackCLIAPI", AppUUID: "uuid-1"}); err != nil {
+	if _, err := s.Put(ctx, tenant, user, connect.Record{ConnectionID: "42", App: "SlackCLIAPI", AppUUID: "uuid-1"}); err != nil {
 		t.Fatal(err)
 	}
 	runs := &runStore{storage: storage, now: time.Now, bg: ctx, keys: newStateKeeper(ctx, storage, 0)}
@@ -36,7 +37,7 @@ func TestStorageRevealsNoIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	unkeyed := sha256.Sum256([]byte(tenant + "\x00" + user))
-	forbidden := []string{tenant, user, storageKeyPart(tenant), storageKeyPart(user), hex.EncodeToString(unkeyed[:])}
+	forbidden := []string{tenant, user, connect.StorageKeyPart(tenant), connect.StorageKeyPart(user), hex.EncodeToString(unkeyed[:])}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -72,42 +73,42 @@ func TestLegacyRecordsStayReadableAndMove(t *testing.T) {
 	storage := &certmagic.FileStorage{Path: dir}
 	const tenant, user = "acme", "alice"
 	legacyKey := func(app string) string {
-		return path.Join(connectionsPrefix, storageKeyPart(tenant), storageKeyPart(user), storageKeyPart(app))
+		return path.Join(connect.ConnectionsPrefix, connect.StorageKeyPart(tenant), connect.StorageKeyPart(user), connect.StorageKeyPart(app))
 	}
 	for _, app := range []string{"uuid-1", "uuid-2"} {
-		data, _ := json.Marshal(connectionRecord{ConnectionID: "c-" + app, App: "App-" + app, AppUUID: app})
+		data, _ := json.Marshal(connect.Record{ConnectionID: "c-" + app, App: "App-" + app, AppUUID: app})
 		if err := storage.Store(ctx, legacyKey(app), data); err != nil {
 			t.Fatal(err)
 		}
 	}
 	s := newConnectionStore(storage)
-	rec, err := s.get(ctx, tenant, user, "uuid-1")
+	rec, err := s.Get(ctx, tenant, user, "uuid-1")
 	if err != nil || rec == nil || rec.ConnectionID != "c-uuid-1" {
 		t.Fatalf("legacy get: %+v %v", rec, err)
 	}
 	if storage.Exists(ctx, legacyKey("uuid-1")) {
 		t.Error("the record read under its old path was left there")
 	}
-	recs, err := s.list(ctx, tenant, user)
+	recs, err := s.List(ctx, tenant, user)
 	if err != nil || len(recs) != 2 || recs[0].ConnectionID != "c-uuid-1" || recs[1].ConnectionID != "c-uuid-2" {
 		t.Fatalf("list after a partial migration: %+v %v", recs, err)
 	}
 	if storage.Exists(ctx, legacyKey("uuid-2")) {
 		t.Error("list left a record under its old path")
 	}
-	if _, err := os.Stat(filepath.Join(dir, connectionsPrefix, storageKeyPart(tenant))); err == nil {
-		entries, _ := os.ReadDir(filepath.Join(dir, connectionsPrefix, storageKeyPart(tenant), storageKeyPart(user)))
+	if _, err := os.Stat(filepath.Join(dir, connect.ConnectionsPrefix, connect.StorageKeyPart(tenant))); err == nil {
+		entries, _ := os.ReadDir(filepath.Join(dir, connect.ConnectionsPrefix, connect.StorageKeyPart(tenant), connect.StorageKeyPart(user)))
 		if len(entries) != 0 {
 			t.Errorf("old user directory still holds %d entries", len(entries))
 		}
 	}
 	// A legacy record that is removed is gone from both layouts.
-	data, _ := json.Marshal(connectionRecord{ConnectionID: "c-3", App: "A3", AppUUID: "uuid-3"})
+	data, _ := json.Marshal(connect.Record{ConnectionID: "c-3", App: "A3", AppUUID: "uuid-3"})
 	_ = storage.Store(ctx, legacyKey("uuid-3"), data)
-	if removed, err := s.remove(ctx, tenant, user, "uuid-3", "c-3"); err != nil || len(removed) != 1 {
+	if removed, err := s.Remove(ctx, tenant, user, "uuid-3", "c-3"); err != nil || len(removed) != 1 {
 		t.Fatalf("remove legacy: %v %v", removed, err)
 	}
-	if rec, _ := s.get(ctx, tenant, user, "uuid-3"); rec != nil {
+	if rec, _ := s.Get(ctx, tenant, user, "uuid-3"); rec != nil {
 		t.Fatal("removed legacy record still found")
 	}
 

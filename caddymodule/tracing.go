@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -91,7 +92,7 @@ func (a *App) signJWT(ctx context.Context, key tokencache.Key) (string, error) {
 
 // startConnectSpan starts the span of a connect completion; end it with
 // finishSpan(span, string(outcome), err).
-func startConnectSpan(ctx context.Context, flow connectFlow) (context.Context, trace.Span) {
+func startConnectSpan(ctx context.Context, flow connect.Flow) (context.Context, trace.Span) {
 	return startSpan(ctx, spanConnectComplete, attrConnectFlow.String(string(flow)))
 }
 

@@ -413,7 +413,7 @@ func (h *Triggers) serveSubscription(w http.ResponseWriter, r *http.Request, key
 		return h.fail(w, r, err)
 	}
 	if req.ConnectionID != "" && req.ConnectionID != rec.ConnectionID {
-		if rec, err = h.conns.store.get(ctx, key.Tenant, key.User, ids.uuid, req.ConnectionID); err != nil {
+		if rec, err = h.conns.store.Get(ctx, key.Tenant, key.User, ids.uuid, req.ConnectionID); err != nil {
 			return h.fail(w, r, err)
 		}
 	}

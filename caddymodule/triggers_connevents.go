@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/triggers"
 )
 
@@ -21,7 +22,7 @@ const (
 // connection changed. It never blocks the caller: each loop publishes in
 // the background (retries, then a replayable dead letter). Only the gateway
 // that made the change sends it, so sidecars sharing storage send it once.
-func connectionChanged(typ, tenant, user string, rec connectionRecord) {
+func connectionChanged(typ, tenant, user string, rec connect.Record) {
 	body, err := json.Marshal(struct {
 		Type         string    `json:"type"`
 		Tenant       string    `json:"tenant"`

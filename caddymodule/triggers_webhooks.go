@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/webhooksig"
 )
 
@@ -33,7 +34,9 @@ type webhookSeen struct {
 	sweeper sweeper
 }
 
-func (s *webhookSeen) key(id string) string { return path.Join(seenWebhooksPrefix, storageKeyPart(id)) }
+func (s *webhookSeen) key(id string) string {
+	return path.Join(seenWebhooksPrefix, connect.StorageKeyPart(id))
+}
 
 func (s *webhookSeen) seen(ctx context.Context, id string) bool {
 	return s.storage.Exists(ctx, s.key(id))
@@ -129,7 +132,7 @@ func (h *Triggers) serveConnectionWebhook(w http.ResponseWriter, r *http.Request
 			break
 		}
 	}
-	owner, err := h.conns.store.owner(ctx, connID) // connect_owner.go
+	owner, err := h.conns.store.Owner(ctx, connID) // connect/store_owner.go
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
@@ -145,12 +148,12 @@ func (h *Triggers) serveConnectionWebhook(w http.ResponseWriter, r *http.Request
 	if typ == "connection.expiry_scheduled" {
 		typ = "connection.expiring"
 	}
-	out, _ := json.Marshal(connectionEvent{Type: typ, Tenant: owner.tenant, User: owner.user, App: owner.rec.App,
+	out, _ := json.Marshal(connectionEvent{Type: typ, Tenant: owner.Tenant, User: owner.User, App: owner.Record.App,
 		ConnectionID: connID, ExpiresAt: in.ExpiresAt, Test: r.Header.Get("webhook-test") == "true", ZapierType: in.Type, Data: in.Data})
 	if err := h.sender.Send(ctx, id, out); err != nil {
 		connectionWebhooks.WithLabelValues("partner_failed").Inc()
 		h.logger.Warn("forwarding a connection webhook to deliver_to failed; Zapier will retry",
-			zap.String("identity", identityHash(owner.tenant, owner.user)), zap.Error(err))
+			zap.String("identity", identityHash(owner.Tenant, owner.User)), zap.Error(err))
 		writeError(w, &apiError{Status: http.StatusBadGateway, Code: "delivery_failed", Message: "the partner did not accept the event; retry later"})
 		return nil
 	}

@@ -1,5 +1,10 @@
 // Package connect holds the logic of Zapier's Connect flows that does not
-// depend on Caddy: reading what Connect sends back to the callback, and
+// depend on Caddy: the signed single-use state a flow carries (and its
+// offboarding), the store of a user's connections (several accounts per
+// app, under keyed storage names, owners sealed), checking a connection id
+// against the user's authentications, where a finished flow may send the
+// browser (return-to rules), the cookie binding flows to the browser that
+// started them, reading what Connect sends back to the callback, and
 // choosing which of the flows a browser has open that answer belongs to.
 // The zapier_connect handler (caddymodule) is the glue around it.
 package connect

@@ -418,7 +418,7 @@ func TestConnectRefusesConnectionsThatAreNotTheUsers(t *testing.T) {
 }
 
 // hostileReturnTos are open-redirect attempts GET start must refuse (the
-// unit tests of checkReturnTo have more).
+// unit tests of connect.CheckReturnTo have more).
 var hostileReturnTos = []string{
 	"//evil.example", "///evil.example", "/\\evil.example", "\\\\evil.example", "https:evil.example",
 	"https:/evil.example", "https://evil.example/", "javascript:alert(1)", "/%2F%2Fevil.example",

@@ -1,4 +1,4 @@
-package caddymodule
+package connect
 
 import (
 	"context"
@@ -21,11 +21,11 @@ var (
 	fuzzNow       = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 )
 
-func testState() *connectState {
-	return &connectState{
+func testState() *State {
+	return &State{
 		ID: "0123456789abcdef0123456789abcdef", Subject: fuzzStateKeys.subjectHash("org", "alice"),
 		App: "SlackCLIAPI", AppUUID: "81f613aa-c98a-4383-a5fc-195e68647217", ReturnTo: "/done",
-		Flow: connectFlowRedirect, NonceHash: nonceHash("nonce"), Expires: fuzzNow.Add(10 * time.Minute).UnixMilli(),
+		Flow: FlowRedirect, NonceHash: nonceHash("nonce"), Expires: fuzzNow.Add(10 * time.Minute).UnixMilli(),
 	}
 }
 
@@ -45,7 +45,7 @@ func TestStateEncodingRoundTripAndTampering(t *testing.T) {
 	}
 
 	parts := strings.Split(raw, ".")
-	forgedPayload := func(mutate func(*connectState)) string {
+	forgedPayload := func(mutate func(*State)) string {
 		st := testState()
 		mutate(st)
 		data, _ := json.Marshal(st)
@@ -65,9 +65,9 @@ func TestStateEncodingRoundTripAndTampering(t *testing.T) {
 		"garbage":           {"not a state", "malformed"},
 		"version":           {"v2." + parts[1] + "." + parts[2], "malformed"},
 		"extra part":        {raw + ".x", "malformed"},
-		"other app":         {forgedPayload(func(s *connectState) { s.App = "Other" }), "bad signature"},
-		"other return_to":   {forgedPayload(func(s *connectState) { s.ReturnTo = "https://evil.example" }), "bad signature"},
-		"longer expiry":     {forgedPayload(func(s *connectState) { s.Expires += 1 }), "bad signature"},
+		"other app":         {forgedPayload(func(s *State) { s.App = "Other" }), "bad signature"},
+		"other return_to":   {forgedPayload(func(s *State) { s.ReturnTo = "https://evil.example" }), "bad signature"},
+		"longer expiry":     {forgedPayload(func(s *State) { s.Expires += 1 }), "bad signature"},
 		"truncated mac":     {raw[:len(raw)-3], "bad signature"},
 		"padded mac":        {raw + "=", "malformed"},
 		"signed elsewhere":  {signedElsewhere, "bad signature"},
@@ -79,8 +79,8 @@ func TestStateEncodingRoundTripAndTampering(t *testing.T) {
 		"swapped mac parts": {parts[0] + "." + parts[2] + "." + parts[1], "bad signature"},
 	} {
 		_, err := decodeState(fuzzStateKeys, tc.raw, fuzzNow)
-		var serr *stateError
-		if !errors.As(err, &serr) || serr.reason != tc.reason {
+		var serr *StateError
+		if !errors.As(err, &serr) || serr.Reason != tc.reason {
 			t.Errorf("%s: err = %v, want reason %q", name, err, tc.reason)
 		}
 	}
@@ -97,7 +97,7 @@ func FuzzDecodeState(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw string) {
 		st, err := decodeState(fuzzStateKeys, raw, fuzzNow)
 		if err != nil {
-			var serr *stateError
+			var serr *StateError
 			if !errors.As(err, &serr) {
 				t.Fatalf("error of type %T: %v", err, err)
 			}
@@ -110,7 +110,7 @@ func FuzzDecodeState(f *testing.F) {
 		if _, err := decodeState(fuzzStateKeys, again, fuzzNow); err != nil {
 			t.Fatalf("a decoded state does not survive re-encoding: %v", err)
 		}
-		if st.Expires <= fuzzNow.UnixMilli() || (st.Flow != connectFlowPopup && st.Flow != connectFlowRedirect) {
+		if st.Expires <= fuzzNow.UnixMilli() || (st.Flow != FlowPopup && st.Flow != FlowRedirect) {
 			t.Fatalf("accepted an invalid state %+v", st)
 		}
 	})
@@ -122,15 +122,15 @@ func fileStorage(t *testing.T) certmagic.Storage {
 
 // flow issues a state on keeper k as (tenant, user) and returns the state
 // and a request carrying its cookie, as the browser's next request would.
-func issueFlow(t *testing.T, k *stateKeeper, tenant, user string) (string, *http.Request) {
+func issueFlow(t *testing.T, k *StateKeeper, tenant, user string) (string, *http.Request) {
 	t.Helper()
-	st := &connectState{App: "SlackCLIAPI", AppUUID: "81f613aa-c98a-4383-a5fc-195e68647217", Flow: connectFlowPopup}
-	raw, nonce, err := k.issue(context.Background(), st, tenant, user)
+	st := &State{App: "SlackCLIAPI", AppUUID: "81f613aa-c98a-4383-a5fc-195e68647217", Flow: FlowPopup}
+	raw, nonce, err := k.Issue(context.Background(), st, tenant, user)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := httptest.NewRecorder()
-	setNonceCookie(rec, httptest.NewRequest(http.MethodPost, "/token", nil), st, nonce, k.ttl, false)
+	SetFlowCookie(rec, httptest.NewRequest(http.MethodPost, "/token", nil), st.ID, nonce, k.ttl, false)
 	req := httptest.NewRequest(http.MethodPost, "/complete", nil)
 	for _, c := range rec.Result().Cookies() {
 		req.AddCookie(c)
@@ -139,9 +139,9 @@ func issueFlow(t *testing.T, k *stateKeeper, tenant, user string) (string, *http
 }
 
 func refusal(err error) string {
-	var serr *stateError
+	var serr *StateError
 	if errors.As(err, &serr) {
-		return serr.reason
+		return serr.Reason
 	}
 	if err != nil {
 		return "error: " + err.Error()
@@ -153,37 +153,37 @@ func TestStateKeeperBindingsAndSingleUseAcrossGateways(t *testing.T) {
 	ctx := context.Background()
 	storage := fileStorage(t)
 	// Two gateways sharing one storage.
-	a := newStateKeeper(ctx, storage, 10*time.Minute)
-	b := newStateKeeper(ctx, storage, 10*time.Minute)
+	a := NewStateKeeper(storage, 10*time.Minute)
+	b := NewStateKeeper(storage, 10*time.Minute)
 
 	raw, req := issueFlow(t, a, "org", "alice")
-	st, err := b.open(ctx, req, raw, connectFlowPopup, "org", "alice")
+	st, err := b.Open(ctx, req, raw, FlowPopup, "org", "alice")
 	if err != nil {
 		t.Fatalf("the other gateway cannot verify the state: %v", err)
 	}
-	if got := refusal(b.spend(ctx, st)); got != "" {
+	if got := refusal(b.Spend(ctx, st)); got != "" {
 		t.Fatalf("spend = %q", got)
 	}
-	if got := refusal(a.spend(ctx, st)); got != "already used" {
+	if got := refusal(a.Spend(ctx, st)); got != "already used" {
 		t.Errorf("replay on the first gateway: %q, want already used", got)
 	}
 
 	raw, req = issueFlow(t, a, "org", "alice")
 	for name, tc := range map[string]struct {
 		req          *http.Request
-		flow         connectFlow
+		flow         Flow
 		tenant, user string
 		want         string
 	}{
-		"other user":      {req, connectFlowPopup, "org", "mallory", "issued to another user"},
-		"other tenant":    {req, connectFlowPopup, "org2", "alice", "issued to another user"},
-		"split identity":  {req, connectFlowPopup, "orga", "lice", "issued to another user"},
-		"no cookie":       {httptest.NewRequest(http.MethodPost, "/complete", nil), connectFlowPopup, "org", "alice", "not started in this browser"},
-		"other flow":      {req, connectFlowRedirect, "org", "alice", "issued for the popup flow"},
-		"another flow's":  {withCookie(req, nonceCookieName, strings.Repeat("0", 32)+"~x"), connectFlowPopup, "org", "alice", "not started in this browser"},
-		"the right owner": {req, connectFlowPopup, "org", "alice", ""},
+		"other user":      {req, FlowPopup, "org", "mallory", "issued to another user"},
+		"other tenant":    {req, FlowPopup, "org2", "alice", "issued to another user"},
+		"split identity":  {req, FlowPopup, "orga", "lice", "issued to another user"},
+		"no cookie":       {httptest.NewRequest(http.MethodPost, "/complete", nil), FlowPopup, "org", "alice", "not started in this browser"},
+		"other flow":      {req, FlowRedirect, "org", "alice", "issued for the popup flow"},
+		"another flow's":  {withCookie(req, FlowCookieName, strings.Repeat("0", 32)+"~x"), FlowPopup, "org", "alice", "not started in this browser"},
+		"the right owner": {req, FlowPopup, "org", "alice", ""},
 	} {
-		_, err := a.open(ctx, tc.req, raw, tc.flow, tc.tenant, tc.user)
+		_, err := a.Open(ctx, tc.req, raw, tc.flow, tc.tenant, tc.user)
 		if got := refusal(err); got != tc.want {
 			t.Errorf("%s: %q, want %q", name, got, tc.want)
 		}
@@ -192,14 +192,14 @@ func TestStateKeeperBindingsAndSingleUseAcrossGateways(t *testing.T) {
 	// A wrong nonce in the right cookie.
 	st, _ = decodeState(mustKeys(t, a), raw, time.Now())
 	forged := httptest.NewRequest(http.MethodPost, "/complete", nil)
-	forged.AddCookie(&http.Cookie{Name: nonceCookieName, Value: st.ID + "~guessed"})
-	if _, err := a.open(ctx, forged, raw, connectFlowPopup, "org", "alice"); refusal(err) != "not started in this browser" {
+	forged.AddCookie(&http.Cookie{Name: FlowCookieName, Value: st.ID + "~guessed"})
+	if _, err := a.Open(ctx, forged, raw, FlowPopup, "org", "alice"); refusal(err) != "not started in this browser" {
 		t.Errorf("wrong nonce: %v", err)
 	}
 
 	// A gateway with other storage has another key.
-	c := newStateKeeper(ctx, fileStorage(t), 10*time.Minute)
-	if _, err := c.open(ctx, req, raw, connectFlowPopup, "org", "alice"); refusal(err) != "bad signature" {
+	c := NewStateKeeper(fileStorage(t), 10*time.Minute)
+	if _, err := c.Open(ctx, req, raw, FlowPopup, "org", "alice"); refusal(err) != "bad signature" {
 		t.Errorf("foreign gateway: %v", err)
 	}
 }
@@ -211,9 +211,9 @@ func withCookie(r *http.Request, name, value string) *http.Request {
 	return r2
 }
 
-func mustKeys(t *testing.T, k *stateKeeper) stateKeys {
+func mustKeys(t *testing.T, k *StateKeeper) StateKeys {
 	t.Helper()
-	keys, err := k.stateKeys(context.Background())
+	keys, err := k.Keys(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,14 +223,14 @@ func mustKeys(t *testing.T, k *stateKeeper) stateKeys {
 func TestStateKeyCreatedOnceUnderConcurrency(t *testing.T) {
 	storage := fileStorage(t)
 	const n = 4
-	keys := make([]stateKeys, n)
+	keys := make([]StateKeys, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			k := newStateKeeper(context.Background(), storage, time.Minute)
-			keys[i], _ = k.stateKeys(context.Background())
+			k := NewStateKeeper(storage, time.Minute)
+			keys[i], _ = k.Keys(context.Background())
 		}()
 	}
 	wg.Wait()
@@ -240,10 +240,10 @@ func TestStateKeyCreatedOnceUnderConcurrency(t *testing.T) {
 		}
 	}
 	// A corrupt stored key is an error, not a silently new key.
-	if err := storage.Store(context.Background(), stateKeyStorageKey, []byte("short")); err != nil {
+	if err := storage.Store(context.Background(), StateKeyStorageKey, []byte("short")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := newStateKeeper(context.Background(), storage, time.Minute).stateKeys(context.Background()); err == nil {
+	if _, err := NewStateKeeper(storage, time.Minute).Keys(context.Background()); err == nil {
 		t.Error("a malformed stored key was accepted")
 	}
 }
@@ -251,7 +251,7 @@ func TestStateKeyCreatedOnceUnderConcurrency(t *testing.T) {
 func TestConcurrentSpendsSucceedOnce(t *testing.T) {
 	ctx := context.Background()
 	storage := fileStorage(t)
-	raw, req := issueFlow(t, newStateKeeper(ctx, storage, time.Minute), "org", "alice")
+	raw, req := issueFlow(t, NewStateKeeper(storage, time.Minute), "org", "alice")
 	const n = 4
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -259,10 +259,10 @@ func TestConcurrentSpendsSucceedOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			k := newStateKeeper(ctx, storage, time.Minute)
-			st, err := k.open(ctx, req, raw, connectFlowPopup, "org", "alice")
+			k := NewStateKeeper(storage, time.Minute)
+			st, err := k.Open(ctx, req, raw, FlowPopup, "org", "alice")
 			if err == nil {
-				err = k.spend(ctx, st)
+				err = k.Spend(ctx, st)
 			}
 			errs[i] = err
 		}()
@@ -287,31 +287,59 @@ func TestExpiredStatesAndSweep(t *testing.T) {
 	ctx := context.Background()
 	storage := fileStorage(t)
 	now := time.Now()
-	k := newStateKeeper(ctx, storage, time.Minute)
+	k := NewStateKeeper(storage, time.Minute)
 	k.now = func() time.Time { return now }
-	k.sweeper.lastSweep.Store(now.UnixNano()) // sweeps run here, not in the background
 	raw, req := issueFlow(t, k, "org", "alice")
-	st, err := k.open(ctx, req, raw, connectFlowPopup, "org", "alice")
+	st, err := k.Open(ctx, req, raw, FlowPopup, "org", "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
 	now = now.Add(time.Minute)
-	if _, err := k.open(ctx, req, raw, connectFlowPopup, "org", "alice"); refusal(err) != "expired" {
+	if _, err := k.Open(ctx, req, raw, FlowPopup, "org", "alice"); refusal(err) != "expired" {
 		t.Errorf("after the TTL: %v, want expired", err)
 	}
 
 	// Spent records stay until their state expires, then a sweep drops them.
 	now = now.Add(-time.Minute)
-	if err := k.spend(ctx, st); err != nil {
+	if err := k.Spend(ctx, st); err != nil {
 		t.Fatal(err)
 	}
-	k.sweep(ctx)
+	k.Sweep(ctx)
 	if !storage.Exists(ctx, usedStatesPrefix+"/"+st.ID) {
 		t.Fatal("a live spent state was swept")
 	}
 	now = now.Add(2 * time.Minute)
-	k.sweep(ctx)
+	k.Sweep(ctx)
 	if storage.Exists(ctx, usedStatesPrefix+"/"+st.ID) {
 		t.Error("an expired spent state was kept")
+	}
+}
+
+// An MCP authorize state is refused by the Connect flows and the reverse.
+func TestMCPStateIsItsOwnFlow(t *testing.T) {
+	ctx := context.Background()
+	k := NewStateKeeper(fileStorage(t), 10*time.Minute)
+	st := &State{App: "SlackCLIAPI", AppUUID: "SlackCLIAPI", Flow: FlowMCP, ReturnTo: "/done"}
+	raw, nonce, err := k.Issue(ctx, st, "org", "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	SetFlowCookie(rec, httptest.NewRequest(http.MethodGet, "/authorize", nil), st.ID, nonce, k.ttl, false)
+	req := httptest.NewRequest(http.MethodGet, "/callback", nil)
+	for _, c := range rec.Result().Cookies() {
+		req.AddCookie(c)
+	}
+	for _, flow := range []Flow{FlowRedirect, FlowPopup} {
+		if _, err := k.Open(ctx, req, raw, flow, "org", "alice"); refusal(err) != "issued for the mcp flow" {
+			t.Errorf("%s flow: %v", flow, err)
+		}
+	}
+	if _, err := k.Open(ctx, req, raw, FlowMCP, "org", "alice"); err != nil {
+		t.Fatalf("mcp flow: %v", err)
+	}
+	raw2, req2 := issueFlow(t, k, "org", "alice")
+	if _, err := k.Open(ctx, req2, raw2, FlowMCP, "org", "alice"); refusal(err) != "issued for the popup flow" {
+		t.Errorf("popup state on the mcp flow: %v", err)
 	}
 }

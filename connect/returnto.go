@@ -1,4 +1,4 @@
-package caddymodule
+package connect
 
 import (
 	"errors"
@@ -6,16 +6,18 @@ import (
 	"strings"
 )
 
-// maxReturnTo bounds return_to; it travels in the state and in a URL.
-const maxReturnTo = 2048
+// MaxReturnTo bounds return_to; it travels in the state and in a URL.
+const MaxReturnTo = 2048
 
 // maxUnescapes is how many layers of percent-encoding are looked through.
 // A value still changing after that many decodings is refused.
 const maxUnescapes = 3
 
-var errReturnTo = errors.New("return_to must be a path on this site (starting with a single /) or a URL on one of return_origins")
+// ErrReturnTo is CheckReturnTo's refusal; its text is the API error's
+// message.
+var ErrReturnTo = errors.New("return_to must be a path on this site (starting with a single /) or a URL on one of return_origins")
 
-// checkReturnTo accepts where a finished redirect flow may send the browser:
+// CheckReturnTo accepts where a finished redirect flow may send the browser:
 // a relative path starting with a single "/", or an absolute URL that starts
 // exactly with one of origins (scheme://host[:port], as configured) followed
 // by "/", "?", "#" or nothing. Everything browsers are known to read as
@@ -24,20 +26,20 @@ var errReturnTo = errors.New("return_to must be a path on this site (starting wi
 // whitespace (browsers drop tabs and newlines from URLs, so "/\t/host" is
 // "//host"), and "//" anywhere in the path. Raw non-ASCII bytes are refused
 // too: a browser percent-encodes them.
-func checkReturnTo(raw string, origins []string) error {
-	if raw == "" || len(raw) > maxReturnTo {
-		return errReturnTo
+func CheckReturnTo(raw string, origins []string) error {
+	if raw == "" || len(raw) > MaxReturnTo {
+		return ErrReturnTo
 	}
 	for i := 0; i < len(raw); i++ {
 		if raw[i] >= 0x80 { // a URL that a browser sends is percent-encoded
-			return errReturnTo
+			return ErrReturnTo
 		}
 	}
 	rel := raw
 	if !strings.HasPrefix(raw, "/") {
 		rest, ok := cutOrigin(raw, origins)
 		if !ok {
-			return errReturnTo
+			return ErrReturnTo
 		}
 		if rest == "" {
 			return nil
@@ -47,24 +49,24 @@ func checkReturnTo(raw string, origins []string) error {
 		}
 		u, err := url.Parse(raw)
 		if err != nil || u.User != nil || u.Opaque != "" {
-			return errReturnTo
+			return ErrReturnTo
 		}
 		rel = rest
 	}
 	for range maxUnescapes + 1 {
 		if !safeRelative(rel) {
-			return errReturnTo
+			return ErrReturnTo
 		}
 		dec, err := url.PathUnescape(rel)
 		if err != nil {
-			return errReturnTo
+			return ErrReturnTo
 		}
 		if dec == rel {
 			return nil
 		}
 		rel = dec
 	}
-	return errReturnTo
+	return ErrReturnTo
 }
 
 // cutOrigin returns what follows an allowed origin at the start of raw.
@@ -103,9 +105,9 @@ func safeRelative(p string) bool {
 	return !strings.Contains(path, "//")
 }
 
-// withOutcome adds the outcome parameters to a validated return_to, keeping
+// WithOutcome adds the outcome parameters to a validated return_to, keeping
 // its own query and fragment.
-func withOutcome(returnTo string, params url.Values) string {
+func WithOutcome(returnTo string, params url.Values) string {
 	base, frag, hasFrag := strings.Cut(returnTo, "#")
 	switch {
 	case !strings.Contains(base, "?"):

@@ -1,4 +1,4 @@
-package caddymodule
+package connect
 
 import (
 	"net/url"
@@ -25,8 +25,8 @@ func TestCheckReturnToAccepts(t *testing.T) {
 		"https://app.example.com#top",
 		"http://localhost:3000/done",
 	} {
-		if err := checkReturnTo(rt, testReturnOrigins); err != nil {
-			t.Errorf("checkReturnTo(%q) = %v, want accepted", rt, err)
+		if err := CheckReturnTo(rt, testReturnOrigins); err != nil {
+			t.Errorf("CheckReturnTo(%q) = %v, want accepted", rt, err)
 		}
 	}
 }
@@ -86,17 +86,17 @@ var hostileReturnTos = []string{
 	"http://app.example.com/", // scheme differs
 	"http://localhost:3000.evil.example/",
 	"http://localhost:30000/",
-	"/" + strings.Repeat("a", maxReturnTo),
+	"/" + strings.Repeat("a", MaxReturnTo),
 }
 
 func TestCheckReturnToRefusesHostileVariants(t *testing.T) {
 	for _, rt := range hostileReturnTos {
-		if err := checkReturnTo(rt, testReturnOrigins); err == nil {
-			t.Errorf("checkReturnTo(%q) accepted an open redirect", rt)
+		if err := CheckReturnTo(rt, testReturnOrigins); err == nil {
+			t.Errorf("CheckReturnTo(%q) accepted an open redirect", rt)
 		}
 	}
 	// With no return_origins, every absolute URL is refused.
-	if err := checkReturnTo("https://app.example.com/", nil); err == nil {
+	if err := CheckReturnTo("https://app.example.com/", nil); err == nil {
 		t.Error("an absolute URL was accepted with no return_origins")
 	}
 }
@@ -112,8 +112,8 @@ func TestWithOutcome(t *testing.T) {
 		"https://app.example.com":    "https://app.example.com?zapier_connect=success&zapier_connection_id=42",
 		"https://app.example.com/?a": "https://app.example.com/?a&zapier_connect=success&zapier_connection_id=42",
 	} {
-		if got := withOutcome(in, params); got != want {
-			t.Errorf("withOutcome(%q) = %q, want %q", in, got, want)
+		if got := WithOutcome(in, params); got != want {
+			t.Errorf("WithOutcome(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
@@ -128,7 +128,7 @@ func FuzzCheckReturnTo(f *testing.F) {
 	base, _ := url.Parse("https://partner.example/app/page?q=1")
 	allowedHosts := map[string]bool{"partner.example": true, "app.example.com": true, "localhost:3000": true}
 	f.Fuzz(func(t *testing.T, rt string) {
-		if checkReturnTo(rt, testReturnOrigins) != nil {
+		if CheckReturnTo(rt, testReturnOrigins) != nil {
 			return
 		}
 		if strings.ContainsAny(rt, "\\\t\n\r\x00") {
@@ -150,9 +150,9 @@ func FuzzCheckReturnTo(f *testing.F) {
 			}
 			browserish = dec
 		}
-		out := withOutcome(rt, url.Values{"zapier_connect": {"success"}})
+		out := WithOutcome(rt, url.Values{"zapier_connect": {"success"}})
 		if !strings.HasPrefix(out, strings.SplitN(strings.SplitN(rt, "#", 2)[0], "?", 2)[0]) {
-			t.Fatalf("withOutcome(%q) = %q changed the target", rt, out)
+			t.Fatalf("WithOutcome(%q) = %q changed the target", rt, out)
 		}
 	})
 }

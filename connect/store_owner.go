@@ -1,4 +1,4 @@
-package caddymodule
+package connect
 
 import (
 	"context"
@@ -11,21 +11,19 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
-
-	"github.com/zapgate/caddy-zapier/connect"
 )
 
 // A stored connection's path names its owner only by a keyed hash
-// (storage_names.go). Connection webhooks name the connection, not the
+// (store.go). Connection webhooks name the connection, not the
 // user, so the record also carries its owner sealed (AES-256-GCM under a
 // key derived from the storage-name key, bound to the connection and app):
 // the gateway can map a connection back to (tenant, user); storage alone
 // does not tell who is connected.
 
-// connectionOwner is who a stored connection belongs to.
-type connectionOwner struct {
-	tenant, user string
-	rec          connectionRecord
+// OwnedRecord is a stored connection and who it belongs to.
+type OwnedRecord struct {
+	Tenant, User string
+	Record       Record
 }
 
 type sealedOwner struct {
@@ -33,8 +31,12 @@ type sealedOwner struct {
 	User   string `json:"u"`
 }
 
-func ownerAEAD(keys stateKeys) (cipher.AEAD, error) {
-	m := hmac.New(sha256.New, keys.names)
+// OwnerAEAD seals owners into records; it is derived from the storage-name
+// key, so it is the same on every gateway sharing the storage. Other
+// records that must name identities only sealed (the forget log) use it
+// with their own additional data.
+func OwnerAEAD(keys StateKeys) (cipher.AEAD, error) {
+	m := hmac.New(sha256.New, keys.NamesKey())
 	m.Write([]byte("caddy-zapier connection owner v1"))
 	block, err := aes.NewCipher(m.Sum(nil))
 	if err != nil {
@@ -43,17 +45,17 @@ func ownerAEAD(keys stateKeys) (cipher.AEAD, error) {
 	return cipher.NewGCM(block)
 }
 
-func ownerAAD(rec *connectionRecord) []byte {
+func ownerAAD(rec *Record) []byte {
 	return []byte(rec.ConnectionID + "\x00" + rec.AppUUID)
 }
 
 // sealOwner sets rec.Owner to (tenant, user), sealed.
-func (s *connectionStore) sealOwner(ctx context.Context, rec *connectionRecord, tenant, user string) error {
-	keys, err := s.keys.stateKeys(ctx)
+func (s *Store) sealOwner(ctx context.Context, rec *Record, tenant, user string) error {
+	keys, err := s.keys.Keys(ctx)
 	if err != nil {
 		return err
 	}
-	aead, err := ownerAEAD(keys)
+	aead, err := OwnerAEAD(keys)
 	if err != nil {
 		return err
 	}
@@ -66,7 +68,7 @@ func (s *connectionStore) sealOwner(ctx context.Context, rec *connectionRecord, 
 	return nil
 }
 
-func openOwner(aead cipher.AEAD, rec *connectionRecord) (tenant, user string, ok bool) {
+func openOwner(aead cipher.AEAD, rec *Record) (tenant, user string, ok bool) {
 	raw, err := base64.RawURLEncoding.DecodeString(rec.Owner)
 	if err != nil || len(raw) < aead.NonceSize() {
 		return "", "", false
@@ -82,30 +84,30 @@ func openOwner(aead cipher.AEAD, rec *connectionRecord) (tenant, user string, ok
 	return o.Tenant, o.User, true
 }
 
-// owner maps a Zapier connection id back to the stored connection and the
+// Owner maps a Zapier connection id back to the stored connection and the
 // (tenant, user) that stored it; nil when no record of this version names
 // it (records stored before owners were sealed cannot be mapped).
-func (s *connectionStore) owner(ctx context.Context, connID string) (*connectionOwner, error) {
+func (s *Store) Owner(ctx context.Context, connID string) (*OwnedRecord, error) {
 	if connID == "" {
 		return nil, nil
 	}
-	var found *connectionOwner
-	err := s.eachOwned(ctx, func(o *connectionOwner) bool {
-		if o.rec.ConnectionID == connID {
+	var found *OwnedRecord
+	err := s.EachOwned(ctx, func(o *OwnedRecord) bool {
+		if o.Record.ConnectionID == connID {
 			found = o
 			return false
 		}
 		return true
-	}, func(rec *connectionRecord) bool { return rec.ConnectionID == connID })
+	}, func(rec *Record) bool { return rec.ConnectionID == connID })
 	return found, err
 }
 
-// ownedBy returns every stored connection of a tenant's users, by their
+// OwnedBy returns every stored connection of a tenant's users, by their
 // sealed owners (offboarding a tenant: storage names only hash identities).
-func (s *connectionStore) ownedBy(ctx context.Context, tenant string) ([]connectionOwner, error) {
-	var out []connectionOwner
-	err := s.eachOwned(ctx, func(o *connectionOwner) bool {
-		if o.tenant == tenant {
+func (s *Store) OwnedBy(ctx context.Context, tenant string) ([]OwnedRecord, error) {
+	var out []OwnedRecord
+	err := s.EachOwned(ctx, func(o *OwnedRecord) bool {
+		if o.Tenant == tenant {
 			out = append(out, *o)
 		}
 		return true
@@ -113,19 +115,19 @@ func (s *connectionStore) ownedBy(ctx context.Context, tenant string) ([]connect
 	return out, err
 }
 
-// eachOwned calls fn with every stored record whose owner opens (and, when
+// EachOwned calls fn with every stored record whose owner opens (and, when
 // pre is given, that pre accepts before the owner is opened), until fn
 // returns false.
-func (s *connectionStore) eachOwned(ctx context.Context, fn func(*connectionOwner) bool, pre func(*connectionRecord) bool) error {
-	keys, err := s.keys.stateKeys(ctx)
+func (s *Store) EachOwned(ctx context.Context, fn func(*OwnedRecord) bool, pre func(*Record) bool) error {
+	keys, err := s.keys.Keys(ctx)
 	if err != nil {
 		return err
 	}
-	aead, err := ownerAEAD(keys)
+	aead, err := OwnerAEAD(keys)
 	if err != nil {
 		return err
 	}
-	paths, err := s.storage.List(ctx, connectionsPrefix, true)
+	paths, err := s.storage.List(ctx, ConnectionsPrefix, true)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -146,7 +148,7 @@ func (s *connectionStore) eachOwned(ctx context.Context, fn func(*connectionOwne
 				continue
 			}
 			if tenant, user, ok := openOwner(aead, &rec); ok {
-				if !fn(&connectionOwner{tenant: tenant, user: user, rec: rec}) {
+				if !fn(&OwnedRecord{Tenant: tenant, User: user, Record: rec}) {
 					return nil
 				}
 			}
@@ -155,11 +157,11 @@ func (s *connectionStore) eachOwned(ctx context.Context, fn func(*connectionOwne
 	return nil
 }
 
-// public is the record as the partner sees it: without the sealed owner.
-func (r connectionRecord) public() connectionRecord {
+// Public is the record as the partner sees it: without the sealed owner.
+func (r Record) Public() Record {
 	r.Owner = ""
 	if r.Status == "" {
-		r.Status = connect.StatusOK
+		r.Status = StatusOK
 	}
 	return r
 }

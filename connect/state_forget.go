@@ -1,4 +1,4 @@
-package caddymodule
+package connect
 
 import (
 	"context"
@@ -8,26 +8,26 @@ import (
 	"strconv"
 )
 
-// Offboarding's part of the connect states (connect_state.go): marks that
+// Offboarding's part of the connect states (state.go): marks that
 // refuse the states of offboarded users and tenants, and forgetting their
 // pending redirect flows.
 
-func forgottenUserMark(keys stateKeys, tenant, user string) string {
-	return forgottenPrefix + "/u" + storageKeyPart(keys.subjectHash(tenant, user))
+func forgottenUserMark(keys StateKeys, tenant, user string) string {
+	return forgottenPrefix + "/u" + StorageKeyPart(keys.subjectHash(tenant, user))
 }
 
-func forgottenTenantMark(keys stateKeys, tenant string) string {
-	return forgottenPrefix + "/t" + storageKeyPart(keys.tenantHash(tenant))
+func forgottenTenantMark(keys StateKeys, tenant string) string {
+	return forgottenPrefix + "/t" + StorageKeyPart(keys.tenantHash(tenant))
 }
 
 // offboardedSince reports whether st's user or tenant was offboarded after
 // st was issued (a state without an issue time counts as older). The marks
 // are named as forgottenUserMark and forgottenTenantMark name them, from
 // the hashes the state carries.
-func (k *stateKeeper) offboardedSince(ctx context.Context, st *connectState) (bool, error) {
-	marks := []string{forgottenPrefix + "/u" + storageKeyPart(st.Subject)}
+func (k *StateKeeper) offboardedSince(ctx context.Context, st *State) (bool, error) {
+	marks := []string{forgottenPrefix + "/u" + StorageKeyPart(st.Subject)}
 	if st.Tenant != "" {
-		marks = append(marks, forgottenPrefix+"/t"+storageKeyPart(st.Tenant))
+		marks = append(marks, forgottenPrefix+"/t"+StorageKeyPart(st.Tenant))
 	}
 	for _, mark := range marks {
 		data, err := k.storage.Load(ctx, mark)
@@ -45,12 +45,12 @@ func (k *stateKeeper) offboardedSince(ctx context.Context, st *connectState) (bo
 	return false, nil
 }
 
-// forget offboards a user (or, with user empty, a tenant) from the connect
+// Forget offboards a user (or, with user empty, a tenant) from the connect
 // flows: states issued to them until now are refused from now on, on every
 // gateway sharing the storage, and their pending redirect flows are
 // deleted. It returns how many pending flows it deleted.
-func (k *stateKeeper) forget(ctx context.Context, tenant, user string) (int, error) {
-	keys, err := k.stateKeys(ctx)
+func (k *StateKeeper) Forget(ctx context.Context, tenant, user string) (int, error) {
+	keys, err := k.Keys(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -90,12 +90,12 @@ func (k *stateKeeper) forget(ctx context.Context, tenant, user string) (int, err
 }
 
 // sweepForgotten deletes offboarding marks older than any state can live.
-func (k *stateKeeper) sweepForgotten(ctx context.Context) {
+func (k *StateKeeper) sweepForgotten(ctx context.Context) {
 	names, err := k.storage.List(ctx, forgottenPrefix, false)
 	if err != nil {
 		return
 	}
-	cutoff := k.now().Add(-maxStateTTL)
+	cutoff := k.now().Add(-MaxStateTTL)
 	for _, name := range names {
 		if ctx.Err() != nil {
 			return
