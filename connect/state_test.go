@@ -110,7 +110,7 @@ func FuzzDecodeState(f *testing.F) {
 		if _, err := decodeState(fuzzStateKeys, again, fuzzNow); err != nil {
 			t.Fatalf("a decoded state does not survive re-encoding: %v", err)
 		}
-		if st.Expires <= fuzzNow.UnixMilli() || (st.Flow != FlowPopup && st.Flow != FlowRedirect) {
+		if st.Expires <= fuzzNow.UnixMilli() || (st.Flow != FlowPopup && st.Flow != FlowRedirect && st.Flow != FlowMCP) {
 			t.Fatalf("accepted an invalid state %+v", st)
 		}
 	})
