@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/tokencache"
@@ -39,13 +39,7 @@ const (
 	maxRunWait             = 120 * time.Second
 	defaultPollInterval    = 500 * time.Millisecond
 	defaultMaxPollInterval = 5 * time.Second
-	// runRetention is how long Zapier keeps a run (zapier-api.md §4.6);
-	// the gateway forgets who owns a run after that too.
-	runRetention    = 7 * 24 * time.Hour
-	runSweepEvery   = time.Hour
-	runsPrefix      = "zapier/action-runs"
-	maxActionKeyLen = 256
-	maxRunIDLen     = 128
+	maxActionKeyLen        = 256
 )
 
 // Actions is the zapier_actions responder: a partner backend lists a user's
@@ -98,7 +92,7 @@ type Actions struct {
 	rules     identityRules
 	apps      appMap
 	store     *connect.Store
-	runs      *runStore
+	runs      *actions.RunStore
 	logger    *zap.Logger
 }
 
@@ -146,7 +140,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.app = app
 	h.rules = app.identityRules()
 	h.store = newConnectionStore(storage)
-	h.runs = &runStore{storage: storage, now: time.Now, bg: bg, keys: newStateKeeper(bg, storage, 0)}
+	h.runs = actions.NewRunStore(bg, storage, newStateKeeper(bg, storage, 0))
 	h.callbacks = new(callbackWaiters)
 	once, err := newRunOnce(bg, storage)
 	if err != nil {
@@ -450,11 +444,11 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 		h.logFailure("action run not created", key, err, zap.String("app", ids.connect), zap.String("action", req.Action))
 		return fail(h.rejection(ctx, key, ids, rec, err))
 	}
-	if !validRunID(runID) {
+	if !actions.ValidRunID(runID) {
 		return fail(&apiError{Status: http.StatusBadGateway, Code: "zapier_api_failed",
 			Message: "Zapier created the run but sent an unusable run id"})
 	}
-	if err := h.runs.put(ctx, runID, key, ids.uuid, req.Action); err != nil {
+	if err := h.runs.Put(ctx, runID, key, ids.uuid, req.Action); err != nil {
 		// The run exists: answer with it anyway; only runs/{id} will not know it.
 		h.logger.Error("recording the owner of an action run", zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err))
 	}
@@ -567,11 +561,11 @@ func (h *Actions) writeRun(w http.ResponseWriter, run zapierapi.ActionRun, locat
 
 func (h *Actions) serveRunStatus(w http.ResponseWriter, r *http.Request, key tokencache.Key, runID string) error {
 	ctx := r.Context()
-	var rec *runRecord
+	var rec *actions.RunRecord
 	mine := false
-	if validRunID(runID) {
+	if actions.ValidRunID(runID) {
 		var err error
-		if rec, mine, err = h.runs.owned(ctx, runID, key); err != nil {
+		if rec, mine, err = h.runs.Owned(ctx, runID, key); err != nil {
 			return h.fail(w, r, err)
 		}
 	}
@@ -581,7 +575,7 @@ func (h *Actions) serveRunStatus(w http.ResponseWriter, r *http.Request, key tok
 			Message: "no run with this id was started by this user through the gateway"})
 	}
 	if rec.Result != nil { // delivered by Zapier's callback: no call needed
-		h.writeRun(w, rec.Result.run(runID), "", 0)
+		h.writeRun(w, rec.Result.Run(runID), "", 0)
 		return nil
 	}
 	run, err := h.poll(ctx, key, runID)
@@ -736,101 +730,6 @@ func (h *Actions) logFailure(msg string, key tokencache.Key, err error, fields .
 	}
 	if ce := h.logger.Check(level, msg); ce != nil {
 		ce.Write(append(fields, zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err))...)
-	}
-}
-
-// validRunID accepts what can be a Zapier run id (a UUID, or ids such as
-// arun_abc123): printable ASCII without '/', at most 128 bytes.
-func validRunID(id string) bool {
-	if id == "" || len(id) > maxRunIDLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; c <= ' ' || c >= 0x7f || c == '/' {
-			return false
-		}
-	}
-	return true
-}
-
-// runStore remembers who started which run, in Caddy storage, so runs/{id}
-// answers the owner, and only the owner, on every gateway sharing the
-// storage and after restarts. A record holds a keyed hash of the identity
-// (storage_names.go), never the identity itself, and is forgotten after
-// Zapier's retention.
-type runStore struct {
-	storage certmagic.Storage
-	now     func() time.Time
-	bg      context.Context // bounds background sweeps; ends with the config
-	keys    *stateKeeper    // the storage-name key
-
-	sweeper sweeper
-}
-
-type runRecord struct {
-	Owner   string    `json:"owner"` // runOwner of (tenant, user)
-	App     string    `json:"app"`   // the app's UUID
-	Action  string    `json:"action"`
-	Created time.Time `json:"created"`
-	// Result is the finished run, when Zapier's callback delivered it.
-	Result *runResult `json:"result,omitempty"`
-}
-
-func runKey(runID string) string { return path.Join(runsPrefix, connect.StorageKeyPart(runID)) }
-
-func (s *runStore) put(ctx context.Context, runID string, key tokencache.Key, appUUID, action string) error {
-	owner, err := runOwner(ctx, s.keys, key)
-	if err != nil {
-		return err
-	}
-	data, err := json.Marshal(runRecord{Owner: owner, App: appUUID, Action: action, Created: s.now().UTC()})
-	if err != nil {
-		return fmt.Errorf("encoding run record: %w", err)
-	}
-	if err := s.storage.Store(ctx, runKey(runID), data); err != nil {
-		return fmt.Errorf("storing run record: %w", err)
-	}
-	s.maybeSweep()
-	return nil
-}
-
-// owned returns the run's record and whether this identity started it
-// (nil when there is no such run, or it is past Zapier's retention).
-func (s *runStore) owned(ctx context.Context, runID string, key tokencache.Key) (*runRecord, bool, error) {
-	rec, err := s.get(ctx, runID)
-	if err != nil || rec == nil {
-		return nil, false, err
-	}
-	owner, err := runOwner(ctx, s.keys, key)
-	if err != nil {
-		return nil, false, err
-	}
-	return rec, rec.Owner == owner || rec.Owner == legacyOwnerHash(key), nil // storage_names.go
-}
-
-// maybeSweep deletes records older than the retention, at most once per
-// runSweepEvery per gateway, in the background.
-func (s *runStore) maybeSweep() {
-	s.sweeper.maybe(s.bg, s.now(), runSweepEvery, s.sweep)
-}
-
-func (s *runStore) sweep(ctx context.Context) {
-	keys, err := s.storage.List(ctx, runsPrefix, false)
-	if err != nil {
-		return
-	}
-	cutoff := s.now().Add(-runRetention)
-	for _, k := range keys {
-		if ctx.Err() != nil {
-			return
-		}
-		if !connect.IsKeyPart(path.Base(k)) {
-			continue
-		}
-		info, err := s.storage.Stat(ctx, k)
-		if err == nil && info.Modified.Before(cutoff) {
-			_ = s.storage.Delete(ctx, k)
-		}
 	}
 }
 

@@ -2,11 +2,9 @@ package caddymodule
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"net/url"
 	"sync"
@@ -16,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -26,12 +25,6 @@ const (
 	// defaultCallbackTimeout is how long POST run waits for Zapier's
 	// callback before it polls instead.
 	defaultCallbackTimeout = 20 * time.Second
-	// callbackStoragePoll is how often a waiting run re-reads its record,
-	// for a callback that reached another sidecar sharing the storage.
-	callbackStoragePoll = 100 * time.Millisecond
-	// callbackRecordGrace covers a callback that arrives before the run's
-	// creator has recorded the run (Zapier can call back at once).
-	callbackRecordGrace = 2 * time.Second
 )
 
 // runCallbacks counts deliveries to the callback route, by outcome.
@@ -43,18 +36,6 @@ var runCallbacks = func() *prometheus.CounterVec {
 	}
 	return c
 }()
-
-// runResult is a finished run as its callback delivered it.
-type runResult struct {
-	Status   string          `json:"status"`
-	Results  json.RawMessage `json:"results"`
-	Errors   json.RawMessage `json:"errors"`
-	Received time.Time       `json:"received"`
-}
-
-func (r *runResult) run(id string) zapierapi.ActionRun {
-	return zapierapi.ActionRun{ID: id, Status: r.Status, Results: r.Results, Errors: r.Errors}
-}
 
 // callbackWaiters wakes the runs waiting in this process when their
 // callback arrives here; runs waiting on other sidecars read storage.
@@ -178,12 +159,12 @@ func (h *Actions) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		return refuse("bad_signature", &apiError{Status: http.StatusUnauthorized, Code: "callback_signature_invalid",
 			Message: "the signature was made for another run"})
 	}
-	result := &runResult{Status: delivery.Status, Results: delivery.Results, Errors: delivery.Errors, Received: time.Now().UTC()}
-	switch err := h.runs.complete(r.Context(), delivery.RunID, result); {
-	case errors.Is(err, errRunUnknown):
+	result := &actions.RunResult{Status: delivery.Status, Results: delivery.Results, Errors: delivery.Errors, Received: time.Now().UTC()}
+	switch err := h.runs.Complete(r.Context(), delivery.RunID, result); {
+	case errors.Is(err, actions.ErrRunUnknown):
 		return refuse("unknown_run", &apiError{Status: http.StatusNotFound, Code: "run_not_found",
 			Message: "no run with this id was created through this gateway"})
-	case errors.Is(err, errRunCompleted):
+	case errors.Is(err, actions.ErrRunCompleted):
 		return refuse("replayed", &apiError{Status: http.StatusConflict, Code: "callback_replayed",
 			Message: "this run's result was already delivered"})
 	case err != nil:
@@ -205,11 +186,11 @@ func (h *Actions) awaitCallback(ctx context.Context, runID string, until time.Ti
 	defer unsubscribe()
 	deadline := time.NewTimer(time.Until(until))
 	defer deadline.Stop()
-	tick := time.NewTicker(callbackStoragePoll)
+	tick := time.NewTicker(actions.CallbackStoragePoll)
 	defer tick.Stop()
 	for {
-		if rec, err := h.runs.get(ctx, runID); err == nil && rec != nil && rec.Result != nil {
-			return rec.Result.run(runID), true
+		if rec, err := h.runs.Get(ctx, runID); err == nil && rec != nil && rec.Result != nil {
+			return rec.Result.Run(runID), true
 		}
 		select {
 		case <-ctx.Done():
@@ -220,68 +201,4 @@ func (h *Actions) awaitCallback(ctx context.Context, runID string, until time.Ti
 		case <-tick.C:
 		}
 	}
-}
-
-var (
-	errRunUnknown   = errors.New("unknown run")
-	errRunCompleted = errors.New("run already completed")
-)
-
-// complete stores a run's result once, under the storage lock so two
-// sidecars receiving the same delivery accept it once between them.
-func (s *runStore) complete(ctx context.Context, runID string, result *runResult) error {
-	if !validRunID(runID) {
-		return errRunUnknown
-	}
-	key := runKey(runID)
-	grace := time.Now().Add(callbackRecordGrace)
-	for {
-		if err := s.storage.Lock(ctx, key); err != nil {
-			return fmt.Errorf("locking run record: %w", err)
-		}
-		rec, err := s.get(ctx, runID)
-		if err == nil && rec != nil && rec.Result == nil {
-			rec.Result = result
-			var data []byte
-			if data, err = json.Marshal(rec); err == nil {
-				err = s.storage.Store(ctx, key, data)
-			}
-		}
-		_ = s.storage.Unlock(context.WithoutCancel(ctx), key)
-		switch {
-		case err != nil:
-			return err
-		case rec != nil && rec.Result != result:
-			return errRunCompleted
-		case rec != nil:
-			return nil
-		case time.Now().After(grace):
-			return errRunUnknown
-		}
-		select {
-		case <-ctx.Done():
-			return errRunUnknown
-		case <-time.After(callbackStoragePoll):
-		}
-	}
-}
-
-// get loads a run's record; nil when there is none (or it is past Zapier's
-// retention).
-func (s *runStore) get(ctx context.Context, runID string) (*runRecord, error) {
-	data, err := s.storage.Load(ctx, runKey(runID))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("loading run record: %w", err)
-	}
-	var rec runRecord
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fmt.Errorf("decoding run record: %w", err)
-	}
-	if s.now().Sub(rec.Created) >= runRetention {
-		return nil, nil
-	}
-	return &rec, nil
 }

@@ -85,7 +85,7 @@ func TestCallbackOnAnotherSidecarFinishesTheWaitingRun(t *testing.T) {
 	if err := other.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	if err := other.provision(context.Background(), e.h.app, e.h.runs.storage, zap.NewNop()); err != nil {
+	if err := other.provision(context.Background(), e.h.app, e.h.runs.Storage, zap.NewNop()); err != nil {
 		t.Fatal(err)
 	}
 

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/idempotency"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
@@ -60,7 +61,7 @@ func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key token
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	h.once.sweeper.maybe(h.once.bg, time.Now(), idempotencySweepEvery, func(ctx context.Context) { _, _ = h.once.store.Sweep(ctx) })
 
-	scope, err := runOwner(r.Context(), h.runs.keys, key) // keyed: storage never names the user
+	scope, err := actions.Owner(r.Context(), h.runs.Keys, key) // keyed: storage never names the user
 	if err != nil {
 		return h.fail(w, r, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -585,28 +586,29 @@ func TestRunOwnershipSurvivesAnotherGateway(t *testing.T) {
 	}
 	// A second handler on the same storage (another gateway, or after a
 	// restart) knows who owns the run.
-	other := &runStore{storage: e.h.runs.storage, now: time.Now, bg: context.Background(), keys: newStateKeeper(context.Background(), e.h.runs.storage, 0)}
-	if _, ok, err := other.owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); !ok || err != nil {
+	other := actions.NewRunStore(context.Background(), e.h.runs.Storage, newStateKeeper(context.Background(), e.h.runs.Storage, 0))
+	if _, ok, err := other.Owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); !ok || err != nil {
 		t.Errorf("owner: %v %v", ok, err)
 	}
 	for _, k := range []tokencache.Key{{Tenant: "org", User: "bob"}, {Tenant: "org2", User: "alice"}, {Tenant: "orgalice"}} {
-		if _, ok, _ := other.owned(context.Background(), "run-1", k); ok {
+		if _, ok, _ := other.Owned(context.Background(), "run-1", k); ok {
 			t.Errorf("%+v owns alice's run", k)
 		}
 	}
 	// The record names no identity, and is forgotten after Zapier's retention.
-	data, err := e.h.runs.storage.Load(context.Background(), runKey("run-1"))
+	data, err := e.h.runs.Storage.Load(context.Background(), actions.RunKey("run-1"))
 	if err != nil || strings.Contains(string(data), "alice") {
 		t.Errorf("record %s, %v", data, err)
 	}
-	later := &runStore{storage: e.h.runs.storage, now: func() time.Time { return time.Now().Add(runRetention) }, bg: context.Background(), keys: newStateKeeper(context.Background(), e.h.runs.storage, 0)}
-	if _, ok, _ := later.owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); ok {
+	later := actions.NewRunStore(context.Background(), e.h.runs.Storage, newStateKeeper(context.Background(), e.h.runs.Storage, 0))
+	later.Now = func() time.Time { return time.Now().Add(actions.RunRetention) }
+	if _, ok, _ := later.Owned(context.Background(), "run-1", tokencache.Key{Tenant: "org", User: "alice"}); ok {
 		t.Error("a record older than the retention still counts")
 	}
 	// The sweep deletes records by their storage age.
-	later.now = func() time.Time { return time.Now().Add(runRetention + time.Minute) }
-	later.sweep(context.Background())
-	if e.h.runs.storage.Exists(context.Background(), runKey("run-1")) {
+	later.Now = func() time.Time { return time.Now().Add(actions.RunRetention + time.Minute) }
+	later.Sweep(context.Background())
+	if e.h.runs.Storage.Exists(context.Background(), actions.RunKey("run-1")) {
 		t.Error("sweep kept an expired record")
 	}
 }

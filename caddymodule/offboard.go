@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
@@ -140,7 +141,7 @@ func (g *offboardGateway) ForgetIdentities(ctx context.Context, tenant, user str
 	n, err := g.states.Forget(ctx, tenant, user)
 	f.PendingFlows = n
 	errs = append(errs, err)
-	f.Runs, err = forgetRuns(ctx, g.storage, g.states, ids)
+	f.Runs, err = actions.ForgetRuns(ctx, g.storage, g.states, ids)
 	errs = append(errs, err)
 	for _, id := range ids {
 		if g.app.tokens.evict(ctx, tokencache.Key{Tenant: id.Tenant, User: id.User}) {
@@ -161,48 +162,6 @@ func (g *offboardGateway) ForgetIdentities(ctx context.Context, tenant, user str
 	}
 	errs = append(errs, g.app.tokens.logForget(ctx, g.storage, g.states, entry))
 	return f, errors.Join(errs...)
-}
-
-// forgetRuns deletes the run records (actions.go) the identities started.
-func forgetRuns(ctx context.Context, storage certmagic.Storage, keys *stateKeeper, ids []connect.Identity) (int, error) {
-	owners := map[string]bool{}
-	for _, id := range ids {
-		key := tokencache.Key{Tenant: id.Tenant, User: id.User}
-		owner, err := runOwner(ctx, keys, key)
-		if err != nil {
-			return 0, err
-		}
-		owners[owner], owners[legacyOwnerHash(key)] = true, true
-	}
-	if len(owners) == 0 {
-		return 0, nil
-	}
-	names, err := storage.List(ctx, runsPrefix, false)
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("listing runs: %w", err)
-	}
-	n := 0
-	for _, name := range names {
-		if !connect.IsKeyPart(path.Base(name)) {
-			continue
-		}
-		data, err := storage.Load(ctx, name)
-		if err != nil {
-			continue
-		}
-		var rec runRecord
-		if json.Unmarshal(data, &rec) != nil || !owners[rec.Owner] {
-			continue
-		}
-		if err := storage.Delete(ctx, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return n, fmt.Errorf("deleting a run record: %w", err)
-		}
-		n++
-	}
-	return n, nil
 }
 
 // forgetEntry is one offboarding as the other gateways apply it: the

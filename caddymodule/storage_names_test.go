@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
@@ -31,9 +32,9 @@ func TestStorageRevealsNoIdentity(t *testing.T) {
 	if _, err := s.Put(ctx, tenant, user, connect.Record{ConnectionID: "42", App: "SlackCLIAPI", AppUUID: "uuid-1"}); err != nil {
 		t.Fatal(err)
 	}
-	runs := &runStore{storage: storage, now: time.Now, bg: ctx, keys: newStateKeeper(ctx, storage, 0)}
+	runs := actions.NewRunStore(ctx, storage, newStateKeeper(ctx, storage, 0))
 	key := tokencache.Key{Tenant: tenant, User: user}
-	if err := runs.put(ctx, "run-1", key, "uuid-1", "send"); err != nil {
+	if err := runs.Put(ctx, "run-1", key, "uuid-1", "send"); err != nil {
 		t.Fatal(err)
 	}
 	unkeyed := sha256.Sum256([]byte(tenant + "\x00" + user))
@@ -56,10 +57,10 @@ func TestStorageRevealsNoIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok, err := runs.owned(ctx, "run-1", key); err != nil || !ok {
+	if _, ok, err := runs.Owned(ctx, "run-1", key); err != nil || !ok {
 		t.Fatalf("owned = %v, %v", ok, err)
 	}
-	if _, ok, _ := runs.owned(ctx, "run-1", tokencache.Key{Tenant: tenant, User: "bob"}); ok {
+	if _, ok, _ := runs.Owned(ctx, "run-1", tokencache.Key{Tenant: tenant, User: "bob"}); ok {
 		t.Fatal("another user owns the run")
 	}
 }
@@ -113,13 +114,13 @@ func TestLegacyRecordsStayReadableAndMove(t *testing.T) {
 	}
 
 	// A run record with the old, unkeyed owner hash still answers its owner only.
-	old, _ := json.Marshal(runRecord{Owner: legacyOwnerHash(tokencache.Key{Tenant: tenant, User: user}), App: "uuid-1", Action: "a", Created: time.Now().UTC()})
-	_ = storage.Store(ctx, runKey("old-run"), old)
-	runs := &runStore{storage: storage, now: time.Now, bg: ctx, keys: newStateKeeper(ctx, storage, 0)}
-	if _, ok, err := runs.owned(ctx, "old-run", tokencache.Key{Tenant: tenant, User: user}); err != nil || !ok {
+	old, _ := json.Marshal(actions.RunRecord{Owner: actions.LegacyOwner(tokencache.Key{Tenant: tenant, User: user}), App: "uuid-1", Action: "a", Created: time.Now().UTC()})
+	_ = storage.Store(ctx, actions.RunKey("old-run"), old)
+	runs := actions.NewRunStore(ctx, storage, newStateKeeper(ctx, storage, 0))
+	if _, ok, err := runs.Owned(ctx, "old-run", tokencache.Key{Tenant: tenant, User: user}); err != nil || !ok {
 		t.Fatalf("legacy run owned = %v, %v", ok, err)
 	}
-	if _, ok, _ := runs.owned(ctx, "old-run", tokencache.Key{Tenant: tenant, User: "bob"}); ok {
+	if _, ok, _ := runs.Owned(ctx, "old-run", tokencache.Key{Tenant: tenant, User: "bob"}); ok {
 		t.Fatal("legacy run owned by another user")
 	}
 }
