@@ -35,11 +35,8 @@ func init() {
 }
 
 const (
-	defaultRunWait         = 30 * time.Second
-	maxRunWait             = 120 * time.Second
 	defaultPollInterval    = 500 * time.Millisecond
 	defaultMaxPollInterval = 5 * time.Second
-	maxActionKeyLen        = 256
 )
 
 // Actions is the zapier_actions responder: a partner backend lists a user's
@@ -225,78 +222,11 @@ func (h *Actions) withIdentity(w http.ResponseWriter, r *http.Request, method st
 	return serveWithIdentity(w, r, h.app, h.rules, h.logger, []string{method}, true, next)
 }
 
-// actionRequest is the body of POST inputs.
-type actionRequest struct {
-	App string `json:"app"`
-	// ConnectionID names one of the user's accounts of the app (a string
-	// or an integer); default the most recently verified one.
-	ConnectionID json.RawMessage `json:"connection_id,omitempty"`
-	Action       string          `json:"action"`
-	ActionType   string          `json:"action_type,omitempty"`
-	Inputs       json.RawMessage `json:"inputs,omitempty"`
-}
-
-// runRequest is the body of POST run.
-type runRequest struct {
-	actionRequest
-	// Wait is how long to poll before answering 202: "30s", or a number
-	// of seconds. Default 30s, at most 120s.
-	Wait json.RawMessage `json:"wait,omitempty"`
-}
-
-func (req *actionRequest) check() *apiError {
-	switch {
-	case req.Action == "" || len(req.Action) > maxActionKeyLen:
-		return badRequest(fmt.Sprintf("action must be the action's key (1-%d bytes)", maxActionKeyLen))
-	case req.ActionType != "" && !zapierapi.ValidActionType(req.ActionType):
-		return badRequest("action_type must be one of " + strings.Join(zapierapi.ActionTypes, ", "))
-	case !isJSONObjectOrNull(req.Inputs):
-		return badRequest("inputs must be a JSON object keyed by input field id")
-	}
-	if len(req.ConnectionID) > 0 {
-		if _, ok := connect.ConnectionIDFromJSON(req.ConnectionID); !ok {
-			return badRequest("connection_id must be one of the user's connection ids (a string or an integer)")
-		}
-	}
-	return nil
-}
-
-// connectionID is the account the request names, or "" for the default.
-func (req *actionRequest) connectionID() string {
-	id, _ := connect.ConnectionIDFromJSON(req.ConnectionID) // checked by check
-	return id
-}
-
-func isJSONObjectOrNull(raw json.RawMessage) bool {
-	s := strings.TrimSpace(string(raw))
-	return s == "" || s == "null" || s[0] == '{'
-}
-
-// parseWait reads wait: a duration string or a number of seconds.
+// parseWait reads wait (actions.ParseWait, with Caddy's durations).
 func parseWait(raw json.RawMessage) (time.Duration, *apiError) {
-	s := strings.TrimSpace(string(raw))
-	if s == "" || s == "null" {
-		return defaultRunWait, nil
-	}
-	var d time.Duration
-	var str string
-	if json.Unmarshal(raw, &str) == nil {
-		var err error
-		if d, err = caddy.ParseDuration(str); err != nil {
-			return 0, badRequest(`wait must be a duration such as "30s", or a number of seconds`)
-		}
-	} else {
-		secs, err := strconv.ParseFloat(s, 64)
-		if err != nil {
-			return 0, badRequest(`wait must be a duration such as "30s", or a number of seconds`)
-		}
-		d = -1 // out of range, unless it converts safely
-		if secs >= 0 && secs <= maxRunWait.Seconds() {
-			d = time.Duration(secs * float64(time.Second))
-		}
-	}
-	if d < 0 || d > maxRunWait {
-		return 0, badRequest(fmt.Sprintf("wait must be between 0s and %s", maxRunWait))
+	d, err := actions.ParseWait(raw, caddy.ParseDuration)
+	if err != nil {
+		return 0, badRequest(err.Error())
 	}
 	return d, nil
 }
@@ -342,15 +272,15 @@ func (h *Actions) serveList(w http.ResponseWriter, r *http.Request, key tokencac
 }
 
 func (h *Actions) serveInputs(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-	var req actionRequest
+	var req actions.ActionRequest
 	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
 		return h.fail(w, r, aerr)
 	}
-	if aerr := req.check(); aerr != nil {
-		return h.fail(w, r, aerr)
+	if err := req.Check(); err != nil {
+		return h.fail(w, r, badRequest(err.Error()))
 	}
 	ctx := r.Context()
-	ids, rec, err := h.connection(ctx, key, req.App, req.connectionID())
+	ids, rec, err := h.connection(ctx, key, req.App, req.Connection())
 	if err != nil {
 		return h.fail(w, r, err)
 	}
@@ -406,12 +336,12 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 		}
 		return outcome, h.fail(w, r, err)
 	}
-	var req runRequest
+	var req actions.RunRequest
 	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
 		return fail(aerr)
 	}
-	if aerr := req.check(); aerr != nil {
-		return fail(aerr)
+	if err := req.Check(); err != nil {
+		return fail(badRequest(err.Error()))
 	}
 	wait, aerr := parseWait(req.Wait)
 	if aerr != nil {
@@ -419,7 +349,7 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 	}
 	deadline := time.Now().Add(wait)
 	ctx := r.Context()
-	ids, rec, err := h.connection(ctx, key, req.App, req.connectionID())
+	ids, rec, err := h.connection(ctx, key, req.App, req.Connection())
 	if err != nil {
 		return fail(err)
 	}

@@ -4,16 +4,19 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/zapgate/caddy-zapier/actions"
 )
 
 // Fuzz targets for what parses untrusted bytes in the Caddy adapter (more
 // are next to the code they test: FuzzExtractIdentity in identity_test.go,
 // and connect/'s FuzzDecodeState, FuzzParseCallbackQuery,
 // FuzzCheckReturnTo, FuzzFlowCookieEntries, FuzzConnectionIDFromJSON and
-// FuzzStorageKeyPart). `make -f xcaddy.mk fuzz` runs each; `test` runs the
+// FuzzStorageKeyPart, and actions/'s FuzzParseWait with Go's durations).
+// `make -f xcaddy.mk fuzz` runs each; `test` runs the
 // seeds and testdata/fuzz.
 
-// FuzzParseWait: a wait is accepted only within [0, maxRunWait].
+// FuzzParseWait: a wait is accepted only within [0, actions.MaxRunWait].
 func FuzzParseWait(f *testing.F) {
 	for _, s := range []string{`"30s"`, `30`, `0.05`, `"0s"`, `null`, `-1`, `1e308`, `"1d"`, `"-5s"`, `NaN`, `"9223372036s"`, `120.0000001`} {
 		f.Add([]byte(s))
@@ -26,7 +29,7 @@ func FuzzParseWait(f *testing.F) {
 			}
 			return
 		}
-		if d < 0 || d > maxRunWait {
+		if d < 0 || d > actions.MaxRunWait {
 			t.Fatalf("accepted wait %v", d)
 		}
 	})

@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
+	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/triggers"
 	"github.com/zapgate/caddy-zapier/webhooksig"
@@ -400,9 +401,9 @@ func (h *Triggers) serveSubscription(w http.ResponseWriter, r *http.Request, key
 		return h.fail(w, r, aerr)
 	}
 	switch {
-	case req.Trigger == "" || len(req.Trigger) > maxActionKeyLen:
-		return h.fail(w, r, badRequest(fmt.Sprintf("trigger must be the trigger's key (1-%d bytes)", maxActionKeyLen)))
-	case !isJSONObjectOrNull(req.Inputs):
+	case req.Trigger == "" || len(req.Trigger) > actions.MaxActionKeyLen:
+		return h.fail(w, r, badRequest(fmt.Sprintf("trigger must be the trigger's key (1-%d bytes)", actions.MaxActionKeyLen)))
+	case !actions.IsJSONObjectOrNull(req.Inputs):
 		return h.fail(w, r, badRequest("inputs must be a JSON object"))
 	}
 	// The user's own stored connection: a connection_id given must be one
