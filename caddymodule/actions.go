@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -388,7 +387,7 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 	called := false
 	if h.verifier != nil {
 		// Finish from Zapier's callback; poll only if it does not come.
-		run, called = h.awaitCallback(ctx, runID, earliest(deadline, time.Now().Add(time.Duration(h.CallbackTimeout))))
+		run, called = h.awaitCallback(ctx, runID, actions.Earliest(deadline, time.Now().Add(time.Duration(h.CallbackTimeout))))
 	}
 	if !called {
 		run, retryAfter, err = h.await(ctx, key, runID, deadline)
@@ -412,50 +411,23 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 	return actionPending, nil
 }
 
-// await polls the run with backoff until it ends or the deadline passes. It
-// returns the last known state; after a failed poll also the error and, for
-// a 429 or an open breaker, how long to wait.
+// await polls the run until it ends or the deadline passes
+// (actions.Await), pacing the polls by poll_interval, max_poll_interval and
+// the request budget.
 func (h *Actions) await(ctx context.Context, key tokencache.Key, runID string, deadline time.Time) (zapierapi.ActionRun, time.Duration, error) {
-	last := zapierapi.ActionRun{ID: runID, Status: "waiting"}
-	pause := time.Duration(h.PollInterval)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return last, 0, nil
-		}
-		// Spend the budget on polls only when it has room: while other
-		// requests queue for it, wait at least as long as they would.
-		if h.app.budget != nil {
-			pause = max(pause, h.app.budget.Snapshot().BlockedFor)
-		}
-		t := time.NewTimer(min(pause, left))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return last, 0, ctx.Err()
-		case <-t.C:
-		}
-		pause = min(2*pause, time.Duration(h.MaxPollInterval))
-		run, err := h.poll(ctx, key, runID)
-		if d, ok := budgetDeferred(err); ok {
-			// The budget had no room for this poll within max_wait: poll
-			// again when it has, while the caller still waits, rather than
-			// give up a run already paid for.
-			pause = max(pause, d)
-			continue
-		}
-		if err != nil {
-			var retryAfter time.Duration
-			if zerr, ok := zapierapi.AsError(err); ok && (zerr.Kind == zapierapi.KindRateLimited || zerr.Kind == zapierapi.KindUnavailable) {
-				retryAfter = cmp.Or(zerr.RetryAfter, zapierapi.DefaultRateLimitCooldown)
+	return actions.Await(ctx, runID, deadline, func(ctx context.Context) (zapierapi.ActionRun, error) {
+		return h.poll(ctx, key, runID)
+	}, actions.Backoff{
+		Interval:    time.Duration(h.PollInterval),
+		MaxInterval: time.Duration(h.MaxPollInterval),
+		Queued: func() time.Duration {
+			if h.app.budget == nil {
+				return 0
 			}
-			return last, retryAfter, err
-		}
-		last = run
-		if run.Done() {
-			return run, 0, nil
-		}
-	}
+			return h.app.budget.Snapshot().BlockedFor
+		},
+		Deferred: budgetDeferred,
+	})
 }
 
 func (h *Actions) poll(ctx context.Context, key tokencache.Key, runID string) (zapierapi.ActionRun, error) {
@@ -514,13 +486,6 @@ func (h *Actions) serveRunStatus(w http.ResponseWriter, r *http.Request, key tok
 	}
 	h.writeRun(w, run, "", 0)
 	return nil
-}
-
-func earliest(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
 }
 
 // resolveApp accepts an app named in zapier_actions' app lines, a key
