@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/internal/sweep"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -131,7 +132,7 @@ type RunStore struct {
 	BG      context.Context // bounds background sweeps; ends with the config
 	Keys    IdentityKeys    // the storage-name key
 
-	sweeper sweeper
+	sweeper sweep.Sweeper
 }
 
 // NewRunStore returns a store on storage with the real clock.
@@ -234,7 +235,7 @@ func (s *RunStore) Complete(ctx context.Context, runID string, result *RunResult
 // maybeSweep deletes records older than the retention, at most once per
 // RunSweepEvery per gateway, in the background.
 func (s *RunStore) maybeSweep() {
-	s.sweeper.maybe(s.BG, s.Now(), RunSweepEvery, s.Sweep)
+	s.sweeper.Maybe(s.BG, s.Now(), RunSweepEvery, s.Sweep)
 }
 
 // Sweep deletes the records whose storage age is past the retention.

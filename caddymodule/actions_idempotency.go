@@ -13,6 +13,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/idempotency"
+	"github.com/zapgate/caddy-zapier/internal/sweep"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -30,7 +31,7 @@ var replayedHeaders = []string{"Content-Type", "Location", "Retry-After"}
 // same key answers the same way on every sidecar sharing it, for 24 hours.
 type runOnce struct {
 	store   *idempotency.Store
-	sweeper sweeper
+	sweeper sweep.Sweeper
 	bg      context.Context
 }
 
@@ -59,7 +60,7 @@ func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key token
 		return h.fail(w, r, badRequest("the body is too large or could not be read"))
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	h.once.sweeper.maybe(h.once.bg, time.Now(), idempotencySweepEvery, func(ctx context.Context) { _, _ = h.once.store.Sweep(ctx) })
+	h.once.sweeper.Maybe(h.once.bg, time.Now(), idempotencySweepEvery, func(ctx context.Context) { _, _ = h.once.store.Sweep(ctx) })
 
 	scope, err := actions.Owner(r.Context(), h.runs.Keys, key) // keyed: storage never names the user
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/internal/sweep"
 )
 
 // stateKeeper is connect's state keeper with its background sweep: after a
@@ -14,7 +15,7 @@ import (
 type stateKeeper struct {
 	*connect.StateKeeper
 	bg      context.Context
-	sweeper sweeper
+	sweeper sweep.Sweeper
 }
 
 func newStateKeeper(bg context.Context, s certmagic.Storage, ttl time.Duration) *stateKeeper {
@@ -26,6 +27,6 @@ func (k *stateKeeper) spend(ctx context.Context, st *connect.State) error {
 	if err := k.Spend(ctx, st); err != nil {
 		return err
 	}
-	k.sweeper.maybe(k.bg, time.Now(), k.TTL(), k.Sweep)
+	k.sweeper.Maybe(k.bg, time.Now(), k.TTL(), k.Sweep)
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/internal/sweep"
 	"github.com/zapgate/caddy-zapier/webhooksig"
 )
 
@@ -31,7 +32,7 @@ const (
 type webhookSeen struct {
 	storage certmagic.Storage
 	now     func() time.Time
-	sweeper sweeper
+	sweeper sweep.Sweeper
 }
 
 func (s *webhookSeen) key(id string) string {
@@ -44,7 +45,7 @@ func (s *webhookSeen) seen(ctx context.Context, id string) bool {
 
 func (s *webhookSeen) mark(ctx context.Context, id string) {
 	_ = s.storage.Store(ctx, s.key(id), []byte(s.now().UTC().Format(time.RFC3339)))
-	s.sweeper.maybe(context.WithoutCancel(ctx), s.now(), time.Hour, func(ctx context.Context) {
+	s.sweeper.Maybe(context.WithoutCancel(ctx), s.now(), time.Hour, func(ctx context.Context) {
 		keys, err := s.storage.List(ctx, seenWebhooksPrefix, false)
 		if err != nil {
 			return
