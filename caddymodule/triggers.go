@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -139,11 +138,11 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 	secret := repl.ReplaceKnown(h.SigningSecret, "")
 	notifyURL := repl.ReplaceKnown(h.NotificationURL, "")
 	connSecret := repl.ReplaceKnown(h.ConnectionWebhookSecret, "")
-	if err := checkHTTPURL(deliverTo); err != nil {
+	if err := zapierapi.CheckURL(deliverTo); err != nil {
 		return fmt.Errorf("zapier_triggers: deliver_to: %w", err)
 	}
 	if notifyURL != "" {
-		if err := checkHTTPURL(notifyURL); err != nil {
+		if err := zapierapi.CheckURL(notifyURL); err != nil {
 			return fmt.Errorf("zapier_triggers: notification_url: %w", err)
 		}
 	}
@@ -247,14 +246,6 @@ func (h *Triggers) stream(notifyURL string) bool {
 		return *h.EventsStream
 	}
 	return notifyURL == ""
-}
-
-func checkHTTPURL(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return errors.New("must be an absolute http(s) URL")
-	}
-	return nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
