@@ -109,7 +109,7 @@ func TestProceedThenReplay(t *testing.T) {
 		again.Response.Body[0] = 'X'
 		again.Response.Header["Location"] = "elsewhere"
 	}
-	if n := m.held(); n != 0 {
+	if n := m.Held(); n != 0 {
 		t.Errorf("%d locks left held", n)
 	}
 }
@@ -152,7 +152,7 @@ func TestInvalidKeys(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrInvalidKey", name, err)
 		}
 	}
-	if ks := m.keys(); len(ks) != 0 {
+	if ks := m.Keys(); len(ks) != 0 {
 		t.Errorf("invalid keys stored %v", ks)
 	}
 
@@ -196,8 +196,8 @@ func TestScopeIsolation(t *testing.T) {
 	}
 
 	// Neither the raw scope nor the raw key is stored.
-	for _, k := range m.keys() {
-		v, _ := m.get(k)
+	for _, k := range m.Keys() {
+		v, _ := m.Get(k)
 		for _, secret := range []string{"tenant-a", "tenant-b", "k1"} {
 			if strings.Contains(k, secret) || strings.Contains(string(v), secret) {
 				t.Errorf("%q stored in %s: %s", secret, k, v)
@@ -261,14 +261,14 @@ func TestStorageErrorsReleaseTheLock(t *testing.T) {
 	m := newMemStorage()
 	s := newTestStore(t, m, newFakeClock())
 	boom := errors.New("disk full")
-	m.failStore = boom
+	m.FailStore = boom
 	if _, err := s.Begin(context.Background(), "t", "k1", []byte("body")); !errors.Is(err, boom) {
 		t.Fatalf("err = %v, want %v", err, boom)
 	}
-	if h := m.held(); h != 0 {
+	if h := m.Held(); h != 0 {
 		t.Errorf("%d locks left held", h)
 	}
-	m.failStore = nil
+	m.FailStore = nil
 	wantKind(t, begin(t, s, "t", "k1", "body"), Proceed)
 }
 
@@ -286,7 +286,7 @@ func TestCorruptRecordIsAnError(t *testing.T) {
 			t.Errorf("record %s: Begin = %v, want an error", v, out.Kind)
 		}
 	}
-	if h := m.held(); h != 0 {
+	if h := m.Held(); h != 0 {
 		t.Errorf("%d locks left held", h)
 	}
 }

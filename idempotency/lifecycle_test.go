@@ -13,7 +13,7 @@ func TestConcurrentDuplicatesRunOnce(t *testing.T) {
 	const n = 50
 	m := newMemStorage()
 	onLock, locked := signal(4 * n)
-	m.onLock = onLock
+	m.OnLock = onLock
 	s := newTestStore(t, m, newFakeClock())
 	ctx := context.Background()
 
@@ -67,7 +67,7 @@ func TestConcurrentDuplicatesRunOnce(t *testing.T) {
 			t.Fatalf("replayed %+v, want %+v", r, created)
 		}
 	}
-	if h := m.held(); h != 0 {
+	if h := m.Held(); h != 0 {
 		t.Errorf("%d locks left held", h)
 	}
 }
@@ -81,7 +81,7 @@ func TestAbandonThenRetryProceeds(t *testing.T) {
 	if err := out.Abandon(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if ks := m.keys(); len(ks) != 0 {
+	if ks := m.Keys(); len(ks) != 0 {
 		t.Fatalf("Abandon left %v", ks)
 	}
 	retry := begin(t, s, "tenant-1", "k1", "body")
@@ -104,7 +104,7 @@ func TestWaiterProceedsAfterAbandon(t *testing.T) {
 	first := begin(t, s, "tenant-1", "k1", "body")
 
 	onLoad, loads := signal(1000)
-	m.onLoad = onLoad
+	m.OnLoad = onLoad
 	got := beginAsync(s, "tenant-1", "k1", "body")
 	receive(t, loads, 2) // the locked read, then one poll: it is waiting
 
@@ -157,7 +157,7 @@ func TestWaiterTakesOverAbandonedPending(t *testing.T) {
 
 	clock.Advance(testPending - time.Nanosecond)
 	onLoad, loads := signal(1000)
-	m.onLoad = onLoad
+	m.OnLoad = onLoad
 	got := beginAsync(s, "tenant-1", "k1", "body")
 	receive(t, loads, 2)
 	select {
@@ -195,7 +195,7 @@ func TestCancelWhileWaiting(t *testing.T) {
 	begin(t, s, "tenant-1", "k1", "body")
 
 	onLoad, loads := signal(1000)
-	m.onLoad = onLoad
+	m.OnLoad = onLoad
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -212,7 +212,7 @@ func TestCancelWhileWaiting(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Begin did not return after cancel")
 	}
-	if h := m.held(); h != 0 {
+	if h := m.Held(); h != 0 {
 		t.Errorf("%d locks left held", h)
 	}
 }

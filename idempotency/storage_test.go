@@ -6,156 +6,21 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/zapgate/caddy-zapier/internal/memstorage"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// memStorage is an in-memory Storage whose Lock is a real mutex per name
-// (a 1-slot channel, so that Lock can honor ctx).
-type memStorage struct {
-	mu    sync.Mutex
-	data  map[string][]byte
-	locks map[string]chan struct{}
+// memStorage is the shared in-memory storage of the tests.
+type memStorage = memstorage.Storage
 
-	// Hooks the tests use to know where a Begin is, instead of sleeping.
-	onLock func(name string) // after a lock is acquired
-	onLoad func(key string)  // after every Load
-
-	failStore error // if set, Store returns it
-}
-
-func newMemStorage() *memStorage {
-	return &memStorage{data: map[string][]byte{}, locks: map[string]chan struct{}{}}
-}
-
-func (m *memStorage) lockChan(name string) chan struct{} {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	ch, ok := m.locks[name]
-	if !ok {
-		ch = make(chan struct{}, 1)
-		m.locks[name] = ch
-	}
-	return ch
-}
-
-func (m *memStorage) Lock(ctx context.Context, name string) error {
-	select {
-	case m.lockChan(name) <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if m.onLock != nil {
-		m.onLock(name)
-	}
-	return nil
-}
-
-func (m *memStorage) Unlock(_ context.Context, name string) error {
-	select {
-	case <-m.lockChan(name):
-		return nil
-	default:
-		return fmt.Errorf("unlock %s: not locked", name)
-	}
-}
-
-// held is the number of locks currently held.
-func (m *memStorage) held() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	n := 0
-	for _, ch := range m.locks {
-		n += len(ch)
-	}
-	return n
-}
-
-func (m *memStorage) Store(_ context.Context, key string, value []byte) error {
-	if m.failStore != nil {
-		return m.failStore
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.data[key] = append([]byte{}, value...)
-	return nil
-}
-
-func (m *memStorage) Load(_ context.Context, key string) ([]byte, error) {
-	m.mu.Lock()
-	v, ok := m.data[key]
-	m.mu.Unlock()
-	if m.onLoad != nil {
-		m.onLoad(key)
-	}
-	if !ok {
-		return nil, &fs.PathError{Op: "load", Path: key, Err: fs.ErrNotExist}
-	}
-	return append([]byte{}, v...), nil
-}
-
-func (m *memStorage) Delete(_ context.Context, key string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for k := range m.data {
-		if k == key || strings.HasPrefix(k, key+"/") {
-			delete(m.data, k)
-		}
-	}
-	return nil
-}
-
-// List mimics certmagic's FileStorage: a missing directory is an error
-// matching fs.ErrNotExist, and non-recursive listing names subdirectories.
-func (m *memStorage) List(_ context.Context, dir string, recursive bool) ([]string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	seen := map[string]bool{}
-	for k := range m.data {
-		rest, ok := strings.CutPrefix(k, dir+"/")
-		if !ok {
-			continue
-		}
-		if first, _, nested := strings.Cut(rest, "/"); nested && !recursive {
-			rest = first
-		}
-		seen[path.Join(dir, rest)] = true
-	}
-	if len(seen) == 0 {
-		return nil, &fs.PathError{Op: "list", Path: dir, Err: fs.ErrNotExist}
-	}
-	keys := make([]string, 0, len(seen))
-	for k := range seen {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys, nil
-}
-
-func (m *memStorage) get(key string) ([]byte, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	v, ok := m.data[key]
-	return v, ok
-}
-
-func (m *memStorage) keys() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var ks []string
-	for k := range m.data {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
-}
+func newMemStorage() *memStorage { return memstorage.New() }
 
 // fsStorage is a file-system Storage like certmagic's FileStorage: values
 // are files written atomically (temp file and rename), and Lock creates a

@@ -62,14 +62,14 @@ func TestSweep(t *testing.T) {
 		newer,
 	}, foreign...)
 	for _, k := range want {
-		if _, ok := m.get(k); !ok {
+		if _, ok := m.Get(k); !ok {
 			t.Errorf("Sweep deleted %s", k)
 		}
 	}
-	if got := len(m.keys()); got != len(want) {
-		t.Errorf("%d keys left, want %d: %v", got, len(want), m.keys())
+	if got := len(m.Keys()); got != len(want) {
+		t.Errorf("%d keys left, want %d: %v", got, len(want), m.Keys())
 	}
-	if h := m.held(); h != 0 {
+	if h := m.Held(); h != 0 {
 		t.Errorf("%d locks left held", h)
 	}
 
@@ -94,8 +94,8 @@ func TestSweepRechecksUnderLock(t *testing.T) {
 	clock.Advance(testTTL)
 
 	id := recordID("t", "k1")
-	m.onLock = func(string) {
-		m.onLock = nil // only Sweep's lock; the Begin below takes another
+	m.OnLock = func(string) {
+		m.OnLock = nil // only Sweep's lock; the Begin below takes another
 		clock.Advance(time.Second)
 		// Another process claims the expired key just before Sweep locks.
 		fresh := &record{Version: recordVersion, Fingerprint: hashHex([]byte("body")), State: statusPending, Created: clock.Now(), Owner: "other"}
@@ -106,7 +106,7 @@ func TestSweepRechecksUnderLock(t *testing.T) {
 	if n, err := s.Sweep(ctx); n != 0 || err != nil {
 		t.Fatalf("Sweep = %d, %v; want 0", n, err)
 	}
-	if _, ok := m.get(s.storageKey(id)); !ok {
+	if _, ok := m.Get(s.storageKey(id)); !ok {
 		t.Fatal("Sweep deleted a record claimed meanwhile")
 	}
 }
@@ -135,9 +135,9 @@ func TestRecordFormat(t *testing.T) {
 	}
 	read := func() stored {
 		t.Helper()
-		b, ok := m.get(key)
+		b, ok := m.Get(key)
 		if !ok {
-			t.Fatalf("no record at %s (have %v)", key, m.keys())
+			t.Fatalf("no record at %s (have %v)", key, m.Keys())
 		}
 		var r stored
 		if err := json.Unmarshal(b, &r); err != nil {

@@ -4,12 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/zapgate/caddy-zapier/internal/memstorage"
 	"io"
-	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,78 +24,10 @@ import (
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
-// memStorage is an in-memory Storage with blocking locks.
-type memStorage struct {
-	mu    sync.Mutex
-	data  map[string][]byte
-	locks map[string]chan struct{}
-}
+// memStorage is the shared in-memory storage of the tests.
+type memStorage = memstorage.Storage
 
-func newMemStorage() *memStorage {
-	return &memStorage{data: map[string][]byte{}, locks: map[string]chan struct{}{}}
-}
-
-func (s *memStorage) Store(_ context.Context, key string, v []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.data[key] = append([]byte(nil), v...)
-	return nil
-}
-
-func (s *memStorage) Load(_ context.Context, key string) ([]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v, ok := s.data[key]
-	if !ok {
-		return nil, fs.ErrNotExist
-	}
-	return v, nil
-}
-
-func (s *memStorage) Delete(_ context.Context, key string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.data, key)
-	return nil
-}
-
-func (s *memStorage) List(_ context.Context, prefix string, _ bool) ([]string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for k := range s.data {
-		if strings.HasPrefix(k, prefix+"/") {
-			out = append(out, k)
-		}
-	}
-	sort.Strings(out)
-	return out, nil
-}
-
-func (s *memStorage) lockChan(name string) chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, ok := s.locks[name]
-	if !ok {
-		c = make(chan struct{}, 1)
-		s.locks[name] = c
-	}
-	return c
-}
-
-func (s *memStorage) Lock(ctx context.Context, name string) error {
-	select {
-	case s.lockChan(name) <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (s *memStorage) Unlock(_ context.Context, name string) error {
-	<-s.lockChan(name)
-	return nil
-}
+func newMemStorage() *memStorage { return memstorage.New() }
 
 const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
