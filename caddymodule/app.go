@@ -24,6 +24,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
 	"github.com/zapgate/caddy-zapier/tokencache"
@@ -143,6 +144,9 @@ type App struct {
 	limits    *endUserLimits // ratelimit.go
 
 	keysLoad *keysLoad
+	// userStores is every store holding per-user data; offboarding walks it
+	// (offboard.go). Handlers register theirs in their Provision.
+	userStores *gateway.Registry
 }
 
 // keysLoad guards the one-time load of the key set.
@@ -200,6 +204,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.keysLoad = new(keysLoad)
+	a.userStores = new(gateway.Registry)
 	a.setDefaults()
 
 	repl := caddy.NewReplacer()
@@ -665,6 +670,14 @@ func (a *App) logExchangeFailure(key tokencache.Key, err error) {
 	if ce := a.logger.Check(level, "token exchange failed"); ce != nil {
 		ce.Write(fields...)
 	}
+}
+
+// registerUserStore adds a store holding per-user data to those offboarding
+// walks. Every handler that keeps such data calls it from Provision; a store
+// that does not is found by the offboarding test (it leaves the user's data
+// behind).
+func (a *App) registerUserStore(phase gateway.Phase, s gateway.UserStore) {
+	a.userStores.Register(phase, s)
 }
 
 // Interface guards.
