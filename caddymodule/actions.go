@@ -22,6 +22,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -85,7 +86,7 @@ type Actions struct {
 	callbacks *callbackWaiters
 	once      *runOnce // Idempotency-Key records (actions_idempotency.go)
 	app       *App
-	rules     identityRules
+	rules     gateway.IdentityRules
 	apps      appMap
 	store     *connect.Store
 	runs      *actions.RunStore
@@ -210,7 +211,7 @@ func (h *Actions) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return h.serveRunStatus(w, r, key, id)
 		})
 	}
-	writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found",
+	gateway.WriteError(w, &gateway.Error{Status: http.StatusNotFound, Code: "not_found",
 		Message: "no such zapier_actions route (actions, inputs, run, runs/{id}, callback)"})
 	return nil
 }
@@ -218,14 +219,14 @@ func (h *Actions) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // withIdentity checks the method, then reads the identity exactly as
 // zapier_auth does (same refusals, same metric and log).
 func (h *Actions) withIdentity(w http.ResponseWriter, r *http.Request, method string, next identityHandler) error {
-	return serveWithIdentity(w, r, h.app, h.rules, h.logger, []string{method}, true, next)
+	return h.app.serveRoute(w, r, gateway.Route{Methods: []string{method}}, next)
 }
 
 // parseWait reads wait (actions.ParseWait, with Caddy's durations).
-func parseWait(raw json.RawMessage) (time.Duration, *apiError) {
+func parseWait(raw json.RawMessage) (time.Duration, *gateway.Error) {
 	d, err := actions.ParseWait(raw, caddy.ParseDuration)
 	if err != nil {
-		return 0, badRequest(err.Error())
+		return 0, gateway.BadRequest(err.Error())
 	}
 	return d, nil
 }
@@ -244,12 +245,12 @@ func (h *Actions) serveList(w http.ResponseWriter, r *http.Request, key tokencac
 	q := r.URL.Query()
 	for _, name := range []string{"app", "action_type"} {
 		if len(q[name]) > 1 {
-			return h.fail(w, r, badRequest(name+" must appear at most once"))
+			return h.fail(w, r, gateway.BadRequest(name+" must appear at most once"))
 		}
 	}
 	actionType := q.Get("action_type")
 	if actionType != "" && !zapierapi.ValidActionType(actionType) {
-		return h.fail(w, r, badRequest("action_type must be one of "+strings.Join(zapierapi.ActionTypes, ", ")))
+		return h.fail(w, r, gateway.BadRequest("action_type must be one of "+strings.Join(zapierapi.ActionTypes, ", ")))
 	}
 	ctx := r.Context()
 	ids, err := h.resolveApp(ctx, key, q.Get("app"))
@@ -276,7 +277,7 @@ func (h *Actions) serveInputs(w http.ResponseWriter, r *http.Request, key tokenc
 		return h.fail(w, r, aerr)
 	}
 	if err := req.Check(); err != nil {
-		return h.fail(w, r, badRequest(err.Error()))
+		return h.fail(w, r, gateway.BadRequest(err.Error()))
 	}
 	ctx := r.Context()
 	ids, rec, err := h.connection(ctx, key, req.App, req.Connection())
@@ -313,7 +314,7 @@ type runView struct {
 func (h *Actions) serveRun(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
 	ctx, span := startActionRunSpan(r.Context())
 	if span.IsRecording() {
-		span.SetAttributes(attrIdentity.String(identityHash(key.Tenant, key.User)))
+		span.SetAttributes(attrIdentity.String(gateway.LogHash(key.Tenant, key.User)))
 	}
 	outcome, err := h.run(w, r.WithContext(ctx), key)
 	h.app.metrics.observeActionRun(outcome)
@@ -329,7 +330,7 @@ func (h *Actions) serveRun(w http.ResponseWriter, r *http.Request, key tokencach
 func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key) (actionOutcome, error) {
 	fail := func(err error) (actionOutcome, error) {
 		outcome := actionFailed
-		var aerr *apiError
+		var aerr *gateway.Error
 		if errors.As(err, &aerr) && aerr.Code == "connection_missing" {
 			outcome = actionConnectionMissing
 		}
@@ -340,7 +341,7 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 		return fail(aerr)
 	}
 	if err := req.Check(); err != nil {
-		return fail(badRequest(err.Error()))
+		return fail(gateway.BadRequest(err.Error()))
 	}
 	wait, aerr := parseWait(req.Wait)
 	if aerr != nil {
@@ -374,12 +375,12 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 		return fail(h.rejection(ctx, key, ids, rec, err))
 	}
 	if !actions.ValidRunID(runID) {
-		return fail(&apiError{Status: http.StatusBadGateway, Code: "zapier_api_failed",
+		return fail(&gateway.Error{Status: http.StatusBadGateway, Code: "zapier_api_failed",
 			Message: "Zapier created the run but sent an unusable run id"})
 	}
 	if err := h.runs.Put(ctx, runID, key, ids.uuid, req.Action); err != nil {
 		// The run exists: answer with it anyway; only runs/{id} will not know it.
-		h.logger.Error("recording the owner of an action run", zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err))
+		h.logger.Error("recording the owner of an action run", zap.String("identity", gateway.LogHash(key.Tenant, key.User)), zap.Error(err))
 	}
 
 	var run zapierapi.ActionRun
@@ -473,7 +474,7 @@ func (h *Actions) serveRunStatus(w http.ResponseWriter, r *http.Request, key tok
 	}
 	if !mine {
 		// Another user's run is indistinguishable from no run at all.
-		return h.fail(w, r, &apiError{Status: http.StatusNotFound, Code: "run_not_found",
+		return h.fail(w, r, &gateway.Error{Status: http.StatusNotFound, Code: "run_not_found",
 			Message: "no run with this id was started by this user through the gateway"})
 	}
 	if rec.Result != nil { // delivered by Zapier's callback: no call needed
@@ -523,11 +524,11 @@ func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connI
 		return appIDs{}, nil, err
 	}
 	if rec == nil && connID != "" {
-		return appIDs{}, nil, &apiError{Status: http.StatusConflict, Code: "connection_missing",
+		return appIDs{}, nil, &gateway.Error{Status: http.StatusConflict, Code: "connection_missing",
 			Message: "connection_id is not one of the user's stored connections for app " + ids.connect}
 	}
 	if rec == nil {
-		return appIDs{}, nil, &apiError{Status: http.StatusConflict, Code: "connection_missing",
+		return appIDs{}, nil, &gateway.Error{Status: http.StatusConflict, Code: "connection_missing",
 			Message: "the user has no stored connection for app " + ids.connect + ": connect it through zapier_connect first"}
 	}
 	return ids, rec, nil
@@ -557,14 +558,14 @@ func (h *Actions) freshActionID(ctx context.Context, key tokencache.Key, ids app
 	}
 	switch {
 	case len(found) == 0:
-		return "", &apiError{Status: http.StatusNotFound, Code: "action_not_found",
+		return "", &gateway.Error{Status: http.StatusNotFound, Code: "action_not_found",
 			Message: fmt.Sprintf("app %s has no action with key %q", ids.connect, actionKey)}
 	case len(found) > 1:
 		types := make([]string, len(found))
 		for i, a := range found {
 			types[i] = a.ActionType
 		}
-		return "", badRequest(fmt.Sprintf("action %q exists as %s: give action_type", actionKey, strings.Join(types, " and ")))
+		return "", gateway.BadRequest(fmt.Sprintf("action %q exists as %s: give action_type", actionKey, strings.Join(types, " and ")))
 	}
 	return found[0].ID, nil
 }
@@ -591,26 +592,26 @@ func (h *Actions) rejection(ctx context.Context, key tokencache.Key, ids appIDs,
 			}
 		}
 		if reason != "" {
-			return &apiError{Status: http.StatusBadRequest, Code: "connection_invalid",
+			return &gateway.Error{Status: http.StatusBadRequest, Code: "connection_invalid",
 				Message: "the stored connection for app " + ids.connect + " is no longer valid (" + reason + "): reconnect it through zapier_connect"}
 		}
 	}
 	if zerr.StatusCode == http.StatusBadRequest || zerr.StatusCode == http.StatusUnprocessableEntity {
-		msg := "Zapier refused the request" + statusSuffix(zerr.StatusCode, zerr.OAuthError)
+		msg := "Zapier refused the request" + gateway.StatusSuffix(zerr.StatusCode, zerr.OAuthError)
 		if zerr.Description != "" {
 			msg += ": " + zerr.Description
 		}
-		return &apiError{Status: http.StatusBadRequest, Code: "action_rejected", Message: msg}
+		return &gateway.Error{Status: http.StatusBadRequest, Code: "action_rejected", Message: msg}
 	}
 	return err
 }
 
-// fail answers an error: the gateway's own (*apiError), a failed call to
+// fail answers an error: the gateway's own (*gateway.Error), a failed call to
 // Zapier (mapped to the error table), or an internal failure (logged by
 // Caddy, never shown). A caller that went away gets no body.
 func (h *Actions) fail(w http.ResponseWriter, r *http.Request, err error) error {
 	if _, ok := zapierapi.AsError(err); ok {
-		err = apiCallError(err)
+		err = gateway.CallError(err)
 	}
 	return failConnect(w, r, err)
 }
@@ -624,7 +625,7 @@ func (h *Actions) logFailure(msg string, key tokencache.Key, err error, fields .
 		}
 	}
 	if ce := h.logger.Check(level, msg); ce != nil {
-		ce.Write(append(fields, zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err))...)
+		ce.Write(append(fields, zap.String("identity", gateway.LogHash(key.Tenant, key.User)), zap.Error(err))...)
 	}
 }
 

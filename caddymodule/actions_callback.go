@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zapgate/caddy-zapier/actions"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -124,48 +125,48 @@ func (h *Actions) provisionCallbacks() error {
 // changes nothing unless the delivery is signed by Zapier, names a run this
 // gateway created, and is the first for that run.
 func (h *Actions) serveCallback(w http.ResponseWriter, r *http.Request) error {
-	if !connectMethodAllowed(w, r, http.MethodPost) {
+	if !gateway.AllowMethod(w, r, http.MethodPost) {
 		return nil
 	}
-	refuse := func(outcome string, aerr *apiError) error {
+	refuse := func(outcome string, aerr *gateway.Error) error {
 		runCallbacks.WithLabelValues(outcome).Inc()
 		if ce := h.logger.Check(zap.InfoLevel, "action-run callback refused"); ce != nil {
 			ce.Write(zap.String("outcome", outcome), zap.String("remote_addr", r.RemoteAddr))
 		}
-		writeError(w, aerr)
+		gateway.WriteError(w, aerr)
 		return nil
 	}
 	if h.verifier == nil {
-		return refuse("failed", &apiError{Status: http.StatusNotFound, Code: "not_found", Message: "run callbacks are not configured (run_callback_url)"})
+		return refuse("failed", &gateway.Error{Status: http.StatusNotFound, Code: "not_found", Message: "run callbacks are not configured (run_callback_url)"})
 	}
 	claims, err := h.verifier.Verify(r.Context(), r.Header.Get(runcallback.SignatureHeader))
 	if errors.Is(err, runcallback.ErrKeysUnavailable) {
-		return refuse("keys_unavailable", &apiError{Status: http.StatusServiceUnavailable, Code: "callback_keys_unavailable",
+		return refuse("keys_unavailable", &gateway.Error{Status: http.StatusServiceUnavailable, Code: "callback_keys_unavailable",
 			Message: "Zapier's callback signing keys could not be fetched; retry later", RetryAfter: 5 * time.Second})
 	}
 	if err != nil {
-		return refuse("bad_signature", &apiError{Status: http.StatusUnauthorized, Code: "callback_signature_invalid",
+		return refuse("bad_signature", &gateway.Error{Status: http.StatusUnauthorized, Code: "callback_signature_invalid",
 			Message: "the Zapier-Callback-Signature header is missing or invalid"})
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, runcallback.MaxDeliveryBytes+1))
 	if err != nil {
-		return refuse("malformed", badRequest("reading the callback body failed"))
+		return refuse("malformed", gateway.BadRequest("reading the callback body failed"))
 	}
 	delivery, err := runcallback.ParseDelivery(body)
 	if err != nil {
-		return refuse("malformed", badRequest(err.Error()))
+		return refuse("malformed", gateway.BadRequest(err.Error()))
 	}
 	if !runcallback.BindsRun(claims, delivery.RunID) {
-		return refuse("bad_signature", &apiError{Status: http.StatusUnauthorized, Code: "callback_signature_invalid",
+		return refuse("bad_signature", &gateway.Error{Status: http.StatusUnauthorized, Code: "callback_signature_invalid",
 			Message: "the signature was made for another run"})
 	}
 	result := &actions.RunResult{Status: delivery.Status, Results: delivery.Results, Errors: delivery.Errors, Received: time.Now().UTC()}
 	switch err := h.runs.Complete(r.Context(), delivery.RunID, result); {
 	case errors.Is(err, actions.ErrRunUnknown):
-		return refuse("unknown_run", &apiError{Status: http.StatusNotFound, Code: "run_not_found",
+		return refuse("unknown_run", &gateway.Error{Status: http.StatusNotFound, Code: "run_not_found",
 			Message: "no run with this id was created through this gateway"})
 	case errors.Is(err, actions.ErrRunCompleted):
-		return refuse("replayed", &apiError{Status: http.StatusConflict, Code: "callback_replayed",
+		return refuse("replayed", &gateway.Error{Status: http.StatusConflict, Code: "callback_replayed",
 			Message: "this run's result was already delivered"})
 	case err != nil:
 		runCallbacks.WithLabelValues("failed").Inc()

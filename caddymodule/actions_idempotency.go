@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/actions"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/idempotency"
 	"github.com/zapgate/caddy-zapier/internal/sweep"
 	"github.com/zapgate/caddy-zapier/tokencache"
@@ -53,11 +54,11 @@ func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key token
 		return h.serveRun(w, r, key)
 	}
 	if !idempotency.ValidKey(ik) {
-		return h.fail(w, r, badRequest("Idempotency-Key must be 1 to 255 printable ASCII characters"))
+		return h.fail(w, r, gateway.BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxConnectBody))
 	if err != nil {
-		return h.fail(w, r, badRequest("the body is too large or could not be read"))
+		return h.fail(w, r, gateway.BadRequest("the body is too large or could not be read"))
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	h.once.sweeper.Maybe(h.once.bg, time.Now(), idempotencySweepEvery, func(ctx context.Context) { _, _ = h.once.store.Sweep(ctx) })
@@ -69,10 +70,10 @@ func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key token
 	out, err := h.once.store.Begin(r.Context(), scope, ik, body)
 	switch {
 	case errors.Is(err, idempotency.ErrKeyReused):
-		return h.fail(w, r, &apiError{Status: http.StatusConflict, Code: "idempotency_key_reused",
+		return h.fail(w, r, &gateway.Error{Status: http.StatusConflict, Code: "idempotency_key_reused",
 			Message: "this Idempotency-Key was used with a different request body in the last 24 hours"})
 	case errors.Is(err, idempotency.ErrInvalidKey):
-		return h.fail(w, r, badRequest("Idempotency-Key must be 1 to 255 printable ASCII characters"))
+		return h.fail(w, r, gateway.BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 	case err != nil:
 		return h.fail(w, r, err)
 	case out.Kind == idempotency.Replay:

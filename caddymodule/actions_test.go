@@ -22,6 +22,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -175,12 +176,13 @@ func newActionsEnv(t *testing.T) *actionsEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trusted, _ := parseTrustedSources(defaultTrustedSources)
+	trusted, _ := gateway.ParseTrustedSources(defaultTrustedSources)
 	app := &App{
 		APIURL: e.api.URL, client: client, metrics: sharedMetrics, logger: zap.NewNop(),
 		userHeader: defaultUserHeader, tenantHeader: defaultTenantHeader, trusted: trusted,
 		tokens: &pooledCache{cache: cache, breaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{Now: e.clock.now}), apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{Now: e.clock.now})},
 	}
+	app.policy = app.newPolicy()
 	e.h = &Actions{PollInterval: caddy.Duration(5 * time.Millisecond), MaxPollInterval: caddy.Duration(20 * time.Millisecond),
 		Apps: map[string]string{"SlackCLIAPI": slackUUID}}
 	if err := e.h.setDefaults(); err != nil {
@@ -217,6 +219,7 @@ func (e *actionsEnv) do(method, path, user, body string) actionsResponse {
 	e.t.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
 	req.RemoteAddr = "127.0.0.1:40000"
+	req.Host = "localhost"
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}

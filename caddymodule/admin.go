@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
@@ -163,7 +164,7 @@ func (a *adminAPI) handleTokens(w http.ResponseWriter, r *http.Request) error {
 	if app.tokens.evict(r.Context(), tokencache.Key{Tenant: tenant, User: user}) {
 		purged = 1
 	}
-	a.logger.Info("purged access token", zap.String("identity", identityHash(tenant, user)), zap.Int("count", purged))
+	a.logger.Info("purged access token", zap.String("identity", gateway.LogHash(tenant, user)), zap.Int("count", purged))
 	return writeJSON(w, http.StatusOK, map[string]int{"purged": purged})
 }
 

@@ -141,7 +141,8 @@ type App struct {
 	shared    *sharedtokens.Tier // the Redis token tier; nil when off (sharedtokens.go)
 	budget    *pooledBudget      // nil when api_budget is off (budget.go)
 	budgetKey string
-	limits    *endUserLimits // ratelimit.go
+	limits    *endUserLimits  // ratelimit.go
+	policy    *gateway.Policy // every end-user route's (routes.go)
 
 	keysLoad *keysLoad
 	// userStores is every store holding per-user data; offboarding walks it
@@ -178,6 +179,11 @@ type IdentityConfig struct {
 	// CIDRs (or single addresses) of peers whose identity headers are
 	// honoured. Default loopback only.
 	TrustedSources []string `json:"trusted_sources,omitempty"`
+	// Host names a request from a loopback source may name in Host (and
+	// browser-facing routes accept in Origin) besides loopback names, the
+	// site's own names, callback_url's host and return_origins: a DNS
+	// rebinding page names its own host and is refused.
+	AllowedHosts []string `json:"allowed_hosts,omitempty"`
 }
 
 // CacheConfig sizes the access token cache.
@@ -214,7 +220,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.validateConfig(); err != nil {
 		return err
 	}
-	if trustsEveryone(a.trusted) {
+	if gateway.TrustsEveryone(a.trusted) {
 		a.logger.Warn("identity.trusted_sources trusts every address: any client that reaches this server can act as any user",
 			zap.Strings("trusted_sources", a.Identity.TrustedSources))
 	}
@@ -264,6 +270,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.provisionRateLimits(ctx); err != nil {
 		return err
 	}
+	a.policy = a.newPolicy()
 
 	a.metrics, err = newMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -425,7 +432,7 @@ func (a *App) validateConfig() error {
 	if !validHeaderName(a.userHeader) || !validHeaderName(a.tenantHeader) || a.userHeader == a.tenantHeader {
 		errs = append(errs, fmt.Errorf("identity.user_header %q and identity.tenant_header %q must be two distinct header names", a.Identity.UserHeader, a.Identity.TenantHeader))
 	}
-	trusted, err := parseTrustedSources(a.Identity.TrustedSources)
+	trusted, err := gateway.ParseTrustedSources(a.Identity.TrustedSources)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("identity.trusted_sources: %w", err))
 	}
@@ -463,44 +470,8 @@ func validHeaderName(name string) bool {
 	return true
 }
 
-// parseTrustedSources accepts CIDRs and single addresses. An empty list is
-// refused: it would make every identity header untrusted by accident.
-func parseTrustedSources(sources []string) ([]netip.Prefix, error) {
-	if len(sources) == 0 {
-		return nil, errors.New("at least one CIDR is required")
-	}
-	prefixes := make([]netip.Prefix, 0, len(sources))
-	for _, s := range sources {
-		if strings.Contains(s, "/") {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				return nil, fmt.Errorf("malformed CIDR %q", s)
-			}
-			prefixes = append(prefixes, p.Masked())
-			continue
-		}
-		addr, err := netip.ParseAddr(s)
-		if err != nil {
-			return nil, fmt.Errorf("malformed address %q", s)
-		}
-		prefixes = append(prefixes, netip.PrefixFrom(addr, addr.BitLen()))
-	}
-	return prefixes, nil
-}
-
-func (a *App) identityRules() identityRules {
-	return newIdentityRules(a.userHeader, a.tenantHeader, a.trusted)
-}
-
-// trustsEveryone reports whether the list holds 0.0.0.0/0 or ::/0. That is
-// allowed, because it is spelled out, but never the default.
-func trustsEveryone(prefixes []netip.Prefix) bool {
-	for _, p := range prefixes {
-		if p.Bits() == 0 {
-			return true
-		}
-	}
-	return false
+func (a *App) identityRules() gateway.IdentityRules {
+	return gateway.NewIdentityRules(a.userHeader, a.tenantHeader, a.trusted)
 }
 
 // cachePoolKey identifies token caches that may be shared across reloads:
@@ -585,7 +556,7 @@ func (a *App) exchange(ctx context.Context, key tokencache.Key) (tokencache.Toke
 func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind string, call func(context.Context) (zapierapi.Token, error)) (tok zapierapi.Token, err error) {
 	ctx, span := startExchangeSpan(ctx, kind)
 	if span.IsRecording() {
-		span.SetAttributes(attrIdentity.String(identityHash(key.Tenant, key.User)))
+		span.SetAttributes(attrIdentity.String(gateway.LogHash(key.Tenant, key.User)))
 	}
 	defer func() { endExchangeSpan(span, err) }()
 	select {
@@ -624,13 +595,13 @@ func callZapier(b *zapierapi.Breaker, call func() error) error {
 // call's context carries the tenant it is spent for). A 401 means the
 // cached token went stale: it is evicted and the call made once more with a
 // fresh one (Zapier refused the first, so nothing happened twice). A failed
-// token lookup comes back as the gateway's *apiError.
+// token lookup comes back as the gateway's *gateway.Error.
 func (a *App) callAPI(ctx context.Context, key tokencache.Key, call func(ctx context.Context, access string) error) error {
 	ctx = withBudgetTenant(ctx, key.Tenant)
 	for attempt := 0; ; attempt++ {
 		access, err := a.accessToken(ctx, key)
 		if err != nil {
-			return exchangeAPIError(err)
+			return gateway.ExchangeError(err)
 		}
 		err = callZapier(a.tokens.apiBreaker, func() error { return call(ctx, access) })
 		if zerr, ok := zapierapi.AsError(err); ok && zerr.StatusCode == http.StatusUnauthorized && attempt == 0 {
@@ -660,7 +631,7 @@ func (a *App) exchangeJWT(ctx context.Context, key tokencache.Key) (zapierapi.To
 
 func (a *App) logExchangeFailure(key tokencache.Key, err error) {
 	level := zapcore.ErrorLevel
-	fields := []zap.Field{zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err)}
+	fields := []zap.Field{zap.String("identity", gateway.LogHash(key.Tenant, key.User)), zap.Error(err)}
 	if zerr, ok := zapierapi.AsError(err); ok {
 		fields = append(fields, zap.String("kind", zerr.Kind.String()), zap.Int("status", zerr.StatusCode), zap.Int("attempts", zerr.Attempts))
 		if zerr.Kind == zapierapi.KindUnavailable {

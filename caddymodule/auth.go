@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -39,7 +40,7 @@ const maxReplayBody = 64 << 10
 // so clients do not see a 401 caused by a stale cached token.
 type Auth struct {
 	app    *App
-	rules  identityRules
+	rules  gateway.IdentityRules
 	logger *zap.Logger
 }
 
@@ -92,14 +93,20 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		// A browser request made by another site: with an ingress that turns
 		// the partner's session into identity headers it would act as the
 		// user (CSRF). Backends, the callers zapier_auth serves, never send it.
-		_, _, _ = h.rules.extract(r) // still strip the identity headers
-		writeError(w, &apiError{Status: http.StatusForbidden, Code: "cross_site_refused",
+		_, _, _ = h.rules.Extract(r) // still strip the identity headers
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusForbidden, Code: "cross_site_refused",
 			Message: "zapier_auth does not serve requests made by another site"})
 		return nil
 	}
-	tenant, user, ierr := h.rules.extract(r)
+	if e := h.app.hostRules().Check(r, false); e != nil {
+		h.rules.Strip(r)
+		gateway.WriteError(w, e)
+		return nil
+	}
+	tenant, user, ierr := h.rules.Extract(r)
 	if ierr != nil {
-		h.refuse(w, r, ierr)
+		h.app.observeRefusal(r, ierr)
+		gateway.WriteError(w, ierr)
 		return nil
 	}
 	key := tokencache.Key{Tenant: tenant, User: user}
@@ -165,9 +172,9 @@ func (h *Auth) admit(w http.ResponseWriter, r *http.Request, tenant string) (don
 	if err == nil {
 		return false, nil
 	}
-	var aerr *apiError
+	var aerr *gateway.Error
 	if errors.As(err, &aerr) {
-		writeError(w, aerr)
+		gateway.WriteError(w, aerr)
 		return true, nil
 	}
 	return true, caddyhttp.Error(499, err)
@@ -190,37 +197,19 @@ func (h *Auth) evictOnUnauthorized(status int, key tokencache.Key, token string)
 	}
 }
 
-func (h *Auth) refuse(w http.ResponseWriter, r *http.Request, ierr *identityError) {
-	refuseIdentity(w, r, h.app.metrics, h.logger, ierr)
-}
-
-// refuseIdentity answers a request whose identity was refused, counting and
-// logging the reason; zapier_auth and zapier_connect refuse alike.
-func refuseIdentity(w http.ResponseWriter, r *http.Request, m *metrics, logger *zap.Logger, ierr *identityError) {
-	m.refusals.WithLabelValues(ierr.code).Inc()
-	level := zapcore.InfoLevel
-	if ierr == errIdentityUntrusted {
-		level = zapcore.WarnLevel
-	}
-	if ce := logger.Check(level, "request refused"); ce != nil {
-		ce.Write(zap.String("reason", ierr.code), zap.String("remote_addr", r.RemoteAddr))
-	}
-	writeError(w, &apiError{Status: ierr.status, Code: ierr.code, Message: ierr.message})
-}
-
 // failExchange answers a failed token lookup. A caller that went away gets
 // no body; its request is simply over.
 func (h *Auth) failExchange(w http.ResponseWriter, r *http.Request, key tokencache.Key, err error) error {
 	if errors.Is(r.Context().Err(), context.Canceled) {
 		return caddyhttp.Error(499, r.Context().Err())
 	}
-	apiErr := exchangeAPIError(err)
+	apiErr := gateway.ExchangeError(err)
 	// The exchange logged the failure once; this says which requests it
 	// answered (also those served from the negative cache), at debug level.
 	if ce := h.logger.Check(zapcore.DebugLevel, "request failed: no access token"); ce != nil {
-		ce.Write(zap.String("reason", apiErr.Code), zap.String("identity", identityHash(key.Tenant, key.User)))
+		ce.Write(zap.String("reason", apiErr.Code), zap.String("identity", gateway.LogHash(key.Tenant, key.User)))
 	}
-	writeError(w, apiErr)
+	gateway.WriteError(w, apiErr)
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -36,11 +37,11 @@ func hitAuth(tb testing.TB, keys []tokencache.Key) *Auth {
 			tb.Fatal(err)
 		}
 	}
-	trusted, err := parseTrustedSources(defaultTrustedSources)
+	trusted, err := gateway.ParseTrustedSources(defaultTrustedSources)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	rules := newIdentityRules(defaultUserHeader, defaultTenantHeader, trusted)
+	rules := gateway.NewIdentityRules(defaultUserHeader, defaultTenantHeader, trusted)
 	return &Auth{
 		app:    &App{tokens: &pooledCache{cache: c, apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})}, metrics: sharedMetrics},
 		rules:  rules,
@@ -140,8 +141,8 @@ func BenchmarkAuthServeHTTPHitParallel(b *testing.B) {
 
 // BenchmarkExtractIdentity is the identity part of the hot path alone.
 func BenchmarkExtractIdentity(b *testing.B) {
-	trusted, _ := parseTrustedSources(defaultTrustedSources)
-	rules := newIdentityRules(defaultUserHeader, defaultTenantHeader, trusted)
+	trusted, _ := gateway.ParseTrustedSources(defaultTrustedSources)
+	rules := gateway.NewIdentityRules(defaultUserHeader, defaultTenantHeader, trusted)
 	r, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1/v2/echo", nil)
 	r.RemoteAddr = "127.0.0.1:43210"
 	r.Header = http.Header{"Accept": {"*/*"}, "User-Agent": {"bench"}}
@@ -150,8 +151,8 @@ func BenchmarkExtractIdentity(b *testing.B) {
 	for b.Loop() {
 		r.Header[defaultUserHeader] = user
 		r.Header[defaultTenantHeader] = tenant
-		if _, _, ierr := rules.extract(r); ierr != nil {
-			b.Fatal(ierr.code)
+		if _, _, ierr := rules.Extract(r); ierr != nil {
+			b.Fatal(ierr.Code)
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zapgate/caddy-zapier/budget"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -205,7 +206,7 @@ func (a *App) prepay(ctx context.Context, tenant string, units int) (context.Con
 func budgetError(err error) error {
 	var ee *budget.ExhaustedError
 	if errors.As(err, &ee) {
-		return budgetExhaustedError(ee.RetryAfter)
+		return gateway.BudgetExhaustedError(ee.RetryAfter)
 	}
 	return err
 }
@@ -302,7 +303,7 @@ func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (a *App) admitProxied(ctx context.Context, tenant string) error {
 	b := a.tokens.apiBreaker
 	if err := b.Before(); err != nil {
-		return apiCallError(err)
+		return gateway.CallError(err)
 	}
 	if err := a.spend(ctx, tenant); err != nil {
 		b.After(&zapierapi.Error{Kind: zapierapi.KindUnavailable}) // nothing learnt

@@ -76,6 +76,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existingVal any) (any, error) {
 //			user_header <name>
 //			tenant_header <name>
 //			trusted_sources <cidr...>
+//			allowed_hosts <name...>
 //		}
 //		cache {
 //			size <n>
@@ -197,6 +198,8 @@ func (c *IdentityConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneString(d, &c.TenantHeader)
 		case "trusted_sources":
 			err = someStrings(d, &c.TrustedSources)
+		case "allowed_hosts":
+			err = someStrings(d, &c.AllowedHosts)
 		default:
 			return d.Errf("unrecognized zapier identity option %q", opt)
 		}

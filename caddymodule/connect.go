@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -71,7 +72,7 @@ type Connect struct {
 	HealthCheck caddy.Duration `json:"health_check,omitempty"`
 
 	app         *App
-	rules       identityRules
+	rules       gateway.IdentityRules
 	apps        appMap
 	storage     certmagic.Storage // shared by the gateways; the health sweep's clock
 	store       *connect.Store
@@ -179,7 +180,7 @@ func (h *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	p := r.URL.Path
 	switch {
 	case p == "/connect.js":
-		if !connectMethodAllowed(w, r, http.MethodGet, http.MethodHead) {
+		if !gateway.AllowMethod(w, r, http.MethodGet, http.MethodHead) {
 			return nil
 		}
 		serveConnectScript(w, r)
@@ -205,62 +206,26 @@ func (h *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return h.serveGet(w, r, key, app)
 		})
 	}
-	writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found",
+	gateway.WriteError(w, &gateway.Error{Status: http.StatusNotFound, Code: "not_found",
 		Message: "no such zapier_connect route (token, start, callback, complete, connections, connect.js)"})
 	return nil
 }
 
-type identityHandler func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error
-
-// withIdentity checks the method, then reads the identity exactly as
-// zapier_auth does (same refusals, same metric and log).
+// withIdentity serves a Connect route: a browser-facing, limited route.
 func (h *Connect) withIdentity(w http.ResponseWriter, r *http.Request, method string, next identityHandler) error {
-	return serveWithIdentity(w, r, h.app, h.rules, h.logger, []string{method}, true, next)
-}
-
-// serveWithIdentity is how every end-user route starts: it checks the
-// method, reads the identity exactly as zapier_auth does (same refusals,
-// same metric and log), applies the end-user rate limit when limited
-// (ratelimit.go), and calls next with the identity.
-func serveWithIdentity(w http.ResponseWriter, r *http.Request, app *App, rules identityRules, logger *zap.Logger,
-	methods []string, limited bool, next identityHandler) error {
-	if !connectMethodAllowed(w, r, methods...) {
-		return nil
-	}
-	tenant, user, ierr := rules.extract(r)
-	if ierr != nil {
-		refuseIdentity(w, r, app.metrics, logger, ierr)
-		return nil
-	}
-	key := tokencache.Key{Tenant: tenant, User: user}
-	if limited && !app.allowEndUser(w, key) {
-		return nil
-	}
-	return next(w, r, key)
-}
-
-func connectMethodAllowed(w http.ResponseWriter, r *http.Request, methods ...string) bool {
-	for _, m := range methods {
-		if r.Method == m {
-			return true
-		}
-	}
-	w.Header().Set("Allow", strings.Join(methods, ", "))
-	writeError(w, &apiError{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed",
-		Message: "this route takes " + strings.Join(methods, " or ")})
-	return false
+	return h.app.serveRoute(w, r, gateway.Route{Methods: []string{method}, Class: gateway.Limited, Browser: true}, next)
 }
 
 // failConnect answers an error. A caller that went away gets no body; anything
-// that is not an *apiError is an internal failure (logged by Caddy, never
+// that is not an *gateway.Error is an internal failure (logged by Caddy, never
 // shown).
 func failConnect(w http.ResponseWriter, r *http.Request, err error) error {
 	if errors.Is(r.Context().Err(), context.Canceled) {
 		return caddyhttp.Error(499, r.Context().Err())
 	}
-	var aerr *apiError
+	var aerr *gateway.Error
 	if errors.As(err, &aerr) {
-		writeError(w, aerr)
+		gateway.WriteError(w, aerr)
 		return nil
 	}
 	return caddyhttp.Error(http.StatusInternalServerError, err)
@@ -269,7 +234,7 @@ func failConnect(w http.ResponseWriter, r *http.Request, err error) error {
 func writeConnectJSON(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
-		writeError(w, &apiError{Status: http.StatusInternalServerError, Code: "internal_error", Message: "encoding the response failed"})
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusInternalServerError, Code: "internal_error", Message: "encoding the response failed"})
 		return
 	}
 	h := w.Header()
@@ -283,9 +248,9 @@ func writeConnectJSON(w http.ResponseWriter, status int, v any) {
 // decodeConnectBody reads one JSON object with only the known fields. Requiring
 // application/json also keeps cross-site forms (which cannot send it
 // without a CORS preflight) away from the POST routes.
-func decodeConnectBody(w http.ResponseWriter, r *http.Request, dst any) *apiError {
-	bad := func(msg string) *apiError {
-		return &apiError{Status: http.StatusBadRequest, Code: "bad_request", Message: msg}
+func decodeConnectBody(w http.ResponseWriter, r *http.Request, dst any) *gateway.Error {
+	bad := func(msg string) *gateway.Error {
+		return &gateway.Error{Status: http.StatusBadRequest, Code: "bad_request", Message: msg}
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
 		return bad("the body must be JSON, with Content-Type: application/json")
@@ -320,7 +285,7 @@ func connectBodyErrorText(err error) string {
 // hash, never the state, token or connection id.
 func (h *Connect) logRefusal(msg string, key tokencache.Key, fields ...zap.Field) {
 	if ce := h.logger.Check(zapcore.InfoLevel, msg); ce != nil {
-		ce.Write(append(fields, zap.String("identity", identityHash(key.Tenant, key.User)))...)
+		ce.Write(append(fields, zap.String("identity", gateway.LogHash(key.Tenant, key.User)))...)
 	}
 }
 

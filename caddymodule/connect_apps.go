@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -53,9 +54,9 @@ func newAppMap(apps map[string]string) (appMap, error) {
 // resolve finds an app the configuration names, by key or by UUID (ok),
 // or refuses a malformed name; any other app is for Zapier's catalog
 // (App.resolveApp).
-func (m appMap) resolve(name string) (ids appIDs, ok bool, aerr *apiError) {
+func (m appMap) resolve(name string) (ids appIDs, ok bool, aerr *gateway.Error) {
 	if !validAppName(name) {
-		return appIDs{}, false, &apiError{Status: http.StatusBadRequest, Code: "bad_request",
+		return appIDs{}, false, &gateway.Error{Status: http.StatusBadRequest, Code: "bad_request",
 			Message: fmt.Sprintf("app must be 1-%d letters, digits or _-.@: (the app's key, e.g. SlackCLIAPI, or its UUID)", maxAppID)}
 	}
 	key, _, _ := strings.Cut(name, "@") // SlackCLIAPI@1.0.0 names SlackCLIAPI
@@ -98,11 +99,11 @@ func (a *App) resolveApp(ctx context.Context, key tokencache.Key, overrides appM
 		return apps, err
 	})
 	if errors.Is(err, connect.ErrAppNotFound) {
-		return appIDs{}, &apiError{Status: http.StatusNotFound, Code: "app_not_found",
+		return appIDs{}, &gateway.Error{Status: http.StatusNotFound, Code: "app_not_found",
 			Message: fmt.Sprintf("Zapier's app catalog (GET /v2/apps) has no app %q: name it by its key (e.g. SlackCLIAPI) or its UUID", name)}
 	}
 	if _, isZapier := zapierapi.AsError(err); isZapier {
-		return appIDs{}, apiCallError(err)
+		return appIDs{}, gateway.CallError(err)
 	}
 	if err != nil {
 		return appIDs{}, err

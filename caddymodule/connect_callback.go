@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -22,7 +23,7 @@ func (h *Connect) serveCallback(w http.ResponseWriter, r *http.Request, key toke
 	p, err := connect.ParseCallback(r.URL.RawQuery)
 	if err != nil {
 		h.app.metrics.observeConnectCompletion(connect.FlowRedirect, connectFailed)
-		return failConnect(w, r, badRequest(err.Error()))
+		return failConnect(w, r, gateway.BadRequest(err.Error()))
 	}
 	st, err := h.callbackFlow(w, r, key, p)
 	if err != nil {
@@ -30,7 +31,7 @@ func (h *Connect) serveCallback(w http.ResponseWriter, r *http.Request, key toke
 	}
 	if err := connect.CheckReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
 		// Signed by us, but return_origins may have changed since.
-		return failConnect(w, r, badRequest(err.Error()))
+		return failConnect(w, r, gateway.BadRequest(err.Error()))
 	}
 	ids := appIDs{connect: st.App, uuid: st.AppUUID}
 	if p.HasError {
@@ -117,7 +118,7 @@ func (h *Connect) spendState(w http.ResponseWriter, r *http.Request, key tokenca
 	if errors.As(err, &serr) {
 		h.app.metrics.observeConnectCompletion(flow, connectStateInvalid)
 		h.logRefusal("connect state refused", key, zap.String("flow", string(flow)), zap.String("reason", serr.Reason))
-		return nil, &apiError{Status: http.StatusBadRequest, Code: "connect_state_invalid",
+		return nil, &gateway.Error{Status: http.StatusBadRequest, Code: "connect_state_invalid",
 			Message: "the connect state is invalid (" + serr.Reason + "); start the connect flow again"}
 	}
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -52,14 +53,14 @@ func (h *Connect) serveGet(w http.ResponseWriter, r *http.Request, key tokencach
 
 // connectionIDParam reads the optional ?connection_id= naming one of
 // several accounts of an app.
-func connectionIDParam(r *http.Request) (string, *apiError) {
+func connectionIDParam(r *http.Request) (string, *gateway.Error) {
 	q := r.URL.Query()
 	if len(q["connection_id"]) > 1 {
-		return "", badRequest("connection_id must appear at most once")
+		return "", gateway.BadRequest("connection_id must appear at most once")
 	}
 	id := q.Get("connection_id")
 	if id != "" && !connect.ValidConnectionID(id) {
-		return "", badRequest("connection_id is not a connection id")
+		return "", gateway.BadRequest("connection_id is not a connection id")
 	}
 	return id, nil
 }
@@ -96,7 +97,7 @@ func (h *Connect) serveDelete(w http.ResponseWriter, r *http.Request, key tokenc
 		return failConnect(w, r, err)
 	}
 	if connID == "" && len(recs) > 1 {
-		return failConnect(w, r, &apiError{Status: http.StatusConflict, Code: "connection_ambiguous",
+		return failConnect(w, r, &gateway.Error{Status: http.StatusConflict, Code: "connection_ambiguous",
 			Message: fmt.Sprintf("the user has %d accounts of app %s: name one with ?connection_id=", len(recs), ids.connect)})
 	}
 	var rec *connect.Record
@@ -139,7 +140,7 @@ func (a *App) deleteAuthentication(ctx context.Context, key tokencache.Key, id s
 		return err
 	})
 	if _, ok := zapierapi.AsError(err); ok {
-		return "", apiCallError(err)
+		return "", gateway.CallError(err)
 	}
 	if err != nil {
 		return "", err
@@ -150,7 +151,7 @@ func (a *App) deleteAuthentication(ctx context.Context, key tokencache.Key, id s
 	return upstreamDeleted, nil
 }
 
-func errNoConnection(ids appIDs) *apiError {
-	return &apiError{Status: http.StatusNotFound, Code: "connection_missing",
+func errNoConnection(ids appIDs) *gateway.Error {
+	return &gateway.Error{Status: http.StatusNotFound, Code: "connection_missing",
 		Message: "no stored connection for app " + ids.connect}
 }

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -64,7 +65,7 @@ func (h *Connect) serveToken(w http.ResponseWriter, r *http.Request, key tokenca
 		return failConnect(w, r, err)
 	}
 	if req.Theme != "" && !validTheme(req.Theme) {
-		return failConnect(w, r, badRequest(themeRule))
+		return failConnect(w, r, gateway.BadRequest(themeRule))
 	}
 	ctx := r.Context()
 	reconnectID, reused, err := h.plan(ctx, key, ids, req.ReconnectID, req.Reconnect, req.NewAccount)
@@ -111,11 +112,11 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	q := r.URL.Query()
 	for _, name := range []string{"app", "return_to", "reconnect_id", "reconnect", "new_account", "theme"} {
 		if len(q[name]) > 1 {
-			return failConnect(w, r, badRequest(name+" must appear at most once"))
+			return failConnect(w, r, gateway.BadRequest(name+" must appear at most once"))
 		}
 	}
 	if h.app.CallbackURL == "" {
-		return failConnect(w, r, &apiError{Status: http.StatusInternalServerError, Code: "connect_not_configured",
+		return failConnect(w, r, &gateway.Error{Status: http.StatusInternalServerError, Code: "connect_not_configured",
 			Message: "the redirect flow needs callback_url in the zapier global option"})
 	}
 	returnTo := q.Get("return_to")
@@ -123,7 +124,7 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 		returnTo = "/"
 	}
 	if err := connect.CheckReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
-		return failConnect(w, r, badRequest(err.Error()))
+		return failConnect(w, r, gateway.BadRequest(err.Error()))
 	}
 	ids, err := h.app.resolveApp(r.Context(), key, h.apps, q.Get("app"))
 	if err != nil {
@@ -131,7 +132,7 @@ func (h *Connect) serveStart(w http.ResponseWriter, r *http.Request, key tokenca
 	}
 	theme := q.Get("theme")
 	if theme != "" && !validTheme(theme) {
-		return failConnect(w, r, badRequest(themeRule))
+		return failConnect(w, r, gateway.BadRequest(themeRule))
 	}
 	reconnectID := q.Get("reconnect_id")
 	reconnect := q.Get("reconnect") == "1" || q.Get("reconnect") == "true"
@@ -183,7 +184,7 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 	authID, ok := connect.ConnectionIDFromJSON(req.AuthID)
 	if !ok {
 		h.app.metrics.observeConnectCompletion(connect.FlowPopup, connectFailed)
-		return failConnect(w, r, badRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
+		return failConnect(w, r, gateway.BadRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
 	}
 	ids, err := h.app.resolveApp(r.Context(), key, h.apps, req.App)
 	if err != nil {
@@ -214,7 +215,7 @@ func (h *Connect) serveComplete(w http.ResponseWriter, r *http.Request, key toke
 func (h *Connect) plan(ctx context.Context, key tokencache.Key, ids appIDs, reconnectID string, reconnect, newAccount bool) (string, *connect.Record, error) {
 	if reconnectID != "" {
 		if !connect.ValidConnectionID(reconnectID) {
-			return "", nil, badRequest("reconnect_id is not a connection id")
+			return "", nil, gateway.BadRequest("reconnect_id is not a connection id")
 		}
 		return reconnectID, nil, nil
 	}
@@ -262,7 +263,7 @@ func (h *Connect) verifyAndStore(ctx context.Context, key tokencache.Key, ids ap
 			reason = "expired"
 		}
 		h.logRefusal("connection refused", key, zap.String("flow", string(flow)), zap.String("app", ids.connect), zap.String("reason", reason))
-		return nil, &apiError{Status: http.StatusBadRequest, Code: "connection_invalid",
+		return nil, &gateway.Error{Status: http.StatusBadRequest, Code: "connection_invalid",
 			Message: "the connection is not one of this user's live connections for the app (" + reason + ")"}
 	}
 	rec, err = h.store.Put(ctx, key.Tenant, key.User, connect.Record{
@@ -285,7 +286,7 @@ func (h *Connect) lookupConnection(ctx context.Context, key tokencache.Key, appU
 		return err
 	})
 	if _, ok := zapierapi.AsError(err); ok {
-		return nil, apiCallError(err)
+		return nil, gateway.CallError(err)
 	}
 	if err != nil {
 		return nil, err
@@ -302,7 +303,7 @@ func (h *Connect) connectToken(ctx context.Context, key tokencache.Key, ids appI
 	for attempt := 0; ; attempt++ {
 		access, err := h.app.accessToken(ctx, key)
 		if err != nil {
-			return zapierapi.Token{}, exchangeAPIError(err)
+			return zapierapi.Token{}, gateway.ExchangeError(err)
 		}
 		tok, err := h.exchangeConnect(ctx, key, access, resource)
 		if err != nil && zapierapi.IsPermanent(err) && attempt == 0 {
@@ -310,7 +311,7 @@ func (h *Connect) connectToken(ctx context.Context, key tokencache.Key, ids appI
 			continue
 		}
 		if err != nil {
-			return zapierapi.Token{}, exchangeAPIError(err)
+			return zapierapi.Token{}, gateway.ExchangeError(err)
 		}
 		return tok, nil
 	}
@@ -340,14 +341,14 @@ func (h *Connect) connectURL(app, token string, extra url.Values) string {
 func (h *Connect) secureCookie(r *http.Request) bool {
 	return r.TLS != nil ||
 		strings.HasPrefix(h.app.CallbackURL, "https://") ||
-		(strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") && h.rules.isTrusted(r.RemoteAddr))
+		(strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") && h.rules.IsTrusted(r.RemoteAddr))
 }
 
 // redirectFailure sends the browser back to a validated return_to with the
 // error code of err. A caller that went away gets nothing; an internal
 // error stays internal.
 func (h *Connect) redirectFailure(w http.ResponseWriter, r *http.Request, returnTo string, ids appIDs, err error) error {
-	var aerr *apiError
+	var aerr *gateway.Error
 	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
 		return failConnect(w, r, err)
 	}
@@ -369,10 +370,6 @@ func redirectTo(w http.ResponseWriter, location string) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("Referrer-Policy", "no-referrer")
 	w.WriteHeader(http.StatusFound)
-}
-
-func badRequest(msg string) *apiError {
-	return &apiError{Status: http.StatusBadRequest, Code: "bad_request", Message: msg}
 }
 
 const themeRule = "theme must be 1-64 letters, digits, _ or - (a Connect theme name)"

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -159,9 +160,9 @@ func (h *Connect) announceHealth(key tokencache.Key, rec connect.Record) {
 	if rec.Status == connect.StatusMissing {
 		caddyEvent, lifecycle = eventConnectionMissingCaddy, eventConnectionMissing
 	}
-	h.logger.Info("stored connection "+rec.Status, zap.String("identity", identityHash(key.Tenant, key.User)), zap.String("app", rec.App))
+	h.logger.Info("stored connection "+rec.Status, zap.String("identity", gateway.LogHash(key.Tenant, key.User)), zap.String("app", rec.App))
 	h.app.emit(caddyEvent, func() map[string]any {
-		return map[string]any{"identity": identityHash(key.Tenant, key.User), "app": rec.App, "connection_id": rec.ConnectionID}
+		return map[string]any{"identity": gateway.LogHash(key.Tenant, key.User), "app": rec.App, "connection_id": rec.ConnectionID}
 	})
 	connectionChanged(lifecycle, key.Tenant, key.User, rec) // triggers_connevents.go
 }

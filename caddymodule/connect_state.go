@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/internal/sweep"
 )

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"github.com/caddyserver/certmagic"
+
 	"github.com/zapgate/caddy-zapier/connect"
 )
 

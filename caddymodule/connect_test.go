@@ -10,6 +10,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 const slackUUID = "81f613aa-c98a-4383-a5fc-195e68647217"
@@ -139,9 +141,9 @@ func TestConnectRejectsBadProvisionValues(t *testing.T) {
 }
 
 func TestSecureCookieDecision(t *testing.T) {
-	trusted, _ := parseTrustedSources([]string{"127.0.0.0/8"})
-	plain := &Connect{app: &App{CallbackURL: "http://localhost:8080/cb"}, rules: identityRules{trusted: trusted}}
-	httpsCallback := &Connect{app: &App{CallbackURL: "https://app.example.com/cb"}, rules: identityRules{trusted: trusted}}
+	trusted, _ := gateway.ParseTrustedSources([]string{"127.0.0.0/8"})
+	plain := &Connect{app: &App{CallbackURL: "http://localhost:8080/cb"}, rules: gateway.NewIdentityRules("X-Zapier-User", "X-Zapier-Tenant", trusted)}
+	httpsCallback := &Connect{app: &App{CallbackURL: "https://app.example.com/cb"}, rules: gateway.NewIdentityRules("X-Zapier-User", "X-Zapier-Tenant", trusted)}
 	req := func(remote, proto string, tls bool) *http.Request {
 		r := httptest.NewRequest(http.MethodPost, "/token", nil)
 		if tls {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -31,7 +32,7 @@ func TestExchangeErrorsFollowTheTable(t *testing.T) {
 		{errors.New("minting JWT: no key"), 502, "token_exchange_failed", ""},
 	} {
 		rec := httptest.NewRecorder()
-		writeError(rec, exchangeAPIError(tc.err))
+		gateway.WriteError(rec, gateway.ExchangeError(tc.err))
 		var body struct {
 			Error struct{ Code, Message string } `json:"error"`
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/zapgate/caddy-zapier/actions"
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 // Fuzz targets for what parses untrusted bytes in the Caddy adapter (more
@@ -62,7 +63,7 @@ func FuzzParseTrustedSources(f *testing.F) {
 	f.Add("1.2.3.4/33 fe80::1%eth0")
 	f.Fuzz(func(t *testing.T, list string) {
 		sources := strings.Fields(list)
-		prefixes, err := parseTrustedSources(sources)
+		prefixes, err := gateway.ParseTrustedSources(sources)
 		if err != nil {
 			return
 		}

@@ -13,19 +13,20 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
-// A Retry-After Zapier sends is passed on only up to maxRetryAfter: a day
+// A Retry-After Zapier sends is passed on only up to gateway.MaxRetryAfter: a day
 // would make clients give up on the gateway for a day.
 func TestRetryAfterIsCapped(t *testing.T) {
 	for _, kind := range []zapierapi.Kind{zapierapi.KindRateLimited, zapierapi.KindUnavailable} {
-		e := unavailableAPIError(&zapierapi.Error{Kind: kind, RetryAfter: 24 * time.Hour}, "calls")
-		if e == nil || e.RetryAfter != maxRetryAfter {
-			t.Errorf("kind %v: Retry-After %v, want %v", kind, e.RetryAfter, maxRetryAfter)
+		e := gateway.UnavailableError(&zapierapi.Error{Kind: kind, RetryAfter: 24 * time.Hour}, "calls")
+		if e == nil || e.RetryAfter != gateway.MaxRetryAfter {
+			t.Errorf("kind %v: Retry-After %v, want %v", kind, e.RetryAfter, gateway.MaxRetryAfter)
 		}
-		e = unavailableAPIError(&zapierapi.Error{Kind: kind, RetryAfter: 90 * time.Second}, "calls")
+		e = gateway.UnavailableError(&zapierapi.Error{Kind: kind, RetryAfter: 90 * time.Second}, "calls")
 		if e.RetryAfter != 90*time.Second {
 			t.Errorf("kind %v: a sane Retry-After became %v", kind, e.RetryAfter)
 		}

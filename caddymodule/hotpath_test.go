@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -114,4 +115,13 @@ func TestHitRatioCountsLookupsServedAtOnce(t *testing.T) {
 	if got := pc.hitRatio(); got != 0.75 {
 		t.Errorf("hit ratio = %v, want 0.75", got)
 	}
+}
+
+func testRules(t *testing.T, trusted ...string) gateway.IdentityRules {
+	t.Helper()
+	prefixes, err := gateway.ParseTrustedSources(trusted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gateway.NewIdentityRules("X-Zapier-User", "X-Zapier-Tenant", prefixes)
 }

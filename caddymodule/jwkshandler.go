@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 func init() {
@@ -89,7 +91,7 @@ func (h *JWKS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func (h *JWKS) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, &apiError{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed", Message: "the JWKS is read with GET"})
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed", Message: "the JWKS is read with GET"})
 		return nil
 	}
 	if err := h.app.ensureKeys(r.Context()); err != nil {

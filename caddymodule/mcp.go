@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -94,7 +95,7 @@ type MCP struct {
 	TenantTools map[string]*MCPToolPolicy `json:"tenant_tools,omitempty"`
 
 	app      *App
-	rules    identityRules
+	rules    gateway.IdentityRules
 	states   *stateKeeper
 	tokens   *mcpgateway.Tokens
 	proxy    *mcpgateway.Proxy
@@ -196,33 +197,40 @@ func (h *MCP) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Hand
 	p := strings.TrimPrefix(r.URL.Path, "/")
 	switch {
 	case p == "authorize":
-		return h.withIdentity(w, r, []string{http.MethodGet}, h.serveAuthorize)
+		return h.withIdentity(w, r, mcpBrowserRoute, h.serveAuthorize)
 	case p == "callback":
-		return h.withIdentity(w, r, []string{http.MethodGet}, h.serveCallback)
+		return h.withIdentity(w, r, mcpBrowserRoute, h.serveCallback)
 	case p == "apps":
-		return h.withIdentity(w, r, []string{http.MethodGet}, h.serveApps)
+		return h.withIdentity(w, r, gateway.Route{Methods: []string{http.MethodGet}}, h.serveApps)
 	case strings.HasPrefix(p, "apps/"):
 		app := strings.TrimPrefix(p, "apps/")
-		return h.withIdentity(w, r, []string{http.MethodDelete}, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+		return h.withIdentity(w, r, gateway.Route{Methods: []string{http.MethodDelete}}, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
 			return h.serveForget(w, r, key, app)
 		})
 	case p == "":
-		return h.withIdentity(w, r, []string{http.MethodPost, http.MethodGet, http.MethodDelete}, h.serveAggregate)
+		return h.withIdentity(w, r, mcpAgentRoute, h.serveAggregate)
 	case !strings.Contains(p, "/") && validAppName(p):
-		return h.withIdentity(w, r, []string{http.MethodPost, http.MethodGet, http.MethodDelete}, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+		return h.withIdentity(w, r, mcpAgentRoute, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
 			return h.serveMCP(w, r, key, p)
 		})
 	}
-	writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found",
+	gateway.WriteError(w, &gateway.Error{Status: http.StatusNotFound, Code: "not_found",
 		Message: "no such zapier_mcp route (authorize, callback, apps, apps/{app}, {app})"})
 	return nil
 }
 
-// withIdentity serves an MCP route for the caller's identity. The end-user
-// rate limit does not apply: an agent's MCP traffic is chatty by nature
-// (a message per request), and tool calls have their own cap.
-func (h *MCP) withIdentity(w http.ResponseWriter, r *http.Request, methods []string, next identityHandler) error {
-	return serveWithIdentity(w, r, h.app, h.rules, h.logger, methods, false, next)
+// The MCP routes' classes. The authorize flow and the apps list spend Zapier
+// calls per request like Connect's routes, so they are limited; an agent's
+// MCP messages are chatty by nature (a message per request), and tool calls
+// have their own cap.
+var (
+	mcpBrowserRoute = gateway.Route{Methods: []string{http.MethodGet}, Browser: true}
+	mcpAgentRoute   = gateway.Route{Methods: []string{http.MethodPost, http.MethodGet, http.MethodDelete}, Class: gateway.Agent}
+)
+
+// withIdentity serves an MCP route for the caller's identity.
+func (h *MCP) withIdentity(w http.ResponseWriter, r *http.Request, rt gateway.Route, next identityHandler) error {
+	return h.app.serveRoute(w, r, rt, next)
 }
 
 func mcpIdentity(key tokencache.Key) mcpgateway.Identity {
@@ -244,26 +252,26 @@ func (h *MCP) serveMCP(w http.ResponseWriter, r *http.Request, key tokencache.Ke
 		if errors.As(err, &le) {
 			retry = max(le.RetryAfter, time.Second)
 		}
-		writeError(w, &apiError{Status: http.StatusTooManyRequests, Code: "mcp_tool_call_limit",
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusTooManyRequests, Code: "mcp_tool_call_limit",
 			Message: "the user's cap on tool calls per minute is reached; retry later", RetryAfter: retry})
 		return nil
 	case errors.Is(err, mcpgateway.ErrBodyTooLarge):
-		writeError(w, &apiError{Status: http.StatusRequestEntityTooLarge, Code: "mcp_request_too_large",
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusRequestEntityTooLarge, Code: "mcp_request_too_large",
 			Message: "the request body is larger than max_replay_body, so the tool policy cannot check it"})
 		return nil
 	case errors.Is(err, mcpgateway.ErrBodyUnreadable):
-		writeError(w, badRequest("the request body is not JSON-RPC, so the tool policy cannot check it"))
+		gateway.WriteError(w, gateway.BadRequest("the request body is not JSON-RPC, so the tool policy cannot check it"))
 		return nil
 	case errors.Is(err, mcpgateway.ErrToolDenied):
-		writeError(w, &apiError{Status: http.StatusForbidden, Code: "mcp_tool_denied",
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusForbidden, Code: "mcp_tool_denied",
 			Message: "the gateway's tool policy does not allow this tool"})
 		return nil
 	case errors.Is(err, mcpgateway.ErrRetry):
-		writeError(w, &apiError{Status: http.StatusServiceUnavailable, Code: "mcp_retry",
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusServiceUnavailable, Code: "mcp_retry",
 			Message: "the MCP token was refreshed but the request was too large to replay; send it again", RetryAfter: time.Second})
 		return nil
 	case errors.Is(err, mcpgateway.ErrUpstream):
-		writeError(w, &apiError{Status: http.StatusBadGateway, Code: "mcp_upstream_failed",
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusBadGateway, Code: "mcp_upstream_failed",
 			Message: "the app's MCP server could not be reached"})
 		return nil
 	}
@@ -291,7 +299,7 @@ func writeConnectJSONStatus(w http.ResponseWriter, status int, v any) { writeCon
 // mcpRefreshError maps a failed refresh (or storage failure) to an answer.
 func mcpRefreshError(err error) error {
 	if _, ok := zapierapi.AsError(err); ok {
-		return exchangeAPIError(err)
+		return gateway.ExchangeError(err)
 	}
 	return err
 }
@@ -344,7 +352,7 @@ type mcpCatalog struct {
 // resolveApp finds an app by id or key in Zapier's White Label app list.
 func (h *MCP) resolveApp(ctx context.Context, key tokencache.Key, name string) (zapierapi.WhitelabelApp, error) {
 	if !validAppName(name) {
-		return zapierapi.WhitelabelApp{}, badRequest(fmt.Sprintf("app must be 1-%d letters, digits or _-.@: (the app's id or key)", maxAppID))
+		return zapierapi.WhitelabelApp{}, gateway.BadRequest(fmt.Sprintf("app must be 1-%d letters, digits or _-.@: (the app's id or key)", maxAppID))
 	}
 	c := h.catalog
 	c.mu.Lock()
@@ -363,7 +371,7 @@ func (h *MCP) resolveApp(ctx context.Context, key tokencache.Key, name string) (
 		return err
 	})
 	if err != nil {
-		return zapierapi.WhitelabelApp{}, apiCallError(err)
+		return zapierapi.WhitelabelApp{}, gateway.CallError(err)
 	}
 	c.apps, c.fetched = map[string]zapierapi.WhitelabelApp{}, time.Now()
 	for _, a := range list {
@@ -381,8 +389,8 @@ func (h *MCP) resolveApp(ctx context.Context, key tokencache.Key, name string) (
 	return zapierapi.WhitelabelApp{}, errUnknownMCPApp(name)
 }
 
-func errUnknownMCPApp(name string) *apiError {
-	return &apiError{Status: http.StatusNotFound, Code: "mcp_app_unknown",
+func errUnknownMCPApp(name string) *gateway.Error {
+	return &gateway.Error{Status: http.StatusNotFound, Code: "mcp_app_unknown",
 		Message: "no White Label app " + name + " with an MCP server in GET /v2/whitelabel/apps"}
 }
 

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -23,7 +24,7 @@ func (h *MCP) serveAuthorize(w http.ResponseWriter, r *http.Request, key tokenca
 	q := r.URL.Query()
 	for _, name := range []string{"app", "return_to"} {
 		if len(q[name]) > 1 {
-			return failConnect(w, r, badRequest(name+" must appear at most once"))
+			return failConnect(w, r, gateway.BadRequest(name+" must appear at most once"))
 		}
 	}
 	returnTo := q.Get("return_to")
@@ -31,7 +32,7 @@ func (h *MCP) serveAuthorize(w http.ResponseWriter, r *http.Request, key tokenca
 		returnTo = "/"
 	}
 	if err := connect.CheckReturnTo(returnTo, h.app.ReturnOrigins); err != nil {
-		return failConnect(w, r, badRequest(err.Error()))
+		return failConnect(w, r, gateway.BadRequest(err.Error()))
 	}
 	ctx := r.Context()
 	app, err := h.resolveApp(ctx, key, q.Get("app"))
@@ -85,7 +86,7 @@ func (h *MCP) connectToken(ctx context.Context, key tokencache.Key, resource str
 		return h.app.client.ExchangeJWTForMCPConnect(ctx, jwt, resource, h.Scopes)
 	})
 	if err != nil {
-		return zapierapi.Token{}, exchangeAPIError(err)
+		return zapierapi.Token{}, gateway.ExchangeError(err)
 	}
 	return tok, nil
 }
@@ -144,7 +145,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 	p, err := parseMCPCallback(r.URL.RawQuery)
 	if err != nil {
 		h.observeAuthorization(mcpAuthFailed)
-		return failConnect(w, r, badRequest(err.Error()))
+		return failConnect(w, r, gateway.BadRequest(err.Error()))
 	}
 	ctx := r.Context()
 	st, err := h.states.Open(ctx, r, p.state, connect.FlowMCP, key.Tenant, key.User)
@@ -154,8 +155,8 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 	var serr *connect.StateError
 	if errors.As(err, &serr) {
 		h.observeAuthorization(mcpAuthStateInvalid)
-		h.logger.Info("mcp state refused", zap.String("identity", identityHash(key.Tenant, key.User)), zap.String("reason", serr.Reason))
-		return failConnect(w, r, &apiError{Status: http.StatusBadRequest, Code: "connect_state_invalid",
+		h.logger.Info("mcp state refused", zap.String("identity", gateway.LogHash(key.Tenant, key.User)), zap.String("reason", serr.Reason))
+		return failConnect(w, r, &gateway.Error{Status: http.StatusBadRequest, Code: "connect_state_invalid",
 			Message: "the MCP authorize state is invalid (" + serr.Reason + "); start again at authorize"})
 	}
 	if err != nil {
@@ -163,7 +164,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 	}
 	connect.ClearFlowCookie(w, r, st.ID, time.Duration(h.StateTTL), h.secureCookie(r))
 	if err := connect.CheckReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
-		return failConnect(w, r, badRequest(err.Error()))
+		return failConnect(w, r, gateway.BadRequest(err.Error()))
 	}
 	if p.hasError {
 		h.observeAuthorization(mcpAuthError)
@@ -192,7 +193,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 	})
 	if err != nil {
 		h.observeAuthorization(mcpAuthFailed)
-		return h.redirectOutcome(w, r, st.ReturnTo, app.ID, exchangeAPIError(err))
+		return h.redirectOutcome(w, r, st.ReturnTo, app.ID, gateway.ExchangeError(err))
 	}
 	now := time.Now()
 	rec := &mcpgateway.Record{App: app.ID, Title: app.Title, ServerURL: app.Links.MCPServerURL, Resource: resource,
@@ -211,7 +212,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 // redirectOutcome sends the browser back to a validated return_to with the
 // error code of err; an internal error stays internal.
 func (h *MCP) redirectOutcome(w http.ResponseWriter, r *http.Request, returnTo, app string, err error) error {
-	var aerr *apiError
+	var aerr *gateway.Error
 	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
 		return failConnect(w, r, err)
 	}
@@ -222,7 +223,7 @@ func (h *MCP) redirectOutcome(w http.ResponseWriter, r *http.Request, returnTo, 
 // secureCookie: as for zapier_connect, with this handler's callback URL.
 func (h *MCP) secureCookie(r *http.Request) bool {
 	return r.TLS != nil || (len(h.CallbackURL) > 8 && h.CallbackURL[:8] == "https://") ||
-		(r.Header.Get("X-Forwarded-Proto") == "https" && h.rules.isTrusted(r.RemoteAddr))
+		(r.Header.Get("X-Forwarded-Proto") == "https" && h.rules.IsTrusted(r.RemoteAddr))
 }
 
 // mcpAppView is one authorized app as GET apps shows it: never a token.
@@ -253,14 +254,14 @@ func (h *MCP) serveApps(w http.ResponseWriter, r *http.Request, key tokencache.K
 // Zapier stays until it expires or the user revokes it there).
 func (h *MCP) serveForget(w http.ResponseWriter, r *http.Request, key tokencache.Key, app string) error {
 	if !validAppName(app) {
-		return failConnect(w, r, badRequest("app must be an app id or key"))
+		return failConnect(w, r, gateway.BadRequest("app must be an app id or key"))
 	}
 	found, err := h.tokens.Forget(r.Context(), mcpIdentity(key), app)
 	if err != nil {
 		return failConnect(w, r, err)
 	}
 	if !found {
-		return failConnect(w, r, &apiError{Status: http.StatusNotFound, Code: "mcp_authorization_missing",
+		return failConnect(w, r, &gateway.Error{Status: http.StatusNotFound, Code: "mcp_authorization_missing",
 			Message: "no MCP authorization stored for app " + app})
 	}
 	h.agg.Invalidate(mcpIdentity(key))

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
 )
 
@@ -178,7 +179,7 @@ func (h *MCP) observe(ctx context.Context, id mcpgateway.Identity, c mcpgateway.
 
 	if ce := h.audit.Check(zapcore.InfoLevel, "mcp tool call"); ce != nil {
 		fields := []zap.Field{
-			zap.String("identity", identityHash(id.Tenant, id.User)),
+			zap.String("identity", gateway.LogHash(id.Tenant, id.User)),
 			zap.String("app", c.App), zap.String("tool", c.Tool),
 			zap.Duration("duration", c.Duration), zap.String("outcome", outcome),
 			zap.Int("status", c.Status), zap.Bool("refreshed", c.Refreshed),

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
@@ -155,7 +156,7 @@ func TestMCPAuditLine(t *testing.T) {
 			t.Fatalf("%d audit lines, want 1 (tool calls only)", len(entries))
 		}
 		f := entries[0].ContextMap()
-		if f["identity"] != identityHash("org", "alice@example.com") || f["app"] != "SlackCLIAPI" || f["tool"] != "send" ||
+		if f["identity"] != gateway.LogHash("org", "alice@example.com") || f["app"] != "SlackCLIAPI" || f["tool"] != "send" ||
 			f["outcome"] != "success" || f["duration"] != time.Second {
 			t.Fatalf("audit fields %v", f)
 		}

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -57,7 +58,7 @@ const (
 var actionOutcomes = []actionOutcome{actionSuccess, actionError, actionPending, actionConnectionMissing, actionFailed}
 
 // refusalReasons are the identity error codes.
-var refusalReasons = []string{errIdentityMissing.code, errIdentityUntrusted.code, errIdentityInvalid.code}
+var refusalReasons = []string{gateway.ErrIdentityMissing.Code, gateway.ErrIdentityUntrusted.Code, gateway.ErrIdentityInvalid.Code}
 
 // metrics holds the collectors. Counters are created once per process and
 // registered into every config's registry, so a reload neither resets them

@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/zapgate/caddy-zapier/budget"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -270,7 +271,7 @@ func TestExchangeSpansNestUnderTheRequestAndPropagate(t *testing.T) {
 	}
 	for k, want := range map[string]string{
 		"zapier.outcome": "success", "zapier.exchange.kind": "access_token",
-		"zapier.identity": identityHash(key.Tenant, key.User),
+		"zapier.identity": gateway.LogHash(key.Tenant, key.User),
 	} {
 		if got := attr(exchange, k); got != want {
 			t.Errorf("exchange %s = %q, want %q", k, got, want)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
@@ -72,10 +73,10 @@ func (a *adminAPI) handleForget(w http.ResponseWriter, r *http.Request) error {
 	if req.User == "" {
 		scope = "tenant"
 	}
-	a.logger.Info("offboarded", zap.String("scope", scope), zap.String("identity", identityHash(req.Tenant, req.User)),
+	a.logger.Info("offboarded", zap.String("scope", scope), zap.String("identity", gateway.LogHash(req.Tenant, req.User)),
 		zap.Int("connections", len(rep.Connections)), zap.Int("failed", rep.Failed), zap.Bool("complete", rep.Complete))
 	app.emit(eventIdentityForgotten, func() map[string]any {
-		return map[string]any{"identity": identityHash(req.Tenant, req.User), "scope": scope,
+		return map[string]any{"identity": gateway.LogHash(req.Tenant, req.User), "scope": scope,
 			"connections": len(rep.Connections), "failed": rep.Failed, "complete": rep.Complete}
 	})
 	status := http.StatusOK
@@ -267,7 +268,7 @@ func (a *App) applyForgetLog(ctx context.Context) error {
 				n++
 			}
 		}
-		a.logger.Info("applied an offboarding from the forget log", zap.String("identity", identityHash(e.Tenant, "")), zap.Int("tokens_purged", n))
+		a.logger.Info("applied an offboarding from the forget log", zap.String("identity", gateway.LogHash(e.Tenant, "")), zap.Int("tokens_purged", n))
 	}
 	return aeadErr
 }

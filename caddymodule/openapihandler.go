@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/openapi"
 )
 
@@ -83,7 +84,7 @@ func (h *OpenAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 func (h *OpenAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if !connectMethodAllowed(w, r, http.MethodGet, http.MethodHead) {
+	if !gateway.AllowMethod(w, r, http.MethodGet, http.MethodHead) {
 		return nil
 	}
 	body, etag, contentType := h.yaml, h.yamlETag, "application/yaml"

@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/zapgate/caddy-zapier/ratelimit"
-	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
 // Defaults of the end-user rate limits: one identity may make 20 requests a
@@ -92,30 +90,6 @@ func (a *App) provisionRateLimits(ctx caddy.Context) error {
 		return fmt.Errorf("zapier: %w", err)
 	}
 	return nil
-}
-
-// allowEndUser takes one request from key's identity and tenant budgets, or
-// answers 429 rate_limited with Retry-After and reports false.
-func (a *App) allowEndUser(w http.ResponseWriter, key tokencache.Key) bool {
-	l := a.limits
-	if l == nil {
-		return true
-	}
-	ok, retry, by := ratelimit.AllowAll(
-		ratelimit.Check{L: l.identity, Key: key.Tenant + "\x00" + key.User},
-		ratelimit.Check{L: l.tenant, Key: key.Tenant},
-	)
-	if ok {
-		return true
-	}
-	scope := "identity"
-	if by == 1 {
-		scope = "tenant"
-	}
-	rateLimited.WithLabelValues(scope).Inc()
-	writeError(w, &apiError{Status: http.StatusTooManyRequests, Code: "rate_limited", RetryAfter: retry,
-		Message: "too many requests for this user or tenant; retry after " + strconv.Itoa(int((retry+time.Second-1)/time.Second)) + "s"})
-	return false
 }
 
 // unmarshalCaddyfile parses

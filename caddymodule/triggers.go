@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/actions"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/triggers"
 	"github.com/zapgate/caddy-zapier/webhooksig"
@@ -85,7 +86,7 @@ type Triggers struct {
 	EventsStream *bool `json:"events_stream,omitempty"`
 
 	app       *App
-	rules     identityRules
+	rules     gateway.IdentityRules
 	conns     *Actions // its app and connection lookups, reused
 	pooled    *pooledTriggers
 	poolKey   string
@@ -217,7 +218,7 @@ func (h *Triggers) newPooled(storage certmagic.Storage, notifyURL string, logger
 		LeaseLimit: h.LeaseLimit, Attempts: h.Attempts, MaxLeases: h.MaxLeases, MaxConcurrent: h.MaxConcurrent,
 		DrainInterval: time.Duration(h.DrainInterval), RetryBase: time.Duration(h.RetryBase), RetryMax: time.Duration(h.RetryMax),
 		Observer: triggerObserver{}, Logger: logger,
-		IdentityHash: func(id triggers.Identity) string { return identityHash(id.Tenant, id.User) },
+		IdentityHash: func(id triggers.Identity) string { return gateway.LogHash(id.Tenant, id.User) },
 	})
 	if err != nil {
 		return nil, err
@@ -345,13 +346,13 @@ func (h *Triggers) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 			})
 		}
 	}
-	writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found",
+	gateway.WriteError(w, &gateway.Error{Status: http.StatusNotFound, Code: "not_found",
 		Message: "no such zapier_triggers route (subscriptions, subscriptions/{name}[/pause|/resume], notify, connection-webhooks)"})
 	return nil
 }
 
 func (h *Triggers) withIdentity(w http.ResponseWriter, r *http.Request, methods []string, next identityHandler) error {
-	return serveWithIdentity(w, r, h.app, h.rules, h.logger, methods, true, next)
+	return h.app.serveRoute(w, r, gateway.Route{Methods: methods}, next)
 }
 
 // subscriptionRequest is the body of PUT subscriptions/{name}.
@@ -393,9 +394,9 @@ func (h *Triggers) serveSubscription(w http.ResponseWriter, r *http.Request, key
 	}
 	switch {
 	case req.Trigger == "" || len(req.Trigger) > actions.MaxActionKeyLen:
-		return h.fail(w, r, badRequest(fmt.Sprintf("trigger must be the trigger's key (1-%d bytes)", actions.MaxActionKeyLen)))
+		return h.fail(w, r, gateway.BadRequest(fmt.Sprintf("trigger must be the trigger's key (1-%d bytes)", actions.MaxActionKeyLen)))
 	case !actions.IsJSONObjectOrNull(req.Inputs):
-		return h.fail(w, r, badRequest("inputs must be a JSON object"))
+		return h.fail(w, r, gateway.BadRequest("inputs must be a JSON object"))
 	}
 	// The user's own stored connection: a connection_id given must be one
 	// of the user's accounts of the app, so nobody subscribes with someone
@@ -410,7 +411,7 @@ func (h *Triggers) serveSubscription(w http.ResponseWriter, r *http.Request, key
 		}
 	}
 	if rec == nil {
-		return h.fail(w, r, &apiError{Status: http.StatusBadRequest, Code: "connection_invalid",
+		return h.fail(w, r, &gateway.Error{Status: http.StatusBadRequest, Code: "connection_invalid",
 			Message: "connection_id is not this user's stored connection for app " + ids.connect})
 	}
 	v, created, err := mgr.Ensure(ctx, id, name, triggers.Spec{App: ids.connect, Trigger: req.Trigger, Inputs: req.Inputs, ConnectionID: rec.ConnectionID})
@@ -429,12 +430,12 @@ func (h *Triggers) serveSubscription(w http.ResponseWriter, r *http.Request, key
 func (h *Triggers) fail(w http.ResponseWriter, r *http.Request, err error) error {
 	switch {
 	case errors.Is(err, triggers.ErrInvalidName):
-		err = badRequest("a subscription name is 1-64 of A-Z a-z 0-9 . _ -")
+		err = gateway.BadRequest("a subscription name is 1-64 of A-Z a-z 0-9 . _ -")
 	case errors.Is(err, triggers.ErrSubscriptionConflict), errors.Is(err, triggers.ErrConflict):
-		err = &apiError{Status: http.StatusConflict, Code: "subscription_conflict",
+		err = &gateway.Error{Status: http.StatusConflict, Code: "subscription_conflict",
 			Message: "a subscription with this name exists with another app, trigger, inputs or connection: delete it first"}
 	case errors.Is(err, triggers.ErrNotFound):
-		err = &apiError{Status: http.StatusNotFound, Code: "subscription_not_found", Message: "this user has no subscription with this name"}
+		err = &gateway.Error{Status: http.StatusNotFound, Code: "subscription_not_found", Message: "this user has no subscription with this name"}
 	}
 	return h.conns.fail(w, r, err)
 }
@@ -444,14 +445,14 @@ func (h *Triggers) fail(w http.ResponseWriter, r *http.Request, err error) error
 // with the inbox's own ?inbox_token= (registered in its notification URL),
 // the count is never trusted, and the answer is 200 whatever the id.
 func (h *Triggers) serveNotify(w http.ResponseWriter, r *http.Request) error {
-	if !connectMethodAllowed(w, r, http.MethodPost) {
+	if !gateway.AllowMethod(w, r, http.MethodPost) {
 		return nil
 	}
 	var body struct {
 		InboxID string `json:"inbox_id"`
 	}
 	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&body); err != nil || len(body.InboxID) > 128 {
-		writeError(w, badRequest("expected {\"inbox_id\": …}"))
+		gateway.WriteError(w, gateway.BadRequest("expected {\"inbox_id\": …}"))
 		return nil
 	}
 	known := h.pooled.mgr.Notify(r.Context(), body.InboxID, r.URL.Query().Get("inbox_token"))

@@ -13,6 +13,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/triggers"
 )
 
@@ -157,7 +158,7 @@ func cmdZapierDeliveries(fl caddycmd.Flags) (int, error) {
 	}
 	for _, dl := range res.DeadLetters {
 		fmt.Printf("%s  %s  subscription %s  identity %s  %d attempts: %s\n", dl.Created.Format(time.RFC3339), dl.ID,
-			dl.Subscription, identityHash(dl.Tenant, dl.User), dl.Attempts, dl.LastError)
+			dl.Subscription, gateway.LogHash(dl.Tenant, dl.User), dl.Attempts, dl.LastError)
 	}
 	return caddy.ExitCodeSuccess, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/internal/sweep"
 	"github.com/zapgate/caddy-zapier/webhooksig"
 )
@@ -80,16 +81,16 @@ type connectionEvent struct {
 // gets a 502 and retries.
 func (h *Triggers) serveConnectionWebhook(w http.ResponseWriter, r *http.Request) error {
 	if h.verifier == nil {
-		writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found", Message: "connection webhooks are not configured (connection_webhook_secret)"})
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusNotFound, Code: "not_found", Message: "connection webhooks are not configured (connection_webhook_secret)"})
 		return nil
 	}
-	if !connectMethodAllowed(w, r, http.MethodPost) {
+	if !gateway.AllowMethod(w, r, http.MethodPost) {
 		return nil
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxWebhookBody))
 	if err != nil {
 		connectionWebhooks.WithLabelValues("malformed").Inc()
-		writeError(w, badRequest("the body is too large or unreadable"))
+		gateway.WriteError(w, gateway.BadRequest("the body is too large or unreadable"))
 		return nil
 	}
 	id, err := h.verifier.Verify(body, r.Header)
@@ -100,7 +101,7 @@ func (h *Triggers) serveConnectionWebhook(w http.ResponseWriter, r *http.Request
 		}
 		connectionWebhooks.WithLabelValues(outcome).Inc()
 		h.logger.Info("refused a connection webhook", zap.String("reason", outcome), zap.String("remote", r.RemoteAddr))
-		writeError(w, &apiError{Status: http.StatusUnauthorized, Code: "signature_invalid",
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusUnauthorized, Code: "signature_invalid",
 			Message: "the Standard Webhooks signature is missing, wrong or outside the timestamp tolerance"})
 		return nil
 	}
@@ -123,7 +124,7 @@ func (h *Triggers) serveConnectionWebhook(w http.ResponseWriter, r *http.Request
 	var data map[string]json.RawMessage
 	if json.Unmarshal(body, &in) != nil || in.Type == "" || json.Unmarshal(in.Data, &data) != nil {
 		connectionWebhooks.WithLabelValues("malformed").Inc()
-		writeError(w, badRequest("expected {\"type\",\"data\":{…}}"))
+		gateway.WriteError(w, gateway.BadRequest("expected {\"type\",\"data\":{…}}"))
 		return nil
 	}
 	var connID string
@@ -154,8 +155,8 @@ func (h *Triggers) serveConnectionWebhook(w http.ResponseWriter, r *http.Request
 	if err := h.sender.Send(ctx, id, out); err != nil {
 		connectionWebhooks.WithLabelValues("partner_failed").Inc()
 		h.logger.Warn("forwarding a connection webhook to deliver_to failed; Zapier will retry",
-			zap.String("identity", identityHash(owner.Tenant, owner.User)), zap.Error(err))
-		writeError(w, &apiError{Status: http.StatusBadGateway, Code: "delivery_failed", Message: "the partner did not accept the event; retry later"})
+			zap.String("identity", gateway.LogHash(owner.Tenant, owner.User)), zap.Error(err))
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusBadGateway, Code: "delivery_failed", Message: "the partner did not accept the event; retry later"})
 		return nil
 	}
 	h.seen.mark(ctx, id)

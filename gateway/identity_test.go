@@ -1,4 +1,4 @@
-package caddymodule
+package gateway
 
 import (
 	"net/http"
@@ -7,13 +7,13 @@ import (
 	"testing"
 )
 
-func testRules(t *testing.T, trusted ...string) identityRules {
+func testRules(t *testing.T, trusted ...string) IdentityRules {
 	t.Helper()
-	prefixes, err := parseTrustedSources(trusted)
+	prefixes, err := ParseTrustedSources(trusted)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newIdentityRules("X-Zapier-User", "X-Zapier-Tenant", prefixes)
+	return NewIdentityRules("X-Zapier-User", "X-Zapier-Tenant", prefixes)
 }
 
 // TestTrustedHostMemo: the memo of the last trusted host skips parsing for
@@ -39,13 +39,13 @@ func TestTrustedHostMemo(t *testing.T) {
 		{":5", false},
 		{"127.0.0.1:x", true}, // as SplitHostPort reads it
 	} {
-		if got := rules.isTrusted(tc.remote); got != tc.want {
+		if got := rules.IsTrusted(tc.remote); got != tc.want {
 			t.Errorf("isTrusted(%q) = %v, want %v (memo %q)", tc.remote, got, tc.want, memo(rules))
 		}
 	}
 }
 
-func memo(rules identityRules) string {
+func memo(rules IdentityRules) string {
 	if p := rules.lastTrusted.Load(); p != nil {
 		return *p
 	}
@@ -88,10 +88,10 @@ func TestExtractIdentity(t *testing.T) {
 			r := httptest.NewRequest(http.MethodGet, "/", nil)
 			r.RemoteAddr = tc.remote
 			r.Header = tc.header.Clone()
-			tenant, user, ierr := rules.extract(r)
+			tenant, user, ierr := rules.Extract(r)
 			code := ""
 			if ierr != nil {
-				code = ierr.code
+				code = ierr.Code
 			}
 			if code != tc.wantCode || tenant != tc.wantTenant || user != tc.wantUser {
 				t.Errorf("got (%q, %q, %q), want (%q, %q, %q)", tenant, user, code, tc.wantTenant, tc.wantUser, tc.wantCode)
@@ -117,7 +117,7 @@ func TestUnderscoreAndCaseVariantsAreRemovedNotRead(t *testing.T) {
 		"X-ZAPIER-USER":   {"spoofed"}, // not canonical: set by hand, never by net/http
 		"X-Other":         {"kept"},
 	}
-	tenant, user, ierr := rules.extract(r)
+	tenant, user, ierr := rules.Extract(r)
 	if ierr != nil || tenant != "real-tenant" || user != "real-user" {
 		t.Fatalf("got %q/%q/%v", tenant, user, ierr)
 	}
@@ -127,11 +127,11 @@ func TestUnderscoreAndCaseVariantsAreRemovedNotRead(t *testing.T) {
 }
 
 func TestIdentityHashIsShortAndKeyed(t *testing.T) {
-	h := identityHash("tenant", "user")
+	h := LogHash("tenant", "user")
 	if len(h) != 12 || strings.Contains(h, "user") {
 		t.Errorf("identityHash = %q", h)
 	}
-	if h == identityHash("tenantu", "ser") {
+	if h == LogHash("tenantu", "ser") {
 		t.Error("tenant/user boundary is ambiguous")
 	}
 }
@@ -140,19 +140,19 @@ func FuzzExtractIdentity(f *testing.F) {
 	f.Add("127.0.0.1:1", "X-Zapier-User", "u", "X-Zapier-Tenant", "t")
 	f.Add("10.1.1.1:1", "X_Zapier_User", "u", "x-zapier-tenant", "t")
 	f.Add("[::1]:9", "X-Zapier-User", "\x00", "X-Zapier-Tenant", strings.Repeat("é", 200))
-	prefixes, _ := parseTrustedSources([]string{"127.0.0.0/8", "::1"})
-	rules := newIdentityRules("X-Zapier-User", "X-Zapier-Tenant", prefixes)
+	prefixes, _ := ParseTrustedSources([]string{"127.0.0.0/8", "::1"})
+	rules := NewIdentityRules("X-Zapier-User", "X-Zapier-Tenant", prefixes)
 	unmemoized := rules
 	unmemoized.lastTrusted = nil
 	f.Fuzz(func(t *testing.T, remote, name1, value1, name2, value2 string) {
 		// The trusted-host memo, whatever earlier inputs left in it, never
 		// changes the answer.
-		if got, want := rules.isTrusted(remote), unmemoized.isTrusted(remote); got != want {
+		if got, want := rules.IsTrusted(remote), unmemoized.IsTrusted(remote); got != want {
 			t.Fatalf("isTrusted(%q) = %v with the memo (%q), %v without", remote, got, memo(rules), want)
 		}
 		r := &http.Request{RemoteAddr: remote, Header: http.Header{name1: {value1}, name2: {value2}}}
-		tenant, user, ierr := rules.extract(r)
-		if ierr == nil && (!validIdentity(tenant) || !validIdentity(user)) {
+		tenant, user, ierr := rules.Extract(r)
+		if ierr == nil && (!ValidIdentity(tenant) || !ValidIdentity(user)) {
 			t.Fatalf("accepted invalid identity %q/%q", tenant, user)
 		}
 		for name := range r.Header {

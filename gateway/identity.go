@@ -1,10 +1,12 @@
-package caddymodule
+package gateway
 
 import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -16,23 +18,16 @@ import (
 // maxIdentityLen bounds an identity value; ids longer than this are not ids.
 const maxIdentityLen = 256
 
-// identityError is a refusal with its error code; the reason doubles as the
-// metric label.
-type identityError struct {
-	status  int
-	code    string
-	message string
-}
-
+// The refusals of identity; the code doubles as the metric label.
 var (
-	errIdentityMissing   = &identityError{http.StatusUnauthorized, "identity_missing", "the request carries no identity headers"}
-	errIdentityUntrusted = &identityError{http.StatusForbidden, "identity_untrusted", "identity headers are only accepted from trusted sources"}
-	errIdentityInvalid   = &identityError{http.StatusBadRequest, "identity_invalid", "an identity header must appear once, with 1-256 printable bytes"}
+	ErrIdentityMissing   = &Error{Status: http.StatusUnauthorized, Code: "identity_missing", Message: "the request carries no identity headers"}
+	ErrIdentityUntrusted = &Error{Status: http.StatusForbidden, Code: "identity_untrusted", Message: "identity headers are only accepted from trusted sources"}
+	ErrIdentityInvalid   = &Error{Status: http.StatusBadRequest, Code: "identity_invalid", Message: "an identity header must appear once, with 1-256 printable bytes"}
 )
 
-// identityRules is the plain part of identity handling, kept apart from the
-// handler so it can be tested and fuzzed directly.
-type identityRules struct {
+// IdentityRules read the trusted identity of a request: the one way every
+// route (zapier_auth's proxy and every capability) learns who the user is.
+type IdentityRules struct {
 	userHeader   string // canonical
 	tenantHeader string // canonical
 	trusted      []netip.Prefix
@@ -42,16 +37,18 @@ type identityRules struct {
 	lastTrusted *atomic.Pointer[string]
 }
 
-func newIdentityRules(userHeader, tenantHeader string, trusted []netip.Prefix) identityRules {
-	return identityRules{userHeader: userHeader, tenantHeader: tenantHeader, trusted: trusted, lastTrusted: new(atomic.Pointer[string])}
+// NewIdentityRules returns the rules for the two (canonical) header names
+// and the peers trusted to assert them.
+func NewIdentityRules(userHeader, tenantHeader string, trusted []netip.Prefix) IdentityRules {
+	return IdentityRules{userHeader: userHeader, tenantHeader: tenantHeader, trusted: trusted, lastTrusted: new(atomic.Pointer[string])}
 }
 
-// extract returns the (tenant, user) asserted by the request and removes
+// Extract returns the (tenant, user) asserted by the request and removes
 // every spelling of the identity headers from it, so they never travel
 // upstream. Header names not in Go's canonical form that fold to an identity
 // header (X_Zapier_User, x-zapier_user) are spoofing attempts: removed, never
 // read.
-func (ir *identityRules) extract(r *http.Request) (tenant, user string, ierr *identityError) {
+func (ir *IdentityRules) Extract(r *http.Request) (tenant, user string, ierr *Error) {
 	users := r.Header[ir.userHeader]
 	tenants := r.Header[ir.tenantHeader]
 	delete(r.Header, ir.userHeader)
@@ -59,26 +56,26 @@ func (ir *identityRules) extract(r *http.Request) (tenant, user string, ierr *id
 	spoofed := ir.removeVariants(r.Header)
 
 	if len(users) == 0 && len(tenants) == 0 && !spoofed {
-		return "", "", errIdentityMissing
+		return "", "", ErrIdentityMissing
 	}
-	if !ir.isTrusted(r.RemoteAddr) {
-		return "", "", errIdentityUntrusted
+	if !ir.IsTrusted(r.RemoteAddr) {
+		return "", "", ErrIdentityUntrusted
 	}
 	if len(users) == 0 || len(tenants) == 0 {
 		if len(users) > 1 || len(tenants) > 1 {
-			return "", "", errIdentityInvalid
+			return "", "", ErrIdentityInvalid
 		}
-		return "", "", errIdentityMissing
+		return "", "", ErrIdentityMissing
 	}
-	if len(users) != 1 || len(tenants) != 1 || !validIdentity(users[0]) || !validIdentity(tenants[0]) {
-		return "", "", errIdentityInvalid
+	if len(users) != 1 || len(tenants) != 1 || !ValidIdentity(users[0]) || !ValidIdentity(tenants[0]) {
+		return "", "", ErrIdentityInvalid
 	}
 	return tenants[0], users[0], nil
 }
 
 // removeVariants deletes header names that are not canonical but fold to an
 // identity header when '_' is read as '-' and case is ignored.
-func (ir *identityRules) removeVariants(h http.Header) (found bool) {
+func (ir *IdentityRules) removeVariants(h http.Header) (found bool) {
 	for name := range h {
 		if name == ir.userHeader || name == ir.tenantHeader {
 			continue
@@ -115,9 +112,9 @@ func foldsTo(name, canonical string) bool {
 	return true
 }
 
-// isTrusted checks the immediate peer, never X-Forwarded-For: a forwarded
+// IsTrusted checks the immediate peer, never X-Forwarded-For: a forwarded
 // header is just another claim by the peer.
-func (ir *identityRules) isTrusted(remoteAddr string) bool {
+func (ir *IdentityRules) IsTrusted(remoteAddr string) bool {
 	i := strings.LastIndexByte(remoteAddr, ':')
 	if ir.lastTrusted != nil && i > 0 {
 		if last := ir.lastTrusted.Load(); last != nil && *last == remoteAddr[:i] {
@@ -141,7 +138,7 @@ func (ir *identityRules) isTrusted(remoteAddr string) bool {
 	return true
 }
 
-func (ir *identityRules) trusts(addr netip.Addr) bool {
+func (ir *IdentityRules) trusts(addr netip.Addr) bool {
 	addr = addr.Unmap()
 	for _, p := range ir.trusted {
 		if p.Contains(addr) {
@@ -161,9 +158,9 @@ func peerAddr(remoteAddr string) (netip.Addr, error) {
 	return netip.ParseAddr(host)
 }
 
-// validIdentity accepts 1-256 bytes of valid UTF-8 without control
+// ValidIdentity accepts 1-256 bytes of valid UTF-8 without control
 // characters.
-func validIdentity(v string) bool {
+func ValidIdentity(v string) bool {
 	if len(v) == 0 || len(v) > maxIdentityLen {
 		return false
 	}
@@ -202,12 +199,56 @@ var identityHashKey = func() []byte {
 	return k
 }()
 
-// identityHash is how an identity appears in logs: a short keyed hash, so
+// LogHash is how an identity appears in logs: a short keyed hash, so
 // lines about one user can be correlated without naming the user.
-func identityHash(tenant, user string) string {
+func LogHash(tenant, user string) string {
 	m := hmac.New(sha256.New, identityHashKey)
 	m.Write([]byte(tenant))
 	m.Write([]byte{0})
 	m.Write([]byte(user))
 	return hex.EncodeToString(m.Sum(nil)[:6])
+}
+
+// Strip removes every spelling of the identity headers from r without
+// reading them: a refused request still never carries them upstream.
+func (ir *IdentityRules) Strip(r *http.Request) {
+	delete(r.Header, ir.userHeader)
+	delete(r.Header, ir.tenantHeader)
+	ir.removeVariants(r.Header)
+}
+
+// ParseTrustedSources accepts CIDRs and single addresses. An empty list is
+// refused: it would make every identity header untrusted by accident.
+func ParseTrustedSources(sources []string) ([]netip.Prefix, error) {
+	if len(sources) == 0 {
+		return nil, errors.New("at least one CIDR is required")
+	}
+	prefixes := make([]netip.Prefix, 0, len(sources))
+	for _, s := range sources {
+		if strings.Contains(s, "/") {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("malformed CIDR %q", s)
+			}
+			prefixes = append(prefixes, p.Masked())
+			continue
+		}
+		addr, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("malformed address %q", s)
+		}
+		prefixes = append(prefixes, netip.PrefixFrom(addr, addr.BitLen()))
+	}
+	return prefixes, nil
+}
+
+// TrustsEveryone reports whether the list holds 0.0.0.0/0 or ::/0. That is
+// allowed, because it is spelled out, but never the default.
+func TrustsEveryone(prefixes []netip.Prefix) bool {
+	for _, p := range prefixes {
+		if p.Bits() == 0 {
+			return true
+		}
+	}
+	return false
 }
