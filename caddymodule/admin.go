@@ -24,8 +24,8 @@ func init() {
 //	GET    /zapier/status                     key ids and times, cache size and hit ratio (never a token)
 //	POST   /zapier/keys/rotate[?immediate=1]  schedule a next key (or, immediately, replace a compromised one)
 //	POST   /zapier/keys/revoke?kid=…          remove a leaked key from the JWKS now and purge every token
-//	DELETE /zapier/tokens[?tenant=…&user=…]   purge one identity's access token, or all
-//	POST   /zapier/forget?tenant=…[&user=…][&keep_upstream=1]  offboard a user or a tenant (offboard.go)
+//	DELETE /zapier/tokens [{"tenant","user"}]   purge one identity's access token, or all
+//	POST   /zapier/forget {"tenant","user"?,"keep_upstream"?}   offboard a user or a tenant (offboard.go)
 type adminAPI struct {
 	ctx    caddy.Context
 	logger *zap.Logger
@@ -150,10 +150,16 @@ func (a *adminAPI) handleTokens(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	q := r.URL.Query()
-	tenant, user := q.Get("tenant"), q.Get("user")
+	var req struct {
+		Tenant string `json:"tenant"`
+		User   string `json:"user"`
+	}
+	if _, err := decodeAdminIdentity(r, &req); err != nil {
+		return err
+	}
+	tenant, user := req.Tenant, req.User
 	switch {
-	case tenant == "" && user == "" && len(q) == 0:
+	case tenant == "" && user == "":
 		n := app.tokens.purge(r.Context()) // and the shared tier's (sharedtokens.go)
 		a.logger.Info("purged all access tokens", zap.Int("count", n))
 		return writeJSON(w, http.StatusOK, map[string]int{"purged": n})

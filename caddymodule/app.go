@@ -271,6 +271,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.policy = a.newPolicy()
+	a.registerCoreStores()
 
 	a.metrics, err = newMetrics(ctx.GetMetricsRegistry())
 	if err != nil {

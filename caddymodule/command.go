@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,8 +17,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
-
-	"github.com/zapgate/caddy-zapier/connect"
 )
 
 func init() {
@@ -202,14 +201,14 @@ func cmdZapierRevoke(fl caddycmd.Flags) (int, error) {
 
 func cmdZapierPurge(fl caddycmd.Flags) (int, error) {
 	tenant, user := fl.String("tenant"), fl.String("user")
-	uri := "/zapier/tokens"
+	var payload any
 	switch {
 	case tenant != "" && user != "":
-		uri += "?" + url.Values{"tenant": {tenant}, "user": {user}}.Encode()
+		payload = map[string]string{"tenant": tenant, "user": user}
 	case tenant != "" || user != "":
 		return caddy.ExitCodeFailedStartup, errors.New("give both --tenant and --user, or neither to purge every token")
 	}
-	body, err := callZapierAdmin(fl, http.MethodDelete, uri)
+	body, err := callZapierAdminJSON(fl, http.MethodDelete, "/zapier/tokens", payload)
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
@@ -235,44 +234,68 @@ func cmdZapierForget(fl caddycmd.Flags) (int, error) {
 	if tenant == "" {
 		return caddy.ExitCodeFailedStartup, errors.New("give --tenant (and --user to offboard only that user)")
 	}
-	q := url.Values{"tenant": {tenant}}
-	if user != "" {
-		q.Set("user", user)
-	}
-	if fl.Bool("keep-upstream") {
-		q.Set("keep_upstream", "1")
-	}
-	body, err := callZapierAdmin(fl, http.MethodPost, "/zapier/forget?"+q.Encode())
+	body, err := callZapierAdminJSON(fl, http.MethodPost, "/zapier/forget",
+		forgetRequest{Tenant: tenant, User: user, KeepUpstream: fl.Bool("keep-upstream")})
 	if err != nil { // a partial failure carries the report: run it again
 		return caddy.ExitCodeFailedStartup, err
 	}
-	var rep connect.OffboardReport
+	var rep forgetReport
 	if err := json.Unmarshal(body, &rep); err != nil {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("decoding the report: %w", err)
 	}
 	for _, c := range rep.Connections {
 		fmt.Printf("%s %s %s: %s\n", c.User, c.App, c.ConnectionID, c.Upstream)
 	}
+	for _, st := range rep.Stores {
+		fmt.Printf("%s: %d deleted", st.Store, st.Deleted)
+		if st.Upstream > 0 {
+			fmt.Printf(", %d at Zapier", st.Upstream)
+		}
+		if st.Failed > 0 {
+			fmt.Printf(", %d failed (%s)", st.Failed, st.Error)
+		}
+		fmt.Println()
+	}
 	fmt.Printf("Offboarded: %d connections, %d tokens purged, %d pending flows and %d runs forgotten.\n",
 		len(rep.Connections), rep.TokensPurged, rep.PendingFlows, rep.Runs)
 	return caddy.ExitCodeSuccess, nil
 }
 
+// callZapierAdminJSON is callZapierAdmin with payload as the JSON body (none
+// when nil): identities travel in the body, never in the logged URI.
+func callZapierAdminJSON(fl caddycmd.Flags, method, uri string, payload any) ([]byte, error) {
+	var body io.Reader
+	headers := http.Header{}
+	if payload != nil {
+		b, err := json.Marshal(payload)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+		headers.Set("Content-Type", "application/json")
+	}
+	return callZapierAdminWith(fl, method, uri, headers, body)
+}
+
 // callZapierAdmin makes one admin API call and returns the body of a 2xx
 // answer; any other answer is an error carrying the admin API's message.
 func callZapierAdmin(fl caddycmd.Flags, method, uri string) ([]byte, error) {
+	return callZapierAdminWith(fl, method, uri, nil, nil)
+}
+
+func callZapierAdminWith(fl caddycmd.Flags, method, uri string, headers http.Header, body io.Reader) ([]byte, error) {
 	addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
 	if err != nil {
 		return nil, fmt.Errorf("finding the admin API address: %w", err)
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, nil, nil)
+	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, headers, body)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s at %s: %w", method, strings.SplitN(uri, "?", 2)[0], addr, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
 		return nil, fmt.Errorf("reading the admin API's answer: %w", err)
 	}
-	return body, nil
+	return out, nil
 }

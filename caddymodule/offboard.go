@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"path"
@@ -28,8 +29,10 @@ import (
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
-// Offboarding (admin API POST /zapier/forget, `caddy zapier forget`): the
-// logic is connect.Offboard; this is the gateway it works on.
+// Offboarding (admin API POST /zapier/forget, `caddy zapier forget`) walks
+// the registry of per-user stores (gateway.Registry): every handler
+// registers the stores it keeps per-user data in; the App registers the
+// connections, the connect states and the token caches.
 
 // eventIdentityForgotten: a user or a tenant was offboarded. Data:
 // identity (keyed hash, as in logs; of the tenant alone for a tenant),
@@ -45,6 +48,46 @@ const (
 	forgetLogRetention = 24 * time.Hour
 )
 
+// forgetRequest is POST /zapier/forget's body: the identity travels in the
+// body, so Caddy's admin log (which writes the URI) never holds it.
+type forgetRequest struct {
+	Tenant       string `json:"tenant"`
+	User         string `json:"user,omitempty"`
+	KeepUpstream bool   `json:"keep_upstream,omitempty"`
+}
+
+// forgetReport is POST /zapier/forget's answer: each store with what it
+// deleted, and the connections' outcomes and the totals as before.
+type forgetReport struct {
+	gateway.ForgetReport
+	Connections  []connect.ConnectionOutcome `json:"connections"`
+	Failed       int                         `json:"failed"`
+	TokensPurged int                         `json:"tokens_purged"`
+	PendingFlows int                         `json:"pending_flows_forgotten"`
+	Runs         int                         `json:"runs_forgotten"`
+}
+
+// decodeAdminIdentity reads an admin request's JSON body naming an identity
+// into dst, reporting false for a request without a body, and refuses an
+// identity in the query (Caddy's admin log writes the URI).
+func decodeAdminIdentity(r *http.Request, dst any) (bool, error) {
+	if r.URL.RawQuery != "" {
+		return false, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("send tenant and user in a JSON body, not in the query (Caddy's admin log writes the query)")}
+	}
+	if r.Body == nil || r.ContentLength == 0 {
+		return false, nil
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		if errors.Is(err, io.EOF) {
+			return false, nil
+		}
+		return false, caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("the body must be a JSON object: %v", err)}
+	}
+	return true, nil
+}
+
 func (a *adminAPI) handleForget(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		return methodNotAllowed(r, http.MethodPost)
@@ -53,19 +96,14 @@ func (a *adminAPI) handleForget(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	q := r.URL.Query()
-	req := connect.OffboardRequest{Tenant: q.Get("tenant"), User: q.Get("user")}
-	switch q.Get("keep_upstream") {
-	case "", "0", "false":
-	case "1", "true":
-		req.KeepUpstream = true
-	default:
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("keep_upstream is true or false")}
+	var req forgetRequest
+	if _, err := decodeAdminIdentity(r, &req); err != nil {
+		return err
 	}
-	if req.Tenant == "" {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("give tenant, and user to offboard only that user")}
+	if !gateway.ValidIdentity(req.Tenant) || (req.User != "" && !gateway.ValidIdentity(req.User)) {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("give tenant, and user to offboard only that user (1-256 printable bytes each)")}
 	}
-	rep, err := connect.Offboard(r.Context(), app.offboarding(), req)
+	rep, err := app.forget(r.Context(), gateway.Scope{Tenant: req.Tenant, User: req.User, KeepUpstream: req.KeepUpstream})
 	if err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
 	}
@@ -84,6 +122,34 @@ func (a *adminAPI) handleForget(w http.ResponseWriter, r *http.Request) error {
 		status = http.StatusBadGateway // run it again to finish
 	}
 	return writeJSON(w, status, rep)
+}
+
+// forget walks every registered store for the scope. A tenant's users are
+// listed from its connections first, for the stores that name users only by
+// keyed hashes (the token caches).
+func (a *App) forget(ctx context.Context, sc gateway.Scope) (forgetReport, error) {
+	known, err := connect.Owners(ctx, a.offboarding(), sc)
+	if err != nil {
+		return forgetReport{}, err
+	}
+	sc.Known = known
+	rep := forgetReport{ForgetReport: a.userStores.Forget(ctx, sc), Connections: []connect.ConnectionOutcome{}}
+	for _, s := range rep.Stores {
+		rep.Failed += s.Failed
+		switch s.Store {
+		case "connections":
+			if outs, ok := s.Items.([]connect.ConnectionOutcome); ok {
+				rep.Connections = outs
+			}
+		case "tokens":
+			rep.TokensPurged = s.Deleted
+		case "connect_states":
+			rep.PendingFlows = s.Deleted
+		case "runs":
+			rep.Runs = s.Deleted
+		}
+	}
+	return rep, nil
 }
 
 // offboardGateway is connect.Gateway over this gateway's storage, token
@@ -132,37 +198,62 @@ func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) erro
 	return err
 }
 
-// ForgetIdentities refuses the open connect states (marks) and deletes the
-// pending flows, deletes the identities' run records, and purges their
-// tokens: here and in Redis at once, on the other gateways through the
-// forget log.
-func (g *offboardGateway) ForgetIdentities(ctx context.Context, tenant, user string, ids []connect.Identity) (connect.Forgotten, error) {
-	var f connect.Forgotten
-	var errs []error
-	n, err := g.states.Forget(ctx, tenant, user)
-	f.PendingFlows = n
-	errs = append(errs, err)
-	f.Runs, err = actions.ForgetRuns(ctx, g.storage, g.states, ids)
-	errs = append(errs, err)
+// registerCoreStores registers the stores the App itself keeps per-user
+// data in: the connections (with their authentications at Zapier), the
+// connect states (open flows), and the token caches (here, in Redis, and on
+// the other gateways through the forget log), last.
+func (a *App) registerCoreStores() {
+	a.registerUserStore(gateway.PhaseUpstream, connect.OffboardStore{G: lazyOffboarding{a}})
+	a.registerUserStore(gateway.PhaseLocal, gateway.StoreFunc{Name: "connect_states", Fn: func(ctx context.Context, sc gateway.Scope) (gateway.StoreReport, error) {
+		g := a.offboarding()
+		n, err := g.states.Forget(ctx, sc.Tenant, sc.User)
+		return gateway.StoreReport{Deleted: n}, err
+	}})
+	a.registerUserStore(gateway.PhaseLocal, gateway.StoreFunc{Name: "runs", Fn: func(ctx context.Context, sc gateway.Scope) (gateway.StoreReport, error) {
+		g := a.offboarding()
+		n, err := actions.ForgetRuns(ctx, g.storage, g.states, sc.Known)
+		return gateway.StoreReport{Deleted: n}, err
+	}})
+	a.registerUserStore(gateway.PhaseTokens, gateway.StoreFunc{Name: "tokens", Fn: a.forgetTokens})
+}
+
+// lazyOffboarding builds the offboarding gateway at use: storage is the
+// config's, known once provisioned.
+type lazyOffboarding struct{ a *App }
+
+func (l lazyOffboarding) Connections(ctx context.Context, tenant, user string) ([]connect.Connection, error) {
+	return l.a.offboarding().Connections(ctx, tenant, user)
+}
+func (l lazyOffboarding) DeleteUpstream(ctx context.Context, c connect.Connection) (bool, error) {
+	return l.a.offboarding().DeleteUpstream(ctx, c)
+}
+func (l lazyOffboarding) Forget(ctx context.Context, c connect.Connection) error {
+	return l.a.offboarding().Forget(ctx, c)
+}
+
+// forgetTokens purges the scope's cached access tokens: here and in Redis
+// at once, on the other gateways through the forget log.
+func (a *App) forgetTokens(ctx context.Context, sc gateway.Scope) (gateway.StoreReport, error) {
+	var rep gateway.StoreReport
+	ids := sc.Known
+	if sc.User != "" && len(ids) == 0 {
+		ids = []gateway.Identity{{Tenant: sc.Tenant, User: sc.User}}
+	}
 	for _, id := range ids {
-		if g.app.tokens.evict(ctx, tokencache.Key{Tenant: id.Tenant, User: id.User}) {
-			f.TokensPurged++
+		if a.tokens.evict(ctx, id) {
+			rep.Deleted++
 		}
 	}
-	entry := forgetEntry{Tenant: tenant}
-	if user == "" {
+	entry := forgetEntry{Tenant: sc.Tenant}
+	if sc.User == "" {
 		entry.All = true
-		f.TokensPurged += g.app.tokens.cache.EvictTenant(tenant)
-	} else {
-		entry.Users = []string{user}
+		rep.Deleted += a.tokens.cache.EvictTenant(sc.Tenant)
 	}
 	for _, id := range ids {
-		if id.User != user {
-			entry.Users = append(entry.Users, id.User)
-		}
+		entry.Users = append(entry.Users, id.User)
 	}
-	errs = append(errs, g.app.tokens.logForget(ctx, g.storage, g.states, entry))
-	return f, errors.Join(errs...)
+	g := a.offboarding()
+	return rep, a.tokens.logForget(ctx, g.storage, g.states, entry)
 }
 
 // forgetEntry is one offboarding as the other gateways apply it: the

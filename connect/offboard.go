@@ -2,31 +2,22 @@ package connect
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"sort"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
-// Offboarding forgets a user, or a whole tenant: every stored connection
-// and its authentication at Zapier, the cached access tokens, and the
-// pending connect flows and action runs. It is idempotent: a connection
-// whose authentication Zapier failed to delete keeps its record and is
-// reported, and running offboarding again finishes the job.
+// Offboarding forgets a user, or a whole tenant, through every store the
+// gateway.Registry holds; this is the connections' part. It is idempotent:
+// a connection whose authentication Zapier failed to delete keeps its record
+// and is reported, and running offboarding again finishes the job.
 
 // Connection is a stored connection as offboarding sees it.
 type Connection struct {
 	Tenant, User string
 	App, AppUUID string
 	ConnectionID string
-}
-
-// Identity is one (tenant, user).
-type Identity struct{ Tenant, User string }
-
-// Forgotten is what ForgetIdentities dropped.
-type Forgotten struct {
-	TokensPurged int `json:"tokens_purged"`
-	PendingFlows int `json:"pending_flows_forgotten"`
-	Runs         int `json:"runs_forgotten"`
 }
 
 // Gateway is what offboarding needs of the gateway.
@@ -40,18 +31,6 @@ type Gateway interface {
 	DeleteUpstream(ctx context.Context, c Connection) (gone bool, err error)
 	// Forget deletes the stored record of the connection.
 	Forget(ctx context.Context, c Connection) error
-	// ForgetIdentities purges the cached tokens (on every gateway) and
-	// forgets the pending flows and runs of the tenant (all of it when
-	// user is empty) and of the identities named.
-	ForgetIdentities(ctx context.Context, tenant, user string, ids []Identity) (Forgotten, error)
-}
-
-// OffboardRequest names whom to forget.
-type OffboardRequest struct {
-	Tenant string
-	User   string // empty: the whole tenant
-	// KeepUpstream leaves the authentications at Zapier.
-	KeepUpstream bool
 }
 
 // ConnectionOutcome is one connection offboarding dealt with.
@@ -64,18 +43,6 @@ type ConnectionOutcome struct {
 	Error    string `json:"error,omitempty"`
 }
 
-// OffboardReport is offboarding's answer.
-type OffboardReport struct {
-	Tenant string `json:"tenant"`
-	User   string `json:"user,omitempty"`
-	// Complete is true when nothing is left to do: running it again would
-	// find nothing.
-	Complete    bool                `json:"complete"`
-	Connections []ConnectionOutcome `json:"connections"`
-	Failed      int                 `json:"failed"`
-	Forgotten
-}
-
 // What became of an authentication at Zapier.
 const (
 	UpstreamDeleted     = "deleted"
@@ -83,21 +50,22 @@ const (
 	UpstreamKept        = "kept"
 )
 
-// ErrNoTenant is returned for a request without a tenant.
-var ErrNoTenant = errors.New("offboarding needs a tenant")
+// OffboardStore is the stored connections as offboarding walks them (a
+// gateway.UserStore, in gateway.PhaseUpstream: deleting at Zapier needs
+// the users' access tokens). Each connection's authentication is deleted
+// at Zapier first (unless KeepUpstream) and its record only once that
+// succeeded, so a failure leaves something to retry. The report's Items
+// are the []ConnectionOutcome.
+type OffboardStore struct{ G Gateway }
 
-// Offboard forgets req's identity or tenant through g. Each connection's
-// authentication is deleted at Zapier first (unless KeepUpstream) and its
-// record only once that succeeded, so a failure leaves something to retry.
-// Tokens, flows and runs are forgotten last, since deleting at Zapier
-// needs the users' access tokens. An error is returned only when nothing
-// could be listed; partial failures are in the report.
-func Offboard(ctx context.Context, g Gateway, req OffboardRequest) (OffboardReport, error) {
-	if req.Tenant == "" {
-		return OffboardReport{}, ErrNoTenant
-	}
-	rep := OffboardReport{Tenant: req.Tenant, User: req.User, Connections: []ConnectionOutcome{}}
-	conns, err := g.Connections(ctx, req.Tenant, req.User)
+// StoreName implements gateway.UserStore.
+func (OffboardStore) StoreName() string { return "connections" }
+
+// Forget implements gateway.UserStore.
+func (s OffboardStore) Forget(ctx context.Context, sc gateway.Scope) (gateway.StoreReport, error) {
+	rep := gateway.StoreReport{}
+	outcomes := []ConnectionOutcome{}
+	conns, err := s.G.Connections(ctx, sc.Tenant, sc.User)
 	if err != nil {
 		return rep, err
 	}
@@ -107,20 +75,10 @@ func Offboard(ctx context.Context, g Gateway, req OffboardRequest) (OffboardRepo
 		}
 		return conns[i].AppUUID < conns[j].AppUUID
 	})
-	seen := map[Identity]bool{}
-	var ids []Identity
-	if req.User != "" {
-		seen[Identity{req.Tenant, req.User}] = true
-		ids = append(ids, Identity{req.Tenant, req.User})
-	}
 	for _, c := range conns {
-		if id := (Identity{c.Tenant, c.User}); !seen[id] {
-			seen[id] = true
-			ids = append(ids, id)
-		}
 		out := ConnectionOutcome{User: c.User, App: c.App, ConnectionID: c.ConnectionID, Upstream: UpstreamKept}
-		if !req.KeepUpstream {
-			gone, err := g.DeleteUpstream(ctx, c)
+		if !sc.KeepUpstream {
+			gone, err := s.G.DeleteUpstream(ctx, c)
 			switch {
 			case err != nil:
 				out.Upstream, out.Error = "", err.Error()
@@ -128,24 +86,49 @@ func Offboard(ctx context.Context, g Gateway, req OffboardRequest) (OffboardRepo
 				out.Upstream = UpstreamAlreadyGone
 			default:
 				out.Upstream = UpstreamDeleted
+				rep.Upstream++
 			}
 		}
 		if out.Error == "" {
-			if err := g.Forget(ctx, c); err != nil {
+			if err := s.G.Forget(ctx, c); err != nil {
 				out.Error = err.Error()
 			}
 		}
 		if out.Error != "" {
 			rep.Failed++
+		} else {
+			rep.Deleted++
 		}
-		rep.Connections = append(rep.Connections, out)
+		outcomes = append(outcomes, out)
 	}
-	forgotten, err := g.ForgetIdentities(ctx, req.Tenant, req.User, ids)
-	rep.Forgotten = forgotten
-	if err != nil {
-		rep.Failed++
-		rep.Connections = append(rep.Connections, ConnectionOutcome{Error: "forgetting tokens, flows and runs: " + err.Error()})
+	rep.Items = outcomes
+	if rep.Failed > 0 {
+		return rep, fmt.Errorf("%d of %d connections could not be forgotten; run offboarding again", rep.Failed, len(conns))
 	}
-	rep.Complete = rep.Failed == 0
 	return rep, nil
 }
+
+// Owners lists the identities holding connections in the scope: the users
+// of a tenant that stores naming users only by keyed hashes cannot find.
+func Owners(ctx context.Context, g Gateway, sc gateway.Scope) ([]gateway.Identity, error) {
+	conns, err := g.Connections(ctx, sc.Tenant, sc.User)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[gateway.Identity]bool{}
+	var out []gateway.Identity
+	if sc.User != "" {
+		seen[gateway.Identity{Tenant: sc.Tenant, User: sc.User}] = true
+		out = append(out, gateway.Identity{Tenant: sc.Tenant, User: sc.User})
+	}
+	for _, c := range conns {
+		if id := (gateway.Identity{Tenant: c.Tenant, User: c.User}); !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+// Identity is one (tenant, user).
+type Identity = gateway.Identity

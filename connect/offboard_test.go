@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"reflect"
 	"testing"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 // fakeGateway is an in-memory Gateway.
@@ -13,7 +15,6 @@ type fakeGateway struct {
 	stored     []Connection
 	upstream   map[string]bool // connection id → still at Zapier
 	failDelete map[string]int  // connection id → failures left
-	forgotIDs  [][]Identity
 	calls      []string
 }
 
@@ -49,12 +50,6 @@ func (g *fakeGateway) Forget(_ context.Context, c Connection) error {
 	return fmt.Errorf("no record %s", c.ConnectionID)
 }
 
-func (g *fakeGateway) ForgetIdentities(_ context.Context, tenant, user string, ids []Identity) (Forgotten, error) {
-	g.calls = append(g.calls, "identities")
-	g.forgotIDs = append(g.forgotIDs, ids)
-	return Forgotten{TokensPurged: len(ids)}, nil
-}
-
 func newFakeGateway() *fakeGateway {
 	g := &fakeGateway{upstream: map[string]bool{}, failDelete: map[string]int{}}
 	for _, c := range []Connection{
@@ -69,21 +64,27 @@ func newFakeGateway() *fakeGateway {
 	return g
 }
 
+func offboard(g *fakeGateway, sc gateway.Scope) (gateway.StoreReport, []ConnectionOutcome, error) {
+	rep, err := OffboardStore{G: g}.Forget(context.Background(), sc)
+	outs, _ := rep.Items.([]ConnectionOutcome)
+	return rep, outs, err
+}
+
 func TestOffboardAUserIsIdempotentAcrossAFailure(t *testing.T) {
 	ctx := context.Background()
 	g := newFakeGateway()
 	g.failDelete["2"] = 1
 	delete(g.upstream, "1") // already deleted at Zapier by the user
 
-	rep, err := Offboard(ctx, g, OffboardRequest{Tenant: "t1", User: "alice"})
-	if err != nil {
-		t.Fatal(err)
+	rep, outs, err := offboard(g, gateway.Scope{Tenant: "t1", User: "alice"})
+	if err == nil {
+		t.Fatal("a partial failure is not an error")
 	}
 	want := []ConnectionOutcome{ // by user, then app UUID
 		{User: "alice", App: "GoogleSheetsV2API", ConnectionID: "2", Error: "Zapier's API failed (delete authentication): 503"},
 		{User: "alice", App: "SlackCLIAPI", ConnectionID: "1", Upstream: UpstreamAlreadyGone},
 	}
-	if rep.Complete || rep.Failed != 1 || !reflect.DeepEqual(rep.Connections, want) {
+	if rep.Failed != 1 || rep.Deleted != 1 || !reflect.DeepEqual(outs, want) {
 		t.Fatalf("first run: %+v", rep)
 	}
 	// The failed connection's record stays for the retry; nothing else of
@@ -91,41 +92,39 @@ func TestOffboardAUserIsIdempotentAcrossAFailure(t *testing.T) {
 	if got := fmt.Sprint(g.Connections(ctx, "t1", "alice")); got != fmt.Sprint([]Connection{{"t1", "alice", "GoogleSheetsV2API", sheetUUID, "2"}}, nil) {
 		t.Errorf("left after the first run: %s", got)
 	}
-	rep, _ = Offboard(ctx, g, OffboardRequest{Tenant: "t1", User: "alice"})
-	if !rep.Complete || len(rep.Connections) != 1 || rep.Connections[0].Upstream != UpstreamDeleted {
-		t.Fatalf("second run: %+v", rep)
+	rep, outs, err = offboard(g, gateway.Scope{Tenant: "t1", User: "alice"})
+	if err != nil || len(outs) != 1 || outs[0].Upstream != UpstreamDeleted || rep.Upstream != 1 {
+		t.Fatalf("second run: %+v %v", rep, err)
 	}
-	rep, _ = Offboard(ctx, g, OffboardRequest{Tenant: "t1", User: "alice"})
-	if !rep.Complete || len(rep.Connections) != 0 || rep.TokensPurged != 1 {
+	rep, outs, err = offboard(g, gateway.Scope{Tenant: "t1", User: "alice"})
+	if err != nil || len(outs) != 0 || rep.Deleted != 0 {
 		t.Errorf("third run: %+v", rep)
 	}
 	if len(g.stored) != 2 || !g.upstream["3"] || !g.upstream["4"] {
 		t.Errorf("others touched: %+v %v", g.stored, g.upstream)
 	}
-	// Zapier before the record; identities last.
-	if got := fmt.Sprint(g.calls[:5]); got != "[delete 2 delete 1 forget 1 identities delete 2]" {
+	// Zapier before the record.
+	if got := fmt.Sprint(g.calls[:4]); got != "[delete 2 delete 1 forget 1 delete 2]" {
 		t.Errorf("order: %s", got)
 	}
 }
 
 func TestOffboardATenant(t *testing.T) {
 	g := newFakeGateway()
-	rep, err := Offboard(context.Background(), g, OffboardRequest{Tenant: "t1", KeepUpstream: true})
-	if err != nil || !rep.Complete || len(rep.Connections) != 3 {
+	owners, err := Owners(context.Background(), g, gateway.Scope{Tenant: "t1"})
+	if want := []Identity{{Tenant: "t1", User: "alice"}, {Tenant: "t1", User: "bob"}}; err != nil || !reflect.DeepEqual(owners, want) {
+		t.Errorf("owners = %v, want %v", owners, want)
+	}
+	rep, outs, err := offboard(g, gateway.Scope{Tenant: "t1", KeepUpstream: true})
+	if err != nil || rep.Deleted != 3 || len(outs) != 3 {
 		t.Fatalf("%+v %v", rep, err)
 	}
-	for _, c := range rep.Connections {
+	for _, c := range outs {
 		if c.Upstream != UpstreamKept {
 			t.Errorf("keep_upstream: %+v", c)
 		}
 	}
-	if want := []Identity{{"t1", "alice"}, {"t1", "bob"}}; !reflect.DeepEqual(g.forgotIDs[0], want) {
-		t.Errorf("identities = %v, want %v", g.forgotIDs[0], want)
-	}
 	if len(g.stored) != 1 || len(g.upstream) != 4 {
 		t.Errorf("left: %+v, upstream %v", g.stored, g.upstream)
-	}
-	if _, err := Offboard(context.Background(), g, OffboardRequest{}); !errors.Is(err, ErrNoTenant) {
-		t.Errorf("no tenant: %v", err)
 	}
 }

@@ -16,6 +16,10 @@ type Scope struct {
 	// trigger inboxes, stored actions) and forgets only the gateway's own
 	// records of it.
 	KeepUpstream bool
+	// Known are identities of the scope found before any store forgot
+	// anything (a tenant's users, from its connections), for stores that
+	// name users only by keyed hashes and cannot find a tenant's users.
+	Known []Identity
 }
 
 // Matches reports whether id is inside the scope.
@@ -34,6 +38,9 @@ type StoreReport struct {
 	// retries it.
 	Failed int    `json:"failed,omitempty"`
 	Error  string `json:"error,omitempty"`
+	// Items details what was dealt with, when the store says (the
+	// connections store lists each connection's outcome).
+	Items any `json:"items,omitempty"`
 }
 
 // UserStore is a store that holds per-user data. Every such store

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -333,7 +334,22 @@ func decodeEcho(t *testing.T, body []byte) echo {
 // admin calls Caddy's admin endpoint.
 func admin(t *testing.T, method, path string) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, adminAddr+path, nil)
+	return adminJSON(t, adminAddr, method, path, nil)
+}
+
+// adminJSON calls an admin endpoint at base with v as the JSON body (none
+// when nil): the admin routes naming an identity take it in the body.
+func adminJSON(t *testing.T, base, method, path string, v any) (int, []byte) {
+	t.Helper()
+	var body io.Reader
+	if v != nil {
+		raw, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, base+path, body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,8 +358,8 @@ func admin(t *testing.T, method, path string) (int, []byte) {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, body
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
 }
 
 type jwkSet struct {

@@ -171,7 +171,7 @@ func TestSharedTierAdminPurge(t *testing.T) {
 	a := f.sidecars[0]
 	a.echoAs("purge", "one")
 	a.echoAs("purge", "all")
-	if status, body := a.admin(http.MethodDelete, "/zapier/tokens?tenant=purge&user=one"); status != http.StatusOK || !strings.Contains(string(body), `"purged":1`) {
+	if status, body := a.adminJSON(http.MethodDelete, "/zapier/tokens", map[string]any{"tenant": "purge", "user": "one"}); status != http.StatusOK || !strings.Contains(string(body), `"purged":1`) {
 		t.Fatalf("purge one: %d %s", status, body)
 	}
 	a.echoAs("purge", "one")

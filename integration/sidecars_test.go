@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -189,17 +188,13 @@ func (s *sidecar) tryEcho(tenant, user string) (int, []byte, error) {
 // admin calls the sidecar's admin endpoint.
 func (s *sidecar) admin(method, path string) (int, []byte) {
 	s.t.Helper()
-	req, err := http.NewRequest(method, fmt.Sprintf("http://localhost:%d%s", s.adminPort, path), nil)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	resp, err := plainClient.Do(req)
-	if err != nil {
-		s.t.Fatalf("%s: %s %s: %v", s.name, method, path, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, body
+	return s.adminJSON(method, path, nil)
+}
+
+// adminJSON calls the sidecar's admin endpoint with v as the JSON body.
+func (s *sidecar) adminJSON(method, path string, v any) (int, []byte) {
+	s.t.Helper()
+	return adminJSON(s.t, fmt.Sprintf("http://localhost:%d", s.adminPort), method, path, v)
 }
 
 type rotated struct {
