@@ -567,7 +567,7 @@ func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind stri
 		return tok, &zapierapi.Error{Kind: zapierapi.KindTimeout, Err: ctx.Err()}
 	}
 	start := time.Now()
-	err = callZapier(a.tokens.breaker, func() (err error) {
+	err = gateway.Guard(a.tokens.breaker, func() (err error) {
 		tok, err = call(ctx)
 		return err
 	})
@@ -578,40 +578,25 @@ func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind stri
 	return tok, err
 }
 
-// callZapier runs one call to Zapier through breaker b: while Zapier keeps
-// failing, or while a 429 cooldown runs, it fails fast with a KindUnavailable
-// error carrying Retry-After instead of calling. The token endpoint and the
-// API have a breaker each: their rate limits and outages are separate.
-func callZapier(b *zapierapi.Breaker, call func() error) error {
-	if err := b.Before(); err != nil {
-		return err
-	}
-	err := call()
-	b.After(err)
-	return err
+// callAPI makes one call to Zapier's API with the caller's access token,
+// through the core's Caller (budget, breaker, one retry after a 401).
+func (a *App) callAPI(ctx context.Context, key tokencache.Key, call func(ctx context.Context, access string) error) error {
+	return a.caller().Call(ctx, key, call)
 }
 
-// callAPI makes one call to Zapier's API with the caller's access token,
-// through the API breaker and, in the transport, the request budget (the
-// call's context carries the tenant it is spent for). A 401 means the
-// cached token went stale: it is evicted and the call made once more with a
-// fresh one (Zapier refused the first, so nothing happened twice). A failed
-// token lookup comes back as the gateway's *gateway.Error.
-func (a *App) callAPI(ctx context.Context, key tokencache.Key, call func(ctx context.Context, access string) error) error {
-	ctx = withBudgetTenant(ctx, key.Tenant)
-	for attempt := 0; ; attempt++ {
-		access, err := a.accessToken(ctx, key)
-		if err != nil {
-			return gateway.ExchangeError(err)
-		}
-		err = callZapier(a.tokens.apiBreaker, func() error { return call(ctx, access) })
-		if zerr, ok := zapierapi.AsError(err); ok && zerr.StatusCode == http.StatusUnauthorized && attempt == 0 {
-			a.tokens.evictToken(key, access)
-			continue
-		}
-		return err
-	}
+// caller is the core's Zapier caller over this config's token cache,
+// breaker and client.
+func (a *App) caller() *gateway.Caller {
+	return &gateway.Caller{Tokens: appTokens{a}, Breaker: a.tokens.apiBreaker, Client: a.client, APIURL: a.APIURL}
 }
+
+// appTokens is the token cache as the core's TokenSource.
+type appTokens struct{ a *App }
+
+func (t appTokens) Token(ctx context.Context, id gateway.Identity) (string, error) {
+	return t.a.accessToken(ctx, id)
+}
+func (t appTokens) Evict(id gateway.Identity, token string) { t.a.tokens.evictToken(id, token) }
 
 func (a *App) breakerOpened(openFor time.Duration) {
 	a.logger.Warn("Zapier keeps failing: circuit breaker opened; calls fail fast until it half-opens",

@@ -253,14 +253,6 @@ func (a *App) rateLimited(retryAfter time.Duration) {
 		zap.Duration("retry_after", retryAfter))
 }
 
-type budgetTenantKey struct{}
-
-// withBudgetTenant names the tenant an API call is made for, so the budget
-// can be fair across tenants.
-func withBudgetTenant(ctx context.Context, tenant string) context.Context {
-	return context.WithValue(ctx, budgetTenantKey{}, tenant)
-}
-
 // budgetTransport spends budget for every request to Zapier's API that the
 // gateway makes itself (the token endpoint has limits of its own), counts
 // it, and reports a 429.
@@ -277,7 +269,7 @@ func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.next.RoundTrip(req)
 	}
 	rest = "/" + rest
-	tenant, _ := req.Context().Value(budgetTenantKey{}).(string)
+	tenant := gateway.TenantOf(req.Context())
 	if err := a.spend(req.Context(), tenant); err != nil {
 		if req.Body != nil {
 			_ = req.Body.Close() // a RoundTripper closes the body, even on error

@@ -366,8 +366,8 @@ func (h *MCP) resolveApp(ctx context.Context, key tokencache.Key, name string) (
 		return zapierapi.WhitelabelApp{}, errUnknownMCPApp(name)
 	}
 	var list []zapierapi.WhitelabelApp
-	err := callZapier(h.app.tokens.apiBreaker, func() (err error) {
-		list, err = h.app.client.ListWhitelabelApps(withBudgetTenant(ctx, key.Tenant), h.app.APIURL, "")
+	err := gateway.Guard(h.app.tokens.apiBreaker, func() (err error) {
+		list, err = h.app.client.ListWhitelabelApps(gateway.WithTenant(ctx, key.Tenant), h.app.APIURL, "")
 		return err
 	})
 	if err != nil {
