@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"mime"
 	"net/http"
 	"path"
 	"sort"
@@ -76,6 +77,9 @@ func decodeAdminIdentity(r *http.Request, dst any) (bool, error) {
 	}
 	if r.Body == nil || r.ContentLength == 0 {
 		return false, nil
+	}
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
+		return false, caddy.APIError{HTTPStatus: http.StatusUnsupportedMediaType, Err: errors.New("the body must be JSON (Content-Type: application/json)")}
 	}
 	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
 	dec.DisallowUnknownFields()

@@ -255,7 +255,8 @@ type request struct {
 	header       http.Header
 	body         string
 	client       *http.Client
-	base         int // port of another gateway than the in-process one
+	base         int    // port of another gateway than the in-process one
+	host         string // the Host header, when not the URL's
 }
 
 // plainClient validates its traffic to the gateway against the OpenAPI
@@ -287,6 +288,9 @@ func send(r request) (int, http.Header, []byte, error) {
 	req, err := http.NewRequest(r.method, base+r.path, body)
 	if err != nil {
 		return 0, nil, nil, err
+	}
+	if r.host != "" {
+		req.Host = r.host
 	}
 	for k, vs := range r.header {
 		for _, v := range vs {
@@ -352,6 +356,9 @@ func adminJSON(t *testing.T, base, method, path string, v any) (int, []byte) {
 	req, err := http.NewRequest(method, base+path, body)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := plainClient.Do(req)
 	if err != nil {
