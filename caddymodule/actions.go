@@ -22,6 +22,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -84,6 +85,7 @@ type Actions struct {
 	verifier  *runcallback.Verifier
 	callbacks *callbackWaiters
 	once      *runOnce // Idempotency-Key records (actions_idempotency.go)
+	names     *gateway.Namespace
 	app       *App
 	rules     identityRules
 	apps      appMap
@@ -136,9 +138,17 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.app = app
 	h.rules = app.identityRules()
 	h.store = newConnectionStore(storage)
-	h.runs = actions.NewRunStore(bg, storage, newStateKeeper(bg, storage, 0))
+	keeper := newStateKeeper(bg, storage, 0)
+	h.runs = actions.NewRunStore(bg, storage, keeper)
+	h.names = gateway.NewNamespace(gateway.NamesKeyFunc(func(ctx context.Context) ([]byte, error) {
+		keys, err := keeper.Keys(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return keys.NamesKey(), nil
+	}))
 	h.callbacks = new(callbackWaiters)
-	once, err := newRunOnce(bg, storage)
+	once, err := newRunOnce(bg, storage, runTakeover(app))
 	if err != nil {
 		return fmt.Errorf("zapier_actions: %w", err)
 	}
@@ -310,12 +320,14 @@ type runView struct {
 	Errors  json.RawMessage `json:"errors,omitempty"`
 }
 
-func (h *Actions) serveRun(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+// serveRun is POST run; track, when not nil, is told of the create call
+// and the run it made (the Idempotency-Key record, actions_idempotency.go).
+func (h *Actions) serveRun(w http.ResponseWriter, r *http.Request, key tokencache.Key, track *runTrack) error {
 	ctx, span := startActionRunSpan(r.Context())
 	if span.IsRecording() {
 		span.SetAttributes(attrIdentity.String(identityHash(key.Tenant, key.User)))
 	}
-	outcome, err := h.run(w, r.WithContext(ctx), key)
+	outcome, err := h.run(w, r.WithContext(ctx), key, track)
 	h.app.metrics.observeActionRun(outcome)
 	spanErr := err
 	if spanErr == nil && (outcome == actionFailed || outcome == actionConnectionMissing) {
@@ -326,7 +338,7 @@ func (h *Actions) serveRun(w http.ResponseWriter, r *http.Request, key tokencach
 }
 
 // run does POST run and reports how it ended.
-func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key) (actionOutcome, error) {
+func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key, track *runTrack) (actionOutcome, error) {
 	fail := func(err error) (actionOutcome, error) {
 		outcome := actionFailed
 		var aerr *apiError
@@ -362,14 +374,20 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 	if err != nil {
 		return fail(err)
 	}
+	if err := track.commit(); err != nil {
+		return fail(err) // the key was taken over: its new owner runs the action
+	}
+	// The create call outlives the client: once it is made, the gateway
+	// learns the run's id and records it, whether or not anyone waits.
 	var runID string
-	err = h.app.callAPI(paid, key, func(ctx context.Context, access string) (err error) {
+	err = h.app.callAPI(context.WithoutCancel(paid), key, func(ctx context.Context, access string) (err error) {
 		runID, err = h.app.client.CreateActionRun(ctx, h.app.APIURL, access, zapierapi.ActionRunRequest{
 			Action: actionID, Authentication: rec.ConnectionID, Inputs: req.Inputs, CallbackURL: h.RunCallbackURL,
 		})
 		return err
 	})
 	if err != nil {
+		track.createFailed(err)
 		h.logFailure("action run not created", key, err, zap.String("app", ids.connect), zap.String("action", req.Action))
 		return fail(h.rejection(ctx, key, ids, rec, err))
 	}
@@ -377,10 +395,11 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 		return fail(&apiError{Status: http.StatusBadGateway, Code: "zapier_api_failed",
 			Message: "Zapier created the run but sent an unusable run id"})
 	}
-	if err := h.runs.Put(ctx, runID, key, ids.uuid, req.Action); err != nil {
+	if err := h.runs.Put(context.WithoutCancel(ctx), runID, key, ids.uuid, req.Action); err != nil {
 		// The run exists: answer with it anyway; only runs/{id} will not know it.
 		h.logger.Error("recording the owner of an action run", zap.String("identity", identityHash(key.Tenant, key.User)), zap.Error(err))
 	}
+	track.created(runID)
 
 	var run zapierapi.ActionRun
 	var retryAfter time.Duration
