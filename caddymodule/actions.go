@@ -81,8 +81,12 @@ type Actions struct {
 	CallbackAudience string `json:"callback_audience,omitempty"`
 	// How long POST run waits for the callback before it polls. Default 20s.
 	CallbackTimeout caddy.Duration `json:"callback_timeout,omitempty"`
+	// Accept a callback signature without sub. Off by default: a token
+	// that names no run could complete any run.
+	AllowMissingSubject bool `json:"allow_missing_subject,omitempty"`
 
 	verifier  *runcallback.Verifier
+	replays   *runcallback.ReplayCache
 	callbacks *callbackWaiters
 	once      *runOnce // Idempotency-Key records (actions_idempotency.go)
 	names     *gateway.Namespace
@@ -148,6 +152,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 		return keys.NamesKey(), nil
 	}))
 	h.callbacks = new(callbackWaiters)
+	h.replays = &runcallback.ReplayCache{Storage: storage} // spent callback tokens
 	once, err := newRunOnce(bg, storage, runTakeover(app))
 	if err != nil {
 		return fmt.Errorf("zapier_actions: %w", err)
@@ -163,6 +168,12 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 //		app               <implementation id> <app UUID>
 //		poll_interval     <duration>
 //		max_poll_interval <duration>
+//		run_callback_url  <https url>
+//		callback_jwks_url <url>
+//		callback_issuer   <iss>
+//		callback_audience <aud>
+//		callback_timeout  <duration>
+//		allow_missing_subject
 //	}
 func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -187,6 +198,11 @@ func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneDuration(d, &h.CallbackTimeout); err != nil {
 				return err
 			}
+		case "allow_missing_subject":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.AllowMissingSubject = true
 		case "run_callback_url", "callback_jwks_url", "callback_issuer", "callback_audience":
 			if !d.NextArg() {
 				return d.ArgErr()

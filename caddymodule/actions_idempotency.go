@@ -56,7 +56,11 @@ func runTakeover(app *App) time.Duration {
 	if app.budget != nil && app.APIBudget != nil && app.APIBudget.MaxWait != nil {
 		maxWait = time.Duration(*app.APIBudget.MaxWait)
 	}
-	return actions.PendingTakeover(maxWait, time.Duration(app.Exchange.Timeout), zapierapi.DefaultMaxAttempts)
+	timeout := zapierapi.DefaultTimeout
+	if app.Exchange != nil && app.Exchange.Timeout > 0 {
+		timeout = time.Duration(app.Exchange.Timeout)
+	}
+	return actions.PendingTakeover(maxWait, timeout, zapierapi.DefaultMaxAttempts)
 }
 
 // runTrack is what POST run tells its Idempotency-Key record as it goes:
