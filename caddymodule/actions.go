@@ -81,10 +81,15 @@ type Actions struct {
 	CallbackAudience string `json:"callback_audience,omitempty"`
 	// How long POST run waits for the callback before it polls. Default 20s.
 	CallbackTimeout caddy.Duration `json:"callback_timeout,omitempty"`
+	// Accept a callback signature without sub. Off by default: a token
+	// that names no run could complete any run.
+	AllowMissingSubject bool `json:"allow_missing_subject,omitempty"`
 
 	verifier  *runcallback.Verifier
+	replays   *runcallback.ReplayCache
 	callbacks *callbackWaiters
 	once      *runOnce // Idempotency-Key records (actions_idempotency.go)
+	names     *gateway.Namespace
 	app       *App
 	rules     gateway.IdentityRules
 	apps      appMap
@@ -137,9 +142,18 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.app = app
 	h.rules = app.identityRules()
 	h.store = newConnectionStore(storage)
-	h.runs = actions.NewRunStore(bg, storage, newStateKeeper(bg, storage, 0))
+	keeper := newStateKeeper(bg, storage, 0)
+	h.runs = actions.NewRunStore(bg, storage, keeper)
+	h.names = gateway.NewNamespace(gateway.NamesKeyFunc(func(ctx context.Context) ([]byte, error) {
+		keys, err := keeper.Keys(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return keys.NamesKey(), nil
+	}))
 	h.callbacks = new(callbackWaiters)
-	once, err := newRunOnce(bg, storage)
+	h.replays = &runcallback.ReplayCache{Storage: storage} // spent callback tokens
+	once, err := newRunOnce(bg, storage, runTakeover(app))
 	if err != nil {
 		return fmt.Errorf("zapier_actions: %w", err)
 	}
@@ -154,6 +168,12 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 //		app               <implementation id> <app UUID>
 //		poll_interval     <duration>
 //		max_poll_interval <duration>
+//		run_callback_url  <https url>
+//		callback_jwks_url <url>
+//		callback_issuer   <iss>
+//		callback_audience <aud>
+//		callback_timeout  <duration>
+//		allow_missing_subject
 //	}
 func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -178,6 +198,11 @@ func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := oneDuration(d, &h.CallbackTimeout); err != nil {
 				return err
 			}
+		case "allow_missing_subject":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.AllowMissingSubject = true
 		case "run_callback_url", "callback_jwks_url", "callback_issuer", "callback_audience":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -311,12 +336,14 @@ type runView struct {
 	Errors  json.RawMessage `json:"errors,omitempty"`
 }
 
-func (h *Actions) serveRun(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+// serveRun is POST run; track, when not nil, is told of the create call
+// and the run it made (the Idempotency-Key record, actions_idempotency.go).
+func (h *Actions) serveRun(w http.ResponseWriter, r *http.Request, key tokencache.Key, track *runTrack) error {
 	ctx, span := startActionRunSpan(r.Context())
 	if span.IsRecording() {
 		span.SetAttributes(attrIdentity.String(gateway.LogHash(key.Tenant, key.User)))
 	}
-	outcome, err := h.run(w, r.WithContext(ctx), key)
+	outcome, err := h.run(w, r.WithContext(ctx), key, track)
 	h.app.metrics.observeActionRun(outcome)
 	spanErr := err
 	if spanErr == nil && (outcome == actionFailed || outcome == actionConnectionMissing) {
@@ -327,7 +354,7 @@ func (h *Actions) serveRun(w http.ResponseWriter, r *http.Request, key tokencach
 }
 
 // run does POST run and reports how it ended.
-func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key) (actionOutcome, error) {
+func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key, track *runTrack) (actionOutcome, error) {
 	fail := func(err error) (actionOutcome, error) {
 		outcome := actionFailed
 		var aerr *gateway.Error
@@ -363,14 +390,20 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 	if err != nil {
 		return fail(err)
 	}
+	if err := track.commit(); err != nil {
+		return fail(err) // the key was taken over: its new owner runs the action
+	}
+	// The create call outlives the client: once it is made, the gateway
+	// learns the run's id and records it, whether or not anyone waits.
 	var runID string
-	err = h.app.callAPI(paid, key, func(ctx context.Context, access string) (err error) {
+	err = h.app.callAPI(context.WithoutCancel(paid), key, func(ctx context.Context, access string) (err error) {
 		runID, err = h.app.client.CreateActionRun(ctx, h.app.APIURL, access, zapierapi.ActionRunRequest{
 			Action: actionID, Authentication: rec.ConnectionID, Inputs: req.Inputs, CallbackURL: h.RunCallbackURL,
 		})
 		return err
 	})
 	if err != nil {
+		track.createFailed(err)
 		h.logFailure("action run not created", key, err, zap.String("app", ids.connect), zap.String("action", req.Action))
 		return fail(h.rejection(ctx, key, ids, rec, err))
 	}
@@ -378,10 +411,11 @@ func (h *Actions) run(w http.ResponseWriter, r *http.Request, key tokencache.Key
 		return fail(&gateway.Error{Status: http.StatusBadGateway, Code: "zapier_api_failed",
 			Message: "Zapier created the run but sent an unusable run id"})
 	}
-	if err := h.runs.Put(ctx, runID, key, ids.uuid, req.Action); err != nil {
+	if err := h.runs.Put(context.WithoutCancel(ctx), runID, key, ids.uuid, req.Action); err != nil {
 		// The run exists: answer with it anyway; only runs/{id} will not know it.
 		h.logger.Error("recording the owner of an action run", zap.String("identity", gateway.LogHash(key.Tenant, key.User)), zap.Error(err))
 	}
+	track.created(runID)
 
 	var run zapierapi.ActionRun
 	var retryAfter time.Duration

@@ -103,6 +103,8 @@ func (h *Actions) provisionCallbacks() error {
 		return fmt.Errorf("zapier_actions: run_callback_url is longer than Zapier's %d characters", maxCallbackURL)
 	case h.CallbackJWKSURL == "":
 		return errors.New("zapier_actions: callback_jwks_url is required with run_callback_url: Zapier signs callbacks with keys whose JWKS URL it does not document, so it must be configured")
+	case h.CallbackAudience == "" && h.CallbackIssuer == "":
+		return errors.New("zapier_actions: callback_audience (or callback_issuer) is required with run_callback_url: a callback signature must be checked as meant for this gateway")
 	}
 	if h.CallbackTimeout == 0 {
 		h.CallbackTimeout = caddy.Duration(defaultCallbackTimeout)
@@ -111,9 +113,10 @@ func (h *Actions) provisionCallbacks() error {
 		return errors.New("zapier_actions: callback_timeout must not be negative")
 	}
 	h.verifier, err = runcallback.NewVerifier(runcallback.VerifierConfig{
-		JWKSURL:  h.CallbackJWKSURL,
-		Issuer:   h.CallbackIssuer,
-		Audience: h.CallbackAudience,
+		JWKSURL:        h.CallbackJWKSURL,
+		Issuer:         h.CallbackIssuer,
+		Audience:       h.CallbackAudience,
+		RequireSubject: !h.AllowMissingSubject,
 	})
 	if err != nil {
 		return fmt.Errorf("zapier_actions: %w", err)
@@ -139,7 +142,8 @@ func (h *Actions) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	if h.verifier == nil {
 		return refuse("failed", &gateway.Error{Status: http.StatusNotFound, Code: "not_found", Message: "run callbacks are not configured (run_callback_url)"})
 	}
-	claims, err := h.verifier.Verify(r.Context(), r.Header.Get(runcallback.SignatureHeader))
+	token := r.Header.Get(runcallback.SignatureHeader)
+	claims, err := h.verifier.Verify(r.Context(), token)
 	if errors.Is(err, runcallback.ErrKeysUnavailable) {
 		return refuse("keys_unavailable", &gateway.Error{Status: http.StatusServiceUnavailable, Code: "callback_keys_unavailable",
 			Message: "Zapier's callback signing keys could not be fetched; retry later", RetryAfter: 5 * time.Second})
@@ -160,8 +164,24 @@ func (h *Actions) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		return refuse("bad_signature", &gateway.Error{Status: http.StatusUnauthorized, Code: "callback_signature_invalid",
 			Message: "the signature was made for another run"})
 	}
+	// A token is good for one delivery: seen before (here or on a sidecar
+	// sharing the storage), it is a replay, whichever run it names.
+	switch err := h.replays.Spend(r.Context(), claims, token); {
+	case errors.Is(err, runcallback.ErrReplayed):
+		return refuse("replayed", &apiError{Status: http.StatusConflict, Code: "callback_replayed",
+			Message: "this callback signature was already used"})
+	case err != nil:
+		runCallbacks.WithLabelValues("failed").Inc()
+		return err // storage failed: a 500, which Zapier retries
+	}
 	result := &actions.RunResult{Status: delivery.Status, Results: delivery.Results, Errors: delivery.Errors, Received: time.Now().UTC()}
-	switch err := h.runs.Complete(r.Context(), delivery.RunID, result); {
+	err = h.runs.Complete(r.Context(), delivery.RunID, result)
+	if err != nil && !errors.Is(err, actions.ErrRunUnknown) && !errors.Is(err, actions.ErrRunCompleted) {
+		// Storing the result failed: Zapier's retry (a 5xx) may bring the
+		// same token again.
+		_ = h.replays.Unspend(context.WithoutCancel(r.Context()), claims, token)
+	}
+	switch {
 	case errors.Is(err, actions.ErrRunUnknown):
 		return refuse("unknown_run", &gateway.Error{Status: http.StatusNotFound, Code: "run_not_found",
 			Message: "no run with this id was created through this gateway"})

@@ -39,9 +39,21 @@ func newCallbackSigner(t *testing.T) *callbackSigner {
 	return &callbackSigner{key: key, jwks: srv}
 }
 
+// testCallbackAudience is the aud the test signer puts in callback tokens.
+const testCallbackAudience = "https://app.example.com/zapier/actions/callback"
+
 func (s *callbackSigner) sign(t *testing.T, runID string) string {
+	claims := jwt.MapClaims{"sub": runID}
+	if runID == "" {
+		claims = jwt.MapClaims{}
+	}
+	return s.signClaims(t, claims)
+}
+
+func (s *callbackSigner) signClaims(t *testing.T, claims jwt.MapClaims) string {
 	now := time.Now()
-	tok := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.MapClaims{"iat": now.Unix(), "exp": now.Add(5 * time.Minute).Unix(), "sub": runID})
+	claims["iat"], claims["exp"], claims["aud"] = now.Unix(), now.Add(5*time.Minute).Unix(), testCallbackAudience
+	tok := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
 	tok.Header["kid"] = "zk1"
 	signed, err := tok.SignedString(s.key)
 	if err != nil {
@@ -54,6 +66,7 @@ func (s *callbackSigner) sign(t *testing.T, runID string) string {
 func (e *actionsEnv) withCallbacks(signer *callbackSigner) {
 	e.t.Helper()
 	e.h.RunCallbackURL, e.h.CallbackJWKSURL = "https://app.example.com/zapier/actions/callback", signer.jwks.URL
+	e.h.CallbackAudience = testCallbackAudience
 	if err := e.h.provisionCallbacks(); err != nil {
 		e.t.Fatal(err)
 	}
@@ -81,7 +94,7 @@ func TestCallbackOnAnotherSidecarFinishesTheWaitingRun(t *testing.T) {
 	e.withCallbacks(signer)
 	e.api.set(func(s *stubAPI) { s.statuses = []string{"waiting"} })
 	// The other sidecar: its own handler on the same storage.
-	other := &Actions{Apps: e.h.Apps, RunCallbackURL: e.h.RunCallbackURL, CallbackJWKSURL: signer.jwks.URL}
+	other := &Actions{Apps: e.h.Apps, RunCallbackURL: e.h.RunCallbackURL, CallbackJWKSURL: signer.jwks.URL, CallbackAudience: testCallbackAudience}
 	if err := other.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
@@ -129,8 +142,18 @@ func TestCallbackOnAnotherSidecarFinishesTheWaitingRun(t *testing.T) {
 	if code := deliver(t, e.h, signer.sign(t, "run-1"), strings.Replace(body, "run-1", "run-2", 1)); code != http.StatusUnauthorized {
 		t.Errorf("signature for another run: %d", code)
 	}
-	if code := deliver(t, e.h, signer.sign(t, "run-9"), strings.Replace(body, "run-1", "run-9", 1)); code != http.StatusNotFound {
+	unknown := signer.sign(t, "run-9")
+	if code := deliver(t, e.h, unknown, strings.Replace(body, "run-1", "run-9", 1)); code != http.StatusNotFound {
 		t.Errorf("unknown run: %d", code)
+	}
+	// The same token again, on the other sidecar: a replay, refused before
+	// anything else.
+	if code := deliver(t, other, unknown, strings.Replace(body, "run-1", "run-9", 1)); code != http.StatusConflict {
+		t.Errorf("token replayed on the other sidecar: %d", code)
+	}
+	// A token naming no run is refused (allow_missing_subject is off).
+	if code := deliver(t, e.h, signer.sign(t, ""), strings.Replace(body, "run-1", "run-8", 1)); code != http.StatusUnauthorized {
+		t.Errorf("token without sub: %d", code)
 	}
 	if res := e.do(http.MethodGet, "/runs/run-1", "alice", ""); res.status != http.StatusOK || !strings.Contains(res.body, `"id":7`) {
 		t.Errorf("runs/run-1 after the refusals: %d %s", res.status, res.body)
@@ -139,14 +162,18 @@ func TestCallbackOnAnotherSidecarFinishesTheWaitingRun(t *testing.T) {
 
 func TestCallbackOptionsRefused(t *testing.T) {
 	for name, h := range map[string]*Actions{
-		"http":             {RunCallbackURL: "http://app.example.com/cb", CallbackJWKSURL: "https://z.example/jwks"},
-		"relative":         {RunCallbackURL: "/cb", CallbackJWKSURL: "https://z.example/jwks"},
+		"http":             {RunCallbackURL: "http://app.example.com/cb", CallbackJWKSURL: "https://z.example/jwks", CallbackAudience: "a"},
+		"relative":         {RunCallbackURL: "/cb", CallbackJWKSURL: "https://z.example/jwks", CallbackAudience: "a"},
 		"no jwks":          {RunCallbackURL: "https://app.example.com/cb"},
+		"no audience":      {RunCallbackURL: "https://app.example.com/cb", CallbackJWKSURL: "https://z.example/jwks"},
 		"jwks without url": {CallbackJWKSURL: "https://z.example/jwks"},
-		"too long":         {RunCallbackURL: "https://app.example.com/" + strings.Repeat("a", 2048), CallbackJWKSURL: "https://z.example/jwks"},
+		"too long":         {RunCallbackURL: "https://app.example.com/" + strings.Repeat("a", 2048), CallbackJWKSURL: "https://z.example/jwks", CallbackAudience: "a"},
 	} {
-		if err := h.provisionCallbacks(); err == nil {
+		err := h.provisionCallbacks()
+		if err == nil {
 			t.Errorf("%s: accepted", name)
+		} else if name == "no audience" && !strings.Contains(err.Error(), "callback_audience") {
+			t.Errorf("no audience: %v does not name the option", err)
 		}
 	}
 }

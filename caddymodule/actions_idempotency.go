@@ -3,9 +3,12 @@ package caddymodule
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -16,6 +19,7 @@ import (
 	"github.com/zapgate/caddy-zapier/idempotency"
 	"github.com/zapgate/caddy-zapier/internal/sweep"
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 const (
@@ -36,22 +40,112 @@ type runOnce struct {
 	bg      context.Context
 }
 
-func newRunOnce(bg context.Context, storage certmagic.Storage) (*runOnce, error) {
-	store, err := idempotency.New(idempotency.Config{Storage: storage, Prefix: idempotencyPrefix})
+// newRunOnce keeps the records in storage; a key whose first request made
+// no create call is taken over after takeover (actions.PendingTakeover).
+func newRunOnce(bg context.Context, storage certmagic.Storage, takeover time.Duration) (*runOnce, error) {
+	store, err := idempotency.New(idempotency.Config{Storage: storage, Prefix: idempotencyPrefix, PendingTimeout: takeover})
 	if err != nil {
 		return nil, err
 	}
 	return &runOnce{store: store, bg: bg}, nil
 }
 
+// runTakeover is how long a POST run's key stays reserved for its first
+// request, from the app's budget max_wait and call timeout.
+func runTakeover(app *App) time.Duration {
+	var maxWait time.Duration
+	if app.budget != nil && app.APIBudget != nil && app.APIBudget.MaxWait != nil {
+		maxWait = time.Duration(*app.APIBudget.MaxWait)
+	}
+	timeout := zapierapi.DefaultTimeout
+	if app.Exchange != nil && app.Exchange.Timeout > 0 {
+		timeout = time.Duration(app.Exchange.Timeout)
+	}
+	return actions.PendingTakeover(maxWait, timeout, zapierapi.DefaultMaxAttempts)
+}
+
+// runTrack is what POST run tells its Idempotency-Key record as it goes:
+// the create call is about to be made (commit), and the run it made.
+type runTrack struct {
+	out       idempotency.Outcome
+	bg        context.Context
+	committed bool
+	runID     string
+	// notMade: the create call failed in a way that shows no run was made.
+	notMade bool
+	onErr   func(msg string, err error)
+}
+
+// commit marks the key committed before the create call: from now on it
+// is never taken over. A request that cannot mark it does not create.
+func (t *runTrack) commit() error {
+	if t == nil {
+		return nil
+	}
+	if err := t.out.Commit(t.bg); err != nil {
+		return err
+	}
+	t.committed = true
+	return nil
+}
+
+// created records the run under the key at once, before its result is
+// awaited, so whatever happens next a retry with the key gets this run.
+func (t *runTrack) created(runID string) {
+	if t == nil {
+		return
+	}
+	t.runID = runID
+	if err := t.out.Provisional(t.bg, provisionalRun(runID)); err != nil {
+		t.onErr("storing the run under its Idempotency-Key", err)
+	}
+}
+
+// createFailed notes whether the failed create call certainly made no run.
+func (t *runTrack) createFailed(err error) {
+	if t == nil {
+		return
+	}
+	zerr, ok := zapierapi.AsError(err)
+	// Not a Zapier error: nothing was sent (no token, a bad request).
+	t.notMade = !ok || zerr.Kind == zapierapi.KindRejected || zerr.Kind == zapierapi.KindRateLimited || zerr.Kind == zapierapi.KindUnavailable
+}
+
+// provisionalRun is POST run's answer for a run that exists but whose
+// result the request did not await: 202 with where to poll.
+func provisionalRun(runID string) idempotency.Response {
+	body, _ := json.Marshal(struct {
+		Run runView `json:"run"`
+	}{runView{ID: runID, Status: "waiting"}})
+	return idempotency.Response{Status: http.StatusAccepted, Body: append(body, '\n'), Header: map[string]string{
+		"Content-Type": "application/json", "Location": "runs/" + url.PathEscape(runID)}}
+}
+
+// unknownOutcome is stored for a key whose create call failed without
+// telling whether it made a run: a retry replays it rather than risk a
+// second run.
+func unknownOutcome() idempotency.Response {
+	type detail struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	body, _ := json.Marshal(struct {
+		Error detail `json:"error"`
+	}{detail{Code: "zapier_api_failed",
+		Message: "Zapier's API failed while creating the run; it may have been created: check the user's runs before running the action again with a new Idempotency-Key"}})
+	return idempotency.Response{Status: http.StatusBadGateway, Body: append(body, '\n'), Header: map[string]string{"Content-Type": "application/json"}}
+}
+
 // serveRunOnce is POST run honouring Idempotency-Key: the same key and body
 // within 24 h get the first answer again without another run; the same key
 // with another body is 409 idempotency_key_reused; concurrent duplicates
-// create one run. Without the header it is plain POST run.
+// create one run. The run is recorded under the key the moment Zapier
+// returns it, so a retry gets that run even when the first request's
+// client went away. Without the header it is plain POST run.
 func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
 	ik := r.Header.Get(idempotencyHeader)
 	if ik == "" || h.once == nil {
-		return h.serveRun(w, r, key)
+		return h.serveRun(w, r, key, nil)
 	}
 	if !idempotency.ValidKey(ik) {
 		return h.fail(w, r, gateway.BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters"))
@@ -63,50 +157,125 @@ func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key token
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	h.once.sweeper.Maybe(h.once.bg, time.Now(), idempotencySweepEvery, func(ctx context.Context) { _, _ = h.once.store.Sweep(ctx) })
 
-	scope, err := actions.Owner(r.Context(), h.runs.Keys, key) // keyed: storage never names the user
+	caller, err := h.idempotencyCaller(r.Context(), key)
 	if err != nil {
 		return h.fail(w, r, err)
 	}
-	out, err := h.once.store.Begin(r.Context(), scope, ik, body)
+	out, err := h.once.store.BeginAs(r.Context(), caller, ik, body)
 	switch {
 	case errors.Is(err, idempotency.ErrKeyReused):
 		return h.fail(w, r, &gateway.Error{Status: http.StatusConflict, Code: "idempotency_key_reused",
 			Message: "this Idempotency-Key was used with a different request body in the last 24 hours"})
+	case errors.Is(err, idempotency.ErrOutcomeUnknown):
+		return h.fail(w, r, &apiError{Status: http.StatusConflict, Code: "idempotency_outcome_unknown",
+			Message: "the first request with this Idempotency-Key may have created the run but its gateway stopped before recording it; it is not run again: check the user's runs"})
 	case errors.Is(err, idempotency.ErrInvalidKey):
 		return h.fail(w, r, gateway.BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 	case err != nil:
 		return h.fail(w, r, err)
 	case out.Kind == idempotency.Replay:
-		for name, v := range out.Response.Header {
-			w.Header().Set(name, v)
-		}
-		w.Header().Set("Idempotent-Replayed", "true")
-		w.WriteHeader(out.Response.Status)
-		_, _ = w.Write(out.Response.Body)
+		h.replayRun(w, r, key, out.Response)
 		return nil
 	}
 
 	// Proceed: answer as usual, keeping a copy of the answer.
+	done := context.WithoutCancel(r.Context())
+	track := &runTrack{out: out, bg: done, onErr: func(msg string, err error) { h.logFailure(msg, key, err) }}
 	var buf bytes.Buffer
 	rec := caddyhttp.NewResponseRecorder(w, &buf, func(int, http.Header) bool { return true })
-	serveErr := h.serveRun(rec, r, key)
-	done := context.WithoutCancel(r.Context())
-	if status := rec.Status(); serveErr == nil && (status == http.StatusOK || status == http.StatusAccepted) {
+	serveErr := h.serveRun(rec, r, key, track)
+	status := rec.Status()
+	var finish *idempotency.Response
+	switch {
+	case serveErr == nil && (status == http.StatusOK || status == http.StatusAccepted):
 		resp := idempotency.Response{Status: status, Header: map[string]string{}, Body: buf.Bytes()}
 		for _, name := range replayedHeaders {
 			if v := rec.Header().Get(name); v != "" {
 				resp.Header[name] = v
 			}
 		}
-		if err := out.Finish(done, resp); err != nil {
+		finish = &resp
+	case track.runID != "":
+		// The run exists but was not answered (the client went away, the
+		// wait or a poll failed): a retry gets it, 202 and where to poll.
+		resp := provisionalRun(track.runID)
+		finish = &resp
+	case track.committed && !track.notMade:
+		// The create call may have made a run whose id never came back.
+		resp := unknownOutcome()
+		finish = &resp
+	case track.committed:
+		_ = out.Release(done) // Zapier refused: no run, the key is free
+	default:
+		_ = out.Abandon(done) // no create call: the key is free
+	}
+	if finish != nil {
+		if err := out.Finish(done, *finish); err != nil {
 			h.logFailure("storing an idempotent answer", key, err)
 		}
-	} else {
-		// No run was created: the key is free for a retry.
-		_ = out.Abandon(done)
 	}
 	if serveErr != nil {
 		return serveErr
 	}
 	return rec.WriteResponse()
+}
+
+// idempotencyCaller is the caller of an Idempotency-Key record: scoped by
+// the identity's keyed name (storage never names the user), with the
+// sealed identity so offboarding finds a whole tenant's records.
+func (h *Actions) idempotencyCaller(ctx context.Context, key tokencache.Key) (idempotency.Caller, error) {
+	scope, err := actions.Owner(ctx, h.runs.Keys, key)
+	if err != nil {
+		return idempotency.Caller{}, err
+	}
+	name, err := h.names.Name(ctx, key)
+	if err != nil {
+		return idempotency.Caller{}, err
+	}
+	sealed, err := h.names.SealOwner(ctx, key, []byte(idempotencyOwnerAAD))
+	if err != nil {
+		return idempotency.Caller{}, err
+	}
+	return idempotency.Caller{Scope: scope, Subject: name, Sealed: sealed}, nil
+}
+
+// idempotencyOwnerAAD binds sealed owners to Idempotency-Key records.
+const idempotencyOwnerAAD = "caddy-zapier idempotency owner v1"
+
+// replayRun answers a stored answer again. A stored 202 names a run that
+// had not ended: if it has ended since, the answer is 200 with its result,
+// as runs/{id} would give (from its callback, or one poll); otherwise the
+// stored 202 again.
+func (h *Actions) replayRun(w http.ResponseWriter, r *http.Request, key tokencache.Key, resp idempotency.Response) {
+	w.Header().Set("Idempotent-Replayed", "true")
+	if runID, ok := strings.CutPrefix(resp.Header["Location"], "runs/"); ok && resp.Status == http.StatusAccepted {
+		if id, err := url.PathUnescape(runID); err == nil && actions.ValidRunID(id) {
+			if run, ok := h.endedRun(r.Context(), key, id); ok {
+				h.writeRun(w, run, "", 0)
+				return
+			}
+		}
+	}
+	for name, v := range resp.Header {
+		w.Header().Set(name, v)
+	}
+	w.WriteHeader(resp.Status)
+	_, _ = w.Write(resp.Body)
+}
+
+// endedRun is the caller's run once it has ended, from its stored callback
+// or one poll; ok is false while it runs, or when that cannot be told now.
+func (h *Actions) endedRun(ctx context.Context, key tokencache.Key, runID string) (zapierapi.ActionRun, bool) {
+	rec, mine, err := h.runs.Owned(ctx, runID, key)
+	if err != nil || !mine {
+		return zapierapi.ActionRun{}, false
+	}
+	if rec.Result != nil {
+		return rec.Result.Run(runID), true
+	}
+	run, err := h.poll(ctx, key, runID)
+	if err != nil || !run.Done() {
+		return zapierapi.ActionRun{}, false
+	}
+	return run, true
 }

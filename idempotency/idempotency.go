@@ -66,6 +66,17 @@ var (
 	// (this one ran past PendingTimeout), so the response was not stored.
 	// Callers still answer with the response.
 	ErrLost = errors.New("idempotency: pending record was taken over; response not stored")
+
+	// ErrCommitted: Abandon found the record committed (Outcome.Commit): the
+	// work may have been done, so the key is not freed for a retry. Use
+	// Outcome.Release when the work is known not to have happened.
+	ErrCommitted = errors.New("idempotency: the work may have been done; key not released")
+
+	// ErrOutcomeUnknown: Begin found the key committed by a request that
+	// never recorded how it ended (it crashed after the point of no return,
+	// and PendingTimeout has passed). The work may have been done, so it is
+	// not done again; callers answer 409.
+	ErrOutcomeUnknown = errors.New("idempotency: the first request with this key may have done the work but never recorded its outcome")
 )
 
 // Storage is the subset of certmagic.Storage this package uses, with the
@@ -89,10 +100,12 @@ type Config struct {
 	Prefix string
 	// TTL is how long a key is remembered, counted from its first request.
 	TTL time.Duration
-	// PendingTimeout is how old a pending record must be before it is taken
-	// as abandoned by a crashed process and may be taken over. It must
-	// exceed the longest time the guarded work can take (the upstream
-	// request timeout), or a slow request is duplicated.
+	// PendingTimeout is how old a live record must be before its request is
+	// taken as crashed. A pending record (nothing done yet) is then taken
+	// over; a committed one (the work may have been done) never is: Begin
+	// answers ErrOutcomeUnknown; a provisional one is replayed. It must
+	// exceed the longest time the guarded request can take, or a slow
+	// request is duplicated.
 	PendingTimeout time.Duration
 	// PollInterval is how often a waiting duplicate re-reads the record.
 	PollInterval time.Duration
@@ -206,8 +219,36 @@ type Outcome struct {
 
 	// Abandon deletes the pending record, so a retry with the key may try
 	// again; use it when the work could not be done at all (Proceed only).
-	// It is a no-op after Finish, so it can be deferred.
+	// It is a no-op after Finish, so it can be deferred. After Commit it
+	// deletes nothing and returns ErrCommitted.
 	Abandon func(ctx context.Context) error
+
+	// Commit marks the point of no return, just before the work (the
+	// upstream call) is done: from then on the record is never taken over,
+	// even past PendingTimeout, and Abandon no longer frees it (Proceed
+	// only). A request that cannot Commit must not do the work.
+	Commit func(ctx context.Context) error
+
+	// Provisional stores r as the answer duplicates replay should this
+	// request never finish (it crashed): the work was done and r says where
+	// its result will be. Until Finish, duplicates still wait (Proceed
+	// only).
+	Provisional func(ctx context.Context, r Response) error
+
+	// Release deletes the record even after Commit: use it only when the
+	// work is known not to have happened (the upstream refused it).
+	Release func(ctx context.Context) error
+}
+
+// Caller attributes records to whoever made the request, for offboarding:
+// both values are opaque to this package and stored as given.
+type Caller struct {
+	// Scope separates callers: equal keys of different scopes are
+	// independent. Only its hash is stored.
+	Scope string
+	// Subject and Sealed are stored in the record for ForgetWhere (a keyed
+	// name of the caller, and the caller sealed).
+	Subject, Sealed string
 }
 
 // Begin claims key for one request. scope is the caller's identity (only its
@@ -222,13 +263,18 @@ type Outcome struct {
 // passes PendingTimeout (this request takes over: Proceed), or ctx ends
 // (ctx's error).
 func (s *Store) Begin(ctx context.Context, scope, key string, fingerprint []byte) (Outcome, error) {
+	return s.BeginAs(ctx, Caller{Scope: scope}, key, fingerprint)
+}
+
+// BeginAs is Begin for a caller whose records carry its Subject and Sealed.
+func (s *Store) BeginAs(ctx context.Context, caller Caller, key string, fingerprint []byte) (Outcome, error) {
 	if !ValidKey(key) {
 		return Outcome{}, ErrInvalidKey
 	}
-	id := recordID(scope, key)
+	id := recordID(caller.Scope, key)
 	fp := hashHex(fingerprint)
 	for {
-		out, inFlight, err := s.claim(ctx, id, fp)
+		out, inFlight, err := s.claim(ctx, id, fp, caller)
 		if err != nil || !inFlight {
 			return out, err
 		}
@@ -256,7 +302,7 @@ func ValidKey(key string) bool {
 
 // claim decides under the record's lock. inFlight means the same request is
 // pending elsewhere and the caller must wait.
-func (s *Store) claim(ctx context.Context, id, fp string) (out Outcome, inFlight bool, err error) {
+func (s *Store) claim(ctx context.Context, id, fp string, caller Caller) (out Outcome, inFlight bool, err error) {
 	err = s.withLock(ctx, id, func() error {
 		now := s.now()
 		rec, err := s.loadOrNil(ctx, id)
@@ -265,16 +311,19 @@ func (s *Store) claim(ctx context.Context, id, fp string) (out Outcome, inFlight
 		}
 		switch s.classify(rec, fp, now) {
 		case stateFree:
-			t, err := s.newTicket(id, fp, now)
+			t, err := s.newTicket(id, fp, now, caller)
 			if err != nil {
 				return err
 			}
 			if err := s.put(ctx, id, t.pending()); err != nil {
 				return err
 			}
-			out = Outcome{Kind: Proceed, Finish: t.finish, Abandon: t.abandon}
+			out = Outcome{Kind: Proceed, Finish: t.finish, Abandon: t.abandon,
+				Commit: t.commit, Provisional: t.provisional, Release: t.releaseCommitted}
 		case stateReused:
 			return ErrKeyReused
+		case stateUnknown:
+			return ErrOutcomeUnknown
 		case stateDone:
 			out = Outcome{Kind: Replay, Response: rec.Response.clone()}
 		case stateInFlight:
@@ -312,6 +361,8 @@ func (s *Store) await(ctx context.Context, id, fp string) (out Outcome, settled 
 			// A done record is never rewritten before it expires, so
 			// reading it without the lock is safe.
 			return Outcome{Kind: Replay, Response: rec.Response.clone()}, true, nil
+		case stateUnknown:
+			return Outcome{}, true, ErrOutcomeUnknown
 		default:
 			return Outcome{}, false, nil
 		}
@@ -324,8 +375,9 @@ type state int
 const (
 	stateFree     state = iota // absent, expired or abandoned: claim it
 	stateReused                // another body used the key
-	stateDone                  // finished: replay it
-	stateInFlight              // pending and alive: wait
+	stateDone                  // finished (or provisional and stale): replay it
+	stateInFlight              // live and young: wait
+	stateUnknown               // committed and stale: the outcome is unknown
 )
 
 func (s *Store) classify(rec *record, fp string, now time.Time) state {
@@ -345,8 +397,16 @@ func (s *Store) classify(rec *record, fp string, now time.Time) state {
 	if rec.State == statusDone {
 		return stateDone
 	}
-	if age >= s.pendingTimeout {
-		return stateFree
+	if age < s.pendingTimeout {
+		return stateInFlight
 	}
-	return stateInFlight
+	// Past PendingTimeout the request is taken as crashed. Only a record
+	// whose work was certainly not done may be taken over.
+	switch rec.State {
+	case statusProvisional:
+		return stateDone
+	case statusCommitted:
+		return stateUnknown
+	}
+	return stateFree
 }

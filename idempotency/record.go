@@ -15,13 +15,25 @@ import (
 )
 
 // recordVersion is written in every record, so the format can change
-// without misreading old records.
-const recordVersion = 1
+// without misreading old records. Records in the states version 1 did not
+// know (committed, provisional) are written as version 2, so a gateway of
+// an earlier release leaves them alone (it neither sweeps them as corrupt
+// nor takes them over) during a rolling upgrade.
+const (
+	recordVersion  = 1
+	recordVersion2 = 2
+)
 
 // Record states.
 const (
 	statusPending = "pending"
-	statusDone    = "done"
+	// statusCommitted: the work may have been done (the upstream call was
+	// made or is being made); the record is never taken over.
+	statusCommitted = "committed"
+	// statusProvisional: the work was done and its provisional answer is
+	// stored; a duplicate replays it if the request never finishes.
+	statusProvisional = "provisional"
+	statusDone        = "done"
 )
 
 // record is the stored JSON of one key.
@@ -39,6 +51,25 @@ type record struct {
 	Owner    string    `json:"owner"`
 	Finished time.Time `json:"finished,omitzero"`
 	Response *Response `json:"response,omitempty"`
+	// Subject and Sealed attribute the record to its caller, for
+	// offboarding (ForgetWhere): a keyed name of the caller and the caller
+	// sealed, both opaque to this package. Records written before they
+	// existed have neither (they expire with the TTL).
+	Subject string `json:"subject,omitempty"`
+	Sealed  string `json:"sealed,omitempty"`
+}
+
+// version is the format version rec must be written as.
+func (rec *record) version() int {
+	if rec.State == statusCommitted || rec.State == statusProvisional {
+		return recordVersion2
+	}
+	return recordVersion
+}
+
+// live reports whether rec is a record its owner is still working on.
+func (rec *record) live() bool {
+	return rec.State == statusPending || rec.State == statusCommitted || rec.State == statusProvisional
 }
 
 var (
@@ -55,14 +86,14 @@ func decodeRecord(b []byte) (*record, error) {
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return nil, fmt.Errorf("%w: %v", errCorrupt, err)
 	}
-	if rec.Version != recordVersion {
+	if rec.Version != recordVersion && rec.Version != recordVersion2 {
 		return nil, fmt.Errorf("%w %d", errVersion, rec.Version)
 	}
 	switch {
 	case !isHexSHA256(rec.Fingerprint), rec.Created.IsZero(), rec.Owner == "":
 		return nil, fmt.Errorf("%w: missing fields", errCorrupt)
-	case rec.State == statusPending:
-	case rec.State == statusDone && rec.Response != nil:
+	case rec.State == statusPending, rec.State == statusCommitted:
+	case (rec.State == statusDone || rec.State == statusProvisional) && rec.Response != nil:
 	default:
 		return nil, fmt.Errorf("%w: state %q", errCorrupt, rec.State)
 	}
@@ -116,6 +147,7 @@ func (s *Store) load(ctx context.Context, id string) (*record, error) {
 }
 
 func (s *Store) put(ctx context.Context, id string, rec *record) error {
+	rec.Version = rec.version()
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -145,28 +177,73 @@ type ticket struct {
 	fp      string
 	owner   string
 	created time.Time
+	caller  Caller
 
 	mu      sync.Mutex // serializes Finish and Abandon
 	settled bool       // Finish or Abandon succeeded
 }
 
-func (s *Store) newTicket(id, fp string, now time.Time) (*ticket, error) {
+func (s *Store) newTicket(id, fp string, now time.Time, caller Caller) (*ticket, error) {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, err
 	}
-	return &ticket{s: s, id: id, fp: fp, owner: hex.EncodeToString(b[:]), created: now}, nil
+	return &ticket{s: s, id: id, fp: fp, owner: hex.EncodeToString(b[:]), created: now, caller: caller}, nil
 }
 
 func (t *ticket) pending() *record {
-	return &record{Version: recordVersion, Fingerprint: t.fp, State: statusPending, Created: t.created, Owner: t.owner}
+	return &record{Version: recordVersion, Fingerprint: t.fp, State: statusPending, Created: t.created, Owner: t.owner,
+		Subject: t.caller.Subject, Sealed: t.caller.Sealed}
 }
 
 // ours reports whether this ticket may write the record: it is still our
-// pending record, or it is gone (then nobody else owns the key, and storing
+// live record, or it is gone (then nobody else owns the key, and storing
 // our response spares a retry from doing the work again).
 func (t *ticket) ours(rec *record) bool {
-	return rec == nil || rec.State == statusPending && rec.Owner == t.owner
+	return rec == nil || rec.live() && rec.Owner == t.owner
+}
+
+// commit marks the record committed: the work is about to be done, so the
+// record is never taken over from now on.
+func (t *ticket) commit(ctx context.Context) error {
+	return t.advance(ctx, statusCommitted, nil)
+}
+
+// provisional stores r as the answer a duplicate replays if this request
+// never finishes.
+func (t *ticket) provisional(ctx context.Context, r Response) error {
+	if err := r.storable(); err != nil {
+		return err
+	}
+	return t.advance(ctx, statusProvisional, &r)
+}
+
+// advance moves our live record to state (with the response r, if any).
+func (t *ticket) advance(ctx context.Context, state string, r *Response) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.settled {
+		return errors.New("idempotency: Commit or Provisional after Finish or Abandon")
+	}
+	return t.s.withLock(ctx, t.id, func() error {
+		rec, err := t.s.loadOrNil(ctx, t.id)
+		if err != nil {
+			return err
+		}
+		if !t.ours(rec) {
+			return ErrLost
+		}
+		next := t.pending()
+		next.State = state
+		if rec != nil && rec.State == statusProvisional && state == statusCommitted {
+			return nil // already past committed
+		}
+		if r != nil {
+			resp := r.clone()
+			next.Response = &resp
+		}
+		return t.s.put(ctx, t.id, next)
+	})
 }
 
 func (t *ticket) finish(ctx context.Context, r Response) error {
@@ -225,8 +302,23 @@ func (t *ticket) abandon(ctx context.Context) error {
 	return t.release(ctx)
 }
 
+// releaseCommitted deletes our record whatever its state: the caller knows
+// the work did not happen.
+func (t *ticket) releaseCommitted(ctx context.Context) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.settled {
+		return nil
+	}
+	return t.deleteOurs(ctx, true)
+}
+
 // release deletes the record if it is still our pending one.
 func (t *ticket) release(ctx context.Context) error {
+	return t.deleteOurs(ctx, false)
+}
+
+func (t *ticket) deleteOurs(ctx context.Context, committedToo bool) error {
 	err := t.s.withLock(ctx, t.id, func() error {
 		rec, err := t.s.loadOrNil(ctx, t.id)
 		if err != nil {
@@ -234,6 +326,10 @@ func (t *ticket) release(ctx context.Context) error {
 		}
 		if rec == nil || !t.ours(rec) {
 			return nil // gone or taken over: nothing of ours to delete
+		}
+		if rec.State != statusPending && !committedToo {
+			// The work may have been done: a retry must not do it again.
+			return ErrCommitted
 		}
 		return t.s.storage.Delete(ctx, t.s.storageKey(t.id))
 	})

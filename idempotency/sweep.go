@@ -70,3 +70,49 @@ func (s *Store) sweepable(rec *record, err error) bool {
 	}
 	return s.now().Sub(rec.Created) >= s.ttl
 }
+
+// ForgetWhere deletes every record whose caller match accepts (by the
+// Subject and Sealed its Begin was given; records written without them
+// are never matched) and returns how many it deleted and how many it could
+// not. It is idempotent: running it again deletes what failed before.
+// Records of another format version are left alone.
+func (s *Store) ForgetWhere(ctx context.Context, match func(subject, sealed string) bool) (deleted, failed int, err error) {
+	keys, err := s.storage.List(ctx, s.prefix, false)
+	if isNotExist(err) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	var errs []error
+	matches := func(rec *record, err error) bool {
+		return err == nil && (rec.Subject != "" || rec.Sealed != "") && match(rec.Subject, rec.Sealed)
+	}
+	for _, k := range keys {
+		if err := ctx.Err(); err != nil {
+			return deleted, failed, errors.Join(append(errs, err)...)
+		}
+		id := path.Base(k)
+		if !isHexSHA256(id) || k != s.storageKey(id) {
+			continue
+		}
+		if !matches(s.load(ctx, id)) {
+			continue
+		}
+		err := s.withLock(ctx, id, func() error {
+			if !matches(s.load(ctx, id)) {
+				return nil
+			}
+			if err := s.storage.Delete(ctx, s.storageKey(id)); err != nil && !isNotExist(err) {
+				return err
+			}
+			deleted++
+			return nil
+		})
+		if err != nil {
+			failed++
+			errs = append(errs, err)
+		}
+	}
+	return deleted, failed, errors.Join(errs...)
+}

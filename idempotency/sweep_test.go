@@ -42,7 +42,7 @@ func TestSweep(t *testing.T) {
 	foreign := []string{"zapier/idempotency/README", "zapier/idempotency/sub/" + recordID("t", "x"), "zapier/other/" + recordID("t", "y")}
 	for k, v := range map[string]string{
 		corrupt:    "{",
-		newer:      `{"version":2,"created":"2000-01-01T00:00:00Z"}`,
+		newer:      `{"version":3,"created":"2000-01-01T00:00:00Z"}`,
 		foreign[0]: "not ours",
 		foreign[1]: "{",
 		foreign[2]: "{",

@@ -17,8 +17,8 @@ import (
 func startCallbackGateway(t *testing.T, callbackTimeout string, specs ...fakezapier.ActionSpec) *gateway {
 	t.Helper()
 	callbackURL := fmt.Sprintf("https://localhost:%d/zapier/actions/callback", httpsPort)
-	actions := actionsSite(fmt.Sprintf("run_callback_url %s\n\t\t\tcallback_jwks_url {env.ITEST_CALLBACK_JWKS}\n\t\t\tcallback_timeout %s",
-		callbackURL, callbackTimeout))
+	actions := actionsSite(fmt.Sprintf("run_callback_url %s\n\t\t\tcallback_jwks_url {env.ITEST_CALLBACK_JWKS}\n\t\t\tcallback_issuer %s\n\t\t\tcallback_timeout %s",
+		callbackURL, fakezapier.CallbackIssuer, callbackTimeout))
 	g := startGateway(t, gatewayOptions{
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", gatewayURL, gatewayURL),
 		siteExtra:   actions,

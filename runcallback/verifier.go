@@ -73,6 +73,10 @@ type VerifierConfig struct {
 	MaxLifetime time.Duration
 	// Issuer and Audience are checked only when non-empty.
 	Issuer, Audience string
+	// RequireSubject refuses a token without "sub": a token that names no
+	// run could complete any run (BindsRun). Callers should set it unless
+	// the signer is known to omit sub.
+	RequireSubject bool
 	// JWKSMaxAge is how long a fetched JWKS is used before it is refreshed.
 	// If a refresh fails, the old keys stay usable for one more JWKSMaxAge.
 	JWKSMaxAge time.Duration
@@ -204,6 +208,9 @@ func (v *Verifier) Verify(ctx context.Context, signature string) (Claims, error)
 	}
 	if life := exp.Sub(iat); life > v.cfg.MaxLifetime+v.cfg.Leeway {
 		return Claims{}, invalid(fmt.Sprintf("lifetime %s exceeds maximum %s", life, v.cfg.MaxLifetime))
+	}
+	if v.cfg.RequireSubject && rc.Subject == "" {
+		return Claims{}, invalid("missing sub claim")
 	}
 	return Claims{
 		Subject:   rc.Subject,

@@ -106,11 +106,16 @@ func (s *Server) callbackSignature(runID string, fault CallbackFault) string {
 	return tok
 }
 
-// signRS256 returns a compact JWS with claims iat, exp = iat + 300 and sub.
+// CallbackIssuer is the iss of the fake's callback signatures (Zapier
+// documents none; a gateway must check an issuer or an audience).
+const CallbackIssuer = "https://zapier.com"
+
+// signRS256 returns a compact JWS with claims iss, iat, exp = iat + 300 and
+// sub.
 func signRS256(key *rsa.PrivateKey, kid, sub string, iat int64) string {
 	header, _ := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT", "kid": kid})
 	claims, _ := json.Marshal(map[string]any{
-		"iat": iat, "exp": iat + int64(callbackJWTLifetime/time.Second), "sub": sub,
+		"iss": CallbackIssuer, "iat": iat, "exp": iat + int64(callbackJWTLifetime/time.Second), "sub": sub,
 	})
 	input := b64u(header) + "." + b64u(claims)
 	sum := sha256.Sum256([]byte(input))
