@@ -168,7 +168,7 @@ func (h *Actions) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	// sharing the storage), it is a replay, whichever run it names.
 	switch err := h.replays.Spend(r.Context(), claims, token); {
 	case errors.Is(err, runcallback.ErrReplayed):
-		return refuse("replayed", &apiError{Status: http.StatusConflict, Code: "callback_replayed",
+		return refuse("replayed", &gateway.Error{Status: http.StatusConflict, Code: "callback_replayed",
 			Message: "this callback signature was already used"})
 	case err != nil:
 		runCallbacks.WithLabelValues("failed").Inc()

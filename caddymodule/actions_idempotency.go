@@ -167,7 +167,7 @@ func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key token
 		return h.fail(w, r, &gateway.Error{Status: http.StatusConflict, Code: "idempotency_key_reused",
 			Message: "this Idempotency-Key was used with a different request body in the last 24 hours"})
 	case errors.Is(err, idempotency.ErrOutcomeUnknown):
-		return h.fail(w, r, &apiError{Status: http.StatusConflict, Code: "idempotency_outcome_unknown",
+		return h.fail(w, r, &gateway.Error{Status: http.StatusConflict, Code: "idempotency_outcome_unknown",
 			Message: "the first request with this Idempotency-Key may have created the run but its gateway stopped before recording it; it is not run again: check the user's runs"})
 	case errors.Is(err, idempotency.ErrInvalidKey):
 		return h.fail(w, r, gateway.BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters"))
