@@ -23,6 +23,7 @@ import (
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
+	"github.com/zapgate/caddy-zapier/idempotency"
 	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -159,6 +160,8 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	}
 	h.once = once
 	h.logger = logger
+	// Its records hold action results: offboarding forgets them.
+	app.registerUserStore(gateway.PhaseLocal, idempotency.UserStore{Store: once.store, Names: h.names, OwnerAAD: []byte(idempotencyOwnerAAD)})
 	return nil
 }
 

@@ -634,6 +634,9 @@ func (a *App) logExchangeFailure(key tokencache.Key, err error) {
 // that does not is found by the offboarding test (it leaves the user's data
 // behind).
 func (a *App) registerUserStore(phase gateway.Phase, s gateway.UserStore) {
+	if a.userStores == nil { // an App built without Provision (unit tests)
+		a.userStores = new(gateway.Registry)
+	}
 	a.userStores.Register(phase, s)
 }
 
