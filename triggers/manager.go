@@ -189,10 +189,10 @@ type Manager struct {
 	// reloadMu makes reloads single-flight: a caller that waited for
 	// another's reload does not start one of its own (reloadIfStale).
 	reloadMu sync.Mutex
-	sem        chan struct{}
-	watchers   map[string]*watcher // by storage key, when cfg.Stream
-	wg         sync.WaitGroup
-	cancel     context.CancelFunc
+	sem      chan struct{}
+	watchers map[string]*watcher // by storage key, when cfg.Stream
+	wg       sync.WaitGroup
+	cancel   context.CancelFunc
 }
 
 // NewManager checks cfg and fills in defaults.
@@ -475,7 +475,7 @@ func (m *Manager) Notify(ctx context.Context, inboxID, token string) bool {
 		m.mu.Lock()
 		inboxKey := m.subs[key].rec.InboxKey
 		m.mu.Unlock()
-		want := m.notifyToken(inboxKey)
+		want := m.NotifyToken(inboxKey)
 		if !minted {
 			want = m.legacyNotifyToken(inboxKey)
 		}
@@ -525,9 +525,9 @@ func isLowerHex(s string) bool {
 	return s != ""
 }
 
-// notifyToken is the inbox's token in its notification URL: a tag of the
+// NotifyToken is the inbox's token in its notification URL: a tag of the
 // inbox key and a MAC of the tag, so a forged token is refused unseen.
-func (m *Manager) notifyToken(inboxKey string) string {
+func (m *Manager) NotifyToken(inboxKey string) string {
 	h := hmac.New(sha256.New, m.cfg.NotifyKey)
 	h.Write([]byte("inbox\x00" + inboxKey))
 	tag := hex.EncodeToString(h.Sum(nil)[:16])
@@ -558,7 +558,7 @@ func (m *Manager) notificationURL(inboxKey string) string {
 		return m.cfg.NotificationURL
 	}
 	q := u.Query()
-	q.Set("inbox_token", m.notifyToken(inboxKey))
+	q.Set("inbox_token", m.NotifyToken(inboxKey))
 	u.RawQuery = q.Encode()
 	return u.String()
 }

@@ -31,9 +31,9 @@ const (
 	// identity's keyed name (gateway.Namespace), never its value; records
 	// of older versions at /<tenant part>/<user part>/<name part> are
 	// migrated when read (atrest.go).
-	subsPrefix = "zapier/triggers/subscriptions"
-	deadPrefix = "zapier/triggers/dead-letters" // /<message id part>
-	locksPrefix = "zapier/triggers/drain"         // storage lock names
+	subsPrefix  = "zapier/triggers/subscriptions"
+	deadPrefix  = "zapier/triggers/dead-letters" // /<message id part>
+	locksPrefix = "zapier/triggers/drain"        // storage lock names
 	// drainLeasePrefix holds the drain locks' lease records (drainlock.go).
 	drainLeasePrefix = "zapier/triggers/drain-leases" // /<hashed subscription key>
 )
