@@ -105,7 +105,7 @@ func TestOlderRecordsAreMigrated(t *testing.T) {
 	rec2, _ := json.Marshal(r2)
 	must(e.store.Store(ctx, legacySubKey(e.id, "s2"), rec2))
 	oldDead, _ := json.Marshal(map[string]any{"id": "msg-1", "tenant": e.id.Tenant, "user": e.id.User, "subscription": "s1",
-		"body": json.RawMessage(`{"type":"trigger.event","tenant":"` + e.id.Tenant + `","user":"` + e.id.User + `"}`),
+		"body":     json.RawMessage(`{"type":"trigger.event","tenant":"` + e.id.Tenant + `","user":"` + e.id.User + `"}`),
 		"attempts": 3, "last_error": "HTTP 500", "created": time.Now()})
 	must(e.store.Store(ctx, deadKey("msg-1"), oldDead))
 
