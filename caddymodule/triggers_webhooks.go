@@ -31,13 +31,13 @@ const (
 // storage (triggers.WebhookClaims), so the gateways sharing it forward a
 // delivery once, and sweeps the old claims.
 type webhookSeen struct {
-	triggers.WebhookClaims
+	*triggers.WebhookClaims
 	storage certmagic.Storage
 	sweeper sweep.Sweeper
 }
 
 func newWebhookSeen(storage certmagic.Storage, inFlight time.Duration) *webhookSeen {
-	return &webhookSeen{storage: storage, WebhookClaims: triggers.WebhookClaims{Storage: storage, Prefix: seenWebhooksPrefix,
+	return &webhookSeen{storage: storage, WebhookClaims: &triggers.WebhookClaims{Storage: storage, Prefix: seenWebhooksPrefix,
 		Name: connect.StorageKeyPart, InFlightTTL: inFlight, Now: time.Now}}
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"sync"
 	"time"
 )
 
@@ -117,6 +118,13 @@ type WebhookClaims struct {
 	// gateway that died, and may be claimed again.
 	InFlightTTL time.Duration
 	Now         func() time.Time
+	// LockWait bounds the wait for the storage lock; a delivery whose claim
+	// cannot be taken in time is InFlight (its sender retries). Default 3s.
+	LockWait time.Duration
+
+	// local holds the ids this process is forwarding, so copies arriving
+	// here together do not queue on the storage lock.
+	local sync.Map
 }
 
 type webhookClaim struct {
@@ -135,8 +143,28 @@ func (c *WebhookClaims) Key(id string) string {
 
 // Claim claims the delivery with webhook-id id.
 func (c *WebhookClaims) Claim(ctx context.Context, id string) (int, error) {
+	if _, busy := c.local.LoadOrStore(id, struct{}{}); busy {
+		return InFlight, nil
+	}
+	got, err := c.claim(ctx, id)
+	if got != Claimed || err != nil {
+		c.local.Delete(id)
+	}
+	return got, err
+}
+
+func (c *WebhookClaims) claim(ctx context.Context, id string) (int, error) {
 	key := c.Key(id)
-	if err := c.Storage.Lock(ctx, key+".lock"); err != nil {
+	wait := c.LockWait
+	if wait <= 0 {
+		wait = 3 * time.Second
+	}
+	lctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := c.Storage.Lock(lctx, key+".lock"); err != nil {
+		if ctx.Err() == nil && lctx.Err() != nil {
+			return InFlight, nil // another gateway holds it: being claimed
+		}
 		return 0, fmt.Errorf("locking a webhook claim: %w", err)
 	}
 	defer func() { _ = c.Storage.Unlock(context.WithoutCancel(ctx), key+".lock") }()
@@ -162,10 +190,12 @@ func (c *WebhookClaims) Claim(ctx context.Context, id string) (int, error) {
 
 // Done marks a claimed delivery forwarded.
 func (c *WebhookClaims) Done(ctx context.Context, id string) error {
+	defer c.local.Delete(id)
 	return storeJSON(ctx, c.Storage, c.Key(id), webhookClaim{State: "done", At: c.Now()})
 }
 
 // Abandon releases a claim whose forwarding failed.
 func (c *WebhookClaims) Abandon(ctx context.Context, id string) error {
+	defer c.local.Delete(id)
 	return c.Storage.Delete(ctx, c.Key(id))
 }

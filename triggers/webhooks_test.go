@@ -22,6 +22,7 @@ func TestWebhookClaimsOnce(t *testing.T) {
 	ctx := context.Background()
 	var mu sync.Mutex
 	counts := map[int]int{}
+	var winner *WebhookClaims
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Add(1)
@@ -37,6 +38,9 @@ func TestWebhookClaimsOnce(t *testing.T) {
 			}
 			mu.Lock()
 			counts[got]++
+			if got == Claimed {
+				winner = c
+			}
 			mu.Unlock()
 		}()
 	}
@@ -44,7 +48,10 @@ func TestWebhookClaimsOnce(t *testing.T) {
 	if counts[Claimed] != 1 || counts[InFlight] != 19 {
 		t.Fatalf("claims: %v", counts)
 	}
-	if err := a.Abandon(ctx, "msg_1"); err != nil { // the forward failed
+	if got, _ := winner.Claim(ctx, "msg_1"); got != InFlight {
+		t.Fatalf("a copy on the claiming gateway: %d", got)
+	}
+	if err := winner.Abandon(ctx, "msg_1"); err != nil { // the forward failed
 		t.Fatal(err)
 	}
 	if got, _ := b.Claim(ctx, "msg_1"); got != Claimed {
