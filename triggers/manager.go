@@ -267,6 +267,10 @@ func (m *Manager) Start(ctx context.Context) {
 		defer t.Stop()
 		for {
 			m.reload(ctx)
+			// Dead letters of older versions are sealed on the way.
+			if _, err := m.listDead(ctx); err != nil && ctx.Err() == nil {
+				m.cfg.Logger.Info("reading trigger dead letters", zap.Error(err))
+			}
 			m.WakeAll()
 			select {
 			case <-ctx.Done():
