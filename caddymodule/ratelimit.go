@@ -113,23 +113,32 @@ func (c *RateLimitConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized zapier rate_limit option %q", opt)
 		}
-		args := d.RemainingArgs()
-		switch {
-		case len(args) == 1 && args[0] == "off":
-			*dst = &RateLimit{Off: true}
-		case len(args) == 2:
-			n, err := strconv.Atoi(args[0])
-			if err != nil || n <= 0 {
-				return d.Errf("rate_limit %s: %q is not a positive number of requests", opt, args[0])
-			}
-			win, err := caddy.ParseDuration(args[1])
-			if err != nil || win <= 0 {
-				return d.Errf("rate_limit %s: %q is not a positive duration", opt, args[1])
-			}
-			*dst = &RateLimit{Events: n, Window: caddy.Duration(win)}
-		default:
-			return d.Errf("rate_limit %s takes <requests> <window> (e.g. 20 1m) or off", opt)
+		l, err := parseRateLimit(d, "rate_limit "+opt)
+		if err != nil {
+			return err
 		}
+		*dst = l
 	}
 	return nil
+}
+
+// parseRateLimit parses the arguments "<requests> <window>" or "off" of
+// the option named what.
+func parseRateLimit(d *caddyfile.Dispenser, what string) (*RateLimit, error) {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 1 && args[0] == "off":
+		return &RateLimit{Off: true}, nil
+	case len(args) == 2:
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n <= 0 {
+			return nil, d.Errf("%s: %q is not a positive number of requests", what, args[0])
+		}
+		win, err := caddy.ParseDuration(args[1])
+		if err != nil || win <= 0 {
+			return nil, d.Errf("%s: %q is not a positive duration", what, args[1])
+		}
+		return &RateLimit{Events: n, Window: caddy.Duration(win)}, nil
+	}
+	return nil, d.Errf("%s takes <requests> <window> (e.g. 20 1m) or off", what)
 }

@@ -7,7 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -22,7 +22,9 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/actions"
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
+	"github.com/zapgate/caddy-zapier/ratelimit"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/triggers"
 	"github.com/zapgate/caddy-zapier/webhooksig"
@@ -81,6 +83,12 @@ type Triggers struct {
 	// First pause between two attempts (doubling up to retry_max). Default 500ms.
 	RetryBase caddy.Duration `json:"retry_base,omitempty"`
 	RetryMax  caddy.Duration `json:"retry_max,omitempty"`
+	// Subscriptions one user may have; a new one past it is refused with
+	// 409 subscription_limit. Default 50.
+	MaxSubscriptionsPerUser int `json:"max_subscriptions_per_user,omitempty"`
+	// Notifications one source address may POST to the notify route per
+	// window; past it 429 rate_limited with Retry-After. Default 600 per 1m.
+	NotifyRateLimit *RateLimit `json:"notify_rate_limit,omitempty"`
 	// Watch each inbox's events stream (one connection per subscription)
 	// as a wake-up. Default: on when notification_url is not set.
 	EventsStream *bool `json:"events_stream,omitempty"`
@@ -94,6 +102,7 @@ type Triggers struct {
 	verifier  *webhooksig.Verifier
 	seen      *webhookSeen
 	notifyKey []byte
+	notifyLim *ratelimit.Limiter
 	logger    *zap.Logger
 }
 
@@ -162,9 +171,17 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 	if !strings.HasPrefix(h.InboxPrefix, "/") {
 		return errors.New("zapier_triggers: inbox_prefix must start with /")
 	}
-	for name, v := range map[string]int{"attempts": h.Attempts, "max_leases": h.MaxLeases, "lease_limit": h.LeaseLimit, "max_concurrent": h.MaxConcurrent} {
+	for name, v := range map[string]int{"max_subscriptions_per_user": h.MaxSubscriptionsPerUser, "attempts": h.Attempts, "max_leases": h.MaxLeases, "lease_limit": h.LeaseLimit, "max_concurrent": h.MaxConcurrent} {
 		if v < 0 || name == "lease_limit" && v > 100 {
 			return fmt.Errorf("zapier_triggers: %s out of range", name)
+		}
+	}
+	if h.NotifyRateLimit == nil {
+		h.NotifyRateLimit = &RateLimit{Events: 600, Window: caddy.Duration(time.Minute)}
+	}
+	if !h.NotifyRateLimit.Off {
+		if h.notifyLim, err = ratelimit.New(ratelimit.Config{Events: h.NotifyRateLimit.Events, Window: time.Duration(h.NotifyRateLimit.Window)}); err != nil || h.notifyLim == nil {
+			return errors.New("zapier_triggers: notify_rate_limit: want a positive number of requests per positive window, or off")
 		}
 	}
 	apps, err := newAppMap(h.Apps)
@@ -179,11 +196,11 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 	// the same on every sidecar.
 	nk := sha256.Sum256([]byte("caddy-zapier inbox notifications\x00" + secret))
 	h.notifyKey = nk[:]
-	h.seen = &webhookSeen{storage: storage, now: time.Now}
+	h.seen = newWebhookSeen(storage, max(2*time.Duration(h.DeliveryTimeout), 30*time.Second))
 
 	sum := sha256.New()
 	for _, part := range []string{deliverTo, secret, notifyURL, app.APIURL, h.InboxPrefix,
-		fmt.Sprint(h.DeliveryTimeout, h.Attempts, h.MaxLeases, h.LeaseLimit, h.MaxConcurrent, h.DrainInterval, h.RetryBase, h.RetryMax, h.stream(notifyURL))} {
+		fmt.Sprint(h.DeliveryTimeout, h.MaxSubscriptionsPerUser, h.Attempts, h.MaxLeases, h.LeaseLimit, h.MaxConcurrent, h.DrainInterval, h.RetryBase, h.RetryMax, h.stream(notifyURL))} {
 		sum.Write([]byte(part))
 		sum.Write([]byte{0})
 	}
@@ -196,6 +213,12 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 	}
 	h.pooled = val.(*pooledTriggers)
 	h.pooled.app.Store(app) // calls go through the newest config's app
+	// Offboarding reaches the subscriptions (and their inboxes at Zapier)
+	// and the dead letters.
+	if app.userStores != nil {
+		app.registerUserStore(gateway.PhaseUpstream, h.pooled.mgr.SubscriptionStore())
+		app.registerUserStore(gateway.PhaseLocal, h.pooled.mgr.DeadLetterStore())
+	}
 	if loaded {
 		logger.Info("zapier_triggers: kept the running delivery loop")
 	} else {
@@ -213,8 +236,19 @@ func (h *Triggers) newPooled(storage certmagic.Storage, notifyURL string, logger
 			return p.app.Load().callAPI(ctx, tokencache.Key{Tenant: id.Tenant, User: id.User}, call)
 		},
 	}
+	// Users are named at rest with the names key connection records use
+	// (connect.StateKeeper, in the same storage), so every store names a
+	// user alike and offboarding finds them.
+	keys := connect.NewStateKeeper(storage, 0)
+	names := gateway.NamesKeyFunc(func(ctx context.Context) ([]byte, error) {
+		k, err := keys.Keys(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return k.NamesKey(), nil
+	})
 	mgr, err := triggers.NewManager(triggers.Config{
-		API: api, Sender: h.sender, Storage: storage, NotificationURL: notifyURL, NotifyKey: h.notifyKey, Stream: h.stream(notifyURL),
+		API: api, Sender: h.sender, Storage: storage, Names: names, MaxSubscriptionsPerUser: h.MaxSubscriptionsPerUser, NotificationURL: notifyURL, NotifyKey: h.notifyKey, Stream: h.stream(notifyURL),
 		LeaseLimit: h.LeaseLimit, Attempts: h.Attempts, MaxLeases: h.MaxLeases, MaxConcurrent: h.MaxConcurrent,
 		DrainInterval: time.Duration(h.DrainInterval), RetryBase: time.Duration(h.RetryBase), RetryMax: time.Duration(h.RetryMax),
 		Observer: triggerObserver{}, Logger: logger,
@@ -259,6 +293,8 @@ func (h *Triggers) stream(notifyURL string) bool {
 //		app                       <implementation id> <app UUID>
 //		inbox_prefix              <path>
 //		events_stream             on|off
+//		max_subscriptions_per_user <n>
+//		notify_rate_limit         <requests> <window> | off
 //		delivery_timeout|drain_interval|retry_base|retry_max <duration>
 //		attempts|max_leases|lease_limit|max_concurrent       <n>
 //	}
@@ -283,6 +319,12 @@ func (h *Triggers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			on := v == "on"
 			h.EventsStream = &on
+		case "notify_rate_limit":
+			l, err := parseRateLimit(d, opt)
+			if err != nil {
+				return err
+			}
+			h.NotifyRateLimit = l
 		case "app":
 			if err := parseAppMapping(d, &h.Apps); err != nil {
 				return err
@@ -292,8 +334,8 @@ func (h *Triggers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				"retry_base": &h.RetryBase, "retry_max": &h.RetryMax}[opt]); err != nil {
 				return err
 			}
-		case "attempts", "max_leases", "lease_limit", "max_concurrent":
-			if err := oneInt(d, map[string]*int{"attempts": &h.Attempts, "max_leases": &h.MaxLeases,
+		case "attempts", "max_leases", "lease_limit", "max_concurrent", "max_subscriptions_per_user":
+			if err := oneInt(d, map[string]*int{"max_subscriptions_per_user": &h.MaxSubscriptionsPerUser, "attempts": &h.Attempts, "max_leases": &h.MaxLeases,
 				"lease_limit": &h.LeaseLimit, "max_concurrent": &h.MaxConcurrent}[opt]); err != nil {
 				return err
 			}
@@ -434,6 +476,9 @@ func (h *Triggers) fail(w http.ResponseWriter, r *http.Request, err error) error
 	case errors.Is(err, triggers.ErrSubscriptionConflict), errors.Is(err, triggers.ErrConflict):
 		err = &gateway.Error{Status: http.StatusConflict, Code: "subscription_conflict",
 			Message: "a subscription with this name exists with another app, trigger, inputs or connection: delete it first"}
+	case errors.Is(err, triggers.ErrSubscriptionLimit):
+		err = &gateway.Error{Status: http.StatusConflict, Code: "subscription_limit",
+			Message: "this user has as many subscriptions as allowed (max_subscriptions_per_user): delete one first"}
 	case errors.Is(err, triggers.ErrNotFound):
 		err = &gateway.Error{Status: http.StatusNotFound, Code: "subscription_not_found", Message: "this user has no subscription with this name"}
 	}
@@ -441,26 +486,50 @@ func (h *Triggers) fail(w http.ResponseWriter, r *http.Request, err error) error
 }
 
 // serveNotify takes Zapier's availability notification (§3.8) as a hint
-// only: the inbox id is looked up among known subscriptions and must come
-// with the inbox's own ?inbox_token= (registered in its notification URL),
-// the count is never trusted, and the answer is 200 whatever the id.
+// only: limited per source address, the inbox_token checked for its form
+// and MAC before any lookup (a forged one is 400), the inbox id looked up
+// among known subscriptions (triggers.Manager.Notify), the count never
+// trusted, and the answer 200 whatever the id.
 func (h *Triggers) serveNotify(w http.ResponseWriter, r *http.Request) error {
 	if !gateway.AllowMethod(w, r, http.MethodPost) {
 		return nil
 	}
-	var body struct {
-		InboxID string `json:"inbox_id"`
+	if ok, retry := h.notifyLim.Allow(sourceAddr(r)); !ok {
+		triggerNotifications.WithLabelValues("rate_limited").Inc()
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusTooManyRequests, Code: "rate_limited", RetryAfter: retry,
+			Message: "too many notifications from this address; retry later"})
+		return nil
 	}
-	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&body); err != nil || len(body.InboxID) > 128 {
+	mgr := h.pooled.mgr
+	token := r.URL.Query().Get("inbox_token")
+	if mgr.NotifyTokenForm(token) == triggers.TokenMalformed {
+		triggerNotifications.WithLabelValues("token_invalid").Inc()
+		gateway.WriteError(w, gateway.BadRequest("inbox_token is missing or is not one this gateway registered"))
+		return nil
+	}
+	inboxID, err := triggers.ParseNotify(r.Body)
+	if err != nil {
 		gateway.WriteError(w, gateway.BadRequest("expected {\"inbox_id\": …}"))
 		return nil
 	}
-	known := h.pooled.mgr.Notify(r.Context(), body.InboxID, r.URL.Query().Get("inbox_token"))
+	known := mgr.Notify(r.Context(), inboxID, token)
 	triggerNotifications.WithLabelValues(fmt.Sprint(known)).Inc()
 	writeConnectJSON(w, http.StatusOK, struct {
 		OK bool `json:"ok"`
 	}{true})
 	return nil
+}
+
+// sourceAddr is the client address Caddy determined (trusted_proxies
+// honoured), else the peer's host.
+func sourceAddr(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
 }
 
 // Interface guards.

@@ -20,9 +20,9 @@ var (
 	triggerLeases = newCounterVec("trigger_leases_total",
 		"Lease calls on Trigger Inboxes, by outcome (messages, empty, paused, gone, failed).", "outcome")
 	triggerNotifications = newCounterVec("trigger_notifications_total",
-		"Inbox notifications received on the notify route, by whether the inbox id was known.", "known")
+		"Inbox notifications received on the notify route, by whether the inbox id was known (true, false), or refused before any lookup (token_invalid, rate_limited).", "known")
 	connectionWebhooks = newCounterVec("connection_webhooks_total",
-		"Connection webhooks received from Zapier, by outcome (forwarded, unknown_connection, duplicate, signature_invalid, stale, malformed, partner_failed).", "outcome")
+		"Connection webhooks received from Zapier, by outcome (forwarded, unknown_connection, duplicate (also while another copy is in flight), signature_invalid, stale, malformed, partner_failed).", "outcome")
 )
 
 // registerTriggerMetrics registers the events collectors into a config's
@@ -38,7 +38,7 @@ func registerTriggerMetrics(reg *prometheus.Registry) error {
 	for _, o := range []string{"messages", "empty", "paused", "gone", "failed"} {
 		triggerLeases.WithLabelValues(o)
 	}
-	for _, o := range []string{"true", "false"} {
+	for _, o := range []string{"true", "false", "token_invalid", "rate_limited"} {
 		triggerNotifications.WithLabelValues(o)
 	}
 	for _, o := range []string{"forwarded", "unknown_connection", "duplicate", "signature_invalid", "stale", "malformed", "partner_failed"} {

@@ -116,10 +116,17 @@ func TestTriggersNotifyAndWebhookRoutesWithoutIdentity(t *testing.T) {
 		}
 		return rec
 	}
-	if rec := serve(http.MethodPost, "/notify", `{"inbox_id":"unknown","received_message_count":5}`); rec.Code != http.StatusOK {
+	token := "?inbox_token=" + h.pooled.mgr.NotifyToken("czg-any")
+	if rec := serve(http.MethodPost, "/notify"+token, `{"inbox_id":"unknown","received_message_count":5}`); rec.Code != http.StatusOK {
 		t.Errorf("notify with an unknown inbox: %d", rec.Code)
 	}
-	if rec := serve(http.MethodPost, "/notify", `not json`); rec.Code != http.StatusBadRequest {
+	// A token the gateway did not mint is refused before any lookup.
+	for _, q := range []string{"", "?inbox_token=zz", "?inbox_token=" + strings.Repeat("a", 64)} {
+		if rec := serve(http.MethodPost, "/notify"+q, `{"inbox_id":"unknown"}`); rec.Code != http.StatusBadRequest {
+			t.Errorf("notify with token %q: %d", q, rec.Code)
+		}
+	}
+	if rec := serve(http.MethodPost, "/notify"+token, `not json`); rec.Code != http.StatusBadRequest {
 		t.Errorf("malformed notify: %d", rec.Code)
 	}
 	if rec := serve(http.MethodGet, "/notify", ""); rec.Code != http.StatusMethodNotAllowed {

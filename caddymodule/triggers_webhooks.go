@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"path"
 	"time"
 
 	"go.uber.org/zap"
@@ -17,6 +16,7 @@ import (
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/internal/sweep"
+	"github.com/zapgate/caddy-zapier/triggers"
 	"github.com/zapgate/caddy-zapier/webhooksig"
 )
 
@@ -28,30 +28,28 @@ const (
 	seenWebhookRetention = 48 * time.Hour
 )
 
-// webhookSeen de-duplicates Zapier's connection webhooks by webhook-id in
-// Caddy storage, so every gateway sharing it forwards a delivery once.
+// webhookSeen claims Zapier's connection webhooks by webhook-id in Caddy
+// storage (triggers.WebhookClaims), so the gateways sharing it forward a
+// delivery once, and sweeps the old claims.
 type webhookSeen struct {
+	*triggers.WebhookClaims
 	storage certmagic.Storage
-	now     func() time.Time
 	sweeper sweep.Sweeper
 }
 
-func (s *webhookSeen) key(id string) string {
-	return path.Join(seenWebhooksPrefix, connect.StorageKeyPart(id))
+func newWebhookSeen(storage certmagic.Storage, inFlight time.Duration) *webhookSeen {
+	return &webhookSeen{storage: storage, WebhookClaims: &triggers.WebhookClaims{Storage: storage, Prefix: seenWebhooksPrefix,
+		Name: connect.StorageKeyPart, InFlightTTL: inFlight, Now: time.Now}}
 }
 
-func (s *webhookSeen) seen(ctx context.Context, id string) bool {
-	return s.storage.Exists(ctx, s.key(id))
-}
-
-func (s *webhookSeen) mark(ctx context.Context, id string) {
-	_ = s.storage.Store(ctx, s.key(id), []byte(s.now().UTC().Format(time.RFC3339)))
-	s.sweeper.Maybe(context.WithoutCancel(ctx), s.now(), time.Hour, func(ctx context.Context) {
+// sweep deletes claims older than seenWebhookRetention, at most hourly.
+func (s *webhookSeen) sweep(ctx context.Context) {
+	s.sweeper.Maybe(context.WithoutCancel(ctx), s.Now(), time.Hour, func(ctx context.Context) {
 		keys, err := s.storage.List(ctx, seenWebhooksPrefix, false)
 		if err != nil {
 			return
 		}
-		cutoff := s.now().Add(-seenWebhookRetention)
+		cutoff := s.Now().Add(-seenWebhookRetention)
 		for _, k := range keys {
 			if info, err := s.storage.Stat(ctx, k); err == nil && info.Modified.Before(cutoff) {
 				_ = s.storage.Delete(ctx, k)
@@ -111,38 +109,40 @@ func (h *Triggers) serveConnectionWebhook(w http.ResponseWriter, r *http.Request
 			Status string `json:"status"`
 		}{status})
 	}
-	if h.seen.seen(ctx, id) {
-		connectionWebhooks.WithLabelValues("duplicate").Inc()
-		ok("duplicate")
-		return nil
-	}
-	var in struct {
-		Type      string          `json:"type"`
-		ExpiresAt string          `json:"expires_at"`
-		Data      json.RawMessage `json:"data"`
-	}
-	var data map[string]json.RawMessage
-	if json.Unmarshal(body, &in) != nil || in.Type == "" || json.Unmarshal(in.Data, &data) != nil {
+	in, err := triggers.ParseConnectionWebhook(body)
+	if err != nil {
 		connectionWebhooks.WithLabelValues("malformed").Inc()
 		gateway.WriteError(w, gateway.BadRequest("expected {\"type\",\"data\":{…}}"))
 		return nil
 	}
-	var connID string
-	for _, field := range []string{"connection_id", "authentication_id", "id"} {
-		if v, found := idStringField(data[field]); found {
-			connID = v
-			break
-		}
-	}
-	owner, err := h.conns.store.Owner(ctx, connID) // connect/store_owner.go
+	// Claimed before anything is forwarded, atomically across the gateways
+	// sharing the storage: copies of one delivery are forwarded once.
+	claim, err := h.seen.Claim(ctx, id)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	if connID == "" || owner == nil {
+	switch claim {
+	case triggers.AlreadyForwarded:
+		connectionWebhooks.WithLabelValues("duplicate").Inc()
+		ok("duplicate")
+		return nil
+	case triggers.InFlight:
+		connectionWebhooks.WithLabelValues("duplicate").Inc()
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusConflict, Code: "webhook_in_progress", RetryAfter: time.Second,
+			Message: "this delivery is being forwarded right now; retry later if it fails"})
+		return nil
+	}
+	defer h.seen.sweep(ctx)
+	owner, err := h.conns.store.Owner(ctx, in.ConnectionID) // connect/store_owner.go
+	if err != nil {
+		_ = h.seen.Abandon(context.WithoutCancel(ctx), id)
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	if in.ConnectionID == "" || owner == nil {
 		connectionWebhooks.WithLabelValues("unknown_connection").Inc()
 		h.logger.Info("a connection webhook for a connection no user stored; acknowledged, not forwarded",
 			zap.String("type", in.Type), zap.String("webhook_id", id))
-		h.seen.mark(ctx, id)
+		_ = h.seen.Done(ctx, id)
 		ok("unknown_connection")
 		return nil
 	}
@@ -151,29 +151,19 @@ func (h *Triggers) serveConnectionWebhook(w http.ResponseWriter, r *http.Request
 		typ = "connection.expiring"
 	}
 	out, _ := json.Marshal(connectionEvent{Type: typ, Tenant: owner.Tenant, User: owner.User, App: owner.Record.App,
-		ConnectionID: connID, ExpiresAt: in.ExpiresAt, Test: r.Header.Get("webhook-test") == "true", ZapierType: in.Type, Data: in.Data})
+		ConnectionID: in.ConnectionID, ExpiresAt: in.ExpiresAt, Test: in.Test, ZapierType: in.Type, Data: in.Data})
 	if err := h.sender.Send(ctx, id, out); err != nil {
+		_ = h.seen.Abandon(context.WithoutCancel(ctx), id)
 		connectionWebhooks.WithLabelValues("partner_failed").Inc()
 		h.logger.Warn("forwarding a connection webhook to deliver_to failed; Zapier will retry",
 			zap.String("identity", gateway.LogHash(owner.Tenant, owner.User)), zap.Error(err))
 		gateway.WriteError(w, &gateway.Error{Status: http.StatusBadGateway, Code: "delivery_failed", Message: "the partner did not accept the event; retry later"})
 		return nil
 	}
-	h.seen.mark(ctx, id)
+	if err := h.seen.Done(context.WithoutCancel(ctx), id); err != nil {
+		h.logger.Warn("marking a connection webhook forwarded", zap.Error(err))
+	}
 	connectionWebhooks.WithLabelValues("forwarded").Inc()
 	ok("forwarded")
 	return nil
-}
-
-// idStringField reads an id that may be a JSON string or number.
-func idStringField(raw json.RawMessage) (string, bool) {
-	var s string
-	if json.Unmarshal(raw, &s) == nil && s != "" {
-		return s, true
-	}
-	var n json.Number
-	if json.Unmarshal(raw, &n) == nil && n != "" {
-		return n.String(), true
-	}
-	return "", false
 }

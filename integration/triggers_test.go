@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -258,9 +259,20 @@ func TestTriggerDeliveryEndToEnd(t *testing.T) {
 	if v := scrapeMetric(t, "caddy_zapier_trigger_deliveries_total", `outcome="delivered"`); v < 5 {
 		t.Errorf("trigger_deliveries_total{delivered} = %v", v)
 	}
-	// An unknown inbox id on notify is acknowledged and ignored.
-	if status, _, _, _ := send(request{method: http.MethodPost, path: "/zapier/triggers/notify", body: `{"inbox_id":"nope","received_message_count":99}`}); status != http.StatusOK {
+	// An unknown inbox id on notify, with a token the gateway minted, is
+	// acknowledged and ignored; without a genuine token it is refused
+	// before any lookup.
+	notifyURL, err := url.Parse(g.fake.Inboxes()[0].NotificationURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, _, _, _ := send(request{method: http.MethodPost, path: "/zapier/triggers/notify?" + notifyURL.RawQuery, body: `{"inbox_id":"nope","received_message_count":99}`}); status != http.StatusOK {
 		t.Fatalf("notify with an unknown inbox: %d", status)
+	}
+	for _, q := range []string{"", "?inbox_token=" + strings.Repeat("ab", 32)} {
+		if status, _, _, _ := send(request{method: http.MethodPost, path: "/zapier/triggers/notify" + q, body: `{"inbox_id":"nope"}`}); status != http.StatusBadRequest {
+			t.Fatalf("notify with token %q: %d", q, status)
+		}
 	}
 
 	// Pause through the gateway, resume, delete.
@@ -335,21 +347,21 @@ func TestTriggerPausedByZapier(t *testing.T) {
 	sub := trgDecode(t, body)
 	g.fake.PauseInbox(sub.InboxID, "authentication")
 	// Zapier sends no notification for a pause; any wake-up finds it. A
-	// notification without the inbox's token is ignored.
-	notify := func(url string) {
+	// notification without the inbox's token is refused.
+	notify := func(url string, want int) {
 		t.Helper()
 		resp, err := plainClient.Post(url, "application/json", strings.NewReader(`{"inbox_id":"`+sub.InboxID+`"}`))
-		if err != nil || resp.StatusCode != http.StatusOK {
+		if err != nil || resp.StatusCode != want {
 			t.Fatalf("notify: %v %v", resp, err)
 		}
 		resp.Body.Close()
 	}
-	before := scrapeMetric(t, "caddy_zapier_trigger_notifications_total", `known="false"`)
-	notify(gatewayURL + "/zapier/triggers/notify")
-	if after := scrapeMetric(t, "caddy_zapier_trigger_notifications_total", `known="false"`); after != before+1 {
-		t.Fatalf("a notification without the inbox token was not ignored (%v → %v)", before, after)
+	before := scrapeMetric(t, "caddy_zapier_trigger_notifications_total", `known="token_invalid"`)
+	notify(gatewayURL+"/zapier/triggers/notify", http.StatusBadRequest)
+	if after := scrapeMetric(t, "caddy_zapier_trigger_notifications_total", `known="token_invalid"`); after != before+1 {
+		t.Fatalf("a notification without the inbox token was not refused (%v → %v)", before, after)
 	}
-	notify(g.fake.Inboxes()[0].NotificationURL)
+	notify(g.fake.Inboxes()[0].NotificationURL, http.StatusOK)
 	d := rc.next(t)
 	if d.Body["type"] != "trigger.paused" || d.Body["reason"] != "authentication" || d.Body["reconnect"] != true {
 		t.Fatalf("pause notice: %v", d.Body)

@@ -38,10 +38,7 @@ const drainLockPoll = 250 * time.Millisecond
 // drain, cancelled if the lock is lost (not renewed in time), and the
 // function that releases the lock.
 func (m *Manager) lockDrain(ctx context.Context, key string) (context.Context, func()) {
-	// Hashed: encoded ids can make names too long for a lock file.
-	sum := sha256.Sum256([]byte(key))
-	h := hex.EncodeToString(sum[:16])
-	mutex, leaseKey := locksPrefix+"-"+h, drainLeasePrefix+"/"+h
+	mutex, leaseKey := drainNames(key)
 	var tb [16]byte
 	_, _ = rand.Read(tb[:])
 	token := hex.EncodeToString(tb[:])
@@ -102,6 +99,14 @@ func (m *Manager) lockDrain(ctx context.Context, key string) (context.Context, f
 			m.cfg.Logger.Info("releasing a trigger drain lock", zap.Error(err))
 		}
 	}
+}
+
+// drainNames are the storage lock and the lease record of the drain of the
+// subscription at key (hashed: keys can make names too long for a lock file).
+func drainNames(key string) (mutex, lease string) {
+	sum := sha256.Sum256([]byte(key))
+	h := hex.EncodeToString(sum[:16])
+	return locksPrefix + "-" + h, drainLeasePrefix + "/" + h
 }
 
 // claimDrain takes (renew false: when free or expired) or renews (renew

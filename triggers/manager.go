@@ -10,8 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"path"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -36,6 +37,9 @@ const (
 	// treats an empty lock file (its holder died mid-update) as stale.
 	DefaultLockWait = 3 * time.Second
 	DefaultLockTTL  = 10 * time.Second
+	// DefaultMaxSubscriptionsPerUser caps one user's subscriptions (each
+	// is an inbox at Zapier and a drain here).
+	DefaultMaxSubscriptionsPerUser = 50
 )
 
 // Config configures a Manager.
@@ -43,6 +47,12 @@ type Config struct {
 	API     *InboxAPI
 	Sender  *Sender
 	Storage Storage
+	// Names gives the key that names users at rest (gateway.Namespace):
+	// storage paths are keyed names, owners are sealed. Required.
+	Names gateway.NamesKeySource
+	// MaxSubscriptionsPerUser: a new subscription past it is
+	// ErrSubscriptionLimit (changing an existing one is not). Default 50.
+	MaxSubscriptionsPerUser int
 	// NotificationURL is registered on every inbox (§3.8); "" for none.
 	NotificationURL string
 	// NotifyKey, when set, adds a per-inbox token (an HMAC of the inbox key)
@@ -124,6 +134,7 @@ var (
 	ErrInvalidName          = errors.New("triggers: a subscription name is 1-64 of A-Z a-z 0-9 . _ -")
 	ErrSubscriptionConflict = errors.New("triggers: the subscription exists with another configuration")
 	ErrNotFound             = errors.New("triggers: no such subscription")
+	ErrSubscriptionLimit    = errors.New("triggers: the user has as many subscriptions as allowed")
 )
 
 var validName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -164,6 +175,7 @@ type subState struct {
 // Manager keeps the subscriptions and delivers their messages.
 type Manager struct {
 	cfg Config
+	ns  *gateway.Namespace
 
 	// writeMu orders writes and deletes of subscription records, so a
 	// drain updating a status never brings back a record Delete removed.
@@ -174,16 +186,19 @@ type Manager struct {
 	ctx        context.Context      // set by Start
 	stopped    bool
 	lastReload time.Time
-	sem        chan struct{}
-	watchers   map[string]*watcher // by storage key, when cfg.Stream
-	wg         sync.WaitGroup
-	cancel     context.CancelFunc
+	// reloadMu makes reloads single-flight: a caller that waited for
+	// another's reload does not start one of its own (reloadIfStale).
+	reloadMu sync.Mutex
+	sem      chan struct{}
+	watchers map[string]*watcher // by storage key, when cfg.Stream
+	wg       sync.WaitGroup
+	cancel   context.CancelFunc
 }
 
 // NewManager checks cfg and fills in defaults.
 func NewManager(cfg Config) (*Manager, error) {
-	if cfg.API == nil || cfg.Sender == nil || cfg.Storage == nil {
-		return nil, errors.New("triggers: API, Sender and Storage are required")
+	if cfg.API == nil || cfg.Sender == nil || cfg.Storage == nil || cfg.Names == nil {
+		return nil, errors.New("triggers: API, Sender, Storage and Names are required")
 	}
 	def := func(v *int, d int) {
 		if *v <= 0 {
@@ -200,6 +215,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	def(&cfg.Attempts, DefaultAttempts)
 	def(&cfg.MaxLeases, DefaultMaxLeases)
 	def(&cfg.MaxConcurrent, DefaultMaxConcurrent)
+	def(&cfg.MaxSubscriptionsPerUser, DefaultMaxSubscriptionsPerUser)
 	defD(&cfg.RetryBase, DefaultRetryBase)
 	defD(&cfg.RetryMax, DefaultRetryMax)
 	defD(&cfg.BackoffMax, DefaultBackoffMax)
@@ -222,7 +238,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.IdentityHash == nil {
 		cfg.IdentityHash = func(Identity) string { return "" }
 	}
-	return &Manager{cfg: cfg, subs: map[string]*subState{}, byInbox: map[string]string{}, watchers: map[string]*watcher{},
+	return &Manager{cfg: cfg, ns: gateway.NewNamespace(cfg.Names), subs: map[string]*subState{}, byInbox: map[string]string{}, watchers: map[string]*watcher{},
 		sem: make(chan struct{}, cfg.MaxConcurrent)}, nil
 }
 
@@ -235,13 +251,6 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-// InboxKey is the inbox key at Zapier for (user, name): unique per user,
-// and per tenant too in case Zapier's user is the JWT's sub alone.
-func InboxKey(id Identity, name string) string {
-	sum := sha256.Sum256([]byte(id.Tenant + "\x00" + id.User))
-	return "czg-" + hex.EncodeToString(sum[:8]) + "-" + name
 }
 
 // Start loads the subscriptions and starts the safety drain; background
@@ -258,6 +267,10 @@ func (m *Manager) Start(ctx context.Context) {
 		defer t.Stop()
 		for {
 			m.reload(ctx)
+			// Dead letters of older versions are sealed on the way.
+			if _, err := m.listDead(ctx); err != nil && ctx.Err() == nil {
+				m.cfg.Logger.Info("reading trigger dead letters", zap.Error(err))
+			}
 			m.WakeAll()
 			select {
 			case <-ctx.Done():
@@ -281,19 +294,43 @@ func (m *Manager) Stop() {
 }
 
 // reload re-reads every subscription from storage, so subscriptions made
-// by other gateways sharing it are drained here too.
+// by other gateways sharing it are drained here too; records of older
+// versions are migrated on the way (atrest.go).
 func (m *Manager) reload(ctx context.Context) {
-	recs, err := listJSON[Record](ctx, m.cfg.Storage, subsPrefix)
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
+	m.reloadLocked(ctx)
+}
+
+// reloadIfStale reloads unless a reload started less than a second ago;
+// concurrent callers share one reload.
+func (m *Manager) reloadIfStale(ctx context.Context) {
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
+	m.mu.Lock()
+	stale := m.cfg.Now().Sub(m.lastReload) > time.Second
+	m.mu.Unlock()
+	if stale {
+		m.reloadLocked(ctx)
+	}
+}
+
+func (m *Manager) reloadLocked(ctx context.Context) {
+	m.mu.Lock()
+	m.lastReload = m.cfg.Now() // also when it fails: no retry storm
+	m.mu.Unlock()
+	recs, bad, err := m.listSubs(ctx, subsPrefix)
 	if err != nil {
 		m.cfg.Logger.Warn("loading trigger subscriptions", zap.Error(err))
 		return
 	}
+	if bad > 0 {
+		m.cfg.Logger.Warn("trigger subscription records that do not open (another names key?) were skipped", zap.Int("records", bad))
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.lastReload = m.cfg.Now()
 	seen := map[string]bool{}
-	for _, rec := range recs {
-		key := subKey(rec.Identity(), rec.Name)
+	for key, rec := range recs {
 		seen[key] = true
 		m.indexLocked(key, rec)
 	}
@@ -411,13 +448,29 @@ func (m *Manager) WakeAll() {
 
 // Notify is Zapier's availability notification for an inbox (§3.8), an
 // untrusted hint: an unknown inbox is ignored (false), a known one drained.
+// With a NotifyKey, a token that cannot be valid is refused before any
+// lookup, and only a token the gateway minted (its MAC checks without a
+// lookup) may reload the subscriptions to find an inbox made by another
+// gateway since the last reload; reloads are single-flight and at most one
+// a second, so no flood of notifications turns into storage reads.
 func (m *Manager) Notify(ctx context.Context, inboxID, token string) bool {
+	if inboxID == "" || len(inboxID) > 128 {
+		return false
+	}
+	minted := true
+	if m.cfg.NotifyKey != nil {
+		switch m.NotifyTokenForm(token) {
+		case TokenMalformed:
+			return false
+		case TokenLegacy:
+			minted = false // an inbox of an older version: already loaded at start
+		}
+	}
 	m.mu.Lock()
 	key, ok := m.byInbox[inboxID]
-	stale := m.cfg.Now().Sub(m.lastReload) > time.Second
 	m.mu.Unlock()
-	if !ok && stale && inboxID != "" {
-		m.reload(ctx) // made by another gateway since the last reload?
+	if !ok && minted {
+		m.reloadIfStale(ctx) // made by another gateway since the last reload?
 		m.mu.Lock()
 		key, ok = m.byInbox[inboxID]
 		m.mu.Unlock()
@@ -426,7 +479,11 @@ func (m *Manager) Notify(ctx context.Context, inboxID, token string) bool {
 		m.mu.Lock()
 		inboxKey := m.subs[key].rec.InboxKey
 		m.mu.Unlock()
-		ok = hmac.Equal([]byte(token), []byte(m.notifyToken(inboxKey)))
+		want := m.NotifyToken(inboxKey)
+		if !minted {
+			want = m.legacyNotifyToken(inboxKey)
+		}
+		ok = hmac.Equal([]byte(token), []byte(want))
 	}
 	if ok {
 		m.wake(key)
@@ -434,8 +491,62 @@ func (m *Manager) Notify(ctx context.Context, inboxID, token string) bool {
 	return ok
 }
 
-// notifyToken is the inbox's token in its notification URL.
-func (m *Manager) notifyToken(inboxKey string) string {
+// Notification token forms.
+const (
+	// TokenMalformed cannot be one the gateway registered.
+	TokenMalformed = iota
+	// TokenMinted is one the gateway minted (its MAC checks).
+	TokenMinted
+	// TokenLegacy has the form of an older version's token (32 hex
+	// digits), checked only against inboxes already loaded.
+	TokenLegacy
+)
+
+// NotifyTokenForm tells, without any lookup, whether an inbox_token can be
+// valid: 64 lower-case hex digits, the inbox's tag and a MAC of it under
+// the notify key; or an older version's 32 hex digits.
+func (m *Manager) NotifyTokenForm(token string) int {
+	if !isLowerHex(token) {
+		return TokenMalformed
+	}
+	switch len(token) {
+	case 32:
+		return TokenLegacy
+	case 64:
+		if hmac.Equal([]byte(token[32:]), []byte(m.tokenMAC(token[:32]))) {
+			return TokenMinted
+		}
+	}
+	return TokenMalformed
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// NotifyToken is the inbox's token in its notification URL: a tag of the
+// inbox key and a MAC of the tag, so a forged token is refused unseen.
+func (m *Manager) NotifyToken(inboxKey string) string {
+	h := hmac.New(sha256.New, m.cfg.NotifyKey)
+	h.Write([]byte("inbox\x00" + inboxKey))
+	tag := hex.EncodeToString(h.Sum(nil)[:16])
+	return tag + m.tokenMAC(tag)
+}
+
+func (m *Manager) tokenMAC(tag string) string {
+	h := hmac.New(sha256.New, m.cfg.NotifyKey)
+	h.Write([]byte("token\x00" + tag))
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// legacyNotifyToken is an older version's token, registered on inboxes
+// made before self-checking tokens.
+func (m *Manager) legacyNotifyToken(inboxKey string) string {
 	h := hmac.New(sha256.New, m.cfg.NotifyKey)
 	h.Write([]byte(inboxKey))
 	return hex.EncodeToString(h.Sum(nil)[:16])
@@ -451,7 +562,7 @@ func (m *Manager) notificationURL(inboxKey string) string {
 		return m.cfg.NotificationURL
 	}
 	q := u.Query()
-	q.Set("inbox_token", m.notifyToken(inboxKey))
+	q.Set("inbox_token", m.NotifyToken(inboxKey))
 	u.RawQuery = q.Encode()
 	return u.String()
 }
@@ -504,21 +615,22 @@ func (m *Manager) wake(key string) {
 
 // Drain delivers what the subscription's inbox holds now, synchronously.
 func (m *Manager) Drain(ctx context.Context, id Identity, name string) error {
-	key := subKey(id, name)
+	key, err := m.subKey(ctx, id, name)
+	if err != nil {
+		return err
+	}
 	m.mu.Lock()
 	_, ok := m.subs[key]
 	m.mu.Unlock()
 	if !ok {
-		rec, err := loadJSON[Record](ctx, m.cfg.Storage, key)
+		key, rec, err := m.load(ctx, id, name)
 		if err != nil {
 			return err
-		}
-		if rec == nil {
-			return ErrNotFound
 		}
 		m.mu.Lock()
 		m.indexLocked(key, *rec)
 		m.mu.Unlock()
+		return m.drain(ctx, key)
 	}
 	return m.drain(ctx, key)
 }
@@ -722,7 +834,7 @@ func (m *Manager) release(ctx context.Context, id Identity, inboxID, leaseID str
 func (m *Manager) deadLetter(ctx context.Context, key string, rec Record, leaseID string, msg Message, body []byte, attempts int, cause error) {
 	dl := DeadLetter{ID: msg.ID, Tenant: rec.Tenant, User: rec.User, Subscription: rec.Name, Body: body,
 		Attempts: attempts * msg.Attributes.LeaseCount, LastError: cause.Error(), Created: m.cfg.Now().UTC()}
-	if err := storeJSON(ctx, m.cfg.Storage, deadKey(msg.ID), dl); err != nil {
+	if err := m.putDead(ctx, dl); err != nil {
 		// Not recorded: leave the message at Zapier rather than lose it.
 		m.cfg.Logger.Error("recording a dead letter; the message stays leased at Zapier", zap.String("message_id", msg.ID), zap.Error(err))
 		return
@@ -779,7 +891,7 @@ func (m *Manager) setStatus(ctx context.Context, key, status, reason, by string)
 	st.rec.Status, st.rec.PausedReason, st.rec.PausedBy, st.rec.Updated = status, reason, by, m.cfg.Now().UTC()
 	rec := st.rec
 	m.mu.Unlock()
-	if err := storeJSON(ctx, m.cfg.Storage, key, rec); err != nil {
+	if err := m.putSub(ctx, key, rec); err != nil {
 		m.cfg.Logger.Error("storing a trigger subscription", zap.Error(err))
 		return rec, err
 	}
@@ -797,8 +909,13 @@ func (m *Manager) Ensure(ctx context.Context, id Identity, name string, spec Spe
 	if len(bytes.TrimSpace(inputs)) == 0 || string(bytes.TrimSpace(inputs)) == "null" {
 		inputs = json.RawMessage("{}")
 	}
-	key := subKey(id, name)
-	old, err := loadJSON[Record](ctx, m.cfg.Storage, key)
+	key, old, err := m.load(ctx, id, name)
+	if errors.Is(err, ErrNotFound) {
+		key, err = m.subKey(ctx, id, name)
+		if err == nil {
+			err = m.checkLimit(ctx, id)
+		}
+	}
 	if err != nil {
 		return View{}, false, err
 	}
@@ -813,7 +930,10 @@ func (m *Manager) Ensure(ctx context.Context, id Identity, name string, spec Spe
 		c := spec.ConnectionID
 		sub.ConnectionID = &c
 	}
-	inboxKey := InboxKey(id, name)
+	inboxKey, err := m.inboxKey(ctx, id, name)
+	if err != nil {
+		return View{}, false, err
+	}
 	ib, err := m.cfg.API.Ensure(ctx, id, inboxKey, sub, m.notificationURL(inboxKey))
 	if err != nil {
 		return View{}, false, err
@@ -827,7 +947,7 @@ func (m *Manager) Ensure(ctx context.Context, id Identity, name string, spec Spe
 			rec.PausedReason = *ib.PausedReason
 		}
 	}
-	if err := storeJSON(ctx, m.cfg.Storage, key, rec); err != nil {
+	if err := m.putSub(ctx, key, rec); err != nil {
 		return View{}, false, fmt.Errorf("storing the subscription: %w", err)
 	}
 	m.mu.Lock()
@@ -861,15 +981,38 @@ func (m *Manager) load(ctx context.Context, id Identity, name string) (string, *
 	if !validName.MatchString(name) {
 		return "", nil, ErrNotFound
 	}
-	key := subKey(id, name)
-	rec, err := loadJSON[Record](ctx, m.cfg.Storage, key)
+	key, err := m.subKey(ctx, id, name)
 	if err != nil {
 		return "", nil, err
 	}
-	if rec == nil {
+	key, rec, err := m.readSub(ctx, key)
+	if err == nil && rec == nil {
+		// Stored by an older version? Migrated when found.
+		key, rec, err = m.readSub(ctx, legacySubKey(id, name))
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if rec == nil || rec.Identity() != id || rec.Name != name {
 		return "", nil, ErrNotFound
 	}
 	return key, rec, nil
+}
+
+// checkLimit refuses a new subscription past MaxSubscriptionsPerUser.
+func (m *Manager) checkLimit(ctx context.Context, id Identity) error {
+	prefix, err := m.userSubsPrefix(ctx, id)
+	if err != nil {
+		return err
+	}
+	keys, err := m.cfg.Storage.List(ctx, prefix, false)
+	if err != nil && !isNotExist(err) {
+		return err
+	}
+	if len(keys) >= m.cfg.MaxSubscriptionsPerUser {
+		return ErrSubscriptionLimit
+	}
+	return nil
 }
 
 // Get returns one of the user's subscriptions.
@@ -883,15 +1026,15 @@ func (m *Manager) Get(ctx context.Context, id Identity, name string) (View, erro
 
 // List returns the user's subscriptions.
 func (m *Manager) List(ctx context.Context, id Identity) ([]View, error) {
-	prefix := path.Dir(subKey(id, "x"))
-	recs, err := listJSON[Record](ctx, m.cfg.Storage, prefix)
+	recs, err := m.userSubs(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]View, 0, len(recs))
-	for _, rec := range recs {
-		out = append(out, m.view(subKey(id, rec.Name), rec))
+	for key, rec := range recs {
+		out = append(out, m.view(key, rec))
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
 
@@ -974,7 +1117,7 @@ func (m *Manager) Publish(id string, who Identity, body []byte) {
 		// Also when shutting down: recorded, it can be replayed.
 		dl := DeadLetter{ID: id, Tenant: who.Tenant, User: who.User, Body: body, Attempts: attempts,
 			LastError: err.Error(), Created: m.cfg.Now().UTC()}
-		if serr := storeJSON(context.WithoutCancel(ctx), m.cfg.Storage, deadKey(id), dl); serr != nil {
+		if serr := m.putDead(context.WithoutCancel(ctx), dl); serr != nil {
 			m.cfg.Logger.Error("recording a dead letter; the event is lost", zap.String("webhook_id", id), zap.Error(serr))
 			return
 		}
@@ -986,13 +1129,22 @@ func (m *Manager) Publish(id string, who Identity, body []byte) {
 
 // DeadLetters lists the dead letters.
 func (m *Manager) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
-	return listJSON[DeadLetter](ctx, m.cfg.Storage, deadPrefix)
+	dls, err := m.listDead(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DeadLetter, 0, len(dls))
+	for _, dl := range dls {
+		out = append(out, dl)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, nil
 }
 
 // Replay delivers a dead letter again, with its original webhook-id and
 // body; on a 2xx it is deleted.
 func (m *Manager) Replay(ctx context.Context, msgID string) error {
-	dl, err := loadJSON[DeadLetter](ctx, m.cfg.Storage, deadKey(msgID))
+	dl, err := m.readDead(ctx, deadKey(msgID))
 	if err != nil {
 		return err
 	}

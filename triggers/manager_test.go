@@ -1,6 +1,7 @@
 package triggers
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/integration/fakezapier"
 	"github.com/zapgate/caddy-zapier/webhooksig"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -30,6 +32,9 @@ type memStorage = memstorage.Storage
 func newMemStorage() *memStorage { return memstorage.New() }
 
 const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+// testNames is the names key of the tests' storage.
+var testNames = gateway.NamesKeyFunc(func(context.Context) ([]byte, error) { return bytes.Repeat([]byte{7}, 32), nil })
 
 // delivery is one POST the partner's receiver got, verified with the
 // reference Standard Webhooks library.
@@ -135,7 +140,7 @@ func newEnv(t testing.TB, mutate ...func(*Config)) *env {
 	}
 	store := newMemStorage()
 	cfg := Config{
-		API: api, Sender: &Sender{URL: recv.url, Signer: signer, Timeout: 5 * time.Second}, Storage: store,
+		API: api, Sender: &Sender{URL: recv.url, Signer: signer, Timeout: 5 * time.Second}, Storage: store, Names: testNames,
 		RetryBase: time.Millisecond, RetryMax: time.Millisecond,
 		Sleep: func(ctx context.Context, _ time.Duration) error { return ctx.Err() }, // no waiting in tests
 	}
@@ -185,7 +190,7 @@ func (e *env) drain(name string) {
 func TestEnsureIsIdempotentAndConflicts(t *testing.T) {
 	e := newEnv(t)
 	v := e.subscribe("slack-new")
-	if v.InboxID == "" || v.Status != "active" || v.InboxKey != InboxKey(e.id, "slack-new") {
+	if v.InboxID == "" || v.Status != "active" || !strings.HasPrefix(v.InboxKey, "czg-") || !strings.HasSuffix(v.InboxKey, "-slack-new") {
 		t.Fatalf("view: %+v", v)
 	}
 	ib := e.fz.Inboxes()

@@ -27,17 +27,22 @@ type Storage interface {
 
 // Storage layout.
 const (
-	subsPrefix  = "zapier/triggers/subscriptions" // /<tenant>/<user>/<name>
-	deadPrefix  = "zapier/triggers/dead-letters"  // /<message id>
-	locksPrefix = "zapier/triggers/drain"         // storage lock names
+	// subsPrefix holds subscriptions at /<identity name>/<name part>: the
+	// identity's keyed name (gateway.Namespace), never its value; records
+	// of older versions at /<tenant part>/<user part>/<name part> are
+	// migrated when read (atrest.go).
+	subsPrefix  = "zapier/triggers/subscriptions"
+	deadPrefix  = "zapier/triggers/dead-letters" // /<message id part>
+	locksPrefix = "zapier/triggers/drain"        // storage lock names
 	// drainLeasePrefix holds the drain locks' lease records (drainlock.go).
 	drainLeasePrefix = "zapier/triggers/drain-leases" // /<hashed subscription key>
 )
 
 var keyPartEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
 
-// keyPart encodes any id as one safe storage key part (the scheme of the
-// gateway's connection store: "b" + base32, or "h" + sha256 when long).
+// keyPart encodes an id that is not an identity (a subscription name, a
+// message id) as one safe storage key part: "b" + base32, or "h" + sha256
+// when long. Identities are named by gateway.Namespace instead.
 func keyPart(id string) string {
 	if enc := keyPartEncoding.EncodeToString([]byte(id)); len(enc) < 100 {
 		return "b" + enc
@@ -48,8 +53,10 @@ func keyPart(id string) string {
 
 // Record is a subscription as stored.
 type Record struct {
-	Tenant       string          `json:"tenant"`
-	User         string          `json:"user"`
+	// Tenant and User are the owner, in memory and in answers; at rest the
+	// record holds them sealed (storedRecord).
+	Tenant       string          `json:"tenant,omitempty"`
+	User         string          `json:"user,omitempty"`
 	Name         string          `json:"name"`
 	App          string          `json:"app"`     // Zapier's app key (Connect implementation id)
 	Trigger      string          `json:"trigger"` // the trigger's action key
@@ -69,7 +76,9 @@ type Record struct {
 // Identity of the record's user.
 func (r *Record) Identity() Identity { return Identity{Tenant: r.Tenant, User: r.User} }
 
-func subKey(id Identity, name string) string {
+// legacySubKey is where versions before keyed names kept a subscription:
+// the tenant and user reversibly encoded in the path.
+func legacySubKey(id Identity, name string) string {
 	return path.Join(subsPrefix, keyPart(id.Tenant), keyPart(id.User), keyPart(name))
 }
 
@@ -96,30 +105,11 @@ func storeJSON(ctx context.Context, s Storage, key string, v any) error {
 	return s.Store(ctx, key, data)
 }
 
-// listJSON loads every record under prefix (recursively).
-func listJSON[T any](ctx context.Context, s Storage, prefix string) ([]T, error) {
-	keys, err := s.List(ctx, prefix, true)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var out []T
-	for _, k := range keys {
-		v, err := loadJSON[T](ctx, s, k)
-		if err != nil || v == nil {
-			continue // a directory, a temporary file, or deleted meanwhile
-		}
-		out = append(out, *v)
-	}
-	return out, nil
-}
-
 // DeadLetter is a message the partner never accepted: the exact body
 // delivered, under its webhook-id, replayable.
 type DeadLetter struct {
-	ID           string          `json:"id"` // Zapier's message id = webhook-id
+	ID string `json:"id"` // Zapier's message id = webhook-id
+	// Tenant, User and Body are held sealed at rest (storedDeadLetter).
 	Tenant       string          `json:"tenant"`
 	User         string          `json:"user"`
 	Subscription string          `json:"subscription"`
@@ -130,3 +120,5 @@ type DeadLetter struct {
 }
 
 func deadKey(msgID string) string { return path.Join(deadPrefix, keyPart(msgID)) }
+
+func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
