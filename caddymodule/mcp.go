@@ -40,7 +40,6 @@ const (
 	defaultMCPAppsTTL    = 10 * time.Minute
 	mcpAppsMissRefetch   = 5 * time.Second
 	mcpRefreshMargin     = 60 * time.Second
-	maxMCPCode           = 2048
 )
 
 // MCP is the zapier_mcp handler: it authorizes an end user's Zapier MCP
@@ -253,6 +252,10 @@ func (h *MCP) serveMCP(w http.ResponseWriter, r *http.Request, key tokencache.Ke
 		return nil
 	case errors.Is(err, mcpgateway.ErrBodyUnreadable):
 		writeError(w, badRequest("the request body is not JSON-RPC, so the tool policy cannot check it"))
+		return nil
+	case errors.Is(err, mcpgateway.ErrDuplicateMember):
+		writeError(w, &apiError{Status: http.StatusBadRequest, Code: "mcp_request_ambiguous",
+			Message: "a JSON-RPC message (or its params) names a member twice, so the tool policy cannot check it"})
 		return nil
 	case errors.Is(err, mcpgateway.ErrToolDenied):
 		writeError(w, &apiError{Status: http.StatusForbidden, Code: "mcp_tool_denied",

@@ -133,7 +133,7 @@ func mcpOutcome(c mcpgateway.Call) string {
 		return mcpOutcomeDenied
 	case errors.Is(c.Err, mcpgateway.ErrToolCallLimit):
 		return mcpOutcomeLimited
-	case errors.Is(c.Err, mcpgateway.ErrBodyTooLarge), errors.Is(c.Err, mcpgateway.ErrBodyUnreadable):
+	case errors.Is(c.Err, mcpgateway.ErrBodyTooLarge), errors.Is(c.Err, mcpgateway.ErrBodyUnreadable), errors.Is(c.Err, mcpgateway.ErrDuplicateMember):
 		return mcpOutcomeUnchecked
 	case c.Err != nil:
 		return mcpOutcomeFailed

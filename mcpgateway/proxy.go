@@ -71,6 +71,11 @@ var ErrBodyTooLarge = errors.New("mcpgateway: the request body is too large to c
 // policy or cap is configured: it cannot be checked, so it is not sent.
 var ErrBodyUnreadable = errors.New("mcpgateway: the request body is not JSON-RPC, so the tool policy cannot check it")
 
+// ErrDuplicateMember is a JSON-RPC message (or its params) that names a
+// member twice while a tool policy or cap is configured: parsers disagree
+// on which of the two counts, so the policy cannot check it.
+var ErrDuplicateMember = errors.New("mcpgateway: a JSON-RPC message names a member twice, so the tool policy cannot check it")
+
 // ErrToolDenied is a tools/call the tool policy does not allow.
 var ErrToolDenied = errors.New("mcpgateway: the tool policy does not allow this tool")
 
@@ -141,6 +146,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	rpc := parseRPC(buffered)
 	if !rpc.ok && checking {
 		return ErrBodyUnreadable
+	}
+	if rpc.duplicate && checking {
+		return ErrDuplicateMember
 	}
 	call.RPCMethod, call.Tool, call.Arguments = rpc.method, rpc.tool, rpc.arguments
 	for _, tool := range rpc.tools {
