@@ -66,7 +66,7 @@ type Aggregator struct {
 	handler http.Handler
 
 	mu       sync.Mutex
-	users    map[string]*userAgg  // by subject: users with sessions or requests
+	users    map[string]*userAgg    // by subject: users with sessions or requests
 	sessions map[string]*aggSession // by session id
 	lru      *list.List             // of *aggSession, the most recently used first
 	closed   bool
