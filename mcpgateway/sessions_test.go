@@ -150,8 +150,21 @@ func TestAggregatorIdleSessionsEndWithTheirUpstream(t *testing.T) {
 	}
 	agg.mu.Lock()
 	sess := agg.users[tokens.Store().Subject(alice)].live[0]
-	sess.inflight++ // a request in progress
 	agg.mu.Unlock()
+	// The initialize's handler may still be returning after its answer
+	// reached the client: until then the session is in use.
+	for {
+		agg.mu.Lock()
+		idle := sess.inflight == 0
+		if idle {
+			sess.inflight++ // a request in progress
+		}
+		agg.mu.Unlock()
+		if idle {
+			break
+		}
+		<-time.After(time.Millisecond)
+	}
 	agg.expire(sess)
 	if st := agg.Stats(); st.Sessions != 1 {
 		t.Fatalf("a session with a request in progress expired: %+v", st)
