@@ -41,7 +41,6 @@ const (
 	defaultMCPAppsTTL    = 10 * time.Minute
 	mcpAppsMissRefetch   = 5 * time.Second
 	mcpRefreshMargin     = 60 * time.Second
-	maxMCPCode           = 2048
 )
 
 // MCP is the zapier_mcp handler: it authorizes an end user's Zapier MCP
@@ -84,6 +83,22 @@ type MCP struct {
 	MaxReplayBody int64 `json:"max_replay_body,omitempty"`
 	// How long the aggregate endpoint reuses a user's tool list. Default 30s.
 	AggregateListTTL caddy.Duration `json:"aggregate_list_ttl,omitempty"`
+	// Aggregate sessions one identity may hold; a new one past it closes
+	// the identity's oldest. Default 8.
+	AggregateSessionsPerIdentity int `json:"aggregate_sessions_per_identity,omitempty"`
+	// Aggregate sessions in all; a new one past it closes the least
+	// recently used. Default 10000.
+	AggregateSessionsMax int `json:"aggregate_sessions_max,omitempty"`
+	// An aggregate session without a request for this long is closed.
+	// Default 5m.
+	AggregateIdleTimeout caddy.Duration `json:"aggregate_idle_timeout,omitempty"`
+	// Per-app MCP streams (GET streams and POSTs in progress) one identity
+	// may hold open; past it a request gets 429 mcp_too_many_streams.
+	// Default 16.
+	StreamsPerIdentity int `json:"streams_per_identity,omitempty"`
+	// A write to a client of a per-app route that takes longer ends its
+	// response (and the upstream request). Default 30s.
+	StreamWriteTimeout caddy.Duration `json:"stream_write_timeout,omitempty"`
 	// Cap on tool calls per user per minute (per-app routes and the
 	// aggregate endpoint together). 0, the default, is no cap. With the
 	// zapier app's cache.redis it is one window for every gateway sharing
@@ -172,15 +187,33 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 	if h.ToolCallsPerMinute < 0 {
 		return errors.New("zapier_mcp: tool_calls_per_minute must not be negative")
 	}
+	if h.AggregateSessionsPerIdentity < 0 || h.AggregateSessionsMax < 0 || h.AggregateIdleTimeout < 0 ||
+		h.StreamsPerIdentity < 0 || h.StreamWriteTimeout < 0 {
+		return errors.New("zapier_mcp: aggregate_sessions_per_identity, aggregate_sessions_max, aggregate_idle_timeout, streams_per_identity and stream_write_timeout must not be negative")
+	}
 	limit := &mcpgateway.CallLimiter{PerMinute: h.ToolCallsPerMinute}
 	if err := h.shareToolCallCap(limit, store); err != nil {
 		return err
 	}
+	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
+	store.Owners = gateway.NewNamespace(gateway.NamesKeyFunc(func(ctx context.Context) ([]byte, error) {
+		keys, err := h.states.Keys(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return keys.NamesKey(), nil
+	}))
 	h.tokens = mcpgateway.NewTokens(store, h.refresh, mcpRefreshMargin, nil)
 	h.proxy = &mcpgateway.Proxy{Tokens: h.tokens, MaxReplayBody: h.MaxReplayBody, Observe: h.observe,
-		Client: &http.Client{Transport: mcpTransport}, Policy: policy, Limit: limit}
+		Client: &http.Client{Transport: mcpTransport}, Policy: policy, Limit: limit,
+		StreamsPerIdentity: h.StreamsPerIdentity, WriteTimeout: time.Duration(h.StreamWriteTimeout)}
 	h.provisionAggregate(policy, limit)
-	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
+	app.registerUserStore(gateway.PhaseLocal, mcpgateway.AuthorizationStore{Tokens: h.tokens, Aggregator: h.agg,
+		Unattributed: func(n int) {
+			h.logger.Warn("offboarding a tenant: MCP authorizations from before sealed owners, unused since, cannot be attributed; they may be the tenant's (forget its users one by one)",
+				zap.Int("records", n))
+		}})
+	app.registerUserStore(gateway.PhaseLocal, mcpgateway.SessionStore{Aggregator: h.agg})
 	h.catalog = &mcpCatalog{ttl: time.Duration(h.AppsCacheTTL)}
 	if base, ok := strings.CutSuffix(h.CallbackURL, "/callback"); ok {
 		h.authBase = base + "/authorize"
@@ -261,6 +294,14 @@ func (h *MCP) serveMCP(w http.ResponseWriter, r *http.Request, key tokencache.Ke
 		return nil
 	case errors.Is(err, mcpgateway.ErrBodyUnreadable):
 		gateway.WriteError(w, gateway.BadRequest("the request body is not JSON-RPC, so the tool policy cannot check it"))
+		return nil
+	case errors.Is(err, mcpgateway.ErrDuplicateMember):
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusBadRequest, Code: "mcp_request_ambiguous",
+			Message: "a JSON-RPC message (or its params) names a member twice, so the tool policy cannot check it"})
+		return nil
+	case errors.Is(err, mcpgateway.ErrTooManyStreams):
+		gateway.WriteError(w, &gateway.Error{Status: http.StatusTooManyRequests, Code: "mcp_too_many_streams",
+			Message: "the user has too many MCP streams and requests open on the per-app routes; close one and retry", RetryAfter: time.Second})
 		return nil
 	case errors.Is(err, mcpgateway.ErrToolDenied):
 		gateway.WriteError(w, &gateway.Error{Status: http.StatusForbidden, Code: "mcp_tool_denied",

@@ -75,7 +75,8 @@ func (h *MCP) provisionPolicy() (mcpgateway.Policy, error) {
 
 func (h *MCP) provisionAggregate(policy mcpgateway.Policy, limit *mcpgateway.CallLimiter) {
 	h.agg = &mcpgateway.Aggregator{Tokens: h.tokens, Base: mcpTransport, ListTTL: time.Duration(h.AggregateListTTL),
-		Policy: policy, Observe: h.observe, Limit: limit}
+		Policy: policy, Observe: h.observe, Limit: limit, SessionsPerIdentity: h.AggregateSessionsPerIdentity,
+		MaxSessions: h.AggregateSessionsMax, IdleTimeout: time.Duration(h.AggregateIdleTimeout)}
 }
 
 // serveAggregate is the mount's root: one MCP server with the tools of

@@ -19,6 +19,11 @@ import (
 //		audit_payloads  [on|off]                  # default off
 //		max_replay_body <bytes>                   # default 1048576
 //		aggregate_list_ttl <duration>             # default 30s
+//		aggregate_sessions_per_identity <n>       # default 8
+//		aggregate_sessions_max <n>                # default 10000
+//		aggregate_idle_timeout <duration>         # default 5m
+//		streams_per_identity <n>                  # default 16
+//		stream_write_timeout <duration>           # default 30s
 //		tool_calls_per_minute <n>                 # default 0: no cap
 //		tools        allow|deny <pattern...>      # every tenant; patterns on <app>__<tool>
 //		tenant_tools <tenant> allow|deny <pattern...>
@@ -82,6 +87,26 @@ func (h *MCP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "aggregate_list_ttl":
 			if err := oneDuration(d, &h.AggregateListTTL); err != nil {
+				return err
+			}
+		case "aggregate_sessions_per_identity":
+			if err := oneInt(d, &h.AggregateSessionsPerIdentity); err != nil {
+				return err
+			}
+		case "aggregate_sessions_max":
+			if err := oneInt(d, &h.AggregateSessionsMax); err != nil {
+				return err
+			}
+		case "aggregate_idle_timeout":
+			if err := oneDuration(d, &h.AggregateIdleTimeout); err != nil {
+				return err
+			}
+		case "streams_per_identity":
+			if err := oneInt(d, &h.StreamsPerIdentity); err != nil {
+				return err
+			}
+		case "stream_write_timeout":
+			if err := oneDuration(d, &h.StreamWriteTimeout); err != nil {
 				return err
 			}
 		case "tools":

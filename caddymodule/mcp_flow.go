@@ -91,64 +91,17 @@ func (h *MCP) connectToken(ctx context.Context, key tokencache.Key, resource str
 	return tok, nil
 }
 
-// mcpCallback is what the authorize step sends back.
-type mcpCallback struct {
-	code, state, errCode, errDesc string
-	hasError                      bool
-}
-
-// parseMCPCallback reads the callback query strictly: each known parameter
-// at most once, exactly one of code and error.
-func parseMCPCallback(raw string) (mcpCallback, error) {
-	bad := errors.New("the callback needs exactly one code or error, at most one state and error_description")
-	if len(raw) > connect.MaxCallbackQuery {
-		return mcpCallback{}, bad
-	}
-	q, err := url.ParseQuery(raw)
-	if err != nil {
-		return mcpCallback{}, bad
-	}
-	for _, name := range []string{"code", "state", "error", "error_description"} {
-		if len(q[name]) > 1 {
-			return mcpCallback{}, bad
-		}
-	}
-	_, hasCode := q["code"]
-	_, hasError := q["error"]
-	if hasCode == hasError {
-		return mcpCallback{}, bad
-	}
-	p := mcpCallback{code: q.Get("code"), state: q.Get("state"), hasError: hasError}
-	if hasCode && (p.code == "" || len(p.code) > maxMCPCode || !visibleASCII(p.code)) {
-		return mcpCallback{}, errors.New("code is not an authorization code")
-	}
-	if hasError {
-		p.errCode = connect.SanitizeErrorCode(q.Get("error"))
-		p.errDesc = connect.SanitizeText(q.Get("error_description"), connect.MaxErrorDesc)
-	}
-	return p, nil
-}
-
-func visibleASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
 // serveCallback finishes the flow: state checked and spent first, then
 // the code exchanged and the tokens stored for (tenant, user, app), then
 // back to return_to with the outcome.
 func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-	p, err := parseMCPCallback(r.URL.RawQuery)
+	p, err := mcpgateway.ParseCallback(r.URL.RawQuery)
 	if err != nil {
 		h.observeAuthorization(mcpAuthFailed)
 		return failConnect(w, r, gateway.BadRequest(err.Error()))
 	}
 	ctx := r.Context()
-	st, err := h.states.Open(ctx, r, p.state, connect.FlowMCP, key.Tenant, key.User)
+	st, err := h.states.Open(ctx, r, p.State, connect.FlowMCP, key.Tenant, key.User)
 	if err == nil {
 		err = h.states.spend(ctx, st)
 	}
@@ -166,11 +119,11 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 	if err := connect.CheckReturnTo(st.ReturnTo, h.app.ReturnOrigins); err != nil {
 		return failConnect(w, r, gateway.BadRequest(err.Error()))
 	}
-	if p.hasError {
+	if p.HasError {
 		h.observeAuthorization(mcpAuthError)
-		params := url.Values{"zapier_mcp": {"error"}, "zapier_app": {st.App}, "zapier_error": {p.errCode}}
-		if p.errDesc != "" {
-			params.Set("zapier_error_description", p.errDesc)
+		params := url.Values{"zapier_mcp": {"error"}, "zapier_app": {st.App}, "zapier_error": {p.ErrCode}}
+		if p.ErrDesc != "" {
+			params.Set("zapier_error_description", p.ErrDesc)
 		}
 		redirectTo(w, connect.WithOutcome(st.ReturnTo, params))
 		return nil
@@ -188,7 +141,7 @@ func (h *MCP) serveCallback(w http.ResponseWriter, r *http.Request, key tokencac
 	var out zapierapi.MCPToken
 	_, err = h.app.limitedExchange(ctx, key, exchangeKindMCPCode, func(ctx context.Context) (zapierapi.Token, error) {
 		var err error
-		out, err = h.app.client.ExchangeMCPCode(ctx, p.code, h.CallbackURL, verifier, resource)
+		out, err = h.app.client.ExchangeMCPCode(ctx, p.Code, h.CallbackURL, verifier, resource)
 		return out.Token, err
 	})
 	if err != nil {

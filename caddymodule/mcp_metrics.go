@@ -132,9 +132,9 @@ func mcpOutcome(c mcpgateway.Call) string {
 		return mcpOutcomeAuthRequired
 	case errors.Is(c.Err, mcpgateway.ErrToolDenied):
 		return mcpOutcomeDenied
-	case errors.Is(c.Err, mcpgateway.ErrToolCallLimit):
+	case errors.Is(c.Err, mcpgateway.ErrToolCallLimit), errors.Is(c.Err, mcpgateway.ErrTooManyStreams):
 		return mcpOutcomeLimited
-	case errors.Is(c.Err, mcpgateway.ErrBodyTooLarge), errors.Is(c.Err, mcpgateway.ErrBodyUnreadable):
+	case errors.Is(c.Err, mcpgateway.ErrBodyTooLarge), errors.Is(c.Err, mcpgateway.ErrBodyUnreadable), errors.Is(c.Err, mcpgateway.ErrDuplicateMember):
 		return mcpOutcomeUnchecked
 	case c.Err != nil:
 		return mcpOutcomeFailed

@@ -13,7 +13,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
@@ -52,27 +51,6 @@ func TestUnmarshalMCP(t *testing.T) {
 		var h MCP
 		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(bad)); err == nil {
 			t.Errorf("%q parsed", bad)
-		}
-	}
-}
-
-func TestParseMCPCallback(t *testing.T) {
-	for raw, ok := range map[string]bool{
-		"code=abc&state=s":                   true,
-		"error=access_denied&state=s":        true,
-		"code=abc&error=x&state=s":           false, // both
-		"state=s":                            false, // neither
-		"code=a&code=b&state=s":              false, // repeated
-		"code=a%20b&state=s":                 false, // not visible ASCII
-		"code=" + strings.Repeat("a", 3000):  false,
-		"error=%3Cscript%3E&state=s&extra=1": true, // sanitised, unknown ignored
-	} {
-		p, err := parseMCPCallback(raw)
-		if (err == nil) != ok {
-			t.Errorf("%q: err %v, want ok=%t", raw, err, ok)
-		}
-		if err == nil && p.hasError && p.errCode != "access_denied" && p.errCode != connect.UnknownErrorCode {
-			t.Errorf("%q: error code %q not sanitised", raw, p.errCode)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package mcpgateway
 
 import (
 	"bytes"
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -19,8 +20,19 @@ import (
 // DefaultListTTL is how long a user's aggregated tool list is reused.
 const DefaultListTTL = 30 * time.Second
 
-// DefaultMaxUsers bounds the users whose aggregate state is kept.
-const DefaultMaxUsers = 10000
+// Defaults of the aggregate endpoint's session bounds.
+const (
+	// DefaultSessionsPerIdentity: an identity's sessions past it evict its
+	// oldest (an agent rarely needs more than a few at once).
+	DefaultSessionsPerIdentity = 8
+	// DefaultMaxSessions: sessions past it, of any identity, evict the
+	// least recently used.
+	DefaultMaxSessions = 10000
+	// DefaultIdleTimeout: a session without a request for this long is
+	// closed (a request in progress keeps it; an agent pings to keep an
+	// idle one).
+	DefaultIdleTimeout = 5 * time.Minute
+)
 
 // Policy says whether a tool of an app may be listed and called for an
 // identity. nil allows everything.
@@ -41,25 +53,39 @@ type Aggregator struct {
 	Policy Policy
 	// Observe, if set, sees each routed tool call.
 	Observe func(ctx context.Context, id Identity, c Call)
-	// MaxUsers: default DefaultMaxUsers.
-	MaxUsers int
 	// Limit, if set, caps tool calls per user.
 	Limit *CallLimiter
+	// SessionsPerIdentity: default DefaultSessionsPerIdentity.
+	SessionsPerIdentity int
+	// MaxSessions: default DefaultMaxSessions.
+	MaxSessions int
+	// IdleTimeout: default DefaultIdleTimeout.
+	IdleTimeout time.Duration
 
 	once    sync.Once
 	handler http.Handler
 
-	mu    sync.Mutex
-	users map[string]*userAgg // by subject
+	mu       sync.Mutex
+	users    map[string]*userAgg    // by subject: users with sessions or requests
+	sessions map[string]*aggSession // by session id
+	lru      *list.List             // of *aggSession, the most recently used first
+	closed   bool
 }
 
 type toolRoute struct{ app, tool string }
 
 type userAgg struct {
-	a  *Aggregator
-	id Identity
+	a       *Aggregator
+	id      Identity
+	subject string
 
 	server *mcp.Server
+
+	// Guarded by a.mu: the user's sessions, oldest first; requests being
+	// served; requests that may be creating a session.
+	live     []*aggSession
+	refs     int
+	creating int
 
 	mu       sync.Mutex
 	sessions map[string]*mcp.ClientSession // by app
@@ -88,34 +114,58 @@ func WithIdentity(ctx context.Context, id Identity) context.Context {
 // ServeHTTP serves the aggregate Streamable HTTP endpoint for the identity
 // in the request's context (WithIdentity). A session belongs to the
 // identity that created it: another identity's requests for it are refused.
+// Sessions are bounded (SessionsPerIdentity, MaxSessions, IdleTimeout), and
+// the errors the SDK would answer in text are the gateway's JSON envelope.
 func (a *Aggregator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, ok := r.Context().Value(identityKey{}).(Identity)
 	if !ok {
-		http.Error(w, "no identity", http.StatusUnauthorized)
+		writeEnvelope(w, http.StatusUnauthorized, "identity_missing", "no identity")
 		return
 	}
 	a.once.Do(func() {
 		h := mcp.NewStreamableHTTPHandler(func(r *http.Request) *mcp.Server {
-			id, _ := r.Context().Value(identityKey{}).(Identity)
-			return a.user(id).server
-		}, &mcp.StreamableHTTPOptions{DisableLocalhostProtection: true, SessionTimeout: 30 * time.Minute})
+			if u, ok := r.Context().Value(userKey{}).(*userAgg); ok {
+				return u.server
+			}
+			return nil
+		}, &mcp.StreamableHTTPOptions{DisableLocalhostProtection: true})
 		// The SDK binds a session to TokenInfo.UserID: the identity's
 		// subject hash, passed as a bearer token the handler alone sees.
 		a.handler = auth.RequireBearerToken(func(_ context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
 			return &auth.TokenInfo{UserID: token, Expiration: time.Now().Add(24 * time.Hour)}, nil
 		}, nil)(h)
 	})
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+a.Tokens.Store().Subject(id))
-	a.handler.ServeHTTP(w, r)
+	sessionID := r.Header.Get("Mcp-Session-Id")
+	creating := sessionID == "" && r.Method == http.MethodPost
+	u, sess := a.acquire(id, sessionID, creating, r.Method == http.MethodGet)
+	defer a.release(u, sess, sessionID, creating, r.Method == http.MethodGet)
+	r = r.Clone(context.WithValue(r.Context(), userKey{}, u))
+	r.Header.Set("Authorization", "Bearer "+u.subject)
+	ew := &envelopeWriter{ResponseWriter: w}
+	a.handler.ServeHTTP(ew, r)
+	ew.finish()
+	if creating {
+		a.initialized(u, w.Header().Get("Mcp-Session-Id"))
+	}
 }
 
-// Close ends every upstream session.
+type userKey struct{}
+
+// Close ends every session and every upstream session.
 func (a *Aggregator) Close() {
 	a.mu.Lock()
 	users := a.users
-	a.users = nil
+	var live []*aggSession
+	for _, u := range users {
+		live = append(live, u.live...)
+		u.live = nil
+	}
+	a.users, a.sessions, a.lru, a.closed = map[string]*userAgg{}, map[string]*aggSession{}, list.New(), true
 	a.mu.Unlock()
+	for _, s := range live {
+		s.stop()
+		s.u.closeServerSession(s.id, true)
+	}
 	for _, u := range users {
 		u.closeSessions()
 	}
@@ -137,30 +187,12 @@ func (a *Aggregator) Invalidate(id Identity) {
 	u.mu.Unlock()
 }
 
-func (a *Aggregator) user(id Identity) *userAgg {
-	subject := a.Tokens.Store().Subject(id)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.users == nil {
-		a.users = map[string]*userAgg{}
-	}
-	if u, ok := a.users[subject]; ok {
-		return u
-	}
-	limit := a.MaxUsers
-	if limit <= 0 {
-		limit = DefaultMaxUsers
-	}
-	for k, old := range a.users { // over the bound: drop one (its sessions reconnect on demand)
-		if len(a.users) < limit {
-			break
-		}
-		delete(a.users, k)
-		go old.closeSessions()
-	}
-	u := &userAgg{a: a, id: id, sessions: map[string]*mcp.ClientSession{}, routes: map[string]toolRoute{}, progress: map[string]progressTarget{}}
+// newUser builds id's MCP server. Called with a.mu held.
+func (a *Aggregator) newUser(id Identity, subject string) *userAgg {
+	u := &userAgg{a: a, id: id, subject: subject, sessions: map[string]*mcp.ClientSession{}, routes: map[string]toolRoute{}, progress: map[string]progressTarget{}}
 	u.server = mcp.NewServer(&mcp.Implementation{Name: "caddy-zapier", Title: "Zapier (all apps)", Version: "1.0.0"},
-		&mcp.ServerOptions{Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}}})
+		&mcp.ServerOptions{Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}},
+			GetSessionID: func() string { return a.admit(u) }})
 	u.server.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
 		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 			if method == "tools/list" || method == "tools/call" {
@@ -169,7 +201,6 @@ func (a *Aggregator) user(id Identity) *userAgg {
 			return next(ctx, method, req)
 		}
 	})
-	a.users[subject] = u
 	return u
 }
 

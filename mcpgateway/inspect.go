@@ -20,6 +20,7 @@ var errHeldTooLarge = errors.New("mcpgateway: a tools/list response is too large
 // must be inspected.
 type rpcRequest struct {
 	ok        bool   // the body was empty, or JSON-RPC messages the proxy could read
+	duplicate bool   // a message (or its params) names a member twice
 	method    string // of a single message ("" for a batch or none)
 	tool      string // of a single tools/call, bounded for logs and metrics
 	arguments json.RawMessage
@@ -59,6 +60,13 @@ func parseRPC(body []byte) rpcRequest {
 			return rpcRequest{}
 		}
 		_ = json.Unmarshal(m["params"], &params)
+		// encoding/json keeps the last of two members with one name; an
+		// MCP server may keep the first. {"method":"tools/list",
+		// "method":"tools/call"} or two params.name would be checked as one
+		// thing and run as another: such a message is not checkable.
+		if !uniqueMembers(raw) || params != nil && !uniqueMembers(m["params"]) {
+			out.duplicate = true
+		}
 		id, method := canonicalID(m["id"]), str(m, "method")
 		switch method {
 		case "tools/list":
@@ -88,6 +96,37 @@ func parseRPC(body []byte) rpcRequest {
 		}
 	}
 	return out
+}
+
+// uniqueMembers reports whether the JSON object raw names no member twice.
+// Names are compared as decoded ("\u006dethod" is "method"). A value that
+// is not an object has no members to repeat.
+func uniqueMembers(raw []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	tok, err := dec.Token()
+	if err != nil {
+		return false
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return true
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		name, ok := tok.(string)
+		if !ok || seen[name] {
+			return false
+		}
+		seen[name] = true
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // responseInspector sits between the upstream body and the client. It

@@ -233,8 +233,8 @@ func TestProxyCoalescesRefreshAndReplays(t *testing.T) {
 	tokens, refreshes := newTokens(t, up, func(n int) (string, error) { return fmt.Sprintf("at-refreshed-%d", n), nil })
 	ctx := context.Background()
 	_ = tokens.Save(ctx, alice, &Record{App: "A", ServerURL: srv.URL, AccessToken: "at-1", RefreshToken: "rt", Expiry: time.Now().Add(time.Hour)})
-	up.set("revoked") // Zapier no longer accepts at-1
-	p := &Proxy{Tokens: tokens}
+	up.set("revoked")                                   // Zapier no longer accepts at-1
+	p := &Proxy{Tokens: tokens, StreamsPerIdentity: 50} // fifty at once from one identity
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
 	for i := range 50 {

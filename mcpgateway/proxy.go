@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -61,6 +62,62 @@ type Proxy struct {
 	Policy Policy
 	// Limit, if set, caps tools/call per user (a *LimitError).
 	Limit *CallLimiter
+	// StreamsPerIdentity caps an identity's GET streams and POSTs in
+	// progress (each POST may answer with a stream) on the per-app routes;
+	// past it a request gets ErrTooManyStreams. Default
+	// DefaultStreamsPerIdentity.
+	StreamsPerIdentity int
+	// WriteTimeout bounds each write to the client: a client that stops
+	// reading loses its response, and the upstream request ends with it.
+	// Default DefaultStreamWriteTimeout.
+	WriteTimeout time.Duration
+
+	streamsMu sync.Mutex
+	streams   map[Identity]int
+	open      int
+}
+
+// Defaults of the per-app routes' stream bounds.
+const (
+	DefaultStreamsPerIdentity = 16
+	DefaultStreamWriteTimeout = 30 * time.Second
+)
+
+// ErrTooManyStreams is a request past StreamsPerIdentity.
+var ErrTooManyStreams = errors.New("mcpgateway: the identity has too many MCP streams open")
+
+// takeStream counts one of id's streams, or refuses it past the cap.
+func (p *Proxy) takeStream(id Identity) (func(), error) {
+	limit := p.StreamsPerIdentity
+	if limit <= 0 {
+		limit = DefaultStreamsPerIdentity
+	}
+	p.streamsMu.Lock()
+	defer p.streamsMu.Unlock()
+	if p.streams[id] >= limit {
+		return nil, ErrTooManyStreams
+	}
+	if p.streams == nil {
+		p.streams = map[Identity]int{}
+	}
+	p.streams[id]++
+	p.open++
+	return func() {
+		p.streamsMu.Lock()
+		defer p.streamsMu.Unlock()
+		p.open--
+		if p.streams[id]--; p.streams[id] <= 0 {
+			delete(p.streams, id)
+		}
+	}, nil
+}
+
+// OpenStreams counts the GET streams and POSTs in progress of every
+// identity.
+func (p *Proxy) OpenStreams() int {
+	p.streamsMu.Lock()
+	defer p.streamsMu.Unlock()
+	return p.open
 }
 
 // ErrBodyTooLarge is a request body over MaxReplayBody while a tool policy
@@ -70,6 +127,11 @@ var ErrBodyTooLarge = errors.New("mcpgateway: the request body is too large to c
 // ErrBodyUnreadable is a request body that is not JSON-RPC while a tool
 // policy or cap is configured: it cannot be checked, so it is not sent.
 var ErrBodyUnreadable = errors.New("mcpgateway: the request body is not JSON-RPC, so the tool policy cannot check it")
+
+// ErrDuplicateMember is a JSON-RPC message (or its params) that names a
+// member twice while a tool policy or cap is configured: parsers disagree
+// on which of the two counts, so the policy cannot check it.
+var ErrDuplicateMember = errors.New("mcpgateway: a JSON-RPC message names a member twice, so the tool policy cannot check it")
 
 // ErrToolDenied is a tools/call the tool policy does not allow.
 var ErrToolDenied = errors.New("mcpgateway: the tool policy does not allow this tool")
@@ -108,6 +170,13 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app string, call *Call) error {
 	ctx := r.Context()
+	if r.Method == http.MethodGet || r.Method == http.MethodPost {
+		release, err := p.takeStream(id)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	rec, err := p.Tokens.Current(ctx, id, app)
 	if err != nil {
 		return err
@@ -141,6 +210,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	rpc := parseRPC(buffered)
 	if !rpc.ok && checking {
 		return ErrBodyUnreadable
+	}
+	if rpc.duplicate && checking {
+		return ErrDuplicateMember
 	}
 	call.RPCMethod, call.Tool, call.Arguments = rpc.method, rpc.tool, rpc.arguments
 	for _, tool := range rpc.tools {
@@ -212,7 +284,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 		}
 		defer resp.Body.Close()
 		insp := newResponseInspector(resp, rpc, allowed, resumed)
-		call.Err = copyResponse(w, resp, insp) // the response has started: observed, not returned
+		writeTimeout := p.WriteTimeout
+		if writeTimeout <= 0 {
+			writeTimeout = DefaultStreamWriteTimeout
+		}
+		call.Err = copyResponse(w, resp, insp, writeTimeout) // the response has started: observed, not returned
 		call.ToolError = insp != nil && insp.toolError
 		return nil
 	}
@@ -220,13 +296,15 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 
 // copyResponse writes the upstream answer through, flushing after every
 // read so SSE events reach the client as they come, with the server's own
-// write deadline lifted for long streams. insp, when set, sees every byte
+// write deadline replaced by one per write (writeTimeout from each write's
+// start): a long stream lives, a client that stops reading does not hold
+// the upstream response. insp, when set, sees every byte
 // and decides what goes on when; when it fails (a tools/list response it
 // cannot filter) the response is cut rather than passed unfiltered, and
 // that error is returned (not the client's going away).
-func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInspector) error {
+func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInspector, writeTimeout time.Duration) error {
 	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	_ = rc.SetReadDeadline(time.Time{})
 	for _, h := range passResponse {
 		if v := resp.Header.Values(h); len(v) > 0 {
@@ -237,6 +315,7 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInsp
 	w.WriteHeader(resp.StatusCode)
 	_ = rc.Flush()
 	write := func(p []byte) error {
+		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := w.Write(p); err != nil {
 			return err
 		}

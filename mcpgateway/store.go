@@ -22,6 +22,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 // Identity is the end user a request acts for.
@@ -57,6 +59,11 @@ type Record struct {
 	Expiry       time.Time `json:"expiry"`
 	Created      time.Time `json:"created"`
 	Updated      time.Time `json:"updated"`
+	// Owner is the record's (tenant, user), sealed by the gateway's
+	// Namespace (Store.Owners) with the storage key as additional data, so
+	// a tenant's records can be found without naming anyone in clear.
+	// Records from before it get one when next read.
+	Owner string `json:"owner,omitempty"`
 }
 
 // String never prints a token.
@@ -80,6 +87,9 @@ type Store struct {
 	prefix  string
 	aead    cipher.AEAD
 	subject []byte
+	// Owners, if set, seals each record's owner (Record.Owner), which
+	// offboarding a whole tenant needs.
+	Owners *gateway.Namespace
 }
 
 // NewStore derives the encryption and subject-hash keys from secret (at
@@ -185,6 +195,13 @@ func (s *Store) Get(ctx context.Context, id Identity, app string) (*Record, erro
 // Put stores rec for (id, rec.App).
 func (s *Store) Put(ctx context.Context, id Identity, rec *Record) error {
 	key := s.storageKey(id, rec.App)
+	if s.Owners != nil {
+		owner, err := s.Owners.SealOwner(ctx, gateway.Identity{Tenant: id.Tenant, User: id.User}, []byte(key))
+		if err != nil {
+			return fmt.Errorf("sealing the MCP token record's owner: %w", err)
+		}
+		rec.Owner = owner
+	}
 	data, err := s.seal(key, rec)
 	if err != nil {
 		return fmt.Errorf("sealing the MCP token record: %w", err)

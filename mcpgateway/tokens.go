@@ -75,10 +75,27 @@ func (t *Tokens) Current(ctx context.Context, id Identity, app string) (*Record,
 	if rec == nil {
 		return nil, ErrAuthorizationRequired
 	}
+	if rec.Owner == "" && t.store.Owners != nil {
+		t.migrateOwner(ctx, id, app)
+	}
 	if t.usable(rec) {
 		return rec, nil
 	}
 	return t.Refresh(ctx, id, app, rec.AccessToken)
+}
+
+// migrateOwner gives a record from before sealed owners its owner, under
+// the record's lock (a refresh writing at the same time is not undone);
+// best effort: the next use tries again.
+func (t *Tokens) migrateOwner(ctx context.Context, id Identity, app string) {
+	unlock, err := t.lock(ctx, id, app)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if rec, err := t.store.Get(ctx, id, app); err == nil && rec != nil && rec.Owner == "" {
+		_ = t.store.Put(ctx, id, rec)
+	}
 }
 
 // Refresh replaces the token stale that Zapier refused (or that expired).
