@@ -128,7 +128,7 @@ func (s *Store) Accounts(ctx context.Context, tenant, user, appUUID string) ([]R
 	}
 	data, err := s.storage.Load(ctx, key)
 	if errors.Is(err, fs.ErrNotExist) {
-		rec, err := s.migrate(ctx, legacyConnectionKey(tenant, user, appUUID), key)
+		rec, err := s.migrate(ctx, tenant, user, legacyConnectionKey(tenant, user, appUUID), key)
 		if err != nil || rec == nil {
 			return nil, err
 		}
@@ -239,7 +239,7 @@ func (s *Store) List(ctx context.Context, tenant, user string) ([]Record, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.migrateAll(ctx, legacyUserPrefix(tenant, user), prefix); err != nil {
+	if err := s.migrateAll(ctx, tenant, user, legacyUserPrefix(tenant, user), prefix); err != nil {
 		return nil, err
 	}
 	keys, err := s.storage.List(ctx, prefix, false)
@@ -338,9 +338,10 @@ func legacyConnectionKey(tenant, user, appUUID string) string {
 }
 
 // migrate moves a record from its legacy key to key, unless key already has
-// one (the newer wins and the legacy one is dropped). It returns the moved
-// record, or nil when there was none.
-func (s *Store) migrate(ctx context.Context, legacy, key string) (*Record, error) {
+// one (the newer wins and the legacy one is dropped), sealing its owner on
+// the way (connection webhooks map a connection back to its owner by it).
+// It returns the moved record, or nil when there was none.
+func (s *Store) migrate(ctx context.Context, tenant, user, legacy, key string) (*Record, error) {
 	data, err := s.storage.Load(ctx, legacy)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -351,6 +352,14 @@ func (s *Store) migrate(ctx context.Context, legacy, key string) (*Record, error
 	rec := new(Record)
 	if err := json.Unmarshal(data, rec); err != nil {
 		return nil, fmt.Errorf("decoding stored connection: %w", err)
+	}
+	if rec.Owner == "" {
+		if err := s.sealOwner(ctx, rec, tenant, user); err != nil {
+			return nil, err
+		}
+		if data, err = json.Marshal(rec); err != nil {
+			return nil, err
+		}
 	}
 	if !s.storage.Exists(ctx, key) {
 		if err := s.storage.Store(ctx, key, data); err != nil {
@@ -365,7 +374,7 @@ func (s *Store) migrate(ctx context.Context, legacy, key string) (*Record, error
 
 // migrateAll moves every record under a legacy user prefix to prefix, and
 // the emptied directory away.
-func (s *Store) migrateAll(ctx context.Context, legacyPrefix, prefix string) error {
+func (s *Store) migrateAll(ctx context.Context, tenant, user, legacyPrefix, prefix string) error {
 	keys, err := s.storage.List(ctx, legacyPrefix, false)
 	if errors.Is(err, fs.ErrNotExist) || len(keys) == 0 && err == nil {
 		return nil
@@ -377,7 +386,7 @@ func (s *Store) migrateAll(ctx context.Context, legacyPrefix, prefix string) err
 		if !IsKeyPart(path.Base(k)) {
 			continue
 		}
-		if _, err := s.migrate(ctx, k, path.Join(prefix, path.Base(k))); err != nil {
+		if _, err := s.migrate(ctx, tenant, user, k, path.Join(prefix, path.Base(k))); err != nil {
 			return err
 		}
 	}

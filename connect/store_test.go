@@ -192,3 +192,26 @@ func TestConnectionStoreReadsSingleAccountRecords(t *testing.T) {
 		t.Errorf("ownedBy = %+v, %v", owned, err)
 	}
 }
+
+// A record stored under its legacy (unkeyed) path before owners were sealed
+// is moved to its keyed path with its owner sealed, so a connection webhook
+// naming it finds its owner.
+func TestLegacyRecordsAreMigratedWithTheirOwnerSealed(t *testing.T) {
+	ctx := context.Background()
+	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	s := NewStore(storage)
+	legacy := Record{ConnectionID: "100009", App: "SlackCLIAPI", AppUUID: "uuid-slack", Title: "Work"}
+	data, _ := json.Marshal(legacy)
+	if err := storage.Store(ctx, legacyConnectionKey("org", "alice", "uuid-slack"), data); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := s.List(ctx, "org", "alice"); err != nil || len(list) != 1 || list[0].Owner == "" {
+		t.Fatalf("migrated by List: %+v, %v", list, err)
+	}
+	if storage.Exists(ctx, legacyConnectionKey("org", "alice", "uuid-slack")) {
+		t.Error("the legacy record stayed")
+	}
+	if o, err := s.Owner(ctx, "100009"); err != nil || o == nil || o.Tenant != "org" || o.User != "alice" {
+		t.Fatalf("owner of the migrated record = %+v, %v", o, err)
+	}
+}
