@@ -29,6 +29,8 @@ EVENTS_PORT   ?= 8083
 PARTNER_BIN   := $(BUILD_DIR)/demopartner
 FAKE_ADDR     ?= 127.0.0.1:9900
 FUZZTIME      ?= 10s
+# The plugin's release (internal/version), which the build requires it at.
+VERSION       := $(shell sed -n 's/^const Version = "\(.*\)"$$/\1/p' internal/version/version.go)
 
 .PHONY: build fake smoke demo test test-deps vet fuzz clean
 
@@ -38,11 +40,13 @@ TEST_DEPS ?= chromium:chromium redis-server:redis-server
 
 build:
 	@mkdir -p "$(BUILD_DIR)"
+	echo "building Caddy $(CADDY_VERSION) with caddy-zapier v$(VERSION) into $(CADDY_BIN)"
+	echo "(the first build downloads about 1.2 GB of Go modules and takes around 8 minutes on 2 cores; later builds take seconds)"
 	if command -v xcaddy >/dev/null 2>&1; then
-		echo "building Caddy $(CADDY_VERSION) with xcaddy"
-		xcaddy build "$(CADDY_VERSION)" --output "$(CADDY_BIN)" --with "$(MODULE)=$(ROOT)"
+		echo "using xcaddy"
+		xcaddy build "$(CADDY_VERSION)" --output "$(CADDY_BIN)" --with "$(MODULE)@v$(VERSION)=$(ROOT)"
 	else
-		echo "xcaddy not found: building Caddy $(CADDY_VERSION) with plain go (the same steps)"
+		echo "xcaddy not found: the same steps with plain go"
 		work="$(BUILD_DIR)/xcaddy"
 		rm -rf "$$work" && mkdir -p "$$work" && cd "$$work"
 		printf '%s\n' \
@@ -53,14 +57,19 @@ build:
 			'	_ "$(MODULE)"' \
 			')' '' 'func main() {' '	caddycmd.Main()' '}' > main.go
 		gofmt -w main.go
-		$(GO) mod init caddy >/dev/null 2>&1
-		$(GO) mod edit -replace "$(MODULE)=$(ROOT)"
-		$(GO) get "github.com/caddyserver/caddy/v2@$(CADDY_VERSION)" >/dev/null 2>&1
-		$(GO) mod tidy -e >/dev/null 2>&1
+		$(GO) mod init caddy 2>&1 | grep -v '^go: creating new go.mod' || true
+		# The plugin is required at its release, replaced by this checkout, so
+		# `caddy list-modules --versions` shows v$(VERSION), not (devel).
+		$(GO) mod edit -require "$(MODULE)@v$(VERSION)" -replace "$(MODULE)=$(ROOT)"
+		echo "[1/3] go get github.com/caddyserver/caddy/v2@$(CADDY_VERSION) (lists each module it downloads)"
+		$(GO) get "github.com/caddyserver/caddy/v2@$(CADDY_VERSION)" || { echo "go get failed: check the network or GOPROXY ($$($(GO) env GOPROXY))"; exit 1; }
+		echo "[2/3] go mod tidy"
+		$(GO) mod tidy || { echo "go mod tidy failed: check the network or GOPROXY ($$($(GO) env GOPROXY))"; exit 1; }
+		echo "[3/3] go build"
 		CGO_ENABLED=0 $(GO) build -o "$(CADDY_BIN)" -ldflags "-w -s" -trimpath -tags nobadger,nomysql,nopgx .
 	fi
 	"$(CADDY_BIN)" version
-	"$(CADDY_BIN)" list-modules | grep -E '^(zapier|admin\.api\.zapier|http\.handlers\.zapier_)' | sed 's/^/  module: /'
+	"$(CADDY_BIN)" list-modules --versions | grep -E '^(zapier|admin\.api\.zapier|http\.handlers\.zapier_)' | sed 's/^/  module: /'
 
 fake:
 	@mkdir -p "$(BUILD_DIR)"
