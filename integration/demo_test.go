@@ -94,7 +94,8 @@ func startDemo(t *testing.T) *demoApp {
 	g := startGateway(t, gatewayOptions{
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", origin, origin),
 		siteExtra: "handle_path /zapier/connect/* {\n\t\tzapier_connect\n\t}\n\thandle_path /zapier/actions/* {\n\t\tzapier_actions\n\t}\n" +
-			"\thandle_path /zapier/mcp/* {\n\t\tzapier_mcp {\n\t\t\tcallback_url " + mcpCallback + "\n\t\t}\n\t}",
+			"\thandle_path /zapier/mcp/* {\n\t\tzapier_mcp {\n\t\t\tcallback_url " + mcpCallback + "\n\t\t}\n\t}\n" +
+			fmt.Sprintf("\thandle /zapier/openapi.* {\n\t\tzapier_openapi {\n\t\t\tserver_url http://localhost:%d\n\t\t}\n\t}", gatewayPort),
 		extraSites: ingress,
 	})
 	// Nothing is registered with the fake Connect UI, as in `make demo`:
