@@ -344,9 +344,13 @@ func connectPage(w http.ResponseWriter, status int, text string, message map[str
 
 // AccountTitle is the title the Connect UI gives a connection it creates by
 // default: an e-mail address made from the user and the tenant, as a real
-// app account's title often is ("alice" of "Acme" is alice@acme.example).
+// app account's title often is ("alice" of "org_acme" is alice@acme.example).
 func AccountTitle(tenant, user string) string {
-	return titlePart(user) + "@" + titlePart(tenant) + ".example"
+	domain := titlePart(tenant)
+	if d, ok := strings.CutPrefix(domain, "org-"); ok && d != "" {
+		domain = d
+	}
+	return titlePart(user) + "@" + domain + ".example"
 }
 
 // titlePart lowercases s and keeps letters, digits, dots and hyphens; any

@@ -5,8 +5,10 @@ import "testing"
 func TestAccountTitle(t *testing.T) {
 	for _, c := range []struct{ tenant, user, want string }{
 		{"Acme", "alice", "alice@acme.example"},
-		{"org_456", "user_123", "user-123@org-456.example"},
-		{"org 1", "Bob.Smith", "bob.smith@org-1.example"},
+		{"org_acme", "alice", "alice@acme.example"},
+		{"org_456", "user_123", "user-123@456.example"},
+		{"org_", "u", "u@org.example"},
+		{"Org 1", "Bob.Smith", "bob.smith@1.example"},
 		{"81f613aa-c98a-4383-a5fc-195e68647217", "u", "u@81f613aa-c98a-4383-a5fc-195e68647217.example"},
 		{"", "ßß", "user@user.example"},
 	} {
