@@ -61,3 +61,21 @@ func TestReadmeCaddyfileIsCleanAndQuiet(t *testing.T) {
 	checkCaddyfileClean(t, "README's minimal Caddyfile", config,
 		[]string{"ZAPIER_CLIENT_ID=readme-id", "ZAPIER_CLIENT_SECRET=readme-secret"})
 }
+
+// TestExampleOpenAPIDocumentNamesTheGatewayPort: the document
+// Caddyfile.example serves names the gateway's own listener as its server
+// (so after `make -f xcaddy.mk demo`, :8081, not the demo app's :8080).
+func TestExampleOpenAPIDocumentNamesTheGatewayPort(t *testing.T) {
+	example, err := filepath.Abs("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCaddy(t, []string{"ZAPIER_GATEWAY_PORT=8081", "ZAPIER_CLIENT_ID=id", "ZAPIER_CLIENT_SECRET=secret",
+		"XDG_DATA_HOME=" + t.TempDir(), "XDG_CONFIG_HOME=" + t.TempDir()}, "adapt", "--config", example)
+	if err != nil {
+		t.Fatalf("adapt: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, `"handler":"zapier_openapi","server_url":"http://localhost:8081"`) {
+		t.Errorf("Caddyfile.example's zapier_openapi does not name http://localhost:8081:\n%s", out)
+	}
+}
