@@ -57,7 +57,7 @@ build:
 			'	_ "$(MODULE)"' \
 			')' '' 'func main() {' '	caddycmd.Main()' '}' > main.go
 		gofmt -w main.go
-		$(GO) mod init caddy 2>&1 | grep -v '^go: creating new go.mod' || true
+		out="$$($(GO) mod init caddy 2>&1)" || { echo "$$out"; exit 1; }
 		# The plugin is required at its release, replaced by this checkout, so
 		# `caddy list-modules --versions` shows v$(VERSION), not (devel).
 		$(GO) mod edit -require "$(MODULE)@v$(VERSION)" -replace "$(MODULE)=$(ROOT)"
