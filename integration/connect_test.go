@@ -248,7 +248,7 @@ func TestConnectPopupFlowOverHTTP(t *testing.T) {
 	}
 	conn := decodeConnection(t, raw)
 	wantID := fmt.Sprint(int64(authID))
-	if conn.ConnectionID != wantID || conn.App != slackApp || conn.AppUUID != slackUUID || conn.Title != slackApp+" (fake account)" ||
+	if conn.ConnectionID != wantID || conn.App != slackApp || conn.AppUUID != slackUUID || conn.Title != fakezapier.AccountTitle("org_1", "alice") ||
 		conn.Created.IsZero() || !conn.LastVerified.Equal(conn.Created) {
 		t.Errorf("stored = %+v, want connection %s", conn, wantID)
 	}

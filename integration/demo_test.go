@@ -94,7 +94,8 @@ func startDemo(t *testing.T) *demoApp {
 	g := startGateway(t, gatewayOptions{
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", origin, origin),
 		siteExtra: "handle_path /zapier/connect/* {\n\t\tzapier_connect\n\t}\n\thandle_path /zapier/actions/* {\n\t\tzapier_actions\n\t}\n" +
-			"\thandle_path /zapier/mcp/* {\n\t\tzapier_mcp {\n\t\t\tcallback_url " + mcpCallback + "\n\t\t}\n\t}",
+			"\thandle_path /zapier/mcp/* {\n\t\tzapier_mcp {\n\t\t\tcallback_url " + mcpCallback + "\n\t\t}\n\t}\n" +
+			fmt.Sprintf("\thandle /zapier/openapi.* {\n\t\tzapier_openapi {\n\t\t\tserver_url http://localhost:%d\n\t\t}\n\t}", gatewayPort),
 		extraSites: ingress,
 	})
 	// Nothing is registered with the fake Connect UI, as in `make demo`:
@@ -107,6 +108,9 @@ func startDemo(t *testing.T) *demoApp {
 	g.fake.RegisterMCPApp(demoSlackMCP, "Slack")
 	g.fake.RegisterMCPApp(demoSheetsMCP, "Google Sheets")
 	g.fake.SetMCPRedirectURIs(mcpCallback)
+	// As for the gateway's port: the previous config's ingress socket must
+	// be gone before the browser connects.
+	waitForSingleListener(t, demoPort)
 	hooks := httptest.NewServer(g.fake.DemoHooks())
 	t.Cleanup(hooks.Close)
 	p.EnableFakeTrigger(hooks.URL)
@@ -321,6 +325,18 @@ func TestDemoPartnerPageAgentsAndEvents(t *testing.T) {
 	if n := fake.MCPStats().ToolCalls - calls; n != 1 {
 		t.Errorf("one click made %d tool calls at Zapier", n)
 	}
+	// echo takes arguments: its form is built from the tool's input
+	// schema (text, a required string), and the call sends what was typed.
+	b.do(chromedp.Click(chromedp.CSS(`#mcp-tools button[data-tool="SlackCLIAPI__echo"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#mcp-fields input[name="text"]`)))
+	if fields := b.eval(`Array.from(document.querySelectorAll("#mcp-fields input")).map(i => i.name + ":" + i.type + (i.required ? "*" : "")).join(",")`); fields != "text:text*" {
+		t.Errorf("echo's form: %q, want its one required text field", fields)
+	}
+	if stale := b.eval(`document.getElementById("mcp-result").hidden ? "" : document.getElementById("mcp-result").textContent`); stale != "" {
+		t.Errorf("whoami's result is still shown on echo's form: %q", stale)
+	}
+	b.do(chromedp.SendKeys(chromedp.CSS(`#mcp-fields input[name="text"]`), "hello agents"), chromedp.Click(chromedp.CSS("#mcp-call")))
+	b.until("echo's result", `document.getElementById("mcp-result").textContent === "hello agents"`)
 	b.screenshot("agents")
 
 	// A trigger needs a connection to the app: connect Slack (popup).
@@ -376,6 +392,10 @@ func TestDemoPartnerPageAgentsAndEvents(t *testing.T) {
 	// Forget Slack for AI agents: gone from the page and from the gateway.
 	b.do(chromedp.Click(chromedp.CSS(`#mcp-apps li.mcp-app[data-app="` + demoSlackMCP + `"] .mcp-forget`)))
 	b.until("no authorized app on the page", `document.querySelectorAll("#mcp-apps li.mcp-app").length === 0 && document.querySelectorAll("#mcp-tools li.tool").length === 0`)
+	// The last call's form and result went with the app.
+	if left := b.eval(`(document.getElementById("mcp-call-form").hidden ? "" : "form ") + (document.getElementById("mcp-result").hidden ? "" : "result ") + document.getElementById("mcp-result").textContent`); left != "" {
+		t.Errorf("after Forget the page still shows the last tool call: %q", left)
+	}
 	status, _, raw := d.g.do(request{method: http.MethodGet, path: "/zapier/mcp/apps", tenant: "org_acme", user: "alice"})
 	if status != http.StatusOK || strings.TrimSpace(string(raw)) != `{"data":[]}` {
 		t.Errorf("the gateway's MCP apps after Forget: %d %s", status, raw)
@@ -471,5 +491,65 @@ func TestDemoCaddyfileImportsTheGateway(t *testing.T) {
 	}
 	if first := string(ingress[0]); !strings.Contains(first, `"delete":["X-Zapier-*"]`) || strings.Contains(first, `"match"`) {
 		t.Errorf("the ingress's first route is %s, want the X-Zapier-* headers deleted from every request", first)
+	}
+}
+
+// On a phone (390 px wide) the page fits: after logging in as a tenant and
+// user of the person's choosing, connecting Slack, opening an action of an
+// app without a connection and an AI tool's form, no element is wider than
+// the screen. Error messages on the page
+// are meant for the person; the gateway's detail is in the call log.
+func TestDemoPartnerPageOnAPhone(t *testing.T) {
+	d := startDemo(t)
+	b := &demoBrowser{t: t, ctx: newChromium(t)}
+	b.do(chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
+	// Any tenant and user, not only the form's suggestions.
+	b.do(chromedp.Navigate(d.origin+"/"), chromedp.WaitVisible(chromedp.CSS("#login-submit")),
+		chromedp.SetValue(chromedp.CSS("#login-tenant"), "initech"), chromedp.SetValue(chromedp.CSS("#login-user"), "carol_9"),
+		chromedp.Click(chromedp.CSS("#login-submit")), chromedp.WaitVisible(chromedp.CSS(appCard(demoSlack))))
+	if who := b.eval(`document.getElementById("who-user").textContent + "/" + document.getElementById("who-tenant").textContent`); who != "carol_9/initech" {
+		t.Fatalf("logged in as %q", who)
+	}
+
+	// Connect Slack: the fake titles the account like a real one.
+	b.do(chromedp.Click(chromedp.CSS(appCard(demoSlack) + " .connect-popup")))
+	b.until("Slack's connection on the page", b.connectionsShown(demoSlack)+" === 1")
+	if title := b.eval(fmt.Sprintf(`document.querySelector(%q).textContent`, appCard(demoSlack)+" li.connection .title")); title != fakezapier.AccountTitle("initech", "carol_9") {
+		t.Errorf("the connection's title on the page: %q, want %q", title, fakezapier.AccountTitle("initech", "carol_9"))
+	}
+
+	// Open a Google Sheets action without a connection: the page says what
+	// to do; the gateway's message for developers is in the call log only.
+	b.do(chromedp.Click(chromedp.CSS(appCard(demoSheets)+" .show-actions")),
+		chromedp.WaitVisible(chromedp.CSS(`#action-list button.use-action`)),
+		chromedp.Click(chromedp.CSS(`#action-list button.use-action`)))
+	b.until("the error notice", `document.getElementById("notice").className === "error"`)
+	if notice := b.eval(`document.getElementById("notice").textContent`); notice != "Connect an account for this app first." {
+		t.Errorf("the notice says %q, want the person's message without the gateway's detail", notice)
+	}
+	if log := b.eval(`document.getElementById("call-log").textContent`); !strings.Contains(log, "connection_missing: ") {
+		t.Errorf("the call log lacks the gateway's error: %q", log)
+	}
+
+	// An AI tool's form.
+	b.do(chromedp.Click(chromedp.CSS(appCard(demoSlack) + " .mcp-authorize")))
+	b.until("echo listed", `document.querySelectorAll('#mcp-tools button[data-tool="SlackCLIAPI__echo"]').length === 1`)
+	b.do(chromedp.Click(chromedp.CSS(`#mcp-tools button[data-tool="SlackCLIAPI__echo"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#mcp-fields input[name="text"]`)))
+	b.do(chromedp.Evaluate[chromedp.Void](`document.getElementById("calls").open = true`))
+	b.screenshot("phone")
+
+	// Nothing wider than the screen: no horizontal scrolling, no element
+	// reaching past either edge.
+	if wide := b.eval(`(() => {
+		const w = document.documentElement.clientWidth, out = [];
+		if (document.documentElement.scrollWidth > w) out.push("page scrolls to " + document.documentElement.scrollWidth);
+		for (const e of document.querySelectorAll("body *")) {
+			const r = e.getBoundingClientRect();
+			if (r.width > 0 && (r.right > w + 0.5 || r.left < -0.5)) out.push(e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + (e.className ? "." + e.className : "") + " " + Math.round(r.left) + ".." + Math.round(r.right));
+		}
+		return out.length ? w + " px wide: " + out.slice(0, 10).join("; ") : "";
+	})()`); wide != "" {
+		t.Errorf("wider than the screen at %s", wide)
 	}
 }

@@ -20,6 +20,9 @@ import (
 type Tool struct {
 	Name        string `json:"name"`
 	Description string `json:"description"`
+	// InputSchema is the tool's input JSON Schema, from which the page
+	// builds the call's form.
+	InputSchema any `json:"input_schema,omitempty"`
 }
 
 // EnableAgents adds the MCP routes, speaking to the gateway at gateway
@@ -79,7 +82,7 @@ func (s *Server) mcpTools(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadGateway, "mcp_failed", err.Error())
 			return
 		}
-		tools = append(tools, Tool{Name: t.Name, Description: t.Description})
+		tools = append(tools, Tool{Name: t.Name, Description: t.Description, InputSchema: t.InputSchema})
 	}
 	writeJSON(w, map[string]any{"tools": tools})
 }

@@ -144,7 +144,22 @@ func TestAgentListsAndCallsToolsAsTheSessionUser(t *testing.T) {
 	s.EnableAgents(gw.URL)
 	c := login(t, s, "org_acme", "alice")
 	rec := send(t, s, http.MethodGet, "/partner/mcp/tools", c, "")
-	if rec.Code != http.StatusOK || strings.TrimSpace(rec.Body.String()) != `{"tools":[{"name":"SlackCLIAPI__echo","description":"[SlackCLIAPI] echoes text"}]}` {
+	// Each tool comes with its input schema, from which the page builds
+	// the call's form.
+	var listed struct {
+		Tools []struct {
+			Name, Description string
+			InputSchema       struct {
+				Type       string
+				Properties map[string]struct{ Type string }
+				Required   []string
+			} `json:"input_schema"`
+		}
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &listed); rec.Code != http.StatusOK || err != nil || len(listed.Tools) != 1 ||
+		listed.Tools[0].Name != "SlackCLIAPI__echo" || listed.Tools[0].Description != "[SlackCLIAPI] echoes text" ||
+		listed.Tools[0].InputSchema.Type != "object" || listed.Tools[0].InputSchema.Properties["text"].Type != "string" ||
+		len(listed.Tools[0].InputSchema.Required) != 1 || listed.Tools[0].InputSchema.Required[0] != "text" {
 		t.Errorf("tools: %d %s", rec.Code, rec.Body)
 	}
 	rec = send(t, s, http.MethodPost, "/partner/mcp/call", c, `{"name":"SlackCLIAPI__echo","arguments":{"text":"hi"}}`)

@@ -28,8 +28,10 @@
   var chosen = null;    // {app, action} whose form is shown
   var features = {};    // what the partner backend offers: agents, events, fake_trigger
 
-  // api calls a route on this origin and resolves with {status, data};
-  // an error answer rejects with the gateway's (or the partner's) message.
+  // api calls a route on this origin and resolves with {status, data}. An
+  // error answer rejects with an Error whose message is for the person
+  // (userMessage) and whose code and detail are the gateway's (or the
+  // partner's) error body, which the call log shows for developers.
   function api(method, path, body, quiet) {
     var init = {method: method, credentials: "same-origin", headers: {"Accept": "application/json"}};
     if (body !== undefined) {
@@ -37,23 +39,64 @@
       init.body = JSON.stringify(body);
     }
     return fetch(path, init).then(function (resp) {
-      if (!quiet) logCall(method, path, resp.status);
       return resp.text().then(function (text) {
         var data = null;
         try { data = text ? JSON.parse(text) : null; } catch (e) { /* not JSON */ }
         if (!resp.ok) {
           var err = (data && data.error) || {};
-          throw new Error((err.code || "HTTP " + resp.status) + ": " + (err.message || text));
+          var code = err.code || "http_" + resp.status;
+          var detail = err.message || text;
+          if (!quiet) logCall(method, path, resp.status, code + ": " + detail);
+          var e = new Error(userMessage(code));
+          e.code = code;
+          e.detail = detail;
+          throw e;
         }
+        if (!quiet) logCall(method, path, resp.status);
         return {status: resp.status, data: data};
       });
     });
   }
 
-  function logCall(method, path, status) {
+  function logCall(method, path, status, detail) {
     var li = document.createElement("li");
-    li.textContent = method + " " + path + " → " + status;
+    li.textContent = method + " " + path + " → " + status + (detail ? " (" + detail + ")" : "");
     $("call-log").appendChild(li);
+  }
+
+  // userMessage says what an error code means to the person using the
+  // page; what a developer needs (the gateway's message) stays in the
+  // error body and the call log.
+  var userMessages = {
+    connection_missing: "Connect an account for this app first.",
+    connection_invalid: "That account is no longer connected: connect it again.",
+    connection_ambiguous: "You have several accounts for this app: pick one.",
+    connect_state_invalid: "The connection took too long or was opened elsewhere: try again.",
+    app_not_found: "This app is not available.",
+    action_not_found: "This action is not available for the app.",
+    action_rejected: "The app refused this action: check the fields and try again.",
+    run_not_found: "That run is no longer available.",
+    mcp_app_unknown: "This app is not available for AI agents.",
+    mcp_authorization_missing: "This app is not authorized for AI agents.",
+    mcp_tool_denied: "Your organization does not allow this tool.",
+    mcp_tool_call_limit: "Too many tool calls: try again in a minute.",
+    mcp_upstream_failed: "The app's AI tools are not answering: try again later.",
+    mcp_failed: "The AI agent could not reach its tools: try again later.",
+    subscription_conflict: "A subscription with that name exists already: choose another name.",
+    subscription_not_found: "That subscription no longer exists.",
+    zapier_api_failed: "Zapier is not answering right now: try again in a moment.",
+    zapier_api_timeout: "Zapier is not answering right now: try again in a moment.",
+    login_required: "Your session has ended: log in again.",
+    identity_missing: "Your session has ended: log in again.",
+    mcp_authorization_required: "Authorize this app for AI agents first.",
+    rate_limited: "Too many requests right now: try again in a moment.",
+    zapier_unavailable: "Zapier is not answering right now: try again in a moment.",
+    zapier_budget_exhausted: "Zapier is busy right now: try again in a moment.",
+    access_denied: "Access was not granted.",
+    bad_request: "That did not work: check the fields and try again."
+  };
+  function userMessage(code) {
+    return userMessages[code] || "Something went wrong. Try again; the details are under “Calls this page made”.";
   }
 
   function el(tag, props, children) {
@@ -100,7 +143,10 @@
     var q = new URLSearchParams(window.location.search);
     if (q.get("zapier_mcp")) { // the MCP authorize flow, back from Zapier
       if (q.get("zapier_mcp") === "success") notify("Authorized " + appName(q.get("zapier_app")) + " for AI agents.");
-      else notify("Not authorized for AI agents: " + q.get("zapier_error") + " " + (q.get("zapier_error_description") || ""), true);
+      else {
+        logOutcome("MCP authorize", q.get("zapier_error"), q.get("zapier_error_description"));
+        notify("Not authorized for AI agents. " + userMessage(q.get("zapier_error")), true);
+      }
       history.replaceState(null, "", window.location.pathname);
       return;
     }
@@ -109,9 +155,18 @@
     if (outcome.status === "success") {
       notify("Connected " + appName(outcome.app) + " by redirect (connection " + outcome.connectionId + ").");
     } else {
-      notify("Not connected: " + outcome.error + " " + (outcome.errorDescription || ""), true);
+      logOutcome("Connect", outcome.error, outcome.errorDescription);
+      notify("Not connected. " + userMessage(outcome.error), true);
     }
     history.replaceState(null, "", window.location.pathname);
+  }
+
+  // logOutcome puts a redirect flow's error, as the gateway reported it, in
+  // the call log.
+  function logOutcome(flow, code, description) {
+    var li = document.createElement("li");
+    li.textContent = flow + " came back with " + code + (description ? ": " + description : "");
+    $("call-log").appendChild(li);
   }
 
   // --- Apps and connections -------------------------------------------------
@@ -193,7 +248,8 @@
       notify("Connected " + app.name + " in a popup (" + (c.title || "connection " + c.connection_id) + ").");
       return loadConnections();
     }, function (err) {
-      notify("Not connected: " + err.reason + ": " + err.message, true);
+      logOutcome("Connect (popup)", err.reason, err.message);
+      notify("Not connected. " + userMessage(err.reason), true);
     });
   }
 
@@ -261,7 +317,7 @@
     if ($("run-connection")) body.connection_id = $("run-connection").value;
     showResult({status: "running"});
     api("POST", "/zapier/actions/run", body).then(follow).catch(function (e) {
-      showResult({status: "failed", error: e.message});
+      showResult({status: "failed", error: e.message, code: e.code});
     });
   }
 
@@ -271,7 +327,7 @@
     if (res.status !== 202) return;
     setTimeout(function () {
       api("GET", "/zapier/actions/runs/" + encodeURIComponent(res.data.run.id)).then(follow).catch(function (e) {
-        showResult({status: "failed", error: e.message});
+        showResult({status: "failed", error: e.message, code: e.code});
       });
     }, 1000);
   }
@@ -301,7 +357,8 @@
         var forget = el("button", {className: "mcp-forget", type: "button", text: "Forget"});
         forget.addEventListener("click", function () {
           api("DELETE", "/zapier/mcp/apps/" + encodeURIComponent(a.app)).then(function () {
-            notify("AI agents no longer use " + (a.title || a.app) + ".");
+            notify("AI agents no longer use " + (a.title || appName(a.app)) + ".");
+            clearToolCall();
             return loadAgents();
           }).catch(function (e) { notify(e.message, true); });
         });
@@ -331,10 +388,7 @@
       if (res.data.tools.length === 0) list.appendChild(el("li", {className: "empty", text: "No tools: authorize an app first"}));
       res.data.tools.forEach(function (t) {
         var use = el("button", {className: "use-tool", type: "button", text: "Call…", "data-tool": t.name});
-        use.addEventListener("click", function () {
-          $("mcp-tool").value = t.name;
-          $("mcp-call-form").hidden = false;
-        });
+        use.addEventListener("click", function () { showToolForm(t); });
         list.appendChild(el("li", {className: "tool", "data-tool": t.name}, [
           use, el("code", {text: t.name}), el("span", {text: t.description || ""})
         ]));
@@ -342,10 +396,67 @@
     }).catch(function (e) { notify(e.message, true); });
   }
 
+  // clearToolCall hides the call form and the last result, which belong
+  // to tools the agent may no longer see.
+  function clearToolCall() {
+    $("mcp-call-form").hidden = true;
+    $("mcp-tool").value = "";
+    $("mcp-fields").textContent = "";
+    $("mcp-result").textContent = "";
+    $("mcp-result").hidden = true;
+  }
+
+  // showToolForm builds the call form from the tool's input schema (a JSON
+  // Schema object): a field per property, typed, required ones marked.
+  // Properties of other types (objects, arrays) take JSON.
+  function showToolForm(tool) {
+    clearToolCall();
+    $("mcp-tool").value = tool.name;
+    var schema = tool.input_schema || {};
+    var props = schema.properties || {};
+    var required = schema.required || [];
+    Object.keys(props).forEach(function (name) {
+      var p = props[name] || {};
+      var type = Array.isArray(p.type) ? p.type.filter(function (x) { return x !== "null"; })[0] : p.type;
+      var input;
+      if (type === "boolean") {
+        input = el("input", {type: "checkbox"});
+      } else if (type === "integer" || type === "number") {
+        input = el("input", {type: "number", step: type === "integer" ? "1" : "any"});
+      } else {
+        input = el("input", {type: "text", placeholder: type === "string" || !type ? "" : "JSON"});
+      }
+      input.name = name;
+      input.dataset.type = type || "string";
+      if (required.indexOf(name) >= 0) input.required = true;
+      $("mcp-fields").appendChild(el("label", {title: p.description || ""},
+        [document.createTextNode((p.title || name) + (input.required ? " *" : "")), input]));
+    });
+    if (Object.keys(props).length === 0) {
+      $("mcp-fields").appendChild(el("span", {className: "meta", text: "This tool takes no arguments."}));
+    }
+    $("mcp-call-form").hidden = false;
+  }
+
+  // toolArguments reads the form back into the tool's arguments, typed as
+  // the schema says; an empty optional field is left out.
+  function toolArguments() {
+    var args = {};
+    Array.prototype.forEach.call($("mcp-fields").querySelectorAll("input"), function (i) {
+      var type = i.dataset.type;
+      if (type === "boolean") { args[i.name] = i.checked; return; }
+      if (i.value === "") return;
+      if (type === "integer" || type === "number") args[i.name] = Number(i.value);
+      else if (type === "string") args[i.name] = i.value;
+      else args[i.name] = JSON.parse(i.value);
+    });
+    return args;
+  }
+
   function callTool(event) {
     event.preventDefault();
     var args;
-    try { args = JSON.parse($("mcp-args").value || "{}"); } catch (e) { notify("Arguments: " + e.message, true); return; }
+    try { args = toolArguments(); } catch (e) { notify("A field that takes JSON does not hold valid JSON.", true); return; }
     var out = $("mcp-result");
     api("POST", "/partner/mcp/call", {name: $("mcp-tool").value, arguments: args}).then(function (res) {
       out.className = res.data.is_error ? "error" : "";

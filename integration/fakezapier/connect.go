@@ -42,7 +42,7 @@ const (
 type ConnectOutcome struct {
 	Kind ConnectOutcomeKind
 	// Title of a connection created by ConnectApprove; default
-	// "<app> (fake account)".
+	// AccountTitle(tenant, user), e.g. "alice@org-1.example".
 	Title string
 	// Error and Description for ConnectDeny; defaults access_denied and
 	// "OAuth Failed: the user denied access".
@@ -237,7 +237,7 @@ func (s *Server) serveConnectUI(w http.ResponseWriter, r *http.Request) {
 			errDesc: cmp.Or(o.Description, "OAuth Failed: the user denied access"),
 		})
 	default:
-		id, err := s.approve(grant, s.appUUID(app), q.Get("reconnect_id"), cmp.Or(o.Title, app+" (fake account)"))
+		id, err := s.approve(grant, s.appUUID(app), q.Get("reconnect_id"), cmp.Or(o.Title, AccountTitle(grant.Tenant, grant.User)))
 		if err != nil {
 			report(http.StatusBadRequest, connectResult{errCode: "invalid_request", errDesc: err.Error()})
 			return
@@ -340,4 +340,35 @@ func connectPage(w http.ResponseWriter, status int, text string, message map[str
 	}{text, message, target}); err != nil {
 		_, _ = fmt.Fprintf(w, "<!-- template: %v -->", err)
 	}
+}
+
+// AccountTitle is the title the Connect UI gives a connection it creates by
+// default: an e-mail address made from the user and the tenant, as a real
+// app account's title often is ("alice" of "org_acme" is alice@acme.example).
+func AccountTitle(tenant, user string) string {
+	domain := titlePart(tenant)
+	if d, ok := strings.CutPrefix(domain, "org-"); ok && d != "" {
+		domain = d
+	}
+	return titlePart(user) + "@" + domain + ".example"
+}
+
+// titlePart lowercases s and keeps letters, digits, dots and hyphens; any
+// other run of characters becomes one hyphen.
+func titlePart(s string) string {
+	var b strings.Builder
+	hyphen := false
+	for _, r := range strings.ToLower(s) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' {
+			b.WriteRune(r)
+			hyphen = false
+		} else if !hyphen && b.Len() > 0 {
+			b.WriteByte('-')
+			hyphen = true
+		}
+		if b.Len() >= 40 {
+			break
+		}
+	}
+	return cmp.Or(strings.Trim(b.String(), "-."), "user")
 }

@@ -13,8 +13,9 @@
 // The fake verifies the gateway's partner JWTs with its own JOSE code (jwt.go,
 // jwks.go), written on the standard library only, so that a bug in the
 // gateway's signing library cannot be masked by the same library verifying.
-// Everything here follows /work/shared/zapier-api.md §7; where Zapier's docs
-// are silent, the fake is strict rather than lenient so that gateway bugs
+// Everything here follows Zapier's public White Label documentation
+// (https://docs.zapier.com/powered-by-zapier); where Zapier's docs are
+// silent, the fake is strict rather than lenient so that gateway bugs
 // surface in tests.
 package fakezapier
 
