@@ -319,14 +319,17 @@ func (w *envelopeWriter) Write(p []byte) (int, error) {
 	return w.ResponseWriter.Write(p)
 }
 
-// Flush passes through (the SDK flushes its SSE events).
-func (w *envelopeWriter) Flush() {
+// Flush passes through (the SDK flushes its SSE events), by way of a
+// ResponseController: the writer beneath (Caddy's) may flush only through
+// FlushError or an Unwrap chain, not as an http.Flusher.
+func (w *envelopeWriter) Flush() { _ = w.FlushError() }
+
+// FlushError is Flush reporting what the writer beneath says.
+func (w *envelopeWriter) FlushError() error {
 	if w.status != 0 {
-		return
+		return nil
 	}
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
+	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
 // Unwrap lets http.ResponseController reach the connection.
