@@ -36,6 +36,15 @@ type pooledCache struct {
 	revocations atomic.Uint64
 }
 
+// accessToken returns the identity's access token from the shared cache,
+// exchanging on a miss, and counts the lookup.
+func (a *App) accessToken(ctx context.Context, key tokencache.Key) (string, error) {
+	tok, res, err := a.tokens.get(ctx, key)
+	a.metrics.observeLookup(res)
+	annotateLookup(ctx, res)
+	return tok.Value, err
+}
+
 func (pc *pooledCache) get(ctx context.Context, key tokencache.Key) (tokencache.Token, tokencache.Result, error) {
 	tok, res, err := pc.cache.Get(ctx, key)
 	pc.lookups.Add(1)

@@ -2,17 +2,10 @@ package caddymodule
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"mime"
 	"net/http"
-	"strings"
 	"time"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -23,6 +16,7 @@ import (
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 func init() {
@@ -31,30 +25,11 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("zapier_connect", httpcaddyfile.Before, "respond")
 }
 
-// maxConnectBody bounds the JSON bodies of POST token and POST complete.
-const maxConnectBody = 64 << 10
-
 // Connect is the zapier_connect responder: it lets an end user connect an
 // app account from the partner's UI, through Zapier's Connect UI in a popup
 // or by redirect, and remembers the connection per (tenant, user, app) in
-// Caddy storage. Routes are relative to where it is mounted (use
-// handle_path):
-//
-//	POST   token              {"app","reconnect_id"?,"reconnect"?} → {"url","token","expires_in","state"} (popup flow),
-//	                          or {"connection"} when a stored connection is still valid
-//	GET    start?app=&return_to=   → 302 to Connect with redirect_uri=<callback_url> (redirect flow)
-//	GET    callback?authentication_id=|error=&state=  → verifies, stores, 302 to return_to with the outcome
-//	POST   complete           {"app","auth_id","state"} → the stored connection (popup flow)
-//	GET    connections        → {"data":[…]} the caller's connections
-//	GET    connections/{app}  → one of them
-//	DELETE connections/{app}  → deletes the authentication at Zapier (unless keep_upstream) and forgets it
-//	GET    connect.js         → the browser helper (ZapierConnect.connect / .start)
-//
-// Every route but connect.js needs the identity headers, exactly as
-// zapier_auth does. A state is signed, single-use, expires after state_ttl,
-// and is bound to the browser (an HttpOnly SameSite=Lax cookie), to the
-// user, the app and return_to. Before a connection id is stored it is
-// looked up with the user's own access token in GET /v2/authentications.
+// Caddy storage. Its routes (relative to where it is mounted: use
+// handle_path) are served by connect.Handler.
 type Connect struct {
 	// Apps maps Connect's app implementation ids (as in
 	// connect.zapier.com/to/SlackCLIAPI) to the app UUIDs Zapier's API uses.
@@ -67,18 +42,11 @@ type Connect struct {
 	// false: the authentication is deleted at Zapier too.
 	KeepUpstream bool `json:"keep_upstream,omitempty"`
 	// How often stored connections are re-checked at Zapier and marked ok,
-	// expired or missing (connect_health.go). Default 1h; negative (off in
-	// the Caddyfile) turns the sweep off.
+	// expired or missing (connect/health_sweep.go). Default 1h; negative
+	// (off in the Caddyfile) turns the sweep off.
 	HealthCheck caddy.Duration `json:"health_check,omitempty"`
 
-	app         *App
-	rules       gateway.IdentityRules
-	apps        appMap
-	storage     certmagic.Storage // shared by the gateways; the health sweep's clock
-	store       *connect.Store
-	states      *stateKeeper
-	connectBase string
-	logger      *zap.Logger
+	handler *connect.Handler
 }
 
 // CaddyModule returns the Caddy module information.
@@ -89,7 +57,8 @@ func (Connect) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision finds the zapier app, fills defaults and checks the app map.
+// Provision finds the zapier app, fills defaults, checks the app map and
+// builds the handler from the app's pieces.
 func (h *Connect) Provision(ctx caddy.Context) error {
 	if h.StateTTL == 0 {
 		h.StateTTL = caddy.Duration(connect.DefaultStateTTL)
@@ -105,22 +74,34 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.app = app
-	h.rules = app.identityRules()
-	h.apps = apps
-	h.storage = ctx.Storage()
-	h.store = newConnectionStore(h.storage)
-	h.states = newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
-	h.connectBase = strings.TrimRight(app.ConnectURL, "/")
-	h.logger = ctx.Logger()
 	if h.HealthCheck == 0 {
-		h.HealthCheck = caddy.Duration(defaultHealthCheck)
+		h.HealthCheck = caddy.Duration(connect.DefaultHealthCheck)
 	}
+	if h.HealthCheck > 0 && time.Duration(h.HealthCheck) < connect.MinHealthCheck {
+		return fmt.Errorf("zapier_connect: health_check must be at least %s, or off", connect.MinHealthCheck)
+	}
+	storage := ctx.Storage()
+	h.handler = connect.NewHandler(connect.HandlerConfig{
+		Policy:        app.policy,
+		Caller:        app.caller(),
+		Exchange:      app.connectExchanger(),
+		Apps:          app.connectAppResolver(apps),
+		Store:         newConnectionStore(storage),
+		States:        sweptStates{newStateKeeper(ctx, storage, time.Duration(h.StateTTL))},
+		ConnectURL:    app.ConnectURL,
+		CallbackURL:   app.CallbackURL,
+		ReturnOrigins: app.ReturnOrigins,
+		StateTTL:      time.Duration(h.StateTTL),
+		KeepUpstream:  h.KeepUpstream,
+		Logger:        ctx.Logger(),
+		Completed:     app.metrics.observeConnectCompletion,
+		Trace:         traceConnectCompletion,
+		Storage:       storage,
+		Emit:          app.emit,
+		Changed:       connectionChanged, // triggers_connevents.go
+	})
 	if h.HealthCheck > 0 {
-		if time.Duration(h.HealthCheck) < minHealthCheck {
-			return fmt.Errorf("zapier_connect: health_check must be at least %s, or off", minHealthCheck)
-		}
-		go h.healthLoop(ctx) // ends with the config
+		go h.handler.HealthLoop(ctx, time.Duration(h.HealthCheck)) // ends with the config
 	}
 	return nil
 }
@@ -176,117 +157,83 @@ func (h *Connect) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// ServeHTTP delegates to the handler; what it leaves unanswered (internal
+// failures, callers gone) Caddy logs and answers.
 func (h *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	p := r.URL.Path
-	switch {
-	case p == "/connect.js":
-		if !gateway.AllowMethod(w, r, http.MethodGet, http.MethodHead) {
-			return nil
-		}
-		serveConnectScript(w, r)
-		return nil
-	case p == "/token":
-		return h.withIdentity(w, r, http.MethodPost, h.serveToken)
-	case p == "/start":
-		return h.withIdentity(w, r, http.MethodGet, h.serveStart)
-	case p == "/callback":
-		return h.withIdentity(w, r, http.MethodGet, h.serveCallback)
-	case p == "/complete":
-		return h.withIdentity(w, r, http.MethodPost, h.serveComplete)
-	case p == "/connections":
-		return h.withIdentity(w, r, http.MethodGet, h.serveList)
-	case strings.HasPrefix(p, "/connections/"):
-		app := strings.TrimPrefix(p, "/connections/")
-		if r.Method == http.MethodDelete {
-			return h.withIdentity(w, r, http.MethodDelete, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-				return h.serveDelete(w, r, key, app)
-			})
-		}
-		return h.withIdentity(w, r, http.MethodGet, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-			return h.serveGet(w, r, key, app)
-		})
+	return caddyError(h.handler.Serve(w, r))
+}
+
+// caddyError hands a failure a capability's handler left unanswered to Caddy.
+func caddyError(err error) error {
+	var herr *connect.HandlerError
+	if errors.As(err, &herr) {
+		return caddyhttp.Error(herr.Status, herr.Err)
 	}
-	gateway.WriteError(w, &gateway.Error{Status: http.StatusNotFound, Code: "not_found",
-		Message: "no such zapier_connect route (token, start, callback, complete, connections, connect.js)"})
-	return nil
+	return err
 }
 
-// withIdentity serves a Connect route: a browser-facing, limited route.
-func (h *Connect) withIdentity(w http.ResponseWriter, r *http.Request, method string, next identityHandler) error {
-	return h.app.serveRoute(w, r, gateway.Route{Methods: []string{method}, Class: gateway.Limited, Browser: true}, next)
+// connectExchanger runs connect-token exchanges like every exchange: within
+// max_inflight, through the breaker, counted as connect_token.
+func (a *App) connectExchanger() connect.Exchanger {
+	return func(ctx context.Context, id gateway.Identity, call func(context.Context) (zapierapi.Token, error)) (zapierapi.Token, error) {
+		return a.limitedExchange(ctx, id, exchangeKindConnect, call)
+	}
 }
 
-// failConnect answers an error. A caller that went away gets no body; anything
-// that is not an *gateway.Error is an internal failure (logged by Caddy, never
-// shown).
+// connectAppResolver resolves apps with the handler's overrides first, then
+// Zapier's catalog (App.resolveApp).
+func (a *App) connectAppResolver(overrides appMap) connect.AppResolver {
+	return func(ctx context.Context, id gateway.Identity, name string) (connect.AppIDs, error) {
+		ids, err := a.resolveApp(ctx, id, overrides, name)
+		return connect.AppIDs{Connect: ids.connect, UUID: ids.uuid}, err
+	}
+}
+
+// traceConnectCompletion is the span of a connect completion.
+func traceConnectCompletion(ctx context.Context, flow connect.Flow) (context.Context, func(connect.Outcome, error)) {
+	ctx, span := startConnectSpan(ctx, flow)
+	return ctx, func(outcome connect.Outcome, err error) { finishSpan(span, string(outcome), err) }
+}
+
+// newConnectionStore is connect's store of connections, telling
+// zapier_triggers (triggers_connevents.go) of every account it adds or
+// removes.
+func newConnectionStore(s certmagic.Storage) *connect.Store {
+	st := connect.NewStore(s)
+	st.OnAdded = func(tenant, user string, rec connect.Record) {
+		connectionChanged(eventConnectionCreated, tenant, user, rec)
+	}
+	st.OnRemoved = func(tenant, user string, rec connect.Record) {
+		connectionChanged(eventConnectionDeleted, tenant, user, rec)
+	}
+	return st
+}
+
+// The helpers zapier_actions, zapier_triggers and zapier_mcp still call by
+// their old names; they are connect's.
+
+// maxConnectBody bounds a JSON request body (connect.MaxBody).
+const maxConnectBody = connect.MaxBody
+
 func failConnect(w http.ResponseWriter, r *http.Request, err error) error {
-	if errors.Is(r.Context().Err(), context.Canceled) {
-		return caddyhttp.Error(499, r.Context().Err())
-	}
-	var aerr *gateway.Error
-	if errors.As(err, &aerr) {
-		gateway.WriteError(w, aerr)
-		return nil
-	}
-	return caddyhttp.Error(http.StatusInternalServerError, err)
+	return caddyError(connect.Fail(w, r, err))
 }
 
-func writeConnectJSON(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
-	if err != nil {
-		gateway.WriteError(w, &gateway.Error{Status: http.StatusInternalServerError, Code: "internal_error", Message: "encoding the response failed"})
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
-}
+func writeConnectJSON(w http.ResponseWriter, status int, v any) { connect.WriteJSON(w, status, v) }
 
-// decodeConnectBody reads one JSON object with only the known fields. Requiring
-// application/json also keeps cross-site forms (which cannot send it
-// without a CORS preflight) away from the POST routes.
 func decodeConnectBody(w http.ResponseWriter, r *http.Request, dst any) *gateway.Error {
-	bad := func(msg string) *gateway.Error {
-		return &gateway.Error{Status: http.StatusBadRequest, Code: "bad_request", Message: msg}
-	}
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return bad("the body must be JSON, with Content-Type: application/json")
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxConnectBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return bad("malformed JSON body: " + connectBodyErrorText(err))
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return bad("malformed JSON body: one object expected")
-	}
-	return nil
+	return connect.DecodeBody(w, r, dst)
 }
 
-// connectBodyErrorText describes a decoding error without quoting the body.
-func connectBodyErrorText(err error) string {
-	var typeErr *json.UnmarshalTypeError
-	var maxErr *http.MaxBytesError
-	switch {
-	case errors.As(err, &typeErr):
-		return "field " + typeErr.Field + " has the wrong type"
-	case errors.As(err, &maxErr):
-		return "too large"
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return strings.TrimPrefix(err.Error(), "json: ")
-	}
-	return "not a JSON object"
-}
+func redirectTo(w http.ResponseWriter, location string) { connect.Redirect(w, location) }
 
-// logRefusal logs a refused connect request at Info: identity as a keyed
-// hash, never the state, token or connection id.
-func (h *Connect) logRefusal(msg string, key tokencache.Key, fields ...zap.Field) {
-	if ce := h.logger.Check(zapcore.InfoLevel, msg); ce != nil {
-		ce.Write(append(fields, zap.String("identity", gateway.LogHash(key.Tenant, key.User)))...)
-	}
+// upstreamAlreadyGone: Zapier no longer had the authentication.
+const upstreamAlreadyGone = connect.UpstreamAlreadyGone
+
+// deleteAuthentication deletes one of the identity's authentications at
+// Zapier with its own access token (connect.DeleteAuthentication).
+func (a *App) deleteAuthentication(ctx context.Context, key tokencache.Key, id string) (string, error) {
+	return connect.DeleteAuthentication(ctx, a.caller(), key, id)
 }
 
 // Interface guards.

@@ -31,3 +31,8 @@ func (k *stateKeeper) spend(ctx context.Context, st *connect.State) error {
 	k.sweeper.Maybe(k.bg, time.Now(), k.TTL(), k.Sweep)
 	return nil
 }
+
+// sweptStates is the keeper as connect.Handler's States: a spend may sweep.
+type sweptStates struct{ *stateKeeper }
+
+func (s sweptStates) Spend(ctx context.Context, st *connect.State) error { return s.spend(ctx, st) }

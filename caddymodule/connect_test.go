@@ -2,16 +2,12 @@ package caddymodule
 
 import (
 	"encoding/json"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-
-	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 const slackUUID = "81f613aa-c98a-4383-a5fc-195e68647217"
@@ -100,33 +96,6 @@ func TestAppMap(t *testing.T) {
 	}
 }
 
-func TestConnectScriptServing(t *testing.T) {
-	rec := httptest.NewRecorder()
-	serveConnectScript(rec, httptest.NewRequest(http.MethodGet, "/connect.js", nil))
-	res := rec.Result()
-	if res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != "text/javascript; charset=utf-8" ||
-		res.Header.Get("X-Content-Type-Options") != "nosniff" || rec.Body.Len() != len(connectScript) {
-		t.Fatalf("GET connect.js: %d %v", res.StatusCode, res.Header)
-	}
-	// The checks the browser helper must make are in the script it serves.
-	for _, must := range []string{
-		"event.source !== popup", "event.origin !== connectOrigin", "popup.closed",
-		"popup_blocked", "popup_closed", "timeout", "authentication_error", "server_error",
-		`new URL(".", script`,
-	} {
-		if !strings.Contains(string(connectScript), must) {
-			t.Errorf("connect.js lacks %q", must)
-		}
-	}
-	rec = httptest.NewRecorder()
-	req := httptest.NewRequest(http.MethodGet, "/connect.js", nil)
-	req.Header.Set("If-None-Match", res.Header.Get("ETag"))
-	serveConnectScript(rec, req)
-	if rec.Code != http.StatusNotModified || rec.Body.Len() != 0 {
-		t.Errorf("conditional GET: %d, %d bytes", rec.Code, rec.Body.Len())
-	}
-}
-
 func TestConnectRejectsBadProvisionValues(t *testing.T) {
 	for _, h := range []Connect{
 		{StateTTL: caddy.Duration(-time.Second)},
@@ -136,39 +105,6 @@ func TestConnectRejectsBadProvisionValues(t *testing.T) {
 		// Provision checks its own values before it needs the app.
 		if err := h.Provision(caddy.Context{}); err == nil || !strings.HasPrefix(err.Error(), "zapier_connect: ") {
 			t.Errorf("Provision(%+v) = %v, want a zapier_connect error", h, err)
-		}
-	}
-}
-
-func TestSecureCookieDecision(t *testing.T) {
-	trusted, _ := gateway.ParseTrustedSources([]string{"127.0.0.0/8"})
-	plain := &Connect{app: &App{CallbackURL: "http://localhost:8080/cb"}, rules: gateway.NewIdentityRules("X-Zapier-User", "X-Zapier-Tenant", trusted)}
-	httpsCallback := &Connect{app: &App{CallbackURL: "https://app.example.com/cb"}, rules: gateway.NewIdentityRules("X-Zapier-User", "X-Zapier-Tenant", trusted)}
-	req := func(remote, proto string, tls bool) *http.Request {
-		r := httptest.NewRequest(http.MethodPost, "/token", nil)
-		if tls {
-			r = httptest.NewRequest(http.MethodPost, "https://gw.example/token", nil)
-		}
-		r.RemoteAddr = remote
-		if proto != "" {
-			r.Header.Set("X-Forwarded-Proto", proto)
-		}
-		return r
-	}
-	for name, tc := range map[string]struct {
-		h    *Connect
-		r    *http.Request
-		want bool
-	}{
-		"plain HTTP":                 {plain, req("127.0.0.1:1", "", false), false},
-		"TLS":                        {plain, req("127.0.0.1:1", "", true), true},
-		"https callback_url":         {httpsCallback, req("127.0.0.1:1", "", false), true},
-		"forwarded https, trusted":   {plain, req("127.0.0.1:1", "https", false), true},
-		"forwarded https, untrusted": {plain, req("203.0.113.9:1", "https", false), false},
-		"forwarded http, trusted":    {plain, req("127.0.0.1:1", "http", false), false},
-	} {
-		if got := tc.h.secureCookie(tc.r); got != tc.want {
-			t.Errorf("%s: Secure = %v, want %v", name, got, tc.want)
 		}
 	}
 }

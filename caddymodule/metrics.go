@@ -28,20 +28,10 @@ const (
 // exchangeOutcomes are "success" and the zapierapi.Kind names.
 var exchangeOutcomes = []string{"success", "rejected", "failed", "timeout", "rate_limited", "unavailable"}
 
-// connectOutcome is how a connect completion ended.
-type connectOutcome string
-
-const (
-	connectSuccess           connectOutcome = "success"              // connection verified and stored
-	connectStateInvalid      connectOutcome = "state_invalid"        // bad, expired or replayed state (connect_state_invalid)
-	connectConnectionInvalid connectOutcome = "connection_invalid"   // id unknown, expired or not this user's (connection_invalid)
-	connectAuthError         connectOutcome = "authentication_error" // the Connect UI returned ?error= (e.g. the user cancelled)
-	connectFailed            connectOutcome = "failed"               // the gateway could not verify or store (Zapier or storage failure)
-)
-
+// The connect completions' flows and outcomes (connect.Outcome).
 var (
-	connectFlows    = []connect.Flow{connect.FlowPopup, connect.FlowRedirect}
-	connectOutcomes = []connectOutcome{connectSuccess, connectStateInvalid, connectConnectionInvalid, connectAuthError, connectFailed}
+	connectFlows    = connect.Flows
+	connectOutcomes = connect.Outcomes
 )
 
 // actionOutcome is how a POST run of zapier_actions ended.
@@ -219,7 +209,7 @@ func (m *metrics) observeExchange(kind string, err error, took time.Duration) {
 
 // observeConnectCompletion counts one finished connect flow (the popup's
 // POST complete or the redirect's GET callback), whatever its outcome.
-func (m *metrics) observeConnectCompletion(flow connect.Flow, outcome connectOutcome) {
+func (m *metrics) observeConnectCompletion(flow connect.Flow, outcome connect.Outcome) {
 	m.connectCompletions.WithLabelValues(string(flow), string(outcome)).Inc()
 }
 

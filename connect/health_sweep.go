@@ -1,4 +1,4 @@
-package caddymodule
+package connect
 
 import (
 	"context"
@@ -9,9 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
-	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -19,31 +17,32 @@ import (
 // sharing the storage re-checks every stored connection at Zapier (one
 // GET /v2/authentications per user and app, one at a time, through the
 // request budget like every call), marks each record ok, expired or
-// missing, and announces a connection that expired or disappeared: a Caddy
-// event, and connection.expired / connection.missing to zapier_triggers'
-// deliver_to, so the partner can ask the user to reconnect before a run
-// fails.
+// missing, and announces a connection that expired or disappeared: a
+// gateway event, and connection.expired / connection.missing to the
+// partner's lifecycle events, so the partner can ask the user to reconnect
+// before a run fails.
 
 const (
-	defaultHealthCheck = time.Hour
-	minHealthCheck     = time.Second
+	// DefaultHealthCheck is how often the sweep runs by default;
+	// MinHealthCheck the shortest interval allowed.
+	DefaultHealthCheck = time.Hour
+	MinHealthCheck     = time.Second
 	// healthSweepKey records when the last sweep started, healthSweepLock
 	// guards claiming one.
 	healthSweepKey  = "zapier/connect/health-sweep"
 	healthSweepLock = "zapier_connect_health_sweep"
 
-	// Caddy events. Data: identity (keyed hash), app, connection_id.
-	eventConnectionExpiredCaddy = "zapier_connection_expired"
-	eventConnectionMissingCaddy = "zapier_connection_missing"
-	// zapier_triggers lifecycle events (triggers_connevents.go).
-	eventConnectionExpired = "connection.expired"
-	eventConnectionMissing = "connection.missing"
+	// Gateway (Caddy) events. Data: identity (keyed hash), app, connection_id.
+	EventConnectionExpiredGateway = "zapier_connection_expired"
+	EventConnectionMissingGateway = "zapier_connection_missing"
+	// The partner's lifecycle events.
+	EventConnectionExpired = "connection.expired"
+	EventConnectionMissing = "connection.missing"
 )
 
-// healthLoop runs the sweep every health_check until ctx ends, looking
-// several times per interval whether this gateway should run it.
-func (h *Connect) healthLoop(ctx context.Context) {
-	every := time.Duration(h.HealthCheck)
+// HealthLoop runs the sweep every interval until ctx ends, looking several
+// times per interval whether this gateway should run it.
+func (h *Handler) HealthLoop(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(min(max(every/4, 100*time.Millisecond), time.Minute))
 	defer t.Stop()
 	for {
@@ -54,7 +53,7 @@ func (h *Connect) healthLoop(ctx context.Context) {
 		}
 		claimed, err := h.claimHealthSweep(ctx, every)
 		if err == nil && claimed {
-			err = h.sweepHealth(ctx)
+			err = h.SweepHealth(ctx)
 		}
 		if err != nil && ctx.Err() == nil {
 			h.logger.Warn("connection health sweep", zap.Error(err))
@@ -65,8 +64,8 @@ func (h *Connect) healthLoop(ctx context.Context) {
 // claimHealthSweep reports whether this gateway runs the sweep now: none
 // ran within every, on any gateway sharing the storage (and the storage
 // has seen a gateway start at least every ago).
-func (h *Connect) claimHealthSweep(ctx context.Context, every time.Duration) (bool, error) {
-	storage := h.storage
+func (h *Handler) claimHealthSweep(ctx context.Context, every time.Duration) (bool, error) {
+	storage := h.cfg.Storage
 	if err := storage.Lock(ctx, healthSweepLock); err != nil {
 		return false, err
 	}
@@ -87,20 +86,20 @@ func (h *Connect) claimHealthSweep(ctx context.Context, every time.Duration) (bo
 }
 
 type healthGroup struct {
-	key     tokencache.Key
+	id      gateway.Identity
 	appUUID string
 	app     string
 	ids     []string
 }
 
-// sweepHealth checks every stored connection once.
-func (h *Connect) sweepHealth(ctx context.Context) error {
+// SweepHealth checks every stored connection once.
+func (h *Handler) SweepHealth(ctx context.Context) error {
 	groups := map[[3]string]*healthGroup{}
 	var order [][3]string
-	err := h.store.EachOwned(ctx, func(o *connect.OwnedRecord) bool {
+	err := h.cfg.Store.EachOwned(ctx, func(o *OwnedRecord) bool {
 		g := [3]string{o.Tenant, o.User, o.Record.AppUUID}
 		if groups[g] == nil {
-			groups[g] = &healthGroup{key: tokencache.Key{Tenant: o.Tenant, User: o.User}, appUUID: o.Record.AppUUID, app: o.Record.App}
+			groups[g] = &healthGroup{id: gateway.Identity{Tenant: o.Tenant, User: o.User}, appUUID: o.Record.AppUUID, app: o.Record.App}
 			order = append(order, g)
 		}
 		groups[g].ids = append(groups[g].ids, o.Record.ConnectionID)
@@ -120,25 +119,26 @@ func (h *Connect) sweepHealth(ctx context.Context) error {
 }
 
 // checkHealth checks one user's accounts of one app and records changes.
-func (h *Connect) checkHealth(ctx context.Context, g *healthGroup) error {
+func (h *Handler) checkHealth(ctx context.Context, g *healthGroup) error {
+	c := h.cfg.Caller
 	var auths []zapierapi.Authentication
-	err := h.app.callAPI(ctx, g.key, func(ctx context.Context, access string) (err error) {
-		auths, err = h.app.client.ListAuthentications(ctx, h.app.APIURL, access, g.appUUID)
+	err := c.Call(ctx, g.id, func(ctx context.Context, access string) (err error) {
+		auths, err = c.Client.ListAuthentications(ctx, c.APIURL, access, g.appUUID)
 		return err
 	})
 	if err != nil {
 		return err // checked again next time; nothing is marked on a failure
 	}
-	status := connect.Health(g.ids, auths, g.appUUID)
+	status := Health(g.ids, auths, g.appUUID)
 	now := time.Now().UTC()
-	var changed []connect.Record
-	err = h.store.Update(ctx, g.key.Tenant, g.key.User, g.appUUID, func(recs []connect.Record) ([]connect.Record, error) {
+	var changed []Record
+	err = h.cfg.Store.Update(ctx, g.id.Tenant, g.id.User, g.appUUID, func(recs []Record) ([]Record, error) {
 		for i := range recs {
 			after, ok := status[recs[i].ConnectionID]
 			if !ok {
 				continue // stored since the listing
 			}
-			if connect.Transition(recs[i].Status, after) != "" {
+			if Transition(recs[i].Status, after) != "" {
 				changed = append(changed, recs[i])
 				changed[len(changed)-1].Status = after
 			}
@@ -150,19 +150,23 @@ func (h *Connect) checkHealth(ctx context.Context, g *healthGroup) error {
 		return err
 	}
 	for _, rec := range changed {
-		h.announceHealth(g.key, rec)
+		h.announceHealth(g.id, rec)
 	}
 	return nil
 }
 
-func (h *Connect) announceHealth(key tokencache.Key, rec connect.Record) {
-	caddyEvent, lifecycle := eventConnectionExpiredCaddy, eventConnectionExpired
-	if rec.Status == connect.StatusMissing {
-		caddyEvent, lifecycle = eventConnectionMissingCaddy, eventConnectionMissing
+func (h *Handler) announceHealth(id gateway.Identity, rec Record) {
+	event, lifecycle := EventConnectionExpiredGateway, EventConnectionExpired
+	if rec.Status == StatusMissing {
+		event, lifecycle = EventConnectionMissingGateway, EventConnectionMissing
 	}
-	h.logger.Info("stored connection "+rec.Status, zap.String("identity", gateway.LogHash(key.Tenant, key.User)), zap.String("app", rec.App))
-	h.app.emit(caddyEvent, func() map[string]any {
-		return map[string]any{"identity": gateway.LogHash(key.Tenant, key.User), "app": rec.App, "connection_id": rec.ConnectionID}
-	})
-	connectionChanged(lifecycle, key.Tenant, key.User, rec) // triggers_connevents.go
+	h.logger.Info("stored connection "+rec.Status, zap.String("identity", gateway.LogHash(id.Tenant, id.User)), zap.String("app", rec.App))
+	if h.cfg.Emit != nil {
+		h.cfg.Emit(event, func() map[string]any {
+			return map[string]any{"identity": gateway.LogHash(id.Tenant, id.User), "app": rec.App, "connection_id": rec.ConnectionID}
+		})
+	}
+	if h.cfg.Changed != nil {
+		h.cfg.Changed(lifecycle, id.Tenant, id.User, rec)
+	}
 }
