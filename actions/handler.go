@@ -97,6 +97,9 @@ const (
 	OutcomeFailed            Outcome = "failed"             // the gateway could not create or poll the run
 )
 
+// Outcomes are all the outcomes of a POST run.
+var Outcomes = []Outcome{OutcomeSuccess, OutcomeError, OutcomePending, OutcomeConnectionMissing, OutcomeFailed}
+
 // Handler serves zapier_actions' routes, relative to where it is mounted:
 // GET actions, POST inputs, POST run, GET runs/{id} (the user's), and POST
 // callback (Zapier's, signed; no identity).

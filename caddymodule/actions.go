@@ -144,7 +144,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 		return keys.NamesKey(), nil
 	}))
 	cfg.IdempotencyTakeover = runTakeover(app)
-	cfg.ObserveRun = func(o actions.Outcome) { app.metrics.observeActionRun(actionOutcome(o)) }
+	cfg.ObserveRun = func(o actions.Outcome) { app.metrics.observeActionRun(o) }
 	cfg.ObserveCallback = func(outcome string) { runCallbacks.WithLabelValues(outcome).Inc() }
 	cfg.TraceRun = traceActionRun
 	handler, err := actions.NewHandler(cfg)
