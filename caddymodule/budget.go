@@ -211,20 +211,6 @@ func budgetError(err error) error {
 	return err
 }
 
-// budgetDeferred reports whether err is the request budget refusing a call
-// for want of room (not a 429 cooldown, not a closed budget), and when it
-// expects room again.
-func budgetDeferred(err error) (time.Duration, bool) {
-	var ee *budget.ExhaustedError
-	if err == nil || !errors.As(err, &ee) {
-		return 0, false
-	}
-	if ee.Reason != budget.ShedQueueFull && ee.Reason != budget.ShedDeadline {
-		return 0, false
-	}
-	return ee.RetryAfter, true
-}
-
 // urgent marks the API calls made with ctx as finishing work already paid
 // for (the polls of a created run): they go ahead of their tenant's others.
 func urgent(ctx context.Context) context.Context {

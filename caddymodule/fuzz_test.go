@@ -1,10 +1,11 @@
 package caddymodule
 
 import (
-	"net/http"
+	"errors"
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/gateway"
 )
@@ -17,15 +18,17 @@ import (
 // `make -f xcaddy.mk fuzz` runs each; `test` runs the
 // seeds and testdata/fuzz.
 
-// FuzzParseWait: a wait is accepted only within [0, actions.MaxRunWait].
+// FuzzParseWait: a wait (read with Caddy's durations, as zapier_actions
+// does) is accepted only within [0, actions.MaxRunWait].
 func FuzzParseWait(f *testing.F) {
 	for _, s := range []string{`"30s"`, `30`, `0.05`, `"0s"`, `null`, `-1`, `1e308`, `"1d"`, `"-5s"`, `NaN`, `"9223372036s"`, `120.0000001`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		d, err := parseWait(raw)
+		d, err := actions.ParseWait(raw, caddy.ParseDuration)
 		if err != nil {
-			if err.Status != http.StatusBadRequest || err.Code != "bad_request" {
+			var rerr *actions.RequestError
+			if !errors.As(err, &rerr) {
 				t.Fatalf("error %+v", err)
 			}
 			return

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
@@ -35,17 +36,9 @@ var (
 )
 
 // actionOutcome is how a POST run of zapier_actions ended.
-type actionOutcome string
+type actionOutcome = actions.Outcome
 
-const (
-	actionSuccess           actionOutcome = "success"            // the run finished with status success
-	actionError             actionOutcome = "error"              // the run finished with status error
-	actionPending           actionOutcome = "pending"            // the wait ended first: 202 with the run id
-	actionConnectionMissing actionOutcome = "connection_missing" // no stored connection for the app (409)
-	actionFailed            actionOutcome = "failed"             // the gateway could not create or poll the run
-)
-
-var actionOutcomes = []actionOutcome{actionSuccess, actionError, actionPending, actionConnectionMissing, actionFailed}
+var actionOutcomes = actions.Outcomes
 
 // refusalReasons are the identity error codes.
 var refusalReasons = []string{gateway.ErrIdentityMissing.Code, gateway.ErrIdentityUntrusted.Code, gateway.ErrIdentityInvalid.Code}

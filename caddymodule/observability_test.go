@@ -20,6 +20,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/budget"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
@@ -69,8 +70,8 @@ func TestMetricsSurviveANewRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.observeActionRun(actionPending)
-	before := counterValue(t, m.actionRuns.WithLabelValues(string(actionPending)))
+	m.observeActionRun(actions.OutcomePending)
+	before := counterValue(t, m.actionRuns.WithLabelValues(string(actions.OutcomePending)))
 
 	// A reload registers the same collectors in the next config's registry,
 	// and registering twice in one registry is not an error either.
@@ -93,7 +94,7 @@ func TestMetricsSurviveANewRegistry(t *testing.T) {
 	if got != len(actionOutcomes) {
 		t.Fatalf("action run series in the new registry: %d", got)
 	}
-	if after := counterValue(t, m.actionRuns.WithLabelValues(string(actionPending))); after != before || before < 1 {
+	if after := counterValue(t, m.actionRuns.WithLabelValues(string(actions.OutcomePending))); after != before || before < 1 {
 		t.Errorf("pending runs %v before the reload, %v after", before, after)
 	}
 }

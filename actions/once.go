@@ -1,4 +1,4 @@
-package caddymodule
+package actions
 
 import (
 	"bytes"
@@ -11,29 +11,29 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
-	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/idempotency"
 	"github.com/zapgate/caddy-zapier/internal/sweep"
-	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 const (
 	idempotencyHeader = "Idempotency-Key"
-	idempotencyPrefix = "zapier/idempotency"
+	// IdempotencyPrefix is where POST run's Idempotency-Key records live.
+	IdempotencyPrefix = "zapier/idempotency"
 	// idempotencySweepEvery bounds how often a gateway deletes expired keys.
 	idempotencySweepEvery = time.Hour
+	// idempotencyOwnerAAD binds sealed owners to Idempotency-Key records.
+	idempotencyOwnerAAD = "caddy-zapier idempotency owner v1"
 )
 
 // replayedHeaders are the response headers a replayed answer repeats.
 var replayedHeaders = []string{"Content-Type", "Location", "Retry-After"}
 
-// runOnce holds POST run's Idempotency-Key records in Caddy storage, so the
-// same key answers the same way on every sidecar sharing it, for 24 hours.
+// runOnce holds POST run's Idempotency-Key records in storage, so the same
+// key answers the same way on every sidecar sharing it, for 24 hours.
 type runOnce struct {
 	store   *idempotency.Store
 	sweeper sweep.Sweeper
@@ -41,27 +41,13 @@ type runOnce struct {
 }
 
 // newRunOnce keeps the records in storage; a key whose first request made
-// no create call is taken over after takeover (actions.PendingTakeover).
+// no create call is taken over after takeover (PendingTakeover).
 func newRunOnce(bg context.Context, storage certmagic.Storage, takeover time.Duration) (*runOnce, error) {
-	store, err := idempotency.New(idempotency.Config{Storage: storage, Prefix: idempotencyPrefix, PendingTimeout: takeover})
+	store, err := idempotency.New(idempotency.Config{Storage: storage, Prefix: IdempotencyPrefix, PendingTimeout: takeover})
 	if err != nil {
 		return nil, err
 	}
 	return &runOnce{store: store, bg: bg}, nil
-}
-
-// runTakeover is how long a POST run's key stays reserved for its first
-// request, from the app's budget max_wait and call timeout.
-func runTakeover(app *App) time.Duration {
-	var maxWait time.Duration
-	if app.budget != nil && app.APIBudget != nil && app.APIBudget.MaxWait != nil {
-		maxWait = time.Duration(*app.APIBudget.MaxWait)
-	}
-	timeout := zapierapi.DefaultTimeout
-	if app.Exchange != nil && app.Exchange.Timeout > 0 {
-		timeout = time.Duration(app.Exchange.Timeout)
-	}
-	return actions.PendingTakeover(maxWait, timeout, zapierapi.DefaultMaxAttempts)
 }
 
 // runTrack is what POST run tells its Idempotency-Key record as it goes:
@@ -142,22 +128,22 @@ func unknownOutcome() idempotency.Response {
 // create one run. The run is recorded under the key the moment Zapier
 // returns it, so a retry gets that run even when the first request's
 // client went away. Without the header it is plain POST run.
-func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
+func (h *Handler) serveRunOnce(w http.ResponseWriter, r *http.Request, id gateway.Identity) error {
 	ik := r.Header.Get(idempotencyHeader)
 	if ik == "" || h.once == nil {
-		return h.serveRun(w, r, key, nil)
+		return h.serveRun(w, r, id, nil)
 	}
 	if !idempotency.ValidKey(ik) {
 		return h.fail(w, r, gateway.BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters"))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxConnectBody))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
 		return h.fail(w, r, gateway.BadRequest("the body is too large or could not be read"))
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	h.once.sweeper.Maybe(h.once.bg, time.Now(), idempotencySweepEvery, func(ctx context.Context) { _, _ = h.once.store.Sweep(ctx) })
 
-	caller, err := h.idempotencyCaller(r.Context(), key)
+	caller, err := h.idempotencyCaller(r.Context(), id)
 	if err != nil {
 		return h.fail(w, r, err)
 	}
@@ -174,21 +160,20 @@ func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key token
 	case err != nil:
 		return h.fail(w, r, err)
 	case out.Kind == idempotency.Replay:
-		h.replayRun(w, r, key, out.Response)
+		h.replayRun(w, r, id, out.Response)
 		return nil
 	}
 
 	// Proceed: answer as usual, keeping a copy of the answer.
 	done := context.WithoutCancel(r.Context())
-	track := &runTrack{out: out, bg: done, onErr: func(msg string, err error) { h.logFailure(msg, key, err) }}
-	var buf bytes.Buffer
-	rec := caddyhttp.NewResponseRecorder(w, &buf, func(int, http.Header) bool { return true })
-	serveErr := h.serveRun(rec, r, key, track)
-	status := rec.Status()
+	track := &runTrack{out: out, bg: done, onErr: func(msg string, err error) { h.logFailure(msg, id, err) }}
+	rec := &recorder{w: w}
+	serveErr := h.serveRun(rec, r, id, track)
+	status := rec.status
 	var finish *idempotency.Response
 	switch {
 	case serveErr == nil && (status == http.StatusOK || status == http.StatusAccepted):
-		resp := idempotency.Response{Status: status, Header: map[string]string{}, Body: buf.Bytes()}
+		resp := idempotency.Response{Status: status, Header: map[string]string{}, Body: rec.buf.Bytes()}
 		for _, name := range replayedHeaders {
 			if v := rec.Header().Get(name); v != "" {
 				resp.Header[name] = v
@@ -211,47 +196,44 @@ func (h *Actions) serveRunOnce(w http.ResponseWriter, r *http.Request, key token
 	}
 	if finish != nil {
 		if err := out.Finish(done, *finish); err != nil {
-			h.logFailure("storing an idempotent answer", key, err)
+			h.logFailure("storing an idempotent answer", id, err)
 		}
 	}
 	if serveErr != nil {
 		return serveErr
 	}
-	return rec.WriteResponse()
+	return rec.writeResponse()
 }
 
 // idempotencyCaller is the caller of an Idempotency-Key record: scoped by
 // the identity's keyed name (storage never names the user), with the
 // sealed identity so offboarding finds a whole tenant's records.
-func (h *Actions) idempotencyCaller(ctx context.Context, key tokencache.Key) (idempotency.Caller, error) {
-	scope, err := actions.Owner(ctx, h.runs.Keys, key)
+func (h *Handler) idempotencyCaller(ctx context.Context, id gateway.Identity) (idempotency.Caller, error) {
+	scope, err := Owner(ctx, h.runs.Keys, id)
 	if err != nil {
 		return idempotency.Caller{}, err
 	}
-	name, err := h.names.Name(ctx, key)
+	name, err := h.cfg.Names.Name(ctx, id)
 	if err != nil {
 		return idempotency.Caller{}, err
 	}
-	sealed, err := h.names.SealOwner(ctx, key, []byte(idempotencyOwnerAAD))
+	sealed, err := h.cfg.Names.SealOwner(ctx, id, []byte(idempotencyOwnerAAD))
 	if err != nil {
 		return idempotency.Caller{}, err
 	}
 	return idempotency.Caller{Scope: scope, Subject: name, Sealed: sealed}, nil
 }
 
-// idempotencyOwnerAAD binds sealed owners to Idempotency-Key records.
-const idempotencyOwnerAAD = "caddy-zapier idempotency owner v1"
-
 // replayRun answers a stored answer again. A stored 202 names a run that
 // had not ended: if it has ended since, the answer is 200 with its result,
 // as runs/{id} would give (from its callback, or one poll); otherwise the
 // stored 202 again.
-func (h *Actions) replayRun(w http.ResponseWriter, r *http.Request, key tokencache.Key, resp idempotency.Response) {
+func (h *Handler) replayRun(w http.ResponseWriter, r *http.Request, id gateway.Identity, resp idempotency.Response) {
 	w.Header().Set("Idempotent-Replayed", "true")
 	if runID, ok := strings.CutPrefix(resp.Header["Location"], "runs/"); ok && resp.Status == http.StatusAccepted {
-		if id, err := url.PathUnescape(runID); err == nil && actions.ValidRunID(id) {
-			if run, ok := h.endedRun(r.Context(), key, id); ok {
-				h.writeRun(w, run, "", 0)
+		if rid, err := url.PathUnescape(runID); err == nil && ValidRunID(rid) {
+			if run, ok := h.endedRun(r.Context(), id, rid); ok {
+				writeRun(w, run, "", 0)
 				return
 			}
 		}
@@ -265,15 +247,15 @@ func (h *Actions) replayRun(w http.ResponseWriter, r *http.Request, key tokencac
 
 // endedRun is the caller's run once it has ended, from its stored callback
 // or one poll; ok is false while it runs, or when that cannot be told now.
-func (h *Actions) endedRun(ctx context.Context, key tokencache.Key, runID string) (zapierapi.ActionRun, bool) {
-	rec, mine, err := h.runs.Owned(ctx, runID, key)
+func (h *Handler) endedRun(ctx context.Context, id gateway.Identity, runID string) (zapierapi.ActionRun, bool) {
+	rec, mine, err := h.runs.Owned(ctx, runID, id)
 	if err != nil || !mine {
 		return zapierapi.ActionRun{}, false
 	}
 	if rec.Result != nil {
 		return rec.Result.Run(runID), true
 	}
-	run, err := h.poll(ctx, key, runID)
+	run, err := h.poll(ctx, id, runID)
 	if err != nil || !run.Done() {
 		return zapierapi.ActionRun{}, false
 	}

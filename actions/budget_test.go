@@ -1,4 +1,4 @@
-package caddymodule
+package actions
 
 import (
 	"errors"
@@ -29,9 +29,9 @@ func TestBudgetDeferred(t *testing.T) {
 		{nil, 0, false},
 	}
 	for i, c := range cases {
-		got, ok := budgetDeferred(c.err)
+		got, ok := BudgetDeferred(c.err)
 		if ok != c.deferred || got != c.want {
-			t.Errorf("case %d (%v): budgetDeferred = %v, %v; want %v, %v", i, c.err, got, ok, c.want, c.deferred)
+			t.Errorf("case %d (%v): BudgetDeferred = %v, %v; want %v, %v", i, c.err, got, ok, c.want, c.deferred)
 		}
 	}
 }

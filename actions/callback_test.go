@@ -1,7 +1,6 @@
-package caddymodule
+package actions
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"go.uber.org/zap"
 )
 
 // callbackSigner stands in for Zapier's callback signing key and its JWKS.
@@ -62,17 +60,19 @@ func (s *callbackSigner) signClaims(t *testing.T, claims jwt.MapClaims) string {
 	return signed
 }
 
+// callbackConfig is the callback options with signer's keys.
+func callbackConfig(signer *callbackSigner) CallbackConfig {
+	return CallbackConfig{URL: "https://app.example.com/zapier/actions/callback", JWKSURL: signer.jwks.URL, Audience: testCallbackAudience}
+}
+
 // withCallbacks turns run callbacks on for the env's handler.
 func (e *actionsEnv) withCallbacks(signer *callbackSigner) {
 	e.t.Helper()
-	e.h.RunCallbackURL, e.h.CallbackJWKSURL = "https://app.example.com/zapier/actions/callback", signer.jwks.URL
-	e.h.CallbackAudience = testCallbackAudience
-	if err := e.h.provisionCallbacks(); err != nil {
-		e.t.Fatal(err)
-	}
+	e.cfg.Callback = callbackConfig(signer)
+	e.h = e.handler(e.cfg)
 }
 
-func deliver(t *testing.T, h *Actions, signature, body string) int {
+func deliver(t *testing.T, h *Handler, signature, body string) int {
 	t.Helper()
 	req := httptest.NewRequest(http.MethodPost, "/callback", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
@@ -80,7 +80,7 @@ func deliver(t *testing.T, h *Actions, signature, body string) int {
 		req.Header.Set("Zapier-Callback-Signature", signature)
 	}
 	rec := httptest.NewRecorder()
-	if err := h.ServeHTTP(rec, req, nil); err != nil {
+	if err := h.Serve(rec, req); err != nil {
 		t.Fatal(err)
 	}
 	return rec.Code
@@ -94,14 +94,7 @@ func TestCallbackOnAnotherSidecarFinishesTheWaitingRun(t *testing.T) {
 	e.withCallbacks(signer)
 	e.api.set(func(s *stubAPI) { s.statuses = []string{"waiting"} })
 	// The other sidecar: its own handler on the same storage.
-	other := &Actions{Apps: e.h.Apps, RunCallbackURL: e.h.RunCallbackURL, CallbackJWKSURL: signer.jwks.URL, CallbackAudience: testCallbackAudience}
-	if err := other.setDefaults(); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.provision(context.Background(), e.h.app, e.h.runs.Storage, zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
-
+	other := e.handler(e.cfg)
 	done := make(chan actionsResponse, 1)
 	go func() {
 		done <- e.do(http.MethodPost, "/run", "alice", `{"app":"SlackCLIAPI","action":"send_message","wait":"20s"}`)
@@ -161,19 +154,24 @@ func TestCallbackOnAnotherSidecarFinishesTheWaitingRun(t *testing.T) {
 }
 
 func TestCallbackOptionsRefused(t *testing.T) {
-	for name, h := range map[string]*Actions{
-		"http":             {RunCallbackURL: "http://app.example.com/cb", CallbackJWKSURL: "https://z.example/jwks", CallbackAudience: "a"},
-		"relative":         {RunCallbackURL: "/cb", CallbackJWKSURL: "https://z.example/jwks", CallbackAudience: "a"},
-		"no jwks":          {RunCallbackURL: "https://app.example.com/cb"},
-		"no audience":      {RunCallbackURL: "https://app.example.com/cb", CallbackJWKSURL: "https://z.example/jwks"},
-		"jwks without url": {CallbackJWKSURL: "https://z.example/jwks"},
-		"too long":         {RunCallbackURL: "https://app.example.com/" + strings.Repeat("a", 2048), CallbackJWKSURL: "https://z.example/jwks", CallbackAudience: "a"},
+	for name, c := range map[string]CallbackConfig{
+		"http":             {URL: "http://app.example.com/cb", JWKSURL: "https://z.example/jwks", Audience: "a"},
+		"relative":         {URL: "/cb", JWKSURL: "https://z.example/jwks", Audience: "a"},
+		"no jwks":          {URL: "https://app.example.com/cb"},
+		"no audience":      {URL: "https://app.example.com/cb", JWKSURL: "https://z.example/jwks"},
+		"jwks without url": {JWKSURL: "https://z.example/jwks"},
+		"too long":         {URL: "https://app.example.com/" + strings.Repeat("a", 2048), JWKSURL: "https://z.example/jwks", Audience: "a"},
+		"negative timeout": {URL: "https://app.example.com/cb", JWKSURL: "https://z.example/jwks", Audience: "a", Timeout: -time.Second},
 	} {
-		err := h.provisionCallbacks()
+		_, err := c.Verifier()
 		if err == nil {
 			t.Errorf("%s: accepted", name)
 		} else if name == "no audience" && !strings.Contains(err.Error(), "callback_audience") {
 			t.Errorf("no audience: %v does not name the option", err)
 		}
+	}
+	c := CallbackConfig{URL: "https://app.example.com/cb", JWKSURL: "https://z.example/jwks", Issuer: "i"}
+	if v, err := c.Verifier(); err != nil || v == nil || c.Timeout != DefaultCallbackTimeout {
+		t.Errorf("valid options: %v %v, timeout %s", v, err, c.Timeout)
 	}
 }

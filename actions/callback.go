@@ -1,4 +1,4 @@
-package caddymodule
+package actions
 
 import (
 	"context"
@@ -10,11 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/runcallback"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -23,20 +20,65 @@ import (
 const (
 	// maxCallbackURL is Zapier's documented limit on callback_url.
 	maxCallbackURL = 2048
-	// defaultCallbackTimeout is how long POST run waits for Zapier's
+	// DefaultCallbackTimeout is how long POST run waits for Zapier's
 	// callback before it polls instead.
-	defaultCallbackTimeout = 20 * time.Second
+	DefaultCallbackTimeout = 20 * time.Second
 )
 
-// runCallbacks counts deliveries to the callback route, by outcome.
-var runCallbacks = func() *prometheus.CounterVec {
-	c := newCounterVec("run_callbacks_total",
-		"Action-run callbacks received, by outcome (accepted, bad_signature, keys_unavailable, malformed, unknown_run, replayed, failed).", "outcome")
-	for _, o := range []string{"accepted", "bad_signature", "keys_unavailable", "malformed", "unknown_run", "replayed", "failed"} {
-		c.WithLabelValues(o)
+// CallbackOutcomes are the outcomes of a delivery to the callback route.
+var CallbackOutcomes = []string{"accepted", "bad_signature", "keys_unavailable", "malformed", "unknown_run", "replayed", "failed"}
+
+// CallbackConfig turns run callbacks on: runs are created with URL and
+// finish from Zapier's signed callback instead of polls.
+type CallbackConfig struct {
+	// URL is the public https URL of the callback route; empty is off.
+	URL string
+	// JWKSURL is where Zapier's callback signing keys are; required with URL.
+	JWKSURL string
+	// Issuer and Audience a callback signature must carry (one at least).
+	Issuer, Audience string
+	// Timeout is how long POST run waits for the callback before it polls;
+	// zero is DefaultCallbackTimeout.
+	Timeout time.Duration
+	// AllowMissingSubject accepts a signature that names no run.
+	AllowMissingSubject bool
+}
+
+// Verifier checks the options (setting the default Timeout) and builds
+// the callback verifier; nil when callbacks are off.
+func (c *CallbackConfig) Verifier() (*runcallback.Verifier, error) {
+	if c.URL == "" {
+		if c.JWKSURL != "" {
+			return nil, errors.New("callback_jwks_url is set but run_callback_url is not")
+		}
+		return nil, nil
 	}
-	return c
-}()
+	u, err := url.Parse(c.URL)
+	switch {
+	case err != nil || u.Host == "" || u.User != nil:
+		return nil, errors.New("run_callback_url must be an absolute https URL")
+	case u.Scheme != "https":
+		return nil, errors.New("run_callback_url must be https (Zapier refuses other schemes)")
+	case len(c.URL) > maxCallbackURL:
+		return nil, fmt.Errorf("run_callback_url is longer than Zapier's %d characters", maxCallbackURL)
+	case c.JWKSURL == "":
+		return nil, errors.New("callback_jwks_url is required with run_callback_url: Zapier signs callbacks with keys whose JWKS URL it does not document, so it must be configured")
+	case c.Audience == "" && c.Issuer == "":
+		return nil, errors.New("callback_audience (or callback_issuer) is required with run_callback_url: a callback signature must be checked as meant for this gateway")
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultCallbackTimeout
+	}
+	if c.Timeout < 0 {
+		return nil, errors.New("callback_timeout must not be negative")
+	}
+	return runcallback.NewVerifier(runcallback.VerifierConfig{
+		JWKSURL:        c.JWKSURL,
+		Issuer:         c.Issuer,
+		Audience:       c.Audience,
+		RequireSubject: !c.AllowMissingSubject,
+	})
+}
 
 // callbackWaiters wakes the runs waiting in this process when their
 // callback arrives here; runs waiting on other sidecars read storage.
@@ -82,62 +124,30 @@ func (c *callbackWaiters) notify(runID string) {
 	}
 }
 
-// provisionCallbacks checks the callback options and builds the verifier.
-func (h *Actions) provisionCallbacks() error {
-	repl := caddy.NewReplacer()
-	h.RunCallbackURL = repl.ReplaceKnown(h.RunCallbackURL, "")
-	h.CallbackJWKSURL = repl.ReplaceKnown(h.CallbackJWKSURL, "")
-	if h.RunCallbackURL == "" {
-		if h.CallbackJWKSURL != "" {
-			return errors.New("zapier_actions: callback_jwks_url is set but run_callback_url is not")
-		}
-		return nil
+func (h *Handler) observeCallback(outcome string) {
+	if h.cfg.ObserveCallback != nil {
+		h.cfg.ObserveCallback(outcome)
 	}
-	u, err := url.Parse(h.RunCallbackURL)
-	switch {
-	case err != nil || u.Host == "" || u.User != nil:
-		return errors.New("zapier_actions: run_callback_url must be an absolute https URL")
-	case u.Scheme != "https":
-		return errors.New("zapier_actions: run_callback_url must be https (Zapier refuses other schemes)")
-	case len(h.RunCallbackURL) > maxCallbackURL:
-		return fmt.Errorf("zapier_actions: run_callback_url is longer than Zapier's %d characters", maxCallbackURL)
-	case h.CallbackJWKSURL == "":
-		return errors.New("zapier_actions: callback_jwks_url is required with run_callback_url: Zapier signs callbacks with keys whose JWKS URL it does not document, so it must be configured")
-	case h.CallbackAudience == "" && h.CallbackIssuer == "":
-		return errors.New("zapier_actions: callback_audience (or callback_issuer) is required with run_callback_url: a callback signature must be checked as meant for this gateway")
-	}
-	if h.CallbackTimeout == 0 {
-		h.CallbackTimeout = caddy.Duration(defaultCallbackTimeout)
-	}
-	if h.CallbackTimeout < 0 {
-		return errors.New("zapier_actions: callback_timeout must not be negative")
-	}
-	h.verifier, err = runcallback.NewVerifier(runcallback.VerifierConfig{
-		JWKSURL:        h.CallbackJWKSURL,
-		Issuer:         h.CallbackIssuer,
-		Audience:       h.CallbackAudience,
-		RequireSubject: !h.AllowMissingSubject,
-	})
-	if err != nil {
-		return fmt.Errorf("zapier_actions: %w", err)
-	}
-	return nil
 }
 
 // serveCallback is POST callback: Zapier delivering a finished run. It
 // changes nothing unless the delivery is signed by Zapier, names a run this
 // gateway created, and is the first for that run.
-func (h *Actions) serveCallback(w http.ResponseWriter, r *http.Request) error {
+func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	if !gateway.AllowMethod(w, r, http.MethodPost) {
 		return nil
 	}
 	refuse := func(outcome string, aerr *gateway.Error) error {
-		runCallbacks.WithLabelValues(outcome).Inc()
+		h.observeCallback(outcome)
 		if ce := h.logger.Check(zap.InfoLevel, "action-run callback refused"); ce != nil {
 			ce.Write(zap.String("outcome", outcome), zap.String("remote_addr", r.RemoteAddr))
 		}
 		gateway.WriteError(w, aerr)
 		return nil
+	}
+	failed := func(err error) error {
+		h.observeCallback("failed")
+		return &HandlerError{Status: http.StatusInternalServerError, Err: err} // storage failed: a 500, which Zapier retries
 	}
 	if h.verifier == nil {
 		return refuse("failed", &gateway.Error{Status: http.StatusNotFound, Code: "not_found", Message: "run callbacks are not configured (run_callback_url)"})
@@ -171,30 +181,28 @@ func (h *Actions) serveCallback(w http.ResponseWriter, r *http.Request) error {
 		return refuse("replayed", &gateway.Error{Status: http.StatusConflict, Code: "callback_replayed",
 			Message: "this callback signature was already used"})
 	case err != nil:
-		runCallbacks.WithLabelValues("failed").Inc()
-		return err // storage failed: a 500, which Zapier retries
+		return failed(err)
 	}
-	result := &actions.RunResult{Status: delivery.Status, Results: delivery.Results, Errors: delivery.Errors, Received: time.Now().UTC()}
+	result := &RunResult{Status: delivery.Status, Results: delivery.Results, Errors: delivery.Errors, Received: time.Now().UTC()}
 	err = h.runs.Complete(r.Context(), delivery.RunID, result)
-	if err != nil && !errors.Is(err, actions.ErrRunUnknown) && !errors.Is(err, actions.ErrRunCompleted) {
+	if err != nil && !errors.Is(err, ErrRunUnknown) && !errors.Is(err, ErrRunCompleted) {
 		// Storing the result failed: Zapier's retry (a 5xx) may bring the
 		// same token again.
 		_ = h.replays.Unspend(context.WithoutCancel(r.Context()), claims, token)
 	}
 	switch {
-	case errors.Is(err, actions.ErrRunUnknown):
+	case errors.Is(err, ErrRunUnknown):
 		return refuse("unknown_run", &gateway.Error{Status: http.StatusNotFound, Code: "run_not_found",
 			Message: "no run with this id was created through this gateway"})
-	case errors.Is(err, actions.ErrRunCompleted):
+	case errors.Is(err, ErrRunCompleted):
 		return refuse("replayed", &gateway.Error{Status: http.StatusConflict, Code: "callback_replayed",
 			Message: "this run's result was already delivered"})
 	case err != nil:
-		runCallbacks.WithLabelValues("failed").Inc()
-		return err // storage failed: a 500, which Zapier retries
+		return failed(err)
 	}
-	runCallbacks.WithLabelValues("accepted").Inc()
+	h.observeCallback("accepted")
 	h.callbacks.notify(delivery.RunID)
-	writeConnectJSON(w, http.StatusOK, struct {
+	writeJSON(w, http.StatusOK, struct {
 		Accepted bool `json:"accepted"`
 	}{true})
 	return nil
@@ -202,12 +210,12 @@ func (h *Actions) serveCallback(w http.ResponseWriter, r *http.Request) error {
 
 // awaitCallback waits until the run's callback has been stored (here or by
 // another sidecar) or until; ok is false when it did not come in time.
-func (h *Actions) awaitCallback(ctx context.Context, runID string, until time.Time) (zapierapi.ActionRun, bool) {
+func (h *Handler) awaitCallback(ctx context.Context, runID string, until time.Time) (zapierapi.ActionRun, bool) {
 	woken, unsubscribe := h.callbacks.subscribe(runID)
 	defer unsubscribe()
 	deadline := time.NewTimer(time.Until(until))
 	defer deadline.Stop()
-	tick := time.NewTicker(actions.CallbackStoragePoll)
+	tick := time.NewTicker(CallbackStoragePoll)
 	defer tick.Stop()
 	for {
 		if rec, err := h.runs.Get(ctx, runID); err == nil && rec != nil && rec.Result != nil {
