@@ -65,7 +65,10 @@ func TestPolicyRefusesMethodHostAndIdentityInOrder(t *testing.T) {
 	r := httptest.NewRequest(http.MethodPost, "/", nil)
 	r.RemoteAddr, r.Host = "127.0.0.1:4000", "localhost"
 	w := httptest.NewRecorder()
-	_ = p.Serve(w, r, rt, func(http.ResponseWriter, *http.Request, Identity) error { t.Fatal("served without identity"); return nil })
+	_ = p.Serve(w, r, rt, func(http.ResponseWriter, *http.Request, Identity) error {
+		t.Fatal("served without identity")
+		return nil
+	})
 	if w.Code != http.StatusUnauthorized {
 		t.Fatalf("no identity: %d", w.Code)
 	}
