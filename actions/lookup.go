@@ -8,11 +8,8 @@ import (
 	"github.com/zapgate/caddy-zapier/gateway"
 )
 
-// App is an app by Zapier's two names for it: Key is the implementation id
-// Connect URLs use (e.g. SlackCLIAPI), UUID what the API uses.
-type App struct {
-	Key, UUID string
-}
+// App is an app by Zapier's two names for it (the core's).
+type App = gateway.App
 
 // Lookup finds the app a request names and the user's stored connection
 // of it.

@@ -79,7 +79,7 @@ type Actions struct {
 	handler *actions.Handler
 	// What zapier_triggers reuses (triggers.go): app and connection lookups.
 	app    *App
-	apps   appMap
+	apps   gateway.AppMap
 	store  *connect.Store
 	logger *zap.Logger
 }
@@ -119,7 +119,7 @@ func (h *Actions) setDefaults() error {
 	}
 	h.PollInterval, h.MaxPollInterval = caddy.Duration(h.cfg.PollInterval), caddy.Duration(h.cfg.MaxPollInterval)
 	h.CallbackTimeout = caddy.Duration(h.cfg.Callback.Timeout)
-	apps, err := newAppMap(h.Apps)
+	apps, err := gateway.NewAppMap(h.Apps)
 	if err != nil {
 		return fmt.Errorf("zapier_actions: %w", err)
 	}
@@ -233,24 +233,22 @@ func (h *Actions) lookup() *actions.Lookup {
 	return &actions.Lookup{
 		Store: h.store,
 		Configured: func(name string) (actions.App, bool, error) {
-			ids, ok, aerr := h.apps.resolve(name)
+			app, ok, aerr := h.apps.Resolve(name)
 			if aerr != nil {
 				return actions.App{}, false, aerr
 			}
-			return actions.App{Key: ids.connect, UUID: ids.uuid}, ok, nil
+			return app, ok, nil
 		},
 		Catalog: func(ctx context.Context, id gateway.Identity, name string) (actions.App, error) {
-			ids, err := h.app.resolveApp(ctx, id, h.apps, name)
-			return actions.App{Key: ids.connect, UUID: ids.uuid}, err
+			return h.app.resolveApp(ctx, id, h.apps, name)
 		},
 	}
 }
 
 // connection is the caller's stored account of an app (actions.Lookup),
 // for zapier_triggers.
-func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connID string) (appIDs, *connect.Record, error) {
-	a, rec, err := h.lookup().Connection(ctx, key, app, connID)
-	return appIDs{connect: a.Key, uuid: a.UUID}, rec, err
+func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connID string) (gateway.App, *connect.Record, error) {
+	return h.lookup().Connection(ctx, key, app, connID)
 }
 
 // fail answers err as zapier_actions does, for zapier_triggers.

@@ -23,7 +23,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
@@ -133,7 +132,7 @@ type App struct {
 	logger    *zap.Logger
 	keys      *jwks.Manager
 	client    *zapierapi.Client
-	appDir    *connect.AppDirectory // app keys ↔ UUIDs from GET /v2/apps (connect_apps.go)
+	appDir    *gateway.AppDirectory // app keys ↔ UUIDs from GET /v2/apps (connect_apps.go)
 	tokens    *pooledCache
 	metrics   *metrics
 	events    *appEvents // events.go
@@ -244,7 +243,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("configuring signing keys: %w", err)
 	}
 
-	a.appDir = &connect.AppDirectory{}
+	a.appDir = &gateway.AppDirectory{}
 	a.client, err = zapierapi.New(zapierapi.Config{
 		TokenURL:         a.TokenURL,
 		ClientID:         a.ClientID,

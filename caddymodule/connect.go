@@ -66,7 +66,7 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 	if h.StateTTL < 0 || time.Duration(h.StateTTL) > connect.MaxStateTTL {
 		return fmt.Errorf("zapier_connect: state_ttl must be between 0 and %s", connect.MaxStateTTL)
 	}
-	apps, err := newAppMap(h.Apps)
+	apps, err := gateway.NewAppMap(h.Apps)
 	if err != nil {
 		return fmt.Errorf("zapier_connect: %w", err)
 	}
@@ -182,10 +182,9 @@ func (a *App) connectExchanger() connect.Exchanger {
 
 // connectAppResolver resolves apps with the handler's overrides first, then
 // Zapier's catalog (App.resolveApp).
-func (a *App) connectAppResolver(overrides appMap) connect.AppResolver {
-	return func(ctx context.Context, id gateway.Identity, name string) (connect.AppIDs, error) {
-		ids, err := a.resolveApp(ctx, id, overrides, name)
-		return connect.AppIDs{Connect: ids.connect, UUID: ids.uuid}, err
+func (a *App) connectAppResolver(overrides gateway.AppMap) connect.AppResolver {
+	return func(ctx context.Context, id gateway.Identity, name string) (gateway.App, error) {
+		return a.resolveApp(ctx, id, overrides, name)
 	}
 }
 

@@ -51,51 +51,6 @@ func TestConnectCaddyfile(t *testing.T) {
 	}
 }
 
-func TestAppMap(t *testing.T) {
-	m, err := newAppMap(map[string]string{"SlackCLIAPI": strings.ToUpper(slackUUID)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, want := range map[string]appIDs{
-		"SlackCLIAPI":              {connect: "SlackCLIAPI", uuid: slackUUID},
-		slackUUID:                  {connect: "SlackCLIAPI", uuid: slackUUID}, // by its UUID, any case
-		strings.ToUpper(slackUUID): {connect: "SlackCLIAPI", uuid: slackUUID},
-	} {
-		got, ok, aerr := m.resolve(name)
-		if aerr != nil || !ok || got != want {
-			t.Errorf("resolve(%q) = %+v, %v; want %+v", name, got, aerr, want)
-		}
-	}
-	// Anything else is for Zapier's catalog.
-	for _, name := range []string{"GoogleSheetsV2API", "11111111-2222-3333-4444-555555555555"} {
-		if _, ok, aerr := m.resolve(name); ok || aerr != nil {
-			t.Errorf("resolve(%q) = %v, %v; want it left to the catalog", name, ok, aerr)
-		}
-	}
-	for name, want := range map[string]string{
-		"":                              "app must be",
-		"a/b":                           "app must be",
-		"..":                            "app must be",
-		"x y":                           "app must be",
-		strings.Repeat("a", maxAppID+1): "app must be",
-	} {
-		_, _, aerr := m.resolve(name)
-		if aerr == nil || aerr.Code != "bad_request" || !strings.Contains(aerr.Message, want) {
-			t.Errorf("resolve(%q) = %v, want bad_request containing %q", name, aerr, want)
-		}
-	}
-	for _, bad := range []map[string]string{
-		{"SlackCLIAPI": "not-a-uuid"},
-		{"Slack/API": slackUUID},
-		{slackUUID: slackUUID},
-		{"A": slackUUID, "B": strings.ToUpper(slackUUID)},
-	} {
-		if _, err := newAppMap(bad); err == nil {
-			t.Errorf("newAppMap(%v) accepted", bad)
-		}
-	}
-}
-
 func TestConnectRejectsBadProvisionValues(t *testing.T) {
 	for _, h := range []Connect{
 		{StateTTL: caddy.Duration(-time.Second)},

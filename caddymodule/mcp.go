@@ -393,7 +393,7 @@ type mcpCatalog struct {
 // resolveApp finds an app by id or key in Zapier's White Label app list.
 func (h *MCP) resolveApp(ctx context.Context, key tokencache.Key, name string) (zapierapi.WhitelabelApp, error) {
 	if !validAppName(name) {
-		return zapierapi.WhitelabelApp{}, gateway.BadRequest(fmt.Sprintf("app must be 1-%d letters, digits or _-.@: (the app's id or key)", maxAppID))
+		return zapierapi.WhitelabelApp{}, gateway.BadRequest(fmt.Sprintf("app must be 1-%d letters, digits or _-.@: (the app's id or key)", gateway.MaxAppID))
 	}
 	c := h.catalog
 	c.mu.Lock()

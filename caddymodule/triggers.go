@@ -184,7 +184,7 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 			return errors.New("zapier_triggers: notify_rate_limit: want a positive number of requests per positive window, or off")
 		}
 	}
-	apps, err := newAppMap(h.Apps)
+	apps, err := gateway.NewAppMap(h.Apps)
 	if err != nil {
 		return fmt.Errorf("zapier_triggers: %w", err)
 	}
@@ -448,15 +448,15 @@ func (h *Triggers) serveSubscription(w http.ResponseWriter, r *http.Request, key
 		return h.fail(w, r, err)
 	}
 	if req.ConnectionID != "" && req.ConnectionID != rec.ConnectionID {
-		if rec, err = h.conns.store.Get(ctx, key.Tenant, key.User, ids.uuid, req.ConnectionID); err != nil {
+		if rec, err = h.conns.store.Get(ctx, key.Tenant, key.User, ids.UUID, req.ConnectionID); err != nil {
 			return h.fail(w, r, err)
 		}
 	}
 	if rec == nil {
 		return h.fail(w, r, &gateway.Error{Status: http.StatusBadRequest, Code: "connection_invalid",
-			Message: "connection_id is not this user's stored connection for app " + ids.connect})
+			Message: "connection_id is not this user's stored connection for app " + ids.Key})
 	}
-	v, created, err := mgr.Ensure(ctx, id, name, triggers.Spec{App: ids.connect, Trigger: req.Trigger, Inputs: req.Inputs, ConnectionID: rec.ConnectionID})
+	v, created, err := mgr.Ensure(ctx, id, name, triggers.Spec{App: ids.Key, Trigger: req.Trigger, Inputs: req.Inputs, ConnectionID: rec.ConnectionID})
 	if err != nil {
 		return h.fail(w, r, err)
 	}

@@ -3,6 +3,8 @@ package connect
 import (
 	"context"
 	"strings"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 // Zapier's documented success redirect carries no state
@@ -27,7 +29,7 @@ type PendingFlow struct {
 // flow only knows the app's UUID there is no key to compare: the
 // server-side lookup, which checks the connection's app UUID, decides.
 func ServiceNames(service, app string) bool {
-	if service == "" || IsUUID(app) {
+	if service == "" || gateway.IsUUID(app) {
 		return true
 	}
 	key, _, _ := strings.Cut(service, "@")
@@ -77,25 +79,4 @@ func Choose(ctx context.Context, candidates []PendingFlow, owns func(ctx context
 		}
 	}
 	return candidates[0], true, nil
-}
-
-// IsUUID accepts the 8-4-4-4-12 hex form of an app UUID.
-func IsUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
 }

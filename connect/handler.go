@@ -21,17 +21,9 @@ import (
 // MaxBody bounds the JSON bodies of POST token and POST complete.
 const MaxBody = 64 << 10
 
-// AppIDs are Zapier's two names for one app (zapier-api.md §4.2): Connect
-// URLs use the implementation id (e.g. SlackCLIAPI), the API uses the app's
-// UUID.
-type AppIDs struct {
-	Connect string // in <connect_url>/to/<app>
-	UUID    string // in /v2/authentications?app=
-}
-
 // AppResolver resolves the app a request names (by key or UUID) for the
 // caller; a refusal is a *gateway.Error (bad_request, app_not_found).
-type AppResolver func(ctx context.Context, id gateway.Identity, name string) (AppIDs, error)
+type AppResolver func(ctx context.Context, id gateway.Identity, name string) (gateway.App, error)
 
 // Exchanger runs one token exchange for id (within the gateway's limit on
 // concurrent exchanges, through the token endpoint's breaker, counted):

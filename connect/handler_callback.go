@@ -30,10 +30,10 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, id gatew
 		// Signed by us, but return_origins may have changed since.
 		return Fail(w, r, gateway.BadRequest(err.Error()))
 	}
-	ids := AppIDs{Connect: st.App, UUID: st.AppUUID}
+	ids := gateway.App{Key: st.App, UUID: st.AppUUID}
 	if p.HasError {
 		h.completed(FlowRedirect, OutcomeAuthError)
-		params := url.Values{"zapier_connect": {"error"}, "zapier_app": {ids.Connect}, "zapier_error": {p.ErrCode}}
+		params := url.Values{"zapier_connect": {"error"}, "zapier_app": {ids.Key}, "zapier_error": {p.ErrCode}}
 		if p.ErrDesc != "" {
 			params.Set("zapier_error_description", p.ErrDesc)
 		}

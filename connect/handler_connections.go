@@ -96,7 +96,7 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, id gateway
 	}
 	if connID == "" && len(recs) > 1 {
 		return Fail(w, r, &gateway.Error{Status: http.StatusConflict, Code: "connection_ambiguous",
-			Message: fmt.Sprintf("the user has %d accounts of app %s: name one with ?connection_id=", len(recs), ids.Connect)})
+			Message: fmt.Sprintf("the user has %d accounts of app %s: name one with ?connection_id=", len(recs), ids.Key)})
 	}
 	var rec *Record
 	for i := range recs {
@@ -143,7 +143,7 @@ func DeleteAuthentication(ctx context.Context, c *gateway.Caller, id gateway.Ide
 	return UpstreamDeleted, nil
 }
 
-func errNoConnection(ids AppIDs) *gateway.Error {
+func errNoConnection(ids gateway.App) *gateway.Error {
 	return &gateway.Error{Status: http.StatusNotFound, Code: "connection_missing",
-		Message: "no stored connection for app " + ids.Connect}
+		Message: "no stored connection for app " + ids.Key}
 }

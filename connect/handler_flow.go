@@ -70,7 +70,7 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request, id gateway.
 	if err != nil {
 		return Fail(w, r, err)
 	}
-	st := &State{App: ids.Connect, AppUUID: ids.UUID, Flow: FlowPopup}
+	st := &State{App: ids.Key, AppUUID: ids.UUID, Flow: FlowPopup}
 	state, nonce, err := h.cfg.States.Issue(ctx, st, id.Tenant, id.User)
 	if err != nil {
 		return Fail(w, r, err)
@@ -84,11 +84,11 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request, id gateway.
 		extra.Set("theme", req.Theme)
 	}
 	WriteJSON(w, http.StatusOK, tokenResponse{
-		URL:       h.connectURL(ids.Connect, tok.AccessToken, extra),
+		URL:       h.connectURL(ids.Key, tok.AccessToken, extra),
 		Token:     tok.AccessToken,
 		ExpiresIn: int64(tok.ExpiresIn / time.Second),
 		State:     state,
-		App:       ids.Connect,
+		App:       ids.Key,
 	})
 	return nil
 }
@@ -139,7 +139,7 @@ func (h *Handler) serveStart(w http.ResponseWriter, r *http.Request, id gateway.
 	if err != nil {
 		return h.redirectFailure(w, r, returnTo, ids, err)
 	}
-	st := &State{App: ids.Connect, AppUUID: ids.UUID, Flow: FlowRedirect, ReturnTo: returnTo}
+	st := &State{App: ids.Key, AppUUID: ids.UUID, Flow: FlowRedirect, ReturnTo: returnTo}
 	state, nonce, err := h.cfg.States.Issue(ctx, st, id.Tenant, id.User)
 	if err != nil {
 		return Fail(w, r, err)
@@ -152,7 +152,7 @@ func (h *Handler) serveStart(w http.ResponseWriter, r *http.Request, id gateway.
 	if theme != "" {
 		extra.Set("theme", theme)
 	}
-	Redirect(w, h.connectURL(ids.Connect, tok.AccessToken, extra))
+	Redirect(w, h.connectURL(ids.Key, tok.AccessToken, extra))
 	return nil
 }
 
@@ -189,7 +189,7 @@ func (h *Handler) serveComplete(w http.ResponseWriter, r *http.Request, id gatew
 	if err != nil {
 		return Fail(w, r, err)
 	}
-	rec, err := h.verifyAndStore(r.Context(), id, AppIDs{Connect: st.App, UUID: st.AppUUID}, authID, FlowPopup)
+	rec, err := h.verifyAndStore(r.Context(), id, gateway.App{Key: st.App, UUID: st.AppUUID}, authID, FlowPopup)
 	if err != nil {
 		return Fail(w, r, err)
 	}
@@ -201,7 +201,7 @@ func (h *Handler) serveComplete(w http.ResponseWriter, r *http.Request, id gatew
 // connection when Zapier still reports it valid, re-authorize one
 // (explicitly, or because Zapier reports it expired), or create a new one
 // (also when another account is asked for).
-func (h *Handler) plan(ctx context.Context, id gateway.Identity, ids AppIDs, reconnectID string, reconnect, newAccount bool) (string, *Record, error) {
+func (h *Handler) plan(ctx context.Context, id gateway.Identity, ids gateway.App, reconnectID string, reconnect, newAccount bool) (string, *Record, error) {
 	if reconnectID != "" {
 		if !ValidConnectionID(reconnectID) {
 			return "", nil, gateway.BadRequest("reconnect_id is not a connection id")
@@ -235,7 +235,7 @@ func (h *Handler) plan(ctx context.Context, id gateway.Identity, ids AppIDs, rec
 
 // verifyAndStore checks that the connection id is one of the user's own,
 // live authentications for the app, then stores it.
-func (h *Handler) verifyAndStore(ctx context.Context, id gateway.Identity, ids AppIDs, authID string, flow Flow) (rec *Record, err error) {
+func (h *Handler) verifyAndStore(ctx context.Context, id gateway.Identity, ids gateway.App, authID string, flow Flow) (rec *Record, err error) {
 	outcome := OutcomeFailed
 	if h.cfg.Trace != nil {
 		var end func(Outcome, error)
@@ -253,12 +253,12 @@ func (h *Handler) verifyAndStore(ctx context.Context, id gateway.Identity, ids A
 		if auth != nil {
 			reason = "expired"
 		}
-		h.logRefusal("connection refused", id, zap.String("flow", string(flow)), zap.String("app", ids.Connect), zap.String("reason", reason))
+		h.logRefusal("connection refused", id, zap.String("flow", string(flow)), zap.String("app", ids.Key), zap.String("reason", reason))
 		return nil, &gateway.Error{Status: http.StatusBadRequest, Code: "connection_invalid",
 			Message: "the connection is not one of this user's live connections for the app (" + reason + ")"}
 	}
 	rec, err = h.cfg.Store.Put(ctx, id.Tenant, id.User, Record{
-		ConnectionID: authID, App: ids.Connect, AppUUID: ids.UUID, Title: auth.Title,
+		ConnectionID: authID, App: ids.Key, AppUUID: ids.UUID, Title: auth.Title,
 	})
 	if err != nil {
 		return nil, err
@@ -290,8 +290,8 @@ func LookupConnection(ctx context.Context, c *gateway.Caller, id gateway.Identit
 // token bound to <connect_url>/to/<app>. Connect tokens are never cached.
 // A rejection may mean the cached access token was revoked, so it is
 // evicted and the exchange tried once more with a fresh one.
-func (h *Handler) connectToken(ctx context.Context, id gateway.Identity, ids AppIDs) (zapierapi.Token, error) {
-	resource := h.connectBase + "/to/" + url.PathEscape(ids.Connect)
+func (h *Handler) connectToken(ctx context.Context, id gateway.Identity, ids gateway.App) (zapierapi.Token, error) {
+	resource := h.connectBase + "/to/" + url.PathEscape(ids.Key)
 	tokens, client := h.cfg.Caller.Tokens, h.cfg.Caller.Client
 	for attempt := 0; ; attempt++ {
 		access, err := tokens.Token(ctx, id)
@@ -333,13 +333,13 @@ func (h *Handler) secureCookie(r *http.Request) bool {
 // redirectFailure sends the browser back to a validated return_to with the
 // error code of err. A caller that went away gets nothing; an internal
 // error stays internal.
-func (h *Handler) redirectFailure(w http.ResponseWriter, r *http.Request, returnTo string, ids AppIDs, err error) error {
+func (h *Handler) redirectFailure(w http.ResponseWriter, r *http.Request, returnTo string, ids gateway.App, err error) error {
 	var aerr *gateway.Error
 	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
 		return Fail(w, r, err)
 	}
 	Redirect(w, WithOutcome(returnTo, url.Values{
-		"zapier_connect": {"error"}, "zapier_app": {ids.Connect}, "zapier_error": {aerr.Code},
+		"zapier_connect": {"error"}, "zapier_app": {ids.Key}, "zapier_error": {aerr.Code},
 	}))
 	return nil
 }

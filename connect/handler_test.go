@@ -122,11 +122,11 @@ func newTestEnv(t *testing.T, tweak func(*HandlerConfig)) *testEnv {
 		Exchange: func(ctx context.Context, _ gateway.Identity, call func(context.Context) (zapierapi.Token, error)) (zapierapi.Token, error) {
 			return call(ctx)
 		},
-		Apps: func(_ context.Context, _ gateway.Identity, name string) (AppIDs, error) {
+		Apps: func(_ context.Context, _ gateway.Identity, name string) (gateway.App, error) {
 			if name == "SlackCLIAPI" || name == testSlackUUID {
-				return AppIDs{Connect: "SlackCLIAPI", UUID: testSlackUUID}, nil
+				return gateway.App{Key: "SlackCLIAPI", UUID: testSlackUUID}, nil
 			}
-			return AppIDs{}, &gateway.Error{Status: http.StatusNotFound, Code: "app_not_found", Message: "no app " + name}
+			return gateway.App{}, &gateway.Error{Status: http.StatusNotFound, Code: "app_not_found", Message: "no app " + name}
 		},
 		Store:         NewStore(e.storage),
 		States:        NewStateKeeper(e.storage, DefaultStateTTL),

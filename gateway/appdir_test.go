@@ -1,10 +1,11 @@
-package connect
+package gateway
 
 import (
 	"context"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -115,5 +116,55 @@ func TestAppDirectoryReportsCatalogFailures(t *testing.T) {
 	d := &AppDirectory{}
 	if _, _, err := d.Resolve(context.Background(), "SlackCLIAPI", func(context.Context, ...string) ([]zapierapi.App, error) { return nil, boom }); !errors.Is(err, boom) {
 		t.Errorf("failure: %v", err)
+	}
+}
+
+const (
+	slackUUID = "81f613aa-c98a-4383-a5fc-195e68647217"
+	sheetUUID = "5f3e2d1c-0b9a-4876-8543-21fedcba9876"
+)
+
+func TestAppMap(t *testing.T) {
+	m, err := NewAppMap(map[string]string{"SlackCLIAPI": strings.ToUpper(slackUUID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]App{
+		"SlackCLIAPI":              {Key: "SlackCLIAPI", UUID: slackUUID},
+		slackUUID:                  {Key: "SlackCLIAPI", UUID: slackUUID}, // by its UUID, any case
+		strings.ToUpper(slackUUID): {Key: "SlackCLIAPI", UUID: slackUUID},
+	} {
+		got, ok, aerr := m.Resolve(name)
+		if aerr != nil || !ok || got != want {
+			t.Errorf("resolve(%q) = %+v, %v; want %+v", name, got, aerr, want)
+		}
+	}
+	// Anything else is for Zapier's catalog.
+	for _, name := range []string{"GoogleSheetsV2API", "11111111-2222-3333-4444-555555555555"} {
+		if _, ok, aerr := m.Resolve(name); ok || aerr != nil {
+			t.Errorf("resolve(%q) = %v, %v; want it left to the catalog", name, ok, aerr)
+		}
+	}
+	for name, want := range map[string]string{
+		"":                              "app must be",
+		"a/b":                           "app must be",
+		"..":                            "app must be",
+		"x y":                           "app must be",
+		strings.Repeat("a", MaxAppID+1): "app must be",
+	} {
+		_, _, aerr := m.Resolve(name)
+		if aerr == nil || aerr.Code != "bad_request" || !strings.Contains(aerr.Message, want) {
+			t.Errorf("resolve(%q) = %v, want bad_request containing %q", name, aerr, want)
+		}
+	}
+	for _, bad := range []map[string]string{
+		{"SlackCLIAPI": "not-a-uuid"},
+		{"Slack/API": slackUUID},
+		{slackUUID: slackUUID},
+		{"A": slackUUID, "B": strings.ToUpper(slackUUID)},
+	} {
+		if _, err := NewAppMap(bad); err == nil {
+			t.Errorf("NewAppMap(%v) accepted", bad)
+		}
 	}
 }
