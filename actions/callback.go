@@ -202,7 +202,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	}
 	h.observeCallback("accepted")
 	h.callbacks.notify(delivery.RunID)
-	writeJSON(w, http.StatusOK, struct {
+	gateway.WriteJSON(w, http.StatusOK, struct {
 		Accepted bool `json:"accepted"`
 	}{true})
 	return nil

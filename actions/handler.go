@@ -236,7 +236,7 @@ func (h *Handler) serveList(w http.ResponseWriter, r *http.Request, id gateway.I
 	for _, a := range list {
 		out = append(out, listedAction{Key: a.Key, Title: a.Title, Description: a.Description, ActionType: a.ActionType, IsInstant: a.IsInstant})
 	}
-	writeJSON(w, http.StatusOK, struct {
+	gateway.WriteJSON(w, http.StatusOK, struct {
 		Data []listedAction `json:"data"`
 	}{out})
 	return nil
@@ -244,7 +244,7 @@ func (h *Handler) serveList(w http.ResponseWriter, r *http.Request, id gateway.I
 
 func (h *Handler) serveInputs(w http.ResponseWriter, r *http.Request, id gateway.Identity) error {
 	var req ActionRequest
-	if aerr := decodeBody(w, r, &req); aerr != nil {
+	if aerr := gateway.DecodeJSON(w, r, &req); aerr != nil {
 		return h.fail(w, r, aerr)
 	}
 	if err := req.Check(); err != nil {
@@ -268,7 +268,7 @@ func (h *Handler) serveInputs(w http.ResponseWriter, r *http.Request, id gateway
 	if err != nil {
 		return h.fail(w, r, h.rejection(ctx, id, app, rec, err))
 	}
-	writeJSON(w, http.StatusOK, struct {
+	gateway.WriteJSON(w, http.StatusOK, struct {
 		Data []json.RawMessage `json:"data"`
 	}{fields})
 	return nil

@@ -58,7 +58,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, id gateway.Identit
 		return outcome, h.fail(w, r, err)
 	}
 	var req RunRequest
-	if aerr := decodeBody(w, r, &req); aerr != nil {
+	if aerr := gateway.DecodeJSON(w, r, &req); aerr != nil {
 		return fail(aerr)
 	}
 	if err := req.Check(); err != nil {
@@ -199,7 +199,7 @@ func writeRun(w http.ResponseWriter, run zapierapi.ActionRun, location string, r
 			w.Header().Set("Retry-After", strconv.Itoa(int((retryAfter+time.Second-1)/time.Second)))
 		}
 	}
-	writeJSON(w, status, struct {
+	gateway.WriteJSON(w, status, struct {
 		Run runView `json:"run"`
 	}{view})
 }

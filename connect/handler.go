@@ -2,10 +2,7 @@ package connect
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
-	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -132,16 +129,6 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	return &Handler{cfg: cfg, connectBase: strings.TrimRight(cfg.ConnectURL, "/"), logger: logger}
 }
 
-// HandlerError is a failure the handler did not answer: the server answers
-// Status (499: the caller went away; 500: an internal failure, never shown).
-type HandlerError struct {
-	Status int
-	Err    error
-}
-
-func (e *HandlerError) Error() string { return e.Err.Error() }
-func (e *HandlerError) Unwrap() error { return e.Err }
-
 // ServeHTTP serves r as a plain http.Handler: a failure Serve leaves
 // unanswered becomes a 500 internal_error (nothing for a caller gone).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -150,9 +137,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		gateway.WriteError(w, &gateway.Error{Status: http.StatusInternalServerError, Code: "internal_error", Message: "the request failed"})
 	}
 }
-
-// StatusClientGone is the status of a request whose caller went away.
-const StatusClientGone = 499
 
 // Serve serves r. It answers everything itself but internal failures and
 // callers gone away, which it returns as *HandlerError for the server (Caddy)
@@ -197,69 +181,6 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, method string, n
 	return h.cfg.Policy.Serve(w, r, gateway.Route{Methods: []string{method}, Class: gateway.Limited, Browser: true}, next)
 }
 
-// Fail answers an error. A caller that went away gets no body; anything
-// that is not a *gateway.Error is an internal failure, returned as a
-// *HandlerError (logged by the server, never shown).
-func Fail(w http.ResponseWriter, r *http.Request, err error) error {
-	if errors.Is(r.Context().Err(), context.Canceled) {
-		return &HandlerError{Status: StatusClientGone, Err: r.Context().Err()}
-	}
-	var aerr *gateway.Error
-	if errors.As(err, &aerr) {
-		gateway.WriteError(w, aerr)
-		return nil
-	}
-	return &HandlerError{Status: http.StatusInternalServerError, Err: err}
-}
-
-// WriteJSON answers v as JSON, never cached.
-func WriteJSON(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
-	if err != nil {
-		gateway.WriteError(w, &gateway.Error{Status: http.StatusInternalServerError, Code: "internal_error", Message: "encoding the response failed"})
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
-}
-
-// DecodeBody reads one JSON object with only the known fields. Requiring
-// application/json also keeps cross-site forms (which cannot send it
-// without a CORS preflight) away from the POST routes.
-func DecodeBody(w http.ResponseWriter, r *http.Request, dst any) *gateway.Error {
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return gateway.BadRequest("the body must be JSON, with Content-Type: application/json")
-	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return gateway.BadRequest("malformed JSON body: " + bodyErrorText(err))
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return gateway.BadRequest("malformed JSON body: one object expected")
-	}
-	return nil
-}
-
-// bodyErrorText describes a decoding error without quoting the body.
-func bodyErrorText(err error) string {
-	var typeErr *json.UnmarshalTypeError
-	var maxErr *http.MaxBytesError
-	switch {
-	case errors.As(err, &typeErr):
-		return "field " + typeErr.Field + " has the wrong type"
-	case errors.As(err, &maxErr):
-		return "too large"
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return strings.TrimPrefix(err.Error(), "json: ")
-	}
-	return "not a JSON object"
-}
-
 // Redirect answers 302. The Location carries a connect token or a state,
 // so it is neither cached nor leaked in a Referer.
 func Redirect(w http.ResponseWriter, location string) {
@@ -283,4 +204,21 @@ func (h *Handler) completed(flow Flow, outcome Outcome) {
 	if h.cfg.Completed != nil {
 		h.cfg.Completed(flow, outcome)
 	}
+}
+
+// The core's answers, under the names connect's callers use.
+type HandlerError = gateway.HandlerError
+
+// StatusClientGone is the core's.
+const StatusClientGone = gateway.StatusClientGone
+
+// Fail is gateway.Fail.
+func Fail(w http.ResponseWriter, r *http.Request, err error) error { return gateway.Fail(w, r, err) }
+
+// WriteJSON is gateway.WriteJSON.
+func WriteJSON(w http.ResponseWriter, status int, v any) { gateway.WriteJSON(w, status, v) }
+
+// DecodeBody is gateway.DecodeJSON.
+func DecodeBody(w http.ResponseWriter, r *http.Request, dst any) *gateway.Error {
+	return gateway.DecodeJSON(w, r, dst)
 }
