@@ -56,9 +56,11 @@ func TestAccessLogHoldsNoTokenAndNoRawIdentity(t *testing.T) {
 			callback := gatewayURL + "/zapier/connect/callback"
 			g := startGateway(t, gatewayOptions{
 				zapierExtra: fmt.Sprintf("callback_url %s\n\t\treturn_origins %s", callback, partnerOrigin),
-				siteExtra: fmt.Sprintf("%s\n\thandle_path /zapier/connect/* {\n\t\tzapier_connect {\n\t\t\tapp %s %s\n\t\t}\n\t}\n\thandle_path /zapier/actions/* {\n\t\tzapier_actions\n\t}",
-					logBlock, slackApp, slackUUID),
+				siteExtra: fmt.Sprintf("%s\n\thandle_path /zapier/connect/* {\n\t\tzapier_connect {\n\t\t\tapp %s %s\n\t\t}\n\t}\n\thandle_path /zapier/actions/* {\n\t\tzapier_actions\n\t}\n\thandle_path /zapier/mcp/* {\n\t\tzapier_mcp {\n\t\t\tcallback_url %s\n\t\t}\n\t}",
+					logBlock, slackApp, slackUUID, mcpCallbackURL),
 			})
+			g.fake.RegisterMCPApp(mcpSlack, "Slack")
+			g.fake.SetMCPRedirectURIs(mcpCallbackURL)
 			g.fake.RegisterPartner(partnerOrigin, callback)
 			g.fake.RegisterApp(slackApp, slackUUID)
 			b := newHTTPBrowser(g, tenant, user)
@@ -79,16 +81,26 @@ func TestAccessLogHoldsNoTokenAndNoRawIdentity(t *testing.T) {
 			b.call(http.MethodGet, "connections", nil)
 			g.do(request{path: "/zapier/actions/actions?app=" + slackUUID, tenant: tenant, user: user})
 			g.echoAs(tenant, user)
+			// The MCP authorize flow: the callback's URI carries the
+			// authorization code and the state.
+			mb := g.mcpBrowser(tenant, user)
+			_, mcpCallback := mb.startAuthorize(mcpSlack)
+			cb, err := url.Parse(mcpCallback)
+			if err != nil || cb.Query().Get("code") == "" || cb.Query().Get("state") == "" {
+				t.Fatalf("MCP callback %s has no code and state", mcpCallback)
+			}
+			mb.mustRedirect(mcpCallback)
 
 			data, err := os.ReadFile(logPath)
 			if err != nil {
 				t.Fatal(err)
 			}
 			lines := strings.Count(string(data), "\n")
-			if lines < 5 {
-				t.Fatalf("the access log has %d lines, want one per request (5):\n%s", lines, data)
+			if lines < 7 {
+				t.Fatalf("the access log has %d lines, want one per request (7):\n%s", lines, data)
 			}
-			secrets := map[string]string{"connect token (redirect)": connectToken, "connect token (popup)": tok.Token, "tenant": "LOGSECRET"}
+			secrets := map[string]string{"connect token (redirect)": connectToken, "connect token (popup)": tok.Token, "tenant": "LOGSECRET",
+				"MCP authorization code": cb.Query().Get("code"), "MCP state": cb.Query().Get("state")}
 			leaked := false
 			for what, s := range secrets {
 				if strings.Contains(string(data), s) {
