@@ -156,6 +156,9 @@ func TestForgetReachesEveryStore(t *testing.T) {
 		_, b := admin(t, http.MethodGet, "/zapier/deliveries")
 		return strings.Contains(string(b), user)
 	})
+	// Issue #22 item 3: after every capability ran, nothing in storage names
+	// the user or tenant in clear or in a reversible encoding.
+	assertNoRawIdentity(t, g.storageDir, tenant, user)
 	written := storageFiles(t, g.storageDir)
 	var userFiles []string
 	for name := range written {
