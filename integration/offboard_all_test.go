@@ -111,6 +111,11 @@ func TestForgetReachesEveryStore(t *testing.T) {
 	g.fake.RegisterMCPApp(mcpSlack, "Slack")
 	g.fake.SetMCPRedirectURIs(mcpCallbackURL)
 
+	// The fake titles accounts after the user (alice@acme.example); a title
+	// is Zapier's label of the app account, stored as Zapier gives it, so
+	// these accounts get one that names neither id.
+	g.fake.QueueConnectOutcomes(fakezapier.ConnectOutcome{Kind: fakezapier.ConnectApprove, Title: "Work Slack"},
+		fakezapier.ConnectOutcome{Kind: fakezapier.ConnectApprove, Title: "Team Slack"})
 	// Another user's data, which offboarding must leave alone.
 	g.actConnect(tenant, "user-stays-b07")
 	before := storageFiles(t, g.storageDir)
