@@ -136,13 +136,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	cfg := h.cfg
 	cfg.Policy, cfg.Caller, cfg.Lookup, cfg.Budget = app.policy, app.caller(), h.lookup(), appBudget{app}
 	cfg.Storage, cfg.BG, cfg.Keys, cfg.Logger = storage, bg, keeper, logger
-	cfg.Names = gateway.NewNamespace(gateway.NamesKeyFunc(func(ctx context.Context) ([]byte, error) {
-		keys, err := keeper.Keys(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return keys.NamesKey(), nil
-	}))
+	cfg.Names = gateway.NewNamespace(keeper)
 	cfg.IdempotencyTakeover = runTakeover(app)
 	cfg.ObserveRun = func(o actions.Outcome) { app.metrics.observeActionRun(o) }
 	cfg.ObserveCallback = func(outcome string) { runCallbacks.WithLabelValues(outcome).Inc() }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -26,7 +27,7 @@ type pooledCache struct {
 	breaker    *zapierapi.Breaker
 	apiBreaker *zapierapi.Breaker
 	exchanger  atomic.Pointer[App]
-	forgets    forgetLog // offboard.go
+	forgets    gateway.ForgetLog // offboard.go
 	lookups    atomic.Uint64
 	// waited counts lookups not served from the cache at once; a hit, the
 	// common case, costs one atomic add instead of two.
@@ -66,7 +67,7 @@ func (pc *pooledCache) hitRatio() float64 {
 
 func newPooledCache(a *App) (*pooledCache, error) {
 	pc := new(pooledCache)
-	pc.forgets.since = time.Now()
+	pc.forgets.Since = time.Now()
 	pc.breaker = zapierapi.NewBreaker(zapierapi.BreakerConfig{
 		OnOpen: func(openFor time.Duration) {
 			if app := pc.exchanger.Load(); app != nil {

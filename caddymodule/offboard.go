@@ -2,22 +2,12 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"mime"
 	"net/http"
-	"path"
-	"sort"
-	"strconv"
-	"strings"
-	"sync"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -39,15 +29,6 @@ import (
 // identity (keyed hash, as in logs; of the tenant alone for a tenant),
 // scope (user or tenant), connections, failed, complete.
 const eventIdentityForgotten = "zapier_identity_forgotten"
-
-// forgetLogPrefix holds one sealed entry per offboarding, which every
-// gateway sharing the storage applies to its own token cache within
-// key_sync; entries go after forgetLogRetention (longer than any token
-// lives).
-const (
-	forgetLogPrefix    = "zapier/forget-log"
-	forgetLogRetention = 24 * time.Hour
-)
 
 // forgetRequest is POST /zapier/forget's body: the identity travels in the
 // body, so Caddy's admin log (which writes the URI) never holds it.
@@ -248,7 +229,7 @@ func (a *App) forgetTokens(ctx context.Context, sc gateway.Scope) (gateway.Store
 			rep.Deleted++
 		}
 	}
-	entry := forgetEntry{Tenant: sc.Tenant}
+	entry := gateway.ForgetEntry{Tenant: sc.Tenant}
 	if sc.User == "" {
 		entry.All = true
 		rep.Deleted += a.tokens.cache.EvictTenant(sc.Tenant)
@@ -257,103 +238,16 @@ func (a *App) forgetTokens(ctx context.Context, sc gateway.Scope) (gateway.Store
 		entry.Users = append(entry.Users, id.User)
 	}
 	g := a.offboarding()
-	return rep, a.tokens.logForget(ctx, g.storage, g.states, entry)
-}
-
-// forgetEntry is one offboarding as the other gateways apply it: the
-// tenant's tokens (All), or its users'. Sealed in storage.
-type forgetEntry struct {
-	Tenant string   `json:"t"`
-	Users  []string `json:"u,omitempty"`
-	All    bool     `json:"all,omitempty"`
-}
-
-// forgetLog is what this gateway process has applied of the forget log.
-// It lives with the token cache, which outlives config reloads.
-type forgetLog struct {
-	mu      sync.Mutex
-	applied map[string]bool
-	since   time.Time // entries older than the cache hold nothing it has
-}
-
-var forgetLogAAD = []byte("caddy-zapier forget log v1")
-
-// logForget appends an entry to the forget log.
-func (pc *pooledCache) logForget(ctx context.Context, storage certmagic.Storage, keys *stateKeeper, e forgetEntry) error {
-	sk, err := keys.Keys(ctx)
-	if err != nil {
-		return err
-	}
-	aead, err := connect.OwnerAEAD(sk)
-	if err != nil {
-		return err
-	}
-	plain, _ := json.Marshal(e)
-	nonce := make([]byte, aead.NonceSize())
-	suffix := make([]byte, 4)
-	if _, err := rand.Read(nonce); err != nil {
-		return err
-	}
-	if _, err := rand.Read(suffix); err != nil {
-		return err
-	}
-	name := fmt.Sprintf("%s/%020d-%s", forgetLogPrefix, time.Now().UnixNano(), hex.EncodeToString(suffix))
-	sealed := base64.RawURLEncoding.EncodeToString(aead.Seal(nonce, nonce, plain, forgetLogAAD))
-	if err := storage.Store(ctx, name, []byte(sealed)); err != nil {
-		return fmt.Errorf("writing the forget log: %w", err)
-	}
-	pc.forgets.mu.Lock()
-	if pc.forgets.applied == nil {
-		pc.forgets.applied = map[string]bool{}
-	}
-	pc.forgets.applied[name] = true // applied here already
-	pc.forgets.mu.Unlock()
-	return nil
+	return rep, a.tokens.forgets.Append(ctx, g.storage, g.states, entry)
 }
 
 // applyForgetLog evicts from this gateway's cache the tokens of the
-// offboardings other gateways logged, and deletes entries past retention.
-// It runs on every key_sync tick (keysync.go).
+// offboardings other gateways logged (gateway.ForgetLog). It runs on every
+// key_sync tick (keysync.go).
 func (a *App) applyForgetLog(ctx context.Context) error {
 	storage := a.ctx.Storage()
-	names, err := storage.List(ctx, forgetLogPrefix, false)
-	if errors.Is(err, fs.ErrNotExist) || len(names) == 0 {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("listing the forget log: %w", err)
-	}
-	sort.Strings(names)
 	pc := a.tokens
-	pc.forgets.mu.Lock()
-	defer pc.forgets.mu.Unlock()
-	if pc.forgets.applied == nil {
-		pc.forgets.applied = map[string]bool{}
-	}
-	var aeadErr error
-	now := time.Now()
-	for _, name := range names {
-		at, ok := forgetLogTime(name)
-		if !ok {
-			continue
-		}
-		if now.Sub(at) > forgetLogRetention {
-			_ = storage.Delete(ctx, name)
-			delete(pc.forgets.applied, name)
-			continue
-		}
-		if pc.forgets.applied[name] {
-			continue
-		}
-		pc.forgets.applied[name] = true
-		if at.Before(pc.forgets.since.Add(-time.Minute)) { // a minute for clock skew between gateways
-			continue
-		}
-		e, err := a.openForgetEntry(ctx, storage, name)
-		if err != nil {
-			aeadErr = err
-			continue
-		}
+	return pc.forgets.Apply(ctx, storage, newStateKeeper(ctx, storage, 0), func(e gateway.ForgetEntry) {
 		n := 0
 		if e.All {
 			n += pc.cache.EvictTenant(e.Tenant)
@@ -364,44 +258,5 @@ func (a *App) applyForgetLog(ctx context.Context) error {
 			}
 		}
 		a.logger.Info("applied an offboarding from the forget log", zap.String("identity", gateway.LogHash(e.Tenant, "")), zap.Int("tokens_purged", n))
-	}
-	return aeadErr
-}
-
-func (a *App) openForgetEntry(ctx context.Context, storage certmagic.Storage, name string) (forgetEntry, error) {
-	var e forgetEntry
-	data, err := storage.Load(ctx, name)
-	if err != nil {
-		return e, err
-	}
-	sk, err := newStateKeeper(ctx, storage, 0).Keys(ctx)
-	if err != nil {
-		return e, err
-	}
-	aead, err := connect.OwnerAEAD(sk)
-	if err != nil {
-		return e, err
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(string(data))
-	if err != nil || len(raw) < aead.NonceSize() {
-		return e, errors.New("a malformed forget log entry")
-	}
-	plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], forgetLogAAD)
-	if err != nil || json.Unmarshal(plain, &e) != nil {
-		return e, errors.New("a forget log entry that does not open")
-	}
-	return e, nil
-}
-
-// forgetLogTime reads the time in an entry's name.
-func forgetLogTime(name string) (time.Time, bool) {
-	stamp, _, ok := strings.Cut(path.Base(name), "-")
-	if !ok {
-		return time.Time{}, false
-	}
-	ns, err := strconv.ParseInt(stamp, 10, 64)
-	if err != nil {
-		return time.Time{}, false
-	}
-	return time.Unix(0, ns), true
+	})
 }

@@ -438,3 +438,13 @@ func (k *StateKeeper) sweepUsed(ctx context.Context) {
 		_ = k.storage.Delete(ctx, key)
 	}
 }
+
+// NamesKey is the key that names identities in storage: the keeper is the
+// gateway.NamesKeySource every store's gateway.Namespace is built on.
+func (k *StateKeeper) NamesKey(ctx context.Context) ([]byte, error) {
+	keys, err := k.Keys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return keys.NamesKey(), nil
+}

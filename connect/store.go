@@ -2,8 +2,6 @@ package connect
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 // ConnectionsPrefix is where stored connections live in storage:
@@ -308,15 +307,7 @@ func (s *Store) Remove(ctx context.Context, tenant, user, appUUID, connID string
 // IdentityHMAC is the keyed hash that names an identity in storage.
 // Identity values cannot contain NUL, so the join is unambiguous.
 func (k *StateKeeper) IdentityHMAC(ctx context.Context, tenant, user string) ([]byte, error) {
-	keys, err := k.Keys(ctx)
-	if err != nil {
-		return nil, err
-	}
-	m := hmac.New(sha256.New, keys.NamesKey())
-	m.Write([]byte(tenant))
-	m.Write([]byte{0})
-	m.Write([]byte(user))
-	return m.Sum(nil), nil
+	return gateway.NewNamespace(k).Subject(ctx, gateway.Identity{Tenant: tenant, User: user})
 }
 
 // identityStorageName is the identity's storage key part: "k" and 64

@@ -2,15 +2,11 @@ package connect
 
 import (
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"io/fs"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 // A stored connection's path names its owner only by a keyed hash
@@ -26,24 +22,11 @@ type OwnedRecord struct {
 	Record       Record
 }
 
-type sealedOwner struct {
-	Tenant string `json:"t"`
-	User   string `json:"u"`
-}
-
 // OwnerAEAD seals owners into records; it is derived from the storage-name
 // key, so it is the same on every gateway sharing the storage. Other
 // records that must name identities only sealed (the forget log) use it
 // with their own additional data.
-func OwnerAEAD(keys StateKeys) (cipher.AEAD, error) {
-	m := hmac.New(sha256.New, keys.NamesKey())
-	m.Write([]byte("caddy-zapier connection owner v1"))
-	block, err := aes.NewCipher(m.Sum(nil))
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
-}
+func OwnerAEAD(keys StateKeys) (cipher.AEAD, error) { return gateway.OwnerAEAD(keys.NamesKey()) }
 
 func ownerAAD(rec *Record) []byte {
 	return []byte(rec.ConnectionID + "\x00" + rec.AppUUID)
@@ -59,29 +42,13 @@ func (s *Store) sealOwner(ctx context.Context, rec *Record, tenant, user string)
 	if err != nil {
 		return err
 	}
-	plain, _ := json.Marshal(sealedOwner{Tenant: tenant, User: user})
-	nonce := make([]byte, aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return err
-	}
-	rec.Owner = base64.RawURLEncoding.EncodeToString(aead.Seal(nonce, nonce, plain, ownerAAD(rec)))
-	return nil
+	rec.Owner, err = gateway.SealOwnerWith(aead, gateway.Identity{Tenant: tenant, User: user}, ownerAAD(rec))
+	return err
 }
 
 func openOwner(aead cipher.AEAD, rec *Record) (tenant, user string, ok bool) {
-	raw, err := base64.RawURLEncoding.DecodeString(rec.Owner)
-	if err != nil || len(raw) < aead.NonceSize() {
-		return "", "", false
-	}
-	plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], ownerAAD(rec))
-	if err != nil {
-		return "", "", false
-	}
-	var o sealedOwner
-	if json.Unmarshal(plain, &o) != nil {
-		return "", "", false
-	}
-	return o.Tenant, o.User, true
+	id, ok := gateway.OpenOwnerWith(aead, rec.Owner, ownerAAD(rec))
+	return id.Tenant, id.User, ok
 }
 
 // Owner maps a Zapier connection id back to the stored connection and the
