@@ -22,7 +22,7 @@ import (
 //		aggregate_sessions_per_identity <n>       # default 8
 //		aggregate_sessions_max <n>                # default 10000
 //		aggregate_idle_timeout <duration>         # default 5m
-//		streams_per_identity <n>                  # default 16
+//		streams_per_identity <n>                  # default 64
 //		stream_write_timeout <duration>           # default 30s
 //		tool_calls_per_minute <n>                 # default 0: no cap
 //		tools        allow|deny <pattern...>      # every tenant; patterns on <app>__<tool>

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zapgate/caddy-zapier/integration/fakezapier"
 )
 
 // After subscriptions, deliveries and a dead letter, nothing in the
@@ -15,6 +17,9 @@ func TestTriggerStorageHoldsNoRawIdentity(t *testing.T) {
 	const tenant, user = "tenant-rawid-acme-7d1", "user-rawid-alice-93c"
 	rc := newTrgReceiver(t)
 	g := startTriggersGateway(t, rc, "max_leases 1", "attempts 1")
+	// A title is Zapier's label of the app account, stored as Zapier gives
+	// it; the fake's default one is made from the ids, so name it here.
+	g.fake.QueueConnectOutcomes(fakezapier.ConnectOutcome{Kind: fakezapier.ConnectApprove, Title: "Work Slack"})
 	g.actConnect(tenant, user)
 	do := func(method, route, body string) (int, []byte) {
 		t.Helper()

@@ -79,7 +79,7 @@ type Proxy struct {
 
 // Defaults of the per-app routes' stream bounds.
 const (
-	DefaultStreamsPerIdentity = 16
+	DefaultStreamsPerIdentity = 64
 	DefaultStreamWriteTimeout = 30 * time.Second
 )
 
