@@ -19,7 +19,6 @@ import (
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
-	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -77,7 +76,7 @@ type Actions struct {
 
 	cfg     actions.HandlerConfig // the options, checked (setDefaults)
 	handler *actions.Handler
-	// What zapier_triggers reuses (triggers.go): app and connection lookups.
+	// What zapier_triggers reuses (triggers.go): the app and connection lookup.
 	app    *App
 	apps   appMap
 	store  *connect.Store
@@ -244,18 +243,6 @@ func (h *Actions) lookup() *actions.Lookup {
 			return actions.App{Key: ids.connect, UUID: ids.uuid}, err
 		},
 	}
-}
-
-// connection is the caller's stored account of an app (actions.Lookup),
-// for zapier_triggers.
-func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connID string) (appIDs, *connect.Record, error) {
-	a, rec, err := h.lookup().Connection(ctx, key, app, connID)
-	return appIDs{connect: a.Key, uuid: a.UUID}, rec, err
-}
-
-// fail answers err as zapier_actions does, for zapier_triggers.
-func (h *Actions) fail(w http.ResponseWriter, r *http.Request, err error) error {
-	return handlerError(actions.Fail(w, r, err))
 }
 
 // runTakeover is how long a POST run's key stays reserved for its first
