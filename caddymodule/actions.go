@@ -19,7 +19,6 @@ import (
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
-	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -77,7 +76,7 @@ type Actions struct {
 
 	cfg     actions.HandlerConfig // the options, checked (setDefaults)
 	handler *actions.Handler
-	// What zapier_triggers reuses (triggers.go): app and connection lookups.
+	// What zapier_triggers reuses (triggers.go): the app and connection lookup.
 	app    *App
 	apps   gateway.AppMap
 	store  *connect.Store
@@ -237,17 +236,6 @@ func (h *Actions) lookup() *actions.Lookup {
 			return h.app.resolveApp(ctx, id, h.apps, name)
 		},
 	}
-}
-
-// connection is the caller's stored account of an app (actions.Lookup),
-// for zapier_triggers.
-func (h *Actions) connection(ctx context.Context, key tokencache.Key, app, connID string) (gateway.App, *connect.Record, error) {
-	return h.lookup().Connection(ctx, key, app, connID)
-}
-
-// fail answers err as zapier_actions does, for zapier_triggers.
-func (h *Actions) fail(w http.ResponseWriter, r *http.Request, err error) error {
-	return handlerError(actions.Fail(w, r, err))
 }
 
 // runTakeover is how long a POST run's key stays reserved for its first

@@ -2,14 +2,10 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -21,14 +17,10 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 
-	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/ratelimit"
-	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/triggers"
-	"github.com/zapgate/caddy-zapier/webhooksig"
-	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 func init() {
@@ -93,17 +85,9 @@ type Triggers struct {
 	// as a wake-up. Default: on when notification_url is not set.
 	EventsStream *bool `json:"events_stream,omitempty"`
 
-	app       *App
-	rules     gateway.IdentityRules
-	conns     *Actions // its app and connection lookups, reused
-	pooled    *pooledTriggers
-	poolKey   string
-	sender    *triggers.Sender
-	verifier  *webhooksig.Verifier
-	seen      *webhookSeen
-	notifyKey []byte
-	notifyLim *ratelimit.Limiter
-	logger    *zap.Logger
+	handler *triggers.Handler
+	pooled  *pooledTriggers
+	poolKey string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -144,43 +128,26 @@ func (h *Triggers) Provision(ctx caddy.Context) error {
 
 func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Logger) error {
 	repl := caddy.NewReplacer()
-	deliverTo := repl.ReplaceKnown(h.DeliverTo, "")
-	secret := repl.ReplaceKnown(h.SigningSecret, "")
-	notifyURL := repl.ReplaceKnown(h.NotificationURL, "")
-	connSecret := repl.ReplaceKnown(h.ConnectionWebhookSecret, "")
-	if err := zapierapi.CheckURL(deliverTo); err != nil {
-		return fmt.Errorf("zapier_triggers: deliver_to: %w", err)
+	opts := triggers.Options{
+		DeliverTo: repl.ReplaceKnown(h.DeliverTo, ""), SigningSecret: repl.ReplaceKnown(h.SigningSecret, ""),
+		NotificationURL: repl.ReplaceKnown(h.NotificationURL, ""), ConnectionWebhookSecret: repl.ReplaceKnown(h.ConnectionWebhookSecret, ""),
+		InboxPrefix: h.InboxPrefix, APIURL: app.APIURL, EventsStream: h.EventsStream,
+		DeliveryTimeout: time.Duration(h.DeliveryTimeout), DrainInterval: time.Duration(h.DrainInterval),
+		RetryBase: time.Duration(h.RetryBase), RetryMax: time.Duration(h.RetryMax),
+		MaxSubscriptionsPerUser: h.MaxSubscriptionsPerUser, Attempts: h.Attempts, MaxLeases: h.MaxLeases,
+		LeaseLimit: h.LeaseLimit, MaxConcurrent: h.MaxConcurrent,
 	}
-	if notifyURL != "" {
-		if err := zapierapi.CheckURL(notifyURL); err != nil {
-			return fmt.Errorf("zapier_triggers: notification_url: %w", err)
-		}
+	if err := opts.Check(); err != nil {
+		return fmt.Errorf("zapier_triggers: %w", err)
 	}
-	signer, err := webhooksig.NewSigner(secret)
-	if err != nil {
-		return fmt.Errorf("zapier_triggers: signing_secret: %w", err)
-	}
-	if connSecret != "" {
-		if h.verifier, err = webhooksig.NewVerifier(connSecret, 0, nil); err != nil {
-			return fmt.Errorf("zapier_triggers: connection_webhook_secret: %w", err)
-		}
-	}
-	if h.InboxPrefix == "" {
-		h.InboxPrefix = triggers.DefaultPrefix
-	}
-	if !strings.HasPrefix(h.InboxPrefix, "/") {
-		return errors.New("zapier_triggers: inbox_prefix must start with /")
-	}
-	for name, v := range map[string]int{"max_subscriptions_per_user": h.MaxSubscriptionsPerUser, "attempts": h.Attempts, "max_leases": h.MaxLeases, "lease_limit": h.LeaseLimit, "max_concurrent": h.MaxConcurrent} {
-		if v < 0 || name == "lease_limit" && v > 100 {
-			return fmt.Errorf("zapier_triggers: %s out of range", name)
-		}
-	}
+	h.InboxPrefix = opts.InboxPrefix
 	if h.NotifyRateLimit == nil {
 		h.NotifyRateLimit = &RateLimit{Events: 600, Window: caddy.Duration(time.Minute)}
 	}
+	var notifyLim *ratelimit.Limiter
 	if !h.NotifyRateLimit.Off {
-		if h.notifyLim, err = ratelimit.New(ratelimit.Config{Events: h.NotifyRateLimit.Events, Window: time.Duration(h.NotifyRateLimit.Window)}); err != nil || h.notifyLim == nil {
+		var err error
+		if notifyLim, err = ratelimit.New(ratelimit.Config{Events: h.NotifyRateLimit.Events, Window: time.Duration(h.NotifyRateLimit.Window)}); err != nil || notifyLim == nil {
 			return errors.New("zapier_triggers: notify_rate_limit: want a positive number of requests per positive window, or off")
 		}
 	}
@@ -188,31 +155,25 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 	if err != nil {
 		return fmt.Errorf("zapier_triggers: %w", err)
 	}
-	h.app, h.rules, h.logger = app, app.identityRules(), logger
-	h.conns = &Actions{app: app, apps: apps, store: newConnectionStore(storage), logger: logger}
-	h.sender = &triggers.Sender{URL: deliverTo, Signer: signer, Timeout: time.Duration(h.DeliveryTimeout)}
-	// The per-inbox token in notification URLs is keyed by the signing
-	// secret (hashed apart from it), so it is stable across restarts and
-	// the same on every sidecar.
-	nk := sha256.Sum256([]byte("caddy-zapier inbox notifications\x00" + secret))
-	h.notifyKey = nk[:]
-	h.seen = newWebhookSeen(storage, max(2*time.Duration(h.DeliveryTimeout), 30*time.Second))
-
-	sum := sha256.New()
-	for _, part := range []string{deliverTo, secret, notifyURL, app.APIURL, h.InboxPrefix,
-		fmt.Sprint(h.DeliveryTimeout, h.MaxSubscriptionsPerUser, h.Attempts, h.MaxLeases, h.LeaseLimit, h.MaxConcurrent, h.DrainInterval, h.RetryBase, h.RetryMax, h.stream(notifyURL))} {
-		sum.Write([]byte(part))
-		sum.Write([]byte{0})
-	}
-	h.poolKey = hex.EncodeToString(sum.Sum(nil))
+	h.poolKey = opts.LoopKey()
 	val, loaded, err := triggersPool.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		return h.newPooled(storage, notifyURL, logger)
+		return newPooledTriggers(&opts, app, storage, logger)
 	})
 	if err != nil {
 		return fmt.Errorf("zapier_triggers: %w", err)
 	}
 	h.pooled = val.(*pooledTriggers)
 	h.pooled.app.Store(app) // calls go through the newest config's app
+	conns := &Actions{app: app, apps: apps, store: newConnectionStore(storage), logger: logger}
+	h.handler, err = triggers.NewHandler(triggers.HandlerConfig{
+		Options: opts, Manager: h.pooled.mgr, Policy: app.policy, Lookup: conns.lookup(), Storage: storage,
+		NotifyLimit: notifyLim, SourceAddr: sourceAddr, Logger: logger,
+		ObserveNotification:      func(known string) { triggerNotifications.WithLabelValues(known).Inc() },
+		ObserveConnectionWebhook: func(outcome string) { connectionWebhooks.WithLabelValues(outcome).Inc() },
+	})
+	if err != nil {
+		return fmt.Errorf("zapier_triggers: %w", err)
+	}
 	// Offboarding reaches the subscriptions (and their inboxes at Zapier)
 	// and the dead letters.
 	if app.userStores != nil {
@@ -227,38 +188,29 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 	return nil
 }
 
-func (h *Triggers) newPooled(storage certmagic.Storage, notifyURL string, logger *zap.Logger) (*pooledTriggers, error) {
+func newPooledTriggers(opts *triggers.Options, app *App, storage certmagic.Storage, logger *zap.Logger) (*pooledTriggers, error) {
 	p := new(pooledTriggers)
-	api := &triggers.InboxAPI{
-		BaseURL:    strings.TrimRight(h.app.APIURL, "/") + h.InboxPrefix,
-		ClientFunc: func() *zapierapi.Client { return p.app.Load().client },
-		Call: func(ctx context.Context, id triggers.Identity, call func(context.Context, string) error) error {
-			return p.app.Load().callAPI(ctx, tokencache.Key{Tenant: id.Tenant, User: id.User}, call)
-		},
-	}
+	p.app.Store(app)
 	// Users are named at rest with the names key connection records use
 	// (connect.StateKeeper, in the same storage), so every store names a
 	// user alike and offboarding finds them.
 	keys := connect.NewStateKeeper(storage, 0)
-	names := gateway.NamesKeyFunc(func(ctx context.Context) ([]byte, error) {
-		k, err := keys.Keys(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return k.NamesKey(), nil
-	})
-	mgr, err := triggers.NewManager(triggers.Config{
-		API: api, Sender: h.sender, Storage: storage, Names: names, MaxSubscriptionsPerUser: h.MaxSubscriptionsPerUser, NotificationURL: notifyURL, NotifyKey: h.notifyKey, Stream: h.stream(notifyURL),
-		LeaseLimit: h.LeaseLimit, Attempts: h.Attempts, MaxLeases: h.MaxLeases, MaxConcurrent: h.MaxConcurrent,
-		DrainInterval: time.Duration(h.DrainInterval), RetryBase: time.Duration(h.RetryBase), RetryMax: time.Duration(h.RetryMax),
+	mgr, err := opts.NewDeliveryLoop(triggers.LoopConfig{
+		Caller:  func() *gateway.Caller { return p.app.Load().caller() },
+		Storage: storage,
+		Names: gateway.NamesKeyFunc(func(ctx context.Context) ([]byte, error) {
+			k, err := keys.Keys(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return k.NamesKey(), nil
+		}),
 		Observer: triggerObserver{}, Logger: logger,
-		IdentityHash: func(id triggers.Identity) string { return gateway.LogHash(id.Tenant, id.User) },
 	})
 	if err != nil {
 		return nil, err
 	}
 	p.mgr = mgr
-	p.app.Store(h.app)
 	// The loop outlives this config (a reload hands it on), so it runs on
 	// its own context; Destruct stops it when the last config lets go.
 	mgr.Start(context.Background())
@@ -274,13 +226,30 @@ func (h *Triggers) Cleanup() error {
 	return err
 }
 
-// stream reports whether to watch events streams: as configured, else
-// when Zapier has no notification URL to push to.
-func (h *Triggers) stream(notifyURL string) bool {
-	if h.EventsStream != nil {
-		return *h.EventsStream
-	}
-	return notifyURL == ""
+// deliveryManagers are the running delivery loops (one per distinct
+// zapier_triggers configuration).
+func deliveryManagers() []*triggers.Manager {
+	var out []*triggers.Manager
+	triggersPool.Range(func(_, v any) bool {
+		if p, ok := v.(*pooledTriggers); ok && p.mgr != nil {
+			out = append(out, p.mgr)
+		}
+		return true
+	})
+	return out
+}
+
+// Connection lifecycle events (triggers.PublishConnectionChange), for
+// zapier_connect's store.
+const (
+	eventConnectionCreated = triggers.EventConnectionCreated
+	eventConnectionDeleted = triggers.EventConnectionDeleted
+)
+
+// connectionChanged tells the running delivery loops that a stored
+// connection changed; it never blocks.
+func connectionChanged(typ, tenant, user string, rec connect.Record) {
+	triggers.PublishConnectionChange(deliveryManagers(), typ, tenant, user, rec)
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -347,177 +316,7 @@ func (h *Triggers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 func (h *Triggers) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	p := r.URL.Path
-	switch {
-	case p == "/notify":
-		return h.serveNotify(w, r) // Zapier: an untrusted hint, no identity
-	case p == "/connection-webhooks":
-		return h.serveConnectionWebhook(w, r) // Zapier: verified signature, no identity
-	case p == "/subscriptions":
-		return h.withIdentity(w, r, []string{http.MethodGet}, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-			views, err := h.pooled.mgr.List(r.Context(), triggers.Identity{Tenant: key.Tenant, User: key.User})
-			if err != nil {
-				return h.fail(w, r, err)
-			}
-			writeConnectJSON(w, http.StatusOK, struct {
-				Data []triggers.View `json:"data"`
-			}{views})
-			return nil
-		})
-	case strings.HasPrefix(p, "/subscriptions/"):
-		rest := strings.TrimPrefix(p, "/subscriptions/")
-		name, action, _ := strings.Cut(rest, "/")
-		switch action {
-		case "":
-			return h.withIdentity(w, r, []string{http.MethodPut, http.MethodGet, http.MethodDelete}, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-				return h.serveSubscription(w, r, key, name)
-			})
-		case "pause", "resume":
-			return h.withIdentity(w, r, []string{http.MethodPost}, func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error {
-				id := triggers.Identity{Tenant: key.Tenant, User: key.User}
-				op := h.pooled.mgr.Pause
-				if action == "resume" {
-					op = h.pooled.mgr.Resume
-				}
-				v, err := op(r.Context(), id, name)
-				if err != nil {
-					return h.fail(w, r, err)
-				}
-				writeSubscription(w, http.StatusOK, v)
-				return nil
-			})
-		}
-	}
-	gateway.WriteError(w, &gateway.Error{Status: http.StatusNotFound, Code: "not_found",
-		Message: "no such zapier_triggers route (subscriptions, subscriptions/{name}[/pause|/resume], notify, connection-webhooks)"})
-	return nil
-}
-
-func (h *Triggers) withIdentity(w http.ResponseWriter, r *http.Request, methods []string, next identityHandler) error {
-	return h.app.serveRoute(w, r, gateway.Route{Methods: methods}, next)
-}
-
-// subscriptionRequest is the body of PUT subscriptions/{name}.
-type subscriptionRequest struct {
-	App          string          `json:"app"`
-	Trigger      string          `json:"trigger"`
-	Inputs       json.RawMessage `json:"inputs,omitempty"`
-	ConnectionID string          `json:"connection_id,omitempty"`
-}
-
-func writeSubscription(w http.ResponseWriter, status int, v triggers.View) {
-	writeConnectJSON(w, status, struct {
-		Subscription triggers.View `json:"subscription"`
-	}{v})
-}
-
-func (h *Triggers) serveSubscription(w http.ResponseWriter, r *http.Request, key tokencache.Key, name string) error {
-	ctx := r.Context()
-	id := triggers.Identity{Tenant: key.Tenant, User: key.User}
-	mgr := h.pooled.mgr
-	switch r.Method {
-	case http.MethodGet:
-		v, err := mgr.Get(ctx, id, name)
-		if err != nil {
-			return h.fail(w, r, err)
-		}
-		writeSubscription(w, http.StatusOK, v)
-		return nil
-	case http.MethodDelete:
-		if err := mgr.Delete(ctx, id, name); err != nil {
-			return h.fail(w, r, err)
-		}
-		w.WriteHeader(http.StatusNoContent)
-		return nil
-	}
-	var req subscriptionRequest
-	if aerr := decodeConnectBody(w, r, &req); aerr != nil {
-		return h.fail(w, r, aerr)
-	}
-	switch {
-	case req.Trigger == "" || len(req.Trigger) > actions.MaxActionKeyLen:
-		return h.fail(w, r, gateway.BadRequest(fmt.Sprintf("trigger must be the trigger's key (1-%d bytes)", actions.MaxActionKeyLen)))
-	case !actions.IsJSONObjectOrNull(req.Inputs):
-		return h.fail(w, r, gateway.BadRequest("inputs must be a JSON object"))
-	}
-	// The user's own stored connection: a connection_id given must be one
-	// of the user's accounts of the app, so nobody subscribes with someone
-	// else's connection.
-	ids, rec, err := h.conns.connection(ctx, key, req.App, "")
-	if err != nil {
-		return h.fail(w, r, err)
-	}
-	if req.ConnectionID != "" && req.ConnectionID != rec.ConnectionID {
-		if rec, err = h.conns.store.Get(ctx, key.Tenant, key.User, ids.UUID, req.ConnectionID); err != nil {
-			return h.fail(w, r, err)
-		}
-	}
-	if rec == nil {
-		return h.fail(w, r, &gateway.Error{Status: http.StatusBadRequest, Code: "connection_invalid",
-			Message: "connection_id is not this user's stored connection for app " + ids.Key})
-	}
-	v, created, err := mgr.Ensure(ctx, id, name, triggers.Spec{App: ids.Key, Trigger: req.Trigger, Inputs: req.Inputs, ConnectionID: rec.ConnectionID})
-	if err != nil {
-		return h.fail(w, r, err)
-	}
-	status := http.StatusOK
-	if created {
-		status = http.StatusCreated
-	}
-	writeSubscription(w, status, v)
-	return nil
-}
-
-// fail maps the triggers package's errors, then answers as zapier_actions.
-func (h *Triggers) fail(w http.ResponseWriter, r *http.Request, err error) error {
-	switch {
-	case errors.Is(err, triggers.ErrInvalidName):
-		err = gateway.BadRequest("a subscription name is 1-64 of A-Z a-z 0-9 . _ -")
-	case errors.Is(err, triggers.ErrSubscriptionConflict), errors.Is(err, triggers.ErrConflict):
-		err = &gateway.Error{Status: http.StatusConflict, Code: "subscription_conflict",
-			Message: "a subscription with this name exists with another app, trigger, inputs or connection: delete it first"}
-	case errors.Is(err, triggers.ErrSubscriptionLimit):
-		err = &gateway.Error{Status: http.StatusConflict, Code: "subscription_limit",
-			Message: "this user has as many subscriptions as allowed (max_subscriptions_per_user): delete one first"}
-	case errors.Is(err, triggers.ErrNotFound):
-		err = &gateway.Error{Status: http.StatusNotFound, Code: "subscription_not_found", Message: "this user has no subscription with this name"}
-	}
-	return h.conns.fail(w, r, err)
-}
-
-// serveNotify takes Zapier's availability notification (§3.8) as a hint
-// only: limited per source address, the inbox_token checked for its form
-// and MAC before any lookup (a forged one is 400), the inbox id looked up
-// among known subscriptions (triggers.Manager.Notify), the count never
-// trusted, and the answer 200 whatever the id.
-func (h *Triggers) serveNotify(w http.ResponseWriter, r *http.Request) error {
-	if !gateway.AllowMethod(w, r, http.MethodPost) {
-		return nil
-	}
-	if ok, retry := h.notifyLim.Allow(sourceAddr(r)); !ok {
-		triggerNotifications.WithLabelValues("rate_limited").Inc()
-		gateway.WriteError(w, &gateway.Error{Status: http.StatusTooManyRequests, Code: "rate_limited", RetryAfter: retry,
-			Message: "too many notifications from this address; retry later"})
-		return nil
-	}
-	mgr := h.pooled.mgr
-	token := r.URL.Query().Get("inbox_token")
-	if mgr.NotifyTokenForm(token) == triggers.TokenMalformed {
-		triggerNotifications.WithLabelValues("token_invalid").Inc()
-		gateway.WriteError(w, gateway.BadRequest("inbox_token is missing or is not one this gateway registered"))
-		return nil
-	}
-	inboxID, err := triggers.ParseNotify(r.Body)
-	if err != nil {
-		gateway.WriteError(w, gateway.BadRequest("expected {\"inbox_id\": …}"))
-		return nil
-	}
-	known := mgr.Notify(r.Context(), inboxID, token)
-	triggerNotifications.WithLabelValues(fmt.Sprint(known)).Inc()
-	writeConnectJSON(w, http.StatusOK, struct {
-		OK bool `json:"ok"`
-	}{true})
-	return nil
+	return handlerError(h.handler.Serve(w, r))
 }
 
 // sourceAddr is the client address Caddy determined (trusted_proxies

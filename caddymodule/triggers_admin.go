@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"sort"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -50,19 +49,6 @@ func (triggersAdminAPI) Routes() []caddy.AdminRoute {
 	}
 }
 
-// deliveryManagers are the running delivery loops (one per distinct
-// zapier_triggers configuration).
-func deliveryManagers() []*triggers.Manager {
-	var out []*triggers.Manager
-	triggersPool.Range(func(_, v any) bool {
-		if p, ok := v.(*pooledTriggers); ok && p.mgr != nil {
-			out = append(out, p.mgr)
-		}
-		return true
-	})
-	return out
-}
-
 func handleDeadLetters(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return methodNotAllowed(r, http.MethodGet)
@@ -71,21 +57,10 @@ func handleDeadLetters(w http.ResponseWriter, r *http.Request) error {
 	if len(mgrs) == 0 {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("no zapier_triggers handler is configured")}
 	}
-	byID := map[string]triggers.DeadLetter{}
-	for _, m := range mgrs { // loops sharing a storage list the same letters
-		dls, err := m.DeadLetters(r.Context())
-		if err != nil {
-			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
-		}
-		for _, dl := range dls {
-			byID[dl.ID] = dl
-		}
+	out, err := triggers.AllDeadLetters(r.Context(), mgrs)
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
 	}
-	out := make([]triggers.DeadLetter, 0, len(byID))
-	for _, dl := range byID {
-		out = append(out, dl)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(struct {
 		DeadLetters []triggers.DeadLetter `json:"dead_letters"`
@@ -100,22 +75,16 @@ func handleReplay(w http.ResponseWriter, r *http.Request) error {
 	if id == "" {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("give the dead letter's id: ?id=<message id>")}
 	}
-	var lastErr error = triggers.ErrNotFound
-	for _, m := range deliveryManagers() {
-		err := m.Replay(r.Context(), id)
-		if err == nil {
-			w.Header().Set("Content-Type", "application/json")
-			_, err = w.Write([]byte(`{"replayed":true}` + "\n"))
-			return err
-		}
-		if !errors.Is(err, triggers.ErrNotFound) {
-			lastErr = err
-		}
-	}
-	if errors.Is(lastErr, triggers.ErrNotFound) {
+	switch err := triggers.ReplayAny(r.Context(), deliveryManagers(), id); {
+	case err == nil:
+		w.Header().Set("Content-Type", "application/json")
+		_, err = w.Write([]byte(`{"replayed":true}` + "\n"))
+		return err
+	case errors.Is(err, triggers.ErrNotFound):
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("no dead letter with this id")}
+	default:
+		return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: fmt.Errorf("replaying: %w", err)}
 	}
-	return caddy.APIError{HTTPStatus: http.StatusBadGateway, Err: fmt.Errorf("replaying: %w", lastErr)}
 }
 
 // deliveriesCommand is `caddy zapier deliveries [--replay <id>]`.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io/fs"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -98,45 +96,5 @@ func TestTriggersProvisionRefusesBadValuesWithoutQuotingSecrets(t *testing.T) {
 				t.Errorf("%s: the error quotes a secret: %v", name, err)
 			}
 		}
-	}
-}
-
-func TestTriggersNotifyAndWebhookRoutesWithoutIdentity(t *testing.T) {
-	app := &App{APIURL: "https://api.zapier.com"}
-	h := Triggers{DeliverTo: "http://127.0.0.1:1/e", SigningSecret: trgTestSecret}
-	if err := h.provision(app, memCertStorage{}, zap.NewNop()); err != nil {
-		t.Fatal(err)
-	}
-	defer h.Cleanup()
-	serve := func(method, path, body string) *httptest.ResponseRecorder {
-		rec := httptest.NewRecorder()
-		req := httptest.NewRequest(method, path, strings.NewReader(body))
-		if err := h.ServeHTTP(rec, req, nil); err != nil {
-			t.Fatal(err)
-		}
-		return rec
-	}
-	token := "?inbox_token=" + h.pooled.mgr.NotifyToken("czg-any")
-	if rec := serve(http.MethodPost, "/notify"+token, `{"inbox_id":"unknown","received_message_count":5}`); rec.Code != http.StatusOK {
-		t.Errorf("notify with an unknown inbox: %d", rec.Code)
-	}
-	// A token the gateway did not mint is refused before any lookup.
-	for _, q := range []string{"", "?inbox_token=zz", "?inbox_token=" + strings.Repeat("a", 64)} {
-		if rec := serve(http.MethodPost, "/notify"+q, `{"inbox_id":"unknown"}`); rec.Code != http.StatusBadRequest {
-			t.Errorf("notify with token %q: %d", q, rec.Code)
-		}
-	}
-	if rec := serve(http.MethodPost, "/notify"+token, `not json`); rec.Code != http.StatusBadRequest {
-		t.Errorf("malformed notify: %d", rec.Code)
-	}
-	if rec := serve(http.MethodGet, "/notify", ""); rec.Code != http.StatusMethodNotAllowed {
-		t.Errorf("GET notify: %d", rec.Code)
-	}
-	// Without connection_webhook_secret the route does not exist.
-	if rec := serve(http.MethodPost, "/connection-webhooks", `{}`); rec.Code != http.StatusNotFound {
-		t.Errorf("connection-webhooks without a secret: %d", rec.Code)
-	}
-	if rec := serve(http.MethodGet, "/elsewhere", ""); rec.Code != http.StatusNotFound {
-		t.Errorf("unknown route: %d", rec.Code)
 	}
 }

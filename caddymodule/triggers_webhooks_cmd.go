@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -51,21 +52,9 @@ zapier_triggers' connection_webhook_secret.`,
 }
 
 func webhooksClient(fl caddycmd.Flags) (*triggers.WebhooksClient, error) {
-	token := fl.String("token")
-	if token == "" {
-		token = os.Getenv("ZAPIER_WEBHOOKS_TOKEN")
-	}
-	if token == "" {
-		id, secret := os.Getenv("ZAPIER_WEBHOOKS_CLIENT_ID"), os.Getenv("ZAPIER_WEBHOOKS_CLIENT_SECRET")
-		if id == "" || secret == "" {
-			return nil, errors.New("give --token (or ZAPIER_WEBHOOKS_TOKEN), or ZAPIER_WEBHOOKS_CLIENT_ID and ZAPIER_WEBHOOKS_CLIENT_SECRET")
-		}
-		var err error
-		if token, err = triggers.ClientCredentialsToken(context.Background(), nil, fl.String("token-url"), id, secret); err != nil {
-			return nil, err
-		}
-	}
-	return &triggers.WebhooksClient{APIURL: fl.String("api-url"), Token: token}, nil
+	return triggers.WebhooksCredentials{APIURL: fl.String("api-url"), TokenURL: fl.String("token-url"),
+		Token: cmp.Or(fl.String("token"), os.Getenv("ZAPIER_WEBHOOKS_TOKEN")), ClientID: os.Getenv("ZAPIER_WEBHOOKS_CLIENT_ID"),
+		ClientSecret: os.Getenv("ZAPIER_WEBHOOKS_CLIENT_SECRET")}.Client(context.Background())
 }
 
 func cmdWebhooksRegister(fl caddycmd.Flags) (int, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -159,4 +160,27 @@ func ClientCredentialsToken(ctx context.Context, hc *http.Client, tokenURL, clie
 		return "", fmt.Errorf("token exchange: HTTP %d %s", resp.StatusCode, v.Error)
 	}
 	return v.AccessToken, nil
+}
+
+// WebhooksCredentials are the partner's dedicated connection-webhooks
+// credentials: a bearer Token, else ClientID and ClientSecret exchanged at
+// TokenURL.
+type WebhooksCredentials struct {
+	APIURL, TokenURL, Token, ClientID, ClientSecret string
+}
+
+// Client is the registrations client of the credentials (one token
+// exchange when only client credentials are given).
+func (c WebhooksCredentials) Client(ctx context.Context) (*WebhooksClient, error) {
+	token := c.Token
+	if token == "" {
+		if c.ClientID == "" || c.ClientSecret == "" {
+			return nil, errors.New("give --token (or ZAPIER_WEBHOOKS_TOKEN), or ZAPIER_WEBHOOKS_CLIENT_ID and ZAPIER_WEBHOOKS_CLIENT_SECRET")
+		}
+		var err error
+		if token, err = ClientCredentialsToken(ctx, nil, c.TokenURL, c.ClientID, c.ClientSecret); err != nil {
+			return nil, err
+		}
+	}
+	return &WebhooksClient{APIURL: c.APIURL, Token: token}, nil
 }

@@ -61,3 +61,32 @@ func TestWebhooksClientAgainstTheFake(t *testing.T) {
 		t.Fatal("Test of a deleted webhook succeeded")
 	}
 }
+
+func TestWebhooksCredentialsClient(t *testing.T) {
+	ctx := context.Background()
+	exchanges := 0
+	tokens := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		exchanges++
+		if r.FormValue("grant_type") != "client_credentials" || r.FormValue("client_id") != "hid" || r.FormValue("client_secret") != "hsecret" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"exchanged"}`))
+	}))
+	t.Cleanup(tokens.Close)
+	if _, err := (WebhooksCredentials{APIURL: "https://api.zapier.com", ClientID: "hid"}).Client(ctx); err == nil {
+		t.Error("accepted a client id without a secret")
+	}
+	c, err := WebhooksCredentials{APIURL: "https://api.zapier.com", TokenURL: tokens.URL, Token: "given", ClientID: "hid", ClientSecret: "hsecret"}.Client(ctx)
+	if err != nil || c.Token != "given" || exchanges != 0 {
+		t.Errorf("with a token: %+v %v, %d exchanges", c, err, exchanges)
+	}
+	c, err = WebhooksCredentials{APIURL: "https://api.zapier.com", TokenURL: tokens.URL, ClientID: "hid", ClientSecret: "hsecret"}.Client(ctx)
+	if err != nil || c.Token != "exchanged" || c.APIURL != "https://api.zapier.com" || exchanges != 1 {
+		t.Errorf("with client credentials: %+v %v, %d exchanges", c, err, exchanges)
+	}
+	if _, err := (WebhooksCredentials{TokenURL: tokens.URL, ClientID: "hid", ClientSecret: "wrong-secret-value"}).Client(ctx); err == nil || strings.Contains(err.Error(), "wrong-secret-value") {
+		t.Errorf("refused credentials: %v", err)
+	}
+}
