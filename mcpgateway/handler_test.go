@@ -244,8 +244,11 @@ func TestHandlerAuthorizeFlowProxyAndForget(t *testing.T) {
 	e.z.access = "rotated-upstream"
 	e.z.mu.Unlock()
 	w = e.do(http.MethodPost, "/app-1")
-	if w.Code != http.StatusOK || e.z.refreshes != 1 || e.kinds[len(e.kinds)-1] != ExchangeRefresh {
-		t.Fatalf("proxy after refusal: %d %s (refreshes %d, kinds %v)", w.Code, w.Body, e.z.refreshes, e.kinds)
+	e.z.mu.Lock()
+	refreshes := e.z.refreshes
+	e.z.mu.Unlock()
+	if w.Code != http.StatusOK || refreshes != 1 || e.kinds[len(e.kinds)-1] != ExchangeRefresh {
+		t.Fatalf("proxy after refusal: %d %s (refreshes %d, kinds %v)", w.Code, w.Body, refreshes, e.kinds)
 	}
 
 	if w := e.do(http.MethodDelete, "/apps/app-1"); w.Code != http.StatusNoContent {
