@@ -23,9 +23,6 @@ func (a *App) resolveApp(ctx context.Context, id gateway.Identity, overrides gat
 	return r.Resolve(ctx, id, overrides, name)
 }
 
-// validAppName is the core's, for the MCP routes.
-func validAppName(app string) bool { return gateway.ValidAppName(app) }
-
 // parseAppMapping reads one `app <implementation id> <app UUID>` line of a
 // zapier_connect or zapier_actions block.
 func parseAppMapping(d *caddyfile.Dispenser, apps *map[string]string) error {

@@ -4,6 +4,8 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/zapgate/caddy-zapier/mcpgateway"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -43,8 +45,8 @@ func (h *MCP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.Resource) {
 				return d.ArgErr()
 			}
-			if h.Resource != mcpResourceServer && h.Resource != mcpResourceAuthorize {
-				return d.Errf("resource must be %s or %s", mcpResourceServer, mcpResourceAuthorize)
+			if h.Resource != mcpgateway.ResourceServer && h.Resource != mcpgateway.ResourceAuthorize {
+				return d.Errf("resource must be %s or %s", mcpgateway.ResourceServer, mcpgateway.ResourceAuthorize)
 			}
 		case "pkce":
 			if err := onOff(d, opt, &h.PKCE); err != nil {

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,44 +14,6 @@ import (
 
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
-)
-
-// Exchange kinds of the MCP flow (counted in caddy_zapier_exchanges_total).
-const (
-	exchangeKindMCPConnect = "mcp_connect_token" // partner JWT → MCP connect token
-	exchangeKindMCPCode    = "mcp_code"          // authorization code → MCP tokens
-	exchangeKindMCPRefresh = "mcp_refresh"       // refresh token → MCP tokens
-)
-
-// mcpAuthOutcome is how an MCP authorize callback ended.
-type mcpAuthOutcome string
-
-const (
-	mcpAuthSuccess      mcpAuthOutcome = "success"
-	mcpAuthStateInvalid mcpAuthOutcome = "state_invalid"
-	mcpAuthError        mcpAuthOutcome = "authorization_error" // ?error= from Zapier
-	mcpAuthFailed       mcpAuthOutcome = "failed"
-)
-
-// MCP request outcomes (closed set).
-const (
-	mcpOutcomeSuccess       = "success"                // 2xx from the MCP server
-	mcpOutcomeToolError     = "tool_error"             // 2xx, but a tool result with isError: true
-	mcpOutcomeUpstreamError = "upstream_error"         // another status from the MCP server
-	mcpOutcomeAuthRequired  = "authorization_required" // 401 mcp_authorization_required
-	mcpOutcomeFailed        = "failed"                 // unreachable, refresh failed, storage
-	mcpOutcomeCanceled      = "canceled"               // the client went away
-	mcpOutcomeDenied        = "denied"                 // the tool policy refused the call
-	mcpOutcomeLimited       = "limited"                // over the user's tool-call cap
-	mcpOutcomeUnchecked     = "unchecked"              // a body the policy cannot check (too large, not JSON-RPC)
-)
-
-var (
-	mcpAuthOutcomes = []mcpAuthOutcome{mcpAuthSuccess, mcpAuthStateInvalid, mcpAuthError, mcpAuthFailed}
-	mcpOutcomes     = []string{mcpOutcomeSuccess, mcpOutcomeUpstreamError, mcpOutcomeAuthRequired, mcpOutcomeFailed, mcpOutcomeCanceled,
-		mcpOutcomeDenied, mcpOutcomeLimited, mcpOutcomeToolError, mcpOutcomeUnchecked}
-	// mcpMethodClasses bound the method label: anything else is "other".
-	mcpMethodClasses = []string{"initialize", "tools/list", "tools/call", "notification", "stream", "other"}
 )
 
 type mcpMetrics struct {
@@ -79,16 +40,16 @@ var sharedMCPMetrics = func() *mcpMetrics {
 		refreshes: newCounter("mcp_token_refreshes_total",
 			"MCP requests that met a refused token and were replayed after a refresh."),
 	}
-	for _, o := range mcpAuthOutcomes {
+	for _, o := range mcpgateway.AuthOutcomes {
 		m.authorizations.WithLabelValues(string(o))
 	}
-	for _, o := range mcpOutcomes {
+	for _, o := range mcpgateway.Outcomes {
 		m.toolDuration.WithLabelValues(o)
-		for _, c := range mcpMethodClasses {
+		for _, c := range mcpgateway.MethodClasses {
 			m.requests.WithLabelValues(c, o)
 		}
 	}
-	for _, kind := range []string{exchangeKindMCPConnect, exchangeKindMCPCode, exchangeKindMCPRefresh} {
+	for _, kind := range mcpgateway.ExchangeKinds {
 		sharedMetrics.exchangeDuration.WithLabelValues(kind)
 		for _, outcome := range exchangeOutcomes {
 			sharedMetrics.exchanges.WithLabelValues(kind, outcome)
@@ -108,51 +69,13 @@ func registerMCPMetrics(ctx caddy.Context) {
 	}
 }
 
-func (h *MCP) observeAuthorization(o mcpAuthOutcome) {
-	sharedMCPMetrics.authorizations.WithLabelValues(string(o)).Inc()
-}
-
-func methodClass(method string) string {
-	switch {
-	case method == "":
-		return "stream" // GET/DELETE, batches
-	case method == "initialize" || method == "tools/list" || method == "tools/call":
-		return method
-	case len(method) > 14 && method[:14] == "notifications/":
-		return "notification"
-	}
-	return "other"
-}
-
-func mcpOutcome(c mcpgateway.Call) string {
-	switch {
-	case errors.Is(c.Err, context.Canceled):
-		return mcpOutcomeCanceled
-	case errors.Is(c.Err, mcpgateway.ErrAuthorizationRequired):
-		return mcpOutcomeAuthRequired
-	case errors.Is(c.Err, mcpgateway.ErrToolDenied):
-		return mcpOutcomeDenied
-	case errors.Is(c.Err, mcpgateway.ErrToolCallLimit), errors.Is(c.Err, mcpgateway.ErrTooManyStreams):
-		return mcpOutcomeLimited
-	case errors.Is(c.Err, mcpgateway.ErrBodyTooLarge), errors.Is(c.Err, mcpgateway.ErrBodyUnreadable), errors.Is(c.Err, mcpgateway.ErrDuplicateMember):
-		return mcpOutcomeUnchecked
-	case c.Err != nil:
-		return mcpOutcomeFailed
-	case c.Status >= 200 && c.Status < 300 && c.ToolError:
-		return mcpOutcomeToolError
-	case c.Status >= 200 && c.Status < 300:
-		return mcpOutcomeSuccess
-	}
-	return mcpOutcomeUpstreamError
-}
-
 // observe is the proxy's hook: metrics for every request; for a tool call
 // also a span and an audit line (keyed identity hash, app, tool, duration,
 // outcome; arguments only with audit_payloads). Never a token.
 func (h *MCP) observe(ctx context.Context, id mcpgateway.Identity, c mcpgateway.Call) {
-	outcome := mcpOutcome(c)
+	outcome := mcpgateway.Outcome(c)
 	m := sharedMCPMetrics
-	m.requests.WithLabelValues(methodClass(c.RPCMethod), outcome).Inc()
+	m.requests.WithLabelValues(mcpgateway.MethodClass(c.RPCMethod), outcome).Inc()
 	if c.Refreshed {
 		m.refreshes.Inc()
 	}
@@ -160,7 +83,7 @@ func (h *MCP) observe(ctx context.Context, id mcpgateway.Identity, c mcpgateway.
 		return
 	}
 	app := c.App
-	if outcome == mcpOutcomeAuthRequired || outcome == mcpOutcomeDenied || outcome == mcpOutcomeLimited || outcome == mcpOutcomeUnchecked ||
+	if outcome == mcpgateway.OutcomeAuthRequired || outcome == mcpgateway.OutcomeDenied || outcome == mcpgateway.OutcomeLimited || outcome == mcpgateway.OutcomeUnchecked ||
 		(c.Status == 0 && c.Err != nil) {
 		app = "none" // never reached a server: the name is the caller's, unbounded
 	}
@@ -172,7 +95,7 @@ func (h *MCP) observe(ctx context.Context, id mcpgateway.Identity, c mcpgateway.
 	_, span := tracer.Start(ctx, "zapier.mcp.tool_call", trace.WithTimestamp(end.Add(-c.Duration)),
 		trace.WithAttributes(attribute.String("zapier.mcp.app", app), attribute.String("zapier.mcp.tool", c.Tool),
 			attribute.String("zapier.outcome", outcome), attribute.Int("http.response.status_code", c.Status)))
-	if outcome != mcpOutcomeSuccess {
+	if outcome != mcpgateway.OutcomeSuccess {
 		span.SetStatus(codes.Error, outcome)
 	}
 	span.End(trace.WithTimestamp(end))
