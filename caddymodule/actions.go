@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -208,16 +207,7 @@ func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 func (h *Actions) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	return handlerError(h.handler.Serve(w, r))
-}
-
-// handlerError hands a request the handler did not answer to Caddy.
-func handlerError(err error) error {
-	var herr *actions.HandlerError
-	if errors.As(err, &herr) {
-		return caddyhttp.Error(herr.Status, herr.Err)
-	}
-	return err
+	return caddyError(h.handler.Serve(w, r))
 }
 
 // lookup finds apps (the app lines, then Zapier's catalog) and the user's

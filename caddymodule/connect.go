@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
-	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -163,15 +161,6 @@ func (h *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	return caddyError(h.handler.Serve(w, r))
 }
 
-// caddyError hands a failure a capability's handler left unanswered to Caddy.
-func caddyError(err error) error {
-	var herr *connect.HandlerError
-	if errors.As(err, &herr) {
-		return caddyhttp.Error(herr.Status, herr.Err)
-	}
-	return err
-}
-
 // connectExchanger runs connect-token exchanges like every exchange: within
 // max_inflight, through the breaker, counted as connect_token.
 func (a *App) connectExchanger() connect.Exchanger {
@@ -210,30 +199,6 @@ func newConnectionStore(s certmagic.Storage) *connect.Store {
 
 // The helpers zapier_actions, zapier_triggers and zapier_mcp still call by
 // their old names; they are connect's.
-
-// maxConnectBody bounds a JSON request body (connect.MaxBody).
-const maxConnectBody = connect.MaxBody
-
-func failConnect(w http.ResponseWriter, r *http.Request, err error) error {
-	return caddyError(connect.Fail(w, r, err))
-}
-
-func writeConnectJSON(w http.ResponseWriter, status int, v any) { connect.WriteJSON(w, status, v) }
-
-func decodeConnectBody(w http.ResponseWriter, r *http.Request, dst any) *gateway.Error {
-	return connect.DecodeBody(w, r, dst)
-}
-
-func redirectTo(w http.ResponseWriter, location string) { connect.Redirect(w, location) }
-
-// upstreamAlreadyGone: Zapier no longer had the authentication.
-const upstreamAlreadyGone = connect.UpstreamAlreadyGone
-
-// deleteAuthentication deletes one of the identity's authentications at
-// Zapier with its own access token (connect.DeleteAuthentication).
-func (a *App) deleteAuthentication(ctx context.Context, key tokencache.Key, id string) (string, error) {
-	return connect.DeleteAuthentication(ctx, a.caller(), key, id)
-}
 
 // Interface guards.
 var (

@@ -174,8 +174,8 @@ func (g *offboardGateway) Connections(ctx context.Context, tenant, user string) 
 }
 
 func (g *offboardGateway) DeleteUpstream(ctx context.Context, c connect.Connection) (bool, error) {
-	upstream, err := g.app.deleteAuthentication(ctx, tokencache.Key{Tenant: c.Tenant, User: c.User}, c.ConnectionID)
-	return upstream == upstreamAlreadyGone, err
+	upstream, err := connect.DeleteAuthentication(ctx, g.app.caller(), gateway.Identity{Tenant: c.Tenant, User: c.User}, c.ConnectionID)
+	return upstream == connect.UpstreamAlreadyGone, err
 }
 
 func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) error {

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -10,18 +11,21 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/zapgate/caddy-zapier/gateway"
-	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
-type identityHandler func(w http.ResponseWriter, r *http.Request, key tokencache.Key) error
-
-// serveRoute is how every end-user route starts: the core's route policy
-// (method, Host and Origin, identity, the limits of the route's class).
-func (a *App) serveRoute(w http.ResponseWriter, r *http.Request, rt gateway.Route, next identityHandler) error {
-	return a.policy.Serve(w, r, rt, gateway.Handler(next))
+// caddyError hands what a capability's handler left unanswered
+// (gateway.HandlerError: a caller gone, an internal failure) to Caddy, which
+// logs it and answers.
+func caddyError(err error) error {
+	var herr *gateway.HandlerError
+	if errors.As(err, &herr) {
+		return caddyhttp.Error(herr.Status, herr.Err)
+	}
+	return err
 }
 
-// newPolicy builds the route policy of every end-user route.
+// newPolicy builds the route policy of every end-user route (capabilities
+// serve their routes through it).
 func (a *App) newPolicy() *gateway.Policy {
 	rules := a.identityRules()
 	names := append([]string{a.CallbackURL}, a.ReturnOrigins...)

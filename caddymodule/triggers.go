@@ -316,7 +316,7 @@ func (h *Triggers) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 func (h *Triggers) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	return handlerError(h.handler.Serve(w, r))
+	return caddyError(h.handler.Serve(w, r))
 }
 
 // sourceAddr is the client address Caddy determined (trusted_proxies
