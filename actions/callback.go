@@ -147,7 +147,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request) error {
 	}
 	failed := func(err error) error {
 		h.observeCallback("failed")
-		return &HandlerError{Status: http.StatusInternalServerError, Err: err} // storage failed: a 500, which Zapier retries
+		return &gateway.HandlerError{Status: http.StatusInternalServerError, Err: err} // storage failed: a 500, which Zapier retries
 	}
 	if h.verifier == nil {
 		return refuse("failed", &gateway.Error{Status: http.StatusNotFound, Code: "not_found", Message: "run callbacks are not configured (run_callback_url)"})

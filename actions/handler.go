@@ -168,7 +168,7 @@ func (h *Handler) IdempotencyRecords() gateway.UserStore {
 // ServeHTTP serves r; a failure the handler did not answer itself is
 // answered with its status and no body (Serve returns it instead).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var herr *HandlerError
+	var herr *gateway.HandlerError
 	if err := h.Serve(w, r); errors.As(err, &herr) {
 		w.WriteHeader(herr.Status)
 	} else if err != nil {
@@ -176,7 +176,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// Serve serves r. The error, when not nil, is a *HandlerError: a request
+// Serve serves r. The error, when not nil, is a *gateway.HandlerError: a request
 // the handler did not answer (the caller went away, or an internal
 // failure, never shown to the caller).
 func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {

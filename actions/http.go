@@ -10,22 +10,12 @@ import (
 // MaxBody bounds a request body (the core's).
 const MaxBody = gateway.MaxJSONBody
 
-// StatusClientClosed is the core's StatusClientGone.
-const StatusClientClosed = gateway.StatusClientGone
-
-// HandlerError is the core's.
-type HandlerError = gateway.HandlerError
-
 // fail answers an error: the gateway's own (*gateway.Error), a failed call
 // to Zapier (mapped to the error table), or an internal failure (returned,
 // never shown). A caller that went away gets no body.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) error {
 	return gateway.Fail(w, r, err)
 }
-
-// Fail is how routes reusing zapier_actions' lookups answer err: the
-// core's gateway.Fail.
-func Fail(w http.ResponseWriter, r *http.Request, err error) error { return gateway.Fail(w, r, err) }
 
 // recorder buffers an answer (its headers go to the real writer's) so it
 // can be stored before it is written out.

@@ -80,17 +80,17 @@ func TestIdempotentReplayOfAnEndedRun(t *testing.T) {
 func TestFailAnswersOrHandsBack(t *testing.T) {
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	w := httptest.NewRecorder()
-	var herr *HandlerError
-	if err := Fail(w, r, errors.New("disk on fire")); !errors.As(err, &herr) || herr.Status != http.StatusInternalServerError || w.Body.Len() != 0 {
+	var herr *gateway.HandlerError
+	if err := gateway.Fail(w, r, errors.New("disk on fire")); !errors.As(err, &herr) || herr.Status != http.StatusInternalServerError || w.Body.Len() != 0 {
 		t.Errorf("internal failure: %v, body %q", err, w.Body.String())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := Fail(httptest.NewRecorder(), r.WithContext(ctx), errors.New("x")); !errors.As(err, &herr) || herr.Status != StatusClientClosed {
+	if err := gateway.Fail(httptest.NewRecorder(), r.WithContext(ctx), errors.New("x")); !errors.As(err, &herr) || herr.Status != gateway.StatusClientGone {
 		t.Errorf("caller gone: %v", err)
 	}
 	w = httptest.NewRecorder()
-	if err := Fail(w, r, &gatewayErr); err != nil || w.Code != http.StatusConflict || !strings.Contains(w.Body.String(), `"code":"c"`) {
+	if err := gateway.Fail(w, r, &gatewayErr); err != nil || w.Code != http.StatusConflict || !strings.Contains(w.Body.String(), `"code":"c"`) {
 		t.Errorf("gateway error: %v %d %s", err, w.Code, w.Body.String())
 	}
 }

@@ -125,7 +125,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, id gateway.Identit
 		run, retryAfter, err = h.await(ctx, id, runID, deadline)
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
-		return OutcomeFailed, &HandlerError{Status: StatusClientClosed, Err: ctx.Err()}
+		return OutcomeFailed, &gateway.HandlerError{Status: gateway.StatusClientGone, Err: ctx.Err()}
 	}
 	if err != nil {
 		// Polling failed, but the run was created: the caller gets its id

@@ -132,14 +132,14 @@ func NewHandler(cfg HandlerConfig) *Handler {
 // ServeHTTP serves r as a plain http.Handler: a failure Serve leaves
 // unanswered becomes a 500 internal_error (nothing for a caller gone).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var herr *HandlerError
-	if err := h.Serve(w, r); errors.As(err, &herr) && herr.Status != StatusClientGone {
+	var herr *gateway.HandlerError
+	if err := h.Serve(w, r); errors.As(err, &herr) && herr.Status != gateway.StatusClientGone {
 		gateway.WriteError(w, &gateway.Error{Status: http.StatusInternalServerError, Code: "internal_error", Message: "the request failed"})
 	}
 }
 
 // Serve serves r. It answers everything itself but internal failures and
-// callers gone away, which it returns as *HandlerError for the server (Caddy)
+// callers gone away, which it returns as *gateway.HandlerError for the server (Caddy)
 // to log and answer.
 func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 	p := r.URL.Path
@@ -204,21 +204,4 @@ func (h *Handler) completed(flow Flow, outcome Outcome) {
 	if h.cfg.Completed != nil {
 		h.cfg.Completed(flow, outcome)
 	}
-}
-
-// The core's answers, under the names connect's callers use.
-type HandlerError = gateway.HandlerError
-
-// StatusClientGone is the core's.
-const StatusClientGone = gateway.StatusClientGone
-
-// Fail is gateway.Fail.
-func Fail(w http.ResponseWriter, r *http.Request, err error) error { return gateway.Fail(w, r, err) }
-
-// WriteJSON is gateway.WriteJSON.
-func WriteJSON(w http.ResponseWriter, status int, v any) { gateway.WriteJSON(w, status, v) }
-
-// DecodeBody is gateway.DecodeJSON.
-func DecodeBody(w http.ResponseWriter, r *http.Request, dst any) *gateway.Error {
-	return gateway.DecodeJSON(w, r, dst)
 }

@@ -20,15 +20,15 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, id gatew
 	p, err := ParseCallback(r.URL.RawQuery)
 	if err != nil {
 		h.completed(FlowRedirect, OutcomeFailed)
-		return Fail(w, r, gateway.BadRequest(err.Error()))
+		return gateway.Fail(w, r, gateway.BadRequest(err.Error()))
 	}
 	st, err := h.callbackFlow(w, r, id, p)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	if err := CheckReturnTo(st.ReturnTo, h.cfg.ReturnOrigins); err != nil {
 		// Signed by us, but return_origins may have changed since.
-		return Fail(w, r, gateway.BadRequest(err.Error()))
+		return gateway.Fail(w, r, gateway.BadRequest(err.Error()))
 	}
 	ids := gateway.App{Key: st.App, UUID: st.AppUUID}
 	if p.HasError {

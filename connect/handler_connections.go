@@ -16,12 +16,12 @@ import (
 func (h *Handler) serveList(w http.ResponseWriter, r *http.Request, id gateway.Identity) error {
 	recs, err := h.cfg.Store.List(r.Context(), id.Tenant, id.User)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	for i := range recs {
 		recs[i] = recs[i].Public()
 	}
-	WriteJSON(w, http.StatusOK, struct {
+	gateway.WriteJSON(w, http.StatusOK, struct {
 		Data []Record `json:"data"`
 	}{recs})
 	return nil
@@ -32,20 +32,20 @@ func (h *Handler) serveList(w http.ResponseWriter, r *http.Request, id gateway.I
 func (h *Handler) serveGet(w http.ResponseWriter, r *http.Request, id gateway.Identity, app string) error {
 	ids, err := h.cfg.Apps(r.Context(), id, app)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	connID, aerr := connectionIDParam(r)
 	if aerr != nil {
-		return Fail(w, r, aerr)
+		return gateway.Fail(w, r, aerr)
 	}
 	rec, err := h.cfg.Store.Get(r.Context(), id.Tenant, id.User, ids.UUID, connID)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	if rec == nil {
-		return Fail(w, r, errNoConnection(ids))
+		return gateway.Fail(w, r, errNoConnection(ids))
 	}
-	WriteJSON(w, http.StatusOK, rec.Public())
+	gateway.WriteJSON(w, http.StatusOK, rec.Public())
 	return nil
 }
 
@@ -83,19 +83,19 @@ type disconnectAnswer struct {
 func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, id gateway.Identity, app string) error {
 	ids, err := h.cfg.Apps(r.Context(), id, app)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	connID, aerr := connectionIDParam(r)
 	if aerr != nil {
-		return Fail(w, r, aerr)
+		return gateway.Fail(w, r, aerr)
 	}
 	ctx := r.Context()
 	recs, err := h.cfg.Store.Accounts(ctx, id.Tenant, id.User, ids.UUID)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	if connID == "" && len(recs) > 1 {
-		return Fail(w, r, &gateway.Error{Status: http.StatusConflict, Code: "connection_ambiguous",
+		return gateway.Fail(w, r, &gateway.Error{Status: http.StatusConflict, Code: "connection_ambiguous",
 			Message: fmt.Sprintf("the user has %d accounts of app %s: name one with ?connection_id=", len(recs), ids.Key)})
 	}
 	var rec *Record
@@ -106,19 +106,19 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, id gateway
 		}
 	}
 	if rec == nil {
-		return Fail(w, r, errNoConnection(ids))
+		return gateway.Fail(w, r, errNoConnection(ids))
 	}
 	upstream := UpstreamKept
 	if !h.cfg.KeepUpstream {
 		if upstream, err = DeleteAuthentication(ctx, h.cfg.Caller, id, rec.ConnectionID); err != nil {
-			return Fail(w, r, err)
+			return gateway.Fail(w, r, err)
 		}
 	}
 	removed, err := h.cfg.Store.Remove(ctx, id.Tenant, id.User, ids.UUID, rec.ConnectionID)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
-	WriteJSON(w, http.StatusOK, disconnectAnswer{Deleted: len(removed) > 0, ConnectionID: rec.ConnectionID, App: rec.App, Upstream: upstream})
+	gateway.WriteJSON(w, http.StatusOK, disconnectAnswer{Deleted: len(removed) > 0, ConnectionID: rec.ConnectionID, App: rec.App, Upstream: upstream})
 	return nil
 }
 

@@ -46,34 +46,34 @@ type reusedResponse struct {
 // <connect_url>/to/<app>, a state bound to this browser, and the URL to open.
 func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request, id gateway.Identity) error {
 	var req tokenRequest
-	if aerr := DecodeBody(w, r, &req); aerr != nil {
-		return Fail(w, r, aerr)
+	if aerr := gateway.DecodeJSON(w, r, &req); aerr != nil {
+		return gateway.Fail(w, r, aerr)
 	}
 	ids, err := h.cfg.Apps(r.Context(), id, req.App)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	if req.Theme != "" && !validTheme(req.Theme) {
-		return Fail(w, r, gateway.BadRequest(themeRule))
+		return gateway.Fail(w, r, gateway.BadRequest(themeRule))
 	}
 	ctx := r.Context()
 	reconnectID, reused, err := h.plan(ctx, id, ids, req.ReconnectID, req.Reconnect, req.NewAccount)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	if reused != nil {
 		public := reused.Public() // as GET connections shows it: no owner hash
-		WriteJSON(w, http.StatusOK, reusedResponse{Connection: &public})
+		gateway.WriteJSON(w, http.StatusOK, reusedResponse{Connection: &public})
 		return nil
 	}
 	tok, err := h.connectToken(ctx, id, ids)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	st := &State{App: ids.Key, AppUUID: ids.UUID, Flow: FlowPopup}
 	state, nonce, err := h.cfg.States.Issue(ctx, st, id.Tenant, id.User)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	SetFlowCookie(w, r, st.ID, nonce, h.cfg.StateTTL, h.secureCookie(r))
 	extra := url.Values{}
@@ -83,7 +83,7 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request, id gateway.
 	if req.Theme != "" {
 		extra.Set("theme", req.Theme)
 	}
-	WriteJSON(w, http.StatusOK, tokenResponse{
+	gateway.WriteJSON(w, http.StatusOK, tokenResponse{
 		URL:       h.connectURL(ids.Key, tok.AccessToken, extra),
 		Token:     tok.AccessToken,
 		ExpiresIn: int64(tok.ExpiresIn / time.Second),
@@ -101,11 +101,11 @@ func (h *Handler) serveStart(w http.ResponseWriter, r *http.Request, id gateway.
 	q := r.URL.Query()
 	for _, name := range []string{"app", "return_to", "reconnect_id", "reconnect", "new_account", "theme"} {
 		if len(q[name]) > 1 {
-			return Fail(w, r, gateway.BadRequest(name+" must appear at most once"))
+			return gateway.Fail(w, r, gateway.BadRequest(name+" must appear at most once"))
 		}
 	}
 	if h.cfg.CallbackURL == "" {
-		return Fail(w, r, &gateway.Error{Status: http.StatusInternalServerError, Code: "connect_not_configured",
+		return gateway.Fail(w, r, &gateway.Error{Status: http.StatusInternalServerError, Code: "connect_not_configured",
 			Message: "the redirect flow needs callback_url in the zapier global option"})
 	}
 	returnTo := q.Get("return_to")
@@ -113,15 +113,15 @@ func (h *Handler) serveStart(w http.ResponseWriter, r *http.Request, id gateway.
 		returnTo = "/"
 	}
 	if err := CheckReturnTo(returnTo, h.cfg.ReturnOrigins); err != nil {
-		return Fail(w, r, gateway.BadRequest(err.Error()))
+		return gateway.Fail(w, r, gateway.BadRequest(err.Error()))
 	}
 	ids, err := h.cfg.Apps(r.Context(), id, q.Get("app"))
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	theme := q.Get("theme")
 	if theme != "" && !validTheme(theme) {
-		return Fail(w, r, gateway.BadRequest(themeRule))
+		return gateway.Fail(w, r, gateway.BadRequest(themeRule))
 	}
 	reconnectID := q.Get("reconnect_id")
 	reconnect := q.Get("reconnect") == "1" || q.Get("reconnect") == "true"
@@ -142,7 +142,7 @@ func (h *Handler) serveStart(w http.ResponseWriter, r *http.Request, id gateway.
 	st := &State{App: ids.Key, AppUUID: ids.UUID, Flow: FlowRedirect, ReturnTo: returnTo}
 	state, nonce, err := h.cfg.States.Issue(ctx, st, id.Tenant, id.User)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	SetFlowCookie(w, r, st.ID, nonce, h.cfg.StateTTL, h.secureCookie(r))
 	extra := url.Values{"redirect_uri": {h.cfg.CallbackURL}, "state": {state}}
@@ -166,19 +166,19 @@ type completeRequest struct {
 // the page.
 func (h *Handler) serveComplete(w http.ResponseWriter, r *http.Request, id gateway.Identity) error {
 	var req completeRequest
-	if aerr := DecodeBody(w, r, &req); aerr != nil {
+	if aerr := gateway.DecodeJSON(w, r, &req); aerr != nil {
 		h.completed(FlowPopup, OutcomeFailed)
-		return Fail(w, r, aerr)
+		return gateway.Fail(w, r, aerr)
 	}
 	authID, ok := ConnectionIDFromJSON(req.AuthID)
 	if !ok {
 		h.completed(FlowPopup, OutcomeFailed)
-		return Fail(w, r, gateway.BadRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
+		return gateway.Fail(w, r, gateway.BadRequest("auth_id must be the connection id Connect posted (a string or an integer)"))
 	}
 	ids, err := h.cfg.Apps(r.Context(), id, req.App)
 	if err != nil {
 		h.completed(FlowPopup, OutcomeFailed)
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	st, err := h.takeState(w, r, id, req.State, FlowPopup, func(st *State) error {
 		if st.AppUUID != ids.UUID {
@@ -187,13 +187,13 @@ func (h *Handler) serveComplete(w http.ResponseWriter, r *http.Request, id gatew
 		return nil
 	})
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	rec, err := h.verifyAndStore(r.Context(), id, gateway.App{Key: st.App, UUID: st.AppUUID}, authID, FlowPopup)
 	if err != nil {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
-	WriteJSON(w, http.StatusOK, rec.Public())
+	gateway.WriteJSON(w, http.StatusOK, rec.Public())
 	return nil
 }
 
@@ -336,7 +336,7 @@ func (h *Handler) secureCookie(r *http.Request) bool {
 func (h *Handler) redirectFailure(w http.ResponseWriter, r *http.Request, returnTo string, ids gateway.App, err error) error {
 	var aerr *gateway.Error
 	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
-		return Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	Redirect(w, WithOutcome(returnTo, url.Values{
 		"zapier_connect": {"error"}, "zapier_app": {ids.Key}, "zapier_error": {aerr.Code},

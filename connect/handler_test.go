@@ -387,7 +387,7 @@ func TestHandlerInternalFailures(t *testing.T) {
 	r.Header.Set("X-Zapier-Tenant", "org")
 	w := httptest.NewRecorder()
 	err := e.h.Serve(w, r)
-	var herr *HandlerError
+	var herr *gateway.HandlerError
 	if !errors.As(err, &herr) || herr.Status != http.StatusInternalServerError || w.Body.Len() != 0 {
 		t.Fatalf("Serve with failing storage: %v, wrote %d %s", err, w.Code, w.Body)
 	}
@@ -400,7 +400,7 @@ func TestHandlerInternalFailures(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	w = httptest.NewRecorder()
-	if err := Fail(w, httptest.NewRequest(http.MethodGet, "/", nil).WithContext(ctx), errors.New("x")); !errors.As(err, &herr) || herr.Status != StatusClientGone || w.Body.Len() != 0 {
+	if err := gateway.Fail(w, httptest.NewRequest(http.MethodGet, "/", nil).WithContext(ctx), errors.New("x")); !errors.As(err, &herr) || herr.Status != gateway.StatusClientGone || w.Body.Len() != 0 {
 		t.Errorf("Fail for a caller gone: %v, %d bytes", err, w.Body.Len())
 	}
 }

@@ -210,14 +210,14 @@ var (
 // ServeHTTP serves r as a plain http.Handler: a failure Serve leaves
 // unanswered becomes a 500 internal_error (nothing for a caller gone).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var herr *connect.HandlerError
-	if err := h.Serve(w, r); errors.As(err, &herr) && herr.Status != connect.StatusClientGone {
+	var herr *gateway.HandlerError
+	if err := h.Serve(w, r); errors.As(err, &herr) && herr.Status != gateway.StatusClientGone {
 		gateway.WriteError(w, &gateway.Error{Status: http.StatusInternalServerError, Code: "internal_error", Message: "the request failed"})
 	}
 }
 
 // Serve serves r. It answers everything itself but internal failures and
-// callers gone away, which it returns as *connect.HandlerError for the
+// callers gone away, which it returns as *gateway.HandlerError for the
 // server (Caddy) to log and answer.
 func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 	p := strings.TrimPrefix(r.URL.Path, "/")
@@ -269,7 +269,7 @@ func (h *Handler) serveMCP(w http.ResponseWriter, r *http.Request, id gateway.Id
 		gateway.WriteError(w, e)
 		return nil
 	}
-	return connect.Fail(w, r, refreshError(err))
+	return gateway.Fail(w, r, refreshError(err))
 }
 
 // proxyError is the answer to a proxy failure of the gateway's own, or nil.
@@ -320,7 +320,7 @@ func (h *Handler) writeAuthorizationRequired(w http.ResponseWriter, app string) 
 	if h.authBase != "" {
 		body["authorize_url"] = h.authBase + "?app=" + url.QueryEscape(app)
 	}
-	connect.WriteJSON(w, http.StatusUnauthorized, map[string]any{"error": body})
+	gateway.WriteJSON(w, http.StatusUnauthorized, map[string]any{"error": body})
 }
 
 // refreshError maps a failed refresh (or storage failure) to an answer.

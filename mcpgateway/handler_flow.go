@@ -22,7 +22,7 @@ func (h *Handler) serveAuthorize(w http.ResponseWriter, r *http.Request, id gate
 	q := r.URL.Query()
 	for _, name := range []string{"app", "return_to"} {
 		if len(q[name]) > 1 {
-			return connect.Fail(w, r, gateway.BadRequest(name+" must appear at most once"))
+			return gateway.Fail(w, r, gateway.BadRequest(name+" must appear at most once"))
 		}
 	}
 	returnTo := q.Get("return_to")
@@ -30,12 +30,12 @@ func (h *Handler) serveAuthorize(w http.ResponseWriter, r *http.Request, id gate
 		returnTo = "/"
 	}
 	if err := connect.CheckReturnTo(returnTo, h.cfg.ReturnOrigins); err != nil {
-		return connect.Fail(w, r, gateway.BadRequest(err.Error()))
+		return gateway.Fail(w, r, gateway.BadRequest(err.Error()))
 	}
 	ctx := r.Context()
 	app, err := h.resolveApp(ctx, id, q.Get("app"))
 	if err != nil {
-		return connect.Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	resource := h.resource(app)
 	tok, err := h.connectToken(ctx, id, resource)
@@ -45,12 +45,12 @@ func (h *Handler) serveAuthorize(w http.ResponseWriter, r *http.Request, id gate
 	st := &connect.State{App: app.ID, AppUUID: app.ID, Flow: connect.FlowMCP, ReturnTo: returnTo}
 	state, nonce, err := h.cfg.States.Issue(ctx, st, id.Tenant, id.User)
 	if err != nil {
-		return connect.Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	connect.SetFlowCookie(w, r, st.ID, nonce, h.cfg.StateTTL, h.secureCookie(r))
 	u, err := url.Parse(app.Links.MCPAuthorizeURL)
 	if err != nil {
-		return connect.Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	params := u.Query() // keep what Zapier put there
 	params.Set("token", tok.AccessToken)
@@ -93,7 +93,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, id gatew
 	p, err := ParseCallback(r.URL.RawQuery)
 	if err != nil {
 		h.authorized(AuthFailed)
-		return connect.Fail(w, r, gateway.BadRequest(err.Error()))
+		return gateway.Fail(w, r, gateway.BadRequest(err.Error()))
 	}
 	ctx := r.Context()
 	st, err := h.cfg.States.Open(ctx, r, p.State, connect.FlowMCP, id.Tenant, id.User)
@@ -104,15 +104,15 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, id gatew
 	if errors.As(err, &serr) {
 		h.authorized(AuthStateInvalid)
 		h.logger.Info("mcp state refused", zap.String("identity", gateway.LogHash(id.Tenant, id.User)), zap.String("reason", serr.Reason))
-		return connect.Fail(w, r, &gateway.Error{Status: http.StatusBadRequest, Code: "connect_state_invalid",
+		return gateway.Fail(w, r, &gateway.Error{Status: http.StatusBadRequest, Code: "connect_state_invalid",
 			Message: "the MCP authorize state is invalid (" + serr.Reason + "); start again at authorize"})
 	}
 	if err != nil {
-		return connect.Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	connect.ClearFlowCookie(w, r, st.ID, h.cfg.StateTTL, h.secureCookie(r))
 	if err := connect.CheckReturnTo(st.ReturnTo, h.cfg.ReturnOrigins); err != nil {
-		return connect.Fail(w, r, gateway.BadRequest(err.Error()))
+		return gateway.Fail(w, r, gateway.BadRequest(err.Error()))
 	}
 	if p.HasError {
 		h.authorized(AuthError)
@@ -149,7 +149,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, id gatew
 		Created: now, Updated: now}
 	if err := h.tokens.Save(ctx, identityOf(id), rec); err != nil {
 		h.authorized(AuthFailed)
-		return connect.Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	h.agg.Invalidate(identityOf(id))
 	h.authorized(AuthSuccess)
@@ -162,7 +162,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, id gatew
 func (h *Handler) redirectOutcome(w http.ResponseWriter, r *http.Request, returnTo, app string, err error) error {
 	var aerr *gateway.Error
 	if !errors.As(err, &aerr) || errors.Is(r.Context().Err(), context.Canceled) {
-		return connect.Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	connect.Redirect(w, connect.WithOutcome(returnTo, url.Values{"zapier_mcp": {"error"}, "zapier_app": {app}, "zapier_error": {aerr.Code}}))
 	return nil
@@ -186,13 +186,13 @@ type appView struct {
 func (h *Handler) serveApps(w http.ResponseWriter, r *http.Request, id gateway.Identity) error {
 	recs, err := h.tokens.Store().List(r.Context(), identityOf(id))
 	if err != nil {
-		return connect.Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	views := make([]appView, 0, len(recs))
 	for _, rec := range recs {
 		views = append(views, appView{App: rec.App, Title: rec.Title, AuthorizedAt: rec.Created, UpdatedAt: rec.Updated, Refreshable: rec.RefreshToken != ""})
 	}
-	connect.WriteJSON(w, http.StatusOK, struct {
+	gateway.WriteJSON(w, http.StatusOK, struct {
 		Data []appView `json:"data"`
 	}{views})
 	return nil
@@ -202,14 +202,14 @@ func (h *Handler) serveApps(w http.ResponseWriter, r *http.Request, id gateway.I
 // Zapier stays until it expires or the user revokes it there).
 func (h *Handler) serveForget(w http.ResponseWriter, r *http.Request, id gateway.Identity, app string) error {
 	if !gateway.ValidAppName(app) {
-		return connect.Fail(w, r, gateway.BadRequest("app must be an app id or key"))
+		return gateway.Fail(w, r, gateway.BadRequest("app must be an app id or key"))
 	}
 	found, err := h.tokens.Forget(r.Context(), identityOf(id), app)
 	if err != nil {
-		return connect.Fail(w, r, err)
+		return gateway.Fail(w, r, err)
 	}
 	if !found {
-		return connect.Fail(w, r, &gateway.Error{Status: http.StatusNotFound, Code: "mcp_authorization_missing",
+		return gateway.Fail(w, r, &gateway.Error{Status: http.StatusNotFound, Code: "mcp_authorization_missing",
 			Message: "no MCP authorization stored for app " + app})
 	}
 	h.agg.Invalidate(identityOf(id))

@@ -101,7 +101,7 @@ func (h *Handler) Manager() *Manager { return h.cfg.Manager }
 // ServeHTTP serves r; a failure the handler did not answer itself is
 // answered with its status and no body (Serve returns it instead).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var herr *actions.HandlerError
+	var herr *gateway.HandlerError
 	if err := h.Serve(w, r); errors.As(err, &herr) {
 		w.WriteHeader(herr.Status)
 	} else if err != nil {
@@ -109,7 +109,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// Serve serves r. The error, when not nil, is an *actions.HandlerError: a
+// Serve serves r. The error, when not nil, is an *gateway.HandlerError: a
 // request the handler did not answer (the caller went away, or an internal
 // failure, never shown to the caller).
 func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
@@ -126,7 +126,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 			if err != nil {
 				return h.fail(w, r, err)
 			}
-			connect.WriteJSON(w, http.StatusOK, struct {
+			gateway.WriteJSON(w, http.StatusOK, struct {
 				Data []View `json:"data"`
 			}{views})
 			return nil
@@ -168,7 +168,7 @@ type subscriptionRequest struct {
 }
 
 func writeSubscription(w http.ResponseWriter, status int, v View) {
-	connect.WriteJSON(w, status, struct {
+	gateway.WriteJSON(w, status, struct {
 		Subscription View `json:"subscription"`
 	}{v})
 }
@@ -193,7 +193,7 @@ func (h *Handler) serveSubscription(w http.ResponseWriter, r *http.Request, gid 
 		return nil
 	}
 	var req subscriptionRequest
-	if aerr := connect.DecodeBody(w, r, &req); aerr != nil {
+	if aerr := gateway.DecodeJSON(w, r, &req); aerr != nil {
 		return h.fail(w, r, aerr)
 	}
 	switch {
@@ -244,7 +244,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) error 
 	case errors.Is(err, ErrNotFound):
 		err = &gateway.Error{Status: http.StatusNotFound, Code: "subscription_not_found", Message: "this user has no subscription with this name"}
 	}
-	return actions.Fail(w, r, err)
+	return gateway.Fail(w, r, err)
 }
 
 // serveNotify takes Zapier's availability notification (§3.8) as a hint
@@ -276,7 +276,7 @@ func (h *Handler) serveNotify(w http.ResponseWriter, r *http.Request) error {
 	}
 	known := mgr.Notify(r.Context(), inboxID, token)
 	h.cfg.ObserveNotification(fmt.Sprint(known))
-	connect.WriteJSON(w, http.StatusOK, struct {
+	gateway.WriteJSON(w, http.StatusOK, struct {
 		OK bool `json:"ok"`
 	}{true})
 	return nil
@@ -339,7 +339,7 @@ func (h *Handler) serveConnectionWebhook(w http.ResponseWriter, r *http.Request)
 	}
 	ctx := r.Context()
 	ok := func(status string) {
-		connect.WriteJSON(w, http.StatusOK, struct {
+		gateway.WriteJSON(w, http.StatusOK, struct {
 			Status string `json:"status"`
 		}{status})
 	}
@@ -353,7 +353,7 @@ func (h *Handler) serveConnectionWebhook(w http.ResponseWriter, r *http.Request)
 	// sharing the storage: copies of one delivery are forwarded once.
 	claim, err := h.seen.Claim(ctx, id)
 	if err != nil {
-		return &actions.HandlerError{Status: http.StatusInternalServerError, Err: err}
+		return &gateway.HandlerError{Status: http.StatusInternalServerError, Err: err}
 	}
 	switch claim {
 	case AlreadyForwarded:
@@ -370,7 +370,7 @@ func (h *Handler) serveConnectionWebhook(w http.ResponseWriter, r *http.Request)
 	owner, err := h.cfg.Lookup.Store.Owner(ctx, in.ConnectionID) // connect/store_owner.go
 	if err != nil {
 		_ = h.seen.Abandon(context.WithoutCancel(ctx), id)
-		return &actions.HandlerError{Status: http.StatusInternalServerError, Err: err}
+		return &gateway.HandlerError{Status: http.StatusInternalServerError, Err: err}
 	}
 	if in.ConnectionID == "" || owner == nil {
 		observe("unknown_connection")

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/zapgate/caddy-zapier/internal/memstorage"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/zapgate/caddy-zapier/internal/memstorage"
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
