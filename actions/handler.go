@@ -165,15 +165,10 @@ func (h *Handler) IdempotencyRecords() gateway.UserStore {
 	return idempotency.UserStore{Store: h.once.store, Names: h.cfg.Names, OwnerAAD: []byte(idempotencyOwnerAAD)}
 }
 
-// ServeHTTP serves r; a failure the handler did not answer itself is
-// answered with its status and no body (Serve returns it instead).
+// ServeHTTP serves r as a plain http.Handler; what Serve leaves unanswered
+// is answered as gateway.Unanswered does (Caddy calls Serve and logs it).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var herr *gateway.HandlerError
-	if err := h.Serve(w, r); errors.As(err, &herr) {
-		w.WriteHeader(herr.Status)
-	} else if err != nil {
-		w.WriteHeader(http.StatusInternalServerError)
-	}
+	gateway.Unanswered(w, h.Serve(w, r))
 }
 
 // Serve serves r. The error, when not nil, is a *gateway.HandlerError: a request

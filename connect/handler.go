@@ -2,7 +2,6 @@ package connect
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -129,13 +128,10 @@ func NewHandler(cfg HandlerConfig) *Handler {
 	return &Handler{cfg: cfg, connectBase: strings.TrimRight(cfg.ConnectURL, "/"), logger: logger}
 }
 
-// ServeHTTP serves r as a plain http.Handler: a failure Serve leaves
-// unanswered becomes a 500 internal_error (nothing for a caller gone).
+// ServeHTTP serves r as a plain http.Handler; what Serve leaves unanswered
+// is answered as gateway.Unanswered does (Caddy calls Serve and logs it).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var herr *gateway.HandlerError
-	if err := h.Serve(w, r); errors.As(err, &herr) && herr.Status != gateway.StatusClientGone {
-		gateway.WriteError(w, &gateway.Error{Status: http.StatusInternalServerError, Code: "internal_error", Message: "the request failed"})
-	}
+	gateway.Unanswered(w, h.Serve(w, r))
 }
 
 // Serve serves r. It answers everything itself but internal failures and

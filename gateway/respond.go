@@ -94,3 +94,15 @@ func bodyErrorText(err error) string {
 	}
 	return "not a JSON object"
 }
+
+// Unanswered answers, for a capability's handler serving as a plain
+// http.Handler (outside Caddy), what its Serve left unanswered: an internal
+// failure is a 500 internal_error that shows nothing of the failure; a
+// caller that went away gets nothing.
+func Unanswered(w http.ResponseWriter, err error) {
+	var herr *HandlerError
+	if err == nil || errors.As(err, &herr) && herr.Status == StatusClientGone {
+		return
+	}
+	WriteError(w, &Error{Status: http.StatusInternalServerError, Code: "internal_error", Message: "the request failed"})
+}

@@ -207,13 +207,10 @@ var (
 	agentRoute   = gateway.Route{Methods: []string{http.MethodPost, http.MethodGet, http.MethodDelete}, Class: gateway.Agent}
 )
 
-// ServeHTTP serves r as a plain http.Handler: a failure Serve leaves
-// unanswered becomes a 500 internal_error (nothing for a caller gone).
+// ServeHTTP serves r as a plain http.Handler; what Serve leaves unanswered
+// is answered as gateway.Unanswered does (Caddy calls Serve and logs it).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var herr *gateway.HandlerError
-	if err := h.Serve(w, r); errors.As(err, &herr) && herr.Status != gateway.StatusClientGone {
-		gateway.WriteError(w, &gateway.Error{Status: http.StatusInternalServerError, Code: "internal_error", Message: "the request failed"})
-	}
+	gateway.Unanswered(w, h.Serve(w, r))
 }
 
 // Serve serves r. It answers everything itself but internal failures and

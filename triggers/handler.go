@@ -98,15 +98,10 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 // Manager is the delivery loop the handler serves.
 func (h *Handler) Manager() *Manager { return h.cfg.Manager }
 
-// ServeHTTP serves r; a failure the handler did not answer itself is
-// answered with its status and no body (Serve returns it instead).
+// ServeHTTP serves r as a plain http.Handler; what Serve leaves unanswered
+// is answered as gateway.Unanswered does (Caddy calls Serve and logs it).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var herr *gateway.HandlerError
-	if err := h.Serve(w, r); errors.As(err, &herr) {
-		w.WriteHeader(herr.Status)
-	} else if err != nil {
-		w.WriteHeader(http.StatusInternalServerError)
-	}
+	gateway.Unanswered(w, h.Serve(w, r))
 }
 
 // Serve serves r. The error, when not nil, is an *gateway.HandlerError: a
