@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/certmagic"
 
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
@@ -113,7 +112,8 @@ func (a *adminAPI) handleForget(w http.ResponseWriter, r *http.Request) error {
 // listed from its connections first, for the stores that name users only by
 // keyed hashes (the token caches).
 func (a *App) forget(ctx context.Context, sc gateway.Scope) (forgetReport, error) {
-	known, err := connect.Owners(ctx, a.offboarding(), sc)
+	g, _ := a.offboarding()
+	known, err := connect.Owners(ctx, g, sc)
 	if err != nil {
 		return forgetReport{}, err
 	}
@@ -137,50 +137,11 @@ func (a *App) forget(ctx context.Context, sc gateway.Scope) (forgetReport, error
 	return rep, nil
 }
 
-// offboardGateway is connect.Gateway over this gateway's storage, token
-// cache and Zapier client.
-type offboardGateway struct {
-	app     *App
-	storage certmagic.Storage
-	store   *connect.Store
-	states  *stateKeeper
-}
-
-func (a *App) offboarding() *offboardGateway {
+// offboarding is connect's offboarding gateway over this config's storage
+// and Zapier caller, and the connect states of the storage.
+func (a *App) offboarding() (connect.StoreGateway, *stateKeeper) {
 	s := a.ctx.Storage()
-	return &offboardGateway{app: a, storage: s, store: newConnectionStore(s), states: newStateKeeper(a.ctx, s, connect.DefaultStateTTL)}
-}
-
-func (g *offboardGateway) Connections(ctx context.Context, tenant, user string) ([]connect.Connection, error) {
-	var out []connect.Connection
-	if user != "" {
-		recs, err := g.store.List(ctx, tenant, user)
-		if err != nil {
-			return nil, err
-		}
-		for _, rec := range recs {
-			out = append(out, connect.Connection{Tenant: tenant, User: user, App: rec.App, AppUUID: rec.AppUUID, ConnectionID: rec.ConnectionID})
-		}
-		return out, nil
-	}
-	owned, err := g.store.OwnedBy(ctx, tenant)
-	if err != nil {
-		return nil, err
-	}
-	for _, o := range owned {
-		out = append(out, connect.Connection{Tenant: o.Tenant, User: o.User, App: o.Record.App, AppUUID: o.Record.AppUUID, ConnectionID: o.Record.ConnectionID})
-	}
-	return out, nil
-}
-
-func (g *offboardGateway) DeleteUpstream(ctx context.Context, c connect.Connection) (bool, error) {
-	upstream, err := connect.DeleteAuthentication(ctx, g.app.caller(), gateway.Identity{Tenant: c.Tenant, User: c.User}, c.ConnectionID)
-	return upstream == connect.UpstreamAlreadyGone, err
-}
-
-func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) error {
-	_, err := g.store.Remove(ctx, c.Tenant, c.User, c.AppUUID, c.ConnectionID)
-	return err
+	return connect.StoreGateway{Store: newConnectionStore(s), Caller: a.caller()}, newStateKeeper(a.ctx, s, connect.DefaultStateTTL)
 }
 
 // registerCoreStores registers the stores the App itself keeps per-user
@@ -188,32 +149,21 @@ func (g *offboardGateway) Forget(ctx context.Context, c connect.Connection) erro
 // connect states (open flows), and the token caches (here, in Redis, and on
 // the other gateways through the forget log), last.
 func (a *App) registerCoreStores() {
-	a.registerUserStore(gateway.PhaseUpstream, connect.OffboardStore{G: lazyOffboarding{a}})
+	a.registerUserStore(gateway.PhaseUpstream, gateway.StoreFunc{Name: "connections", Fn: func(ctx context.Context, sc gateway.Scope) (gateway.StoreReport, error) {
+		g, _ := a.offboarding()
+		return connect.OffboardStore{G: g}.Forget(ctx, sc)
+	}})
 	a.registerUserStore(gateway.PhaseLocal, gateway.StoreFunc{Name: "connect_states", Fn: func(ctx context.Context, sc gateway.Scope) (gateway.StoreReport, error) {
-		g := a.offboarding()
-		n, err := g.states.Forget(ctx, sc.Tenant, sc.User)
+		_, states := a.offboarding()
+		n, err := states.Forget(ctx, sc.Tenant, sc.User)
 		return gateway.StoreReport{Deleted: n}, err
 	}})
 	a.registerUserStore(gateway.PhaseLocal, gateway.StoreFunc{Name: "runs", Fn: func(ctx context.Context, sc gateway.Scope) (gateway.StoreReport, error) {
-		g := a.offboarding()
-		n, err := actions.ForgetRuns(ctx, g.storage, g.states, sc.Known)
+		_, states := a.offboarding()
+		n, err := actions.ForgetRuns(ctx, a.ctx.Storage(), states, sc.Known)
 		return gateway.StoreReport{Deleted: n}, err
 	}})
 	a.registerUserStore(gateway.PhaseTokens, gateway.StoreFunc{Name: "tokens", Fn: a.forgetTokens})
-}
-
-// lazyOffboarding builds the offboarding gateway at use: storage is the
-// config's, known once provisioned.
-type lazyOffboarding struct{ a *App }
-
-func (l lazyOffboarding) Connections(ctx context.Context, tenant, user string) ([]connect.Connection, error) {
-	return l.a.offboarding().Connections(ctx, tenant, user)
-}
-func (l lazyOffboarding) DeleteUpstream(ctx context.Context, c connect.Connection) (bool, error) {
-	return l.a.offboarding().DeleteUpstream(ctx, c)
-}
-func (l lazyOffboarding) Forget(ctx context.Context, c connect.Connection) error {
-	return l.a.offboarding().Forget(ctx, c)
 }
 
 // forgetTokens purges the scope's cached access tokens: here and in Redis
@@ -237,8 +187,8 @@ func (a *App) forgetTokens(ctx context.Context, sc gateway.Scope) (gateway.Store
 	for _, id := range ids {
 		entry.Users = append(entry.Users, id.User)
 	}
-	g := a.offboarding()
-	return rep, a.tokens.forgets.Append(ctx, g.storage, g.states, entry)
+	_, states := a.offboarding()
+	return rep, a.tokens.forgets.Append(ctx, a.ctx.Storage(), states, entry)
 }
 
 // applyForgetLog evicts from this gateway's cache the tokens of the

@@ -132,3 +132,47 @@ func Owners(ctx context.Context, g Gateway, sc gateway.Scope) ([]gateway.Identit
 
 // Identity is one (tenant, user).
 type Identity = gateway.Identity
+
+// StoreGateway is the Gateway over a connection store: connections listed
+// from it (one user's by keyed name, a tenant's by sealed owners), their
+// authentications deleted at Zapier through the Caller with each owner's
+// own token, and their records removed.
+type StoreGateway struct {
+	Store  *Store
+	Caller *gateway.Caller
+}
+
+// Connections implements Gateway.
+func (g StoreGateway) Connections(ctx context.Context, tenant, user string) ([]Connection, error) {
+	var out []Connection
+	if user != "" {
+		recs, err := g.Store.List(ctx, tenant, user)
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range recs {
+			out = append(out, Connection{Tenant: tenant, User: user, App: rec.App, AppUUID: rec.AppUUID, ConnectionID: rec.ConnectionID})
+		}
+		return out, nil
+	}
+	owned, err := g.Store.OwnedBy(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range owned {
+		out = append(out, Connection{Tenant: o.Tenant, User: o.User, App: o.Record.App, AppUUID: o.Record.AppUUID, ConnectionID: o.Record.ConnectionID})
+	}
+	return out, nil
+}
+
+// DeleteUpstream implements Gateway.
+func (g StoreGateway) DeleteUpstream(ctx context.Context, c Connection) (bool, error) {
+	upstream, err := DeleteAuthentication(ctx, g.Caller, gateway.Identity{Tenant: c.Tenant, User: c.User}, c.ConnectionID)
+	return upstream == UpstreamAlreadyGone, err
+}
+
+// Forget implements Gateway.
+func (g StoreGateway) Forget(ctx context.Context, c Connection) error {
+	_, err := g.Store.Remove(ctx, c.Tenant, c.User, c.AppUUID, c.ConnectionID)
+	return err
+}
