@@ -100,14 +100,61 @@ func IsName(s string) bool {
 const ownerLabel = "caddy-zapier connection owner v1"
 
 // OwnerAEAD is the AEAD that seals owners, derived from the names key.
-func OwnerAEAD(namesKey []byte) (cipher.AEAD, error) {
+func OwnerAEAD(namesKey []byte) (cipher.AEAD, error) { return derivedAEAD(namesKey, ownerLabel) }
+
+// derivedAEAD is AES-256-GCM under HMAC(namesKey, label): one key per use,
+// the same on every gateway sharing the storage.
+func derivedAEAD(namesKey []byte, label string) (cipher.AEAD, error) {
 	m := hmac.New(sha256.New, namesKey)
-	m.Write([]byte(ownerLabel))
+	m.Write([]byte(label))
 	block, err := aes.NewCipher(m.Sum(nil))
 	if err != nil {
 		return nil, err
 	}
 	return cipher.NewGCM(block)
+}
+
+// Seal seals data that names or belongs to a user (a dead letter's event
+// body) under a key derived for label, bound to aad; base64url of
+// nonce‖ciphertext.
+func (n *Namespace) Seal(ctx context.Context, label string, plain, aad []byte) (string, error) {
+	key, err := n.keys.NamesKey(ctx)
+	if err != nil {
+		return "", err
+	}
+	aead, err := derivedAEAD(key, label)
+	if err != nil {
+		return "", err
+	}
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(aead.Seal(nonce, nonce, plain, aad)), nil
+}
+
+// ErrSealed is returned for sealed data that does not open.
+var ErrSealed = errors.New("gateway: sealed data does not open")
+
+// Open opens what Seal sealed with the same label and aad.
+func (n *Namespace) Open(ctx context.Context, label, sealed string, aad []byte) ([]byte, error) {
+	key, err := n.keys.NamesKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := derivedAEAD(key, label)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(sealed)
+	if err != nil || len(raw) < aead.NonceSize() {
+		return nil, ErrSealed
+	}
+	plain, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], aad)
+	if err != nil {
+		return nil, ErrSealed
+	}
+	return plain, nil
 }
 
 type sealedOwner struct {

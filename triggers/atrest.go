@@ -2,12 +2,6 @@ package triggers
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -196,35 +190,16 @@ func deadAAD(id string) []byte { return []byte("trigger dead letter\x00" + id) }
 // key, apart from the owner-sealing key.
 const bodyLabel = "caddy-zapier trigger dead letter body v1"
 
-func (m *Manager) bodyAEAD(ctx context.Context) (cipher.AEAD, error) {
-	key, err := m.cfg.Names.NamesKey(ctx)
-	if err != nil {
-		return nil, err
-	}
-	h := hmac.New(sha256.New, key)
-	h.Write([]byte(bodyLabel))
-	block, err := aes.NewCipher(h.Sum(nil))
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
-}
-
 // putDead stores a dead letter, owner and body sealed.
 func (m *Manager) putDead(ctx context.Context, dl DeadLetter) error {
 	owner, err := m.ns.SealOwner(ctx, gateway.Identity{Tenant: dl.Tenant, User: dl.User}, deadAAD(dl.ID))
 	if err != nil {
 		return err
 	}
-	aead, err := m.bodyAEAD(ctx)
+	sealed, err := m.ns.Seal(ctx, bodyLabel, dl.Body, deadAAD(dl.ID))
 	if err != nil {
 		return err
 	}
-	nonce := make([]byte, aead.NonceSize())
-	if _, err := rand.Read(nonce); err != nil {
-		return err
-	}
-	sealed := base64.RawURLEncoding.EncodeToString(aead.Seal(nonce, nonce, dl.Body, deadAAD(dl.ID)))
 	return storeJSON(ctx, m.cfg.Storage, deadKey(dl.ID), storedDeadLetter{ID: dl.ID, Owner: owner, Subscription: dl.Subscription,
 		SealedBody: sealed, Attempts: dl.Attempts, LastError: dl.LastError, Created: dl.Created})
 }
@@ -252,17 +227,12 @@ func (m *Manager) readDead(ctx context.Context, key string) (*DeadLetter, error)
 	if err != nil {
 		return nil, fmt.Errorf("%w: dead letter %s: %v", errUnreadable, path.Base(key), err)
 	}
-	aead, err := m.bodyAEAD(ctx)
+	body, err := m.ns.Open(ctx, bodyLabel, sd.SealedBody, deadAAD(sd.ID))
+	if errors.Is(err, gateway.ErrSealed) {
+		return nil, fmt.Errorf("%w: dead letter %s", errUnreadable, path.Base(key))
+	}
 	if err != nil {
 		return nil, err
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(sd.SealedBody)
-	if err != nil || len(raw) < aead.NonceSize() {
-		return nil, fmt.Errorf("%w: dead letter %s", errUnreadable, path.Base(key))
-	}
-	body, err := aead.Open(nil, raw[:aead.NonceSize()], raw[aead.NonceSize():], deadAAD(sd.ID))
-	if err != nil {
-		return nil, fmt.Errorf("%w: dead letter %s", errUnreadable, path.Base(key))
 	}
 	dl.Tenant, dl.User, dl.Body = id.Tenant, id.User, body
 	return dl, nil
