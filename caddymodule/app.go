@@ -538,43 +538,43 @@ func (a *App) ensureKeys(ctx context.Context) error {
 	return nil
 }
 
-// exchange mints a JWT for the identity and trades it for an access token.
-// It is the token cache's fetch function.
+// exchange mints a JWT for the identity and trades it for an access token
+// (the core's Exchanger). It is the token cache's fetch function.
 func (a *App) exchange(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
-	tok, err := a.limitedExchange(ctx, key, exchangeKindAccess, func(ctx context.Context) (zapierapi.Token, error) {
-		return a.exchangeJWT(ctx, key)
-	})
-	if err != nil {
-		return tokencache.Token{}, err
-	}
-	return tokencache.Token{Value: tok.AccessToken, Expiry: tok.Expiry}, nil
+	return a.exchanger().Access(ctx, key)
 }
 
-// limitedExchange runs one token exchange of kind for key: within
-// max_inflight, through the breaker, in a span that is a child of the
-// request's, counted, and logged when it fails.
-func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind string, call func(context.Context) (zapierapi.Token, error)) (tok zapierapi.Token, err error) {
-	ctx, span := startExchangeSpan(ctx, kind)
-	if span.IsRecording() {
-		span.SetAttributes(attrIdentity.String(gateway.LogHash(key.Tenant, key.User)))
+// limitedExchange runs one token exchange of kind for key through the
+// core's Exchanger: within max_inflight, through the breaker, in a span that
+// is a child of the request's, counted, and logged when it fails.
+func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind string, call func(context.Context) (zapierapi.Token, error)) (zapierapi.Token, error) {
+	return a.exchanger().Run(ctx, key, kind, call)
+}
+
+// exchanger is the core's Exchanger over this config's limit, client and
+// keys, and the token cache's breaker (which outlives reloads).
+func (a *App) exchanger() *gateway.Exchanger {
+	return &gateway.Exchanger{Inflight: a.inflight, Breaker: a.tokens.breaker, Client: a.client,
+		Mint: func(ctx context.Context, id gateway.Identity) (string, error) {
+			if err := a.ensureKeys(ctx); err != nil {
+				return "", err
+			}
+			return a.signJWT(ctx, id)
+		},
+		Trace: func(ctx context.Context, id gateway.Identity, kind string) (context.Context, func(error)) {
+			ctx, span := startExchangeSpan(ctx, kind)
+			if span.IsRecording() {
+				span.SetAttributes(attrIdentity.String(gateway.LogHash(id.Tenant, id.User)))
+			}
+			return ctx, func(err error) { endExchangeSpan(span, err) }
+		},
+		Done: func(id gateway.Identity, kind string, err error, took time.Duration) {
+			a.metrics.observeExchange(kind, err, took)
+			if err != nil {
+				a.logExchangeFailure(id, err)
+			}
+		},
 	}
-	defer func() { endExchangeSpan(span, err) }()
-	select {
-	case a.inflight <- struct{}{}:
-		defer func() { <-a.inflight }()
-	case <-ctx.Done():
-		return tok, &zapierapi.Error{Kind: zapierapi.KindTimeout, Err: ctx.Err()}
-	}
-	start := time.Now()
-	err = gateway.Guard(a.tokens.breaker, func() (err error) {
-		tok, err = call(ctx)
-		return err
-	})
-	a.metrics.observeExchange(kind, err, time.Since(start))
-	if err != nil {
-		a.logExchangeFailure(key, err)
-	}
-	return tok, err
 }
 
 // callAPI makes one call to Zapier's API with the caller's access token,
@@ -601,17 +601,6 @@ func (a *App) breakerOpened(openFor time.Duration) {
 	a.logger.Warn("Zapier keeps failing: circuit breaker opened; calls fail fast until it half-opens",
 		zap.Duration("open_for", openFor))
 	a.emitBreakerOpened(openFor) // metric and zapier_breaker_opened event (events.go)
-}
-
-func (a *App) exchangeJWT(ctx context.Context, key tokencache.Key) (zapierapi.Token, error) {
-	if err := a.ensureKeys(ctx); err != nil {
-		return zapierapi.Token{}, err
-	}
-	jwt, err := a.signJWT(ctx, key)
-	if err != nil {
-		return zapierapi.Token{}, fmt.Errorf("minting JWT: %w", err)
-	}
-	return a.client.ExchangeJWT(ctx, jwt)
 }
 
 func (a *App) logExchangeFailure(key tokencache.Key, err error) {

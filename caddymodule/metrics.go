@@ -22,7 +22,7 @@ import (
 
 // Exchange kinds: what was asked of Zapier's token endpoint.
 const (
-	exchangeKindAccess  = "access_token"  // partner JWT → user access token
+	exchangeKindAccess  = gateway.KindAccess // partner JWT → user access token
 	exchangeKindConnect = "connect_token" // access token → single-use connect token
 )
 
