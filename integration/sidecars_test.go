@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -33,6 +34,9 @@ type fleetOptions struct {
 	siteExtra   string // extra lines inside the site block
 	env         []string
 	fake        fakezapier.Config
+	globalExtra string           // extra lines in the global options block
+	autoHTTPS   string           // the auto_https option; default off
+	extraSites  func(int) string // more site blocks for sidecar i, after its site
 }
 
 type fleet struct {
@@ -130,12 +134,17 @@ func startFleet(t *testing.T, opts fleetOptions) *fleet {
 }
 
 func (f *fleet) caddyfile(s *sidecar, opts fleetOptions) string {
+	extra := ""
+	if opts.extraSites != nil {
+		extra = opts.extraSites((s.port - sidecarPort(0)) / 2)
+	}
 	return fmt.Sprintf(`{
 	admin localhost:%d
-	auto_https off
+	auto_https %s
 	persist_config off
 	grace_period 1ns
 	storage file_system %s
+	%s
 	zapier {
 		client_id %s
 		client_secret {env.ITEST_ZAPIER_SECRET}
@@ -155,7 +164,8 @@ func (f *fleet) caddyfile(s *sidecar, opts fleetOptions) string {
 	}
 	%s
 }
-`, s.adminPort, f.storage, testClientID, testIssuer, f.fakeURL, f.fakeURL, f.fakeURL, testBudget, opts.zapierExtra, s.port, f.fakeURL, opts.siteExtra)
+%s
+`, s.adminPort, cmp.Or(opts.autoHTTPS, "off"), f.storage, opts.globalExtra, testClientID, testIssuer, f.fakeURL, f.fakeURL, f.fakeURL, testBudget, opts.zapierExtra, s.port, f.fakeURL, opts.siteExtra, extra)
 }
 
 // jwks returns the sidecar's JWKS body.
