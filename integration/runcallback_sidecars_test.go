@@ -1,10 +1,17 @@
 package integration
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -21,8 +28,7 @@ import (
 // storage.
 //
 // Zapier calls only https URLs, so each sidecar also serves zapier_actions
-// on an HTTPS site of its own (Caddy's internal CA, as startCallbackGateway
-// does), on the port after the fleet's, sidecarPort(n+i), which the OpenAPI
+// on an HTTPS site of its own (a self-signed certificate), on the port after the fleet's, sidecarPort(n+i), which the OpenAPI
 // check recognises as a gateway port. Every sidecar has the same
 // configuration, as behind one public name: run_callback_url is sidecar
 // 0's HTTPS site, where Zapier delivers; a replay is sent to another
@@ -53,16 +59,15 @@ func startCallbackFleet(t *testing.T, actionsExtra string, specs ...fakezapier.A
 		_, _ = w.Write(f.CallbackJWKS())
 	}))
 	t.Cleanup(jwks.Close)
+	cert, key := cbSelfSignedCert(t)
 
 	actions := actionsSite(fmt.Sprintf("run_callback_url %s\n\t\t\tcallback_jwks_url %s%s\n\t\t\tcallback_issuer %s\n\t\t\tcallback_timeout 30s\n\t\t\t%s",
 		cbFleetURL(0), jwks.URL, fakezapier.CallbackJWKSPath, fakezapier.CallbackIssuer, actionsExtra))
 	f := startFleet(t, fleetOptions{
-		n:           cbFleetSize,
-		autoHTTPS:   "disable_redirects", // certificates for the HTTPS sites, no redirects
-		globalExtra: "skip_install_trust",
-		siteExtra:   actions,
+		n:         cbFleetSize,
+		siteExtra: actions,
 		extraSites: func(i int) string {
-			return fmt.Sprintf("https://localhost:%d {\n\ttls internal\n%s\n}", sidecarPort(cbFleetSize+i), actions)
+			return fmt.Sprintf("https://localhost:%d {\n\ttls %s %s\n%s\n}", sidecarPort(cbFleetSize+i), cert, key, actions)
 		},
 		fake: fakezapier.Config{
 			CallbackAllowHosts: []string{"localhost"},
@@ -72,25 +77,51 @@ func startCallbackFleet(t *testing.T, actionsExtra string, specs ...fakezapier.A
 		},
 	})
 	fake.Store(f.fake)
-	// Each sidecar obtains its certificate from the shared storage's CA in
-	// the background: wait until every HTTPS site completes a handshake.
-	for i, s := range f.sidecars {
-		addr := fmt.Sprintf("localhost:%d", sidecarPort(cbFleetSize+i))
-		eventually(t, 30*time.Second, s.name+" to serve its HTTPS site", func() bool {
-			conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"})
-			if err != nil {
-				return false
-			}
-			_ = conn.Close()
-			return true
-		})
-	}
 	f.fake.RegisterApp(actApp, actAppUUID)
 	f.fake.SetActions(actAppUUID, specs...)
 	for _, user := range []string{"alice", "bob"} {
 		cbSeedConnection(t, f, "org", user)
 	}
 	return f
+}
+
+// cbSelfSignedCert writes a self-signed certificate for localhost and its
+// key, and returns their paths. The sidecars load it (tls cert key) rather
+// than each issuing one from Caddy's internal CA: two Caddy processes
+// creating that CA in one fresh storage at the same moment race (one reads
+// the intermediate certificate before the other has written its key).
+func cbSelfSignedCert(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
 
 // cbSeedConnection stores a connection for (tenant, user) as zapier_connect

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -34,8 +33,6 @@ type fleetOptions struct {
 	siteExtra   string // extra lines inside the site block
 	env         []string
 	fake        fakezapier.Config
-	globalExtra string           // extra lines in the global options block
-	autoHTTPS   string           // the auto_https option; default off
 	extraSites  func(int) string // more site blocks for sidecar i, after its site
 }
 
@@ -140,11 +137,10 @@ func (f *fleet) caddyfile(s *sidecar, opts fleetOptions) string {
 	}
 	return fmt.Sprintf(`{
 	admin localhost:%d
-	auto_https %s
+	auto_https off
 	persist_config off
 	grace_period 1ns
 	storage file_system %s
-	%s
 	zapier {
 		client_id %s
 		client_secret {env.ITEST_ZAPIER_SECRET}
@@ -165,7 +161,7 @@ func (f *fleet) caddyfile(s *sidecar, opts fleetOptions) string {
 	%s
 }
 %s
-`, s.adminPort, cmp.Or(opts.autoHTTPS, "off"), f.storage, opts.globalExtra, testClientID, testIssuer, f.fakeURL, f.fakeURL, f.fakeURL, testBudget, opts.zapierExtra, s.port, f.fakeURL, opts.siteExtra, extra)
+`, s.adminPort, f.storage, testClientID, testIssuer, f.fakeURL, f.fakeURL, f.fakeURL, testBudget, opts.zapierExtra, s.port, f.fakeURL, opts.siteExtra, extra)
 }
 
 // jwks returns the sidecar's JWKS body.
