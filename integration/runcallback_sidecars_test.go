@@ -28,8 +28,9 @@ import (
 // storage.
 //
 // Zapier calls only https URLs, so each sidecar also serves zapier_actions
-// on an HTTPS site of its own (a self-signed certificate), on the port after the fleet's, sidecarPort(n+i), which the OpenAPI
-// check recognises as a gateway port. Every sidecar has the same
+// on an HTTPS site of its own (a self-signed certificate, see
+// cbSelfSignedCert), on sidecarPort(n+i), a port the OpenAPI check
+// recognises as a gateway's. Every sidecar has the same
 // configuration, as behind one public name: run_callback_url is sidecar
 // 0's HTTPS site, where Zapier delivers; a replay is sent to another
 // sidecar's HTTPS site, as a load balancer would route it.
