@@ -33,6 +33,7 @@ type fleetOptions struct {
 	siteExtra   string // extra lines inside the site block
 	env         []string
 	fake        fakezapier.Config
+	extraSites  func(int) string // more site blocks for sidecar i, after its site
 }
 
 type fleet struct {
@@ -130,6 +131,10 @@ func startFleet(t *testing.T, opts fleetOptions) *fleet {
 }
 
 func (f *fleet) caddyfile(s *sidecar, opts fleetOptions) string {
+	extra := ""
+	if opts.extraSites != nil {
+		extra = opts.extraSites((s.port - sidecarPort(0)) / 2)
+	}
 	return fmt.Sprintf(`{
 	admin localhost:%d
 	auto_https off
@@ -155,7 +160,8 @@ func (f *fleet) caddyfile(s *sidecar, opts fleetOptions) string {
 	}
 	%s
 }
-`, s.adminPort, f.storage, testClientID, testIssuer, f.fakeURL, f.fakeURL, f.fakeURL, testBudget, opts.zapierExtra, s.port, f.fakeURL, opts.siteExtra)
+%s
+`, s.adminPort, f.storage, testClientID, testIssuer, f.fakeURL, f.fakeURL, f.fakeURL, testBudget, opts.zapierExtra, s.port, f.fakeURL, opts.siteExtra, extra)
 }
 
 // jwks returns the sidecar's JWKS body.

@@ -113,10 +113,15 @@ const CallbackIssuer = "https://zapier.com"
 // signRS256 returns a compact JWS with claims iss, iat, exp = iat + 300 and
 // sub.
 func signRS256(key *rsa.PrivateKey, kid, sub string, iat int64) string {
-	header, _ := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT", "kid": kid})
-	claims, _ := json.Marshal(map[string]any{
+	return signClaims(key, kid, map[string]any{
 		"iss": CallbackIssuer, "iat": iat, "exp": iat + int64(callbackJWTLifetime/time.Second), "sub": sub,
 	})
+}
+
+// signClaims returns a compact RS256 JWS of claims.
+func signClaims(key *rsa.PrivateKey, kid string, c map[string]any) string {
+	header, _ := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT", "kid": kid})
+	claims, _ := json.Marshal(c)
 	input := b64u(header) + "." + b64u(claims)
 	sum := sha256.Sum256([]byte(input))
 	sig, err := rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, sum[:])
