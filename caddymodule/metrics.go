@@ -23,7 +23,7 @@ import (
 // Exchange kinds: what was asked of Zapier's token endpoint.
 const (
 	exchangeKindAccess  = gateway.KindAccess // partner JWT → user access token
-	exchangeKindConnect = "connect_token" // access token → single-use connect token
+	exchangeKindConnect = "connect_token"    // access token → single-use connect token
 )
 
 // exchangeOutcomes are "success" and the zapierapi.Kind names.
