@@ -15,8 +15,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/caddyserver/certmagic"
 )
 
 // ForgetEntry is one offboarding as the other gateways sharing the storage
@@ -37,6 +35,16 @@ const (
 
 var forgetLogAAD = []byte("caddy-zapier forget log v1")
 
+// Storage is the part of Caddy's storage (certmagic.Storage) the core
+// uses, so any storage module satisfies it and the core imports no Caddy
+// package.
+type Storage interface {
+	Store(ctx context.Context, key string, value []byte) error
+	Load(ctx context.Context, key string) ([]byte, error)
+	Delete(ctx context.Context, key string) error
+	List(ctx context.Context, path string, recursive bool) ([]string, error)
+}
+
 // ForgetLog is what this gateway process has applied of the shared forget
 // log. It lives as long as the token cache (across config reloads).
 type ForgetLog struct {
@@ -47,7 +55,7 @@ type ForgetLog struct {
 }
 
 // Append seals e under the names key and adds it to the log.
-func (l *ForgetLog) Append(ctx context.Context, storage certmagic.Storage, names NamesKeySource, e ForgetEntry) error {
+func (l *ForgetLog) Append(ctx context.Context, storage Storage, names NamesKeySource, e ForgetEntry) error {
 	key, err := names.NamesKey(ctx)
 	if err != nil {
 		return err
@@ -82,7 +90,7 @@ func (l *ForgetLog) Append(ctx context.Context, storage certmagic.Storage, names
 // Apply calls apply for each entry other gateways logged since this one
 // last looked, and deletes entries past retention. An entry that does not
 // open is skipped (and its error returned).
-func (l *ForgetLog) Apply(ctx context.Context, storage certmagic.Storage, names NamesKeySource, apply func(ForgetEntry)) error {
+func (l *ForgetLog) Apply(ctx context.Context, storage Storage, names NamesKeySource, apply func(ForgetEntry)) error {
 	list, err := storage.List(ctx, ForgetLogPrefix, false)
 	if errors.Is(err, fs.ErrNotExist) || len(list) == 0 {
 		return nil
@@ -125,7 +133,7 @@ func (l *ForgetLog) Apply(ctx context.Context, storage certmagic.Storage, names 
 	return openErr
 }
 
-func openForgetEntry(ctx context.Context, storage certmagic.Storage, names NamesKeySource, name string) (ForgetEntry, error) {
+func openForgetEntry(ctx context.Context, storage Storage, names NamesKeySource, name string) (ForgetEntry, error) {
 	var e ForgetEntry
 	data, err := storage.Load(ctx, name)
 	if err != nil {
