@@ -103,7 +103,7 @@ func TestRunFallsBackToPollingWithoutCallback(t *testing.T) {
 func TestRunIdempotencyKey(t *testing.T) {
 	g := startActionsGateway(t, fakezapier.ActionSpec{Key: "send_message", Delay: -1})
 	g.actConnect("org", "alice")
-	runBody := `{"app":"` + actApp + `","action":"send_message","inputs":{"text":"once"},"wait":"5s"}`
+	runBody := `{"app":"` + actApp + `","action":"send_message","inputs":{"text":"once"},"wait":"30s"}`
 	do := func(key, body string) (int, http.Header, []byte) {
 		return g.do(request{method: http.MethodPost, path: "/zapier/actions/run", tenant: "org", user: "alice", body: body,
 			header: http.Header{"Content-Type": {"application/json"}, "Idempotency-Key": {key}}})
