@@ -35,11 +35,15 @@ const (
 
 var forgetLogAAD = []byte("caddy-zapier forget log v1")
 
-// Storage is the part of Caddy's storage (certmagic.Storage) the core
-// uses, so any storage module satisfies it and the core imports no Caddy
-// package.
+// Storage is the part of Caddy's storage (certmagic.Storage) the gateway's
+// records use, with the same signatures, so any storage module satisfies it
+// and the core imports no Caddy package.
 type Storage interface {
+	// Lock is a distributed lock across every process sharing the storage.
+	Lock(ctx context.Context, name string) error
+	Unlock(ctx context.Context, name string) error
 	Store(ctx context.Context, key string, value []byte) error
+	// Load returns an error matching fs.ErrNotExist when key is absent.
 	Load(ctx context.Context, key string) ([]byte, error)
 	Delete(ctx context.Context, key string) error
 	List(ctx context.Context, path string, recursive bool) ([]string, error)

@@ -33,6 +33,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 // Defaults for the zero values of Config.
@@ -79,19 +81,9 @@ var (
 	ErrOutcomeUnknown = errors.New("idempotency: the first request with this key may have done the work but never recorded its outcome")
 )
 
-// Storage is the subset of certmagic.Storage this package uses, with the
-// same signatures, so any certmagic.Storage (Caddy's configured storage)
-// satisfies it.
-type Storage interface {
-	// Lock is a distributed lock across every process sharing the storage.
-	Lock(ctx context.Context, name string) error
-	Unlock(ctx context.Context, name string) error
-	Store(ctx context.Context, key string, value []byte) error
-	// Load returns an error matching fs.ErrNotExist when key is absent.
-	Load(ctx context.Context, key string) ([]byte, error)
-	Delete(ctx context.Context, key string) error
-	List(ctx context.Context, path string, recursive bool) ([]string, error)
-}
+// Storage is the core's storage interface (a subset of certmagic.Storage,
+// so Caddy's configured storage satisfies it).
+type Storage = gateway.Storage
 
 // Config configures a Store. Only Storage is required.
 type Config struct {

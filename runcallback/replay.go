@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 // ErrReplayed is Spend's answer for a token seen before (within its
@@ -24,16 +26,9 @@ const DefaultReplayPrefix = "zapier/run-callback-tokens"
 // DefaultReplayMemory bounds the tokens a ReplayCache remembers in memory.
 const DefaultReplayMemory = 10000
 
-// ReplayStorage is the subset of certmagic.Storage a ReplayCache uses, so
-// Caddy's storage satisfies it and sidecars sharing it share the cache.
-type ReplayStorage interface {
-	Lock(ctx context.Context, name string) error
-	Unlock(ctx context.Context, name string) error
-	Store(ctx context.Context, key string, value []byte) error
-	Load(ctx context.Context, key string) ([]byte, error)
-	Delete(ctx context.Context, key string) error
-	List(ctx context.Context, path string, recursive bool) ([]string, error)
-}
+// ReplayStorage is the core's storage interface (a subset of
+// certmagic.Storage), so sidecars sharing Caddy's storage share the cache.
+type ReplayStorage = gateway.Storage
 
 // ReplayCache refuses a callback token seen before. A token is named by its
 // jti or, without one, by the hash of the whole token; it is remembered

@@ -11,19 +11,14 @@ import (
 	"io/fs"
 	"path"
 	"time"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
-// Storage is the part of certmagic.Storage the manager uses, so Caddy's
-// storage (file system, Redis, …) plugs in as is and sidecars sharing it
-// share subscriptions, dead letters and drain locks.
-type Storage interface {
-	Store(ctx context.Context, key string, value []byte) error
-	Load(ctx context.Context, key string) ([]byte, error) // fs.ErrNotExist when missing
-	Delete(ctx context.Context, key string) error
-	List(ctx context.Context, prefix string, recursive bool) ([]string, error)
-	Lock(ctx context.Context, name string) error
-	Unlock(ctx context.Context, name string) error
-}
+// Storage is the core's storage interface (a subset of certmagic.Storage),
+// so Caddy's storage (file system, Redis, …) plugs in as is and sidecars
+// sharing it share subscriptions, dead letters and drain locks.
+type Storage = gateway.Storage
 
 // Storage layout.
 const (
