@@ -577,12 +577,6 @@ func (a *App) exchanger() *gateway.Exchanger {
 	}
 }
 
-// callAPI makes one call to Zapier's API with the caller's access token,
-// through the core's Caller (budget, breaker, one retry after a 401).
-func (a *App) callAPI(ctx context.Context, key tokencache.Key, call func(ctx context.Context, access string) error) error {
-	return a.caller().Call(ctx, key, call)
-}
-
 // caller is the core's Zapier caller over this config's token cache,
 // breaker and client.
 func (a *App) caller() *gateway.Caller {

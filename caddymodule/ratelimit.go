@@ -50,7 +50,7 @@ type endUserLimits struct {
 // rateLimited counts requests refused by the end-user rate limits.
 var rateLimited = func() *prometheus.CounterVec {
 	c := newCounterVec("rate_limited_total",
-		"End-user requests (zapier_connect, zapier_actions) refused by the rate limit, by the limit that refused them (identity, tenant).", "scope")
+		"End-user requests to limited routes (Connect, actions, triggers, MCP authorize and apps) refused by the rate limit, by the limit that refused them (identity, tenant).", "scope")
 	c.WithLabelValues("identity")
 	c.WithLabelValues("tenant")
 	return c
