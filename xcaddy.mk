@@ -189,7 +189,7 @@ test: build vet test-deps lint-deps
 	export OPENAPI_LINT="$(OPENAPI_LINT)" REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/integration$$')
 	# Allocation and memory tests are meaningless under -race; run them plain.
-	$(GO) test -count=1 -run 'Allocs|Bounded' ./tokencache/ ./jwks/ ./caddymodule/
+	$(GO) test -count=1 -run 'Allocs|Bounded' ./tokencache/ ./jwks/ ./authproxy/ ./caddymodule/
 	log="$(BUILD_DIR)/integration.log"
 	$(GO) test -race -count=1 -v -timeout 15m ./integration/ 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' || true
 	if ! grep -q '^ok' "$$log"; then echo "integration tests failed (full log: $$log)"; awk -f .ci/failed-tests.awk "$$log" | cut -c1-2000 | tail -200; exit 1; fi

@@ -132,7 +132,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.store = newConnectionStore(storage)
 	keeper := newStateKeeper(bg, storage, 0)
 	cfg := h.cfg
-	cfg.Policy, cfg.Caller, cfg.Lookup, cfg.Budget = app.policy, app.caller(), h.lookup(), appBudget{app}
+	cfg.Policy, cfg.Caller, cfg.Lookup, cfg.Budget = app.policy, app.caller(), h.lookup(), app.gate
 	cfg.Storage, cfg.BG, cfg.Keys, cfg.Logger = storage, bg, keeper, logger
 	cfg.Names = gateway.NewNamespace(keeper)
 	cfg.IdempotencyTakeover = runTakeover(app)
@@ -240,26 +240,6 @@ func runTakeover(app *App) time.Duration {
 		timeout = time.Duration(app.Exchange.Timeout)
 	}
 	return actions.PendingTakeover(maxWait, timeout, zapierapi.DefaultMaxAttempts)
-}
-
-// appBudget is the app's request budget as a run uses it.
-type appBudget struct{ a *App }
-
-func (b appBudget) Prepay(ctx context.Context, tenant string, units int) (context.Context, error) {
-	paid, err := b.a.prepay(ctx, tenant, units)
-	if err != nil {
-		return ctx, budgetError(err)
-	}
-	return paid, nil
-}
-
-func (b appBudget) Urgent(ctx context.Context) context.Context { return urgent(ctx) }
-
-func (b appBudget) Queued() time.Duration {
-	if b.a.budget == nil {
-		return 0
-	}
-	return b.a.budget.Snapshot().BlockedFor
 }
 
 // traceActionRun starts the span of a POST run.

@@ -139,6 +139,7 @@ type App struct {
 	inflight  chan struct{}
 	shared    *sharedtokens.Tier // the Redis token tier; nil when off (sharedtokens.go)
 	budget    *pooledBudget      // nil when api_budget is off (budget.go)
+	gate      *gateway.APIGate   // the way out to Zapier's API: budget, breaker, counts
 	budgetKey string
 	limits    *endUserLimits  // ratelimit.go
 	policy    *gateway.Policy // every end-user route's (routes.go)
@@ -244,6 +245,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 
 	a.appDir = &gateway.AppDirectory{}
+	// Every API call spends budget, passes the breaker and is counted
+	// (gateway.APIGate); the budget and breaker are filled in below.
+	a.gate = &gateway.APIGate{APIURL: a.APIURL, TokenURL: a.TokenURL, Observe: observeAPICall, RateLimited: a.rateLimited}
 	a.client, err = zapierapi.New(zapierapi.Config{
 		TokenURL:         a.TokenURL,
 		ClientID:         a.ClientID,
@@ -257,11 +261,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Timeout:          time.Duration(a.Exchange.Timeout),
 		DefaultTTL:       time.Duration(a.Cache.DefaultTTL),
 		// Traced, carries traceparent (tracing.go); API calls spend budget.
-		HTTPClient: &http.Client{Transport: budgetTransport{next: zapierTransport(), app: a}},
+		HTTPClient: &http.Client{Transport: a.gate.Transport(zapierTransport())},
 	})
 	if err != nil {
 		return fmt.Errorf("configuring the Zapier client: %w", err)
 	}
+	a.gate.RetryAfter = a.client.RetryAfter
 	a.inflight = make(chan struct{}, a.Exchange.MaxInflight)
 	if err := a.provisionSharedTokens(ctx); err != nil {
 		return err
@@ -294,6 +299,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if !loaded {
 		a.tokens.exchanger.Store(a)
 	}
+	a.gate.Breaker = a.tokens.apiBreaker
 	return a.metrics.observeCache(ctx.GetMetricsRegistry(), a.tokens.cache, a.keys)
 }
 

@@ -2,15 +2,12 @@ package caddymodule
 
 import (
 	"cmp"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -19,9 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zapgate/caddy-zapier/budget"
-	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
-	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 // Zapier's documented Workflow API limits (zapier-api.md §4.8).
@@ -148,6 +143,7 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 		return err
 	}
 	a.budget = val.(*pooledBudget)
+	a.gate.Budget = a.budget.Budget
 	return observeBudget(ctx.GetMetricsRegistry(), a.budget.Budget)
 }
 
@@ -165,145 +161,11 @@ func (a *App) cleanupBudget() error {
 	return err
 }
 
-// spend takes budget for one API request of tenant (from what the
-// context's claim prepaid, if any). nil when the budget is off.
-func (a *App) spend(ctx context.Context, tenant string) error {
-	if a.budget == nil {
-		return nil
-	}
-	claim, _ := ctx.Value(budgetClaimKey{}).(*budgetClaim)
-	if claim != nil && claim.prepaid.Add(-1) >= 0 {
-		return nil
-	}
-	return a.budget.AcquireRequest(ctx, budget.Request{Tenant: tenant, Urgent: claim != nil && claim.urgent})
-}
-
-// prepay takes budget for units API calls of tenant at once, before the
-// first is made: an operation of several calls (a run: the fresh action id
-// and the create) gets all of them or fails before spending any. The calls
-// made with the returned context draw from it.
-func (a *App) prepay(ctx context.Context, tenant string, units int) (context.Context, error) {
-	if a.budget == nil {
-		return ctx, nil
-	}
-	// During Zapier's cooldown (or with the breaker open) the answer is
-	// Zapier's unavailability, not the budget's.
-	b := a.tokens.apiBreaker
-	if err := b.Before(); err != nil {
-		return ctx, err
-	}
-	b.After(&zapierapi.Error{Kind: zapierapi.KindUnavailable}) // only asked; nothing learnt
-	if err := a.budget.AcquireRequest(ctx, budget.Request{Tenant: tenant, Units: units}); err != nil {
-		return ctx, err
-	}
-	claim := &budgetClaim{}
-	claim.prepaid.Store(int32(units))
-	return context.WithValue(ctx, budgetClaimKey{}, claim), nil
-}
-
-// budgetError answers a budget refusal as the gateway's 503, and passes any
-// other error (the caller went away) on.
-func budgetError(err error) error {
-	var ee *budget.ExhaustedError
-	if errors.As(err, &ee) {
-		return gateway.BudgetExhaustedError(ee.RetryAfter)
-	}
-	return err
-}
-
-// urgent marks the API calls made with ctx as finishing work already paid
-// for (the polls of a created run): they go ahead of their tenant's others.
-func urgent(ctx context.Context) context.Context {
-	return context.WithValue(ctx, budgetClaimKey{}, &budgetClaim{urgent: true})
-}
-
-// budgetClaim is what a context says about its API calls' budget.
-type budgetClaim struct {
-	prepaid atomic.Int32
-	urgent  bool
-}
-
-type budgetClaimKey struct{}
-
-// rateLimited records a 429 from Zapier's API: its cooldown holds the
-// budget (queued requests that cannot wait it out are refused now) and the
-// API breaker.
+// rateLimited logs a 429 from Zapier's API (the gate has started the
+// cooldown).
 func (a *App) rateLimited(retryAfter time.Duration) {
-	if retryAfter <= 0 {
-		retryAfter = zapierapi.DefaultRateLimitCooldown
-	}
-	if a.budget != nil {
-		a.budget.Exhaust(time.Now().Add(retryAfter))
-	}
 	a.logger.Warn("Zapier answered 429: its API cooldown runs; calls wait or fail fast until it ends",
 		zap.Duration("retry_after", retryAfter))
-}
-
-// budgetTransport spends budget for every request to Zapier's API that the
-// gateway makes itself (the token endpoint has limits of its own), counts
-// it, and reports a 429.
-type budgetTransport struct {
-	next http.RoundTripper
-	app  *App
-}
-
-func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	a := t.app
-	u := req.URL.String()
-	rest, isAPI := strings.CutPrefix(u, strings.TrimRight(a.APIURL, "/")+"/")
-	if !isAPI || u == a.TokenURL { // the token endpoint has limits of its own
-		return t.next.RoundTrip(req)
-	}
-	rest = "/" + rest
-	tenant := gateway.TenantOf(req.Context())
-	if err := a.spend(req.Context(), tenant); err != nil {
-		if req.Body != nil {
-			_ = req.Body.Close() // a RoundTripper closes the body, even on error
-		}
-		return nil, err
-	}
-	resp, err := t.next.RoundTrip(req)
-	endpoint, _, _ := strings.Cut(rest, "?")
-	code := 0
-	if err == nil {
-		code = resp.StatusCode
-	}
-	observeAPICall(req.Method, endpoint, code)
-	if code == http.StatusTooManyRequests {
-		a.rateLimited(a.client.RetryAfter(resp.Header.Get("Retry-After")))
-	}
-	return resp, err
-}
-
-// admitProxied decides whether zapier_auth may proxy one request of tenant
-// to Zapier now: not during an API cooldown or open breaker, and only with
-// budget. nil means go, and then proxied must follow.
-func (a *App) admitProxied(ctx context.Context, tenant string) error {
-	b := a.tokens.apiBreaker
-	if err := b.Before(); err != nil {
-		return gateway.CallError(err)
-	}
-	if err := a.spend(ctx, tenant); err != nil {
-		b.After(&zapierapi.Error{Kind: zapierapi.KindUnavailable}) // nothing learnt
-		return budgetError(err)
-	}
-	return nil
-}
-
-// proxied records the outcome of a request zapier_auth proxied: the
-// breaker learns from it and a 429 starts the cooldown.
-func (a *App) proxied(r *http.Request, status int, header http.Header, err error) {
-	var outcome error
-	switch {
-	case err != nil || status >= 500:
-		outcome = &zapierapi.Error{Kind: zapierapi.KindFailed, StatusCode: status}
-	case status == http.StatusTooManyRequests:
-		retryAfter := a.client.RetryAfter(header.Get("Retry-After"))
-		outcome = &zapierapi.Error{Kind: zapierapi.KindRateLimited, StatusCode: status, RetryAfter: retryAfter}
-		a.rateLimited(retryAfter)
-	}
-	a.tokens.apiBreaker.After(outcome)
-	observeAPICall(r.Method, r.URL.Path, status)
 }
 
 // parseAPIBudget reads the api_budget option:

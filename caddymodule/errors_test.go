@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -68,51 +65,4 @@ func TestETagMatching(t *testing.T) {
 			t.Errorf("etagMatches(%q) = %v, want %v", header, got, want)
 		}
 	}
-}
-
-func TestBufferBody(t *testing.T) {
-	small := httptest.NewRequest(http.MethodPost, "/", stringsReader("hello"))
-	b, err := bufferBody(small)
-	if err != nil || !b.replayable {
-		t.Fatalf("small body: %v %v", b, err)
-	}
-	for range 2 {
-		got := readAll(t, small)
-		if got != "hello" {
-			t.Fatalf("body = %q", got)
-		}
-		b.rewind(small)
-	}
-	b.release()
-
-	none := httptest.NewRequest(http.MethodGet, "/", nil)
-	if b, _ := bufferBody(none); !b.replayable {
-		t.Error("a request without a body is not replayable")
-	}
-
-	big := make([]byte, maxReplayBody+10)
-	for i := range big {
-		big[i] = byte('a' + i%26)
-	}
-	chunked := httptest.NewRequest(http.MethodPost, "/", stringsReader(string(big)))
-	chunked.ContentLength = -1
-	b, err = bufferBody(chunked)
-	if err != nil || b.replayable {
-		t.Fatalf("oversized body: replayable=%v err=%v", b.replayable, err)
-	}
-	if got := readAll(t, chunked); got != string(big) {
-		t.Errorf("oversized body was altered: %d bytes, want %d", len(got), len(big))
-	}
-	b.release()
-}
-
-func stringsReader(s string) io.Reader { return strings.NewReader(s) }
-
-func readAll(t *testing.T, r *http.Request) string {
-	t.Helper()
-	b, err := io.ReadAll(r.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }

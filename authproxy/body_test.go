@@ -1,4 +1,4 @@
-package caddymodule
+package authproxy
 
 import (
 	"bytes"
@@ -10,12 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
 	"github.com/zapgate/caddy-zapier/tokencache"
-	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
 // A transport may still read (and close) the request body after the handler
@@ -40,16 +35,12 @@ func TestPooledBodyIsReleasedOnCloseNotWhenServeHTTPReturns(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	h := &Auth{
-		app:    &App{tokens: &pooledCache{cache: c, apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})}, metrics: sharedMetrics},
-		rules:  testRules(t, "127.0.0.0/8"),
-		logger: zap.NewNop(),
-	}
+	h := testProxy(t, c)
 	for _, size := range []int{10, maxReplayBody + 10} {
 		released = 0
 		want := strings.Repeat("a", size)
 		var late io.ReadCloser
-		next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		next := Next(func(w http.ResponseWriter, r *http.Request) error {
 			late = r.Body // the transport reads it later
 			w.WriteHeader(http.StatusOK)
 			return nil
@@ -59,7 +50,7 @@ func TestPooledBodyIsReleasedOnCloseNotWhenServeHTTPReturns(t *testing.T) {
 		r.RemoteAddr = "127.0.0.1:1234"
 		r.Header.Set("X-Zapier-User", "u")
 		r.Header.Set("X-Zapier-Tenant", "t")
-		if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		if err := h.Serve(httptest.NewRecorder(), r, next); err != nil {
 			t.Fatal(err)
 		}
 		if released != 0 {
@@ -81,4 +72,51 @@ func TestPooledBodyIsReleasedOnCloseNotWhenServeHTTPReturns(t *testing.T) {
 			t.Fatalf("size %d: read after Close gave %d, %v", size, n, err)
 		}
 	}
+}
+
+func TestBufferBody(t *testing.T) {
+	small := httptest.NewRequest(http.MethodPost, "/", stringsReader("hello"))
+	b, err := bufferBody(small)
+	if err != nil || !b.replayable {
+		t.Fatalf("small body: %v %v", b, err)
+	}
+	for range 2 {
+		got := readAll(t, small)
+		if got != "hello" {
+			t.Fatalf("body = %q", got)
+		}
+		b.rewind(small)
+	}
+	b.release()
+
+	none := httptest.NewRequest(http.MethodGet, "/", nil)
+	if b, _ := bufferBody(none); !b.replayable {
+		t.Error("a request without a body is not replayable")
+	}
+
+	big := make([]byte, maxReplayBody+10)
+	for i := range big {
+		big[i] = byte('a' + i%26)
+	}
+	chunked := httptest.NewRequest(http.MethodPost, "/", stringsReader(string(big)))
+	chunked.ContentLength = -1
+	b, err = bufferBody(chunked)
+	if err != nil || b.replayable {
+		t.Fatalf("oversized body: replayable=%v err=%v", b.replayable, err)
+	}
+	if got := readAll(t, chunked); got != string(big) {
+		t.Errorf("oversized body was altered: %d bytes, want %d", len(got), len(big))
+	}
+	b.release()
+}
+
+func stringsReader(s string) io.Reader { return strings.NewReader(s) }
+
+func readAll(t *testing.T, r *http.Request) string {
+	t.Helper()
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -1,0 +1,5 @@
+//go:build race
+
+package authproxy
+
+const raceEnabled = true
