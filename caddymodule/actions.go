@@ -13,11 +13,11 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/zapgate/caddy-zapier/actions"
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -136,8 +136,8 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	cfg.Storage, cfg.BG, cfg.Keys, cfg.Logger = storage, bg, keeper, logger
 	cfg.Names = gateway.NewNamespace(keeper)
 	cfg.IdempotencyTakeover = runTakeover(app)
-	cfg.ObserveRun = func(o actions.Outcome) { app.metrics.observeActionRun(o) }
-	cfg.ObserveCallback = func(outcome string) { runCallbacks.WithLabelValues(outcome).Inc() }
+	cfg.ObserveRun = func(o actions.Outcome) { app.metrics.ObserveActionRun(o) }
+	cfg.ObserveCallback = func(outcome string) { metrics.RunCallbacks.WithLabelValues(outcome).Inc() }
 	cfg.TraceRun = traceActionRun
 	handler, err := actions.NewHandler(cfg)
 	if err != nil {
@@ -250,16 +250,6 @@ func traceActionRun(ctx context.Context, id gateway.Identity) (context.Context, 
 	}
 	return ctx, func(outcome string, err error) { finishSpan(span, outcome, err) }
 }
-
-// runCallbacks counts deliveries to the callback route, by outcome.
-var runCallbacks = func() *prometheus.CounterVec {
-	c := newCounterVec("run_callbacks_total",
-		"Action-run callbacks received, by outcome (accepted, bad_signature, keys_unavailable, malformed, unknown_run, replayed, failed).", "outcome")
-	for _, o := range actions.CallbackOutcomes {
-		c.WithLabelValues(o)
-	}
-	return c
-}()
 
 // Interface guards.
 var (

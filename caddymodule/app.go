@@ -25,6 +25,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
@@ -134,7 +135,7 @@ type App struct {
 	client    *zapierapi.Client
 	appDir    *gateway.AppDirectory // app keys ↔ UUIDs from GET /v2/apps (connect_apps.go)
 	tokens    *pooledCache
-	metrics   *metrics
+	metrics   *metrics.Set
 	events    *appEvents // events.go
 	inflight  chan struct{}
 	shared    *sharedtokens.Tier // the Redis token tier; nil when off (sharedtokens.go)
@@ -247,7 +248,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.appDir = &gateway.AppDirectory{}
 	// Every API call spends budget, passes the breaker and is counted
 	// (gateway.APIGate); the budget and breaker are filled in below.
-	a.gate = &gateway.APIGate{APIURL: a.APIURL, TokenURL: a.TokenURL, Observe: observeAPICall, RateLimited: a.rateLimited}
+	a.gate = &gateway.APIGate{APIURL: a.APIURL, TokenURL: a.TokenURL, Observe: metrics.APICall, RateLimited: a.rateLimited}
 	a.client, err = zapierapi.New(zapierapi.Config{
 		TokenURL:         a.TokenURL,
 		ClientID:         a.ClientID,
@@ -277,7 +278,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.policy = a.newPolicy()
 	a.registerCoreStores()
 
-	a.metrics, err = newMetrics(ctx.GetMetricsRegistry())
+	a.metrics, err = metrics.RegisterCore(ctx.GetMetricsRegistry())
 	if err != nil {
 		return err
 	}
@@ -300,7 +301,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.tokens.exchanger.Store(a)
 	}
 	a.gate.Breaker = a.tokens.apiBreaker
-	return a.metrics.observeCache(ctx.GetMetricsRegistry(), a.tokens.cache, a.keys)
+	return a.metrics.ObserveCache(ctx.GetMetricsRegistry(), a.tokens.cache, a.keys)
 }
 
 func (a *App) setDefaults() {
@@ -575,7 +576,7 @@ func (a *App) exchanger() *gateway.Exchanger {
 			return ctx, func(err error) { endExchangeSpan(span, err) }
 		},
 		Done: func(id gateway.Identity, kind string, err error, took time.Duration) {
-			a.metrics.observeExchange(kind, err, took)
+			a.metrics.ObserveExchange(kind, err, took)
 			if err != nil {
 				a.logExchangeFailure(id, err)
 			}

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zapgate/caddy-zapier/budget"
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
 )
 
@@ -81,7 +82,7 @@ func (a *App) setBudgetDefaults() {
 // provisionBudget builds (or, after a reload with the same settings, reuses)
 // the request budget. It does no network I/O.
 func (a *App) provisionBudget(ctx caddy.Context) error {
-	if err := registerAPIMetrics(ctx.GetMetricsRegistry()); err != nil {
+	if err := metrics.RegisterAPI(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
 	c := a.APIBudget
@@ -116,7 +117,7 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 	a.budgetKey = strings.Join([]string{perIP.String(), partner.String(), time.Duration(*c.MaxWait).String(), strconv.Itoa(burst),
 		hashHex(redisURL), redisPrefix, a.ClientID, a.APIURL}, "|")
 	val, _, err := budgetPool.LoadOrNew(a.budgetKey, func() (caddy.Destructor, error) {
-		cfg := budget.Config{PerIP: perIP, Partner: partner, MaxWait: time.Duration(*c.MaxWait), Burst: burst, Observer: budgetObserver{}}
+		cfg := budget.Config{PerIP: perIP, Partner: partner, MaxWait: time.Duration(*c.MaxWait), Burst: burst, Observer: metrics.BudgetObserver{}}
 		p := new(pooledBudget)
 		if redisURL != "" {
 			client, err := sharedtokens.NewClient(redisURL, redisTimeout)
@@ -144,7 +145,7 @@ func (a *App) provisionBudget(ctx caddy.Context) error {
 	}
 	a.budget = val.(*pooledBudget)
 	a.gate.Budget = a.budget.Budget
-	return observeBudget(ctx.GetMetricsRegistry(), a.budget.Budget)
+	return metrics.ObserveBudget(ctx.GetMetricsRegistry(), a.budget.Budget)
 }
 
 // hashHex names a value in a key without revealing it.

@@ -41,7 +41,7 @@ type pooledCache struct {
 // exchanging on a miss, and counts the lookup.
 func (a *App) accessToken(ctx context.Context, key tokencache.Key) (string, error) {
 	tok, res, err := a.tokens.get(ctx, key)
-	a.metrics.observeLookup(res)
+	a.metrics.ObserveLookup(res)
 	annotateLookup(ctx, res)
 	return tok.Value, err
 }
@@ -91,7 +91,7 @@ func newPooledCache(a *App) (*pooledCache, error) {
 		IsPermanent:  zapierapi.IsPermanent,
 		OnEvict: func(tokencache.Key) {
 			if app := pc.exchanger.Load(); app != nil {
-				app.metrics.cacheEvictions.Inc()
+				app.metrics.CacheEvictions.Inc()
 			}
 		},
 	}, func(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {

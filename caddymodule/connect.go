@@ -14,6 +14,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -92,7 +93,7 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 		StateTTL:      time.Duration(h.StateTTL),
 		KeepUpstream:  h.KeepUpstream,
 		Logger:        ctx.Logger(),
-		Completed:     app.metrics.observeConnectCompletion,
+		Completed:     app.metrics.ObserveConnectCompletion,
 		Trace:         traceConnectCompletion,
 		Storage:       storage,
 		Emit:          app.emit,
@@ -165,7 +166,7 @@ func (h *Connect) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // max_inflight, through the breaker, counted as connect_token.
 func (a *App) connectExchanger() connect.Exchanger {
 	return func(ctx context.Context, id gateway.Identity, call func(context.Context) (zapierapi.Token, error)) (zapierapi.Token, error) {
-		return a.limitedExchange(ctx, id, exchangeKindConnect, call)
+		return a.limitedExchange(ctx, id, metrics.ExchangeKindConnect, call)
 	}
 }
 

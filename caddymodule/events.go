@@ -101,7 +101,7 @@ func (a *App) rotateKeys(ctx context.Context, immediate bool) (jwks.KeyInfo, err
 
 // keyRotated counts, logs and emits one rotation.
 func (a *App) keyRotated(k jwks.KeyInfo) {
-	a.metrics.rotations.Inc()
+	a.metrics.Rotations.Inc()
 	a.logger.Info("signing key rotated",
 		zap.String("kid", k.KID), zap.String("alg", k.Alg), zap.String("state", string(k.State)), zap.Time("activates_at", k.ActivatesAt))
 	a.emit(eventKeyRotated, func() map[string]any {
@@ -119,7 +119,7 @@ func (a *App) keyRotated(k jwks.KeyInfo) {
 // not block the exchange that opened the breaker: event handlers run on
 // their own goroutine.
 func (a *App) emitBreakerOpened(retryAfter time.Duration) {
-	a.metrics.breakerOpens.Inc()
+	a.metrics.BreakerOpens.Inc()
 	until := time.Now().Add(retryAfter).UTC()
 	go a.emit(eventBreakerOpened, func() map[string]any {
 		return map[string]any{

@@ -20,6 +20,7 @@ import (
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -184,7 +185,7 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 	cfg.Store, cfg.States, cfg.PKCEKey = store, sweptStates{states}, mcpgateway.PKCEKey([]byte(secret))
 	cfg.StateTTL, cfg.ReturnOrigins = time.Duration(h.StateTTL), app.ReturnOrigins
 	cfg.Transport, cfg.Logger, cfg.Observe = mcpTransport, logger, h.observe
-	cfg.Authorized = func(o mcpgateway.AuthOutcome) { sharedMCPMetrics.authorizations.WithLabelValues(string(o)).Inc() }
+	cfg.Authorized = func(o mcpgateway.AuthOutcome) { metrics.MCP.Authorizations.WithLabelValues(string(o)).Inc() }
 	handler, err := mcpgateway.NewHandler(cfg)
 	if err != nil {
 		return fmt.Errorf("zapier_mcp: %w", err)
@@ -193,7 +194,7 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 	for _, s := range handler.UserStores() {
 		app.registerUserStore(gateway.PhaseLocal, s)
 	}
-	registerMCPMetrics(ctx)
+	metrics.RegisterMCP(ctx.GetMetricsRegistry())
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
+	"github.com/zapgate/caddy-zapier/metrics"
 )
 
 func TestUnmarshalMCP(t *testing.T) {
@@ -112,9 +113,9 @@ func TestMCPToolErrorOutcome(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	h := &MCP{audit: zap.New(core)}
 	id := mcpgateway.Identity{Tenant: "org", User: "alice"}
-	before := counterValue(t, sharedMCPMetrics.toolCalls.WithLabelValues("SlackCLIAPI", mcpgateway.OutcomeToolError))
+	before := counterValue(t, metrics.MCP.ToolCalls.WithLabelValues("SlackCLIAPI", mcpgateway.OutcomeToolError))
 	h.observe(context.Background(), id, mcpgateway.Call{App: "SlackCLIAPI", RPCMethod: "tools/call", Tool: "send", Status: 200, ToolError: true})
-	if got := counterValue(t, sharedMCPMetrics.toolCalls.WithLabelValues("SlackCLIAPI", mcpgateway.OutcomeToolError)); got-before != 1 {
+	if got := counterValue(t, metrics.MCP.ToolCalls.WithLabelValues("SlackCLIAPI", mcpgateway.OutcomeToolError)); got-before != 1 {
 		t.Fatalf("tool_error count grew by %v", got-before)
 	}
 	if f := logs.All()[0].ContextMap(); f["outcome"] != "tool_error" {

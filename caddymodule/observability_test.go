@@ -24,6 +24,7 @@ import (
 	"github.com/zapgate/caddy-zapier/budget"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -32,7 +33,7 @@ import (
 
 func TestEveryLabelCombinationExistsBeforeItIsObserved(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	if _, err := newMetrics(reg); err != nil {
+	if _, err := metrics.RegisterCore(reg); err != nil {
 		t.Fatal(err)
 	}
 	families, err := reg.Gather()
@@ -44,14 +45,14 @@ func TestEveryLabelCombinationExistsBeforeItIsObserved(t *testing.T) {
 		series[f.GetName()] = len(f.GetMetric())
 	}
 	want := map[string]int{
-		"caddy_zapier_token_lookups_total":       len(lookupCounters),
-		"caddy_zapier_exchanges_total":           5 * len(exchangeOutcomes), // access, connect and the three MCP kinds (mcp_metrics.go)
+		"caddy_zapier_token_lookups_total":       len(metrics.LookupCounters),
+		"caddy_zapier_exchanges_total":           5 * len(metrics.ExchangeOutcomes), // access, connect and the three MCP kinds (mcp_metrics.go)
 		"caddy_zapier_exchange_duration_seconds": 5,
 		"caddy_zapier_cache_evictions_total":     1,
 		"caddy_zapier_key_rotations_total":       1,
 		"caddy_zapier_identity_refusals_total":   3,
-		"caddy_zapier_connect_completions_total": len(connectFlows) * len(connectOutcomes),
-		"caddy_zapier_action_runs_total":         len(actionOutcomes),
+		"caddy_zapier_connect_completions_total": len(metrics.ConnectFlows) * len(metrics.ConnectOutcomes),
+		"caddy_zapier_action_runs_total":         len(metrics.ActionOutcomes),
 		"caddy_zapier_breaker_opens_total":       1,
 	}
 	for name, n := range want {
@@ -66,18 +67,18 @@ func TestEveryLabelCombinationExistsBeforeItIsObserved(t *testing.T) {
 
 func TestMetricsSurviveANewRegistry(t *testing.T) {
 	first := prometheus.NewPedanticRegistry()
-	m, err := newMetrics(first)
+	m, err := metrics.RegisterCore(first)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.observeActionRun(actions.OutcomePending)
-	before := counterValue(t, m.actionRuns.WithLabelValues(string(actions.OutcomePending)))
+	m.ObserveActionRun(actions.OutcomePending)
+	before := counterValue(t, m.ActionRuns.WithLabelValues(string(actions.OutcomePending)))
 
 	// A reload registers the same collectors in the next config's registry,
 	// and registering twice in one registry is not an error either.
 	second := prometheus.NewPedanticRegistry()
 	for range 2 {
-		if _, err := newMetrics(second); err != nil {
+		if _, err := metrics.RegisterCore(second); err != nil {
 			t.Fatalf("registering again: %v", err)
 		}
 	}
@@ -91,10 +92,10 @@ func TestMetricsSurviveANewRegistry(t *testing.T) {
 			got = len(f.GetMetric())
 		}
 	}
-	if got != len(actionOutcomes) {
+	if got != len(metrics.ActionOutcomes) {
 		t.Fatalf("action run series in the new registry: %d", got)
 	}
-	if after := counterValue(t, m.actionRuns.WithLabelValues(string(actions.OutcomePending))); after != before || before < 1 {
+	if after := counterValue(t, m.ActionRuns.WithLabelValues(string(actions.OutcomePending))); after != before || before < 1 {
 		t.Errorf("pending runs %v before the reload, %v after", before, after)
 	}
 }
@@ -114,12 +115,12 @@ func TestExchangeOutcomesAreBounded(t *testing.T) {
 		{fmt.Errorf("wrapped: %w", &zapierapi.Error{Kind: 99}), "failed"},
 		{context.Canceled, "failed"},
 	} {
-		got := exchangeOutcome(tc.err)
+		got := metrics.ExchangeOutcome(tc.err)
 		if got != tc.want {
-			t.Errorf("exchangeOutcome(%v) = %q, want %q", tc.err, got, tc.want)
+			t.Errorf("metrics.ExchangeOutcome(%v) = %q, want %q", tc.err, got, tc.want)
 		}
 		found := false
-		for _, o := range exchangeOutcomes {
+		for _, o := range metrics.ExchangeOutcomes {
 			found = found || o == got
 		}
 		if !found {
@@ -187,7 +188,7 @@ func exchangeApp(t *testing.T, tokenURL string) *App {
 		keys:       keys,
 		keysLoad:   new(keysLoad),
 		client:     client,
-		metrics:    sharedMetrics,
+		metrics:    metrics.Core,
 		logger:     zap.NewNop(),
 		inflight:   make(chan struct{}, 1),
 		tokens:     &pooledCache{breaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{}), apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})},
@@ -384,10 +385,10 @@ func TestKeyRotationsAreAnnouncedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	em := new(fakeEmitter)
-	a := &App{keys: keys, metrics: sharedMetrics, logger: zap.NewNop(), events: &appEvents{emitter: em}}
+	a := &App{keys: keys, metrics: metrics.Core, logger: zap.NewNop(), events: &appEvents{emitter: em}}
 	keys.OnChange(a.keysChanged)
 	ctx := context.Background()
-	rotations := func() float64 { return counterValue(t, sharedMetrics.rotations) }
+	rotations := func() float64 { return counterValue(t, metrics.Core.Rotations) }
 	start := rotations()
 
 	expect := func(step string, wantState jwks.KeyState, wantKID string) string {
@@ -451,8 +452,8 @@ func TestKeyRotationsAreAnnouncedOnce(t *testing.T) {
 
 func TestBreakerOpeningIsCountedAndEmitted(t *testing.T) {
 	em := &fakeEmitter{sent: make(chan struct{}, 1)}
-	a := &App{metrics: sharedMetrics, logger: zap.NewNop(), events: &appEvents{emitter: em}}
-	before := counterValue(t, sharedMetrics.breakerOpens)
+	a := &App{metrics: metrics.Core, logger: zap.NewNop(), events: &appEvents{emitter: em}}
+	before := counterValue(t, metrics.Core.BreakerOpens)
 	a.emitBreakerOpened(5 * time.Second)
 	select {
 	case <-em.sent:
@@ -463,7 +464,7 @@ func TestBreakerOpeningIsCountedAndEmitted(t *testing.T) {
 	if len(ev) != 1 || ev[0].name != eventBreakerOpened || ev[0].data["retry_after_seconds"] != 5.0 || ev[0].data["until"] == "" {
 		t.Errorf("events %+v", ev)
 	}
-	if got := counterValue(t, sharedMetrics.breakerOpens) - before; got != 1 {
+	if got := counterValue(t, metrics.Core.BreakerOpens) - before; got != 1 {
 		t.Errorf("breaker opens counted %v, want 1", got)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/ratelimit"
 )
 
@@ -49,7 +50,7 @@ type endUserLimits struct {
 
 // rateLimited counts requests refused by the end-user rate limits.
 var rateLimited = func() *prometheus.CounterVec {
-	c := newCounterVec("rate_limited_total",
+	c := metrics.NewCounterVec("rate_limited_total",
 		"End-user requests to limited routes (Connect, actions, triggers, MCP authorize and apps) refused by the rate limit, by the limit that refused them (identity, tenant).", "scope")
 	c.WithLabelValues("identity")
 	c.WithLabelValues("tenant")
@@ -58,7 +59,7 @@ var rateLimited = func() *prometheus.CounterVec {
 
 // provisionRateLimits fills the defaults and builds the limiters.
 func (a *App) provisionRateLimits(ctx caddy.Context) error {
-	if err := registerOrExisting(ctx.GetMetricsRegistry(), rateLimited); err != nil {
+	if err := metrics.Register(ctx.GetMetricsRegistry(), rateLimited); err != nil {
 		return err
 	}
 	if a.RateLimit == nil {

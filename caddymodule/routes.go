@@ -57,7 +57,7 @@ func (a *App) hostRules() *gateway.HostRules {
 // observeRefusal counts and logs a refused identity; zapier_auth and every
 // end-user route refuse alike.
 func (a *App) observeRefusal(r *http.Request, ierr *gateway.Error) {
-	a.metrics.refusals.WithLabelValues(ierr.Code).Inc()
+	a.metrics.Refusals.WithLabelValues(ierr.Code).Inc()
 	level := zapcore.InfoLevel
 	if ierr == gateway.ErrIdentityUntrusted {
 		level = zapcore.WarnLevel

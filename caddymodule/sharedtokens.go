@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
 	"github.com/zapgate/caddy-zapier/tokencache"
 )
@@ -50,7 +51,7 @@ func (c *CacheConfig) redis() *RedisConfig {
 // sharedTokenFetches counts local-cache fetches through the Redis tier by
 // how they were answered. One per process, like the other collectors.
 var sharedTokenFetches = func() *prometheus.CounterVec {
-	c := newCounterVec("shared_token_fetches_total",
+	c := metrics.NewCounterVec("shared_token_fetches_total",
 		"Token fetches through the shared Redis tier by outcome (shared, waited, exchanged, fallback_unavailable, fallback_timeout).", "outcome")
 	for _, o := range sharedtokens.Outcomes {
 		c.WithLabelValues(o.String())
@@ -62,7 +63,7 @@ var sharedTokenFetches = func() *prometheus.CounterVec {
 // the rest of Provision it does no network I/O; the client connects on
 // first use.
 func (a *App) provisionSharedTokens(ctx caddy.Context) error {
-	if err := registerOrExisting(ctx.GetMetricsRegistry(), sharedTokenFetches); err != nil {
+	if err := metrics.Register(ctx.GetMetricsRegistry(), sharedTokenFetches); err != nil {
 		return err
 	}
 	r := a.Cache.Redis

@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/zapgate/caddy-zapier/connect"
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/tokencache"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -61,7 +62,7 @@ func finishSpan(span trace.Span, outcome string, err error) {
 }
 
 // startExchangeSpan starts the span of one exchange of the given kind
-// (exchangeKindAccess or exchangeKindConnect); end it with endExchangeSpan.
+// (metrics.ExchangeKindAccess or metrics.ExchangeKindConnect); end it with endExchangeSpan.
 func startExchangeSpan(ctx context.Context, kind string) (context.Context, trace.Span) {
 	return startSpan(ctx, spanExchange, attrExchangeKind.String(kind))
 }
@@ -75,7 +76,7 @@ func endExchangeSpan(span trace.Span, err error) {
 			span.SetAttributes(attrStatusCode.Int(zerr.StatusCode))
 		}
 	}
-	finishSpan(span, exchangeOutcome(err), err)
+	finishSpan(span, metrics.ExchangeOutcome(err), err)
 }
 
 // signJWT mints the partner JWT for key inside a span.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/ratelimit"
 	"github.com/zapgate/caddy-zapier/triggers"
 )
@@ -120,7 +121,7 @@ func (h *Triggers) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := registerTriggerMetrics(ctx.GetMetricsRegistry()); err != nil {
+	if err := metrics.RegisterTriggers(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
 	return h.provision(app, ctx.Storage(), ctx.Logger())
@@ -168,8 +169,8 @@ func (h *Triggers) provision(app *App, storage certmagic.Storage, logger *zap.Lo
 	h.handler, err = triggers.NewHandler(triggers.HandlerConfig{
 		Options: opts, Manager: h.pooled.mgr, Policy: app.policy, Lookup: conns.lookup(), Storage: storage,
 		NotifyLimit: notifyLim, SourceAddr: sourceAddr, Logger: logger,
-		ObserveNotification:      func(known string) { triggerNotifications.WithLabelValues(known).Inc() },
-		ObserveConnectionWebhook: func(outcome string) { connectionWebhooks.WithLabelValues(outcome).Inc() },
+		ObserveNotification:      func(known string) { metrics.TriggerNotifications.WithLabelValues(known).Inc() },
+		ObserveConnectionWebhook: func(outcome string) { metrics.ConnectionWebhooks.WithLabelValues(outcome).Inc() },
 	})
 	if err != nil {
 		return fmt.Errorf("zapier_triggers: %w", err)
@@ -205,7 +206,7 @@ func newPooledTriggers(opts *triggers.Options, app *App, storage certmagic.Stora
 			}
 			return k.NamesKey(), nil
 		}),
-		Observer: triggerObserver{}, Logger: logger,
+		Observer: metrics.TriggerObserver{}, Logger: logger,
 	})
 	if err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/zapgate/caddy-zapier/gateway"
+	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/triggers"
 )
 
@@ -38,7 +39,7 @@ func (triggersAdminAPI) CaddyModule() caddy.ModuleInfo {
 // Provision registers the events metrics: admin modules are provisioned on
 // every config load, so the series exist whatever the config.
 func (triggersAdminAPI) Provision(ctx caddy.Context) error {
-	return registerTriggerMetrics(ctx.GetMetricsRegistry())
+	return metrics.RegisterTriggers(ctx.GetMetricsRegistry())
 }
 
 // Routes returns the admin routes.

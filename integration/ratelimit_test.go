@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // The review's reproduction: 70 quick POST token from one browser. With the
@@ -24,6 +25,7 @@ func TestOneIdentityCannotFloodZapier(t *testing.T) {
 	before := g.fake.Stats().ConnectExchanges
 	limitedBefore := scrapeMetric(t, "caddy_zapier_rate_limited_total", `scope="identity"`)
 	ok, limited := 0, 0
+	start := time.Now()
 	for range 70 {
 		status, hdr, raw := alice.call(http.MethodPost, "token", map[string]any{"app": slackApp})
 		switch status {
@@ -39,11 +41,14 @@ func TestOneIdentityCannotFloodZapier(t *testing.T) {
 			t.Fatalf("POST token: %d %s", status, raw)
 		}
 	}
-	if ok != 20 || limited != 50 {
-		t.Fatalf("%d answered, %d rate limited; want 20 and 50", ok, limited)
+	// The limit is a token bucket (one more every 3 s): a loaded machine
+	// that takes longer than 3 s for the 70 requests earns one more each 3 s.
+	refills := int(time.Since(start) / (3 * time.Second))
+	if ok < 20 || ok > 20+refills || ok+limited != 70 {
+		t.Fatalf("%d answered, %d rate limited in %d refill periods; want 20 (+ %d) and the rest limited", ok, limited, refills, refills)
 	}
-	if issued := g.fake.Stats().ConnectExchanges - before; issued != 20 {
-		t.Errorf("Zapier issued %d connect tokens, want 20", issued)
+	if issued := g.fake.Stats().ConnectExchanges - before; issued != ok {
+		t.Errorf("Zapier issued %d connect tokens, want %d", issued, ok)
 	}
 	status, hdr, raw := g.do(request{path: "/zapier/actions/actions?app=" + slackUUID, tenant: "org_rl", user: "alice"})
 	expectError(t, status, hdr, raw, http.StatusTooManyRequests, "rate_limited")
@@ -51,8 +56,8 @@ func TestOneIdentityCannotFloodZapier(t *testing.T) {
 	if status, _, raw := bob.call(http.MethodPost, "token", map[string]any{"app": slackApp}); status != http.StatusOK {
 		t.Errorf("bob, same tenant: %d %s", status, raw)
 	}
-	if n := scrapeMetric(t, "caddy_zapier_rate_limited_total", `scope="identity"`) - limitedBefore; n != 51 {
-		t.Errorf("caddy_zapier_rate_limited_total{scope=identity} grew by %v, want 51", n)
+	if n := scrapeMetric(t, "caddy_zapier_rate_limited_total", `scope="identity"`) - limitedBefore; n != float64(limited+1) {
+		t.Errorf("caddy_zapier_rate_limited_total{scope=identity} grew by %v, want %d", n, limited+1)
 	}
 }
 

@@ -1,4 +1,4 @@
-package caddymodule
+package metrics
 
 import (
 	"time"
@@ -8,27 +8,27 @@ import (
 
 // The events collectors (zapier_triggers), one set per process like the others.
 var (
-	triggerDeliveries = newCounterVec("trigger_deliveries_total",
+	triggerDeliveries = NewCounterVec("trigger_deliveries_total",
 		"Trigger events POSTed to deliver_to, by outcome (delivered, failed: one refused attempt; dead_lettered: a message given up on).", "outcome")
 	triggerDeliverySeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "zapier", Name: "trigger_delivery_seconds",
 		Help:    "Time of one POST of a trigger event to deliver_to.",
 		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	})
-	triggerAcks = newCounterVec("trigger_acks_total",
+	triggerAcks = NewCounterVec("trigger_acks_total",
 		"Settlements of leased trigger messages at Zapier (acked, lease_expired: delivered but will come again, failed, released).", "outcome")
-	triggerLeases = newCounterVec("trigger_leases_total",
+	triggerLeases = NewCounterVec("trigger_leases_total",
 		"Lease calls on Trigger Inboxes, by outcome (messages, empty, paused, gone, failed).", "outcome")
-	triggerNotifications = newCounterVec("trigger_notifications_total",
+	TriggerNotifications = NewCounterVec("trigger_notifications_total",
 		"Inbox notifications received on the notify route, by whether the inbox id was known (true, false), or refused before any lookup (token_invalid, rate_limited).", "known")
-	connectionWebhooks = newCounterVec("connection_webhooks_total",
+	ConnectionWebhooks = NewCounterVec("connection_webhooks_total",
 		"Connection webhooks received from Zapier, by outcome (forwarded, unknown_connection, duplicate (also while another copy is in flight), signature_invalid, stale, malformed, partner_failed).", "outcome")
 )
 
-// registerTriggerMetrics registers the events collectors into a config's
+// RegisterTriggers registers the events collectors into a config's
 // registry; the admin module does it on every config load, so every series
 // is on /metrics (at 0) even without a zapier_triggers handler.
-func registerTriggerMetrics(reg *prometheus.Registry) error {
+func RegisterTriggers(reg *prometheus.Registry) error {
 	for _, o := range []string{"delivered", "failed", "dead_lettered"} {
 		triggerDeliveries.WithLabelValues(o)
 	}
@@ -39,28 +39,28 @@ func registerTriggerMetrics(reg *prometheus.Registry) error {
 		triggerLeases.WithLabelValues(o)
 	}
 	for _, o := range []string{"true", "false", "token_invalid", "rate_limited"} {
-		triggerNotifications.WithLabelValues(o)
+		TriggerNotifications.WithLabelValues(o)
 	}
 	for _, o := range []string{"forwarded", "unknown_connection", "duplicate", "signature_invalid", "stale", "malformed", "partner_failed"} {
-		connectionWebhooks.WithLabelValues(o)
+		ConnectionWebhooks.WithLabelValues(o)
 	}
-	for _, c := range []prometheus.Collector{triggerDeliveries, triggerDeliverySeconds, triggerAcks, triggerLeases, triggerNotifications, connectionWebhooks} {
-		if err := registerOrExisting(reg, c); err != nil {
+	for _, c := range []prometheus.Collector{triggerDeliveries, triggerDeliverySeconds, triggerAcks, triggerLeases, TriggerNotifications, ConnectionWebhooks} {
+		if err := Register(reg, c); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// triggerObserver feeds the delivery loop's outcomes to the collectors.
-type triggerObserver struct{}
+// TriggerObserver feeds the delivery loop's outcomes to the collectors.
+type TriggerObserver struct{}
 
-func (triggerObserver) Delivery(outcome string, took time.Duration) {
+func (TriggerObserver) Delivery(outcome string, took time.Duration) {
 	triggerDeliveries.WithLabelValues(outcome).Inc()
 	if outcome != "dead_lettered" && took > 0 {
 		triggerDeliverySeconds.Observe(took.Seconds())
 	}
 }
 
-func (triggerObserver) Ack(outcome string)   { triggerAcks.WithLabelValues(outcome).Inc() }
-func (triggerObserver) Lease(outcome string) { triggerLeases.WithLabelValues(outcome).Inc() }
+func (TriggerObserver) Ack(outcome string)   { triggerAcks.WithLabelValues(outcome).Inc() }
+func (TriggerObserver) Lease(outcome string) { triggerLeases.WithLabelValues(outcome).Inc() }

@@ -1,4 +1,4 @@
-package caddymodule
+package metrics
 
 import "testing"
 
@@ -17,8 +17,8 @@ func TestAPIEndpointIsBounded(t *testing.T) {
 		"/v2/whitelabel/apps":               "/v2/whitelabel/apps",
 		"/v2/echo/anything/the/client/sends/in/here": "/v2/echo/{id}/{id}/{id}/{id}",
 	} {
-		if got := apiEndpoint(path); got != want {
-			t.Errorf("apiEndpoint(%q) = %q, want %q", path, got, want)
+		if got := APIEndpoint(path); got != want {
+			t.Errorf("APIEndpoint(%q) = %q, want %q", path, got, want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package caddymodule
+package metrics
 
 import (
 	"errors"
@@ -22,23 +22,22 @@ import (
 
 // Exchange kinds: what was asked of Zapier's token endpoint.
 const (
-	exchangeKindAccess  = gateway.KindAccess // partner JWT → user access token
-	exchangeKindConnect = "connect_token"    // access token → single-use connect token
+	ExchangeKindAccess  = gateway.KindAccess // partner JWT → user access token
+	ExchangeKindConnect = "connect_token"    // access token → single-use connect token
 )
 
-// exchangeOutcomes are "success" and the zapierapi.Kind names.
-var exchangeOutcomes = []string{"success", "rejected", "failed", "timeout", "rate_limited", "unavailable"}
+// ExchangeOutcomes are "success" and the zapierapi.Kind names.
+var ExchangeOutcomes = []string{"success", "rejected", "failed", "timeout", "rate_limited", "unavailable"}
 
 // The connect completions' flows and outcomes (connect.Outcome).
 var (
-	connectFlows    = connect.Flows
-	connectOutcomes = connect.Outcomes
+	ConnectFlows    = connect.Flows
+	ConnectOutcomes = connect.Outcomes
 )
 
 // actionOutcome is how a POST run of zapier_actions ended.
-type actionOutcome = actions.Outcome
 
-var actionOutcomes = actions.Outcomes
+var ActionOutcomes = actions.Outcomes
 
 // refusalReasons are the identity error codes.
 var refusalReasons = []string{gateway.ErrIdentityMissing.Code, gateway.ErrIdentityUntrusted.Code, gateway.ErrIdentityInvalid.Code}
@@ -46,84 +45,84 @@ var refusalReasons = []string{gateway.ErrIdentityMissing.Code, gateway.ErrIdenti
 // metrics holds the collectors. Counters are created once per process and
 // registered into every config's registry, so a reload neither resets them
 // nor fails with a duplicate registration. Labels are bounded enums only.
-type metrics struct {
-	lookups            *prometheus.CounterVec
-	exchanges          *prometheus.CounterVec
-	exchangeDuration   *prometheus.HistogramVec
-	cacheEvictions     prometheus.Counter
-	rotations          prometheus.Counter
-	refusals           *prometheus.CounterVec
-	connectCompletions *prometheus.CounterVec
-	actionRuns         *prometheus.CounterVec
-	breakerOpens       prometheus.Counter
+type Set struct {
+	Lookups            *prometheus.CounterVec
+	Exchanges          *prometheus.CounterVec
+	ExchangeDuration   *prometheus.HistogramVec
+	CacheEvictions     prometheus.Counter
+	Rotations          prometheus.Counter
+	Refusals           *prometheus.CounterVec
+	ConnectCompletions *prometheus.CounterVec
+	ActionRuns         *prometheus.CounterVec
+	BreakerOpens       prometheus.Counter
 }
 
-func newCounterVec(name, help string, labels ...string) *prometheus.CounterVec {
+func NewCounterVec(name, help string, labels ...string) *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "caddy", Subsystem: "zapier", Name: name, Help: help}, labels)
 }
 
-func newCounter(name, help string) prometheus.Counter {
+func NewCounter(name, help string) prometheus.Counter {
 	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "caddy", Subsystem: "zapier", Name: name, Help: help})
 }
 
-var sharedMetrics = func() *metrics {
-	m := &metrics{
-		lookups: newCounterVec("token_lookups_total",
+var Core = func() *Set {
+	m := &Set{
+		Lookups: NewCounterVec("token_lookups_total",
 			"Access token lookups by result (hit, miss, coalesced, refresh_ahead, negative).", "result"),
-		exchanges: newCounterVec("exchanges_total",
+		Exchanges: NewCounterVec("exchanges_total",
 			"Token exchanges with Zapier by kind (access_token, connect_token) and outcome.", "kind", "outcome"),
-		exchangeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		ExchangeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "caddy", Subsystem: "zapier", Name: "exchange_duration_seconds",
 			Help:    "Latency of token exchanges with Zapier, retries included.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"kind"}),
-		cacheEvictions: newCounter("cache_evictions_total",
+		CacheEvictions: NewCounter("cache_evictions_total",
 			"Access tokens dropped from the cache to make room."),
-		rotations: newCounter("key_rotations_total",
+		Rotations: NewCounter("key_rotations_total",
 			"Signing key rotations seen by this instance: a new key published, or a key made to sign at once."),
-		refusals: newCounterVec("identity_refusals_total",
+		Refusals: NewCounterVec("identity_refusals_total",
 			"Requests refused for their identity, by reason.", "reason"),
-		connectCompletions: newCounterVec("connect_completions_total",
+		ConnectCompletions: NewCounterVec("connect_completions_total",
 			"Connect flows completed, by flow (popup, redirect) and outcome.", "flow", "outcome"),
-		actionRuns: newCounterVec("action_runs_total",
+		ActionRuns: NewCounterVec("action_runs_total",
 			"Action runs requested through zapier_actions, by outcome.", "outcome"),
-		breakerOpens: newCounter("breaker_opens_total",
+		BreakerOpens: NewCounter("breaker_opens_total",
 			"Times the circuit breaker in front of Zapier's token endpoint opened."),
 	}
-	for _, kind := range []string{exchangeKindAccess, exchangeKindConnect} {
-		m.exchangeDuration.WithLabelValues(kind)
-		for _, outcome := range exchangeOutcomes {
-			m.exchanges.WithLabelValues(kind, outcome)
+	for _, kind := range []string{ExchangeKindAccess, ExchangeKindConnect} {
+		m.ExchangeDuration.WithLabelValues(kind)
+		for _, outcome := range ExchangeOutcomes {
+			m.Exchanges.WithLabelValues(kind, outcome)
 		}
 	}
 	for _, reason := range refusalReasons {
-		m.refusals.WithLabelValues(reason)
+		m.Refusals.WithLabelValues(reason)
 	}
-	for _, flow := range connectFlows {
-		for _, outcome := range connectOutcomes {
-			m.connectCompletions.WithLabelValues(string(flow), string(outcome))
+	for _, flow := range ConnectFlows {
+		for _, outcome := range ConnectOutcomes {
+			m.ConnectCompletions.WithLabelValues(string(flow), string(outcome))
 		}
 	}
-	for _, outcome := range actionOutcomes {
-		m.actionRuns.WithLabelValues(string(outcome))
+	for _, outcome := range ActionOutcomes {
+		m.ActionRuns.WithLabelValues(string(outcome))
 	}
 	return m
 }()
 
-func newMetrics(reg *prometheus.Registry) (*metrics, error) {
-	m := sharedMetrics
+func RegisterCore(reg *prometheus.Registry) (*Set, error) {
+	m := Core
 	for _, c := range []prometheus.Collector{
-		m.lookups, m.exchanges, m.exchangeDuration, m.cacheEvictions, m.rotations, m.refusals,
-		m.connectCompletions, m.actionRuns, m.breakerOpens,
+		m.Lookups, m.Exchanges, m.ExchangeDuration, m.CacheEvictions, m.Rotations, m.Refusals,
+		m.ConnectCompletions, m.ActionRuns, m.BreakerOpens,
 	} {
-		if err := registerOrExisting(reg, c); err != nil {
+		if err := Register(reg, c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
 }
 
-func registerOrExisting(reg *prometheus.Registry, c prometheus.Collector) error {
+func Register(reg *prometheus.Registry, c prometheus.Collector) error {
 	if err := reg.Register(c); err != nil {
 		var already prometheus.AlreadyRegisteredError
 		if errors.As(err, &already) {
@@ -134,9 +133,9 @@ func registerOrExisting(reg *prometheus.Registry, c prometheus.Collector) error 
 	return nil
 }
 
-// observeCache registers the gauges that read the live cache and key set;
+// ObserveCache registers the gauges that read the live cache and key set;
 // they belong to this config's registry only.
-func (m *metrics) observeCache(reg *prometheus.Registry, cache *tokencache.Cache, keys *jwks.Manager) error {
+func (m *Set) ObserveCache(reg *prometheus.Registry, cache *tokencache.Cache, keys *jwks.Manager) error {
 	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "zapier", Name: "cache_entries",
 		Help: "Access tokens currently cached.",
@@ -148,7 +147,7 @@ func (m *metrics) observeCache(reg *prometheus.Registry, cache *tokencache.Cache
 	published := &keysCollector{keys: keys, desc: prometheus.NewDesc(
 		"caddy_zapier_keys", "Published signing keys by state.", []string{"state"}, nil)}
 	for _, c := range []prometheus.Collector{entries, cacheBytes, published} {
-		if err := registerOrExisting(reg, c); err != nil {
+		if err := Register(reg, c); err != nil {
 			return err
 		}
 	}
@@ -173,46 +172,46 @@ func (c *keysCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// lookupCounters are resolved once: a label lookup per request would cost
+// LookupCounters are resolved once: a label lookup per request would cost
 // more than the cache hit it counts.
-var lookupCounters = func() (c [tokencache.Negative + 1]prometheus.Counter) {
+var LookupCounters = func() (c [tokencache.Negative + 1]prometheus.Counter) {
 	for r := range c {
-		c[r] = sharedMetrics.lookups.WithLabelValues(tokencache.Result(r).String())
+		c[r] = Core.Lookups.WithLabelValues(tokencache.Result(r).String())
 	}
 	return c
 }()
 
-func (m *metrics) observeLookup(r tokencache.Result) {
-	if int(r) < len(lookupCounters) {
-		lookupCounters[r].Inc()
+func (m *Set) ObserveLookup(r tokencache.Result) {
+	if int(r) < len(LookupCounters) {
+		LookupCounters[r].Inc()
 	}
 }
 
-// observeExchange counts one exchange with Zapier's token endpoint; kind is
-// exchangeKindAccess or exchangeKindConnect, took includes the retries.
-func (m *metrics) observeExchange(kind string, err error, took time.Duration) {
-	outcome := exchangeOutcome(err)
-	m.exchanges.WithLabelValues(kind, outcome).Inc()
+// ObserveExchange counts one exchange with Zapier's token endpoint; kind is
+// ExchangeKindAccess or ExchangeKindConnect, took includes the retries.
+func (m *Set) ObserveExchange(kind string, err error, took time.Duration) {
+	outcome := ExchangeOutcome(err)
+	m.Exchanges.WithLabelValues(kind, outcome).Inc()
 	if outcome != zapierapi.KindUnavailable.String() {
 		// Calls the breaker held back never reached Zapier: their ~0s would
 		// drag the latency percentiles down during an outage.
-		m.exchangeDuration.WithLabelValues(kind).Observe(took.Seconds())
+		m.ExchangeDuration.WithLabelValues(kind).Observe(took.Seconds())
 	}
 }
 
-// observeConnectCompletion counts one finished connect flow (the popup's
+// ObserveConnectCompletion counts one finished connect flow (the popup's
 // POST complete or the redirect's GET callback), whatever its outcome.
-func (m *metrics) observeConnectCompletion(flow connect.Flow, outcome connect.Outcome) {
-	m.connectCompletions.WithLabelValues(string(flow), string(outcome)).Inc()
+func (m *Set) ObserveConnectCompletion(flow connect.Flow, outcome connect.Outcome) {
+	m.ConnectCompletions.WithLabelValues(string(flow), string(outcome)).Inc()
 }
 
-// observeActionRun counts one POST run answered by zapier_actions.
-func (m *metrics) observeActionRun(outcome actionOutcome) {
-	m.actionRuns.WithLabelValues(string(outcome)).Inc()
+// ObserveActionRun counts one POST run answered by zapier_actions.
+func (m *Set) ObserveActionRun(outcome actions.Outcome) {
+	m.ActionRuns.WithLabelValues(string(outcome)).Inc()
 }
 
-// exchangeOutcome is the outcome label (and span attribute) of an exchange.
-func exchangeOutcome(err error) string {
+// ExchangeOutcome is the outcome label (and span attribute) of an exchange.
+func ExchangeOutcome(err error) string {
 	if err == nil {
 		return "success"
 	}
