@@ -18,6 +18,7 @@ import (
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/metrics"
+	"github.com/zapgate/caddy-zapier/tracing"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -244,11 +245,11 @@ func runTakeover(app *App) time.Duration {
 
 // traceActionRun starts the span of a POST run.
 func traceActionRun(ctx context.Context, id gateway.Identity) (context.Context, func(string, error)) {
-	ctx, span := startActionRunSpan(ctx)
+	ctx, span := tracing.StartActionRun(ctx)
 	if span.IsRecording() {
-		span.SetAttributes(attrIdentity.String(gateway.LogHash(id.Tenant, id.User)))
+		span.SetAttributes(tracing.AttrIdentity.String(gateway.LogHash(id.Tenant, id.User)))
 	}
-	return ctx, func(outcome string, err error) { finishSpan(span, outcome, err) }
+	return ctx, func(outcome string, err error) { tracing.FinishSpan(span, outcome, err) }
 }
 
 // Interface guards.

@@ -28,6 +28,7 @@ import (
 	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/tracing"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -262,7 +263,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Timeout:          time.Duration(a.Exchange.Timeout),
 		DefaultTTL:       time.Duration(a.Cache.DefaultTTL),
 		// Traced, carries traceparent (tracing.go); API calls spend budget.
-		HTTPClient: &http.Client{Transport: a.gate.Transport(zapierTransport())},
+		HTTPClient: &http.Client{Transport: a.gate.Transport(tracing.ZapierTransport())},
 	})
 	if err != nil {
 		return fmt.Errorf("configuring the Zapier client: %w", err)
@@ -562,18 +563,13 @@ func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind stri
 // keys, and the token cache's breaker (which outlives reloads).
 func (a *App) exchanger() *gateway.Exchanger {
 	return &gateway.Exchanger{Inflight: a.inflight, Breaker: a.tokens.breaker, Client: a.client,
-		Mint: func(ctx context.Context, id gateway.Identity) (string, error) {
-			if err := a.ensureKeys(ctx); err != nil {
-				return "", err
-			}
-			return a.signJWT(ctx, id)
-		},
+		Mint: a.mintJWT,
 		Trace: func(ctx context.Context, id gateway.Identity, kind string) (context.Context, func(error)) {
-			ctx, span := startExchangeSpan(ctx, kind)
+			ctx, span := tracing.StartExchange(ctx, kind)
 			if span.IsRecording() {
-				span.SetAttributes(attrIdentity.String(gateway.LogHash(id.Tenant, id.User)))
+				span.SetAttributes(tracing.AttrIdentity.String(gateway.LogHash(id.Tenant, id.User)))
 			}
-			return ctx, func(err error) { endExchangeSpan(span, err) }
+			return ctx, func(err error) { tracing.EndExchange(span, err) }
 		},
 		Done: func(id gateway.Identity, kind string, err error, took time.Duration) {
 			a.metrics.ObserveExchange(kind, err, took)
@@ -582,6 +578,15 @@ func (a *App) exchanger() *gateway.Exchanger {
 			}
 		},
 	}
+}
+
+// mintJWT signs the partner JWT for id (loading the key set first if
+// needed), in a span.
+func (a *App) mintJWT(ctx context.Context, id gateway.Identity) (string, error) {
+	if err := a.ensureKeys(ctx); err != nil {
+		return "", err
+	}
+	return tracing.SignJWT(ctx, a.SigningAlg, func() (string, error) { return a.keys.Mint(id.Tenant, id.User) })
 }
 
 // caller is the core's Zapier caller over this config's token cache,

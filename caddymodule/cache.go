@@ -10,6 +10,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/tracing"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -42,7 +43,7 @@ type pooledCache struct {
 func (a *App) accessToken(ctx context.Context, key tokencache.Key) (string, error) {
 	tok, res, err := a.tokens.get(ctx, key)
 	a.metrics.ObserveLookup(res)
-	annotateLookup(ctx, res)
+	tracing.AnnotateLookup(ctx, res)
 	return tok.Value, err
 }
 

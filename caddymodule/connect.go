@@ -15,6 +15,7 @@ import (
 	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/metrics"
+	"github.com/zapgate/caddy-zapier/tracing"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -180,8 +181,8 @@ func (a *App) connectAppResolver(overrides gateway.AppMap) connect.AppResolver {
 
 // traceConnectCompletion is the span of a connect completion.
 func traceConnectCompletion(ctx context.Context, flow connect.Flow) (context.Context, func(connect.Outcome, error)) {
-	ctx, span := startConnectSpan(ctx, flow)
-	return ctx, func(outcome connect.Outcome, err error) { finishSpan(span, string(outcome), err) }
+	ctx, span := tracing.StartConnect(ctx, flow)
+	return ctx, func(outcome connect.Outcome, err error) { tracing.FinishSpan(span, string(outcome), err) }
 }
 
 // newConnectionStore is connect's store of connections, telling

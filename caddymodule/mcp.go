@@ -176,12 +176,7 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 		return keys.NamesKey(), nil
 	}))
 	cfg.Policy, cfg.Caller, cfg.Exchange = app.policy, app.caller(), app.limitedExchange
-	cfg.SignJWT = func(ctx context.Context, id gateway.Identity) (string, error) {
-		if err := app.ensureKeys(ctx); err != nil {
-			return "", err
-		}
-		return app.signJWT(ctx, id)
-	}
+	cfg.SignJWT = app.mintJWT
 	cfg.Store, cfg.States, cfg.PKCEKey = store, sweptStates{states}, mcpgateway.PKCEKey([]byte(secret))
 	cfg.StateTTL, cfg.ReturnOrigins = time.Duration(h.StateTTL), app.ReturnOrigins
 	cfg.Transport, cfg.Logger, cfg.Observe = mcpTransport, logger, h.observe

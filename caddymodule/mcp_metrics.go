@@ -13,6 +13,7 @@ import (
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/mcpgateway"
 	"github.com/zapgate/caddy-zapier/metrics"
+	"github.com/zapgate/caddy-zapier/tracing"
 )
 
 // observe is the proxy's hook: metrics for every request; for a tool call
@@ -37,7 +38,7 @@ func (h *MCP) observe(ctx context.Context, id mcpgateway.Identity, c mcpgateway.
 	m.ToolDuration.WithLabelValues(outcome).Observe(c.Duration.Seconds())
 
 	end := time.Now()
-	tracer := trace.SpanFromContext(ctx).TracerProvider().Tracer(tracerName)
+	tracer := trace.SpanFromContext(ctx).TracerProvider().Tracer(tracing.TracerName)
 	_, span := tracer.Start(ctx, "zapier.mcp.tool_call", trace.WithTimestamp(end.Add(-c.Duration)),
 		trace.WithAttributes(attribute.String("zapier.mcp.app", app), attribute.String("zapier.mcp.tool", c.Tool),
 			attribute.String("zapier.outcome", outcome), attribute.Int("http.response.status_code", c.Status)))

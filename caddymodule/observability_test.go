@@ -26,6 +26,7 @@ import (
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/tracing"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
 
@@ -262,8 +263,8 @@ func TestExchangeSpansNestUnderTheRequestAndPropagate(t *testing.T) {
 	}
 	req.End()
 	spans := exp.GetSpans()
-	exchange := spanNamed(t, spans, spanExchange)
-	sign := spanNamed(t, spans, spanSignJWT)
+	exchange := spanNamed(t, spans, tracing.SpanExchange)
+	sign := spanNamed(t, spans, tracing.SpanSignJWT)
 	client := spanNamed(t, spans, "HTTP POST")
 	if exchange.Parent.SpanID() != req.SpanContext().SpanID() {
 		t.Errorf("exchange span's parent is %s, want the request span", exchange.Parent.SpanID())
@@ -305,7 +306,7 @@ func TestFailedExchangeSpanCarriesTheOutcomeOnly(t *testing.T) {
 	}
 	req.End()
 	spans := exp.GetSpans()
-	exchange := spanNamed(t, spans, spanExchange)
+	exchange := spanNamed(t, spans, tracing.SpanExchange)
 	if got := attr(exchange, "zapier.outcome"); got != "rejected" {
 		t.Errorf("outcome %q, want rejected", got)
 	}
@@ -331,13 +332,13 @@ func TestNoTraceHeadersWithoutTracing(t *testing.T) {
 
 func TestLookupIsAnnotatedOnTheRequestSpan(t *testing.T) {
 	ctx, req, exp := requestSpan(t)
-	annotateLookup(ctx, tokencache.Coalesced)
+	tracing.AnnotateLookup(ctx, tokencache.Coalesced)
 	req.End()
 	if got := attr(spanNamed(t, exp.GetSpans(), "request"), "zapier.token_lookup"); got != "coalesced" {
 		t.Errorf("token_lookup = %q", got)
 	}
-	if allocs := testing.AllocsPerRun(100, func() { annotateLookup(context.Background(), tokencache.Hit) }); allocs != 0 {
-		t.Errorf("annotateLookup allocates %v times without tracing", allocs)
+	if allocs := testing.AllocsPerRun(100, func() { tracing.AnnotateLookup(context.Background(), tokencache.Hit) }); allocs != 0 {
+		t.Errorf("tracing.AnnotateLookup allocates %v times without tracing", allocs)
 	}
 }
 
@@ -499,8 +500,8 @@ func TestStatusIsPrintedForPeople(t *testing.T) {
 	}
 }
 
-// tracedHTTPClient is a client over zapierTransport without the request
+// tracedHTTPClient is a client over tracing.ZapierTransport without the request
 // budget (the App's client adds it: budget.go).
 func tracedHTTPClient() *http.Client {
-	return &http.Client{Transport: zapierTransport()}
+	return &http.Client{Transport: tracing.ZapierTransport()}
 }
