@@ -23,6 +23,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/zapgate/caddy-zapier/actionclaims"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
@@ -121,6 +122,8 @@ type App struct {
 	APIBudget *APIBudgetConfig `json:"api_budget,omitempty"`
 	// Per-identity and per-tenant limits of the end-user routes (ratelimit.go).
 	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
+	// The billing and rate_limit claims of zapier_actions' tokens (claims.go).
+	Claims *actionclaims.Config `json:"claims,omitempty"`
 
 	clientSecret string // resolved; never logged
 	trusted      []netip.Prefix
@@ -142,6 +145,8 @@ type App struct {
 	budgetKey string
 	limits    *endUserLimits  // ratelimit.go
 	policy    *gateway.Policy // every end-user route's (routes.go)
+
+	claimsPolicy *actionclaims.Policy // nil: no claims (claims.go)
 
 	keysLoad *keysLoad
 	// userStores is every store holding per-user data; offboarding walks it
@@ -217,6 +222,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.clientSecret = repl.ReplaceKnown(a.ClientSecret, "")
 	a.Issuer = repl.ReplaceKnown(a.Issuer, "")
 	if err := a.validateConfig(); err != nil {
+		return err
+	}
+	if err := a.provisionClaims(); err != nil {
 		return err
 	}
 	if gateway.TrustsEveryone(a.trusted) {
@@ -559,7 +567,7 @@ func (a *App) exchanger() *gateway.Exchanger {
 			if err := a.ensureKeys(ctx); err != nil {
 				return "", err
 			}
-			return a.signJWT(ctx, id)
+			return a.mintJWT(ctx, id) // claims.go
 		},
 		Trace: func(ctx context.Context, id gateway.Identity, kind string) (context.Context, func(error)) {
 			ctx, span := startExchangeSpan(ctx, kind)
