@@ -133,7 +133,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.store = newConnectionStore(storage)
 	keeper := newStateKeeper(bg, storage, 0)
 	cfg := h.cfg
-	cfg.Policy, cfg.Caller, cfg.Lookup, cfg.Budget = app.policy, app.caller(), h.lookup(), app.gate
+	cfg.Policy, cfg.Caller, cfg.Lookup, cfg.Budget = app.policy, app.actionsCaller(), h.lookup(), app.gate
 	cfg.Storage, cfg.BG, cfg.Keys, cfg.Logger = storage, bg, keeper, logger
 	cfg.Names = gateway.NewNamespace(keeper)
 	cfg.IdempotencyTakeover = runTakeover(app)

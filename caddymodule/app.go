@@ -23,6 +23,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/zapgate/caddy-zapier/actionclaims"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/metrics"
@@ -123,6 +124,8 @@ type App struct {
 	APIBudget *APIBudgetConfig `json:"api_budget,omitempty"`
 	// Per-identity and per-tenant limits of the end-user routes (ratelimit.go).
 	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
+	// The billing and rate_limit claims of zapier_actions' tokens (claims.go).
+	Claims *actionclaims.Config `json:"claims,omitempty"`
 
 	clientSecret string // resolved; never logged
 	trusted      []netip.Prefix
@@ -145,6 +148,8 @@ type App struct {
 	budgetKey string
 	limits    *endUserLimits  // ratelimit.go
 	policy    *gateway.Policy // every end-user route's (routes.go)
+
+	claimsPolicy *actionclaims.Policy // nil: no claims (claims.go)
 
 	keysLoad *keysLoad
 	// userStores is every store holding per-user data; offboarding walks it
@@ -220,6 +225,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.clientSecret = repl.ReplaceKnown(a.ClientSecret, "")
 	a.Issuer = repl.ReplaceKnown(a.Issuer, "")
 	if err := a.validateConfig(); err != nil {
+		return err
+	}
+	if err := a.provisionClaims(); err != nil {
 		return err
 	}
 	if gateway.TrustsEveryone(a.trusted) {
@@ -581,12 +589,17 @@ func (a *App) exchanger() *gateway.Exchanger {
 }
 
 // mintJWT signs the partner JWT for id (loading the key set first if
-// needed), in a span.
+// needed), in a span, with the claims of an Actions token.
 func (a *App) mintJWT(ctx context.Context, id gateway.Identity) (string, error) {
 	if err := a.ensureKeys(ctx); err != nil {
 		return "", err
 	}
-	return tracing.SignJWT(ctx, a.SigningAlg, func() (string, error) { return a.keys.Mint(id.Tenant, id.User) })
+	// An Actions key names its tenant's claim set (actionclaims).
+	plain, extra, err := actionclaims.Mint(id)
+	if err != nil {
+		return "", err
+	}
+	return tracing.SignJWT(ctx, a.SigningAlg, func() (string, error) { return a.keys.MintWith(plain.Tenant, plain.User, extra) })
 }
 
 // caller is the core's Zapier caller over this config's token cache,

@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/zapgate/caddy-zapier/actionclaims"
 )
 
 func init() {
@@ -144,6 +146,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "rate_limit": // ratelimit.go
 			a.RateLimit = new(RateLimitConfig)
 			err = a.RateLimit.unmarshalCaddyfile(d)
+		case "claims": // claims.go
+			a.Claims = new(actionclaims.Config)
+			err = parseClaims(d, a.Claims)
 		default:
 			return d.Errf("unrecognized zapier option %q", opt)
 		}

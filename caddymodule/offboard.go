@@ -203,7 +203,7 @@ func (a *App) applyForgetLog(ctx context.Context) error {
 			n += pc.cache.EvictTenant(e.Tenant)
 		}
 		for _, u := range e.Users {
-			if pc.cache.Evict(tokencache.Key{Tenant: e.Tenant, User: u}) {
+			if pc.evictLocal(tokencache.Key{Tenant: e.Tenant, User: u}) { // with its Actions token (claims.go)
 				n++
 			}
 		}

@@ -42,6 +42,11 @@ var caddyfileParsers = map[string]string{
 	"CacheConfig":     "zapier",
 	"RateLimitConfig": "zapier",
 	"parseAPIBudget":  "zapier",
+
+	"parseClaims":         "zapier",
+	"parseBillingClaim":   "zapier",
+	"parseRateLimitClaim": "zapier",
+
 	"Auth":            "http.handlers.zapier_auth",
 	"JWKS":            "http.handlers.zapier_jwks",
 	"Connect":         "http.handlers.zapier_connect",

@@ -202,10 +202,11 @@ func (pc *pooledCache) evictToken(key tokencache.Key, value string) {
 
 // evict drops key's token here and in Redis (admin purge of one identity).
 func (pc *pooledCache) evict(ctx context.Context, key tokencache.Key) bool {
+	actions := pc.evictActionsToken(ctx, key) // its Actions token too (claims.go)
 	if app := pc.exchanger.Load(); app != nil && app.shared != nil {
 		app.shared.Evict(ctx, key)
 	}
-	return pc.cache.Evict(key)
+	return pc.cache.Evict(key) || actions
 }
 
 // purge drops every token here and in Redis (admin purge of all) and

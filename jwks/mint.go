@@ -11,6 +11,14 @@ import (
 // Mint returns a compact JWT for (tenant, user), signed with the key active
 // now. It takes no lock: one atomic load of the immutable key set.
 func (m *Manager) Mint(tenant, user string) (string, error) {
+	return m.MintWith(tenant, user, nil)
+}
+
+// MintWith is Mint with extra claims appended to the payload: extra is
+// JSON object members, each preceded by a comma (`,"rate_limit":{…}`), or
+// nil for none. The caller builds it once per configuration (see the
+// actionclaims package) and must not repeat a claim Mint sets.
+func (m *Manager) MintWith(tenant, user string, extra []byte) (string, error) {
 	if tenant == "" || user == "" {
 		return "", errors.New("jwks: mint needs a tenant and a user")
 	}
@@ -24,7 +32,7 @@ func (m *Manager) Mint(tenant, user string) (string, error) {
 	}
 	iat := now.Unix()
 
-	claims := make([]byte, 0, 128+len(m.claimsPrefix)+len(tenant)+len(user))
+	claims := make([]byte, 0, 128+len(m.claimsPrefix)+len(tenant)+len(user)+len(extra))
 	claims = append(claims, m.claimsPrefix...)
 	claims = appendJSONString(claims, user)
 	claims = append(claims, m.tenantField...)
@@ -35,6 +43,7 @@ func (m *Manager) Mint(tenant, user string) (string, error) {
 	claims = strconv.AppendInt(claims, iat, 10)
 	claims = append(claims, `,"exp":`...)
 	claims = strconv.AppendInt(claims, iat+int64(m.cfg.TTL/time.Second), 10)
+	claims = append(claims, extra...)
 	claims = append(claims, '}')
 
 	// Room for the signature: 2*66 bytes for ES512, 512 bytes for RSA-4096.

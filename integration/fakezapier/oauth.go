@@ -230,12 +230,22 @@ func (s *Server) exchangeJWT(w http.ResponseWriter, form url.Values) {
 		s.refuse(w, http.StatusBadRequest, "invalid_grant", "partner JWT rejected: "+reason)
 		return
 	}
+	uc, err := parseUsageClaims(v.claims) // claims.go
+	if err != nil {
+		s.mu.Lock()
+		s.stats.JWTFailures++
+		s.lastJWTFail = err.Error()
+		s.mu.Unlock()
+		s.refuse(w, http.StatusBadRequest, "invalid_grant", "partner JWT rejected: "+err.Error())
+		return
+	}
 	s.logJWT(VerifiedJWT{
 		Raw: raw, Alg: v.alg, KID: v.kid, Header: v.header, Claims: v.claims,
 		Tenant: v.tenant, User: v.user, Time: s.now(),
 	})
 	ttl, omit := s.tokenSettings()
 	tok := s.issueAccess(v.tenant, v.user, scopes, ttl)
+	s.setTokenClaims(tok, uc)
 	resp := tokenResponse{
 		AccessToken:     tok,
 		IssuedTokenType: s.cfg.AccessTokenType,
@@ -259,6 +269,7 @@ func (s *Server) exchangeConnect(w http.ResponseWriter, form url.Values) {
 		s.refuse(w, http.StatusBadRequest, "invalid_grant", "subject_token is not a live access token: "+why)
 		return
 	}
+	s.noteConnectSubject(form.Get("subject_token")) // claims.go
 	resource := form.Get("resource")
 	if resource == "" {
 		s.refuse(w, http.StatusBadRequest, "invalid_request", "resource is required when requesting a connect token")

@@ -117,6 +117,11 @@ type Config struct {
 	// plain client. Whatever the client, callbacks follow no redirects and
 	// CallbackTimeout applies.
 	CallbackHTTPClient *http.Client
+
+	// RateLimitExemptGranted grants this partner the rate-limit exemption:
+	// only then does a token's rate_limit.exempt lift the stored-actions
+	// limit (claims.go).
+	RateLimitExemptGranted bool
 }
 
 func (c *Config) setDefaults() {
@@ -212,6 +217,8 @@ type Server struct {
 	apiLatency atomic.Int64  // SetAPILatency, in ns
 	cb         callbackState // action-run callbacks (callbacks.go)
 	inbox      inboxState    // Trigger Inbox (inbox.go)
+
+	usage usageState // billing and rate_limit claims; guarded by mu (claims.go)
 }
 
 type identity struct{ tenant, user string }
@@ -230,6 +237,7 @@ func New(cfg Config) *Server {
 		tenantClaim: cfg.TenantClaim,
 	}
 	s.jwks = newJWKSCache(s, cfg.JWKSURL)
+	s.usage.granted = cfg.RateLimitExemptGranted
 	s.faults.accessTTL = cfg.AccessTokenTTL
 	if cfg.RateLimits != nil {
 		s.SetRateLimits(*cfg.RateLimits)

@@ -20,6 +20,7 @@ type accessToken struct {
 	scopes       []string // sorted, unique
 	expires      time.Time
 	revoked      bool
+	claims       *UsageClaims // billing and rate_limit of its JWT (claims.go)
 }
 
 type connectToken struct {
