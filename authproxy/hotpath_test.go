@@ -104,3 +104,33 @@ func TestHitPathAllocs(t *testing.T) {
 		t.Fatalf("a cached-token request allocates %.1f times, want at most 4", allocs)
 	}
 }
+
+// TestActionsCallsUseTheActionsTokens: a proxied call to the Actions API
+// carries the token minted with the tenant's claims; other calls do not.
+func TestActionsCallsUseTheActionsTokens(t *testing.T) {
+	plain := newCache(t, 10, func(context.Context, tokencache.Key) (tokencache.Token, error) {
+		return tokencache.Token{Value: "plain", Expiry: time.Now().Add(time.Hour)}, nil
+	})
+	withClaims := newCache(t, 10, func(context.Context, tokencache.Key) (tokencache.Token, error) {
+		return tokencache.Token{Value: "claims", Expiry: time.Now().Add(time.Hour)}, nil
+	})
+	h := testProxy(t, plain)
+	h.ActionsTokens = cacheTokens{withClaims}
+	for path, want := range map[string]string{
+		"/actions/v1/stored-actions/1/run": "Bearer claims",
+		"/v2/action-runs":                  "Bearer claims",
+		"/v2/actions/core:1/inputs":        "Bearer claims",
+		"/v2/authentications":              "Bearer plain",
+		"/v2/actionsx":                     "Bearer plain",
+	} {
+		r := identityRequest(http.MethodGet)
+		r.URL.Path = path
+		var got string
+		if err := h.Serve(httptest.NewRecorder(), r, func(w http.ResponseWriter, r *http.Request) error {
+			got = r.Header.Get("Authorization")
+			return nil
+		}); err != nil || got != want {
+			t.Errorf("%s: Authorization %q (%v), want %q", path, got, err, want)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -34,8 +35,19 @@ type Next func(w http.ResponseWriter, r *http.Request) error
 type Proxy struct {
 	Policy *gateway.Policy
 	Tokens gateway.TokenSource
-	Gate   *gateway.APIGate
-	Logger *zap.Logger
+	// ActionsTokens, if set, is the token source of calls to Zapier's
+	// Actions API (IsActionsPath): tokens minted with the tenant's billing
+	// and rate_limit claims.
+	ActionsTokens gateway.TokenSource
+	Gate          *gateway.APIGate
+	Logger        *zap.Logger
+}
+
+// IsActionsPath says whether path is on Zapier's Actions API, whose calls
+// carry the billing and rate_limit claims.
+func IsActionsPath(path string) bool {
+	return strings.HasPrefix(path, "/actions/") || path == "/v2/actions" || strings.HasPrefix(path, "/v2/actions/") ||
+		path == "/v2/action-runs" || strings.HasPrefix(path, "/v2/action-runs/")
 }
 
 // Serve answers r itself (refusals, a failed token lookup) or sends it on
@@ -66,7 +78,11 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		return nil
 	}
 	id := gateway.Identity{Tenant: tenant, User: user}
-	token, err := p.Tokens.Token(r.Context(), id)
+	tokens := p.Tokens
+	if p.ActionsTokens != nil && IsActionsPath(r.URL.Path) {
+		tokens = p.ActionsTokens
+	}
+	token, err := tokens.Token(r.Context(), id)
 	if err != nil {
 		return p.failExchange(w, r, id, err)
 	}
@@ -86,7 +102,7 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 		rec := &recorder{w: w}
 		err := next(rec, r)
 		p.Gate.Proxied(r.Method, r.URL.Path, rec.Status(), w.Header(), err)
-		p.evictOnUnauthorized(rec.Status(), id, token)
+		evictOnUnauthorized(tokens, rec.Status(), id, token)
 		return err
 	}
 
@@ -98,13 +114,13 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	err = next(capped, r)
 	p.Gate.Proxied(r.Method, r.URL.Path, rec.Status(), w.Header(), err)
 	if capped.spilled || err != nil || !rec.Buffered() {
-		p.evictOnUnauthorized(rec.Status(), id, token) // a 401 too large to hold
+		evictOnUnauthorized(tokens, rec.Status(), id, token) // a 401 too large to hold
 		return err
 	}
 
-	p.Tokens.Evict(id, token)
+	tokens.Evict(id, token)
 	held.restore(w.Header())
-	fresh, err := p.Tokens.Token(r.Context(), id)
+	fresh, err := tokens.Token(r.Context(), id)
 	if err != nil {
 		return p.failExchange(w, r, id, err)
 	}
@@ -116,7 +132,7 @@ func (p *Proxy) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	retry := &recorder{w: w}
 	err = next(retry, r)
 	p.Gate.Proxied(r.Method, r.URL.Path, retry.Status(), w.Header(), err)
-	p.evictOnUnauthorized(retry.Status(), id, fresh)
+	evictOnUnauthorized(tokens, retry.Status(), id, fresh)
 	return err
 }
 
@@ -140,9 +156,9 @@ func setBearer(r *http.Request, token string) {
 	r.Header["Authorization"] = []string{"Bearer " + token}
 }
 
-func (p *Proxy) evictOnUnauthorized(status int, id gateway.Identity, token string) {
+func evictOnUnauthorized(tokens gateway.TokenSource, status int, id gateway.Identity, token string) {
 	if status == http.StatusUnauthorized {
-		p.Tokens.Evict(id, token)
+		tokens.Evict(id, token)
 	}
 }
 

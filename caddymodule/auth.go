@@ -43,6 +43,9 @@ func (h *Auth) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.proxy = &authproxy.Proxy{Policy: app.policy, Tokens: appTokens{app}, Gate: app.gate, Logger: ctx.Logger()}
+	if app.claimsPolicy != nil {
+		h.proxy.ActionsTokens = app.actionsCaller().Tokens
+	}
 	return nil
 }
 
