@@ -66,8 +66,9 @@ func actionsCall(path string) bool {
 }
 
 // TestClaimsPerTenantOnActionsCallsOnly: two tenants with different billing
-// claims run an action; the fake saw each tenant's claims on its Actions
-// calls, and none on the calls of Connect (connection checks and listing,
+// claims run an action and call Zapier through zapier_auth; the fake saw
+// each tenant's claims on its Actions calls, and none on the calls of
+// Connect or the other proxied calls (connection checks and listing,
 // the connect-token exchange). A reload that changes one tenant's claims
 // mints that tenant a new Actions token with the new claims.
 func TestClaimsPerTenantOnActionsCallsOnly(t *testing.T) {
@@ -87,6 +88,13 @@ func TestClaimsPerTenantOnActionsCallsOnly(t *testing.T) {
 		if status, _, body := g.do(request{method: http.MethodPost, path: "/zapier/connect/token", tenant: tenant, user: user,
 			header: http.Header{"Content-Type": {"application/json"}}, body: `{"app":"` + actApp + `"}`}); status != http.StatusOK {
 			t.Fatalf("POST token: %d %s", status, body)
+		}
+		// A backend's own calls through zapier_auth: to the Actions API with
+		// the claims, to anything else without.
+		for _, path := range []string{"/zapier/api/v2/actions?app=" + actAppUUID, "/zapier/api/v2/authentications?app=" + actAppUUID} {
+			if status, _, body := g.do(request{method: http.MethodGet, path: path, tenant: tenant, user: user}); status != http.StatusOK {
+				t.Fatalf("GET %s through zapier_auth: %d %s", path, status, body)
+			}
 		}
 	}
 

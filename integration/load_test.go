@@ -145,9 +145,12 @@ func TestReloadsUnderLoadLoseNothing(t *testing.T) {
 	if res.failures.Load() != 0 {
 		t.Errorf("%d of %d requests failed during reloads; first: %q", res.failures.Load(), res.requests.Load(), res.samples)
 	}
-	// Resending is for the rare connection caught in a server's shutdown,
-	// not a way to hide a broken reload: at most one request in a thousand.
-	if res.resent.Load()*1000 > res.requests.Load() {
+	// Resending is for the connection caught in a server's shutdown, not a
+	// way to hide a broken reload (which fails every request for a while):
+	// at most one request in twenty. An idle machine sees about one in four
+	// thousand; one running several test suites at once (load 16 on two
+	// cores) about one in twenty, with or without this gateway's handlers.
+	if res.resent.Load()*20 > res.requests.Load() {
 		t.Errorf("%d of %d requests had their connection closed unanswered", res.resent.Load(), res.requests.Load())
 	}
 	// One a second is asked for; a busy CI machine (race detector, 50
