@@ -111,12 +111,12 @@ func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request) error {
 		Version: version.Version,
 		Keys:    app.keys.Keys(),
 		Cache: CacheStatus{
-			Entries:  app.tokens.cache.Len(),
+			Entries:  app.tokens.Cache.Len(),
 			Size:     app.Cache.Size,
-			HitRatio: app.tokens.hitRatio(),
+			HitRatio: app.tokens.HitRatio(),
 		},
-		Breaker:    app.tokens.breaker.State(),
-		APIBreaker: app.tokens.apiBreaker.State(),
+		Breaker:    app.tokens.Breaker.State(),
+		APIBreaker: app.tokens.APIBreaker.State(),
 		Budget:     app.budgetStatus(),
 	})
 }
@@ -164,14 +164,14 @@ func (a *adminAPI) handleTokens(w http.ResponseWriter, r *http.Request) error {
 	tenant, user := req.Tenant, req.User
 	switch {
 	case tenant == "" && user == "":
-		n := app.tokens.purge(r.Context()) // and the shared tier's (sharedtokens.go)
+		n := app.tokens.Purge(r.Context()) // and the shared tier's (sharedtokens.go)
 		a.logger.Info("purged all access tokens", zap.Int("count", n))
 		return writeJSON(w, http.StatusOK, map[string]int{"purged": n})
 	case tenant == "" || user == "":
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("give both tenant and user, or neither to purge all")}
 	}
 	purged := 0
-	if app.tokens.evict(r.Context(), tokencache.Key{Tenant: tenant, User: user}) {
+	if app.tokens.Evict(r.Context(), tokencache.Key{Tenant: tenant, User: user}) {
 		purged = 1
 	}
 	a.logger.Info("purged access token", zap.String("identity", gateway.LogHash(tenant, user)), zap.Int("count", purged))

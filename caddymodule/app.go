@@ -29,6 +29,7 @@ import (
 	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/tokenstore"
 	"github.com/zapgate/caddy-zapier/tracing"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -138,7 +139,7 @@ type App struct {
 	keys      *jwks.Manager
 	client    *zapierapi.Client
 	appDir    *gateway.AppDirectory // app keys ↔ UUIDs from GET /v2/apps (connect_apps.go)
-	tokens    *pooledCache
+	tokens    *tokenstore.Store
 	metrics   *metrics.Set
 	events    *appEvents // events.go
 	inflight  chan struct{}
@@ -300,17 +301,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 	a.poolKey = a.cachePoolKey()
 	val, loaded, err := cachePool.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
-		return newPooledCache(a)
+		return newTokenStore(a)
 	})
 	if err != nil {
 		return fmt.Errorf("creating the token cache: %w", err)
 	}
-	a.tokens = val.(*pooledCache)
+	a.tokens = val.(*tokenstore.Store)
 	if !loaded {
-		a.tokens.exchanger.Store(a)
+		a.tokens.Use(a.tokenGeneration())
 	}
-	a.gate.Breaker = a.tokens.apiBreaker
-	return a.metrics.ObserveCache(ctx.GetMetricsRegistry(), a.tokens.cache, a.keys)
+	a.gate.Breaker = a.tokens.APIBreaker
+	return a.metrics.ObserveCache(ctx.GetMetricsRegistry(), a.tokens.Cache, a.keys)
 }
 
 func (a *App) setDefaults() {
@@ -510,7 +511,7 @@ func (a *App) cachePoolKey() string {
 // rotation, pruning, and picking up rotations made by other instances).
 func (a *App) Start() error {
 	// From now on the shared cache exchanges with this config's client.
-	a.tokens.exchanger.Store(a)
+	a.tokens.Use(a.tokenGeneration())
 	if err := a.ensureKeys(a.ctx); err != nil {
 		return err
 	}
@@ -570,7 +571,7 @@ func (a *App) limitedExchange(ctx context.Context, key tokencache.Key, kind stri
 // exchanger is the core's Exchanger over this config's limit, client and
 // keys, and the token cache's breaker (which outlives reloads).
 func (a *App) exchanger() *gateway.Exchanger {
-	return &gateway.Exchanger{Inflight: a.inflight, Breaker: a.tokens.breaker, Client: a.client,
+	return &gateway.Exchanger{Inflight: a.inflight, Breaker: a.tokens.Breaker, Client: a.client,
 		Mint: a.mintJWT,
 		Trace: func(ctx context.Context, id gateway.Identity, kind string) (context.Context, func(error)) {
 			ctx, span := tracing.StartExchange(ctx, kind)
@@ -605,7 +606,7 @@ func (a *App) mintJWT(ctx context.Context, id gateway.Identity) (string, error) 
 // caller is the core's Zapier caller over this config's token cache,
 // breaker and client.
 func (a *App) caller() *gateway.Caller {
-	return &gateway.Caller{Tokens: appTokens{a}, Breaker: a.tokens.apiBreaker, Client: a.client, APIURL: a.APIURL}
+	return &gateway.Caller{Tokens: appTokens{a}, Breaker: a.tokens.APIBreaker, Client: a.client, APIURL: a.APIURL}
 }
 
 // appTokens is the token cache as the core's TokenSource.
@@ -614,7 +615,7 @@ type appTokens struct{ a *App }
 func (t appTokens) Token(ctx context.Context, id gateway.Identity) (string, error) {
 	return t.a.accessToken(ctx, id)
 }
-func (t appTokens) Evict(id gateway.Identity, token string) { t.a.tokens.evictToken(id, token) }
+func (t appTokens) Evict(id gateway.Identity, token string) { t.a.tokens.EvictToken(id, token) }
 
 func (a *App) breakerOpened(openFor time.Duration) {
 	a.logger.Warn("Zapier keeps failing: circuit breaker opened; calls fail fast until it half-opens",

@@ -5,7 +5,6 @@ package caddymodule
 // per claim set. The work is done by the actionclaims package.
 
 import (
-	"context"
 	"fmt"
 	"strconv"
 
@@ -13,7 +12,6 @@ import (
 
 	"github.com/zapgate/caddy-zapier/actionclaims"
 	"github.com/zapgate/caddy-zapier/gateway"
-	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
 // parseClaims reads the `claims` option. Syntax:
@@ -172,39 +170,4 @@ func (a *App) actionsCaller() *gateway.Caller {
 		c.Tokens = actionclaims.Tokens{Next: c.Tokens, Policy: a.claimsPolicy}
 	}
 	return c
-}
-
-// actionsKey is the cache key of key's Actions token under the running
-// configuration, when its tenant's tokens carry claims.
-func (pc *pooledCache) actionsKey(key tokencache.Key) (tokencache.Key, bool) {
-	app := pc.exchanger.Load()
-	if app == nil || app.claimsPolicy == nil {
-		return key, false
-	}
-	k := app.claimsPolicy.KeyFor(key)
-	return k, k != key
-}
-
-// evictActionsToken drops key's Actions token here and in Redis, with its
-// plain token (offboarding, admin purge). Tokens of an earlier claim set are
-// no longer used and expire.
-func (pc *pooledCache) evictActionsToken(ctx context.Context, key tokencache.Key) bool {
-	k, ok := pc.actionsKey(key)
-	if !ok {
-		return false
-	}
-	if app := pc.exchanger.Load(); app != nil && app.shared != nil {
-		app.shared.Evict(ctx, k)
-	}
-	return pc.cache.Evict(k)
-}
-
-// evictLocal drops key's plain and Actions tokens from this gateway's cache
-// (an offboarding another gateway logged).
-func (pc *pooledCache) evictLocal(key tokencache.Key) bool {
-	n := pc.cache.Evict(key)
-	if k, ok := pc.actionsKey(key); ok && pc.cache.Evict(k) {
-		n = true
-	}
-	return n
 }

@@ -1,11 +1,9 @@
 package caddymodule
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -13,7 +11,7 @@ import (
 
 	"github.com/zapgate/caddy-zapier/actionclaims"
 	"github.com/zapgate/caddy-zapier/gateway"
-	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/tokenstore"
 )
 
 func TestUnmarshalClaims(t *testing.T) {
@@ -123,7 +121,7 @@ func TestProvisionClaimsNamesTheOption(t *testing.T) {
 // very token source every capability uses (the cache key is the identity);
 // with claims it asks for the tenant's claim-set key.
 func TestActionsCallerOnlyWithClaims(t *testing.T) {
-	a := &App{tokens: &pooledCache{}}
+	a := &App{tokens: &tokenstore.Store{}}
 	if _, ok := a.actionsCaller().Tokens.(appTokens); !ok {
 		t.Errorf("without claims the Actions token source is %T, want the plain appTokens", a.actionsCaller().Tokens)
 	}
@@ -143,44 +141,5 @@ func TestActionsCallerOnlyWithClaims(t *testing.T) {
 	}
 	if _, ok := a.caller().Tokens.(appTokens); !ok {
 		t.Errorf("the other capabilities' caller changed: %T", a.caller().Tokens)
-	}
-}
-
-// TestEvictionReachesTheActionsToken: purging an identity (offboarding,
-// DELETE /zapier/tokens, another gateway's forget log) drops its Actions
-// token with its plain one.
-func TestEvictionReachesTheActionsToken(t *testing.T) {
-	c, err := tokencache.New(tokencache.Config{Size: 10}, func(_ context.Context, k tokencache.Key) (tokencache.Token, error) {
-		return tokencache.Token{Value: "tok-" + k.User, Expiry: time.Now().Add(time.Hour)}, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	yes := true
-	p, err := (&actionclaims.Config{Billing: &actionclaims.Billing{IsBillable: &yes}}).Compile("sub", "org_id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc := &pooledCache{cache: c}
-	pc.exchanger.Store(&App{claimsPolicy: p})
-	id := gateway.Identity{Tenant: "t", User: "u"}
-	fill := func() {
-		for _, k := range []tokencache.Key{id, p.KeyFor(id)} {
-			if _, _, err := c.Get(context.Background(), k); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if c.Len() != 2 {
-			t.Fatalf("%d tokens cached, want the plain and the Actions one", c.Len())
-		}
-	}
-	fill()
-	if !pc.evict(context.Background(), id) || c.Len() != 0 {
-		t.Errorf("evict left %d tokens", c.Len())
-	}
-	fill()
-	if !pc.evictLocal(id) || c.Len() != 0 {
-		t.Errorf("evictLocal left %d tokens", c.Len())
 	}
 }

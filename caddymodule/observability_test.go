@@ -26,6 +26,7 @@ import (
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/tokenstore"
 	"github.com/zapgate/caddy-zapier/tracing"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -192,7 +193,7 @@ func exchangeApp(t *testing.T, tokenURL string) *App {
 		metrics:    metrics.Core,
 		logger:     zap.NewNop(),
 		inflight:   make(chan struct{}, 1),
-		tokens:     &pooledCache{breaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{}), apiBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})},
+		tokens:     &tokenstore.Store{Breaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{}), APIBreaker: zapierapi.NewBreaker(zapierapi.BreakerConfig{})},
 	}
 }
 

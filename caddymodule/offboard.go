@@ -175,20 +175,20 @@ func (a *App) forgetTokens(ctx context.Context, sc gateway.Scope) (gateway.Store
 		ids = []gateway.Identity{{Tenant: sc.Tenant, User: sc.User}}
 	}
 	for _, id := range ids {
-		if a.tokens.evict(ctx, id) {
+		if a.tokens.Evict(ctx, id) {
 			rep.Deleted++
 		}
 	}
 	entry := gateway.ForgetEntry{Tenant: sc.Tenant}
 	if sc.User == "" {
 		entry.All = true
-		rep.Deleted += a.tokens.cache.EvictTenant(sc.Tenant)
+		rep.Deleted += a.tokens.Cache.EvictTenant(sc.Tenant)
 	}
 	for _, id := range ids {
 		entry.Users = append(entry.Users, id.User)
 	}
 	_, states := a.offboarding()
-	return rep, a.tokens.forgets.Append(ctx, a.ctx.Storage(), states, entry)
+	return rep, a.tokens.Forgets.Append(ctx, a.ctx.Storage(), states, entry)
 }
 
 // applyForgetLog evicts from this gateway's cache the tokens of the
@@ -197,13 +197,13 @@ func (a *App) forgetTokens(ctx context.Context, sc gateway.Scope) (gateway.Store
 func (a *App) applyForgetLog(ctx context.Context) error {
 	storage := a.ctx.Storage()
 	pc := a.tokens
-	return pc.forgets.Apply(ctx, storage, newStateKeeper(ctx, storage, 0), func(e gateway.ForgetEntry) {
+	return pc.Forgets.Apply(ctx, storage, newStateKeeper(ctx, storage, 0), func(e gateway.ForgetEntry) {
 		n := 0
 		if e.All {
-			n += pc.cache.EvictTenant(e.Tenant)
+			n += pc.Cache.EvictTenant(e.Tenant)
 		}
 		for _, u := range e.Users {
-			if pc.evictLocal(tokencache.Key{Tenant: e.Tenant, User: u}) { // with its Actions token (claims.go)
+			if pc.EvictLocal(tokencache.Key{Tenant: e.Tenant, User: u}) { // with its Actions token (claims.go)
 				n++
 			}
 		}

@@ -62,8 +62,7 @@ func (a *App) revokeSweepDelay() time.Duration {
 // keysRevoked is the key manager's OnRevoke hook: a key was revoked here or
 // by another gateway sharing the storage.
 func (a *App) keysRevoked(kids []string) {
-	a.tokens.revocations.Add(1) // exchanges in flight re-exchange (fetchToken)
-	n := a.tokens.purge(a.ctx)
+	n := a.tokens.Revoked(a.ctx) // exchanges in flight re-exchange
 	a.logger.Warn("signing key revoked: removed from the JWKS; purged every cached access token",
 		zap.Strings("kids", kids), zap.Int("purged", n))
 	a.emit(eventKeyRevoked, func() map[string]any { return map[string]any{"kids": kids} })
@@ -76,7 +75,6 @@ func (a *App) keysRevoked(kids []string) {
 			return
 		case <-t.C:
 		}
-		a.tokens.revocations.Add(1)
-		a.tokens.purge(context.WithoutCancel(ctx))
+		a.tokens.Revoked(context.WithoutCancel(ctx))
 	}()
 }

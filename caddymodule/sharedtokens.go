@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/zapgate/caddy-zapier/metrics"
 	"github.com/zapgate/caddy-zapier/sharedtokens"
-	"github.com/zapgate/caddy-zapier/tokencache"
 )
 
 // RedisConfig turns on the token tier shared by several gateways: access
@@ -160,64 +158,4 @@ func (a *App) closeSharedTokens() {
 	if a.shared != nil {
 		_ = a.shared.Close()
 	}
-}
-
-// fetchToken is the local cache's fetch: through the Redis tier when it is
-// on, else straight to the exchange.
-//
-// A fetch that straddles a key revocation may hold a token minted with the
-// revoked key, obtained after the purge: it is dropped (from Redis too) and
-// fetched once more.
-func (a *App) fetchToken(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
-	for attempt := 0; ; attempt++ {
-		gen := a.tokens.revocations.Load()
-		tok, err := a.fetchTokenOnce(ctx, key)
-		if err != nil || attempt > 0 || a.tokens.revocations.Load() == gen {
-			return tok, err
-		}
-		if a.shared != nil {
-			a.shared.Forget(ctx, key, tok.Value)
-		}
-	}
-}
-
-func (a *App) fetchTokenOnce(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
-	if a.shared == nil {
-		return a.exchange(ctx, key)
-	}
-	tok, outcome, err := a.shared.Fetch(ctx, key, a.exchange)
-	sharedTokenFetches.WithLabelValues(outcome.String()).Inc()
-	return tok, err
-}
-
-// evictToken drops key's token if it is still value, from Redis first (so
-// that a concurrent miss here cannot bring it back) and then from this
-// gateway's cache. Callers use it when Zapier refused the token.
-func (pc *pooledCache) evictToken(key tokencache.Key, value string) {
-	if app := pc.exchanger.Load(); app != nil && app.shared != nil {
-		app.shared.Forget(context.Background(), key, value)
-	}
-	pc.cache.EvictToken(key, value)
-}
-
-// evict drops key's token here and in Redis (admin purge of one identity).
-func (pc *pooledCache) evict(ctx context.Context, key tokencache.Key) bool {
-	actions := pc.evictActionsToken(ctx, key) // its Actions token too (claims.go)
-	if app := pc.exchanger.Load(); app != nil && app.shared != nil {
-		app.shared.Evict(ctx, key)
-	}
-	return pc.cache.Evict(key) || actions
-}
-
-// purge drops every token here and in Redis (admin purge of all) and
-// returns how many this gateway held.
-func (pc *pooledCache) purge(ctx context.Context) int {
-	if app := pc.exchanger.Load(); app != nil && app.shared != nil {
-		if _, err := app.shared.Purge(ctx); err != nil {
-			app.logger.Warn("purging the shared token tier", zap.Error(err))
-		}
-	}
-	n := pc.cache.Len()
-	pc.cache.Purge()
-	return n
 }
