@@ -101,10 +101,10 @@ func TestMCPConformance(t *testing.T) {
 			continue
 		}
 		if !viaApp[name].passedLike(d) {
-			t.Errorf("%s passes directly (%s) but not through /zapier/mcp/%s: %s", name, d, confApp, viaApp[name])
+			t.Errorf("%s passes directly but not through /zapier/mcp/%s: %s (directly: %s)", name, confApp, viaApp[name], d)
 		}
 		if inAggregate && !viaAggregate[name].passedLike(d) {
-			t.Errorf("%s passes directly (%s) but not through the aggregate /zapier/mcp/: %s", name, d, viaAggregate[name])
+			t.Errorf("%s passes directly but not through the aggregate /zapier/mcp/: %s (directly: %s)", name, viaAggregate[name], d)
 		}
 	}
 	t.Logf("MCP conformance (@modelcontextprotocol/conformance %s):\n%s", conformanceVersion(dir), table.String())
