@@ -34,8 +34,11 @@ import (
 //     one: every scenario but prompts, resources and completion, which a
 //     tools aggregate does not serve.
 //
-// A scenario that passes directly but not through the gateway fails the
-// test. The suite connects as a plain MCP client, so between it and the
+// A scenario that passes directly but not through the gateway (a failed
+// check, or fewer successful checks than directly) fails the test; one that
+// fails directly is logged, not compared. MCP_CONFORMANCE_SCENARIO=<name>
+// runs that scenario alone and shows the suite's and the reference server's
+// output. The suite connects as a plain MCP client, so between it and the
 // gateway sits the partner's ingress (a reverse proxy in this test) that
 // adds the identity headers; for the aggregate it also maps the suite's
 // fixed tool names (test_simple_text, …) to the aggregate's
