@@ -155,7 +155,7 @@ func startGateway(t *testing.T, opts gatewayOptions) *gateway {
 }
 
 // waitForSingleListener waits until the previous config's listener on port
-// is closed. Caddy binds each config's socket with SO_REUSEPORT, so for a
+// is closed, then drops the default client's pooled connections. Caddy binds each config's socket with SO_REUSEPORT, so for a
 // moment after a reload the kernel may hand a new connection to the old
 // socket, which then resets it; a test firing 200 requests at once would
 // see that as failures that have nothing to do with the gateway.
@@ -178,6 +178,10 @@ func waitForSingleListener(t *testing.T, port int) {
 		}
 		return n <= 1
 	})
+	// The old server closes the connections it kept alive: drop them from
+	// the client's pool, so a request that cannot be resent (a POST) is not
+	// sent on one in the instant it closes.
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 }
 
 func (g *gateway) caddyfile(opts gatewayOptions) string {
