@@ -62,6 +62,11 @@ type Aggregator struct {
 	MaxSessions int
 	// IdleTimeout: default DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// Connect, if set, issues the links a call of an app the user must
+	// authorize (again) answers with (elicit.go); ExpiredTools is
+	// ExpiredMark (the default) or ExpiredHide.
+	Connect      ConnectFunc
+	ExpiredTools string
 
 	once    sync.Once
 	handler http.Handler
@@ -73,7 +78,10 @@ type Aggregator struct {
 	closed   bool
 }
 
-type toolRoute struct{ app, tool string }
+type toolRoute struct {
+	app, tool string
+	expired   bool // the app's authorization expired: a call answers with a link
+}
 
 type userAgg struct {
 	a       *Aggregator
@@ -91,6 +99,10 @@ type userAgg struct {
 	mu     sync.Mutex
 	routes map[string]toolRoute // exposed name → upstream
 	listed time.Time
+	// known are the tools each app listed last; expired the apps whose
+	// authorization expired since (their tools are marked or hidden).
+	known   map[string][]*mcp.Tool
+	expired map[string]bool
 
 	// The upstream sessions (relay.go): idle ones by app; poolGen counts
 	// the pool's closings.
@@ -98,6 +110,9 @@ type userAgg struct {
 	pool    map[string][]*upSession
 	poolGen uint64
 	nextTok atomic.Uint64
+	// pending are the elicitations waiting on an app's authorization
+	// (elicit.go), guarded by poolMu.
+	pending map[string][]pendingElicitation
 }
 
 type identityKey struct{}
@@ -185,7 +200,8 @@ func (a *Aggregator) Invalidate(id Identity) {
 
 // newUser builds id's MCP server. Called with a.mu held.
 func (a *Aggregator) newUser(id Identity, subject string) *userAgg {
-	u := &userAgg{a: a, id: id, subject: subject, pool: map[string][]*upSession{}, routes: map[string]toolRoute{}}
+	u := &userAgg{a: a, id: id, subject: subject, pool: map[string][]*upSession{}, routes: map[string]toolRoute{},
+		known: map[string][]*mcp.Tool{}, expired: map[string]bool{}}
 	u.server = mcp.NewServer(&mcp.Implementation{Name: "caddy-zapier", Title: "Zapier (all apps)", Version: "1.0.0"},
 		&mcp.ServerOptions{Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}, Logging: &mcp.LoggingCapabilities{}},
 			GetSessionID: func() string { return a.admit(u) }})
@@ -194,6 +210,14 @@ func (a *Aggregator) newUser(id Identity, subject string) *userAgg {
 		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 			if method == "tools/list" || method == "tools/call" {
 				u.sync(ctx, method == "tools/list")
+			}
+			if r, ok := req.(*mcp.CallToolRequest); ok && method == "tools/call" {
+				if res, err, ok := u.unlistedCall(ctx, r); ok {
+					if err != nil {
+						return nil, err
+					}
+					return res, nil
+				}
 			}
 			return next(ctx, method, req)
 		}
@@ -239,10 +263,24 @@ func (u *userAgg) sync(ctx context.Context, force bool) {
 		tool  *mcp.Tool
 	}
 	var entries []entry
+	add := func(app string, tools []*mcp.Tool, expired bool) {
+		for _, t := range tools {
+			if u.a.Policy != nil && !u.a.Policy(u.id, app, t.Name) {
+				continue
+			}
+			entries = append(entries, entry{name: exposedName(app, t.Name), route: toolRoute{app, t.Name, expired}, tool: t})
+		}
+	}
+	authorized := map[string]bool{}
 	for _, rec := range recs {
+		authorized[rec.App] = true
 		up, err := u.take(ctx, rec.App)
+		if errors.Is(err, ErrAuthorizationRequired) {
+			u.expired[rec.App] = u.known[rec.App] != nil
+			continue
+		}
 		if err != nil {
-			continue // not reachable now (or not authorized any more): its tools are not listed
+			continue // not reachable now: its tools are not listed
 		}
 		res, err := up.cs.ListTools(ctx, nil)
 		if err != nil {
@@ -251,11 +289,18 @@ func (u *userAgg) sync(ctx context.Context, force bool) {
 			continue
 		}
 		u.put(up)
-		for _, t := range res.Tools {
-			if u.a.Policy != nil && !u.a.Policy(u.id, rec.App, t.Name) {
-				continue
-			}
-			entries = append(entries, entry{name: exposedName(rec.App, t.Name), route: toolRoute{rec.App, t.Name}, tool: t})
+		u.known[rec.App], u.expired[rec.App] = res.Tools, false
+		add(rec.App, res.Tools, false)
+	}
+	// An app listed before whose authorization is gone (refused, expired,
+	// revoked): its tools are marked (or hidden), and a call of one
+	// answers with a link to authorize it again.
+	for app, tools := range u.known {
+		if !authorized[app] {
+			u.expired[app] = true
+		}
+		if u.expired[app] && u.a.ExpiredTools != ExpiredHide {
+			add(app, tools, true)
 		}
 	}
 	sort.Slice(entries, func(i, j int) bool {
@@ -279,8 +324,12 @@ func (u *userAgg) sync(ctx context.Context, force bool) {
 			schema = map[string]any{"type": "object"}
 		}
 		routes[name] = e.route
+		desc := "[" + e.route.app + "] " + e.tool.Description
+		if e.route.expired {
+			desc += expiredNote
+		}
 		tools = append(tools, &mcp.Tool{Name: name, Title: e.tool.Title, Annotations: e.tool.Annotations, InputSchema: schema,
-			Description: "[" + e.route.app + "] " + e.tool.Description})
+			Description: desc})
 	}
 	var stale []string
 	for name := range u.routes {
@@ -329,6 +378,13 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 		if u.a.Policy != nil && !u.a.Policy(u.id, route.app, route.tool) {
 			return refuse(ErrToolDenied, "tool "+name+" is not available")
 		}
+		if route.expired {
+			call.Err, call.Duration = ErrAuthorizationRequired, time.Since(start)
+			if u.a.Observe != nil {
+				u.a.Observe(ctx, u.id, call)
+			}
+			return u.authorizationRequired(ctx, req, route.app)
+		}
 		if err := u.a.Limit.Allow(ctx, u.id); err != nil {
 			return refuse(err, "mcp_tool_call_limit: the user's cap on tool calls per minute is reached; retry later")
 		}
@@ -341,7 +397,11 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 			u.a.Observe(ctx, u.id, call)
 		}
 		if errors.Is(err, ErrAuthorizationRequired) {
-			return errResult("mcp_authorization_required: the user must authorize " + route.app + " again"), nil
+			u.mu.Lock()
+			u.expired[route.app] = true
+			u.listed = time.Time{} // the tool list shows it at once
+			u.mu.Unlock()
+			return u.authorizationRequired(ctx, req, route.app)
 		}
 		if err != nil {
 			return errResult("the call to " + route.app + " failed"), nil
