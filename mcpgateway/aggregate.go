@@ -379,11 +379,17 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 			return refuse(ErrToolDenied, "tool "+name+" is not available")
 		}
 		if route.expired {
-			call.Err, call.Duration = ErrAuthorizationRequired, time.Since(start)
-			if u.a.Observe != nil {
-				u.a.Observe(ctx, u.id, call)
+			// Authorized again meanwhile (perhaps through another sidecar)?
+			if _, err := u.a.Tokens.Current(ctx, u.id, route.app); err != nil {
+				call.Err, call.Duration = ErrAuthorizationRequired, time.Since(start)
+				if u.a.Observe != nil {
+					u.a.Observe(ctx, u.id, call)
+				}
+				return u.authorizationRequired(ctx, req, route.app)
 			}
-			return u.authorizationRequired(ctx, req, route.app)
+			u.mu.Lock()
+			u.expired[route.app], u.listed = false, time.Time{}
+			u.mu.Unlock()
 		}
 		if err := u.a.Limit.Allow(ctx, u.id); err != nil {
 			return refuse(err, "mcp_tool_call_limit: the user's cap on tool calls per minute is reached; retry later")

@@ -134,9 +134,25 @@ func (u *userAgg) unlistedCall(ctx context.Context, req *mcp.CallToolRequest) (*
 	if err != nil {
 		return nil, nil, false
 	}
-	if rec != nil && !expired {
-		if _, err := u.a.Tokens.Current(ctx, u.id, app); !errors.Is(err, ErrAuthorizationRequired) {
-			return nil, nil, false // authorized: the tool is not one of its tools
+	if rec != nil {
+		_, err := u.a.Tokens.Current(ctx, u.id, app)
+		if err == nil {
+			// Authorized: if that happened (perhaps through another
+			// sidecar) after the tool list was built, the list is rebuilt
+			// and the call goes on to the tool if the app has it.
+			u.mu.Lock()
+			stale := expired || u.known[app] == nil
+			if stale {
+				u.expired[app], u.listed = false, time.Time{}
+			}
+			u.mu.Unlock()
+			if stale {
+				u.sync(ctx, false)
+			}
+			return nil, nil, false
+		}
+		if !expired && !errors.Is(err, ErrAuthorizationRequired) {
+			return nil, nil, false
 		}
 	}
 	return u.elicitAuthorization(ctx, req, app)

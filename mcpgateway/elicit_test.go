@@ -163,12 +163,14 @@ func TestAggregateURLElicitationForExpiredAuthorization(t *testing.T) {
 	if err := f.agg.Tokens.Save(ctx, alice, &Record{App: "Slack", ServerURL: f.server, AccessToken: "at-a2", Expiry: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
+	// The next call succeeds even before this gateway hears of it (the
+	// callback may have reached another sidecar).
+	if got := relayText(t)(s.CallTool(ctx, &mcp.CallToolParams{Name: "Slack__echo", Arguments: map[string]any{"text": "y"}})); got != "Slack:y" {
+		t.Fatalf("echo after authorizing: %q", got)
+	}
 	f.agg.Authorized(alice, "Slack")
 	if got := <-completed; got != e.ElicitationID {
 		t.Fatalf("elicitation/complete for %q, want %q", got, e.ElicitationID)
-	}
-	if got := relayText(t)(s.CallTool(ctx, &mcp.CallToolParams{Name: "Slack__echo", Arguments: map[string]any{"text": "y"}})); got != "Slack:y" {
-		t.Fatalf("echo after authorizing: %q", got)
 	}
 	res, err = s.ListTools(ctx, nil)
 	if err != nil || len(res.Tools) != 2 || strings.HasSuffix(res.Tools[0].Description, expiredNote) {
@@ -204,6 +206,15 @@ func TestAggregateAuthorizationLinkAsToolError(t *testing.T) {
 	res, err = s.CallTool(ctx, &mcp.CallToolParams{Name: "Slack__echo", Arguments: map[string]any{"text": "x"}})
 	if err != nil || !res.IsError || !strings.Contains(res.Content[0].(*mcp.TextContent).Text, "authorize?link=") {
 		t.Fatalf("a hidden expired tool: %+v %v", res, err)
+	}
+	// Authorized again (through another sidecar: this one is not told):
+	// the next call succeeds.
+	*f.token = "at-a2"
+	if err := f.agg.Tokens.Save(ctx, alice, &Record{App: "Slack", ServerURL: f.server, AccessToken: "at-a2", Expiry: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := relayText(t)(s.CallTool(ctx, &mcp.CallToolParams{Name: "Slack__echo", Arguments: map[string]any{"text": "z"}})); got != "Slack:z" {
+		t.Fatalf("a hidden tool after authorizing again: %q", got)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
