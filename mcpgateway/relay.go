@@ -131,45 +131,54 @@ type sseCounter struct {
 	io.ReadCloser
 	up    *upSession
 	line  []byte // the current line, up to maxCountedEvent
+	long  bool   // the current line is longer
 	data  []byte // the current event's data
 	large bool   // the current event is larger than maxCountedEvent
 }
 
 func (c *sseCounter) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
-	for _, b := range p[:n] {
-		if b != '\n' {
-			if len(c.line) < maxCountedEvent {
-				c.line = append(c.line, b)
-			} else {
-				c.large = true
-			}
-			continue
+	buf := p[:n]
+	for len(buf) > 0 {
+		part, rest, eol := bytes.Cut(buf, []byte("\n"))
+		buf = rest
+		if room := maxCountedEvent - len(c.line); len(part) > room {
+			c.line, c.long = append(c.line, part[:room]...), true
+		} else {
+			c.line = append(c.line, part...)
 		}
-		line := bytes.TrimSuffix(c.line, []byte("\r"))
-		switch {
-		case len(line) == 0: // the event ends
-			if !c.large && len(c.data) > 0 {
-				var m struct {
-					Method string          `json:"method"`
-					Result json.RawMessage `json:"result"`
-				}
-				if json.Unmarshal(c.data, &m) == nil && m.Result == nil && relayedMethods[m.Method] {
-					c.up.count(1, 0)
-				}
-			}
-			c.data, c.large = c.data[:0], false
-		case bytes.HasPrefix(line, []byte("data:")):
-			d := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
-			if len(c.data)+len(d) > maxCountedEvent {
-				c.large = true
-			} else {
-				c.data = append(c.data, d...)
-			}
+		if eol {
+			c.endLine()
 		}
-		c.line = c.line[:0]
 	}
 	return n, err
+}
+
+// endLine takes one line of the stream: data is gathered, a blank line
+// ends the event.
+func (c *sseCounter) endLine() {
+	line := bytes.TrimSuffix(c.line, []byte("\r"))
+	switch {
+	case len(line) == 0: // the event ends
+		if !c.large && bytes.Contains(c.data, []byte(`"method"`)) {
+			var m struct {
+				Method string          `json:"method"`
+				Result json.RawMessage `json:"result"`
+			}
+			if json.Unmarshal(c.data, &m) == nil && m.Result == nil && relayedMethods[m.Method] {
+				c.up.count(1, 0)
+			}
+		}
+		c.data, c.large = c.data[:0], false
+	case bytes.HasPrefix(line, []byte("data:")):
+		d := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
+		if c.long || len(c.data)+len(d) > maxCountedEvent {
+			c.large = true
+		} else {
+			c.data = append(c.data, d...)
+		}
+	}
+	c.line, c.long = c.line[:0], false
 }
 
 // callRelay is where one upstream tool call's messages go: the agent's

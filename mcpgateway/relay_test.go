@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -367,4 +368,41 @@ func TestAggregateRelaysCancellation(t *testing.T) {
 		Arguments: map[string]any{"data": "x", "digest": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"}})); got != "whole: 1 bytes" {
 		t.Fatalf("after the cancel: %q", got)
 	}
+}
+
+// The counter finds the messages to relay in an SSE stream however its
+// reads split it: notifications and requests, not responses, not events
+// too large to be one.
+func TestSSECounterCountsRelayedMessages(t *testing.T) {
+	big := strings.Repeat("x", maxCountedEvent)
+	stream := "id: 1\r\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"a\",\"progress\":1}}\r\n\r\n" +
+		": comment\n\n" +
+		"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"sampling/createMessage\",\"params\":{}}\n\n" +
+		"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":\"" + big + "\"}}\n\n" +
+		"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{}}\n\n" +
+		"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"\\\"method\\\":\\\"notifications/progress\\\"\"}]}}\n\n"
+	for _, chunk := range []int{1, 7, 4096, len(stream)} {
+		up := &upSession{}
+		c := &sseCounter{ReadCloser: io.NopCloser(&chunkReader{s: stream, n: chunk}), up: up}
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatal(err)
+		}
+		if up.seen != 2 {
+			t.Errorf("reads of %d bytes: counted %d messages to relay, want 2", chunk, up.seen)
+		}
+	}
+}
+
+type chunkReader struct {
+	s string
+	n int
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	if r.s == "" {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), r.n)], r.s)
+	r.s = r.s[n:]
+	return n, nil
 }
