@@ -87,6 +87,13 @@ type MCP struct {
 	// An aggregate session without a request for this long is closed.
 	// Default 5m.
 	AggregateIdleTimeout caddy.Duration `json:"aggregate_idle_timeout,omitempty"`
+	// What the aggregate's tools/list does with the tools of an app whose
+	// authorization expired: "mark" (the default: listed, the description
+	// says so) or "hide". A call of one answers with a link either way.
+	ExpiredTools string `json:"expired_tools,omitempty"`
+	// How long the single-use authorize link a tool call answers with
+	// stays valid. Default 10m.
+	ConnectLinkTTL caddy.Duration `json:"connect_link_ttl,omitempty"`
 	// Per-app MCP streams (GET streams and POSTs in progress) one identity
 	// may hold open; past it a request gets 429 mcp_too_many_streams.
 	// Default 16.
@@ -133,6 +140,7 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 		StreamsPerIdentity: h.StreamsPerIdentity, StreamWriteTimeout: time.Duration(h.StreamWriteTimeout),
 		AggregateListTTL: time.Duration(h.AggregateListTTL), AggregateSessionsPerIdentity: h.AggregateSessionsPerIdentity,
 		AggregateSessionsMax: h.AggregateSessionsMax, AggregateIdleTimeout: time.Duration(h.AggregateIdleTimeout),
+		ExpiredTools: h.ExpiredTools, LinkTTL: time.Duration(h.ConnectLinkTTL),
 	}
 	if err := cfg.Check(); err != nil {
 		return fmt.Errorf("zapier_mcp: %w", err)

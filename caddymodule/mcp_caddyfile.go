@@ -24,6 +24,8 @@ import (
 //		aggregate_sessions_per_identity <n>       # default 8
 //		aggregate_sessions_max <n>                # default 10000
 //		aggregate_idle_timeout <duration>         # default 5m
+//		expired_tools   mark|hide                 # default mark
+//		connect_link_ttl <duration>               # default 10m
 //		streams_per_identity <n>                  # default 64
 //		stream_write_timeout <duration>           # default 30s
 //		tool_calls_per_minute <n>                 # default 0: no cap
@@ -101,6 +103,17 @@ func (h *MCP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "aggregate_idle_timeout":
 			if err := oneDuration(d, &h.AggregateIdleTimeout); err != nil {
+				return err
+			}
+		case "expired_tools":
+			if !d.AllArgs(&h.ExpiredTools) {
+				return d.ArgErr()
+			}
+			if h.ExpiredTools != mcpgateway.ExpiredMark && h.ExpiredTools != mcpgateway.ExpiredHide {
+				return d.Errf("expired_tools must be %s or %s", mcpgateway.ExpiredMark, mcpgateway.ExpiredHide)
+			}
+		case "connect_link_ttl":
+			if err := oneDuration(d, &h.ConnectLinkTTL); err != nil {
 				return err
 			}
 		case "streams_per_identity":

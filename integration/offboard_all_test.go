@@ -109,6 +109,7 @@ func TestForgetReachesEveryStore(t *testing.T) {
 	g.fake.RegisterApp(actApp, actAppUUID)
 	g.fake.SetActions(actAppUUID, fakezapier.ActionSpec{Key: "send_message"})
 	g.fake.RegisterMCPApp(mcpSlack, "Slack")
+	g.fake.RegisterMCPApp(mcpSheets, "Google Sheets")
 	g.fake.SetMCPRedirectURIs(mcpCallbackURL)
 
 	// The fake titles accounts after the user (alice@acme.example); a title
@@ -148,6 +149,10 @@ func TestForgetReachesEveryStore(t *testing.T) {
 	if _, err := agg.ListTools(ctx, nil); err != nil {
 		t.Fatalf("aggregate tools/list: %v", err)
 	}
+	// A tool of an app not authorized: an authorize link is stored.
+	if res, err := agg.CallTool(ctx, &mcp.CallToolParams{Name: mcpSheets + "__whoami"}); err != nil || !res.IsError {
+		t.Fatalf("a tool of an app not authorized: %+v %v", res, err)
+	}
 	if status, body := as(request{method: http.MethodPut, path: "/zapier/triggers/subscriptions/s1", body: trgSub}); status != http.StatusCreated {
 		t.Fatalf("subscribe: %d %s", status, body)
 	}
@@ -180,7 +185,7 @@ func TestForgetReachesEveryStore(t *testing.T) {
 	if !rep.Complete {
 		t.Fatalf("forget: %s", raw)
 	}
-	for _, store := range []string{"connections", "connect_states", "runs", "idempotency", "mcp_authorizations", "mcp_sessions",
+	for _, store := range []string{"connections", "connect_states", "runs", "idempotency", "mcp_authorizations", "mcp_sessions", "mcp_links",
 		"trigger_subscriptions", "trigger_dead_letters", "tokens"} {
 		if !strings.Contains(string(raw), `"store":"`+store+`"`) {
 			t.Errorf("the report does not list the %s store: %s", store, raw)

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
@@ -61,6 +62,11 @@ type Aggregator struct {
 	MaxSessions int
 	// IdleTimeout: default DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// Connect, if set, issues the links a call of an app the user must
+	// authorize (again) answers with (elicit.go); ExpiredTools is
+	// ExpiredMark (the default) or ExpiredHide.
+	Connect      ConnectFunc
+	ExpiredTools string
 
 	once    sync.Once
 	handler http.Handler
@@ -72,7 +78,10 @@ type Aggregator struct {
 	closed   bool
 }
 
-type toolRoute struct{ app, tool string }
+type toolRoute struct {
+	app, tool string
+	expired   bool // the app's authorization expired: a call answers with a link
+}
 
 type userAgg struct {
 	a       *Aggregator
@@ -87,21 +96,23 @@ type userAgg struct {
 	refs     int
 	creating int
 
-	mu       sync.Mutex
-	sessions map[string]*mcp.ClientSession // by app
-	routes   map[string]toolRoute          // exposed name → upstream
-	listed   time.Time
+	mu     sync.Mutex
+	routes map[string]toolRoute // exposed name → upstream
+	listed time.Time
+	// known are the tools each app listed last; expired the apps whose
+	// authorization expired since (their tools are marked or hidden).
+	known   map[string][]*mcp.Tool
+	expired map[string]bool
 
-	pmu      sync.Mutex
-	progress map[string]progressTarget // upstream progress token → the caller's
-	nextTok  uint64
-}
-
-// progressTarget is where an upstream call's progress notifications go:
-// the calling session, under the token the caller chose.
-type progressTarget struct {
-	session *mcp.ServerSession
-	token   any
+	// The upstream sessions (relay.go): idle ones by app; poolGen counts
+	// the pool's closings.
+	poolMu  sync.Mutex
+	pool    map[string][]*upSession
+	poolGen uint64
+	nextTok atomic.Uint64
+	// pending are the elicitations waiting on an app's authorization
+	// (elicit.go), guarded by poolMu.
+	pending map[string][]pendingElicitation
 }
 
 type identityKey struct{}
@@ -189,29 +200,29 @@ func (a *Aggregator) Invalidate(id Identity) {
 
 // newUser builds id's MCP server. Called with a.mu held.
 func (a *Aggregator) newUser(id Identity, subject string) *userAgg {
-	u := &userAgg{a: a, id: id, subject: subject, sessions: map[string]*mcp.ClientSession{}, routes: map[string]toolRoute{}, progress: map[string]progressTarget{}}
+	u := &userAgg{a: a, id: id, subject: subject, pool: map[string][]*upSession{}, routes: map[string]toolRoute{},
+		known: map[string][]*mcp.Tool{}, expired: map[string]bool{}}
 	u.server = mcp.NewServer(&mcp.Implementation{Name: "caddy-zapier", Title: "Zapier (all apps)", Version: "1.0.0"},
-		&mcp.ServerOptions{Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}},
+		&mcp.ServerOptions{Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}, Logging: &mcp.LoggingCapabilities{}},
 			GetSessionID: func() string { return a.admit(u) }})
+	u.server.AddReceivingMiddleware(relayMiddleware)
 	u.server.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
 		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 			if method == "tools/list" || method == "tools/call" {
 				u.sync(ctx, method == "tools/list")
 			}
+			if r, ok := req.(*mcp.CallToolRequest); ok && method == "tools/call" {
+				if res, err, ok := u.unlistedCall(ctx, r); ok {
+					if err != nil {
+						return nil, err
+					}
+					return res, nil
+				}
+			}
 			return next(ctx, method, req)
 		}
 	})
 	return u
-}
-
-func (u *userAgg) closeSessions() {
-	u.mu.Lock()
-	sessions := u.sessions
-	u.sessions = map[string]*mcp.ClientSession{}
-	u.mu.Unlock()
-	for _, s := range sessions {
-		_ = s.Close()
-	}
 }
 
 // exposedName is <app>__<tool> with characters outside [A-Za-z0-9_.-]
@@ -252,21 +263,44 @@ func (u *userAgg) sync(ctx context.Context, force bool) {
 		tool  *mcp.Tool
 	}
 	var entries []entry
-	for _, rec := range recs {
-		s, err := u.sessionLocked(ctx, rec.App)
-		if err != nil {
-			continue // not reachable now (or not authorized any more): its tools are not listed
-		}
-		res, err := s.ListTools(ctx, nil)
-		if err != nil {
-			u.dropLocked(rec.App)
-			continue
-		}
-		for _, t := range res.Tools {
-			if u.a.Policy != nil && !u.a.Policy(u.id, rec.App, t.Name) {
+	add := func(app string, tools []*mcp.Tool, expired bool) {
+		for _, t := range tools {
+			if u.a.Policy != nil && !u.a.Policy(u.id, app, t.Name) {
 				continue
 			}
-			entries = append(entries, entry{name: exposedName(rec.App, t.Name), route: toolRoute{rec.App, t.Name}, tool: t})
+			entries = append(entries, entry{name: exposedName(app, t.Name), route: toolRoute{app, t.Name, expired}, tool: t})
+		}
+	}
+	authorized := map[string]bool{}
+	for _, rec := range recs {
+		authorized[rec.App] = true
+		up, err := u.take(ctx, rec.App)
+		if errors.Is(err, ErrAuthorizationRequired) {
+			u.expired[rec.App] = u.known[rec.App] != nil
+			continue
+		}
+		if err != nil {
+			continue // not reachable now: its tools are not listed
+		}
+		res, err := up.cs.ListTools(ctx, nil)
+		if err != nil {
+			u.discard(up)
+			u.dropApp(rec.App)
+			continue
+		}
+		u.put(up)
+		u.known[rec.App], u.expired[rec.App] = res.Tools, false
+		add(rec.App, res.Tools, false)
+	}
+	// An app listed before whose authorization is gone (refused, expired,
+	// revoked): its tools are marked (or hidden), and a call of one
+	// answers with a link to authorize it again.
+	for app, tools := range u.known {
+		if !authorized[app] {
+			u.expired[app] = true
+		}
+		if u.expired[app] && u.a.ExpiredTools != ExpiredHide {
+			add(app, tools, true)
 		}
 	}
 	sort.Slice(entries, func(i, j int) bool {
@@ -290,8 +324,12 @@ func (u *userAgg) sync(ctx context.Context, force bool) {
 			schema = map[string]any{"type": "object"}
 		}
 		routes[name] = e.route
+		desc := "[" + e.route.app + "] " + e.tool.Description
+		if e.route.expired {
+			desc += expiredNote
+		}
 		tools = append(tools, &mcp.Tool{Name: name, Title: e.tool.Title, Annotations: e.tool.Annotations, InputSchema: schema,
-			Description: "[" + e.route.app + "] " + e.tool.Description})
+			Description: desc})
 	}
 	var stale []string
 	for name := range u.routes {
@@ -340,23 +378,23 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 		if u.a.Policy != nil && !u.a.Policy(u.id, route.app, route.tool) {
 			return refuse(ErrToolDenied, "tool "+name+" is not available")
 		}
+		if route.expired {
+			// Authorized again meanwhile (perhaps through another sidecar)?
+			if _, err := u.a.Tokens.Current(ctx, u.id, route.app); err != nil {
+				call.Err, call.Duration = ErrAuthorizationRequired, time.Since(start)
+				if u.a.Observe != nil {
+					u.a.Observe(ctx, u.id, call)
+				}
+				return u.authorizationRequired(ctx, req, route.app)
+			}
+			u.mu.Lock()
+			u.expired[route.app], u.listed = false, time.Time{}
+			u.mu.Unlock()
+		}
 		if err := u.a.Limit.Allow(ctx, u.id); err != nil {
 			return refuse(err, "mcp_tool_call_limit: the user's cap on tool calls per minute is reached; retry later")
 		}
-		var progressToken string
-		if tok := req.Params.GetProgressToken(); tok != nil && req.Session != nil {
-			u.pmu.Lock()
-			u.nextTok++
-			progressToken = fmt.Sprintf("agg-%d", u.nextTok)
-			u.progress[progressToken] = progressTarget{session: req.Session, token: tok}
-			u.pmu.Unlock()
-			defer func() {
-				u.pmu.Lock()
-				delete(u.progress, progressToken)
-				u.pmu.Unlock()
-			}()
-		}
-		res, err := u.callUpstream(ctx, route, req.Params.Arguments, progressToken)
+		res, err := u.callUpstream(ctx, req, route)
 		call.Duration, call.Err = time.Since(start), err
 		if err == nil {
 			call.Status, call.ToolError = http.StatusOK, res != nil && res.IsError
@@ -365,7 +403,11 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 			u.a.Observe(ctx, u.id, call)
 		}
 		if errors.Is(err, ErrAuthorizationRequired) {
-			return errResult("mcp_authorization_required: the user must authorize " + route.app + " again"), nil
+			u.mu.Lock()
+			u.expired[route.app] = true
+			u.listed = time.Time{} // the tool list shows it at once
+			u.mu.Unlock()
+			return u.authorizationRequired(ctx, req, route.app)
 		}
 		if err != nil {
 			return errResult("the call to " + route.app + " failed"), nil
@@ -374,43 +416,22 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 	}
 }
 
-// forwardProgress passes an upstream progress notification to the caller.
-func (u *userAgg) forwardProgress(ctx context.Context, r *mcp.ProgressNotificationClientRequest) {
-	key, ok := r.Params.ProgressToken.(string)
-	if !ok {
-		return
-	}
-	u.pmu.Lock()
-	target, ok := u.progress[key]
-	u.pmu.Unlock()
-	if !ok {
-		return
-	}
-	_ = target.session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: target.token,
-		Progress: r.Params.Progress, Total: r.Params.Total, Message: r.Params.Message})
-}
-
-func (u *userAgg) callUpstream(ctx context.Context, route toolRoute, args any, progressToken string) (*mcp.CallToolResult, error) {
+func (u *userAgg) callUpstream(ctx context.Context, req *mcp.CallToolRequest, route toolRoute) (*mcp.CallToolResult, error) {
 	for attempt := 0; ; attempt++ {
-		u.mu.Lock()
-		s, err := u.sessionLocked(ctx, route.app)
-		u.mu.Unlock()
+		up, err := u.take(ctx, route.app)
 		if err != nil {
 			return nil, err
 		}
-		params := &mcp.CallToolParams{Name: route.tool, Arguments: args}
-		if progressToken != "" {
-			params.SetProgressToken(progressToken)
-		}
-		res, err := s.CallTool(ctx, params)
-		if err == nil || ctx.Err() != nil || errors.Is(err, ErrAuthorizationRequired) {
+		res, err := u.callOnce(ctx, up, req, route)
+		if err == nil || ctx.Err() != nil || isRPCError(err) {
+			u.put(up) // the session is sound: the app answered (or was told the call is cancelled)
 			return res, err
 		}
-		u.mu.Lock()
-		if u.sessions[route.app] == s {
-			u.dropLocked(route.app) // the session broke: the next call opens a new one
+		u.discard(up) // the session broke: the next call opens a new one
+		if errors.Is(err, ErrAuthorizationRequired) {
+			u.dropApp(route.app)
+			return nil, err
 		}
-		u.mu.Unlock()
 		// Only a session the server no longer knows (404) proves the tool did
 		// not run; after any other failure it may have (a message sent, a
 		// side effect done), and a tool call is at most once.
@@ -419,47 +440,6 @@ func (u *userAgg) callUpstream(ctx context.Context, route toolRoute, args any, p
 		}
 		return res, err
 	}
-}
-
-func (u *userAgg) dropLocked(app string) {
-	if s, ok := u.sessions[app]; ok {
-		delete(u.sessions, app)
-		go s.Close()
-	}
-}
-
-// sessionLocked returns the user's session with app's MCP server,
-// connecting one on first use. Called with u.mu held.
-func (u *userAgg) sessionLocked(ctx context.Context, app string) (*mcp.ClientSession, error) {
-	if s, ok := u.sessions[app]; ok {
-		return s, nil
-	}
-	rec, err := u.a.Tokens.Current(ctx, u.id, app)
-	if err != nil {
-		return nil, err
-	}
-	base := u.a.Base
-	if base == nil {
-		base = NewTransport()
-	}
-	client := mcp.NewClient(&mcp.Implementation{Name: "caddy-zapier", Version: "1.0.0"},
-		&mcp.ClientOptions{ProgressNotificationHandler: u.forwardProgress})
-	// The upstream session outlives this request.
-	s, err := client.Connect(context.WithoutCancel(ctx), &mcp.StreamableClientTransport{
-		Endpoint:             rec.ServerURL,
-		HTTPClient:           &http.Client{Transport: &tokenTransport{tokens: u.a.Tokens, id: u.id, app: app, base: base}},
-		MaxRetries:           -1,
-		DisableStandaloneSSE: true,
-	}, nil)
-	if err != nil {
-		var tt *authErr
-		if errors.As(err, &tt) {
-			return nil, ErrAuthorizationRequired
-		}
-		return nil, err
-	}
-	u.sessions[app] = s
-	return s, nil
 }
 
 type authErr struct{}
@@ -475,6 +455,7 @@ type tokenTransport struct {
 	id     Identity
 	app    string
 	base   http.RoundTripper
+	up     *upSession // counts the relays in the answers (relay.go)
 }
 
 func (t *tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -483,9 +464,11 @@ func (t *tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, wrapAuth(err)
 	}
+	// The body is the SDK's message, already in memory (the agent's request
+	// was bounded when read): kept whole to replay it after a refresh.
 	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
-		body, err = io.ReadAll(io.LimitReader(r.Body, DefaultMaxReplayBody))
+		body, err = io.ReadAll(r.Body)
 		r.Body.Close()
 		if err != nil {
 			return nil, err
@@ -503,6 +486,9 @@ func (t *tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 				resp.Body.Close()
 				_, _ = t.tokens.Forget(context.WithoutCancel(ctx), t.id, t.app)
 				return nil, &authErr{}
+			}
+			if err == nil {
+				countRelays(resp, t.up)
 			}
 			return resp, err
 		}

@@ -122,6 +122,12 @@ type HandlerConfig struct {
 	AggregateSessionsPerIdentity int
 	AggregateSessionsMax         int
 	AggregateIdleTimeout         time.Duration
+	// ExpiredTools is what the aggregate's tools/list does with the tools
+	// of an expired authorization (ExpiredMark or ExpiredHide); LinkTTL
+	// how long the authorize link a tool call answers with stays valid
+	// (DefaultLinkTTL).
+	ExpiredTools string
+	LinkTTL      time.Duration
 
 	// Logger logs refusals and offboarding warnings; nil is a no-op.
 	Logger *zap.Logger
@@ -149,7 +155,8 @@ type Handler struct {
 	proxy    *Proxy
 	agg      *Aggregator
 	catalog  catalog
-	authBase string // <mount>/authorize, from the callback URL
+	authBase string     // <mount>/authorize, from the callback URL
+	links    *linkStore // the authorize links' one-time tokens; nil without a namespace
 }
 
 // NewHandler builds the handler; its error is a configuration mistake.
@@ -176,9 +183,13 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 		StreamsPerIdentity: cfg.StreamsPerIdentity, WriteTimeout: cfg.StreamWriteTimeout}
 	h.agg = &Aggregator{Tokens: h.tokens, Base: cfg.Transport, ListTTL: cfg.AggregateListTTL,
 		Policy: cfg.Tools, Observe: cfg.Observe, Limit: cfg.Limit, SessionsPerIdentity: cfg.AggregateSessionsPerIdentity,
-		MaxSessions: cfg.AggregateSessionsMax, IdleTimeout: cfg.AggregateIdleTimeout}
+		MaxSessions: cfg.AggregateSessionsMax, IdleTimeout: cfg.AggregateIdleTimeout, ExpiredTools: cfg.ExpiredTools}
 	if base, ok := strings.CutSuffix(cfg.CallbackURL, "/callback"); ok {
 		h.authBase = base + "/authorize"
+	}
+	if cfg.Store.Owners != nil {
+		h.links = &linkStore{kv: cfg.Store.kv, names: cfg.Store.Owners, ttl: cfg.LinkTTL}
+		h.agg.Connect = h.connectLink
 	}
 	return h, nil
 }
@@ -192,6 +203,7 @@ func (h *Handler) UserStores() []gateway.UserStore {
 				zap.Int("records", n))
 		}},
 		SessionStore{Aggregator: h.agg},
+		LinkStore{links: h.links},
 	}
 }
 
@@ -448,6 +460,19 @@ func (cfg *HandlerConfig) Check() error {
 	}
 	if cfg.AppsCacheTTL <= 0 {
 		cfg.AppsCacheTTL = DefaultAppsCacheTTL
+	}
+	switch cfg.ExpiredTools {
+	case "":
+		cfg.ExpiredTools = ExpiredMark
+	case ExpiredMark, ExpiredHide:
+	default:
+		return fmt.Errorf("expired_tools must be %s or %s", ExpiredMark, ExpiredHide)
+	}
+	if cfg.LinkTTL < 0 {
+		return errors.New("connect_link_ttl must not be negative")
+	}
+	if cfg.LinkTTL == 0 {
+		cfg.LinkTTL = DefaultLinkTTL
 	}
 	if cfg.Limit != nil && cfg.Limit.PerMinute < 0 {
 		return errors.New("tool_calls_per_minute must not be negative")

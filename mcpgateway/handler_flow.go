@@ -20,7 +20,7 @@ import (
 // return_to, and a 302 to the app's mcp_authorize_url.
 func (h *Handler) serveAuthorize(w http.ResponseWriter, r *http.Request, id gateway.Identity) error {
 	q := r.URL.Query()
-	for _, name := range []string{"app", "return_to"} {
+	for _, name := range []string{"app", "return_to", "link"} {
 		if len(q[name]) > 1 {
 			return gateway.Fail(w, r, gateway.BadRequest(name+" must appear at most once"))
 		}
@@ -33,7 +33,26 @@ func (h *Handler) serveAuthorize(w http.ResponseWriter, r *http.Request, id gate
 		return gateway.Fail(w, r, gateway.BadRequest(err.Error()))
 	}
 	ctx := r.Context()
-	app, err := h.resolveApp(ctx, id, q.Get("app"))
+	appName := q.Get("app")
+	if q.Has("link") {
+		// A link a tool call answered with (elicit.go): this user's, once.
+		if h.links == nil {
+			return gateway.Fail(w, r, errLinkInvalid)
+		}
+		rec, err := h.links.spend(ctx, id, q.Get("link"))
+		if err != nil {
+			var gerr *gateway.Error
+			if errors.As(err, &gerr) {
+				h.logger.Info("mcp authorize link refused", zap.String("identity", gateway.LogHash(id.Tenant, id.User)))
+			}
+			return gateway.Fail(w, r, err)
+		}
+		if appName != "" && appName != rec.App {
+			return gateway.Fail(w, r, gateway.BadRequest("app and link name different apps"))
+		}
+		appName = rec.App
+	}
+	app, err := h.resolveApp(ctx, id, appName)
 	if err != nil {
 		return gateway.Fail(w, r, err)
 	}
@@ -151,7 +170,7 @@ func (h *Handler) serveCallback(w http.ResponseWriter, r *http.Request, id gatew
 		h.authorized(AuthFailed)
 		return gateway.Fail(w, r, err)
 	}
-	h.agg.Invalidate(identityOf(id))
+	h.agg.Authorized(identityOf(id), app.ID)
 	h.authorized(AuthSuccess)
 	connect.Redirect(w, connect.WithOutcome(st.ReturnTo, url.Values{"zapier_mcp": {"success"}, "zapier_app": {app.ID}}))
 	return nil
@@ -212,7 +231,7 @@ func (h *Handler) serveForget(w http.ResponseWriter, r *http.Request, id gateway
 		return gateway.Fail(w, r, &gateway.Error{Status: http.StatusNotFound, Code: "mcp_authorization_missing",
 			Message: "no MCP authorization stored for app " + app})
 	}
-	h.agg.Invalidate(identityOf(id))
+	h.agg.Forgotten(identityOf(id), app)
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -275,9 +275,7 @@ func (a *Aggregator) Stats() AggregateStats {
 		for range u.server.Sessions() {
 			st.OpenSessions++
 		}
-		u.mu.Lock()
-		st.Upstream += len(u.sessions)
-		u.mu.Unlock()
+		st.Upstream += u.upstreams()
 	}
 	return st
 }
