@@ -181,9 +181,9 @@ func (s *Server) serveCreateStoredAction(w http.ResponseWriter, req *apiRequest)
 	}
 	var body struct {
 		Data *struct {
-			SelectedAPI  *string        `json:"selected_api"`
-			ActionType   *string        `json:"action_type"`
-			ActionKey    *string        `json:"action_key"`
+			SelectedAPI  *string         `json:"selected_api"`
+			ActionType   *string         `json:"action_type"`
+			ActionKey    *string         `json:"action_key"`
 			ActionID     json.RawMessage `json:"action_id"`
 			ConnectionID json.RawMessage `json:"connection_id"`
 			Inputs       json.RawMessage `json:"inputs"`
