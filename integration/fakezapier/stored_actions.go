@@ -376,6 +376,14 @@ func (s *Server) serveRunStoredAction(w http.ResponseWriter, req *apiRequest, id
 	}
 	a.stored.runs[run.ID] = &storedRun{stored: saCopy.ID, run: run}
 	a.stored.stats.Runs++
+	// A run of a stored action is a run too: ActionRuns and RunsCreated
+	// count it (its ActionID is "stored:<id>"); /v2/action-runs/{id} does
+	// not serve it.
+	if a.runs == nil {
+		a.runs = map[string]*actionRun{}
+	}
+	a.runs[run.ID] = run
+	a.stats.RunsCreated++
 	a.mu.Unlock()
 	s.logf("fakezapier: stored action %s run %s created", saCopy.ID, run.ID)
 	writeJSON(w, http.StatusAccepted, map[string]any{"data": map[string]any{"type": "run", "id": run.ID}})
