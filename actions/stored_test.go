@@ -194,7 +194,9 @@ func TestRunViaStoredRefusesAnUnstorableAction(t *testing.T) {
 	e := newActionsEnv(t)
 	st := e.withStored(RunViaStored)
 	st.refuse = true
-	e.api.set(func(s *stubAPI) { s.auths = `[{"type":"authentication","id":"555","app":"` + slackUUID + `","is_expired":false,"title":"a"}]` })
+	e.api.set(func(s *stubAPI) {
+		s.auths = `[{"type":"authentication","id":"555","app":"` + slackUUID + `","is_expired":false,"title":"a"}]`
+	})
 	res := e.do(http.MethodPost, "/run", "alice", runBodyWrite)
 	if res.status != http.StatusBadRequest || res.code() != "action_not_storable" {
 		t.Fatalf("run: %d %s", res.status, res.body)
