@@ -370,8 +370,9 @@ func (r *budgetResults) keepModes(path string) error {
 		}
 		r.Modes = append(r.Modes, m)
 	}
-	// Callbacks first, as a run of both writes them.
-	sort.SliceStable(r.Modes, func(i, j int) bool { return r.Modes[i].Callbacks && !r.Modes[j].Callbacks })
+	// Callbacks, polling, stored: the order a run of every mode writes them.
+	order := map[string]int{"callbacks": 0, "polling": 1, "stored": 2}
+	sort.SliceStable(r.Modes, func(i, j int) bool { return order[r.Modes[i].Name] < order[r.Modes[j].Name] })
 	return nil
 }
 
@@ -475,6 +476,9 @@ func dupNote(l budgetLevel) string {
 }
 
 func modeTitle(m budgetMode) string {
+	if m.Name == "stored" {
+		return "Through stored actions, with run callbacks (`run_via stored`: one call per run once each user's stored action exists)"
+	}
 	if m.Callbacks {
 		return "With run callbacks (HTTPS `run_callback_url`)"
 	}
@@ -493,7 +497,7 @@ func fmtCounts(m map[string]int) string {
 	sort.Strings(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s %d", strings.TrimPrefix(k, "/v2/"), m[k])
+		parts[i] = fmt.Sprintf("%s %d", strings.Replace(strings.TrimPrefix(k, "/v2/"), "/actions/v1/", "", 1), m[k])
 	}
 	if len(parts) == 0 {
 		return "—"
@@ -520,10 +524,7 @@ func (r *budgetResults) ascii() string {
 	}
 	var b strings.Builder
 	for _, m := range r.Modes {
-		name := "callbacks"
-		if !m.Callbacks {
-			name = "polling"
-		}
+		name := m.Name
 		fmt.Fprintf(&b, "%s (ideal %.1f runs/min = '|')\n", name, m.IdealPerMin)
 		for _, l := range m.Levels {
 			bar := []rune(strings.Repeat("█", scale(l.CompletedPerMin)) + strings.Repeat(" ", width+1-scale(l.CompletedPerMin)))
@@ -599,10 +600,7 @@ func (r *budgetResults) svg() string {
 		for _, l := range m.Levels {
 			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>`+"\n", x(l.Load), y(l.CompletedPerMin), col)
 		}
-		name := "callbacks"
-		if !m.Callbacks {
-			name = "polling"
-		}
+		name := m.Name
 		ly := top + 20 + float64(i)*52
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"/><text x="%.1f" y="%.1f">%s completed</text>`+"\n",
 			left+pw+12, ly, left+pw+32, ly, col, left+pw+38, ly+4, name)
