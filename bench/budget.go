@@ -276,8 +276,8 @@ func (r *budgetRun) caddyfile(mode, httpsAddr, httpAddr, adminAddr, fakeAddr str
 	base := "https://" + httpsAddr
 	cb := "run_via action_runs"
 	if mode != "polling" {
-		cb = fmt.Sprintf("run_callback_url %s/zapier/actions/callback\n\t\t\tcallback_jwks_url http://%s%s\n\t\t\tcallback_timeout %s",
-			base, fakeAddr, fakezapier.CallbackJWKSPath, o.scaled(o.CallbackTimeout))
+		cb = fmt.Sprintf("run_callback_url %s/zapier/actions/callback\n\t\t\tcallback_jwks_url http://%s%s\n\t\t\tcallback_issuer %s\n\t\t\tcallback_timeout %s",
+			base, fakeAddr, fakezapier.CallbackJWKSPath, fakezapier.CallbackIssuer, o.scaled(o.CallbackTimeout))
 		if mode == "stored" {
 			cb += "\n\t\t\trun_via stored"
 		} else {
