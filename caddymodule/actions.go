@@ -41,9 +41,10 @@ func init() {
 //
 // Every route needs the identity headers, as zapier_auth does. A run uses
 // the caller's connection stored by zapier_connect (409 connection_missing
-// without one, 400 connection_invalid when Zapier no longer accepts it) and
-// a fresh action id looked up by its stable key before every run (404
-// action_not_found for an unknown key). Every call to Zapier goes through
+// without one, 400 connection_invalid when Zapier no longer accepts it),
+// through the user's stored action of it (run_via auto, the default: one
+// call a run), or a fresh action id looked up by its stable key before
+// every run (run_via action_runs; 404 action_not_found for an unknown key). Every call to Zapier goes through
 // the app's circuit breaker, so after a 429 nobody calls Zapier until the
 // cooldown ends (503 zapier_unavailable with Retry-After). Who started which
 // run is kept in Caddy storage, so any gateway sharing it answers runs/{id}.
