@@ -56,8 +56,9 @@ type budgetMode struct {
 	Callbacks     bool          `json:"callbacks"`
 	ExpectedPolls int           `json:"expected_polls"` // per run at no load, from the poll schedule
 	CallsPerRun   float64       `json:"ideal_calls_per_run"`
-	IdealPerMin   float64       `json:"ideal_runs_per_min"` // budget ÷ calls per run
-	ConnectCalls  int           `json:"connect_v2_calls"`   // /v2 calls the 50 connect flows cost
+	IdealPerMin   float64       `json:"ideal_runs_per_min"`     // budget ÷ calls per run
+	ConnectCalls  int           `json:"connect_v2_calls"`       // /v2 calls the 50 connect flows cost
+	WarmupCalls   int           `json:"warmup_calls,omitempty"` // stored: the calls of one run per user, which created the stored actions
 	Levels        []budgetLevel `json:"levels"`
 	// Env is set on a mode kept from an earlier run (-budget-keep): the
 	// run that measured it, when not the one in the header.
@@ -406,8 +407,12 @@ func (r *budgetResults) markdown() string {
 			fmt.Fprintf(&b, "*Kept from an earlier run with the same setup (-budget-keep), not measured with the header's tree: "+
 				"%s · tree %s · load average %s → %s.*\n\n", m.Env.Date, m.Env.Tree, m.Env.LoadStart, m.Env.LoadEnd)
 		}
-		fmt.Fprintf(&b, "Ideal: %d ÷ %g calls per run = **%.1f runs/min**. The 50 connect flows before the levels cost %d `/v2` calls.\n\n",
+		fmt.Fprintf(&b, "Ideal: %d ÷ %g calls per run = **%.1f runs/min**. The 50 connect flows before the levels cost %d `/v2` calls.",
 			min(c.PerIP, c.Partner), m.CallsPerRun, m.IdealPerMin, m.ConnectCalls)
+		if m.WarmupCalls > 0 {
+			fmt.Fprintf(&b, " One run per user before the levels created the stored actions (%d calls: each user's listing for the action's type, create and run).", m.WarmupCalls)
+		}
+		b.WriteString("\n\n")
 		b.WriteString("| load | offered/min | completed/min | vs ideal | 429s | calls/run | Jain | p99 queue wait | 200 / 202 / 503 | lost | created = answered | goals |\n")
 		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 		for _, l := range m.Levels {
