@@ -2,6 +2,7 @@ package actions
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -49,20 +50,16 @@ func (h *Handler) createStoredRun(ctx context.Context, id gateway.Identity, app 
 		return "", "", err
 	}
 	committed := false
+	gone := ""
 	for attempt := 0; ; attempt++ {
 		if storedID == "" {
-			storedID, err = h.createStoredAction(paid, id, app, rec, req)
-			if err != nil && storeRefused(err) {
-				return h.storeRefusedRun(ctx, id, app, rec, req, track, key, err)
+			var refusal error
+			storedID, refusal, err = h.ensureStored(ctx, paid, id, app, rec, req, key, gone)
+			if refusal != nil {
+				return h.storeRefusedRun(ctx, id, app, rec, req, track, key, refusal)
 			}
 			if err != nil {
-				h.logFailure("stored action not created", id, err, zap.String("app", app.Key), zap.String("action", req.Action))
 				return "", "", err
-			}
-			if err := h.stored.Put(ctx, key, StoredRecord{ID: storedID, App: app.UUID, ConnectionID: rec.ConnectionID,
-				Action: req.Action, ActionType: req.ActionType, Created: time.Now().UTC()}); err != nil {
-				// The stored action exists at Zapier; the next run creates another.
-				h.logger.Error("recording a stored action", zap.String("identity", gateway.LogHash(id.Tenant, id.User)), zap.Error(err))
 			}
 		}
 		if !committed {
@@ -78,10 +75,7 @@ func (h *Handler) createStoredRun(ctx context.Context, id gateway.Identity, app 
 		}
 		if storedGone(err) && attempt == 0 {
 			// Deleted at Zapier (or no longer this user's): create it again.
-			if derr := h.stored.Delete(ctx, key); derr != nil {
-				return "", "", derr
-			}
-			storedID = ""
+			gone, storedID = storedID, ""
 			if paid, err = h.prepay(ctx, id, 1); err != nil {
 				return "", "", err
 			}
@@ -91,6 +85,45 @@ func (h *Handler) createStoredRun(ctx context.Context, id gateway.Identity, app 
 		h.logFailure("stored action run not created", id, err, zap.String("app", app.Key), zap.String("action", req.Action))
 		return "", "", h.rejection(ctx, id, app, rec, err)
 	}
+}
+
+// ensureStored returns the request's stored action, creating it under the
+// record's storage lock, so concurrent first runs (on any sidecar sharing
+// the storage) create one stored action between them, and none is left at
+// Zapier untracked. gone is a stored action Zapier no longer has: a record
+// still naming it is replaced. refusal is Zapier refusing to store the
+// action (storeRefused).
+func (h *Handler) ensureStored(ctx, paid context.Context, id gateway.Identity, app App, rec *connect.Record, req *RunRequest, key, gone string) (storedID string, refusal, err error) {
+	st := h.stored
+	if err := st.Storage.Lock(ctx, key); err != nil {
+		return "", nil, fmt.Errorf("locking stored action record: %w", err)
+	}
+	defer func() { _ = st.Storage.Unlock(context.WithoutCancel(ctx), key) }()
+	srec, err := st.Get(ctx, key)
+	if err != nil {
+		return "", nil, err
+	}
+	if srec != nil && srec.ID != "" && srec.ID != gone {
+		return srec.ID, nil, nil // another request created it meanwhile
+	}
+	storedID, err = h.createStoredAction(paid, id, app, rec, req)
+	if err != nil && storeRefused(err) {
+		return "", err, nil
+	}
+	if err != nil {
+		h.logFailure("stored action not created", id, err, zap.String("app", app.Key), zap.String("action", req.Action))
+		return "", nil, err
+	}
+	if err := st.Put(ctx, key, StoredRecord{ID: storedID, App: app.UUID, ConnectionID: rec.ConnectionID,
+		Action: req.Action, ActionType: req.ActionType, Created: time.Now().UTC()}); err != nil {
+		// The stored action exists at Zapier, untracked: delete it there
+		// rather than leave it for no offboarding to find.
+		if _, derr := st.deleteAtZapier(context.WithoutCancel(ctx), id, storedID); derr != nil {
+			h.logFailure("deleting an unrecorded stored action", id, derr)
+		}
+		return "", nil, err
+	}
+	return storedID, nil, nil
 }
 
 // prepay takes budget for units calls of id's tenant (none without a

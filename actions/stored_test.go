@@ -273,3 +273,26 @@ func TestParseRunVia(t *testing.T) {
 		t.Error("NewHandler accepted run_via nope")
 	}
 }
+
+func TestConcurrentFirstRunsCreateOneStoredAction(t *testing.T) {
+	e := newActionsEnv(t)
+	st := e.withStored(RunViaAuto)
+	var wg sync.WaitGroup
+	codes := make([]int, 6)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = e.do(http.MethodPost, "/run", "alice", runBodyWrite).status
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != http.StatusOK {
+			t.Errorf("run %d: %d", i, c)
+		}
+	}
+	if creates, runs := st.counts(); creates != 1 || runs != 6 {
+		t.Errorf("%d creates, %d runs for 6 concurrent first runs; want 1 and 6", creates, runs)
+	}
+}
