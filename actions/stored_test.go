@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/zapgate/caddy-zapier/gateway"
 )
@@ -294,5 +295,63 @@ func TestConcurrentFirstRunsCreateOneStoredAction(t *testing.T) {
 	}
 	if creates, runs := st.counts(); creates != 1 || runs != 6 {
 		t.Errorf("%d creates, %d runs for 6 concurrent first runs; want 1 and 6", creates, runs)
+	}
+}
+
+// unitsBudget records what each run prepays.
+type unitsBudget struct {
+	mu    sync.Mutex
+	units []int
+}
+
+func (b *unitsBudget) Prepay(ctx context.Context, _ string, units int) (context.Context, error) {
+	b.mu.Lock()
+	b.units = append(b.units, units)
+	b.mu.Unlock()
+	return ctx, nil
+}
+func (b *unitsBudget) Urgent(ctx context.Context) context.Context { return ctx }
+func (b *unitsBudget) Queued() time.Duration                      { return 0 }
+
+func (b *unitsBudget) take() []int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	u := b.units
+	b.units = nil
+	return u
+}
+
+func TestStoredRunsPrepayTheirCalls(t *testing.T) {
+	e := newActionsEnv(t)
+	budget := new(unitsBudget)
+	e.cfg.Budget = budget
+	st := e.withStored(RunViaAuto)
+	run := func(body string) {
+		t.Helper()
+		if res := e.do(http.MethodPost, "/run", "alice", body); res.status != http.StatusOK {
+			t.Fatalf("run: %d %s", res.status, res.body)
+		}
+	}
+	run(runBodyWrite) // create + run
+	run(runBodyWrite) // run
+	if got := fmt.Sprint(budget.take()); got != "[2 1]" {
+		t.Errorf("prepaid %s, want [2 1]", got)
+	}
+	run(`{"app":"SlackCLIAPI","action":"find_user"}`) // listing + create + run
+	if got := fmt.Sprint(budget.take()); got != "[3]" {
+		t.Errorf("without action_type: prepaid %s, want [3]", got)
+	}
+	st.mu.Lock()
+	st.gone["sa-1"] = true
+	st.mu.Unlock()
+	run(runBodyWrite) // run (404) + create + run
+	if got := fmt.Sprint(budget.take()); got != "[1 1]" {
+		t.Errorf("recreated: prepaid %s, want [1 1]", got)
+	}
+	st.refuse = true
+	e.connect("alice", "556")
+	run(runBodyWrite) // refused create, then the /v2 lookup and create
+	if got := fmt.Sprint(budget.take()); got != "[2 2]" {
+		t.Errorf("refused: prepaid %s, want [2 2]", got)
 	}
 }
