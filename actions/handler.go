@@ -70,6 +70,10 @@ type HandlerConfig struct {
 	PollInterval, MaxPollInterval time.Duration
 	// Callback, when its URL is set, has runs finish from Zapier's callback.
 	Callback CallbackConfig
+	// RunVia is how runs reach Zapier: through stored actions with a
+	// fallback (auto, the default), stored actions only, or
+	// /v2/action-runs only.
+	RunVia RunVia
 	// ParseDuration reads a wait given as a string; nil is time.ParseDuration.
 	ParseDuration func(string) (time.Duration, error)
 
@@ -111,6 +115,7 @@ type Handler struct {
 	verifier  *runcallback.Verifier
 	replays   *runcallback.ReplayCache
 	callbacks *callbackWaiters
+	stored    *StoredStore
 }
 
 // Check sets the defaults of the handler's own options and checks them
@@ -125,7 +130,12 @@ func (cfg *HandlerConfig) Check() error {
 	if cfg.PollInterval < 0 || cfg.MaxPollInterval < cfg.PollInterval {
 		return errors.New("poll_interval must be positive and at most max_poll_interval")
 	}
-	_, err := cfg.Callback.Verifier()
+	via, err := ParseRunVia(string(cfg.RunVia))
+	if err != nil {
+		return err
+	}
+	cfg.RunVia = via
+	_, err = cfg.Callback.Verifier()
 	return err
 }
 
@@ -149,12 +159,17 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 		h.logger = zap.NewNop()
 	}
 	h.runs = NewRunStore(cfg.BG, cfg.Storage, cfg.Keys)
+	h.stored = &StoredStore{Storage: cfg.Storage, Names: cfg.Names, Caller: cfg.Caller}
 	h.replays = &runcallback.ReplayCache{Storage: cfg.Storage} // spent callback tokens
 	if h.once, err = newRunOnce(cfg.BG, cfg.Storage, cfg.IdempotencyTakeover); err != nil {
 		return nil, err
 	}
 	return h, nil
 }
+
+// StoredActions is the store of the users' stored actions (offboarding
+// registers it; a disconnect forgets a connection's).
+func (h *Handler) StoredActions() *StoredStore { return h.stored }
 
 // Runs is the store of who started which run.
 func (h *Handler) Runs() *RunStore { return h.runs }
@@ -282,9 +297,16 @@ func (h *Handler) listActions(ctx context.Context, id gateway.Identity, app App,
 // freshActionID looks the action up by its key, for an id Zapier issued
 // just now: ids are never cached or reused.
 func (h *Handler) freshActionID(ctx context.Context, id gateway.Identity, app App, actionKey, actionType string) (string, error) {
+	a, err := h.findAction(ctx, id, app, actionKey, actionType)
+	return a.ID, err
+}
+
+// findAction looks the action up by its key (and type, when given) in the
+// app's listing.
+func (h *Handler) findAction(ctx context.Context, id gateway.Identity, app App, actionKey, actionType string) (zapierapi.Action, error) {
 	list, err := h.listActions(ctx, id, app, actionType)
 	if err != nil {
-		return "", err
+		return zapierapi.Action{}, err
 	}
 	var found []zapierapi.Action
 	for _, a := range list {
@@ -294,16 +316,16 @@ func (h *Handler) freshActionID(ctx context.Context, id gateway.Identity, app Ap
 	}
 	switch {
 	case len(found) == 0:
-		return "", &gateway.Error{Status: http.StatusNotFound, Code: "action_not_found",
+		return zapierapi.Action{}, &gateway.Error{Status: http.StatusNotFound, Code: "action_not_found",
 			Message: fmt.Sprintf("app %s has no action with key %q", app.Key, actionKey)}
 	case len(found) > 1:
 		types := make([]string, len(found))
 		for i, a := range found {
 			types[i] = a.ActionType
 		}
-		return "", gateway.BadRequest(fmt.Sprintf("action %q exists as %s: give action_type", actionKey, strings.Join(types, " and ")))
+		return zapierapi.Action{}, gateway.BadRequest(fmt.Sprintf("action %q exists as %s: give action_type", actionKey, strings.Join(types, " and ")))
 	}
-	return found[0].ID, nil
+	return found[0], nil
 }
 
 // rejection explains Zapier refusing a run or an inputs request. The

@@ -214,6 +214,7 @@ func newActionsEnv(t *testing.T) *actionsEnv {
 			return keys.NamesKey(), err
 		})),
 		PollInterval: 5 * time.Millisecond, MaxPollInterval: 20 * time.Millisecond,
+		RunVia: RunViaActionRuns, // these tests are of the /v2/action-runs path; stored_test.go has the other
 		ObserveRun: func(o Outcome) {
 			e.mu.Lock()
 			e.outcomes[o]++

@@ -255,7 +255,7 @@ func (h *Handler) endedRun(ctx context.Context, id gateway.Identity, runID strin
 	if rec.Result != nil {
 		return rec.Result.Run(runID), true
 	}
-	run, err := h.poll(ctx, id, runID)
+	run, err := h.poll(ctx, id, runID, rec.Stored)
 	if err != nil || !run.Done() {
 		return zapierapi.ActionRun{}, false
 	}

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/zapgate/caddy-zapier/budget"
+	"github.com/zapgate/caddy-zapier/connect"
 	"github.com/zapgate/caddy-zapier/gateway"
 	"github.com/zapgate/caddy-zapier/zapierapi"
 )
@@ -46,8 +47,8 @@ func (h *Handler) serveRun(w http.ResponseWriter, r *http.Request, id gateway.Id
 }
 
 // run does POST run and reports how it ended: resolve the app and the
-// connection, prepay the budget, look up a fresh action id, create the run,
-// then await its callback or poll it.
+// connection, create the run (through a stored action, or a fresh action id
+// and /v2/action-runs: run_via), then await its callback or poll it.
 func (h *Handler) run(w http.ResponseWriter, r *http.Request, id gateway.Identity, track *runTrack) (Outcome, error) {
 	fail := func(err error) (Outcome, error) {
 		outcome := OutcomeFailed
@@ -74,41 +75,20 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, id gateway.Identit
 	if err != nil {
 		return fail(err)
 	}
-	// The fresh action id and the create are paid for together: under
-	// load a run either gets both calls or fails before spending any.
-	paid := ctx
-	if h.cfg.Budget != nil {
-		if paid, err = h.cfg.Budget.Prepay(ctx, id.Tenant, 2); err != nil {
-			return fail(err)
-		}
+	var runID, storedID string
+	if h.cfg.RunVia == RunViaActionRuns {
+		runID, err = h.createActionRun(ctx, id, app, rec, &req, track)
+	} else {
+		runID, storedID, err = h.createStoredRun(ctx, id, app, rec, &req, track)
 	}
-	actionID, err := h.freshActionID(paid, id, app, req.Action, req.ActionType)
 	if err != nil {
 		return fail(err)
-	}
-	if err := track.commit(); err != nil {
-		return fail(err) // the key was taken over: its new owner runs the action
-	}
-	// The create call outlives the client: once it is made, the gateway
-	// learns the run's id and records it, whether or not anyone waits.
-	var runID string
-	c := h.cfg.Caller
-	err = c.Call(context.WithoutCancel(paid), id, func(ctx context.Context, access string) (err error) {
-		runID, err = c.Client.CreateActionRun(ctx, c.APIURL, access, zapierapi.ActionRunRequest{
-			Action: actionID, Authentication: rec.ConnectionID, Inputs: req.Inputs, CallbackURL: h.cfg.Callback.URL,
-		})
-		return err
-	})
-	if err != nil {
-		track.createFailed(err)
-		h.logFailure("action run not created", id, err, zap.String("app", app.Key), zap.String("action", req.Action))
-		return fail(h.rejection(ctx, id, app, rec, err))
 	}
 	if !ValidRunID(runID) {
 		return fail(&gateway.Error{Status: http.StatusBadGateway, Code: "zapier_api_failed",
 			Message: "Zapier created the run but sent an unusable run id"})
 	}
-	if err := h.runs.Put(context.WithoutCancel(ctx), runID, id, app.UUID, req.Action); err != nil {
+	if err := h.runs.PutRun(context.WithoutCancel(ctx), runID, id, app.UUID, req.Action, storedID); err != nil {
 		// The run exists: answer with it anyway; only runs/{id} will not know it.
 		h.logger.Error("recording the owner of an action run", zap.String("identity", gateway.LogHash(id.Tenant, id.User)), zap.Error(err))
 	}
@@ -122,7 +102,7 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, id gateway.Identit
 		run, called = h.awaitCallback(ctx, runID, Earliest(deadline, time.Now().Add(h.cfg.Callback.Timeout)))
 	}
 	if !called {
-		run, retryAfter, err = h.await(ctx, id, runID, deadline)
+		run, retryAfter, err = h.await(ctx, id, runID, storedID, deadline)
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return OutcomeFailed, &gateway.HandlerError{Status: gateway.StatusClientGone, Err: ctx.Err()}
@@ -143,25 +123,31 @@ func (h *Handler) run(w http.ResponseWriter, r *http.Request, id gateway.Identit
 	return OutcomePending, nil
 }
 
-// await polls the run until it ends or the deadline passes (Await), pacing
-// the polls by the poll intervals and the request budget.
-func (h *Handler) await(ctx context.Context, id gateway.Identity, runID string, deadline time.Time) (zapierapi.ActionRun, time.Duration, error) {
+// await polls the run (of stored action storedID, when not "") until it
+// ends or the deadline passes (Await), pacing the polls by the poll
+// intervals and the request budget.
+func (h *Handler) await(ctx context.Context, id gateway.Identity, runID, storedID string, deadline time.Time) (zapierapi.ActionRun, time.Duration, error) {
 	b := Backoff{Interval: h.cfg.PollInterval, MaxInterval: h.cfg.MaxPollInterval, Deferred: BudgetDeferred}
 	if h.cfg.Budget != nil {
 		b.Queued = h.cfg.Budget.Queued
 	}
 	return Await(ctx, runID, deadline, func(ctx context.Context) (zapierapi.ActionRun, error) {
-		return h.poll(ctx, id, runID)
+		return h.poll(ctx, id, runID, storedID)
 	}, b)
 }
 
-func (h *Handler) poll(ctx context.Context, id gateway.Identity, runID string) (zapierapi.ActionRun, error) {
+// poll reads a run once: a stored action's run (storedID not "") or a
+// /v2/action-runs one.
+func (h *Handler) poll(ctx context.Context, id gateway.Identity, runID, storedID string) (zapierapi.ActionRun, error) {
 	// A poll finishes a run already created: it goes ahead of new work.
 	if h.cfg.Budget != nil {
 		ctx = h.cfg.Budget.Urgent(ctx)
 	}
-	var run zapierapi.ActionRun
 	c := h.cfg.Caller
+	if storedID != "" {
+		return getStoredRun(ctx, c, id, storedID, runID)
+	}
+	var run zapierapi.ActionRun
 	err := c.Call(ctx, id, func(ctx context.Context, access string) (err error) {
 		run, err = c.Client.GetActionRun(ctx, c.APIURL, access, runID)
 		return err
@@ -223,7 +209,7 @@ func (h *Handler) serveRunStatus(w http.ResponseWriter, r *http.Request, id gate
 		writeRun(w, rec.Result.Run(runID), "", 0)
 		return nil
 	}
-	run, err := h.poll(ctx, id, runID)
+	run, err := h.poll(ctx, id, runID, rec.Stored)
 	if err != nil {
 		return h.fail(w, r, err)
 	}
@@ -242,4 +228,41 @@ func (h *Handler) logFailure(msg string, id gateway.Identity, err error, fields 
 	if ce := h.logger.Check(level, msg); ce != nil {
 		ce.Write(append(fields, zap.String("identity", gateway.LogHash(id.Tenant, id.User)), zap.Error(err))...)
 	}
+}
+
+// createActionRun is the /v2/action-runs path: prepay the budget, look up a
+// fresh action id, create the run; the run id.
+func (h *Handler) createActionRun(ctx context.Context, id gateway.Identity, app App, rec *connect.Record, req *RunRequest, track *runTrack) (string, error) {
+	// The fresh action id and the create are paid for together: under
+	// load a run either gets both calls or fails before spending any.
+	paid := ctx
+	var err error
+	if h.cfg.Budget != nil {
+		if paid, err = h.cfg.Budget.Prepay(ctx, id.Tenant, 2); err != nil {
+			return "", err
+		}
+	}
+	actionID, err := h.freshActionID(paid, id, app, req.Action, req.ActionType)
+	if err != nil {
+		return "", err
+	}
+	if err := track.commit(); err != nil {
+		return "", err // the key was taken over: its new owner runs the action
+	}
+	// The create call outlives the client: once it is made, the gateway
+	// learns the run's id and records it, whether or not anyone waits.
+	var runID string
+	c := h.cfg.Caller
+	err = c.Call(context.WithoutCancel(paid), id, func(ctx context.Context, access string) (err error) {
+		runID, err = c.Client.CreateActionRun(ctx, c.APIURL, access, zapierapi.ActionRunRequest{
+			Action: actionID, Authentication: rec.ConnectionID, Inputs: req.Inputs, CallbackURL: h.cfg.Callback.URL,
+		})
+		return err
+	})
+	if err != nil {
+		track.createFailed(err)
+		h.logFailure("action run not created", id, err, zap.String("app", app.Key), zap.String("action", req.Action))
+		return "", h.rejection(ctx, id, app, rec, err)
+	}
+	return runID, nil
 }

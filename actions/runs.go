@@ -101,6 +101,9 @@ type RunRecord struct {
 	App     string    `json:"app"`   // the app's UUID
 	Action  string    `json:"action"`
 	Created time.Time `json:"created"`
+	// Stored is the stored action the run is of ("" for a /v2/action-runs
+	// run): its polls read /actions/v1/stored-actions/{stored}/runs/{id}.
+	Stored string `json:"stored,omitempty"`
 	// Result is the finished run, when Zapier's callback delivered it.
 	Result *RunResult `json:"result,omitempty"`
 }
@@ -143,11 +146,16 @@ func NewRunStore(bg context.Context, storage certmagic.Storage, keys IdentityKey
 // Put records that key started runID of the app's action, and maybe starts
 // a background sweep of old records.
 func (s *RunStore) Put(ctx context.Context, runID string, key tokencache.Key, appUUID, action string) error {
+	return s.PutRun(ctx, runID, key, appUUID, action, "")
+}
+
+// PutRun is Put for a run of stored action storedID ("" for none).
+func (s *RunStore) PutRun(ctx context.Context, runID string, key tokencache.Key, appUUID, action, storedID string) error {
 	owner, err := Owner(ctx, s.Keys, key)
 	if err != nil {
 		return err
 	}
-	data, err := json.Marshal(RunRecord{Owner: owner, App: appUUID, Action: action, Created: s.Now().UTC()})
+	data, err := json.Marshal(RunRecord{Owner: owner, App: appUUID, Action: action, Created: s.Now().UTC(), Stored: storedID})
 	if err != nil {
 		return fmt.Errorf("encoding run record: %w", err)
 	}

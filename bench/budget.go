@@ -3,7 +3,8 @@ package main
 // The budget section (-section=budget): POST run through the real Caddy
 // binary against the fake Zapier with its documented rate limits, time
 // scaled by -budget-factor, at offered loads of 0.5×, 1×, 2× and 5× the
-// ideal run rate, once with run callbacks and once polling. See
+// ideal run rate, with run callbacks, polling (both through
+// /v2/action-runs) and through stored actions with callbacks. See
 // budget_report.go for what is recorded and how the goals are judged.
 
 import (
@@ -46,7 +47,7 @@ type budgetOptions struct {
 	Factor          float64
 	Windows         int
 	Loads           []float64
-	Modes           []string // "callbacks", "polling"
+	Modes           []string // "callbacks", "polling", "stored"
 	PerIP, Partner  int      // the fake's limits per window (Zapier's documented 60 and 150)
 	GatewayPerIP    int      // the gateway's api_budget; default the same
 	GatewayPartner  int
@@ -124,7 +125,7 @@ func runBudgetSection(ctx context.Context, b *bench, o budgetOptions) error {
 	}
 	log.Printf("budget: %s", res.Env.Machine)
 	for _, name := range o.Modes {
-		m, err := r.mode(ctx, name == "callbacks")
+		m, err := r.mode(ctx, name)
 		if err != nil {
 			return fmt.Errorf("budget section, %s: %w", name, err)
 		}
@@ -185,7 +186,7 @@ func (g *budgetGateway) close() {
 }
 
 // start runs the fake and the gateway for one mode.
-func (r *budgetRun) start(ctx context.Context, callbacks bool) (*budgetGateway, error) {
+func (r *budgetRun) start(ctx context.Context, mode string) (*budgetGateway, error) {
 	o := r.opts
 	addr := func(off int) string { return fmt.Sprintf("127.0.0.1:%d", o.PortBase+off) }
 	httpsAddr, httpAddr, adminAddr, fakeAddr := addr(40), addr(41), addr(42), addr(43)
@@ -215,17 +216,14 @@ func (r *budgetRun) start(ctx context.Context, callbacks bool) (*budgetGateway, 
 	g.fakeSrv = &http.Server{Handler: g.fake, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = g.fakeSrv.Serve(ln) }()
 
-	name := "budget-polling"
-	if callbacks {
-		name = "budget-callbacks"
-	}
+	name := "budget-" + mode
 	dir := filepath.Join(r.workDir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		g.close()
 		return nil, err
 	}
 	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(r.caddyfile(callbacks, httpsAddr, httpAddr, adminAddr, fakeAddr)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(r.caddyfile(mode, httpsAddr, httpAddr, adminAddr, fakeAddr)), 0o644); err != nil {
 		g.close()
 		return nil, err
 	}
@@ -268,16 +266,23 @@ func tail(path string, n int) string {
 
 // caddyfile is the gateway: zapier_connect for the redirect flow that
 // stores each user's connection, zapier_actions for POST run, on HTTPS
-// with Caddy's internal CA (a callback_url must be https).
-func (r *budgetRun) caddyfile(callbacks bool, httpsAddr, httpAddr, adminAddr, fakeAddr string) string {
+// with Caddy's internal CA (a callback_url must be https). The callbacks
+// and polling modes run through /v2/action-runs (run_via action_runs), the
+// stored mode through stored actions with callbacks (run_via stored).
+func (r *budgetRun) caddyfile(mode, httpsAddr, httpAddr, adminAddr, fakeAddr string) string {
 	o := r.opts
 	_, httpsPort, _ := net.SplitHostPort(httpsAddr)
 	_, httpPort, _ := net.SplitHostPort(httpAddr)
 	base := "https://" + httpsAddr
-	cb := ""
-	if callbacks {
-		cb = fmt.Sprintf("run_callback_url %s/zapier/actions/callback\n\t\t\tcallback_jwks_url http://%s%s\n\t\t\tcallback_timeout %s",
-			base, fakeAddr, fakezapier.CallbackJWKSPath, o.scaled(o.CallbackTimeout))
+	cb := "run_via action_runs"
+	if mode != "polling" {
+		cb = fmt.Sprintf("run_callback_url %s/zapier/actions/callback\n\t\t\tcallback_jwks_url http://%s%s\n\t\t\tcallback_issuer %s\n\t\t\tcallback_timeout %s",
+			base, fakeAddr, fakezapier.CallbackJWKSPath, fakezapier.CallbackIssuer, o.scaled(o.CallbackTimeout))
+		if mode == "stored" {
+			cb += "\n\t\t\trun_via stored"
+		} else {
+			cb += "\n\t\t\trun_via action_runs"
+		}
 	}
 	return fmt.Sprintf(`{
 	admin %[1]s
@@ -423,10 +428,21 @@ func (g *budgetGateway) connectOnce(u budgetUser) (time.Duration, error) {
 	return 0, nil
 }
 
+// apiPath reports whether p is a Zapier API route the budget counts: the
+// Workflow API (/v2) or the Actions API's stored actions (/actions/v1).
+func apiPath(p string) bool {
+	return strings.HasPrefix(p, "/v2") || strings.HasPrefix(p, "/actions/v1/")
+}
+
+// storedRunPath reports whether p is a stored action's run route.
+func storedRunPath(p string) bool {
+	return strings.HasPrefix(p, "/actions/v1/stored-actions/") && strings.HasSuffix(p, "/run")
+}
+
 func v2Calls(counts map[string]int) int {
 	n := 0
 	for k, v := range counts {
-		if _, p, _ := strings.Cut(k, " "); strings.HasPrefix(p, "/v2") {
+		if _, p, _ := strings.Cut(k, " "); apiPath(p) {
 			n += v
 		}
 	}
@@ -434,20 +450,22 @@ func v2Calls(counts map[string]int) int {
 }
 
 // mode measures one gateway configuration at every load.
-func (r *budgetRun) mode(ctx context.Context, callbacks bool) (*budgetMode, error) {
+func (r *budgetRun) mode(ctx context.Context, name string) (*budgetMode, error) {
 	o := r.opts
-	m := &budgetMode{Name: "polling", Callbacks: callbacks}
-	if callbacks {
-		m.Name = "callbacks"
+	m := &budgetMode{Name: name, Callbacks: name != "polling"}
+	switch name {
+	case "stored":
+		m.CallsPerRun = 1 // at steady state: each user's first run also creates the stored action
+	case "callbacks":
 		m.CallsPerRun = 2
-	} else {
+	default:
 		m.ExpectedPolls = expectedPolls(o.scaled(o.Delay), o.scaled(o.PollInterval), o.scaled(o.MaxPollInterval), o.Latency)
 		m.CallsPerRun = float64(2 + m.ExpectedPolls)
 	}
 	m.IdealPerMin = idealRunsPerMin(o.PerIP, o.Partner, m.CallsPerRun)
 	log.Printf("budget %s: ideal %.1f runs per Zapier minute (%g calls per run); starting the fake and the gateway", m.Name, m.IdealPerMin, m.CallsPerRun)
 
-	g, err := r.start(ctx, callbacks)
+	g, err := r.start(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -465,6 +483,16 @@ func (r *budgetRun) mode(ctx context.Context, callbacks bool) (*budgetMode, erro
 	m.ConnectCalls = v2Calls(g.fake.CallCounts())
 	log.Printf("budget %s: %d users connected in %s (%d /v2 calls, %d 429s)", m.Name, o.Users,
 		time.Since(start).Round(time.Millisecond), m.ConnectCalls, g.fake.ThrottledCount())
+	if name == "stored" {
+		// Steady state: each user's first run creates its stored action
+		// (and looks the action's type up); that is done here, once.
+		before := v2Calls(g.fake.CallCounts())
+		if err := r.warmUp(ctx, g, tenants); err != nil {
+			return nil, err
+		}
+		m.WarmupCalls = v2Calls(g.fake.CallCounts()) - before
+		log.Printf("budget %s: one run per user created the stored actions (%d calls, %d 429s)", m.Name, m.WarmupCalls, g.fake.ThrottledCount())
+	}
 
 	maxLoad := 0.0
 	for _, l := range o.Loads {
@@ -488,6 +516,50 @@ func (r *budgetRun) mode(ctx context.Context, callbacks bool) (*budgetMode, erro
 		m.Levels = append(m.Levels, *l)
 	}
 	return m, nil
+}
+
+// warmUp runs the action once for every user, a few at a time, until each
+// is answered 200 (a 503 waits its Retry-After).
+func (r *budgetRun) warmUp(ctx context.Context, g *budgetGateway, tenants [][]budgetUser) error {
+	client := insecureClient(2 * time.Minute)
+	defer client.CloseIdleConnections()
+	var users []budgetUser
+	for _, us := range tenants {
+		users = append(users, us...)
+	}
+	sem := make(chan struct{}, 4)
+	errs := make(chan error, len(users))
+	var wg sync.WaitGroup
+	for i, u := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			for attempt := 0; attempt < 50; attempt++ {
+				a := postRun(ctx, client, g.base, u, r.opts.scaled(r.opts.Wait), -1-i)
+				switch {
+				case a.err != nil:
+					errs <- a.err
+					return
+				case a.status == http.StatusOK || a.status == http.StatusAccepted:
+					return
+				case a.status == http.StatusServiceUnavailable || a.status == http.StatusTooManyRequests:
+					if err := sleepCtx(ctx, time.Duration(max(a.retryAfter, 1))*time.Second); err != nil {
+						errs <- err
+						return
+					}
+				default:
+					errs <- fmt.Errorf("warm-up run of %s: HTTP %d %s", u.user, a.status, a.code)
+					return
+				}
+			}
+			errs <- fmt.Errorf("warm-up run of %s: refused 50 times", u.user)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
@@ -610,7 +682,7 @@ func (r *budgetRun) level(ctx context.Context, g *budgetGateway, m *budgetMode, 
 	l.Throttled = g.fake.ThrottledCount() - throttledBefore
 	for k, v := range countsAfter {
 		if d := v - countsBefore[k]; d != 0 {
-			if _, p, _ := strings.Cut(k, " "); strings.HasPrefix(p, "/v2") {
+			if _, p, _ := strings.Cut(k, " "); apiPath(p) {
 				l.CallsByRoute[k] = d
 				l.V2Calls += d
 			}
@@ -723,11 +795,12 @@ func (r *budgetRun) tenantCalls(l *budgetLevel, recs []fakezapier.RecordedReques
 		l.TenantCalls[t]++
 		p := strings.TrimSuffix(rec.Path, "/")
 		switch {
-		case rec.Method == http.MethodGet && p == "/v2/actions":
+		case rec.Method == http.MethodGet && p == "/v2/actions",
+			rec.Method == http.MethodPost && p == "/actions/v1/stored-actions": // a stored action's create
 			l.TenantLookups[t]++
-		case rec.Method == http.MethodPost && p == "/v2/action-runs":
+		case rec.Method == http.MethodPost && (p == "/v2/action-runs" || storedRunPath(p)):
 			l.TenantCreates[t]++
-		case rec.Method == http.MethodGet && strings.HasPrefix(p, "/v2/action-runs/"):
+		case rec.Method == http.MethodGet && (strings.HasPrefix(p, "/v2/action-runs/") || strings.Contains(p, "/runs/")):
 			l.TenantPolls[t]++
 		}
 	}

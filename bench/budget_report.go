@@ -56,8 +56,9 @@ type budgetMode struct {
 	Callbacks     bool          `json:"callbacks"`
 	ExpectedPolls int           `json:"expected_polls"` // per run at no load, from the poll schedule
 	CallsPerRun   float64       `json:"ideal_calls_per_run"`
-	IdealPerMin   float64       `json:"ideal_runs_per_min"` // budget ÷ calls per run
-	ConnectCalls  int           `json:"connect_v2_calls"`   // /v2 calls the 50 connect flows cost
+	IdealPerMin   float64       `json:"ideal_runs_per_min"`     // budget ÷ calls per run
+	ConnectCalls  int           `json:"connect_v2_calls"`       // /v2 calls the 50 connect flows cost
+	WarmupCalls   int           `json:"warmup_calls,omitempty"` // stored: the calls of one run per user, which created the stored actions
 	Levels        []budgetLevel `json:"levels"`
 	// Env is set on a mode kept from an earlier run (-budget-keep): the
 	// run that measured it, when not the one in the header.
@@ -370,8 +371,9 @@ func (r *budgetResults) keepModes(path string) error {
 		}
 		r.Modes = append(r.Modes, m)
 	}
-	// Callbacks first, as a run of both writes them.
-	sort.SliceStable(r.Modes, func(i, j int) bool { return r.Modes[i].Callbacks && !r.Modes[j].Callbacks })
+	// Callbacks, polling, stored: the order a run of every mode writes them.
+	order := map[string]int{"callbacks": 0, "polling": 1, "stored": 2}
+	sort.SliceStable(r.Modes, func(i, j int) bool { return order[r.Modes[i].Name] < order[r.Modes[j].Name] })
 	return nil
 }
 
@@ -405,8 +407,12 @@ func (r *budgetResults) markdown() string {
 			fmt.Fprintf(&b, "*Kept from an earlier run with the same setup (-budget-keep), not measured with the header's tree: "+
 				"%s · tree %s · load average %s → %s.*\n\n", m.Env.Date, m.Env.Tree, m.Env.LoadStart, m.Env.LoadEnd)
 		}
-		fmt.Fprintf(&b, "Ideal: %d ÷ %g calls per run = **%.1f runs/min**. The 50 connect flows before the levels cost %d `/v2` calls.\n\n",
+		fmt.Fprintf(&b, "Ideal: %d ÷ %g calls per run = **%.1f runs/min**. The 50 connect flows before the levels cost %d `/v2` calls.",
 			min(c.PerIP, c.Partner), m.CallsPerRun, m.IdealPerMin, m.ConnectCalls)
+		if m.WarmupCalls > 0 {
+			fmt.Fprintf(&b, " One run per user before the levels created the stored actions (%d calls: each user's listing for the action's type, create and run).", m.WarmupCalls)
+		}
+		b.WriteString("\n\n")
 		b.WriteString("| load | offered/min | completed/min | vs ideal | 429s | calls/run | Jain | p99 queue wait | 200 / 202 / 503 | lost | created = answered | goals |\n")
 		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 		for _, l := range m.Levels {
@@ -475,6 +481,9 @@ func dupNote(l budgetLevel) string {
 }
 
 func modeTitle(m budgetMode) string {
+	if m.Name == "stored" {
+		return "Through stored actions, with run callbacks (`run_via stored`: one call per run once each user's stored action exists)"
+	}
 	if m.Callbacks {
 		return "With run callbacks (HTTPS `run_callback_url`)"
 	}
@@ -493,7 +502,7 @@ func fmtCounts(m map[string]int) string {
 	sort.Strings(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s %d", strings.TrimPrefix(k, "/v2/"), m[k])
+		parts[i] = fmt.Sprintf("%s %d", strings.Replace(strings.TrimPrefix(k, "/v2/"), "/actions/v1/", "", 1), m[k])
 	}
 	if len(parts) == 0 {
 		return "—"
@@ -520,10 +529,7 @@ func (r *budgetResults) ascii() string {
 	}
 	var b strings.Builder
 	for _, m := range r.Modes {
-		name := "callbacks"
-		if !m.Callbacks {
-			name = "polling"
-		}
+		name := m.Name
 		fmt.Fprintf(&b, "%s (ideal %.1f runs/min = '|')\n", name, m.IdealPerMin)
 		for _, l := range m.Levels {
 			bar := []rune(strings.Repeat("█", scale(l.CompletedPerMin)) + strings.Repeat(" ", width+1-scale(l.CompletedPerMin)))
@@ -599,10 +605,7 @@ func (r *budgetResults) svg() string {
 		for _, l := range m.Levels {
 			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>`+"\n", x(l.Load), y(l.CompletedPerMin), col)
 		}
-		name := "callbacks"
-		if !m.Callbacks {
-			name = "polling"
-		}
+		name := m.Name
 		ly := top + 20 + float64(i)*52
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"/><text x="%.1f" y="%.1f">%s completed</text>`+"\n",
 			left+pw+12, ly, left+pw+32, ly, col, left+pw+38, ly+4, name)

@@ -139,7 +139,7 @@ func main() {
 	flag.Float64Var(&bo.Factor, "budget-factor", 10, "budget section: Zapier's windows, cooldown and the gateway's durations divided by this (10: one minute = 6 s)")
 	flag.IntVar(&bo.Windows, "budget-windows", 5, "budget section: measured windows per load, after one warm-up window")
 	flag.StringVar(&loads, "budget-loads", "0.5,1,2,5", "budget section: offered loads, × the ideal run rate (budget ÷ calls per run)")
-	flag.StringVar(&modes, "budget-modes", "callbacks,polling", "budget section: gateway configurations: callbacks (run_callback_url), polling")
+	flag.StringVar(&modes, "budget-modes", "callbacks,polling,stored", "budget section: gateway configurations: callbacks (run_callback_url), polling (both through /v2/action-runs), stored (stored actions with callbacks)")
 	flag.IntVar(&bo.PerIP, "budget-per-ip", 60, "budget section: the fake's per-IP limit per window, and the gateway's per_ip")
 	flag.IntVar(&bo.Partner, "budget-partner", 150, "budget section: the fake's partner limit per window, and the gateway's partner")
 	flag.IntVar(&bo.GatewayPerIP, "budget-gateway-per-ip", 0, "budget section: the gateway's per_ip when not -budget-per-ip")
@@ -185,8 +185,8 @@ func main() {
 		log.Fatalf("-budget-weights: %v", err)
 	}
 	for _, m := range strings.Split(modes, ",") {
-		if m = strings.TrimSpace(m); m != "callbacks" && m != "polling" {
-			log.Fatalf("-budget-modes: %q is not callbacks or polling", m)
+		if m = strings.TrimSpace(m); m != "callbacks" && m != "polling" && m != "stored" {
+			log.Fatalf("-budget-modes: %q is not callbacks, polling or stored", m)
 		}
 		bo.Modes = append(bo.Modes, strings.TrimSpace(m))
 	}

@@ -42,9 +42,10 @@ func init() {
 //
 // Every route needs the identity headers, as zapier_auth does. A run uses
 // the caller's connection stored by zapier_connect (409 connection_missing
-// without one, 400 connection_invalid when Zapier no longer accepts it) and
-// a fresh action id looked up by its stable key before every run (404
-// action_not_found for an unknown key). Every call to Zapier goes through
+// without one, 400 connection_invalid when Zapier no longer accepts it),
+// through the user's stored action of it (run_via auto, the default: one
+// call a run), or a fresh action id looked up by its stable key before
+// every run (run_via action_runs; 404 action_not_found for an unknown key). Every call to Zapier goes through
 // the app's circuit breaker, so after a 429 nobody calls Zapier until the
 // cooldown ends (503 zapier_unavailable with Retry-After). Who started which
 // run is kept in Caddy storage, so any gateway sharing it answers runs/{id}.
@@ -73,6 +74,11 @@ type Actions struct {
 	// Accept a callback signature without sub. Off by default: a token
 	// that names no run could complete any run.
 	AllowMissingSubject bool `json:"allow_missing_subject,omitempty"`
+	// How runs reach Zapier: auto (default) through a stored action per
+	// (user, connection, app, action), one call a run, falling back to
+	// /v2/action-runs for actions Zapier will not store; stored (no
+	// fallback); action_runs (a fresh action id and a create every run).
+	RunVia string `json:"run_via,omitempty"`
 
 	cfg     actions.HandlerConfig // the options, checked (setDefaults)
 	handler *actions.Handler
@@ -112,12 +118,14 @@ func (h *Actions) setDefaults() error {
 		Callback: actions.CallbackConfig{URL: h.RunCallbackURL, JWKSURL: h.CallbackJWKSURL, Issuer: h.CallbackIssuer,
 			Audience: h.CallbackAudience, Timeout: time.Duration(h.CallbackTimeout), AllowMissingSubject: h.AllowMissingSubject},
 		ParseDuration: caddy.ParseDuration,
+		RunVia:        actions.RunVia(h.RunVia),
 	}
 	if err := h.cfg.Check(); err != nil {
 		return fmt.Errorf("zapier_actions: %w", err)
 	}
 	h.PollInterval, h.MaxPollInterval = caddy.Duration(h.cfg.PollInterval), caddy.Duration(h.cfg.MaxPollInterval)
 	h.CallbackTimeout = caddy.Duration(h.cfg.Callback.Timeout)
+	h.RunVia = string(h.cfg.RunVia)
 	apps, err := gateway.NewAppMap(h.Apps)
 	if err != nil {
 		return fmt.Errorf("zapier_actions: %w", err)
@@ -147,6 +155,8 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	h.handler = handler
 	// Its records hold action results: offboarding forgets them.
 	app.registerUserStore(gateway.PhaseLocal, handler.IdempotencyRecords())
+	// Stored actions are deleted at Zapier with the user's token.
+	app.registerUserStore(gateway.PhaseUpstream, handler.StoredActions())
 	return nil
 }
 
@@ -162,6 +172,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 //		callback_audience <aud>
 //		callback_timeout  <duration>
 //		allow_missing_subject
+//		run_via           auto|stored|action_runs
 //	}
 func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -191,6 +202,17 @@ func (h *Actions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.AllowMissingSubject = true
+		case "run_via":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.RunVia = d.Val()
+			if _, err := actions.ParseRunVia(h.RunVia); err != nil {
+				return d.Err(err.Error())
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		case "run_callback_url", "callback_jwks_url", "callback_issuer", "callback_audience":
 			if !d.NextArg() {
 				return d.ArgErr()

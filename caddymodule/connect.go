@@ -86,7 +86,7 @@ func (h *Connect) Provision(ctx caddy.Context) error {
 		Caller:        app.caller(),
 		Exchange:      app.connectExchanger(),
 		Apps:          app.connectAppResolver(apps),
-		Store:         newConnectionStore(storage),
+		Store:         app.withStoredActionCleanup(newConnectionStore(storage), storage, h.KeepUpstream, ctx.Logger()),
 		States:        sweptStates{newStateKeeper(ctx, storage, time.Duration(h.StateTTL))},
 		ConnectURL:    app.ConnectURL,
 		CallbackURL:   app.CallbackURL,

@@ -26,6 +26,10 @@ const (
 // connection) and zapier_actions, polling fast so tests stay short.
 var actSite = actionsSite("")
 
+// actSiteV2 runs through /v2/action-runs only (run_via action_runs), for the
+// tests of that path's contract.
+var actSiteV2 = actionsSite("run_via action_runs")
+
 // actionsSite mounts zapier_connect and zapier_actions, with extra lines in
 // the zapier_actions block.
 func actionsSite(actionsExtra string) string {
@@ -50,11 +54,17 @@ func actionsSite(actionsExtra string) string {
 // the fake's catalog for the app set to specs.
 func startActionsGateway(t *testing.T, specs ...fakezapier.ActionSpec) *gateway {
 	t.Helper()
+	return startActionsGatewayOn(t, actSite, specs...)
+}
+
+// startActionsGatewayOn is startActionsGateway with the site given.
+func startActionsGatewayOn(t *testing.T, site string, specs ...fakezapier.ActionSpec) *gateway {
+	t.Helper()
 	g := startGateway(t, gatewayOptions{
 		// These tests poll runs far faster than a client should: the end-user
 		// rate limit (its own tests are in ratelimit_test.go) is off.
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s\n\t\trate_limit {\n\t\t\tidentity off\n\t\t\ttenant off\n\t\t}", gatewayURL, gatewayURL),
-		siteExtra:   actSite,
+		siteExtra:   site,
 	})
 	g.fake.RegisterApp(actApp, actAppUUID)
 	g.fake.SetActions(actAppUUID, specs...)
@@ -152,8 +162,10 @@ func actRunRequests(g *gateway) []fakezapier.RecordedRequest {
 	return out
 }
 
+// (run_via action_runs: the /v2/action-runs body; stored_actions_test.go
+// has the stored path.)
 func TestActionsRunFinishingWithinWaitReturnsResults(t *testing.T) {
-	g := startActionsGateway(t,
+	g := startActionsGatewayOn(t, actSiteV2,
 		fakezapier.ActionSpec{Key: "send_message", Title: "Send Channel Message", Delay: 300 * time.Millisecond,
 			Inputs: []map[string]any{fakezapier.InputField("channel", "Channel", true)}},
 		fakezapier.ActionSpec{Key: "find_user", ActionType: "SEARCH", Title: "Find User"})
@@ -313,7 +325,7 @@ func TestActionsRefusals(t *testing.T) {
 }
 
 func TestActionsNeverReuseAnActionID(t *testing.T) {
-	g := startActionsGateway(t, fakezapier.ActionSpec{Key: "send_message", Delay: -1})
+	g := startActionsGatewayOn(t, actSiteV2, fakezapier.ActionSpec{Key: "send_message", Delay: -1})
 	g.actConnect("org", "alice")
 	g.actConnect("org", "bob")
 	for i := range 3 {

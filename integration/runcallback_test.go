@@ -16,9 +16,16 @@ import (
 // CA), where the fake delivers run callbacks: Zapier only calls https URLs.
 func startCallbackGateway(t *testing.T, callbackTimeout string, specs ...fakezapier.ActionSpec) *gateway {
 	t.Helper()
+	return startCallbackGatewayVia(t, "auto", callbackTimeout, specs...)
+}
+
+// startCallbackGatewayVia is startCallbackGateway with zapier_actions'
+// run_via.
+func startCallbackGatewayVia(t *testing.T, runVia, callbackTimeout string, specs ...fakezapier.ActionSpec) *gateway {
+	t.Helper()
 	callbackURL := fmt.Sprintf("https://localhost:%d/zapier/actions/callback", httpsPort)
-	actions := actionsSite(fmt.Sprintf("run_callback_url %s\n\t\t\tcallback_jwks_url {env.ITEST_CALLBACK_JWKS}\n\t\t\tcallback_issuer %s\n\t\t\tcallback_timeout %s",
-		callbackURL, fakezapier.CallbackIssuer, callbackTimeout))
+	actions := actionsSite(fmt.Sprintf("run_callback_url %s\n\t\t\tcallback_jwks_url {env.ITEST_CALLBACK_JWKS}\n\t\t\tcallback_issuer %s\n\t\t\tcallback_timeout %s\n\t\t\trun_via %s",
+		callbackURL, fakezapier.CallbackIssuer, callbackTimeout, runVia))
 	g := startGateway(t, gatewayOptions{
 		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", gatewayURL, gatewayURL),
 		siteExtra:   actions,
@@ -40,11 +47,12 @@ func startCallbackGateway(t *testing.T, callbackTimeout string, specs ...fakezap
 	return g
 }
 
-// With callbacks a run costs Zapier two calls (the fresh action id and the
-// create); it finishes from the callback, never from a poll, and runs/{id}
-// answers from what the callback stored.
+// With callbacks a run through /v2/action-runs costs Zapier two calls (the
+// fresh action id and the create); it finishes from the callback, never from
+// a poll, and runs/{id} answers from what the callback stored. (Through
+// stored actions, the default, it costs one: stored_actions_test.go.)
 func TestRunFinishesFromCallbackInTwoCalls(t *testing.T) {
-	g := startCallbackGateway(t, "10s", fakezapier.ActionSpec{Key: "send_message", Delay: 300 * time.Millisecond})
+	g := startCallbackGatewayVia(t, "action_runs", "10s", fakezapier.ActionSpec{Key: "send_message", Delay: 300 * time.Millisecond})
 	g.actConnect("org", "alice")
 	g.fake.ResetCounts()
 
@@ -93,8 +101,10 @@ func TestRunFallsBackToPollingWithoutCallback(t *testing.T) {
 	if status != http.StatusOK || actDecodeRun(t, body).Status != "success" {
 		t.Fatalf("POST run: %d %s", status, body)
 	}
-	if n := g.fake.CallCounts()["GET /v2/action-runs/{id}"]; n == 0 {
-		t.Error("no poll after the callback did not come")
+	// The run is a stored action's (run_via auto): its polls read the
+	// stored action's run.
+	if n := g.fake.CallCounts()["GET /actions/v1/stored-actions/{id}/runs/{run_id}"]; n == 0 {
+		t.Errorf("no poll after the callback did not come: %v", g.fake.CallCounts())
 	}
 }
 

@@ -61,6 +61,9 @@ type ActionSpec struct {
 	// Errors, when set, make every run of the action end with status
 	// "error" and these errors.
 	Errors []RunError
+	// External marks an action that is not a core action (an external or
+	// custom one): it cannot be stored (stored_actions.go).
+	External bool
 }
 
 // RunError is an item of a run's errors (zapier-api.md §4.6).
@@ -124,6 +127,7 @@ type actionsState struct {
 	runs     map[string]*actionRun
 	runSeq   int
 	stats    ActionStats
+	stored   storedState // stored actions (stored_actions.go)
 }
 
 // SetActions sets an app's catalog (app is the app UUID the API uses).

@@ -174,6 +174,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		s.serveAuthentication(rec, req, strings.TrimPrefix(p, "/v2/authentications/"))
 	case p == "/v2/actions" || strings.HasPrefix(p, "/v2/actions/") || p == "/v2/action-runs" || strings.HasPrefix(p, "/v2/action-runs/"):
 		s.serveActions(rec, req)
+	case strings.HasPrefix(p, "/actions/v1/"):
+		s.serveStoredActions(rec, req) // stored_actions.go
 	default:
 		notFound(rec)
 	}

@@ -20,7 +20,8 @@ type callCounter struct {
 // CallCounts returns how many requests reached the fake, keyed by method
 // and route pattern: "GET /v2/actions", "POST /v2/actions/{id}/inputs",
 // "POST /v2/action-runs", "GET /v2/action-runs/{id}", "POST /oauth/token",
-// "GET /.well-known/jwks.json", … Every request counts, whatever its answer
+// "GET /.well-known/jwks.json", "POST /actions/v1/stored-actions",
+// "POST /actions/v1/stored-actions/{id}/run", … Every request counts, whatever its answer
 // (401, 404, 429 included). A trailing slash does not change the key. Paths
 // matching no known route count as "<METHOD> /v2/*" or "<METHOD> *".
 func (s *Server) CallCounts() map[string]int {
@@ -74,6 +75,8 @@ func routePattern(p string) string {
 		return p
 	case len(seg) == 2 && seg[0] == "to":
 		return "/to/{app}"
+	case len(seg) >= 3 && seg[0] == "actions" && seg[1] == "v1" && seg[2] == "stored-actions":
+		return storedPattern(seg[3:])
 	case seg[0] != "v2":
 		return "*"
 	}
@@ -117,4 +120,20 @@ func (s *Server) waitAPILatency(ctx context.Context) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// storedPattern is the route pattern of /actions/v1/stored-actions/<rest>.
+func storedPattern(rest []string) string {
+	const base = "/actions/v1/stored-actions"
+	switch {
+	case len(rest) == 0:
+		return base
+	case len(rest) == 1:
+		return base + "/{id}"
+	case len(rest) == 2 && rest[1] == "run":
+		return base + "/{id}/run"
+	case len(rest) == 3 && rest[1] == "runs":
+		return base + "/{id}/runs/{run_id}"
+	}
+	return base + "/*"
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -194,8 +195,8 @@ func (s *Server) serveGetRun(w http.ResponseWriter, req *apiRequest, id string) 
 	a := &s.actions
 	a.mu.Lock()
 	run, ok := a.runs[id]
-	if ok && (run.Tenant != req.token.tenant || run.User != req.token.user) {
-		ok = false // another user's run does not exist for this one
+	if ok && (run.Tenant != req.token.tenant || run.User != req.token.user || strings.HasPrefix(run.ActionID, "stored:")) {
+		ok = false // another user's run (or a stored action's) does not exist for this one
 	}
 	var data map[string]any
 	if ok {

@@ -260,8 +260,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveMCPAuthorize(w, r)
 	case strings.HasPrefix(p, "/mcp/"):
 		s.serveMCP(w, r)
-	case p == "/v2" || strings.HasPrefix(p, "/v2/"):
-		s.serveAPI(w, r)
+	case p == "/v2" || strings.HasPrefix(p, "/v2/") || strings.HasPrefix(p, "/actions/v1/"):
+		s.serveAPI(w, r) // the Actions API v1 (stored actions) authenticates the same way
 	case strings.HasPrefix(p, "/trigger-inbox/"):
 		s.serveInbox(w, r) // inbox.go
 	case strings.HasPrefix(p, "/connections/v1/"):
