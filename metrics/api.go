@@ -101,15 +101,21 @@ func APICall(method, path string, code int) {
 func APIEndpoint(path string) string {
 	rest := strings.Trim(path, "/")
 	version, rest, _ := strings.Cut(rest, "/")
+	if version == "actions" { // the Actions API v1: /actions/v1/stored-actions/…
+		if version, rest, _ = strings.Cut(rest, "/"); version != "v1" {
+			return "other"
+		}
+		version = "actions/v1"
+	}
 	resource, rest, _ := strings.Cut(rest, "/")
-	if version != "v2" || !apiResources[resource] {
+	if (version != "v2" && version != "actions/v1") || !apiResources[resource] {
 		return "other"
 	}
 	if rest == "" {
-		return "/v2/" + resource
+		return "/" + version + "/" + resource
 	}
 	var b strings.Builder
-	b.WriteString("/v2/")
+	b.WriteString("/" + version + "/")
 	b.WriteString(resource)
 	for n := 0; rest != "" && n < 4; n++ {
 		var seg string
@@ -125,8 +131,8 @@ func APIEndpoint(path string) string {
 }
 
 var (
-	apiResources    = map[string]bool{"actions": true, "action-runs": true, "authentications": true, "apps": true, "zaps": true, "zap-runs": true, "guess": true, "echo": true, "whitelabel": true}
-	apiSubResources = map[string]bool{"inputs": true, "outputs": true, "choices": true, "test": true, "apps": true}
+	apiResources    = map[string]bool{"actions": true, "action-runs": true, "authentications": true, "apps": true, "zaps": true, "zap-runs": true, "guess": true, "echo": true, "whitelabel": true, "stored-actions": true}
+	apiSubResources = map[string]bool{"inputs": true, "outputs": true, "choices": true, "test": true, "apps": true, "run": true, "runs": true}
 )
 
 // RunCallbacks counts deliveries to the callback route, by outcome.
