@@ -139,6 +139,7 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	cfg.ObserveRun = func(o actions.Outcome) { app.metrics.observeActionRun(o) }
 	cfg.ObserveCallback = func(outcome string) { runCallbacks.WithLabelValues(outcome).Inc() }
 	cfg.TraceRun = traceActionRun
+	app.meterActions(&cfg) // usage.go
 	handler, err := actions.NewHandler(cfg)
 	if err != nil {
 		return fmt.Errorf("zapier_actions: %w", err)

@@ -121,6 +121,9 @@ type App struct {
 	APIBudget *APIBudgetConfig `json:"api_budget,omitempty"`
 	// Per-identity and per-tenant limits of the end-user routes (ratelimit.go).
 	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
+	// Usage counting and the tenants' task quotas (usage.go).
+	Usage *UsageConfig `json:"usage,omitempty"`
+	Quota *QuotaConfig `json:"quota,omitempty"`
 
 	clientSecret string // resolved; never logged
 	trusted      []netip.Prefix
@@ -142,6 +145,7 @@ type App struct {
 	budgetKey string
 	limits    *endUserLimits  // ratelimit.go
 	policy    *gateway.Policy // every end-user route's (routes.go)
+	meter     *usageMeter     // nil with usage off (usage.go)
 
 	keysLoad *keysLoad
 	// userStores is every store holding per-user data; offboarding walks it
@@ -280,6 +284,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := a.provisionBudget(ctx); err != nil {
+		return err
+	}
+	if err := a.provisionUsage(ctx); err != nil {
 		return err
 	}
 

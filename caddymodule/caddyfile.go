@@ -141,6 +141,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = a.Cache.unmarshalCaddyfile(d)
 		case "api_budget":
 			err = a.parseAPIBudget(d)
+		case "usage", "quota": // usage.go
+			err = a.parseUsageOption(d)
 		case "rate_limit": // ratelimit.go
 			a.RateLimit = new(RateLimitConfig)
 			err = a.RateLimit.unmarshalCaddyfile(d)

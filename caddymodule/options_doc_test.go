@@ -36,21 +36,23 @@ var docSections = map[string]string{
 // receiver type or function name) to the module whose section documents
 // them.
 var caddyfileParsers = map[string]string{
-	"App":             "zapier",
-	"ExchangeConfig":  "zapier",
-	"IdentityConfig":  "zapier",
-	"CacheConfig":     "zapier",
-	"RateLimitConfig": "zapier",
-	"parseAPIBudget":  "zapier",
-	"Auth":            "http.handlers.zapier_auth",
-	"JWKS":            "http.handlers.zapier_jwks",
-	"Connect":         "http.handlers.zapier_connect",
-	"parseAppMapping": "http.handlers.zapier_connect",
-	"Actions":         "http.handlers.zapier_actions",
-	"MCP":             "http.handlers.zapier_mcp",
-	"policyLine":      "http.handlers.zapier_mcp",
-	"Triggers":        "http.handlers.zapier_triggers",
-	"OpenAPI":         "http.handlers.zapier_openapi",
+	"App":              "zapier",
+	"ExchangeConfig":   "zapier",
+	"IdentityConfig":   "zapier",
+	"CacheConfig":      "zapier",
+	"RateLimitConfig":  "zapier",
+	"parseAPIBudget":   "zapier",
+	"parseUsageOption": "zapier",
+	"parseQuota":       "zapier",
+	"Auth":             "http.handlers.zapier_auth",
+	"JWKS":             "http.handlers.zapier_jwks",
+	"Connect":          "http.handlers.zapier_connect",
+	"parseAppMapping":  "http.handlers.zapier_connect",
+	"Actions":          "http.handlers.zapier_actions",
+	"MCP":              "http.handlers.zapier_mcp",
+	"policyLine":       "http.handlers.zapier_mcp",
+	"Triggers":         "http.handlers.zapier_triggers",
+	"OpenAPI":          "http.handlers.zapier_openapi",
 }
 
 // TestEveryOptionIsDocumented fails when a Caddyfile subdirective or a JSON

@@ -29,6 +29,14 @@ type memBucket struct {
 	users map[string]Counts
 }
 
+// SetRetention changes the retention (a config reload).
+func (m *Memory) SetRetention(d time.Duration) {
+	m.mu.Lock()
+	m.Retention = d
+	m.pruned = 0
+	m.mu.Unlock()
+}
+
 func (m *Memory) now() time.Time {
 	if m.Now != nil {
 		return m.Now()

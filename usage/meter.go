@@ -243,6 +243,7 @@ func (m *Meter) threshold(ctx context.Context, id gateway.Identity, tenant strin
 type tickets struct {
 	mu   sync.Mutex
 	list []Reservation
+	run  *gateway.Identity // whose run, for ReserveRun
 }
 
 type ticketsKey struct{}
@@ -280,9 +281,9 @@ func (t *tickets) pop(n int) []Reservation {
 // run's reservation from ReserveRun to end, which settles it by the run's
 // outcome (actions.Outcome: success, error, pending, failed,
 // connection_missing).
-func (m *Meter) StartRun(ctx context.Context) (context.Context, func(outcome string)) {
-	ctx = WithTickets(ctx)
-	t := ticketsOf(ctx)
+func (m *Meter) StartRun(ctx context.Context, id gateway.Identity) (context.Context, func(outcome string)) {
+	t := &tickets{run: &id}
+	ctx = context.WithValue(ctx, ticketsKey{}, t)
 	return ctx, func(outcome string) {
 		reserved := t.pop(1 << 30)
 		switch outcome {
@@ -309,8 +310,14 @@ func (m *Meter) StartRun(ctx context.Context) (context.Context, func(outcome str
 }
 
 // ReserveRun reserves a run's tasks before its first call to Zapier; ctx
-// is StartRun's. A refusal is 429 quota_exceeded.
-func (m *Meter) ReserveRun(ctx context.Context, id gateway.Identity) error {
+// is StartRun's (without it, nothing is reserved). A refusal is 429
+// quota_exceeded.
+func (m *Meter) ReserveRun(ctx context.Context) error {
+	t := ticketsOf(ctx)
+	if t == nil || t.run == nil {
+		return nil
+	}
+	id := *t.run
 	r, ok, err := m.Reserve(ctx, id, m.cfg.RunTasks)
 	if err != nil {
 		return err
@@ -326,9 +333,7 @@ func (m *Meter) ReserveRun(ctx context.Context, id gateway.Identity) error {
 			return nil
 		}
 	}
-	if t := ticketsOf(ctx); t != nil {
-		t.push(r)
-	}
+	t.push(r)
 	return nil
 }
 
@@ -395,8 +400,7 @@ func (m *Meter) ObserveMCP(ctx context.Context, id gateway.Identity, tools int, 
 	var reserved []Reservation
 	if t := ticketsOf(ctx); t != nil {
 		reserved = t.pop(tools)
-	}
-	if len(reserved) == 0 && sent && m.cfg.Quotas.Any() {
+	} else if sent && m.cfg.Quotas.Any() {
 		reserved = m.popPending(id, tools)
 	}
 	switch res {

@@ -62,8 +62,8 @@ func export(t *testing.T, m *Meter, q Query) Report {
 }
 
 func run(m *Meter, id gateway.Identity, outcome string) error {
-	ctx, end := m.StartRun(context.Background())
-	if err := m.ReserveRun(ctx, id); err != nil {
+	ctx, end := m.StartRun(context.Background(), id)
+	if err := m.ReserveRun(ctx); err != nil {
 		end("failed")
 		return err
 	}
