@@ -3,7 +3,9 @@ package budget
 import "sync/atomic"
 
 // spentHook holds the function told of every grant.
-type spentHook struct{ f atomic.Pointer[func(tenant string, units int)] }
+type spentHook struct {
+	f atomic.Pointer[func(tenant string, units int)]
+}
 
 // OnSpent sets f to hear of every grant: the tenant it was made for and
 // how many requests to Zapier it allows (usage counts the calls each
