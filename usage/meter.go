@@ -119,6 +119,11 @@ type Reservation struct {
 	tenant, user string
 	hour         Hour
 	n            int64
+	// For the threshold events, sent once the call succeeded: whose, the
+	// quota, and the tasks in its window with this reservation.
+	id    gateway.Identity
+	quota Limit
+	used  int64
 }
 
 // QuotaExceeded is the answer to a call past the tenant's quota.
@@ -166,12 +171,23 @@ func (m *Meter) Reserve(ctx context.Context, id gateway.Identity, n int64) (Rese
 		m.threshold(ctx, id, tenant, l, 100, used, now)
 		return Reservation{}, false, QuotaExceeded(l, retryAfter(now, hour, l, per, n))
 	}
+	r.id, r.quota, r.used = id, l, used+n
+	return r, true, nil
+}
+
+// reached sends the threshold events a reservation whose call succeeded
+// reached (each once per period: a later call past a threshold already
+// announced sends nothing). A reservation that fails never announces: the
+// tasks it held are given back.
+func (m *Meter) reached(ctx context.Context, r Reservation) {
+	if r.quota.Off() {
+		return
+	}
 	for _, pct := range []int64{80, 100} {
-		if used*100 < pct*l.Tasks && (used+n)*100 >= pct*l.Tasks {
-			m.threshold(ctx, id, tenant, l, int(pct), used+n, now)
+		if r.used*100 >= pct*r.quota.Tasks {
+			m.threshold(context.WithoutCancel(ctx), r.id, r.tenant, r.quota, int(pct), r.used, m.cfg.Now())
 		}
 	}
-	return r, true, nil
 }
 
 // Release gives a reservation's tasks back.
@@ -292,6 +308,7 @@ func (m *Meter) StartRun(ctx context.Context, id gateway.Identity) (context.Cont
 			metrics.tasks.Add(float64(m.cfg.RunTasks))
 			for _, r := range reserved {
 				m.settle(ctx, r, Counts{ActionRuns: Outcomes{Success: 1}})
+				m.reached(ctx, r)
 			}
 		case "error":
 			metrics.runs.WithLabelValues("error").Inc()
@@ -301,6 +318,9 @@ func (m *Meter) StartRun(ctx context.Context, id gateway.Identity) (context.Cont
 		case "pending":
 			// Still running at Zapier: the task stays counted.
 			metrics.tasks.Add(float64(m.cfg.RunTasks))
+			for _, r := range reserved {
+				m.reached(ctx, r)
+			}
 		default:
 			for _, r := range reserved {
 				m.Release(ctx, r)
@@ -409,6 +429,7 @@ func (m *Meter) ObserveMCP(ctx context.Context, id gateway.Identity, tools int, 
 		metrics.tasks.Add(float64(int64(tools) * m.cfg.MCPTasks))
 		for _, r := range reserved {
 			m.settle(ctx, r, Counts{MCPCalls: Outcomes{Success: 1}})
+			m.reached(ctx, r)
 		}
 		if rest := tools - len(reserved); rest > 0 {
 			m.Count(ctx, id, Counts{Tasks: int64(rest) * m.cfg.MCPTasks, MCPCalls: Outcomes{Success: int64(rest)}})

@@ -225,6 +225,11 @@ func testQuota(t *testing.T, b Backend) {
 			t.Fatal(err)
 		}
 	}
+	mu.Lock()
+	if len(events) != 0 {
+		t.Fatalf("failed runs that reached 80 %% while reserved announced it: %v", events)
+	}
+	mu.Unlock()
 	c.Add(time.Hour) // 11:15
 	if err := run(m, bob, "success"); err != nil {
 		t.Fatal(err) // 4 of 5: 80 %
