@@ -23,7 +23,7 @@ func (l Limit) String() string {
 	if l.Off() {
 		return "off"
 	}
-	return budget.Limit{Requests: int(l.Tasks), Per: l.Period}.String()
+	return strconv.FormatInt(l.Tasks, 10) + "/" + PeriodString(l.Period)
 }
 
 // hours is the window in hourly buckets.
