@@ -88,6 +88,9 @@ func (a *App) provisionUsage(ctx caddy.Context) error {
 	}
 	c := a.Usage
 	if c.Off {
+		if a.budget != nil {
+			a.budget.OnSpent(nil) // the budget outlives a reload: stop counting into an older config's meter
+		}
 		return nil
 	}
 	if c.Retention == 0 {

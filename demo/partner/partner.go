@@ -103,7 +103,7 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 	}
 	// What the page may offer besides Connect and Actions.
 	writeJSON(w, map[string]any{"tenant": sess.Tenant, "user": sess.User, "exp": sess.Expires,
-		"agents": s.mcpEndpoint != "", "events": s.events != nil, "fake_trigger": s.fakeZapier != "", "usage": s.admin != ""})
+		"agents": s.mcpEndpoint != "", "events": s.events != nil, "fake_trigger": s.fakeZapier != "", "show_usage": s.admin != ""})
 }
 
 // identity answers the ingress's forward_auth: the headers of a 2xx answer

@@ -131,7 +131,7 @@
         showRedirectOutcome();
         if (features.agents) startAgents();
         if (features.events) startEvents();
-        if (features.usage) loadUsage();
+        if (features.show_usage) loadUsage();
         return loadConnections();
       });
     }, function () {
@@ -334,7 +334,7 @@
   }
 
   function showResult(run) {
-    if (features.usage && (run.status === "success" || run.status === "error")) loadUsage();
+    if (features.show_usage && (run.status === "success" || run.status === "error")) loadUsage();
     $("result").hidden = false;
     $("run-status").textContent = run.status;
     $("run-output").textContent = JSON.stringify(run, null, 2);
