@@ -92,8 +92,12 @@ func startUsageFleet(t *testing.T, rc *trgReceiver) *fleet {
 	f.fake.RegisterApp(actApp, actAppUUID)
 	f.fake.SetActions(actAppUUID, fakezapier.ActionSpec{Key: "send_message", Delay: -1},
 		fakezapier.ActionSpec{Key: "refused", Delay: -1, Errors: []fakezapier.RunError{{Code: "user", Title: "no such channel"}}})
-	for _, user := range []string{"alice", "bob"} {
+	for _, user := range []string{"alice", "bob", "carol"} {
 		cbSeedConnection(t, f, "org", user)
+	}
+	// Carol's connection no longer works: her runs fail at Zapier.
+	if conns := f.fake.Connections("org", "carol", actAppUUID); len(conns) != 1 || !f.fake.SetConnectionExpired(conns[0].ID, true) {
+		t.Fatalf("carol's connection: %+v", conns)
 	}
 	f.fake.RegisterMCPApp(mcpSlack, "Slack")
 	f.fake.SetMCPRedirectURIs(callback)
@@ -156,6 +160,10 @@ func TestUsageCountedQuotaEnforcedAndExported(t *testing.T) {
 	// A run that ends in error costs nothing: its reserved task is given back.
 	if status, _, body := usageRun(t, s1, "alice", "refused"); status != http.StatusOK || actDecodeRun(t, body).Status != "error" {
 		t.Fatalf("refused run: %d %s", status, body)
+	}
+	// A run Zapier refuses to create fails: its task is given back too.
+	if status, _, body := usageRun(t, s0, "carol", "send_message"); status/100 == 2 {
+		t.Fatalf("carol's run with an expired connection: %d %s", status, body)
 	}
 	// Two successful tool calls (2 tasks each) through both sidecars, and
 	// one that fails (a tool error: nothing).
@@ -244,6 +252,9 @@ func TestUsageCountedQuotaEnforcedAndExported(t *testing.T) {
 	}
 	if bob := s0.usage(t, map[string]any{"tenant": "org", "user": "bob"}); bob.Tasks != 1 || bob.ActionRuns != (usageOutcomes{1, 0}) {
 		t.Fatalf("bob: %+v", bob)
+	}
+	if carol := s0.usage(t, map[string]any{"tenant": "org", "user": "carol"}); carol.Tasks != 0 || carol.ActionRuns != (usageOutcomes{}) || carol.APICalls != 0 {
+		t.Fatalf("carol: %+v", carol)
 	}
 	if none := s0.usage(t, map[string]any{"tenant": "never-seen"}); none.Tasks != 0 || none.APICalls != 0 {
 		t.Fatalf("unknown tenant: %+v", none)
