@@ -39,6 +39,10 @@ type usageReport struct {
 		End   time.Time `json:"end"`
 		Tasks int64     `json:"tasks"`
 	} `json:"buckets"`
+	Users []struct {
+		User  string `json:"user"`
+		Tasks int64  `json:"tasks"`
+	} `json:"users"`
 }
 
 func (s *sidecar) usage(t *testing.T, q map[string]any) usageReport {
@@ -245,6 +249,17 @@ func TestUsageCountedQuotaEnforcedAndExported(t *testing.T) {
 	}
 	if reports[0].APICalls != reports[1].APICalls {
 		t.Fatalf("api_calls differ between sidecars: %d, %d", reports[0].APICalls, reports[1].APICalls)
+	}
+	// Each user's part, by keyed name: alice's 9 tasks and bob's 1; carol spent nothing.
+	parts := []int64{}
+	for _, u := range reports[0].Users {
+		if len(u.User) != 65 || u.User[0] != 'k' || strings.Contains(u.User, "alice") {
+			t.Errorf("a user named %q in the export", u.User)
+		}
+		parts = append(parts, u.Tasks)
+	}
+	if len(parts) != 2 || parts[0]+parts[1] != 10 || (parts[0] != 9 && parts[1] != 9) {
+		t.Fatalf("users' parts: %+v", reports[0].Users)
 	}
 	alice := s1.usage(t, map[string]any{"tenant": "org", "user": "alice", "by": "day"})
 	if alice.User != "alice" || alice.Tasks != 9 || alice.ActionRuns != (usageOutcomes{3, 1}) || len(alice.Buckets) != 1 || alice.Buckets[0].Tasks != 9 {

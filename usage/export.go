@@ -40,6 +40,16 @@ type Report struct {
 	Until  time.Time `json:"until"`
 	Counts
 	Buckets []Bucket `json:"buckets"`
+	// Users is each user's part of a tenant's export, by keyed name (the
+	// gateway never stores a user id in clear); absent when the request
+	// named a user.
+	Users []UserCounts `json:"users,omitempty"`
+}
+
+// UserCounts is one user's part of a tenant's usage.
+type UserCounts struct {
+	User string `json:"user"`
+	Counts
 }
 
 // Export answers q: a tenant never seen answers zeros. A bad query is a
@@ -102,6 +112,16 @@ func (m *Meter) Export(ctx context.Context, q Query) (Report, error) {
 		}
 	}
 	sort.Slice(rep.Buckets, func(i, j int) bool { return rep.Buckets[i].Start.Before(rep.Buckets[j].Start) })
+	if q.User == "" {
+		users, err := m.cfg.Backend.ReadUsers(ctx, tenant, from, to)
+		if err != nil {
+			return Report{}, err
+		}
+		for u, c := range users {
+			rep.Users = append(rep.Users, UserCounts{User: u, Counts: c})
+		}
+		sort.Slice(rep.Users, func(i, j int) bool { return rep.Users[i].User < rep.Users[j].User })
+	}
 	return rep, nil
 }
 

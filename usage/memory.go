@@ -159,6 +159,29 @@ func (m *Memory) Read(_ context.Context, tenant, user string, from, to Hour) (ma
 	return out, nil
 }
 
+// ReadUsers sums each user's part.
+func (m *Memory) ReadUsers(_ context.Context, tenant string, from, to Hour) (map[string]Counts, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]Counts{}
+	for h, b := range m.tenants[tenant] {
+		if h < from || h >= to {
+			continue
+		}
+		for u, c := range b.users {
+			sum := out[u]
+			sum.Add(c)
+			out[u] = sum
+		}
+	}
+	for u, c := range out {
+		if c.IsZero() {
+			delete(out, u)
+		}
+	}
+	return out, nil
+}
+
 // ForgetUsers deletes per-user counts.
 func (m *Memory) ForgetUsers(_ context.Context, tenant, user string) (int, error) {
 	m.mu.Lock()

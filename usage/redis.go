@@ -136,11 +136,11 @@ func escapeGlob(s string) string {
 	return b.String()
 }
 
-// Read returns the non-empty buckets in [from, to).
-func (r *Redis) Read(ctx context.Context, tenant, user string, from, to Hour) (map[Hour]Counts, error) {
+// hashes reads the tenant's hashes of [from, to), by their keys.
+func (r *Redis) hashes(ctx context.Context, tenant string, from, to Hour) (map[string]Hour, []string, []*redis.MapStringStringCmd, error) {
 	keys, err := r.tenantKeys(ctx, tenant)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	var wanted []string
 	for k, h := range keys {
@@ -148,9 +148,8 @@ func (r *Redis) Read(ctx context.Context, tenant, user string, from, to Hour) (m
 			wanted = append(wanted, k)
 		}
 	}
-	out := map[Hour]Counts{}
 	if len(wanted) == 0 {
-		return out, nil
+		return keys, nil, nil, nil
 	}
 	cmds := make([]*redis.MapStringStringCmd, len(wanted))
 	_, err = r.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -159,9 +158,48 @@ func (r *Redis) Read(ctx context.Context, tenant, user string, from, to Hour) (m
 		}
 		return nil
 	})
+	return keys, wanted, cmds, err
+}
+
+// ReadUsers sums each user's fields.
+func (r *Redis) ReadUsers(ctx context.Context, tenant string, from, to Hour) (map[string]Counts, error) {
+	_, _, cmds, err := r.hashes(ctx, tenant, from, to)
 	if err != nil {
 		return nil, err
 	}
+	out := map[string]Counts{}
+	for _, cmd := range cmds {
+		for f, v := range cmd.Val() {
+			user, name, ok := strings.Cut(f, ":")
+			if !ok {
+				continue
+			}
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				continue
+			}
+			var d Counts
+			d.set(name, n)
+			sum := out[user]
+			sum.Add(d)
+			out[user] = sum
+		}
+	}
+	for u, c := range out {
+		if c.IsZero() {
+			delete(out, u)
+		}
+	}
+	return out, nil
+}
+
+// Read returns the non-empty buckets in [from, to).
+func (r *Redis) Read(ctx context.Context, tenant, user string, from, to Hour) (map[Hour]Counts, error) {
+	keys, wanted, cmds, err := r.hashes(ctx, tenant, from, to)
+	if err != nil {
+		return nil, err
+	}
+	out := map[Hour]Counts{}
 	prefix := ""
 	if user != "" {
 		prefix = user + ":"

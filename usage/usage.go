@@ -116,6 +116,9 @@ type Backend interface {
 	// Read returns the non-empty buckets of the tenant (of the user in it,
 	// when user is not "") in [from, to).
 	Read(ctx context.Context, tenant, user string, from, to Hour) (map[Hour]Counts, error)
+	// ReadUsers sums each user's part of the tenant's buckets in
+	// [from, to), by the users' keyed names (non-zero sums only).
+	ReadUsers(ctx context.Context, tenant string, from, to Hour) (map[string]Counts, error)
 	// ForgetUsers deletes the per-user counts of tenant: user's, or every
 	// user's when user is "". The tenant's totals stay. It reports how
 	// many buckets it changed.

@@ -97,7 +97,17 @@ func testCounting(t *testing.T, b Backend) {
 	if len(rep.Buckets) != 0 {
 		t.Fatalf("no by: buckets %v", rep.Buckets)
 	}
-	if a := export(t, m, Query{Tenant: "acme", User: "alice"}); a.Tasks != 3 || a.TriggerEvents != 1 || a.APICalls != 0 || a.User != "alice" {
+	// Each user's part, by keyed name: never the user id.
+	aliceName, _ := names.Name(ctx, alice)
+	bobName, _ := names.Name(ctx, bob)
+	parts := map[string]int64{}
+	for _, u := range rep.Users {
+		parts[u.User] = u.Tasks
+	}
+	if len(rep.Users) != 2 || parts[aliceName] != 3 || parts[bobName] != 2 || !gateway.IsName(rep.Users[0].User) {
+		t.Fatalf("users: %+v", rep.Users)
+	}
+	if a := export(t, m, Query{Tenant: "acme", User: "alice"}); a.Tasks != 3 || a.TriggerEvents != 1 || a.APICalls != 0 || a.User != "alice" || a.Users != nil {
 		t.Fatalf("alice: %+v", a)
 	}
 	if b := export(t, m, Query{Tenant: "acme", User: "bob"}); b.Tasks != 2 || b.MCPCalls.Success != 1 {
