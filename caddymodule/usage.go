@@ -88,6 +88,9 @@ func (a *App) provisionUsage(ctx caddy.Context) error {
 	}
 	c := a.Usage
 	if c.Off {
+		if q := a.Quota; q != nil && (q.Tasks != "" || len(q.Tenants) > 0) {
+			return errors.New("zapier: quota needs usage counting: remove usage off, or the quota")
+		}
 		if a.budget != nil {
 			a.budget.OnSpent(nil) // the budget outlives a reload: stop counting into an older config's meter
 		}
