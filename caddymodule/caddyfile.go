@@ -142,7 +142,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "api_budget":
 			err = a.parseAPIBudget(d)
 		case "usage", "quota": // usage.go
-			err = a.parseUsageOption(d)
+			err = a.parseUsage(d)
 		case "rate_limit": // ratelimit.go
 			a.RateLimit = new(RateLimitConfig)
 			err = a.RateLimit.unmarshalCaddyfile(d)

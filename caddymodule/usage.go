@@ -330,7 +330,7 @@ func (a *App) usageStatus(ctx context.Context) *usage.Status {
 	return &st
 }
 
-// parseUsageOption reads the usage and quota options:
+// parseUsage reads the usage and quota options:
 //
 //	usage off
 //	usage {
@@ -342,7 +342,7 @@ func (a *App) usageStatus(ctx context.Context) *usage.Status {
 //		tasks  <n>/<period>
 //		tenant <id> <n>/<period>
 //	}
-func (a *App) parseUsageOption(d *caddyfile.Dispenser) error {
+func (a *App) parseUsage(d *caddyfile.Dispenser) error {
 	if d.Val() == "quota" {
 		return a.parseQuota(d)
 	}
