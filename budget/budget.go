@@ -120,6 +120,7 @@ type LimitState struct {
 type Budget struct {
 	cfg   Config
 	clock Clock
+	spent spentHook // spent.go
 
 	mu      sync.Mutex
 	perIP   *window // nil when off
@@ -248,6 +249,10 @@ func (b *Budget) Acquire(ctx context.Context, tenant string) error {
 // nil when the requests may go, an *ExhaustedError when they may not, or
 // ctx's error when the caller went away while queued (its place is freed).
 func (b *Budget) AcquireRequest(ctx context.Context, req Request) error {
+	return b.reportSpent(req, b.acquire(ctx, req))
+}
+
+func (b *Budget) acquire(ctx context.Context, req Request) error {
 	w, err := b.admit(req)
 	if w == nil {
 		return err

@@ -460,3 +460,26 @@ func TestBurstPacesTheRest(t *testing.T) {
 	}
 	exhausted(t, b.Acquire(context.Background(), "t"), ShedQueueFull)
 }
+
+// OnSpent hears of every grant with its tenant and units, and of no refusal.
+func TestOnSpentHearsGrants(t *testing.T) {
+	b, err := New(Config{PerIP: Limit{Requests: 3, Per: time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got := map[string]int{}
+	b.OnSpent(func(tenant string, units int) { got[tenant] += units })
+	if err := b.AcquireRequest(context.Background(), Request{Tenant: "a", Units: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Acquire(context.Background(), "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Acquire(context.Background(), "a"); err == nil {
+		t.Fatal("a fourth request in a window of 3 was granted")
+	}
+	if got["a"] != 2 || got["b"] != 1 {
+		t.Fatalf("spent %v", got)
+	}
+}

@@ -148,6 +148,9 @@ func (h *Actions) provision(bg context.Context, app *App, storage certmagic.Stor
 	cfg.ObserveRun = func(o actions.Outcome) { app.metrics.ObserveActionRun(o) }
 	cfg.ObserveCallback = func(outcome string) { metrics.RunCallbacks.WithLabelValues(outcome).Inc() }
 	cfg.TraceRun = traceActionRun
+	if app.meter != nil {
+		app.meter.MeterActions(&cfg) // usage counting and quota
+	}
 	handler, err := actions.NewHandler(cfg)
 	if err != nil {
 		return fmt.Errorf("zapier_actions: %w", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/zapgate/caddy-zapier/internal/version"
 	"github.com/zapgate/caddy-zapier/jwks"
 	"github.com/zapgate/caddy-zapier/tokencache"
+	"github.com/zapgate/caddy-zapier/usage"
 )
 
 func init() {
@@ -87,6 +88,8 @@ type Status struct {
 	APIBreaker string `json:"api_breaker"`
 	// Budget is the request budget in front of the API; absent when off.
 	Budget *BudgetStatus `json:"api_budget,omitempty"`
+	// Usage is usage counting and the quotas' state; absent when off (usage.go).
+	Usage *usage.Status `json:"usage,omitempty"`
 }
 
 // CacheStatus describes the access token cache.
@@ -118,6 +121,7 @@ func (a *adminAPI) handleStatus(w http.ResponseWriter, r *http.Request) error {
 		Breaker:    app.tokens.Breaker.State(),
 		APIBreaker: app.tokens.APIBreaker.State(),
 		Budget:     app.budgetStatus(),
+		Usage:      app.usageStatus(r.Context()),
 	})
 }
 

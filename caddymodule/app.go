@@ -127,6 +127,9 @@ type App struct {
 	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
 	// The billing and rate_limit claims of zapier_actions' tokens (claims.go).
 	Claims *actionclaims.Config `json:"claims,omitempty"`
+	// Usage counting and the tenants' task quotas (usage.go).
+	Usage *UsageConfig `json:"usage,omitempty"`
+	Quota *QuotaConfig `json:"quota,omitempty"`
 
 	clientSecret string // resolved; never logged
 	trusted      []netip.Prefix
@@ -149,6 +152,7 @@ type App struct {
 	budgetKey string
 	limits    *endUserLimits  // ratelimit.go
 	policy    *gateway.Policy // every end-user route's (routes.go)
+	meter     *usageMeter     // nil with usage off (usage.go)
 
 	claimsPolicy *actionclaims.Policy // nil: no claims (claims.go)
 
@@ -296,6 +300,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if err := a.provisionBudget(ctx); err != nil {
+		return err
+	}
+	if err := a.provisionUsage(ctx); err != nil {
 		return err
 	}
 

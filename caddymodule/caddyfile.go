@@ -143,6 +143,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = a.Cache.unmarshalCaddyfile(d)
 		case "api_budget":
 			err = a.parseAPIBudget(d)
+		case "usage", "quota": // usage.go
+			err = a.parseUsage(d)
 		case "rate_limit": // ratelimit.go
 			a.RateLimit = new(RateLimitConfig)
 			err = a.RateLimit.unmarshalCaddyfile(d)

@@ -22,7 +22,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "zapier",
-		Usage: "status|rotate|keys revoke|purge|forget|deliveries|webhooks [--address <admin>] [--config <path> [--adapter <name>]]",
+		Usage: "status|rotate|keys revoke|purge|forget|deliveries|webhooks|usage [--address <admin>] [--config <path> [--adapter <name>]]",
 		Short: "Shows and operates the zapier app of a running Caddy",
 		Long: `
 Calls the zapier routes of a running Caddy's admin API:
@@ -36,6 +36,8 @@ Calls the zapier routes of a running Caddy's admin API:
                                              tokens on every gateway, pending flows and runs
   caddy zapier deliveries [--replay ID]      trigger events the partner never accepted; replay one
   caddy zapier webhooks register|list|test|delete   connection-webhook registrations at Zapier
+  caddy zapier usage --tenant T [--user U] [--since …] [--until …] [--by hour|day|month] [--format json|csv]
+                                             a tenant's usage in Zapier's units, to bill from
 
 The admin address is --address, else the one in --config, else ` + caddy.DefaultAdminListen + `.
 No command ever prints a token. The exit status is non-zero when the call failed.`,
@@ -102,7 +104,7 @@ it was signing, and purges every cached access token, the Redis tier's too.`,
 				RunE: caddycmd.WrapCommandFuncForCobra(cmdZapierRevoke),
 			})
 
-			cmd.AddCommand(status, rotate, keys, purge, forget, deliveriesCommand(), webhooksCommand()) // triggers_admin.go, triggers_webhooks_cmd.go
+			cmd.AddCommand(status, rotate, keys, purge, forget, deliveriesCommand(), webhooksCommand(), usageCommand()) // triggers_admin.go, triggers_webhooks_cmd.go, usage.go
 		},
 	})
 }

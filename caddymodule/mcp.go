@@ -189,6 +189,9 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 	cfg.StateTTL, cfg.ReturnOrigins = time.Duration(h.StateTTL), app.ReturnOrigins
 	cfg.Transport, cfg.Logger, cfg.Observe = mcpTransport, logger, h.observe
 	cfg.Authorized = func(o mcpgateway.AuthOutcome) { metrics.MCP.Authorizations.WithLabelValues(string(o)).Inc() }
+	if app.meter != nil {
+		app.meter.MeterMCP(&cfg) // usage counting and quota
+	}
 	handler, err := mcpgateway.NewHandler(cfg)
 	if err != nil {
 		return fmt.Errorf("zapier_mcp: %w", err)
@@ -208,7 +211,7 @@ var mcpTransport = mcpgateway.NewTransport()
 // ServeHTTP delegates to the handler; what it leaves unanswered (internal
 // failures, callers gone) Caddy logs and answers.
 func (h *MCP) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	return caddyError(h.handler.Serve(w, r))
+	return caddyError(h.handler.Serve(w, withUsageTickets(r)))
 }
 
 // shareToolCallCap makes tool_calls_per_minute one window per user for

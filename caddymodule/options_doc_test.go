@@ -47,6 +47,8 @@ var caddyfileParsers = map[string]string{
 	"parseBillingClaim":   "zapier",
 	"parseRateLimitClaim": "zapier",
 
+	"parseUsage":      "zapier",
+	"parseQuota":      "zapier",
 	"Auth":            "http.handlers.zapier_auth",
 	"JWKS":            "http.handlers.zapier_jwks",
 	"Connect":         "http.handlers.zapier_connect",

@@ -206,7 +206,7 @@ func newPooledTriggers(opts *triggers.Options, app *App, storage certmagic.Stora
 			}
 			return k.NamesKey(), nil
 		}),
-		Observer: metrics.TriggerObserver{}, Logger: logger,
+		Observer: usageTriggerObserver{app: &p.app}, Logger: logger,
 	})
 	if err != nil {
 		return nil, err

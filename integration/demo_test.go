@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,6 +65,7 @@ func startDemo(t *testing.T) *demoApp {
 	if err := p.EnableEvents(secret); err != nil {
 		t.Fatal(err)
 	}
+	p.EnableUsage(adminAddr)
 	backend := httptest.NewServer(p)
 	t.Cleanup(backend.Close)
 
@@ -92,7 +94,7 @@ func startDemo(t *testing.T) *demoApp {
 	origin := fmt.Sprintf("http://localhost:%d", demoPort)
 	mcpCallback := origin + "/zapier/mcp/callback"
 	g := startGateway(t, gatewayOptions{
-		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s", origin, origin),
+		zapierExtra: fmt.Sprintf("callback_url %s/zapier/connect/callback\n\t\treturn_origins %s\n\t\tquota {\n\t\t\ttasks 100/720h\n\t\t}", origin, origin),
 		siteExtra: "handle_path /zapier/connect/* {\n\t\tzapier_connect\n\t}\n\thandle_path /zapier/actions/* {\n\t\tzapier_actions\n\t}\n" +
 			"\thandle_path /zapier/mcp/* {\n\t\tzapier_mcp {\n\t\t\tcallback_url " + mcpCallback + "\n\t\t}\n\t}\n" +
 			fmt.Sprintf("\thandle /zapier/openapi.* {\n\t\tzapier_openapi {\n\t\t\tserver_url http://localhost:%d\n\t\t}\n\t}", gatewayPort),
@@ -228,6 +230,17 @@ func TestDemoPartnerPageEndToEnd(t *testing.T) {
 	}
 	b.screenshot("connected")
 
+	// The tenant's tasks this month and its quota (issue #27), from the
+	// gateway's admin API through the partner backend.
+	b.until("the tenant's usage", `document.getElementById("usage-tasks").textContent !== ""`)
+	if quota := b.eval(`document.getElementById("usage-quota").textContent`); quota != "100 per 720h" {
+		t.Errorf("the page shows the quota %q", quota)
+	}
+	tasksBefore, err := strconv.Atoi(b.eval(`document.getElementById("usage-tasks").textContent`))
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	// Run Slack's send_message from the form of its input fields.
 	runs := fake.ActionStats().RunsCreated
 	b.do(chromedp.Click(chromedp.CSS(appCard(demoSlack)+" .show-actions")),
@@ -257,6 +270,8 @@ func TestDemoPartnerPageEndToEnd(t *testing.T) {
 	if n := fake.ActionStats().RunsCreated - runs; n != 1 {
 		t.Errorf("one click made %d runs", n)
 	}
+	// The run is one more task this month on the page.
+	b.until("the run counted on the page", fmt.Sprintf(`document.getElementById("usage-tasks").textContent === "%d"`, tasksBefore+1))
 	png := b.screenshot("run")
 	if os.Getenv("DEMO_UPDATE_SCREENSHOT") != "" { // refreshes the README's picture
 		if err := os.WriteFile(filepath.Join("..", "docs", "img", "demo.png"), png, 0o644); err != nil {

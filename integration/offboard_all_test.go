@@ -186,7 +186,7 @@ func TestForgetReachesEveryStore(t *testing.T) {
 		t.Fatalf("forget: %s", raw)
 	}
 	for _, store := range []string{"connections", "connect_states", "runs", "idempotency", "stored_actions", "mcp_authorizations", "mcp_sessions", "mcp_links",
-		"trigger_subscriptions", "trigger_dead_letters", "tokens"} {
+		"trigger_subscriptions", "trigger_dead_letters", "usage", "tokens"} {
 		if !strings.Contains(string(raw), `"store":"`+store+`"`) {
 			t.Errorf("the report does not list the %s store: %s", store, raw)
 		}

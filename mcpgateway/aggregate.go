@@ -16,6 +16,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/zapgate/caddy-zapier/gateway"
 )
 
 // DefaultListTTL is how long a user's aggregated tool list is reused.
@@ -362,7 +364,7 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 		errResult := func(msg string) *mcp.CallToolResult {
 			return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: msg}}}
 		}
-		call := Call{App: route.app, RPCMethod: "tools/call", Tool: route.tool, Arguments: req.Params.Arguments}
+		call := Call{App: route.app, RPCMethod: "tools/call", Tool: route.tool, Arguments: req.Params.Arguments, Tools: 1}
 		// Refusals are observed too, as on the per-app routes.
 		refuse := func(err error, msg string) (*mcp.CallToolResult, error) {
 			call.Err, call.Duration = err, time.Since(start)
@@ -392,6 +394,9 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 			u.mu.Unlock()
 		}
 		if err := u.a.Limit.Allow(ctx, u.id); err != nil {
+			if ge := (*gateway.Error)(nil); errors.As(err, &ge) {
+				return refuse(err, ge.Code+": "+ge.Message) // the tenant's quota
+			}
 			return refuse(err, "mcp_tool_call_limit: the user's cap on tool calls per minute is reached; retry later")
 		}
 		res, err := u.callUpstream(ctx, req, route)

@@ -31,6 +31,10 @@ type CallLimiter struct {
 	// Shared, if set, decides; while it fails (Redis away) this gateway's
 	// own bucket does, so calls go on at no more than the cap per gateway.
 	Shared SharedWindow
+	// Quota, if set, is asked after the cap let a call through (the
+	// tenant's task quota reserves the call's tasks); its error refuses
+	// the call and is answered as it is (a *gateway.Error).
+	Quota func(ctx context.Context, id Identity) error
 
 	mu      sync.Mutex
 	buckets map[Identity]*bucket
@@ -43,11 +47,25 @@ type bucket struct {
 
 const maxLimiterEntries = 100000
 
-func (l *CallLimiter) active() bool { return l != nil && l.PerMinute > 0 }
+func (l *CallLimiter) active() bool { return l != nil && (l.PerMinute > 0 || l.Quota != nil) }
 
-// Allow takes one call for id, or returns a *LimitError.
+// Allow takes one call for id, or returns a *LimitError (or Quota's
+// refusal).
 func (l *CallLimiter) Allow(ctx context.Context, id Identity) error {
-	if l == nil || l.PerMinute <= 0 {
+	if l == nil {
+		return nil
+	}
+	if err := l.allowRate(ctx, id); err != nil {
+		return err
+	}
+	if l.Quota != nil {
+		return l.Quota(ctx, id)
+	}
+	return nil
+}
+
+func (l *CallLimiter) allowRate(ctx context.Context, id Identity) error {
+	if l.PerMinute <= 0 {
 		return nil
 	}
 	if l.Shared != nil {

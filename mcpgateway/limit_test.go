@@ -71,3 +71,35 @@ func TestCallLimiterShared(t *testing.T) {
 		t.Fatal("the local bucket let a third call through")
 	}
 }
+
+// Quota is asked for every call the cap lets through, also without a cap,
+// and its refusal is the call's.
+func TestCallLimiterAsksQuota(t *testing.T) {
+	refuse := errors.New("quota")
+	asked := 0
+	l := &CallLimiter{Quota: func(_ context.Context, id Identity) error {
+		asked++
+		if asked > 2 {
+			return refuse
+		}
+		return nil
+	}}
+	if !l.active() {
+		t.Fatal("a quota alone does not make the limiter check bodies")
+	}
+	id := Identity{Tenant: "t", User: "u"}
+	for range 2 {
+		if err := l.Allow(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Allow(context.Background(), id); !errors.Is(err, refuse) {
+		t.Fatalf("third call: %v", err)
+	}
+	capped := &CallLimiter{PerMinute: 1, Quota: func(context.Context, Identity) error { asked = 100; return nil }}
+	_ = capped.Allow(context.Background(), id)
+	asked = 0
+	if err := capped.Allow(context.Background(), id); err == nil || asked != 0 {
+		t.Fatalf("a call over the cap reached the quota: %v, asked %d", err, asked)
+	}
+}

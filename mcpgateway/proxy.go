@@ -36,6 +36,7 @@ type Call struct {
 	App       string
 	RPCMethod string // the JSON-RPC method of a single request ("" otherwise)
 	Tool      string // for tools/call
+	Tools     int    // tools/call messages in the request (a batch may hold several)
 	Arguments json.RawMessage
 	Status    int           // upstream status (0 when none)
 	ToolError bool          // a tools/call result said isError: true
@@ -214,7 +215,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	if rpc.duplicate && checking {
 		return ErrDuplicateMember
 	}
-	call.RPCMethod, call.Tool, call.Arguments = rpc.method, rpc.tool, rpc.arguments
+	call.RPCMethod, call.Tool, call.Arguments, call.Tools = rpc.method, rpc.tool, rpc.arguments, len(rpc.tools)
 	for _, tool := range rpc.tools {
 		if p.Policy != nil && !p.Policy(id, app, tool) {
 			return ErrToolDenied

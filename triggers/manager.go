@@ -115,6 +115,12 @@ type Observer interface {
 	Lease(outcome string)
 }
 
+// DeliveryObserver is an Observer that also hears whose event was
+// delivered (usage counts trigger events per tenant and user).
+type DeliveryObserver interface {
+	Delivered(id Identity)
+}
+
 type nopObserver struct{}
 
 func (nopObserver) Delivery(string, time.Duration) {}
@@ -745,6 +751,9 @@ func (m *Manager) deliverLease(ctx context.Context, key string, rec Record, leas
 		attempts, err := m.deliver(ctx, key, msg.ID, body)
 		if err == nil {
 			m.ack(ctx, id, rec.InboxID, leaseID, msg.ID)
+			if o, ok := m.cfg.Observer.(DeliveryObserver); ok {
+				o.Delivered(id)
+			}
 			m.update(key, func(st *subState) {
 				now := m.cfg.Now().UTC()
 				st.counts.Delivered++

@@ -743,3 +743,33 @@ func TestGatewayKilledHoldingTheDrainLockIsTakenOver(t *testing.T) {
 		t.Fatalf("after redelivery: %+v", msgs)
 	}
 }
+
+// deliveredObserver is a DeliveryObserver: it counts the events delivered
+// per identity (usage counts them per tenant and user).
+type deliveredObserver struct {
+	nopObserver
+	mu  sync.Mutex
+	per map[Identity]int
+}
+
+func (o *deliveredObserver) Delivered(id Identity) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.per[id]++
+}
+
+func TestDeliveryObserverHearsEachDeliveredEvent(t *testing.T) {
+	o := &deliveredObserver{per: map[Identity]int{}}
+	e := newEnv(t, func(c *Config) { c.Observer = o })
+	v := e.subscribe("s1")
+	e.inject(v.InboxID, 3)
+	e.drain("s1")
+	if got := len(e.recv.all()); got != 3 {
+		t.Fatalf("delivered %d", got)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.per[e.id] != 3 || len(o.per) != 1 {
+		t.Fatalf("observed %v, want 3 for %v", o.per, e.id)
+	}
+}

@@ -40,7 +40,8 @@ var validID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 //	                      the browser here.
 //
 // EnableAgents (agents.go), EnableEvents and EnableFakeTrigger (events.go)
-// add the routes of the AI agents and the events parts of the page.
+// add the routes of the AI agents and the events parts of the page;
+// EnableUsage (usage.go) the tenant's tasks this month and its quota.
 type Server struct {
 	key []byte // HMAC-SHA256 key of the session cookies
 	now func() time.Time
@@ -49,6 +50,7 @@ type Server struct {
 	mcpEndpoint string  // the gateway's aggregate MCP endpoint (EnableAgents)
 	events      *events // the deliveries received (EnableEvents)
 	fakeZapier  string  // the fake Zapier with -demo-hooks (EnableFakeTrigger)
+	admin       string  // Caddy's admin API, for the tenant's usage (EnableUsage)
 }
 
 // New returns the backend; key signs its session cookies (32 random bytes).
@@ -101,7 +103,7 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 	}
 	// What the page may offer besides Connect and Actions.
 	writeJSON(w, map[string]any{"tenant": sess.Tenant, "user": sess.User, "exp": sess.Expires,
-		"agents": s.mcpEndpoint != "", "events": s.events != nil, "fake_trigger": s.fakeZapier != ""})
+		"agents": s.mcpEndpoint != "", "events": s.events != nil, "fake_trigger": s.fakeZapier != "", "show_usage": s.admin != ""})
 }
 
 // identity answers the ingress's forward_auth: the headers of a 2xx answer

@@ -2,6 +2,7 @@ package partner
 
 import (
 	"encoding/base64"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -120,5 +121,41 @@ func TestLogoutClearsTheCookie(t *testing.T) {
 	cookies := rec.Result().Cookies()
 	if rec.Code != http.StatusSeeOther || len(cookies) != 1 || cookies[0].MaxAge >= 0 || cookies[0].Value != "" {
 		t.Errorf("logout: %d %+v", rec.Code, cookies)
+	}
+}
+
+// The tenant's usage comes from the gateway's admin API: this month's
+// tasks and the tenant's quota (its own, else every tenant's).
+func TestUsageAsksTheAdminAPI(t *testing.T) {
+	var asked []string
+	admin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		asked = append(asked, r.Method+" "+r.URL.Path+" "+string(body))
+		switch r.URL.Path {
+		case "/zapier/usage":
+			_, _ = w.Write([]byte(`{"tenant":"org_acme","tasks":7}`))
+		case "/zapier/status":
+			_, _ = w.Write([]byte(`{"usage":{"default_quota":"1000/720h","tenants":[{"tenant":"org_acme","quota":"50/24h"}]}}`))
+		}
+	}))
+	defer admin.Close()
+	s := New(testKey)
+	s.now = func() time.Time { return time.Date(2026, 7, 19, 10, 0, 0, 0, time.UTC) }
+	s.EnableUsage(admin.URL)
+	c := login(t, s, "org_acme", "alice")
+	req := httptest.NewRequest(http.MethodGet, "/partner/usage", nil)
+	req.AddCookie(c)
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"quota":"50/24h"`) || !strings.Contains(rec.Body.String(), `"tasks":7`) {
+		t.Fatalf("usage = %d %s", rec.Code, rec.Body)
+	}
+	if len(asked) != 2 || asked[0] != `POST /zapier/usage {"since":"2026-07-01T00:00:00Z","tenant":"org_acme"}` {
+		t.Fatalf("asked %q", asked)
+	}
+	rec = httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/partner/usage", nil))
+	if rec.Code != http.StatusUnauthorized {
+		t.Fatalf("without a session: %d", rec.Code)
 	}
 }

@@ -131,6 +131,7 @@
         showRedirectOutcome();
         if (features.agents) startAgents();
         if (features.events) startEvents();
+        if (features.show_usage) loadUsage();
         return loadConnections();
       });
     }, function () {
@@ -333,9 +334,22 @@
   }
 
   function showResult(run) {
+    if (features.show_usage && (run.status === "success" || run.status === "error")) loadUsage();
     $("result").hidden = false;
     $("run-status").textContent = run.status;
     $("run-output").textContent = JSON.stringify(run, null, 2);
+  }
+
+  // --- Usage ------------------------------------------------------------------
+
+  // loadUsage shows the tenant's Zapier tasks this month and its quota, as
+  // the partner backend reads them from the gateway's admin API.
+  function loadUsage() {
+    api("GET", "/partner/usage", undefined, true).then(function (res) {
+      $("usage-tasks").textContent = String(res.data.tasks);
+      $("usage-quota").textContent = res.data.quota === "off" ? "none" : res.data.quota.replace("/", " per ");
+      $("usage").hidden = false;
+    }).catch(function () { $("usage").hidden = true; });
   }
 
   // --- AI agents -------------------------------------------------------------

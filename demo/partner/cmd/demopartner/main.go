@@ -19,6 +19,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8082", "address to listen on (loopback: only the ingress and the gateway call it)")
 	gateway := flag.String("gateway", "http://127.0.0.1:8081", "the gateway, whose /zapier/mcp/ the agent speaks MCP to; empty: no AI agents")
 	secretEnv := flag.String("events-secret-env", "ZAPIER_EVENTS_SECRET", "environment variable with zapier_triggers' signing_secret (whsec_…); unset: no events")
+	admin := flag.String("admin", "http://localhost:2019", "Caddy's admin API, for the tenant's usage on the page; empty: not shown")
 	fake := flag.String("fake-zapier", "", "the fake Zapier with -demo-hooks, for the page's \"fire a trigger\" button; empty: no button")
 	flag.Parse()
 	// A fresh key each start: restarting the demo logs everyone out, and
@@ -35,6 +36,9 @@ func main() {
 		if err := p.EnableEvents(secret); err != nil {
 			log.Fatalf("%s: %v", *secretEnv, err)
 		}
+	}
+	if *admin != "" {
+		p.EnableUsage(*admin)
 	}
 	if *fake != "" {
 		p.EnableFakeTrigger(*fake)
