@@ -31,6 +31,8 @@ type Tokens struct {
 	// Margin: a token expiring within it is refreshed before use.
 	margin time.Duration
 
+	cache *recordCache // nil: every use reads the storage (EnableCache)
+
 	mu    sync.Mutex
 	locks map[string]*keyLock
 	stats struct {
@@ -66,8 +68,19 @@ func (t *Tokens) usable(rec *Record) bool {
 	return rec.Expiry.IsZero() || t.now().Add(t.margin).Before(rec.Expiry)
 }
 
-// Current returns the record to use now, refreshing an expired token first.
+// Current returns the record to use now, refreshing an expired token
+// first. The record must not be modified (it may be the cache's).
 func (t *Tokens) Current(ctx context.Context, id Identity, app string) (*Record, error) {
+	var key string
+	var gen uint64
+	if c := t.cache; c != nil {
+		key = t.store.storageKey(id, app)
+		var rec *Record
+		if rec, gen = c.get(key, t.now()); rec != nil && t.usable(rec) {
+			return rec, nil
+		}
+		c.loads.Add(1)
+	}
 	rec, err := t.store.Get(ctx, id, app)
 	if err != nil {
 		return nil, err
@@ -77,6 +90,8 @@ func (t *Tokens) Current(ctx context.Context, id Identity, app string) (*Record,
 	}
 	if rec.Owner == "" && t.store.Owners != nil {
 		t.migrateOwner(ctx, id, app)
+	} else if t.cache != nil {
+		t.cache.putIfCurrent(key, rec, gen, t.now())
 	}
 	if t.usable(rec) {
 		return rec, nil
@@ -94,7 +109,9 @@ func (t *Tokens) migrateOwner(ctx context.Context, id Identity, app string) {
 	}
 	defer unlock()
 	if rec, err := t.store.Get(ctx, id, app); err == nil && rec != nil && rec.Owner == "" {
-		_ = t.store.Put(ctx, id, rec)
+		if t.store.Put(ctx, id, rec) == nil {
+			t.changed(ctx, t.store.storageKey(id, app), rec)
+		}
 	}
 }
 
@@ -115,11 +132,16 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 	if rec == nil {
 		return nil, ErrAuthorizationRequired
 	}
+	key := t.store.storageKey(id, app)
 	if rec.AccessToken != stale && t.usable(rec) {
-		return rec, nil // refreshed meanwhile
+		if t.cache != nil {
+			t.cache.set(key, rec, t.now()) // refreshed meanwhile (perhaps by another gateway)
+		}
+		return rec, nil
 	}
 	if rec.RefreshToken == "" {
 		_, _ = t.store.Delete(context.WithoutCancel(ctx), id, app)
+		t.changed(ctx, key, nil)
 		return nil, ErrAuthorizationRequired
 	}
 	t.stats.Lock()
@@ -131,6 +153,7 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 	next, err := t.refresh(context.WithoutCancel(ctx), id, *rec)
 	if errors.Is(err, ErrAuthorizationRequired) {
 		_, _ = t.store.Delete(context.WithoutCancel(ctx), id, app)
+		t.changed(ctx, key, nil)
 		return nil, ErrAuthorizationRequired
 	}
 	if err != nil {
@@ -141,8 +164,10 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 	}
 	next.App, next.Created, next.Updated = rec.App, rec.Created, t.now()
 	if err := t.store.Put(context.WithoutCancel(ctx), id, &next); err != nil {
+		t.changed(ctx, key, nil) // what the storage holds is unknown now
 		return nil, err
 	}
+	t.changed(ctx, key, &next)
 	return &next, nil
 }
 
@@ -153,7 +178,10 @@ func (t *Tokens) Forget(ctx context.Context, id Identity, app string) (bool, err
 		return false, err
 	}
 	defer unlock()
-	return t.store.Delete(ctx, id, app)
+	found, err := t.store.Delete(ctx, id, app)
+	// Even when it failed: the record may be gone.
+	t.changed(ctx, t.store.storageKey(id, app), nil)
+	return found, err
 }
 
 // Save stores a newly authorized record under the key's lock.
@@ -163,7 +191,13 @@ func (t *Tokens) Save(ctx context.Context, id Identity, rec *Record) error {
 		return err
 	}
 	defer unlock()
-	return t.store.Put(ctx, id, rec)
+	if err := t.store.Put(ctx, id, rec); err != nil {
+		t.changed(ctx, t.store.storageKey(id, rec.App), nil)
+		return err
+	}
+	saved := *rec // the caller keeps rec
+	t.changed(ctx, t.store.storageKey(id, rec.App), &saved)
+	return nil
 }
 
 // lock takes (id, app)'s lock: in this process, then in the storage when
