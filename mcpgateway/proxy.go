@@ -294,14 +294,18 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	}
 }
 
-// copyResponse writes the upstream answer through, flushing after every
-// read so SSE events reach the client as they come, with the server's own
+// copyBuffers are copyResponse's read buffers, reused across requests.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyResponse writes the upstream answer through, with the server's own
 // write deadline replaced by one per write (writeTimeout from each write's
 // start): a long stream lives, a client that stops reading does not hold
-// the upstream response. insp, when set, sees every byte
-// and decides what goes on when; when it fails (a tools/list response it
-// cannot filter) the response is cut rather than passed unfiltered, and
-// that error is returned (not the client's going away).
+// the upstream response. An SSE stream is flushed after every read, so
+// events reach the client as they come; another answer (one JSON
+// document) is flushed once, when it ended. insp, when set, sees every
+// byte and decides what goes on when; when it fails (a tools/list response
+// it cannot filter) the response is cut rather than passed unfiltered,
+// and that error is returned (not the client's going away).
 func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInspector, writeTimeout time.Duration) error {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -313,14 +317,23 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInsp
 	}
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(resp.StatusCode)
-	_ = rc.Flush()
+	stream := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") || resp.Request != nil && resp.Request.Method == http.MethodGet
+	flush := func() error {
+		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+		return nil
+	}
+	if stream {
+		_ = flush()
+	}
 	write := func(p []byte) error {
 		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := w.Write(p); err != nil {
 			return err
 		}
-		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
+		if stream {
+			return flush()
 		}
 		return nil
 	}
@@ -331,7 +344,9 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInsp
 			return clientErr
 		}
 	}
-	buf := make([]byte, 32<<10)
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	buf := *bufp
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
@@ -352,6 +367,9 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInsp
 			}
 		}
 		if err != nil {
+			if !stream && errors.Is(err, io.EOF) {
+				_ = flush()
+			}
 			return nil
 		}
 	}
