@@ -71,12 +71,10 @@ func (t *Tokens) usable(rec *Record) bool {
 // Current returns the record to use now, refreshing an expired token
 // first. The record must not be modified (it may be the cache's).
 func (t *Tokens) Current(ctx context.Context, id Identity, app string) (*Record, error) {
-	var key string
 	var gen uint64
 	if c := t.cache; c != nil {
-		key = t.store.storageKey(id, app)
 		var rec *Record
-		if rec, gen = c.get(key, t.now()); rec != nil && t.usable(rec) {
+		if rec, gen = c.get(cacheKey{id, app}, t.now()); rec != nil && t.usable(rec) {
 			return rec, nil
 		}
 		c.loads.Add(1)
@@ -91,7 +89,7 @@ func (t *Tokens) Current(ctx context.Context, id Identity, app string) (*Record,
 	if rec.Owner == "" && t.store.Owners != nil {
 		t.migrateOwner(ctx, id, app)
 	} else if t.cache != nil {
-		t.cache.putIfCurrent(key, rec, gen, t.now())
+		t.cache.putIfCurrent(cacheKey{id, app}, t.store.storageKey(id, app), rec, gen, t.now())
 	}
 	if t.usable(rec) {
 		return rec, nil
@@ -110,7 +108,7 @@ func (t *Tokens) migrateOwner(ctx context.Context, id Identity, app string) {
 	defer unlock()
 	if rec, err := t.store.Get(ctx, id, app); err == nil && rec != nil && rec.Owner == "" {
 		if t.store.Put(ctx, id, rec) == nil {
-			t.changed(ctx, t.store.storageKey(id, app), rec)
+			t.changed(ctx, id, app, rec)
 		}
 	}
 }
@@ -132,16 +130,15 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 	if rec == nil {
 		return nil, ErrAuthorizationRequired
 	}
-	key := t.store.storageKey(id, app)
 	if rec.AccessToken != stale && t.usable(rec) {
-		if t.cache != nil {
-			t.cache.set(key, rec, t.now()) // refreshed meanwhile (perhaps by another gateway)
+		if t.cache != nil { // refreshed meanwhile (perhaps by another gateway)
+			t.cache.set(cacheKey{id, app}, t.store.storageKey(id, app), rec, t.now())
 		}
 		return rec, nil
 	}
 	if rec.RefreshToken == "" {
 		_, _ = t.store.Delete(context.WithoutCancel(ctx), id, app)
-		t.changed(ctx, key, nil)
+		t.changed(ctx, id, app, nil)
 		return nil, ErrAuthorizationRequired
 	}
 	t.stats.Lock()
@@ -153,7 +150,7 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 	next, err := t.refresh(context.WithoutCancel(ctx), id, *rec)
 	if errors.Is(err, ErrAuthorizationRequired) {
 		_, _ = t.store.Delete(context.WithoutCancel(ctx), id, app)
-		t.changed(ctx, key, nil)
+		t.changed(ctx, id, app, nil)
 		return nil, ErrAuthorizationRequired
 	}
 	if err != nil {
@@ -164,10 +161,10 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 	}
 	next.App, next.Created, next.Updated = rec.App, rec.Created, t.now()
 	if err := t.store.Put(context.WithoutCancel(ctx), id, &next); err != nil {
-		t.changed(ctx, key, nil) // what the storage holds is unknown now
+		t.changed(ctx, id, app, nil) // what the storage holds is unknown now
 		return nil, err
 	}
-	t.changed(ctx, key, &next)
+	t.changed(ctx, id, app, &next)
 	return &next, nil
 }
 
@@ -180,7 +177,7 @@ func (t *Tokens) Forget(ctx context.Context, id Identity, app string) (bool, err
 	defer unlock()
 	found, err := t.store.Delete(ctx, id, app)
 	// Even when it failed: the record may be gone.
-	t.changed(ctx, t.store.storageKey(id, app), nil)
+	t.changed(ctx, id, app, nil)
 	return found, err
 }
 
@@ -192,11 +189,11 @@ func (t *Tokens) Save(ctx context.Context, id Identity, rec *Record) error {
 	}
 	defer unlock()
 	if err := t.store.Put(ctx, id, rec); err != nil {
-		t.changed(ctx, t.store.storageKey(id, rec.App), nil)
+		t.changed(ctx, id, rec.App, nil)
 		return err
 	}
 	saved := *rec // the caller keeps rec
-	t.changed(ctx, t.store.storageKey(id, rec.App), &saved)
+	t.changed(ctx, id, rec.App, &saved)
 	return nil
 }
 

@@ -50,6 +50,14 @@ type Invalidations interface {
 type cachedRecord struct {
 	rec *Record // never modified once cached
 	at  time.Time
+	key string // the storage key (what invalidations name)
+}
+
+// cacheKey names a record in memory without the keyed hash of the
+// storage key, which would cost an HMAC per call.
+type cacheKey struct {
+	id  Identity
+	app string
 }
 
 // recordCache is the Tokens' in-memory copy of the records.
@@ -58,8 +66,9 @@ type recordCache struct {
 	bus  Invalidations
 	live atomic.Bool
 
-	mu sync.RWMutex
-	m  map[string]cachedRecord
+	mu      sync.RWMutex
+	m       map[cacheKey]cachedRecord
+	storage map[string]cacheKey // storage key → m's key
 	// gen counts invalidations: a record read from the storage is cached
 	// only when none happened during the read (it may be the old one).
 	gen uint64
@@ -76,10 +85,10 @@ func (c *recordCache) maxAge() time.Duration {
 	return c.ttl
 }
 
-func (c *recordCache) get(key string, now time.Time) (*Record, uint64) {
+func (c *recordCache) get(k cacheKey, now time.Time) (*Record, uint64) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	e, ok := c.m[key]
+	e, ok := c.m[k]
 	if ok && now.Sub(e.at) < c.maxAge() {
 		return e.rec, c.gen
 	}
@@ -88,25 +97,36 @@ func (c *recordCache) get(key string, now time.Time) (*Record, uint64) {
 
 // putIfCurrent caches rec read from the storage when no invalidation
 // happened since gen.
-func (c *recordCache) putIfCurrent(key string, rec *Record, gen uint64, now time.Time) {
+func (c *recordCache) putIfCurrent(k cacheKey, key string, rec *Record, gen uint64, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen == gen {
-		c.m[key] = cachedRecord{rec: rec, at: now}
+		c.putLocked(k, key, rec, now)
+	}
+}
+
+func (c *recordCache) putLocked(k cacheKey, key string, rec *Record, now time.Time) {
+	c.m[k] = cachedRecord{rec: rec, at: now, key: key}
+	c.storage[key] = k
+}
+
+func (c *recordCache) deleteLocked(key string) {
+	if k, ok := c.storage[key]; ok {
+		delete(c.m, k)
+		delete(c.storage, key)
 	}
 }
 
 // set caches what this gateway just wrote (under the record's lock), or
 // drops the key when rec is nil.
-func (c *recordCache) set(key string, rec *Record, now time.Time) {
+func (c *recordCache) set(k cacheKey, key string, rec *Record, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
-	if rec == nil {
-		delete(c.m, key)
-		return
+	c.deleteLocked(key)
+	if rec != nil {
+		c.putLocked(k, key, rec, now)
 	}
-	c.m[key] = cachedRecord{rec: rec, at: now}
 }
 
 // drop forgets key, or everything when key is "".
@@ -116,9 +136,10 @@ func (c *recordCache) drop(key string) {
 	c.gen++
 	if key == "" {
 		clear(c.m)
+		clear(c.storage)
 		return
 	}
-	delete(c.m, key)
+	c.deleteLocked(key)
 }
 
 // EnableCache keeps the records in memory (see recordCache): ttl bounds a
@@ -128,7 +149,7 @@ func (t *Tokens) EnableCache(ttl time.Duration, bus Invalidations) {
 	if ttl <= 0 {
 		ttl = DefaultTokenCacheTTL
 	}
-	c := &recordCache{ttl: ttl, bus: bus, m: map[string]cachedRecord{}}
+	c := &recordCache{ttl: ttl, bus: bus, m: map[cacheKey]cachedRecord{}, storage: map[string]cacheKey{}}
 	if bus != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		c.stop = cancel
@@ -156,14 +177,15 @@ func (t *Tokens) StorageReads() int64 {
 	return t.cache.loads.Load()
 }
 
-// changed records this gateway's write of key (rec nil: deleted) in the
-// cache and tells the other gateways.
-func (t *Tokens) changed(ctx context.Context, key string, rec *Record) {
+// changed records this gateway's write of (id, app)'s record (rec nil:
+// deleted) in the cache and tells the other gateways.
+func (t *Tokens) changed(ctx context.Context, id Identity, app string, rec *Record) {
 	c := t.cache
 	if c == nil {
 		return
 	}
-	c.set(key, rec, t.now())
+	key := t.store.storageKey(id, app)
+	c.set(cacheKey{id, app}, key, rec, t.now())
 	if c.bus == nil {
 		return
 	}
