@@ -1,9 +1,11 @@
 package mcpgateway
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -408,4 +410,111 @@ func echoApp(tb testing.TB) *httptest.Server {
 	srv := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil))
 	tb.Cleanup(srv.Close)
 	return srv
+}
+
+// writeCounter counts the writes to a server's connections.
+type writeCounter struct {
+	net.Listener
+	writes atomic.Int64
+}
+
+func (l *writeCounter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countedConn{Conn: c, l: l}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	l *writeCounter
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	c.l.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// sseProxyFront serves a Proxy for alice's app "A" at upstream, on a
+// server that counts its writes.
+func sseProxyFront(t *testing.T, serverURL string) (*httptest.Server, *writeCounter) {
+	t.Helper()
+	tokens, _ := newTokens(t, &upstream{}, nil)
+	if err := tokens.Save(t.Context(), alice, &Record{App: "A", ServerURL: serverURL, AccessToken: "at"}); err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{Tokens: tokens}
+	front := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := p.Serve(w, r, alice, "A"); err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+		}
+	}))
+	wc := &writeCounter{Listener: front.Listener}
+	front.Listener = wc
+	front.Start()
+	t.Cleanup(front.Close)
+	return front, wc
+}
+
+// A tool call answered by one SSE event and the end of the stream reaches
+// the client in one write (headers, event and end), not one per flush:
+// before, three (the headers, the event, the end). Flushes only wait for
+// more within streamFlushDelay: here an hour, so the count is exact.
+func TestSSEAnswerReachesTheClientInOneWrite(t *testing.T) {
+	defer func(d time.Duration) { streamFlushDelay = d }(streamFlushDelay)
+	streamFlushDelay = time.Hour
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, cannedResult)
+	}))
+	defer up.Close()
+	front, wc := sseProxyFront(t, up.URL)
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}`
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	for i := range 3 {
+		before := wc.writes.Load()
+		resp, err := client.Post(front.URL, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(got) != cannedResult {
+			t.Fatalf("call %d: %q", i, got)
+		}
+		if n := wc.writes.Load() - before; n != 1 {
+			t.Fatalf("call %d: %d writes to the client, want 1", i, n)
+		}
+	}
+}
+
+// An event followed by silence (a progress notification while the tool
+// runs; a stream's headers before its first event) is not held back: it
+// reaches the client while the upstream stream stays open.
+func TestSSEEventBeforeSilenceReachesTheClient(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-release // the headers alone first
+		_, _ = io.WriteString(w, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer up.Close()
+	defer close(release)
+	front, _ := sseProxyFront(t, up.URL)
+	resp, err := http.Post(front.URL, "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow"}}`))
+	if err != nil {
+		t.Fatal(err) // the headers came
+	}
+	defer resp.Body.Close()
+	release <- struct{}{}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "event: message\n" {
+		t.Fatalf("%q %v", line, err)
+	}
 }
