@@ -183,6 +183,11 @@ func main() {
 		if mo.Caddy, err = filepath.Abs(b.caddy); err != nil {
 			log.Fatal(err)
 		}
+		if b.caddyBefore != "" {
+			if mo.CaddyBefore, err = filepath.Abs(b.caddyBefore); err != nil {
+				log.Fatal(err)
+			}
+		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		if err := runMCPSection(ctx, mo, b.outDir); err != nil {

@@ -8,8 +8,11 @@ package main
 //	per-app    through zapier_mcp's /zapier/mcp/{app}
 //	aggregate  through zapier_mcp's root, tool <app>__echo
 //
-// For each concurrency (sequential: 1 session; -mcp-concurrency) the three
-// run in alternating rounds (direct, per-app, aggregate, then the reverse
+// With -caddy-before, a second build is measured too, as per-app (before)
+// and aggregate (before), in the same rounds (its own fake Zapier).
+//
+// For each concurrency (sequential: 1 session; -mcp-concurrency) the modes
+// run in alternating rounds (direct, per-app, aggregate, …, then the reverse
 // order), every session a different user, each worker calling echo in a
 // loop. A round records calls/s, the latency quantiles and the gateway's
 // CPU time (utime+stime of the Caddy process from /proc/<pid>/stat) per
@@ -47,6 +50,7 @@ type mcpOptions struct {
 	PortBase    int
 	ServerCPUs  string
 	Caddy       string
+	CaddyBefore string // optional: a second build, measured as per-app (before) and aggregate (before) in the same rounds
 	Extra       string // more zapier_mcp options
 }
 
@@ -116,33 +120,47 @@ func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return h.base.RoundTrip(r)
 }
 
-func runMCPSection(ctx context.Context, o mcpOptions, outDir string) error {
-	users := slices.Max(o.Concurrency)
-	addr := func(off int) string { return fmt.Sprintf("127.0.0.1:%d", o.PortBase+off) }
-	gwAddr, adminAddr, fakeAddr := addr(50), addr(51), addr(52)
-	base := "http://" + gwAddr
-	callback := base + "/zapier/mcp/callback"
+// mcpGateway is one Caddy with zapier_mcp and its own fake Zapier (the
+// fake verifies the partner JWTs of one gateway's keys).
+type mcpGateway struct {
+	base    string
+	srv     *server
+	fake    *fakezapier.Server
+	fakeSrv *http.Server
+	fakeURL string
+	rec     *tokenRecorder
+}
 
-	fake := fakezapier.New(fakezapier.Config{ClientID: benchClientID, ClientSecret: benchClientSecret, Issuer: benchIssuer,
-		JWKSURL: base + "/.well-known/jwks.json", AccessTokenTTL: 24 * time.Hour})
-	defer fake.Close()
-	fake.RegisterMCPApp(mcpBenchApp, "Slack")
-	fake.SetMCPRedirectURIs(callback)
-	fake.SetMCPAccessTTL(24 * time.Hour)
-	rec := &tokenRecorder{next: fake}
+func (g *mcpGateway) close() {
+	if g.srv != nil {
+		g.srv.stop()
+	}
+	if g.fakeSrv != nil {
+		_ = g.fakeSrv.Close()
+	}
+	if g.fake != nil {
+		g.fake.Close()
+	}
+}
+
+func startMCPGateway(ctx context.Context, o mcpOptions, name, binary, workDir string, off int) (*mcpGateway, error) {
+	addr := func(k int) string { return fmt.Sprintf("127.0.0.1:%d", o.PortBase+off+k) }
+	gwAddr, adminAddr, fakeAddr := addr(0), addr(1), addr(2)
+	g := &mcpGateway{base: "http://" + gwAddr, fakeURL: "http://" + fakeAddr}
+	callback := g.base + "/zapier/mcp/callback"
+	g.fake = fakezapier.New(fakezapier.Config{ClientID: benchClientID, ClientSecret: benchClientSecret, Issuer: benchIssuer,
+		JWKSURL: g.base + "/.well-known/jwks.json", AccessTokenTTL: 24 * time.Hour})
+	g.fake.RegisterMCPApp(mcpBenchApp, "Slack")
+	g.fake.SetMCPRedirectURIs(callback)
+	g.fake.SetMCPAccessTTL(24 * time.Hour)
+	g.rec = &tokenRecorder{next: g.fake}
 	ln, err := net.Listen("tcp", fakeAddr)
 	if err != nil {
-		return fmt.Errorf("listening for the fake Zapier: %w", err)
+		g.close()
+		return nil, fmt.Errorf("listening for the fake Zapier: %w", err)
 	}
-	fakeSrv := &http.Server{Handler: rec, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = fakeSrv.Serve(ln) }()
-	defer fakeSrv.Close()
-
-	workDir, err := os.MkdirTemp("", "zapier-bench-mcp-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(workDir)
+	g.fakeSrv = &http.Server{Handler: g.rec, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = g.fakeSrv.Serve(ln) }()
 	caddyfile := fmt.Sprintf(`{
 	admin %[1]s
 	persist_config off
@@ -167,53 +185,104 @@ http://%[7]s {
 		}
 	}
 }
-`, adminAddr, benchClientID, benchClientSecret, benchIssuer, fakeAddr, base, gwAddr, callback, o.Extra)
-	path := filepath.Join(workDir, "Caddyfile")
+`, adminAddr, benchClientID, benchClientSecret, benchIssuer, fakeAddr, g.base, gwAddr, callback, o.Extra)
+	dir := filepath.Join(workDir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		g.close()
+		return nil, err
+	}
+	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(caddyfile), 0o644); err != nil {
-		return err
+		g.close()
+		return nil, err
 	}
-	env := []string{"XDG_DATA_HOME=" + filepath.Join(workDir, "data"), "XDG_CONFIG_HOME=" + filepath.Join(workDir, "config"), "HOME=" + workDir}
-	srv, err := startServer("caddy-mcp", workDir, o.ServerCPUs, env, o.Caddy, "run", "--config", path, "--adapter", "caddyfile")
-	if err != nil {
-		return err
+	env := []string{"XDG_DATA_HOME=" + filepath.Join(dir, "data"), "XDG_CONFIG_HOME=" + filepath.Join(dir, "config"), "HOME=" + dir}
+	if g.srv, err = startServer(name, workDir, o.ServerCPUs, env, binary, "run", "--config", path, "--adapter", "caddyfile"); err != nil {
+		g.close()
+		return nil, err
 	}
-	defer srv.stop()
 	readyCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if err := waitReady(readyCtx, base+"/.well-known/jwks.json", srv); err != nil {
-		return err
+	if err := waitReady(readyCtx, g.base+"/.well-known/jwks.json", g.srv); err != nil {
+		g.close()
+		return nil, err
 	}
+	return g, nil
+}
 
-	// Every user authorizes Slack (the browser flow), and makes one call
-	// through the per-app route: the token the fake saw is theirs.
+// authorize has users user0… authorize Slack (the browser flow) and make
+// one call through the per-app route; it returns the tokens the fake saw.
+func (g *mcpGateway) authorize(ctx context.Context, users int, rt http.RoundTripper) ([]string, error) {
 	tokens := make([]string, users)
-	plain := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512}, Timeout: 30 * time.Second}
 	for i := range users {
 		user := fmt.Sprintf("user%d", i)
-		if err := mcpAuthorize(base, "org", user); err != nil {
-			return fmt.Errorf("authorizing %s: %w", user, err)
+		if err := mcpAuthorize(g.base, "org", user); err != nil {
+			return nil, fmt.Errorf("authorizing %s: %w", user, err)
 		}
-		s, err := mcpConnect(ctx, base+"/zapier/mcp/"+mcpBenchApp, identityHeader("org", user), plain.Transport)
+		s, err := mcpConnect(ctx, g.base+"/zapier/mcp/"+mcpBenchApp, identityHeader("org", user), rt)
 		if err != nil {
-			return fmt.Errorf("%s's per-app session: %w", user, err)
+			return nil, fmt.Errorf("%s's per-app session: %w", user, err)
 		}
 		_, err = s.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"text": "x"}})
 		s.Close()
 		if err != nil {
-			return err
+			return nil, err
 		}
-		tokens[i], _ = rec.last.Load().(string)
+		tokens[i], _ = g.rec.last.Load().(string)
 	}
-	log.Printf("mcp: %d users authorized", users)
+	return tokens, nil
+}
+
+func runMCPSection(ctx context.Context, o mcpOptions, outDir string) error {
+	var gateways []*mcpGateway
+	users := slices.Max(o.Concurrency)
+	workDir, err := os.MkdirTemp("", "zapier-bench-mcp-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(workDir)
+	plain := &http.Transport{MaxIdleConnsPerHost: 512}
 
 	type mode struct {
 		name, endpoint, tool string
 		hdr                  func(i int) http.Header
+		srv                  *server // whose CPU is measured; nil: none
 	}
-	modes := []mode{
-		{"direct", "http://" + fakeAddr + "/mcp/" + mcpBenchApp, "echo", func(i int) http.Header { return http.Header{"Authorization": {tokens[i]}} }},
-		{"per-app", base + "/zapier/mcp/" + mcpBenchApp, "echo", func(i int) http.Header { return identityHeader("org", fmt.Sprintf("user%d", i)) }},
-		{"aggregate", base + "/zapier/mcp/", mcpBenchApp + "__echo", func(i int) http.Header { return identityHeader("org", fmt.Sprintf("user%d", i)) }},
+	var modes []mode
+	addGateway := func(name, binary, suffix string, off int) error {
+		g, err := startMCPGateway(ctx, o, name, binary, workDir, off)
+		if err != nil {
+			return err
+		}
+		tokens, err := g.authorize(ctx, users, plain)
+		if err != nil {
+			g.close()
+			return err
+		}
+		log.Printf("mcp: %d users authorized on %s", users, name)
+		ident := func(i int) http.Header { return identityHeader("org", fmt.Sprintf("user%d", i)) }
+		if len(modes) == 0 {
+			modes = append(modes, mode{"direct", g.fakeURL + "/mcp/" + mcpBenchApp, "echo",
+				func(i int) http.Header { return http.Header{"Authorization": {tokens[i]}} }, nil})
+		}
+		modes = append(modes,
+			mode{"per-app" + suffix, g.base + "/zapier/mcp/" + mcpBenchApp, "echo", ident, g.srv},
+			mode{"aggregate" + suffix, g.base + "/zapier/mcp/", mcpBenchApp + "__echo", ident, g.srv})
+		gateways = append(gateways, g)
+		return nil
+	}
+	defer func() {
+		for _, g := range gateways {
+			g.close()
+		}
+	}()
+	if err := addGateway("caddy-mcp", o.Caddy, "", 50); err != nil {
+		return err
+	}
+	if o.CaddyBefore != "" {
+		if err := addGateway("caddy-mcp-before", o.CaddyBefore, " (before)", 55); err != nil {
+			return err
+		}
 	}
 	res := &mcpResults{Label: o.Label, Caddy: o.Caddy, Started: time.Now().UTC().Format(time.RFC3339), Options: o,
 		Machine: fmt.Sprintf("%d CPUs, load %s", cpuCount(), loadAvg())}
@@ -221,7 +290,7 @@ http://%[7]s {
 		sessions := map[string][]*mcp.ClientSession{}
 		for _, m := range modes {
 			for i := range conc {
-				s, err := mcpConnect(ctx, m.endpoint, m.hdr(i), plain.Transport)
+				s, err := mcpConnect(ctx, m.endpoint, m.hdr(i), plain)
 				if err != nil {
 					return fmt.Errorf("%s session %d: %w", m.name, i, err)
 				}
@@ -241,8 +310,8 @@ http://%[7]s {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				_, _ = mcpLoad(ctx, sessions[m.name], m.tool, o.Warmup, srv)
-				r, err := mcpLoad(ctx, sessions[m.name], m.tool, o.Duration, srv)
+				_, _ = mcpLoad(ctx, sessions[m.name], m.tool, o.Warmup, m.srv)
+				r, err := mcpLoad(ctx, sessions[m.name], m.tool, o.Duration, m.srv)
 				if err != nil {
 					return err
 				}
@@ -306,7 +375,13 @@ func mcpAuthorize(base, tenant, user string) error {
 
 // mcpLoad has every session call tool in a loop for d.
 func mcpLoad(ctx context.Context, sessions []*mcp.ClientSession, tool string, d time.Duration, srv *server) (mcpRound, error) {
-	ticks0, err := srv.cpuTicks()
+	ticks := func() (int64, error) {
+		if srv == nil {
+			return 0, nil
+		}
+		return srv.cpuTicks()
+	}
+	ticks0, err := ticks()
 	if err != nil {
 		return mcpRound{}, err
 	}
@@ -334,7 +409,7 @@ func mcpLoad(ctx context.Context, sessions []*mcp.ClientSession, tool string, d 
 	}
 	wg.Wait()
 	secs := time.Since(start).Seconds()
-	ticks1, err := srv.cpuTicks()
+	ticks1, err := ticks()
 	if err != nil {
 		return mcpRound{}, err
 	}
