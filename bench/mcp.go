@@ -49,8 +49,8 @@ type mcpOptions struct {
 	Label       string // names the result files: mcp-<label>.json/.md
 	PortBase    int
 	ServerCPUs  string
-	Caddy       string
-	CaddyBefore string // optional: a second build, measured as per-app (before) and aggregate (before) in the same rounds
+	Caddy       string `json:"-"`
+	CaddyBefore string `json:"-"` // optional: a second build, measured as per-app (before) and aggregate (before) in the same rounds
 	Extra       string // more zapier_mcp options
 }
 
@@ -80,7 +80,8 @@ type mcpSummary struct {
 
 type mcpResults struct {
 	Label    string       `json:"label"`
-	Caddy    string       `json:"caddy"`
+	Caddy    string       `json:"caddy"`  // the binary's file name
+	Before   string       `json:"before"` // -caddy-before's file name
 	Started  string       `json:"started"`
 	Machine  string       `json:"machine"`
 	Options  mcpOptions   `json:"options"`
@@ -284,7 +285,7 @@ func runMCPSection(ctx context.Context, o mcpOptions, outDir string) error {
 			return err
 		}
 	}
-	res := &mcpResults{Label: o.Label, Caddy: o.Caddy, Started: time.Now().UTC().Format(time.RFC3339), Options: o,
+	res := &mcpResults{Label: o.Label, Caddy: filepath.Base(o.Caddy), Before: baseName(o.CaddyBefore), Started: time.Now().UTC().Format(time.RFC3339), Options: o,
 		Machine: fmt.Sprintf("%d CPUs, load %s", cpuCount(), loadAvg())}
 	for _, conc := range o.Concurrency {
 		sessions := map[string][]*mcp.ClientSession{}
@@ -325,6 +326,13 @@ func runMCPSection(ctx context.Context, o mcpOptions, outDir string) error {
 	res.summarize()
 	res.LoadEnd = loadAvg()
 	return res.write(outDir)
+}
+
+func baseName(path string) string {
+	if path == "" {
+		return ""
+	}
+	return filepath.Base(path)
 }
 
 func identityHeader(tenant, user string) http.Header {
