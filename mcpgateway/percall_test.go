@@ -518,3 +518,38 @@ func TestSSEEventBeforeSilenceReachesTheClient(t *testing.T) {
 		t.Fatalf("%q %v", line, err)
 	}
 }
+
+// Records of users who stopped calling do not stay in memory: expired
+// ones are swept as others are cached.
+func TestTokenCacheSweepsExpiredRecords(t *testing.T) {
+	ctx := context.Background()
+	store, err := NewStore(newMemKV(), []byte("0123456789abcdef0123456789abcdef"), "zapier/mcp/tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tok := NewTokens(store, nil, time.Minute, func() time.Time { return now })
+	tok.EnableCache(2*time.Second, nil)
+	use := func(user string) {
+		id := Identity{Tenant: "org", User: user}
+		if err := tok.Save(ctx, id, &Record{App: "slack", ServerURL: "http://x", AccessToken: "at", Expiry: now.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tok.Current(ctx, id, "slack"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range sweepEvery - 1 {
+		use(fmt.Sprint("old", i))
+	}
+	if n := tok.cache.size(); n != sweepEvery-1 {
+		t.Fatalf("%d records cached, want %d", n, sweepEvery-1)
+	}
+	now = now.Add(3 * time.Second) // the old users' records expired
+	for i := range 2 {
+		use(fmt.Sprint("new", i))
+	}
+	if n := tok.cache.size(); n != 2 {
+		t.Fatalf("%d records cached after the sweep, want 2 (the new users')", n)
+	}
+}

@@ -74,6 +74,7 @@ type recordCache struct {
 	gen uint64
 
 	loads atomic.Int64 // storage reads of Current (tests count them)
+	puts  int          // since the last sweep
 
 	stop context.CancelFunc
 }
@@ -108,6 +109,32 @@ func (c *recordCache) putIfCurrent(k cacheKey, key string, rec *Record, gen uint
 func (c *recordCache) putLocked(k cacheKey, key string, rec *Record, now time.Time) {
 	c.m[k] = cachedRecord{rec: rec, at: now, key: key}
 	c.storage[key] = k
+	if c.puts++; c.puts >= sweepEvery {
+		c.sweepLocked(now)
+	}
+}
+
+// sweepEvery: every so many records cached, the expired ones are dropped,
+// so users who stopped calling leave no tokens in memory (beyond the TTL,
+// give or take sweepEvery of them).
+const sweepEvery = 256
+
+func (c *recordCache) sweepLocked(now time.Time) {
+	c.puts = 0
+	age := c.maxAge()
+	for k, e := range c.m {
+		if now.Sub(e.at) >= age {
+			delete(c.m, k)
+			delete(c.storage, e.key)
+		}
+	}
+}
+
+// size is the number of records cached.
+func (c *recordCache) size() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.m)
 }
 
 func (c *recordCache) deleteLocked(key string) {
