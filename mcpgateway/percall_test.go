@@ -553,3 +553,34 @@ func TestTokenCacheSweepsExpiredRecords(t *testing.T) {
 		t.Fatalf("%d records cached after the sweep, want 2 (the new users')", n)
 	}
 }
+
+// Without an invalidation channel, a record another gateway forgot is
+// still cached here; the app's server refusing its token (401) drops it:
+// the next call reads the storage (and finds nothing) instead of sending
+// the stale token again.
+func TestRefusedTokenOfAForgottenRecordLeavesTheCache(t *testing.T) {
+	ctx := context.Background()
+	kv := &countingKV{Storage: memstorage.New()}
+	store, err := NewStore(kv, []byte("0123456789abcdef0123456789abcdef"), "zapier/mcp/tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := NewTokens(store, nil, time.Minute, nil)
+	tok.EnableCache(time.Hour, nil)
+	other := NewTokens(store, nil, time.Minute, nil)
+	if err := tok.Save(ctx, alice, &Record{App: "slack", ServerURL: "http://x", AccessToken: "at-1", Expiry: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Forget(ctx, alice, "slack"); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := tok.Current(ctx, alice, "slack"); err != nil || rec.AccessToken != "at-1" {
+		t.Fatalf("the cached copy: %v %v", rec, err)
+	}
+	if _, err := tok.Refresh(ctx, alice, "slack", "at-1"); err != ErrAuthorizationRequired {
+		t.Fatalf("Refresh: %v", err)
+	}
+	if _, err := tok.Current(ctx, alice, "slack"); err != ErrAuthorizationRequired {
+		t.Fatalf("after the refusal: %v, want ErrAuthorizationRequired", err)
+	}
+}

@@ -128,6 +128,9 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 		return nil, err
 	}
 	if rec == nil {
+		if t.cache != nil { // forgotten (perhaps on another gateway): the copy goes too
+			t.cache.set(cacheKey{id, app}, t.store.storageKey(id, app), nil, t.now())
+		}
 		return nil, ErrAuthorizationRequired
 	}
 	if rec.AccessToken != stale && t.usable(rec) {
