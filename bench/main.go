@@ -133,7 +133,7 @@ func main() {
 	flag.Float64Var(&b.maxInterference, "max-interference", 0.15, "re-run a round when other processes used more than this many CPUs during it; 0 accepts every round")
 	flag.DurationVar(&b.quietBudget, "quiet-budget", 15*time.Minute, "total time spent waiting for a quiet machine and re-running noisy rounds; then noisy rounds are kept (and marked)")
 	rerender := flag.String("rerender", "", "only rewrite results.md and chart.svg in -out from this results.json")
-	section := flag.String("section", "all", "what to measure: proxy (A/B/C, cold path, Go benchmarks), budget (POST run under Zapier's rate limits; see budget.go), or all")
+	section := flag.String("section", "all", "what to measure: proxy (A/B/C, cold path, Go benchmarks), budget (POST run under Zapier's rate limits; see budget.go), all (both), or mcp (cost per MCP tool call, direct vs per-app vs aggregate; see mcp.go; not part of all)")
 	bo := budgetOptions{}
 	var loads, weights, modes string
 	flag.Float64Var(&bo.Factor, "budget-factor", 10, "budget section: Zapier's windows, cooldown and the gateway's durations divided by this (10: one minute = 6 s)")
@@ -161,7 +161,40 @@ func main() {
 	flag.StringVar(&bo.Tree, "budget-tree", "", "budget section: the source the Caddy binary was built from, when not -root's checkout (recorded in budget.md)")
 	rerenderBudgetJSON := flag.String("rerender-budget", "", "only rewrite budget.md and budget.svg in -out from this budget.json")
 	flag.StringVar(&bo.Keep, "budget-keep", "", "budget section (and -rerender-budget): keep the modes this run does not measure from this earlier budget.json (same setup), marked with the run that measured them")
+	mo := mcpOptions{}
+	var mcpConc string
+	flag.IntVar(&mo.Rounds, "mcp-rounds", 5, "mcp section: alternating rounds per mode and concurrency")
+	flag.DurationVar(&mo.Duration, "mcp-duration", 5*time.Second, "mcp section: length of one measured run")
+	flag.DurationVar(&mo.Warmup, "mcp-warmup", time.Second, "mcp section: unmeasured run before each measured one")
+	flag.StringVar(&mcpConc, "mcp-concurrency", "1,50", "mcp section: concurrent sessions (each a different user)")
+	flag.StringVar(&mo.Label, "mcp-label", "", "mcp section: results go to mcp-<label>.md and .json in -out")
+	flag.StringVar(&mo.Extra, "mcp-extra", "", "mcp section: more zapier_mcp options (e.g. \"token_cache_ttl off\")")
 	flag.Parse()
+	if *section == "mcp" {
+		// The MCP section (mcp.go): direct vs per-app vs aggregate.
+		var err error
+		if mo.Concurrency, err = parseInts(mcpConc); err != nil {
+			log.Fatalf("-mcp-concurrency: %v", err)
+		}
+		if clientCPUs != "" && runtime.GOOS == "linux" && os.Getenv("BENCH_PINNED") == "" {
+			pinSelf(clientCPUs)
+		}
+		mo.PortBase, mo.ServerCPUs = b.portBase, b.serverCPUs
+		if mo.Caddy, err = filepath.Abs(b.caddy); err != nil {
+			log.Fatal(err)
+		}
+		if b.caddyBefore != "" {
+			if mo.CaddyBefore, err = filepath.Abs(b.caddyBefore); err != nil {
+				log.Fatal(err)
+			}
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := runMCPSection(ctx, mo, b.outDir); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if *rerender != "" {
 		if err := rerenderResults(*rerender, b.outDir); err != nil {
 			log.Fatal(err)

@@ -110,10 +110,16 @@ type MCP struct {
 	// tool is neither listed nor callable, on every route.
 	Tools       *MCPToolPolicy            `json:"tools,omitempty"`
 	TenantTools map[string]*MCPToolPolicy `json:"tenant_tools,omitempty"`
+	// How long a decrypted token record is used from memory without news
+	// of a change from the other gateways (with the zapier app's
+	// cache.redis they tell each other at once). Default 2s; negative
+	// ("off" in the Caddyfile): every request reads the storage.
+	TokenCacheTTL caddy.Duration `json:"token_cache_ttl,omitempty"`
 
 	handler *mcpgateway.Handler
 	audit   *zap.Logger
 	redis   *redis.Client // the shared tool-call cap's; nil without cache.redis
+	bus     *redis.Client // the token cache's invalidations; nil without cache.redis
 }
 
 // CaddyModule returns the Caddy module information.
@@ -173,6 +179,9 @@ func (h *MCP) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("zapier_mcp: %w", err)
 	}
 	if err := h.shareToolCallCap(app, cfg.Limit, store); err != nil {
+		return err
+	}
+	if h.bus, err = h.tokenCache(app, &cfg); err != nil {
 		return err
 	}
 	states := newStateKeeper(ctx, ctx.Storage(), time.Duration(h.StateTTL))
@@ -244,6 +253,9 @@ func (h *MCP) shareToolCallCap(app *App, limit *mcpgateway.CallLimiter, store *m
 func (h *MCP) Cleanup() error {
 	if h.handler != nil {
 		h.handler.Close()
+	}
+	if h.bus != nil {
+		_ = h.bus.Close()
 	}
 	if h.redis != nil {
 		return h.redis.Close()

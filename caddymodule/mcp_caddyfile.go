@@ -29,6 +29,7 @@ import (
 //		streams_per_identity <n>                  # default 64
 //		stream_write_timeout <duration>           # default 30s
 //		tool_calls_per_minute <n>                 # default 0: no cap
+//		token_cache_ttl <duration>|off            # default 2s
 //		tools        allow|deny <pattern...>      # every tenant; patterns on <app>__<tool>
 //		tenant_tools <tenant> allow|deny <pattern...>
 //	}
@@ -118,6 +119,10 @@ func (h *MCP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "streams_per_identity":
 			if err := oneInt(d, &h.StreamsPerIdentity); err != nil {
+				return err
+			}
+		case "token_cache_ttl":
+			if err := tokenCacheTTL(d, &h.TokenCacheTTL); err != nil {
 				return err
 			}
 		case "stream_write_timeout":

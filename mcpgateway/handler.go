@@ -128,6 +128,13 @@ type HandlerConfig struct {
 	// (DefaultLinkTTL).
 	ExpiredTools string
 	LinkTTL      time.Duration
+	// TokenCacheTTL bounds how long a decrypted token record is used from
+	// memory without a live Invalidations channel (DefaultTokenCacheTTL
+	// when 0; negative: no cache, every request reads the storage).
+	// Invalidations, if set, carry forgets and refreshes between the
+	// gateways sharing the storage (RedisInvalidations).
+	TokenCacheTTL time.Duration
+	Invalidations Invalidations
 
 	// Logger logs refusals and offboarding warnings; nil is a no-op.
 	Logger *zap.Logger
@@ -178,6 +185,9 @@ func NewHandler(cfg HandlerConfig) (*Handler, error) {
 		h.logger = zap.NewNop()
 	}
 	h.tokens = NewTokens(cfg.Store, h.refresh, refreshMargin, nil)
+	if cfg.TokenCacheTTL >= 0 {
+		h.tokens.EnableCache(cfg.TokenCacheTTL, cfg.Invalidations)
+	}
 	h.proxy = &Proxy{Tokens: h.tokens, MaxReplayBody: cfg.MaxReplayBody, Observe: cfg.Observe,
 		Client: &http.Client{Transport: cfg.Transport}, Policy: cfg.Tools, Limit: cfg.Limit,
 		StreamsPerIdentity: cfg.StreamsPerIdentity, WriteTimeout: cfg.StreamWriteTimeout}
@@ -207,8 +217,12 @@ func (h *Handler) UserStores() []gateway.UserStore {
 	}
 }
 
-// Close ends the aggregate endpoint's upstream sessions.
-func (h *Handler) Close() { h.agg.Close() }
+// Close ends the aggregate endpoint's upstream sessions and stops
+// listening for token invalidations.
+func (h *Handler) Close() {
+	h.agg.Close()
+	h.tokens.Close()
+}
 
 // The routes' classes. The authorize flow and the apps list spend Zapier
 // calls per request like Connect's routes, so they are limited; an agent's

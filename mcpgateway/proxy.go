@@ -295,14 +295,26 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	}
 }
 
-// copyResponse writes the upstream answer through, flushing after every
-// read so SSE events reach the client as they come, with the server's own
+// copyBuffers are copyResponse's read buffers, reused across requests.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// streamFlushDelay is how long bytes of an SSE stream may wait in the
+// response buffer for more: a tool call's answer is an event and, at once,
+// the end of the stream, which then go out in one write (with the
+// headers) instead of three. An event followed by silence (a progress
+// notification, a stream kept open) goes out this much later at most.
+var streamFlushDelay = time.Millisecond
+
+// copyResponse writes the upstream answer through, with the server's own
 // write deadline replaced by one per write (writeTimeout from each write's
 // start): a long stream lives, a client that stops reading does not hold
-// the upstream response. insp, when set, sees every byte
-// and decides what goes on when; when it fails (a tools/list response it
-// cannot filter) the response is cut rather than passed unfiltered, and
-// that error is returned (not the client's going away).
+// the upstream response. An SSE stream (and any GET) is flushed within
+// streamFlushDelay of each write and at once when nothing more comes
+// (its headers too); another answer (one JSON document) goes out when it
+// ended. insp, when set, sees every byte and decides what goes on when;
+// when it fails (a tools/list response it cannot filter) the response is
+// cut rather than passed unfiltered, and that error is returned (not the
+// client's going away).
 func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInspector, writeTimeout time.Duration) error {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -314,16 +326,19 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInsp
 	}
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(resp.StatusCode)
-	_ = rc.Flush()
+	stream := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") || resp.Request != nil && resp.Request.Method == http.MethodGet
+	f := &delayedFlusher{rc: rc, writeTimeout: writeTimeout}
+	defer f.stop()
+	if stream {
+		f.schedule() // the headers, unless an event comes with them
+	}
 	write := func(p []byte) error {
+		if stream {
+			return f.write(w, p)
+		}
 		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if _, err := w.Write(p); err != nil {
-			return err
-		}
-		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
-			return err
-		}
-		return nil
+		_, err := w.Write(p)
+		return err
 	}
 	var clientErr error
 	if insp != nil {
@@ -332,7 +347,9 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInsp
 			return clientErr
 		}
 	}
-	buf := make([]byte, 32<<10)
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	buf := *bufp
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
@@ -353,8 +370,80 @@ func copyResponse(w http.ResponseWriter, resp *http.Response, insp *responseInsp
 			}
 		}
 		if err != nil {
+			// The rest goes out as the handler returns, in one write with
+			// the end of the response.
 			return nil
 		}
+	}
+}
+
+// delayedFlusher flushes a response streamFlushDelay after the first
+// byte not yet flushed (never later: a steady stream is not held back),
+// from a timer: the writes and flushes are serialized by mu, and none
+// happens after stop (the handler may return then).
+type delayedFlusher struct {
+	rc           *http.ResponseController
+	writeTimeout time.Duration
+
+	mu      sync.Mutex
+	timer   *time.Timer
+	armed   bool
+	stopped bool
+	err     error // of a flush: the client is gone
+}
+
+func (f *delayedFlusher) write(w http.ResponseWriter, p []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return f.err
+	}
+	_ = f.rc.SetWriteDeadline(time.Now().Add(f.writeTimeout))
+	if _, err := w.Write(p); err != nil {
+		return err
+	}
+	f.scheduleLocked()
+	return nil
+}
+
+func (f *delayedFlusher) schedule() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.scheduleLocked()
+}
+
+func (f *delayedFlusher) scheduleLocked() {
+	if f.armed || f.stopped {
+		return
+	}
+	f.armed = true
+	if f.timer == nil {
+		f.timer = time.AfterFunc(streamFlushDelay, f.flush)
+	} else {
+		f.timer.Reset(streamFlushDelay)
+	}
+}
+
+func (f *delayedFlusher) flush() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped || !f.armed {
+		return
+	}
+	f.armed = false
+	_ = f.rc.SetWriteDeadline(time.Now().Add(f.writeTimeout))
+	if err := f.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		f.err = err
+	}
+}
+
+// stop ends the flushes: what is left goes out as the handler returns.
+func (f *delayedFlusher) stop() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stopped = true
+	if f.timer != nil {
+		f.timer.Stop()
 	}
 }
 

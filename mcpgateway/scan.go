@@ -1,9 +1,5 @@
 package mcpgateway
 
-import (
-	"encoding/json"
-)
-
 // msgInfo is what jsonScanner learned about one JSON-RPC message.
 type msgInfo struct {
 	id        string // canonical id ("" when none)
@@ -224,23 +220,4 @@ func (s *jsonScanner) decide() {
 	if s.decided != nil {
 		s.decided(&s.cur)
 	}
-}
-
-// canonicalID renders a JSON-RPC id the same way whatever its spelling
-// (1, 1.0, "1" stays a string), so a response matches its request.
-func canonicalID(raw []byte) string {
-	var v any
-	if len(raw) == 0 || json.Unmarshal(raw, &v) != nil {
-		return ""
-	}
-	switch v.(type) {
-	case string, float64:
-	default:
-		return "" // null or another type: not an id we track
-	}
-	out, err := json.Marshal(v)
-	if err != nil {
-		return ""
-	}
-	return string(out)
 }

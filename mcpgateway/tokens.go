@@ -31,6 +31,8 @@ type Tokens struct {
 	// Margin: a token expiring within it is refreshed before use.
 	margin time.Duration
 
+	cache *recordCache // nil: every use reads the storage (EnableCache)
+
 	mu    sync.Mutex
 	locks map[string]*keyLock
 	stats struct {
@@ -66,8 +68,17 @@ func (t *Tokens) usable(rec *Record) bool {
 	return rec.Expiry.IsZero() || t.now().Add(t.margin).Before(rec.Expiry)
 }
 
-// Current returns the record to use now, refreshing an expired token first.
+// Current returns the record to use now, refreshing an expired token
+// first. The record must not be modified (it may be the cache's).
 func (t *Tokens) Current(ctx context.Context, id Identity, app string) (*Record, error) {
+	var gen uint64
+	if c := t.cache; c != nil {
+		var rec *Record
+		if rec, gen = c.get(cacheKey{id, app}, t.now()); rec != nil && t.usable(rec) {
+			return rec, nil
+		}
+		c.loads.Add(1)
+	}
 	rec, err := t.store.Get(ctx, id, app)
 	if err != nil {
 		return nil, err
@@ -77,6 +88,8 @@ func (t *Tokens) Current(ctx context.Context, id Identity, app string) (*Record,
 	}
 	if rec.Owner == "" && t.store.Owners != nil {
 		t.migrateOwner(ctx, id, app)
+	} else if t.cache != nil {
+		t.cache.putIfCurrent(cacheKey{id, app}, t.store.storageKey(id, app), rec, gen, t.now())
 	}
 	if t.usable(rec) {
 		return rec, nil
@@ -94,7 +107,9 @@ func (t *Tokens) migrateOwner(ctx context.Context, id Identity, app string) {
 	}
 	defer unlock()
 	if rec, err := t.store.Get(ctx, id, app); err == nil && rec != nil && rec.Owner == "" {
-		_ = t.store.Put(ctx, id, rec)
+		if t.store.Put(ctx, id, rec) == nil {
+			t.changed(ctx, id, app, rec)
+		}
 	}
 }
 
@@ -113,13 +128,20 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 		return nil, err
 	}
 	if rec == nil {
+		if t.cache != nil { // forgotten (perhaps on another gateway): the copy goes too
+			t.cache.set(cacheKey{id, app}, t.store.storageKey(id, app), nil, t.now())
+		}
 		return nil, ErrAuthorizationRequired
 	}
 	if rec.AccessToken != stale && t.usable(rec) {
-		return rec, nil // refreshed meanwhile
+		if t.cache != nil { // refreshed meanwhile (perhaps by another gateway)
+			t.cache.set(cacheKey{id, app}, t.store.storageKey(id, app), rec, t.now())
+		}
+		return rec, nil
 	}
 	if rec.RefreshToken == "" {
 		_, _ = t.store.Delete(context.WithoutCancel(ctx), id, app)
+		t.changed(ctx, id, app, nil)
 		return nil, ErrAuthorizationRequired
 	}
 	t.stats.Lock()
@@ -131,6 +153,7 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 	next, err := t.refresh(context.WithoutCancel(ctx), id, *rec)
 	if errors.Is(err, ErrAuthorizationRequired) {
 		_, _ = t.store.Delete(context.WithoutCancel(ctx), id, app)
+		t.changed(ctx, id, app, nil)
 		return nil, ErrAuthorizationRequired
 	}
 	if err != nil {
@@ -141,8 +164,10 @@ func (t *Tokens) Refresh(ctx context.Context, id Identity, app, stale string) (*
 	}
 	next.App, next.Created, next.Updated = rec.App, rec.Created, t.now()
 	if err := t.store.Put(context.WithoutCancel(ctx), id, &next); err != nil {
+		t.changed(ctx, id, app, nil) // what the storage holds is unknown now
 		return nil, err
 	}
+	t.changed(ctx, id, app, &next)
 	return &next, nil
 }
 
@@ -153,7 +178,10 @@ func (t *Tokens) Forget(ctx context.Context, id Identity, app string) (bool, err
 		return false, err
 	}
 	defer unlock()
-	return t.store.Delete(ctx, id, app)
+	found, err := t.store.Delete(ctx, id, app)
+	// Even when it failed: the record may be gone.
+	t.changed(ctx, id, app, nil)
+	return found, err
 }
 
 // Save stores a newly authorized record under the key's lock.
@@ -163,7 +191,13 @@ func (t *Tokens) Save(ctx context.Context, id Identity, rec *Record) error {
 		return err
 	}
 	defer unlock()
-	return t.store.Put(ctx, id, rec)
+	if err := t.store.Put(ctx, id, rec); err != nil {
+		t.changed(ctx, id, rec.App, nil)
+		return err
+	}
+	saved := *rec // the caller keeps rec
+	t.changed(ctx, id, rec.App, &saved)
+	return nil
 }
 
 // lock takes (id, app)'s lock: in this process, then in the storage when
