@@ -14,6 +14,12 @@ import (
 // access tokens it issued for the app.
 func (s *Server) RegisterMCPAppServer(id, title string, server *mcp.Server, opts *mcp.StreamableHTTPOptions) {
 	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, opts)
+	s.registerMCPHandler(id, title, h)
+}
+
+// registerMCPHandler lists app id and serves h at /mcp/<id> behind the
+// fake's check of the MCP access tokens it issued for the app.
+func (s *Server) registerMCPHandler(id, title string, h http.Handler) {
 	verify := func(_ context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
 		st := s.mcp()
 		st.mu.Lock()
@@ -29,6 +35,6 @@ func (s *Server) RegisterMCPAppServer(id, title string, server *mcp.Server, opts
 		handler: auth.RequireBearerToken(verify, &auth.RequireBearerTokenOptions{Scopes: []string{"mcp:run"}})(h)}
 	st := s.mcp()
 	st.mu.Lock()
-	st.apps[app.id] = app
+	st.apps[id] = app
 	st.mu.Unlock()
 }
