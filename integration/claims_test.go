@@ -115,7 +115,7 @@ func TestClaimsPerTenantOnActionsCallsOnly(t *testing.T) {
 		}
 	}
 	runs := 0
-	for _, r := range actRunRequests(g) {
+	for _, r := range g.fake.ActionRuns() { // stored runs and /v2/action-runs alike
 		if r.Tenant == "paid" || r.Tenant == "free" {
 			runs++
 		}
