@@ -214,6 +214,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	if rpc.duplicate && checking {
 		return ErrDuplicateMember
 	}
+	if err := checkRoutingHeaders(r.Header, rpc); err != nil {
+		return err
+	}
 	call.RPCMethod, call.Tool, call.Arguments = rpc.method, rpc.tool, rpc.arguments
 	for _, tool := range rpc.tools {
 		if p.Policy != nil && !p.Policy(id, app, tool) {
@@ -255,6 +258,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 				req.Header[h] = append([]string(nil), v...)
 			}
 		}
+		passRoutingHeaders(req.Header, r.Header)
 		req.Header.Set("Authorization", "Bearer "+rec.AccessToken)
 		resp, err := client.Do(req)
 		if err != nil {
