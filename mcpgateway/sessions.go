@@ -159,7 +159,7 @@ func (a *Aggregator) admit(u *userAgg) string {
 		a.mu.Unlock()
 		return id // a closed aggregator, or a dropped user: the session is closed after the request
 	}
-	s := &aggSession{id: id, u: u, claims: claims, touched: time.Now()}
+	s := &aggSession{id: id, u: u, claims: claims, touched: a.now()}
 	s.elem = a.lru.PushFront(s)
 	s.inflight = 1 // its initialize is being served; release does not see it (no session id yet)
 	s.timer = time.AfterFunc(a.idleTimeout(), func() { a.expire(s) })

@@ -340,9 +340,10 @@ func writeSessionNotFound(w http.ResponseWriter) {
 func (a *Aggregator) check(ctx context.Context, u *userAgg, s *aggSession, subject string, c sessionClaims) error {
 	if s != nil {
 		a.mu.Lock()
-		due := time.Since(s.touched) >= a.touchEvery()
+		now := a.now()
+		due := now.Sub(s.touched) >= a.touchEvery()
 		if due {
-			s.touched = time.Now()
+			s.touched = now
 		}
 		a.mu.Unlock()
 		if !due {
