@@ -68,7 +68,7 @@ func TestMCPReplicasAlternate(t *testing.T) {
 		{"2026-07-28", mcpSlack, "echo", "2025-11-25"},
 		{"2026-07-28", mcpLinear2026, "echo", "2026-07-28"},
 	} {
-		t.Run(c.version+"/"+cmpOr(c.app, "aggregate"), func(t *testing.T) {
+		t.Run(c.version+"/"+cmpOr(c.app, "aggregate")+"/"+c.tool, func(t *testing.T) {
 			flip := &flipTransport{tenant: "org", user: "alice", ports: ports}
 			client := mcp.NewClient(&mcp.Implementation{Name: "itest-agent", Version: "1.0.0"}, nil)
 			s, err := client.Connect(ctx, &mcp.StreamableClientTransport{
