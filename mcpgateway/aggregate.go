@@ -111,6 +111,7 @@ type userAgg struct {
 type progressTarget struct {
 	session *mcp.ServerSession
 	token   any
+	ctx     context.Context // the call's: a notification sent with it goes on the call's response stream (the only one a 2026-07-28 client has)
 }
 
 type identityKey struct{}
@@ -231,7 +232,9 @@ func (a *Aggregator) build() {
 		return &auth.TokenInfo{UserID: token, Expiration: time.Now().Add(24 * time.Hour)}, nil
 	}, nil)
 	a.handler = bind(mcp.NewStreamableHTTPHandler(server, &mcp.StreamableHTTPOptions{DisableLocalhostProtection: true}))
-	a.stateless = bind(mcp.NewStreamableHTTPHandler(server, &mcp.StreamableHTTPOptions{DisableLocalhostProtection: true, Stateless: true}))
+	// A 2026-07-28 call lives as long as its POST: a client gone ends it.
+	a.stateless = bind(mcp.NewStreamableHTTPHandler(server, &mcp.StreamableHTTPOptions{DisableLocalhostProtection: true, Stateless: true,
+		PropagateRequestCancellation: true}))
 }
 
 // serveStateless serves a 2026-07-28 request: no session, every request
@@ -445,7 +448,7 @@ func (u *userAgg) callHandler(name string) mcp.ToolHandler {
 			u.pmu.Lock()
 			u.nextTok++
 			progressToken = fmt.Sprintf("agg-%d", u.nextTok)
-			u.progress[progressToken] = progressTarget{session: req.Session, token: tok}
+			u.progress[progressToken] = progressTarget{session: req.Session, token: tok, ctx: ctx}
 			u.pmu.Unlock()
 			defer func() {
 				u.pmu.Lock()
@@ -483,7 +486,7 @@ func (u *userAgg) forwardProgress(ctx context.Context, r *mcp.ProgressNotificati
 	if !ok {
 		return
 	}
-	_ = target.session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: target.token,
+	_ = target.session.NotifyProgress(target.ctx, &mcp.ProgressNotificationParams{ProgressToken: target.token,
 		Progress: r.Params.Progress, Total: r.Params.Total, Message: r.Params.Message})
 }
 

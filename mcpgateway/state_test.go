@@ -196,3 +196,55 @@ func TestAggregateSessionCapAcrossGateways(t *testing.T) {
 		t.Fatalf("the evicted session where it was made, at its next check: %d", got)
 	}
 }
+
+// A 2026-07-28 client (no session, no standalone stream) gets the progress
+// notifications of its call on the call's own response stream.
+func TestAggregateProgressReachesA2026Client(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	step := make(chan struct{}, 3) // each step waits for the client to see the last
+	app := mcp.NewServer(&mcp.Implementation{Name: "Slack", Version: "1"}, nil)
+	mcp.AddTool(app, &mcp.Tool{Name: "stream"}, func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
+		for i := 1; i <= 3; i++ {
+			_ = req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: req.Params.GetProgressToken(), Progress: float64(i), Total: 3})
+			select {
+			case <-step:
+			case <-ctx.Done():
+				return nil, nil, ctx.Err()
+			}
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil, nil
+	})
+	appSrv := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return app }, nil))
+	defer appSrv.Close()
+	agg, tokens := newAggregator(t)
+	_ = tokens.Save(ctx, alice, &Record{App: "Slack", ServerURL: appSrv.URL, AccessToken: "at"})
+	front := aggFront(t, agg)
+	var mu sync.Mutex
+	var got []float64
+	c := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, &mcp.ClientOptions{
+		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+			mu.Lock()
+			got = append(got, req.Params.Progress)
+			mu.Unlock()
+			step <- struct{}{}
+		}})
+	s, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: front.URL + "?user=alice", MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v := s.InitializeResult().ProtocolVersion; v != "2026-07-28" {
+		t.Fatalf("negotiated %s", v)
+	}
+	params := &mcp.CallToolParams{Name: "Slack__stream"}
+	params.SetProgressToken("mine")
+	if res, err := s.CallTool(ctx, params); err != nil || res.IsError {
+		t.Fatalf("call: %v %v", res, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 3 {
+		t.Fatalf("progress %v, want 3 notifications", got)
+	}
+}
