@@ -145,7 +145,14 @@ func TestForgetReachesEveryStore(t *testing.T) {
 	g.mcpAuthorize(tenant, user, mcpSlack)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	agg := g.mustMCPSession(ctx, tenant, user, "", nil)
+	// A 2025-11-25 session (a 2026-07-28 client has none to end).
+	agg, err := mcp.NewClient(&mcp.Implementation{Name: "itest-agent", Version: "1.0.0"}, nil).Connect(ctx,
+		&mcp.StreamableClientTransport{Endpoint: gatewayURL + "/zapier/mcp/", HTTPClient: &http.Client{Transport: identityTransport{tenant, user}}, MaxRetries: -1},
+		&mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agg.Close()
 	if _, err := agg.ListTools(ctx, nil); err != nil {
 		t.Fatalf("aggregate tools/list: %v", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"container/list"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -70,8 +71,11 @@ type Aggregator struct {
 	Connect      ConnectFunc
 	ExpiredTools string
 
-	once    sync.Once
-	handler http.Handler
+	clock func() time.Time // the shared records' clock; default time.Now
+
+	once      sync.Once
+	handler   http.Handler // stateful: the 2025 revisions
+	stateless http.Handler // 2026-07-28
 
 	mu       sync.Mutex
 	users    map[string]*userAgg    // by subject: users with sessions or requests
@@ -97,6 +101,12 @@ type userAgg struct {
 	live     []*aggSession
 	refs     int
 	creating int
+
+	// createMu: one session created or restored at a time, its params
+	// (newSession) read by admit (the SDK's GetSessionID) on the same
+	// goroutine.
+	createMu   sync.Mutex
+	newSession *pendingSession
 
 	mu     sync.Mutex
 	routes map[string]toolRoute // exposed name → upstream
@@ -129,31 +139,89 @@ func WithIdentity(ctx context.Context, id Identity) context.Context {
 // identity that created it: another identity's requests for it are refused.
 // Sessions are bounded (SessionsPerIdentity, MaxSessions, IdleTimeout), and
 // the errors the SDK would answer in text are the gateway's JSON envelope.
+// Any gateway sharing the storage serves any session (state.go); a
+// 2026-07-28 request has no session at all.
 func (a *Aggregator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, ok := r.Context().Value(identityKey{}).(Identity)
 	if !ok {
 		writeEnvelope(w, http.StatusUnauthorized, "identity_missing", "no identity")
 		return
 	}
-	a.once.Do(func() {
-		h := mcp.NewStreamableHTTPHandler(func(r *http.Request) *mcp.Server {
-			if u, ok := r.Context().Value(userKey{}).(*userAgg); ok {
-				return u.server
-			}
-			return nil
-		}, &mcp.StreamableHTTPOptions{DisableLocalhostProtection: true})
-		// The SDK binds a session to TokenInfo.UserID: the identity's
-		// subject hash, passed as a bearer token the handler alone sees.
-		a.handler = auth.RequireBearerToken(func(_ context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
-			return &auth.TokenInfo{UserID: token, Expiration: time.Now().Add(24 * time.Hour)}, nil
-		}, nil)(h)
-	})
+	a.once.Do(a.build)
+	if stateless(r) {
+		a.serveStateless(w, r, id)
+		return
+	}
+	ctx := r.Context()
 	sessionID := r.Header.Get("Mcp-Session-Id")
+	get := r.Method == http.MethodGet
 	creating := sessionID == "" && r.Method == http.MethodPost
-	u, sess := a.acquire(id, sessionID, creating, r.Method == http.MethodGet)
-	defer a.release(u, sess, sessionID, creating, r.Method == http.MethodGet)
-	r = r.Clone(context.WithValue(r.Context(), userKey{}, u))
+	subject := a.Tokens.Store().Subject(id)
+	var claims sessionClaims
+	if sessionID != "" {
+		if claims, ok = a.openSessionID(ctx, subject, sessionID); !ok {
+			writeSessionNotFound(w)
+			return
+		}
+	}
+	u, sess := a.acquire(id, sessionID, creating, get)
+	defer a.release(u, sess, sessionID, creating, get)
+	if sessionID != "" {
+		if err := a.check(ctx, u, sess, subject, claims); err != nil {
+			if errors.Is(err, errSessionGone) {
+				writeSessionNotFound(w)
+			} else {
+				writeEnvelope(w, http.StatusInternalServerError, "internal_error", "the MCP session could not be served")
+			}
+			return
+		}
+		if sess == nil && r.Method == http.MethodDelete {
+			// Held by no one here: ending it is deleting its record.
+			if err := a.ended(ctx, subject, claims.N); err != nil {
+				writeEnvelope(w, http.StatusInternalServerError, "internal_error", "the MCP session could not be ended")
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		if sess == nil {
+			if err := a.restore(ctx, u, sessionID, claims); err != nil {
+				writeSessionNotFound(w)
+				return
+			}
+			u2, s2 := a.acquire(id, sessionID, false, get)
+			defer a.release(u2, s2, sessionID, false, get)
+		}
+		if r.Method == http.MethodDelete {
+			if err := a.ended(ctx, subject, claims.N); err != nil {
+				writeEnvelope(w, http.StatusInternalServerError, "internal_error", "the MCP session could not be ended")
+				return
+			}
+		}
+	}
+	r = r.Clone(context.WithValue(ctx, userKey{}, u))
 	r.Header.Set("Authorization", "Bearer "+u.subject)
+	if creating {
+		// The new session's id carries the client's initialize params:
+		// admit (the SDK's GetSessionID, called while this request is
+		// served) seals them. One creation at a time per user.
+		var params json.RawMessage
+		if r.Body != nil && r.Body != http.NoBody {
+			body, err := io.ReadAll(io.LimitReader(r.Body, mcp.DefaultMaxRequestBodyBytes+1))
+			if err != nil {
+				writeEnvelope(w, http.StatusBadRequest, "bad_request", "the MCP request body could not be read")
+				return
+			}
+			params = initializeParams(body)
+			r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), r.Body))
+		}
+		u.createMu.Lock()
+		u.newSession = &pendingSession{ctx: ctx, params: params}
+		defer func() {
+			u.newSession = nil
+			u.createMu.Unlock()
+		}()
+	}
 	ew := &envelopeWriter{ResponseWriter: w}
 	a.handler.ServeHTTP(ew, r)
 	ew.finish()
@@ -161,6 +229,46 @@ func (a *Aggregator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.initialized(u, w.Header().Get("Mcp-Session-Id"))
 	}
 }
+
+// build makes the SDK handlers: stateful for the 2025 revisions, stateless
+// for 2026-07-28, both serving each user's server.
+func (a *Aggregator) build() {
+	server := func(r *http.Request) *mcp.Server {
+		if u, ok := r.Context().Value(userKey{}).(*userAgg); ok {
+			return u.server
+		}
+		return nil
+	}
+	// The SDK binds a session to TokenInfo.UserID: the identity's
+	// subject hash, passed as a bearer token the handler alone sees.
+	bind := auth.RequireBearerToken(func(_ context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
+		return &auth.TokenInfo{UserID: token, Expiration: time.Now().Add(24 * time.Hour)}, nil
+	}, nil)
+	a.handler = bind(mcp.NewStreamableHTTPHandler(server, &mcp.StreamableHTTPOptions{DisableLocalhostProtection: true}))
+	// A 2026-07-28 call lives as long as its POST: a client gone ends it.
+	a.stateless = bind(mcp.NewStreamableHTTPHandler(server, &mcp.StreamableHTTPOptions{DisableLocalhostProtection: true, Stateless: true,
+		PropagateRequestCancellation: true}))
+}
+
+// serveStateless serves a 2026-07-28 request: no session, every request
+// says who the client is; the user's server and upstream sessions serve it.
+func (a *Aggregator) serveStateless(w http.ResponseWriter, r *http.Request, id Identity) {
+	u, _ := a.acquire(id, "", false, false)
+	// No session keeps the user's state (tool list, upstream sessions):
+	// it is kept a while after each request, so the next call reuses it
+	// and a call the client cancelled still gets its cancellation to the
+	// app (the SDK sends it after the call has returned).
+	defer time.AfterFunc(statelessLinger, func() { a.release(u, nil, "", false, false) })
+	r = r.Clone(context.WithValue(r.Context(), userKey{}, u))
+	r.Header.Set("Authorization", "Bearer "+u.subject)
+	ew := &envelopeWriter{ResponseWriter: w}
+	a.stateless.ServeHTTP(ew, r)
+	ew.finish()
+}
+
+// statelessLinger is how long a 2026-07-28 client's state outlives its
+// request.
+const statelessLinger = 30 * time.Second
 
 type userKey struct{}
 

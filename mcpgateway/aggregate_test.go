@@ -40,10 +40,18 @@ func appServer(t *testing.T, app string, token *string) *httptest.Server {
 	return srv
 }
 
+// aggregateClient connects a 2025-11-25 client (with a session) as user.
 func aggregateClient(t *testing.T, front *httptest.Server, user string) *mcp.ClientSession {
 	t.Helper()
+	return aggregateClientVersion(t, front, user, "2025-11-25")
+}
+
+// aggregateClientVersion connects a go-sdk client asking for version.
+func aggregateClientVersion(t *testing.T, front *httptest.Server, user, version string) *mcp.ClientSession {
+	t.Helper()
 	c := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil)
-	s, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: front.URL + "?user=" + user, MaxRetries: -1, DisableStandaloneSSE: true}, nil)
+	s, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: front.URL + "?user=" + user, MaxRetries: -1, DisableStandaloneSSE: true},
+		&mcp.ClientSessionOptions{ProtocolVersion: version})
 	if err != nil {
 		t.Fatal(err)
 	}

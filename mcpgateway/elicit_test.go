@@ -137,7 +137,7 @@ func TestAggregateURLElicitationForExpiredAuthorization(t *testing.T) {
 			completed <- r.Params.ElicitationID
 		},
 	})
-	s, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: f.front.URL + "?user=alice", MaxRetries: -1}, nil)
+	s, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: f.front.URL + "?user=alice", MaxRetries: -1}, sessionful)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -118,8 +118,10 @@ type SessionStore struct{ Aggregator *Aggregator }
 func (SessionStore) StoreName() string { return "mcp_sessions" }
 
 // Forget implements gateway.UserStore.
-func (s SessionStore) Forget(_ context.Context, scope gateway.Scope) (gateway.StoreReport, error) {
-	return gateway.StoreReport{Deleted: s.Aggregator.forget(scope)}, nil
+func (s SessionStore) Forget(ctx context.Context, scope gateway.Scope) (gateway.StoreReport, error) {
+	// The shared records first: no gateway restores a session after this.
+	shared, err := s.Aggregator.forgetShared(ctx, scope)
+	return gateway.StoreReport{Deleted: max(shared, s.Aggregator.forget(scope))}, err
 }
 
 // forget closes the sessions of the users scope matches and drops their

@@ -314,6 +314,9 @@ func proxyError(err error) *gateway.Error {
 	case errors.Is(err, ErrDuplicateMember):
 		return &gateway.Error{Status: http.StatusBadRequest, Code: "mcp_request_ambiguous",
 			Message: "a JSON-RPC message (or its params) names a member twice, so the tool policy cannot check it"}
+	case errors.Is(err, ErrHeaderMismatch):
+		return &gateway.Error{Status: http.StatusBadRequest, Code: "mcp_header_mismatch",
+			Message: "the Mcp-Method or Mcp-Name header does not match the JSON-RPC message in the body"}
 	case errors.Is(err, ErrTooManyStreams):
 		return &gateway.Error{Status: http.StatusTooManyRequests, Code: "mcp_too_many_streams",
 			Message: "the user has too many MCP streams and requests open on the per-app routes; close one and retry", RetryAfter: time.Second}

@@ -371,6 +371,7 @@ func TestProxyErrorAnswers(t *testing.T) {
 		ErrBodyTooLarge:                          "413 mcp_request_too_large 0s",
 		ErrBodyUnreadable:                        "400 bad_request 0s",
 		ErrDuplicateMember:                       "400 mcp_request_ambiguous 0s",
+		ErrHeaderMismatch:                        "400 mcp_header_mismatch 0s",
 		ErrTooManyStreams:                        "429 mcp_too_many_streams 1s",
 		ErrToolDenied:                            "403 mcp_tool_denied 0s",
 		ErrRetry:                                 "503 mcp_retry 1s",

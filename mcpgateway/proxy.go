@@ -215,6 +215,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 	if rpc.duplicate && checking {
 		return ErrDuplicateMember
 	}
+	if err := checkRoutingHeaders(r.Header, rpc); err != nil {
+		return err
+	}
 	call.RPCMethod, call.Tool, call.Arguments, call.Tools = rpc.method, rpc.tool, rpc.arguments, len(rpc.tools)
 	for _, tool := range rpc.tools {
 		if p.Policy != nil && !p.Policy(id, app, tool) {
@@ -256,6 +259,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, id Identity, app s
 				req.Header[h] = append([]string(nil), v...)
 			}
 		}
+		passRoutingHeaders(req.Header, r.Header)
 		req.Header.Set("Authorization", "Bearer "+rec.AccessToken)
 		resp, err := client.Do(req)
 		if err != nil {

@@ -382,8 +382,10 @@ func (u *userAgg) connect(ctx context.Context, app string) (*upSession, error) {
 	up := &upSession{app: app}
 	client := mcp.NewClient(&mcp.Implementation{Name: "caddy-zapier", Version: "1.0.0"}, up.clientOptions())
 	client.AddReceivingMiddleware(up.relayCounter)
-	// The upstream session outlives this request.
-	cs, err := client.Connect(context.WithoutCancel(ctx), &mcp.StreamableClientTransport{
+	// The upstream session outlives this request, and carries none of its
+	// context's values (the SDK would take the caller's protocol version
+	// in them for the upstream handshake's).
+	cs, err := client.Connect(context.Background(), &mcp.StreamableClientTransport{
 		Endpoint:             rec.ServerURL,
 		HTTPClient:           &http.Client{Transport: &tokenTransport{tokens: u.a.Tokens, id: u.id, app: app, base: base, up: up}},
 		MaxRetries:           upstreamRetries,

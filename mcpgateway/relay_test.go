@@ -105,7 +105,7 @@ func newRelayApp(t *testing.T, token string, versions ...string) (*relayApp, *ht
 		return nil, nil, ctx.Err()
 	})
 	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
-		&mcp.StreamableHTTPOptions{EventStore: mcp.NewMemoryEventStore(nil)})
+		&mcp.StreamableHTTPOptions{EventStore: mcp.NewMemoryEventStore(nil), PropagateRequestCancellation: true})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Bearer "+token {
 			w.WriteHeader(http.StatusUnauthorized)
@@ -180,6 +180,12 @@ func (rc *relayClient) waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// sessionful is the newest revision with sessions (2025-11-25): what an
+// app asks of the agent inside a tool call (sampling, elicitation) and the
+// agent's log level are relayed over the agent's session; a 2026-07-28
+// agent has none (its multi round-trip requests are not relayed yet).
+var sessionful = &mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"}
+
 func (rc *relayClient) connect(t *testing.T, front *httptest.Server, opts *mcp.ClientOptions) *mcp.ClientSession {
 	t.Helper()
 	if opts == nil {
@@ -210,7 +216,7 @@ func (rc *relayClient) connect(t *testing.T, front *httptest.Server, opts *mcp.C
 		return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"name": "Alice"}}, nil
 	}
 	c := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, opts)
-	s, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: front.URL + "?user=alice", MaxRetries: -1, DisableStandaloneSSE: true}, nil)
+	s, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: front.URL + "?user=alice", MaxRetries: -1, DisableStandaloneSSE: true}, sessionful)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +308,7 @@ func TestAggregateRelaysSamplingAndElicitation(t *testing.T) {
 func TestAggregateSamplingWithoutCapability(t *testing.T) {
 	_, front := relayFront(t)
 	c := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, &mcp.ClientOptions{Capabilities: &mcp.ClientCapabilities{}})
-	s, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: front.URL + "?user=alice", MaxRetries: -1, DisableStandaloneSSE: true}, nil)
+	s, err := c.Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: front.URL + "?user=alice", MaxRetries: -1, DisableStandaloneSSE: true}, sessionful)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package mcpgateway
 
 import (
 	"container/list"
-	"crypto/rand"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -23,6 +22,8 @@ type aggSession struct {
 	elem     *list.Element // in a.lru
 	inflight int           // POST and DELETE requests being served
 	timer    *time.Timer   // the idle timeout, stopped while inflight > 0
+	claims   sessionClaims // what its id carries
+	touched  time.Time     // when its shared record was last checked and written
 }
 
 func (s *aggSession) stop() {
@@ -124,16 +125,41 @@ func (a *Aggregator) release(u *userAgg, s *aggSession, sessionID string, creati
 }
 
 // admit names a new session of u and makes room for it: past the
-// identity's cap its oldest session is closed, past the total the least
-// recently used of anyone's. It is the user's server's GetSessionID.
+// identity's cap its oldest session is closed (here and, by its shared
+// record, everywhere), past the total the least recently used of anyone's.
+// It is the user's server's GetSessionID: the request creating (or
+// restoring) the session left its params in u.newSession.
 func (a *Aggregator) admit(u *userAgg) string {
-	id := rand.Text()
+	p := u.newSession
+	var id string
+	var claims sessionClaims
+	var elsewhere []string
+	switch {
+	case p != nil && p.restoreID != "":
+		id, claims = p.restoreID, p.claims
+	case p != nil:
+		var err error
+		id, claims, err = a.newSessionID(p.ctx, u.subject, p.params)
+		if err == nil {
+			elsewhere, err = a.created(p.ctx, u.id, u.subject, claims)
+		}
+		if err != nil {
+			return "" // no storage: a session of this request alone
+		}
+		p.claims = claims
+	default:
+		return ""
+	}
+	evictedElsewhere := map[string]bool{}
+	for _, n := range elsewhere {
+		evictedElsewhere[n] = true
+	}
 	a.mu.Lock()
 	if a.closed || a.users[u.subject] != u {
 		a.mu.Unlock()
 		return id // a closed aggregator, or a dropped user: the session is closed after the request
 	}
-	s := &aggSession{id: id, u: u}
+	s := &aggSession{id: id, u: u, claims: claims, touched: a.now()}
 	s.elem = a.lru.PushFront(s)
 	s.inflight = 1 // its initialize is being served; release does not see it (no session id yet)
 	s.timer = time.AfterFunc(a.idleTimeout(), func() { a.expire(s) })
@@ -141,6 +167,12 @@ func (a *Aggregator) admit(u *userAgg) string {
 	a.sessions[id] = s
 	u.live = append(u.live, s)
 	var evicted []*aggSession
+	for _, t := range append([]*aggSession(nil), u.live...) {
+		if evictedElsewhere[t.claims.N] {
+			evicted = append(evicted, t)
+			a.untrackLocked(t)
+		}
+	}
 	for len(u.live) > a.perIdentity() {
 		evicted = append(evicted, u.live[0])
 		a.untrackLocked(u.live[0])
@@ -199,6 +231,7 @@ func (a *Aggregator) expire(s *aggSession) {
 	a.untrackLocked(s)
 	gone := a.dropIfIdleLocked(s.u)
 	a.mu.Unlock()
+	a.idleEverywhere(s.u.subject, s.claims.N)
 	s.u.closeServerSession(s.id, false)
 	if gone {
 		s.u.closeSessions()

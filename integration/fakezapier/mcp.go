@@ -46,6 +46,7 @@ type MCPStats struct {
 type mcpApp struct {
 	id, title string
 	json      bool // answers POSTs with application/json rather than SSE
+	only2026  bool // stateless, speaking 2026-07-28 only
 	handler   http.Handler
 }
 
@@ -97,6 +98,12 @@ func (s *Server) RegisterMCPApp(id, title string) { s.registerMCPApp(&mcpApp{id:
 // with single JSON responses (Streamable HTTP allows either).
 func (s *Server) RegisterMCPAppJSON(id, title string) {
 	s.registerMCPApp(&mcpApp{id: id, title: title, json: true})
+}
+
+// RegisterMCPApp2026 adds an app whose MCP server is stateless and speaks
+// only the 2026-07-28 revision (it refuses a request without Mcp-Method).
+func (s *Server) RegisterMCPApp2026(id, title string) {
+	s.registerMCPApp(&mcpApp{id: id, title: title, only2026: true})
 }
 
 func (s *Server) registerMCPApp(app *mcpApp) {
@@ -446,7 +453,11 @@ type streamArgs struct {
 }
 
 func (s *Server) newMCPHandler(app *mcpApp) http.Handler {
-	server := mcp.NewServer(&mcp.Implementation{Name: "fakezapier-" + app.id, Version: "1.0.0"}, nil)
+	var opts *mcp.ServerOptions
+	if app.only2026 {
+		opts = &mcp.ServerOptions{SupportedProtocolVersions: []string{"2026-07-28"}}
+	}
+	server := mcp.NewServer(&mcp.Implementation{Name: "fakezapier-" + app.id, Version: "1.0.0"}, opts)
 	count := func() {
 		st := s.mcp()
 		st.mu.Lock()
@@ -491,7 +502,7 @@ func (s *Server) newMCPHandler(app *mcpApp) http.Handler {
 			return text(fmt.Sprintf("streamed %d steps", in.Steps)), nil, nil
 		})
 	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
-		&mcp.StreamableHTTPOptions{JSONResponse: app.json})
+		&mcp.StreamableHTTPOptions{JSONResponse: app.json, Stateless: app.only2026})
 	verify := func(_ context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
 		st := s.mcp()
 		st.mu.Lock()
