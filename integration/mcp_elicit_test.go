@@ -69,7 +69,7 @@ func TestMCPAggregateConnectsFromToolCall(t *testing.T) {
 		ElicitationCompleteHandler: func(_ context.Context, r *mcp.ElicitationCompleteNotificationRequest) {
 			completed <- r.Params.ElicitationID
 		},
-	})
+	}, sessionful) // elicitation/complete reaches an agent over its session
 	// Never authorized: -32042 with a link.
 	_, err := s.CallTool(ctx, &mcp.CallToolParams{Name: mcpSlack + "__whoami"})
 	e := urlElicitation(t, err)

@@ -191,7 +191,7 @@ func TestMCPAggregateRelaysToolCalls(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	agent := &relayAgent{}
-	s := g.mustMCPSession(ctx, "org", "alice", "", agent.options())
+	s := g.mustMCPSession(ctx, "org", "alice", "", agent.options(), sessionful)
 
 	// Progress: as many notifications reach the agent as the app sent.
 	params := &mcp.CallToolParams{Name: mcpRelayApp + "__progress", Arguments: map[string]any{"n": 5}}

@@ -129,18 +129,30 @@ func (it identityTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // mcpSession connects the SDK's client to <mount>/<app> as (tenant, user).
-func (g *gateway) mcpSession(ctx context.Context, tenant, user, app string, opts *mcp.ClientOptions) (*mcp.ClientSession, error) {
+// The SDK's client speaks its newest revision (2026-07-28) unless sopts
+// names another.
+func (g *gateway) mcpSession(ctx context.Context, tenant, user, app string, opts *mcp.ClientOptions, sopts ...*mcp.ClientSessionOptions) (*mcp.ClientSession, error) {
 	client := mcp.NewClient(&mcp.Implementation{Name: "itest-agent", Version: "1.0.0"}, opts)
+	var so *mcp.ClientSessionOptions
+	if len(sopts) > 0 {
+		so = sopts[0]
+	}
 	return client.Connect(ctx, &mcp.StreamableClientTransport{
 		Endpoint:   gatewayURL + "/zapier/mcp/" + app,
 		HTTPClient: &http.Client{Transport: identityTransport{tenant, user}},
 		MaxRetries: -1,
-	}, nil)
+	}, so)
 }
 
-func (g *gateway) mustMCPSession(ctx context.Context, tenant, user, app string, opts *mcp.ClientOptions) *mcp.ClientSession {
+// sessionful is the newest revision with sessions: what an app asks of
+// the agent inside a tool call (sampling, elicitation), the agent's log
+// level and elicitation/complete reach the agent over its session; a
+// 2026-07-28 agent has none (multi round-trip requests are not relayed).
+var sessionful = &mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"}
+
+func (g *gateway) mustMCPSession(ctx context.Context, tenant, user, app string, opts *mcp.ClientOptions, sopts ...*mcp.ClientSessionOptions) *mcp.ClientSession {
 	g.t.Helper()
-	s, err := g.mcpSession(ctx, tenant, user, app, opts)
+	s, err := g.mcpSession(ctx, tenant, user, app, opts, sopts...)
 	if err != nil {
 		g.t.Fatalf("connecting to %s as %s/%s: %v", app, tenant, user, err)
 	}
