@@ -183,21 +183,14 @@ func (s *RunStore) Owned(ctx context.Context, runID string, key tokencache.Key) 
 // Get loads a run's record; nil when there is none (or it is past Zapier's
 // retention).
 func (s *RunStore) Get(ctx context.Context, runID string) (*RunRecord, error) {
-	data, err := s.Storage.Load(ctx, RunKey(runID))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("loading run record: %w", err)
-	}
-	var rec RunRecord
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fmt.Errorf("decoding run record: %w", err)
+	rec, err := loadRecord[RunRecord](ctx, s.Storage, RunKey(runID), "run record")
+	if rec == nil || err != nil {
+		return nil, err
 	}
 	if s.Now().Sub(rec.Created) >= RunRetention {
 		return nil, nil
 	}
-	return &rec, nil
+	return rec, nil
 }
 
 // Complete stores a run's result once, under the storage lock so two
@@ -308,4 +301,21 @@ func ForgetRuns(ctx context.Context, storage certmagic.Storage, keys IdentityKey
 		n++
 	}
 	return n, nil
+}
+
+// loadRecord loads and decodes the JSON record at key; nil when there is
+// none. what names it in errors.
+func loadRecord[T any](ctx context.Context, storage certmagic.Storage, key, what string) (*T, error) {
+	data, err := storage.Load(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading %s: %w", what, err)
+	}
+	var rec T
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", what, err)
+	}
+	return &rec, nil
 }

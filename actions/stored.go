@@ -116,18 +116,7 @@ func (s *StoredStore) recordKey(ctx context.Context, id gateway.Identity, appUUI
 
 // Get loads a record; nil when there is none.
 func (s *StoredStore) Get(ctx context.Context, key string) (*StoredRecord, error) {
-	data, err := s.Storage.Load(ctx, key)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("loading stored action record: %w", err)
-	}
-	var rec StoredRecord
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return nil, fmt.Errorf("decoding stored action record: %w", err)
-	}
-	return &rec, nil
+	return loadRecord[StoredRecord](ctx, s.Storage, key, "stored action record")
 }
 
 // Put stores a record.

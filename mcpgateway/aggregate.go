@@ -272,6 +272,14 @@ const statelessLinger = 30 * time.Second
 
 type userKey struct{}
 
+// userOf is id's state on this gateway; nil when it has none.
+func (a *Aggregator) userOf(id Identity) *userAgg {
+	subject := a.Tokens.Store().Subject(id)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.users[subject]
+}
+
 // Close ends every session and every upstream session.
 func (a *Aggregator) Close() {
 	a.mu.Lock()
@@ -296,10 +304,7 @@ func (a *Aggregator) Close() {
 // tool set: an app was just authorized or forgotten, and the agent should
 // see it at once, not after ListTTL.
 func (a *Aggregator) Invalidate(id Identity) {
-	subject := a.Tokens.Store().Subject(id)
-	a.mu.Lock()
-	u := a.users[subject]
-	a.mu.Unlock()
+	u := a.userOf(id)
 	if u == nil {
 		return
 	}

@@ -162,10 +162,7 @@ func (u *userAgg) unlistedCall(ctx context.Context, req *mcp.CallToolRequest) (*
 // not listed any more, not even as expired.
 func (a *Aggregator) Forgotten(id Identity, app string) {
 	a.Invalidate(id)
-	subject := a.Tokens.Store().Subject(id)
-	a.mu.Lock()
-	u := a.users[subject]
-	a.mu.Unlock()
+	u := a.userOf(id)
 	if u == nil {
 		return
 	}
@@ -180,10 +177,7 @@ func (a *Aggregator) Forgotten(id Identity, app string) {
 // the authorization hear notifications/elicitation/complete.
 func (a *Aggregator) Authorized(id Identity, app string) {
 	a.Invalidate(id)
-	subject := a.Tokens.Store().Subject(id)
-	a.mu.Lock()
-	u := a.users[subject]
-	a.mu.Unlock()
+	u := a.userOf(id)
 	if u == nil {
 		return
 	}
