@@ -101,6 +101,9 @@ type userAgg struct {
 	live     []*aggSession
 	refs     int
 	creating int
+	// lingerUntil: a 2026-07-28 request's state is held (by one ref, one
+	// timer) until then; zero when none is held.
+	lingerUntil time.Time
 
 	// createMu: one session created or restored at a time, its params
 	// (newSession) read by admit (the SDK's GetSessionID) on the same
@@ -258,7 +261,7 @@ func (a *Aggregator) serveStateless(w http.ResponseWriter, r *http.Request, id I
 	// it is kept a while after each request, so the next call reuses it
 	// and a call the client cancelled still gets its cancellation to the
 	// app (the SDK sends it after the call has returned).
-	defer time.AfterFunc(statelessLinger, func() { a.release(u, nil, "", false, false) })
+	defer a.linger(u)
 	r = r.Clone(context.WithValue(r.Context(), userKey{}, u))
 	r.Header.Set("Authorization", "Bearer "+u.subject)
 	ew := &envelopeWriter{ResponseWriter: w}
@@ -271,6 +274,33 @@ func (a *Aggregator) serveStateless(w http.ResponseWriter, r *http.Request, id I
 const statelessLinger = 30 * time.Second
 
 type userKey struct{}
+
+// linger hands the reference of a 2026-07-28 request on to the user's
+// linger: held until statelessLinger after its last request, by one
+// reference and one timer per user whatever the request rate.
+func (a *Aggregator) linger(u *userAgg) {
+	a.mu.Lock()
+	held := !u.lingerUntil.IsZero()
+	u.lingerUntil = time.Now().Add(statelessLinger)
+	a.mu.Unlock()
+	if held { // the linger holds one already: this request's goes
+		a.release(u, nil, "", false, false)
+		return
+	}
+	var expire func()
+	expire = func() {
+		a.mu.Lock()
+		if left := time.Until(u.lingerUntil); left > 0 {
+			a.mu.Unlock()
+			time.AfterFunc(left, expire)
+			return
+		}
+		u.lingerUntil = time.Time{}
+		a.mu.Unlock()
+		a.release(u, nil, "", false, false)
+	}
+	time.AfterFunc(statelessLinger, expire)
+}
 
 // userOf is id's state on this gateway; nil when it has none.
 func (a *Aggregator) userOf(id Identity) *userAgg {

@@ -248,3 +248,44 @@ func TestAggregateProgressReachesA2026Client(t *testing.T) {
 		t.Fatalf("progress %v, want 3 notifications", got)
 	}
 }
+
+// A 2026-07-28 client's requests hand their reference on to one linger
+// per user: however many calls it makes, the user is held by one
+// reference once they have returned, not one per request.
+func TestStatelessRequestsLingerOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	app := mcp.NewServer(&mcp.Implementation{Name: "Slack", Version: "1"}, nil)
+	mcp.AddTool(app, &mcp.Tool{Name: "ping"}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "pong"}}}, nil, nil
+	})
+	appSrv := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return app }, nil))
+	defer appSrv.Close()
+	agg, tokens := newAggregator(t)
+	_ = tokens.Save(ctx, alice, &Record{App: "Slack", ServerURL: appSrv.URL, AccessToken: "at"})
+	front := aggFront(t, agg)
+	c := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil)
+	s, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: front.URL + "?user=alice", MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v := s.InitializeResult().ProtocolVersion; v != "2026-07-28" {
+		t.Fatalf("negotiated %s, want 2026-07-28", v)
+	}
+	for range 20 {
+		if _, err := s.CallTool(ctx, &mcp.CallToolParams{Name: "Slack__ping"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u := agg.userOf(alice)
+	if u == nil {
+		t.Fatal("the user's state was not kept after its requests")
+	}
+	agg.mu.Lock()
+	refs, lingering := u.refs, !u.lingerUntil.IsZero()
+	agg.mu.Unlock()
+	if refs != 1 || !lingering {
+		t.Errorf("after 20 calls the user holds %d references (lingering %v), want 1", refs, lingering)
+	}
+}
